@@ -1,0 +1,32 @@
+"""The library's logger, and a rate limit so a fault in a storm of calls is logged once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+logger = logging.getLogger("tracer_wrap")
+
+_QUIET_SECONDS = 60.0
+_last: dict[tuple[str, str], tuple[float, int]] = {}
+_lock = threading.Lock()
+
+
+def fault(step: str, exc: BaseException, *, clock=time.monotonic) -> None:
+    """Log that ``step`` failed with ``exc`` and the call went on without tracer_wrap.
+
+    The same step and exception type are logged at most once a minute, with the number of
+    repeats since the last line, so a broken disk does not flood the application's logs.
+    """
+    key = (step, type(exc).__name__)
+    now = clock()
+    with _lock:
+        last, repeats = _last.get(key, (-_QUIET_SECONDS, 0))
+        if now - last < _QUIET_SECONDS:
+            _last[key] = (last, repeats + 1)
+            return
+        _last[key] = (now, 0)
+    more = f" ({repeats} more since the last report)" if repeats else ""
+    logger.warning("tracer_wrap %s failed, calling the LLM instead: %s: %s%s",
+                   step, type(exc).__name__, exc, more, exc_info=logger.isEnabledFor(logging.DEBUG))

@@ -1,0 +1,136 @@
+"""``@traced_classifier``: put tracer_wrap in front of an existing classify function."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+import wrapt
+
+from .embedder import Embedder
+from .fit import DEFAULT_TARGETS
+from .flow import Stats, TracedTask
+from .router import Decision, Router
+from .store import TraceStore
+
+__all__ = ["TracedClassifier", "traced_classifier"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[misc]
+    """The decorated function: call it like the original; it also exposes its task.
+
+    ``router`` is the router being served (None before the first fit), ``stats`` this process's
+    counts, ``refit()`` fits now, ``task`` the underlying :class:`TracedTask`. ``isinstance``,
+    ``inspect.iscoroutinefunction``, the name and the signature are the original function's.
+    """
+
+    def __init__(self, fn: Callable[P, R], wrapper: Callable[..., Any], task: TracedTask) -> None:
+        super().__init__(fn, wrapper)
+        self._self_task = task
+
+    @property
+    def task(self) -> TracedTask:
+        return self._self_task
+
+    @property
+    def router(self) -> Router | None:
+        return self._self_task.router
+
+    @property
+    def stats(self) -> Stats:
+        return self._self_task.stats
+
+    def refit(self) -> Router:
+        """Fit on every trace now and publish the router (see :meth:`TracedTask.refit`)."""
+        return self._self_task.refit()
+
+
+def _text_getter(fn: Callable[..., Any], text_arg: str | int
+                 ) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], object]:
+    """A function finding the text argument of a call; position 0 skips a method's ``self``."""
+    signature = inspect.signature(fn)
+    names = list(signature.parameters)
+
+    def text_of(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+        # wrapt passes a method's instance apart from ``args``; bind it back where it belongs.
+        bound_self = instance is not None and names and names[0] in ("self", "cls")
+        try:
+            arguments = signature.bind_partial(*((instance,) if bound_self else ()), *args,
+                                               **kwargs).arguments
+        except TypeError:
+            return None  # a malformed call: let the function raise its own error
+        if isinstance(text_arg, str):
+            return arguments.get(text_arg)
+        position = text_arg + (1 if bound_self else 0)
+        return arguments.get(names[position]) if position < len(names) else None
+
+    return text_of
+
+
+@overload
+def traced_classifier(fn: Callable[P, R], /) -> TracedClassifier[P, R]: ...
+
+
+@overload
+def traced_classifier(
+    *,
+    task: str | None = None,
+    labels: Iterable[str] | None = None,
+    target: float = 0.95,
+    delta: float = 0.05,
+    store: TraceStore | str | None = None,
+    embedder: Embedder | None = None,
+    min_traces: int = 200,
+    refit_every: int | None = 500,
+    routing: bool = True,
+    audit_rate: float = 0.02,
+    targets: Sequence[float] = DEFAULT_TARGETS,
+    text_arg: str | int = 0,
+    label_of: Callable[[Any], object] | None = None,
+    answer: Callable[[str], Any] | None = None,
+) -> Callable[[Callable[P, R]], TracedClassifier[P, R]]: ...
+
+
+def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | None = None,
+                      text_arg: str | int = 0, label_of: Callable[[Any], object] | None = None,
+                      answer: Callable[[str], Any] | None = None, **options: Any) -> Any:
+    """Trace a classify function and answer locally where the router is certified to agree.
+
+    Use bare (``@traced_classifier``) or with options (``@traced_classifier(labels=[...],
+    target=0.95)``); sync and async functions both work. The text to classify is the first
+    argument (or ``text_arg``, a name or position). The function's return value is its label,
+    unless ``label_of(result)`` extracts it; a local answer returns the label, or
+    ``answer(label)`` to build the function's usual return type. The task name defaults to the
+    function's qualified name. Other options are those of :class:`TracedTask`; a bad value raises
+    ConfigError at decoration time. Inside calls tracer_wrap fails open.
+    """
+
+    def decorate(func: Callable[..., Any]) -> TracedClassifier[..., Any]:
+        traced = TracedTask(task or f"{func.__module__}.{func.__qualname__}", **options)
+        text_of = _text_getter(func, text_arg)
+        to_label = label_of or (lambda result: result)
+        to_result = answer or (lambda label: label)
+
+        def local(decision: Decision) -> Any:
+            return to_result(decision.label)
+
+        if inspect.iscoroutinefunction(func):
+            async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> Any:
+                return await traced.acall(text_of(instance, args, kwargs),
+                                          lambda: wrapped(*args, **kwargs),
+                                          label_of=to_label, answer=local)
+        else:
+            def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
+                return traced.call(text_of(instance, args, kwargs),
+                                   lambda: wrapped(*args, **kwargs),
+                                   label_of=to_label, answer=local)
+
+        return TracedClassifier(func, wrapper, traced)
+
+    return decorate if fn is None else decorate(fn)

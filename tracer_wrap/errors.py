@@ -1,0 +1,56 @@
+"""The error hierarchy: everything tracer_wrap raises derives from :class:`TracerWrapError`.
+
+Inside a user's traced call these errors are caught, logged and the call goes to the LLM (fail
+open); they reach the caller only from explicit API use (fitting, loading, configuration).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "EmbedderError",
+    "GateRefused",
+    "MissingExtraError",
+    "RouterLoadError",
+    "StoreError",
+    "TracerWrapError",
+]
+
+
+class TracerWrapError(Exception):
+    """Root of every error tracer_wrap raises."""
+
+
+class ConfigError(TracerWrapError, ValueError):
+    """A setting or argument has a value tracer_wrap cannot use."""
+
+
+class StoreError(TracerWrapError, OSError):
+    """The trace store cannot be opened, read or written."""
+
+
+class EmbedderError(TracerWrapError):
+    """The embedding model cannot be loaded or failed on an input."""
+
+
+class RouterLoadError(TracerWrapError):
+    """A saved router is missing, corrupted, tampered with or incompatible; it is not loaded."""
+
+
+class GateRefused(TracerWrapError):
+    """The parity gate certified no threshold; ``reasons`` maps each target to why."""
+
+    def __init__(self, message: str, reasons: dict[float, str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = reasons or {}
+
+
+class MissingExtraError(TracerWrapError, ImportError):
+    """An optional dependency is not installed; the message names the pip extra."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"{module} is not installed; install it with: pip install 'tracer-wrap[{extra}]'"
+        )
+        self.module = module
+        self.extra = extra
