@@ -1,0 +1,79 @@
+"""Building blocks for wrapped LLM clients (OpenAI, Anthropic).
+
+A wrapper calls them in this order::
+
+    view = openai_chat_view(kwargs, learner)          # None: not a classification, call the SDK
+    decision = engine.route(view.text)                # per task: engine for view.task_key
+    if handled:  return build_chat_completion(label, kwargs)      # or a stream / parsed twin
+    else:        response = sdk_call(**kwargs)
+                 engine.record(view.text, label_from_chat_completion(response), usage_of(response))
+
+The SDK-free parts (views, template learning, usage) import eagerly; the OpenAI and Anthropic
+builders import their SDK on first access, so a missing SDK only fails for its own provider.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._prompt import (
+    LABEL_FIELD_NAMES,
+    OutputShape,
+    PromptView,
+    TemplateLearner,
+    anthropic_messages_view,
+    anthropic_output_shape,
+    label_field_of_schema,
+    label_from_json,
+    openai_chat_output_shape,
+    openai_chat_view,
+    openai_responses_output_shape,
+    openai_responses_view,
+    usage_of,
+)
+
+_LAZY: dict[str, tuple[str, str]] = {
+    **{name: ("._openai_objects", "openai") for name in (
+        "LOCAL_FINGERPRINT", "AsyncLocalChatStream", "LocalChatStream",
+        "build_async_chat_completion_stream", "build_async_chat_stream_manager",
+        "build_chat_completion", "build_chat_completion_stream", "build_chat_stream_manager",
+        "build_parsed_chat_completion", "build_response", "is_local", "label_from_chat_completion",
+        "label_from_response")},
+    **{name: ("._anthropic_objects", "anthropic") for name in (
+        "LOCAL_ID_PREFIX", "AsyncLocalMessageStream", "LocalMessageStream",
+        "build_async_message_stream", "build_async_message_stream_manager", "build_message",
+        "build_message_stream", "build_message_stream_manager", "is_local_message",
+        "label_from_message")},
+}
+
+__all__ = [
+    "LABEL_FIELD_NAMES",
+    "OutputShape",
+    "PromptView",
+    "TemplateLearner",
+    "anthropic_messages_view",
+    "anthropic_output_shape",
+    "label_field_of_schema",
+    "label_from_json",
+    "openai_chat_output_shape",
+    "openai_chat_view",
+    "openai_responses_output_shape",
+    "openai_responses_view",
+    "usage_of",
+    *sorted(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a provider's builders on first use; a missing SDK raises ImportError naming it."""
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, package = _LAZY[name]
+    try:
+        module = importlib.import_module(module_name, __name__)
+    except ModuleNotFoundError as error:
+        if error.name != package:
+            raise
+        raise ImportError(f"{name} needs the {package!r} package: pip install {package}") from error
+    return getattr(module, name)

@@ -1,0 +1,373 @@
+"""OpenAI objects: read the label out of a real response, and build genuine ones for local answers.
+
+Everything built here is an instance of the SDK's own classes (``ChatCompletion``,
+``ParsedChatCompletion``, ``Response``, ``openai.Stream`` / ``openai.AsyncStream`` of
+``ChatCompletionChunk``) so code written for the plain SDK, including ``isinstance`` checks, runs
+unchanged. A local answer has zero usage and ``system_fingerprint == LOCAL_FINGERPRINT``; a local
+stream's ``response`` is a synthetic HTTP response with the header ``x-tracer-wrap: local``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import Any
+
+import openai
+from openai.lib.streaming.chat import AsyncChatCompletionStreamManager, ChatCompletionStreamManager
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ParsedChatCompletion
+from openai.types.chat.chat_completion import Choice
+from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
+from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall, ChoiceDeltaToolCallFunction
+from openai.types.chat.chat_completion_message_function_tool_call import (
+    ChatCompletionMessageFunctionToolCall,
+    Function,
+)
+from openai.types.chat.parsed_chat_completion import ParsedChatCompletionMessage, ParsedChoice
+from openai.types.chat.parsed_function_tool_call import ParsedFunction, ParsedFunctionToolCall
+from openai.types.completion_usage import CompletionUsage
+from openai.types.responses import Response
+
+from ._prompt import (
+    OutputShape,
+    label_from_json,
+    openai_chat_output_shape,
+    openai_responses_output_shape,
+)
+
+__all__ = [
+    "LOCAL_FINGERPRINT",
+    "AsyncLocalChatStream",
+    "LocalChatStream",
+    "build_async_chat_completion_stream",
+    "build_async_chat_stream_manager",
+    "build_chat_completion",
+    "build_chat_completion_stream",
+    "build_chat_stream_manager",
+    "build_parsed_chat_completion",
+    "build_response",
+    "is_local",
+    "label_from_chat_completion",
+    "label_from_response",
+]
+
+#: ``system_fingerprint`` of every object answered locally (and the value of the
+#: ``x-tracer-wrap`` header of a local stream's synthetic response is ``local``).
+LOCAL_FINGERPRINT = "tracer_wrap-local"
+LOCAL_HEADER = "x-tracer-wrap"
+
+# The SDK's HTTP library (httpx, or its fork httpx2 in newer releases), for a synthetic response.
+_http: Any = getattr(openai._streaming, "httpx2", None) or getattr(openai._streaming, "httpx")
+
+
+# -- reading labels -------------------------------------------------------------------------------
+
+
+def _label_from_text(text: str | None) -> str | None:
+    if text is None:
+        return None
+    stripped = text.strip()
+    if stripped.startswith("{") and stripped.endswith("}"):
+        try:
+            return label_from_json(json.loads(stripped))
+        except json.JSONDecodeError:
+            pass  # text that merely looks like JSON is still the label
+    return stripped or None
+
+
+def label_from_chat_completion(completion: ChatCompletion) -> str | None:
+    """The raw label of the first choice: a function tool call's label argument, else the
+    ``.parsed`` model's label field (``ParsedChatCompletion``), else the text (the label field if
+    the text is a JSON object). None for a refusal, an empty answer or an ambiguous JSON object."""
+    if not completion.choices:
+        return None
+    message = completion.choices[0].message
+    if message.refusal:
+        return None
+    for call in message.tool_calls or ():
+        if call.type == "function":
+            try:
+                return label_from_json(json.loads(call.function.arguments))
+            except json.JSONDecodeError:
+                return None
+    parsed = getattr(message, "parsed", None)
+    if parsed is not None and hasattr(parsed, "model_dump"):
+        return label_from_json(parsed.model_dump(mode="json"))
+    return _label_from_text(message.content)
+
+
+def label_from_response(response: Response) -> str | None:
+    """The raw label of a Responses API ``Response``: the first function call's label argument,
+    else the output text (its label field if it is a JSON object)."""
+    for item in response.output:
+        if item.type == "function_call":
+            try:
+                return label_from_json(json.loads(item.arguments))
+            except json.JSONDecodeError:
+                return None
+    return _label_from_text(response.output_text)
+
+
+def is_local(obj: Any) -> bool:
+    """Whether ``obj`` (completion, chunk, response or local stream) was answered by tracer_wrap."""
+    if isinstance(obj, (LocalChatStream, AsyncLocalChatStream)):
+        return True
+    if getattr(obj, "system_fingerprint", None) == LOCAL_FINGERPRINT:
+        return True
+    return isinstance(obj, Response) and (obj.metadata or {}).get(LOCAL_HEADER) == "local"
+
+
+# -- building local answers -----------------------------------------------------------------------
+
+
+def _shape(request: Mapping[str, Any], responses_api: bool = False) -> OutputShape:
+    shape = openai_responses_output_shape(request) if responses_api else openai_chat_output_shape(request)
+    if shape is None:
+        raise ValueError("the request's output cannot be a single label (free tool choice, or a "
+                         "response format without one string field); it must go to the LLM")
+    return shape
+
+
+def _arguments(shape: OutputShape, label: str) -> str:
+    return json.dumps({shape.field: label}, ensure_ascii=False)
+
+
+def _content(shape: OutputShape, label: str) -> str | None:
+    if shape.kind == "tool":
+        return None
+    return _arguments(shape, label) if shape.kind == "json" else label
+
+
+def _ids() -> tuple[str, str]:
+    hex_ = uuid.uuid4().hex
+    return f"chatcmpl-tracerwrap-{hex_[:24]}", f"call_tracerwrap_{hex_[24:]}"
+
+
+def _zero_usage() -> CompletionUsage:
+    return CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+
+def build_chat_completion(label: str, request: Mapping[str, Any]) -> ChatCompletion:
+    """A ``ChatCompletion`` answering ``request`` (the ``create`` kwargs) with ``label``: as the
+    text, as ``{field: label}`` JSON when a JSON/structured format was asked for, or as a call of
+    the forced function. Usage is zero; ``system_fingerprint`` is :data:`LOCAL_FINGERPRINT`.
+
+    Raises ``ValueError`` if the request's output cannot be a single label.
+    """
+    shape = _shape(request)
+    completion_id, call_id = _ids()
+    tool_calls = None
+    if shape.kind == "tool":
+        tool_calls = [ChatCompletionMessageFunctionToolCall(
+            id=call_id, type="function",
+            function=Function(name=str(shape.tool_name), arguments=_arguments(shape, label)))]
+    message = ChatCompletionMessage(role="assistant", content=_content(shape, label), refusal=None,
+                                    tool_calls=tool_calls)
+    return ChatCompletion(
+        id=completion_id, object="chat.completion", created=int(time.time()),
+        model=str(request.get("model", "")), system_fingerprint=LOCAL_FINGERPRINT,
+        choices=[Choice(index=0, message=message, logprobs=None,
+                        finish_reason="tool_calls" if tool_calls else "stop")],
+        usage=_zero_usage(),
+    )
+
+
+def _parse_as(fmt: Any, data: dict[str, str]) -> Any:
+    """``data`` validated as the user's response format type (pydantic model or dataclass-like)."""
+    if hasattr(fmt, "model_validate"):
+        return fmt.model_validate(data)
+    import pydantic
+
+    return pydantic.TypeAdapter(fmt).validate_python(data)
+
+
+def build_parsed_chat_completion(label: str, request: Mapping[str, Any]) -> ParsedChatCompletion[Any]:
+    """The ``ParsedChatCompletion`` that ``chat.completions.parse(**request)`` returns when the LLM
+    answers ``label``: ``.parsed`` is an instance of the request's ``response_format`` type, and a
+    forced ``pydantic_function_tool`` / strict function call carries ``parsed_arguments``.
+
+    Raises ``ValueError`` if the request's output cannot be a single label, and pydantic's
+    ``ValidationError`` if ``label`` is not a valid value of the label field (not in its enum).
+    """
+    shape = _shape(request)
+    fmt = request.get("response_format")
+    fmt_type: Any = fmt if isinstance(fmt, type) else type(None)
+    completion_id, call_id = _ids()
+    data = {str(shape.field): label}
+    parsed = _parse_as(fmt, data) if shape.kind == "json" and isinstance(fmt, type) else None
+    tool_calls = None
+    if shape.kind == "tool":
+        function = next(t["function"] for t in request.get("tools") or ()
+                        if t.get("type") == "function" and t["function"].get("name") == shape.tool_name)
+        model = getattr(function, "model", None)  # set by openai.pydantic_function_tool()
+        if model is not None:
+            parsed_arguments: Any = _parse_as(model, data)
+        else:
+            parsed_arguments = dict(data) if function.get("strict") else None
+        tool_calls = [ParsedFunctionToolCall(
+            id=call_id, type="function",
+            function=ParsedFunction(name=str(shape.tool_name), arguments=_arguments(shape, label),
+                                    parsed_arguments=parsed_arguments))]
+    message = ParsedChatCompletionMessage[fmt_type](
+        role="assistant", content=_content(shape, label), refusal=None, parsed=parsed,
+        tool_calls=tool_calls)
+    return ParsedChatCompletion[fmt_type](
+        id=completion_id, object="chat.completion", created=int(time.time()),
+        model=str(request.get("model", "")), system_fingerprint=LOCAL_FINGERPRINT,
+        choices=[ParsedChoice[fmt_type](index=0, message=message, logprobs=None,
+                                        finish_reason="tool_calls" if tool_calls else "stop")],
+        usage=_zero_usage(),
+    )
+
+
+def _chunks(label: str, request: Mapping[str, Any]) -> list[ChatCompletionChunk]:
+    shape = _shape(request)
+    completion_id, call_id = _ids()
+    created = int(time.time())
+    model = str(request.get("model", ""))
+
+    def chunk(delta: ChoiceDelta | None, finish: Any = None) -> ChatCompletionChunk:
+        choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=finish)]
+        return ChatCompletionChunk(id=completion_id, object="chat.completion.chunk", created=created,
+                                   model=model, system_fingerprint=LOCAL_FINGERPRINT, choices=choices)
+
+    if shape.kind == "tool":
+        call = ChoiceDeltaToolCall(index=0, id=call_id, type="function", function=ChoiceDeltaToolCallFunction(
+            name=shape.tool_name, arguments=_arguments(shape, label)))
+        chunks = [chunk(ChoiceDelta(role="assistant")), chunk(ChoiceDelta(tool_calls=[call])),
+                  chunk(ChoiceDelta(), "tool_calls")]
+    else:
+        chunks = [chunk(ChoiceDelta(role="assistant", content="")),
+                  chunk(ChoiceDelta(content=_content(shape, label))), chunk(ChoiceDelta(), "stop")]
+    stream_options = request.get("stream_options")
+    if isinstance(stream_options, Mapping) and stream_options.get("include_usage"):
+        usage_chunk = chunk(None)
+        usage_chunk.usage = _zero_usage()
+        chunks.append(usage_chunk)
+    return chunks
+
+
+def _local_http_response(path: str) -> Any:
+    return _http.Response(
+        200,
+        headers={"content-type": "text/event-stream", LOCAL_HEADER: "local"},
+        request=_http.Request("POST", f"https://tracer-wrap.local/v1/{path}"),
+    )
+
+
+class LocalChatStream(openai.Stream[ChatCompletionChunk]):
+    """A real ``openai.Stream`` of prepared chunks: iterate, ``next()``, ``with``, ``close()``.
+
+    After ``close()`` iteration stops, as it does on a closed HTTP stream.
+    """
+
+    def __init__(self, chunks: Sequence[ChatCompletionChunk]) -> None:
+        # Stream.__init__ wants a live HTTP response and client; a local answer has neither, so
+        # set what the inherited methods (__next__, __iter__, __enter__, __exit__, close) read.
+        self.response = _local_http_response("chat/completions")
+        self._cast_to = ChatCompletionChunk
+        self._options = None
+        self._closed = False
+        self._iterator = self._replay(list(chunks))
+
+    def _replay(self, chunks: list[ChatCompletionChunk]) -> Iterator[ChatCompletionChunk]:
+        for chunk in chunks:
+            if self._closed:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        """Stop the stream; later iteration yields nothing."""
+        self._closed = True
+        super().close()
+
+
+class AsyncLocalChatStream(openai.AsyncStream[ChatCompletionChunk]):
+    """A real ``openai.AsyncStream`` of prepared chunks: ``async for``, ``async with``,
+    ``await close()`` / ``await aclose()``."""
+
+    def __init__(self, chunks: Sequence[ChatCompletionChunk]) -> None:
+        self.response = _local_http_response("chat/completions")
+        self._cast_to = ChatCompletionChunk
+        self._options = None
+        self._closed = False
+        self._iterator = self._replay(list(chunks))
+
+    async def _replay(self, chunks: list[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+        for chunk in chunks:
+            if self._closed:
+                return
+            yield chunk
+
+    async def close(self) -> None:
+        """Stop the stream; later iteration yields nothing."""
+        self._closed = True
+        await super().close()
+
+
+def build_chat_completion_stream(label: str, request: Mapping[str, Any]) -> LocalChatStream:
+    """What ``create(stream=True, **request)`` returns when the LLM answers ``label``: a role chunk,
+    the content (or tool call) chunk, a finish chunk, and a zero usage chunk if
+    ``stream_options.include_usage``. Raises ``ValueError`` like :func:`build_chat_completion`."""
+    return LocalChatStream(_chunks(label, request))
+
+
+def build_async_chat_completion_stream(label: str, request: Mapping[str, Any]) -> AsyncLocalChatStream:
+    """The ``AsyncOpenAI`` twin of :func:`build_chat_completion_stream`."""
+    return AsyncLocalChatStream(_chunks(label, request))
+
+
+def build_chat_stream_manager(label: str, request: Mapping[str, Any]) -> ChatCompletionStreamManager[Any]:
+    """What ``chat.completions.stream(**request)`` returns when the LLM answers ``label``: the SDK's
+    own manager over a local stream, so events, ``get_final_completion()`` and ``.parsed`` work."""
+    stream = build_chat_completion_stream(label, request)
+    return ChatCompletionStreamManager(lambda: stream, response_format=request.get("response_format", openai.omit),
+                                       input_tools=request.get("tools", openai.omit))
+
+
+def build_async_chat_stream_manager(label: str,
+                                    request: Mapping[str, Any]) -> AsyncChatCompletionStreamManager[Any]:
+    """The ``AsyncOpenAI`` twin of :func:`build_chat_stream_manager`."""
+    stream = build_async_chat_completion_stream(label, request)
+
+    async def api_request() -> openai.AsyncStream[ChatCompletionChunk]:
+        return stream
+
+    return AsyncChatCompletionStreamManager(api_request(), response_format=request.get("response_format", openai.omit),
+                                            input_tools=request.get("tools", openai.omit))
+
+
+def build_response(label: str, request: Mapping[str, Any]) -> Response:
+    """The Responses API ``Response`` answering ``request`` with ``label`` (text, ``{field: label}``
+    JSON for ``text.format``, or a forced function call). Usage is zero and
+    ``metadata[LOCAL_HEADER] == "local"`` marks it (a ``Response`` has no system fingerprint).
+
+    Built the way the SDK builds a response from JSON (``Response.construct``), since it echoes the
+    request's tools, which the SDK does not validate either. Raises ``ValueError`` like
+    :func:`build_chat_completion`.
+    """
+    shape = _shape(request, responses_api=True)
+    hex_ = uuid.uuid4().hex
+    if shape.kind == "tool":
+        item: dict[str, Any] = {"type": "function_call", "id": f"fc_tracerwrap_{hex_[:20]}",
+                                "call_id": f"call_tracerwrap_{hex_[20:]}", "name": shape.tool_name,
+                                "arguments": _arguments(shape, label), "status": "completed"}
+    else:
+        item = {"type": "message", "id": f"msg_tracerwrap_{hex_[:20]}", "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": _content(shape, label), "annotations": []}]}
+    metadata = dict(request.get("metadata") or {})
+    metadata[LOCAL_HEADER] = "local"
+    return Response.construct(
+        id=f"resp_tracerwrap_{hex_[:24]}", object="response", created_at=time.time(),
+        status="completed", model=str(request.get("model", "")), output=[item],
+        parallel_tool_calls=bool(request.get("parallel_tool_calls", True)),
+        tool_choice=request.get("tool_choice", "auto"), tools=list(request.get("tools") or []),
+        instructions=request.get("instructions"), metadata=metadata,
+        text=request.get("text") or {"format": {"type": "text"}},
+        usage={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
+               "input_tokens_details": {"cached_tokens": 0},
+               "output_tokens_details": {"reasoning_tokens": 0}},
+    )

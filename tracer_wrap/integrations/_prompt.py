@@ -1,0 +1,557 @@
+"""Read an LLM request as a classification: which task it belongs to, and which text it classifies.
+
+SDK-free: works on the plain keyword arguments of ``chat.completions.create`` / ``.parse``,
+``responses.create`` and anthropic ``messages.create``, so it imports neither SDK.
+
+The *task key* names the prompt template: a hash of the model, the system prompt, every message but
+the classified one, the output format (``response_format`` / ``text.format`` / ``output_config``)
+and the forced tool. The *text* is the last user message. When the template wraps the text in a
+longer user message (``"Classify this review:\\n{text}\\nAnswer with one word."``) a
+:class:`TemplateLearner` finds the constant prefix and suffix from a few calls, strips them from the
+text and puts them into the task key, so the key does not depend on the text.
+
+The module also decides the *output shape* of a request (plain text, a JSON field, a forced tool's
+argument): a call whose answer cannot be one label is not classification-shaped and gets no view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "LABEL_FIELD_NAMES",
+    "OutputShape",
+    "PromptView",
+    "TemplateLearner",
+    "anthropic_messages_view",
+    "anthropic_output_shape",
+    "label_field_of_schema",
+    "label_from_json",
+    "openai_chat_output_shape",
+    "openai_chat_view",
+    "openai_responses_output_shape",
+    "openai_responses_view",
+    "usage_of",
+]
+
+#: Field names that hold the label in a JSON / structured / tool output, in order of preference.
+LABEL_FIELD_NAMES: tuple[str, ...] = ("label", "category", "class", "intent")
+
+
+@dataclass(frozen=True)
+class PromptView:
+    """A classification call: ``task_key`` names its prompt template, ``text`` is what it classifies."""
+
+    task_key: str
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputShape:
+    """How a request wants its single label delivered.
+
+    ``kind="text"``: the assistant's text is the label. ``kind="json"``: a JSON object whose ``field``
+    is the label (``response_format`` / structured outputs). ``kind="tool"``: a forced call of tool
+    ``tool_name`` whose argument ``field`` is the label.
+    """
+
+    kind: Literal["text", "json", "tool"] = "text"
+    field: str | None = None
+    tool_name: str | None = None
+
+
+# -- label fields of JSON payloads -------------------------------------------------------------
+
+
+def label_from_json(payload: Any) -> str | None:
+    """The label in a decoded JSON object: the field named label/category/class/intent if it is a
+    string, else the single string field; None when there is none or it is ambiguous."""
+    if not isinstance(payload, Mapping):
+        return None
+    for name in LABEL_FIELD_NAMES:
+        if isinstance(payload.get(name), str):
+            return str(payload[name])
+    strings = [value for value in payload.values() if isinstance(value, str)]
+    return strings[0] if len(strings) == 1 else None
+
+
+def label_field_of_schema(schema: Any) -> str | None:
+    """The property of a JSON schema that holds the label: a label/category/class/intent property,
+    else the single string/enum property; None when there is none or several."""
+    if not isinstance(schema, Mapping):
+        return None
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping):
+        return None
+    defs = schema.get("$defs") or schema.get("definitions") or {}
+    stringy = [name for name, prop in properties.items() if _is_string_schema(prop, defs)]
+    for name in LABEL_FIELD_NAMES:
+        if name in stringy:
+            return name
+    return stringy[0] if len(stringy) == 1 else None
+
+
+def _is_string_schema(prop: Any, defs: Mapping[str, Any]) -> bool:
+    if isinstance(prop, Mapping) and isinstance(prop.get("$ref"), str):
+        prop = defs.get(prop["$ref"].rsplit("/", 1)[-1])
+    if not isinstance(prop, Mapping):
+        return False
+    if prop.get("type") == "string" or isinstance(prop.get("const"), str):
+        return True
+    enum = prop.get("enum")
+    return isinstance(enum, list) and bool(enum) and all(isinstance(v, str) for v in enum)
+
+
+def _schema_of(response_format: Any) -> Any:
+    """The JSON schema of a pydantic model class or of a ``json_schema`` response format dict."""
+    if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
+        return response_format.model_json_schema()
+    if isinstance(response_format, Mapping):
+        if "json_schema" in response_format:  # chat completions
+            return (response_format.get("json_schema") or {}).get("schema")
+        return response_format.get("schema")  # responses API and anthropic
+    return None
+
+
+def _format_shape(fmt: Any) -> OutputShape | None:
+    """Shape of a response format (dict or pydantic class); None when it cannot hold one label."""
+    if fmt is None:
+        return OutputShape()
+    if isinstance(fmt, Mapping):
+        kind = fmt.get("type")
+        if kind in (None, "text"):
+            return OutputShape()
+        if kind == "json_object":
+            return OutputShape("json", LABEL_FIELD_NAMES[0])
+        if kind != "json_schema":
+            return None
+    field = label_field_of_schema(_schema_of(fmt))
+    return OutputShape("json", field) if field is not None else None
+
+
+# -- output shapes per API -----------------------------------------------------------------------
+
+
+def openai_chat_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
+    """Output shape of a ``chat.completions.create``/``parse`` request; None if not one label
+    (a free ``tool_choice`` with tools, an unknown or multi-field format)."""
+    tools = [t for t in kwargs.get("tools") or () if isinstance(t, Mapping)]
+    choice = kwargs.get("tool_choice")
+    if tools and choice != "none":
+        functions = {
+            t["function"].get("name"): t["function"]
+            for t in tools
+            if t.get("type") == "function" and isinstance(t.get("function"), Mapping)
+        }
+        name: Any = None
+        if isinstance(choice, Mapping) and choice.get("type") == "function":
+            name = (choice.get("function") or {}).get("name")
+        elif choice == "required" and len(functions) == 1 and len(tools) == 1:
+            name = next(iter(functions))
+        if name not in functions:
+            return None  # the model may or may not call a tool: an agent step, not a classifier
+        field = label_field_of_schema(_function_parameters(functions[name]))
+        return OutputShape("tool", field, name) if field is not None else None
+    return _format_shape(kwargs.get("response_format"))
+
+
+def _function_parameters(function: Any) -> Any:
+    # openai.pydantic_function_tool() stores a PydanticFunctionTool, a dict subclass with .model
+    model = getattr(function, "model", None)
+    if isinstance(model, type) and hasattr(model, "model_json_schema"):
+        return model.model_json_schema()
+    return function.get("parameters")
+
+
+def openai_responses_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
+    """Output shape of a ``responses.create`` request; None if not one label."""
+    tools = [t for t in kwargs.get("tools") or () if isinstance(t, Mapping)]
+    choice = kwargs.get("tool_choice")
+    if tools and choice != "none":
+        functions = {t.get("name"): t for t in tools if t.get("type") == "function"}
+        name: Any = None
+        if isinstance(choice, Mapping) and choice.get("type") == "function":
+            name = choice.get("name")
+        elif choice == "required" and len(functions) == 1 and len(tools) == 1:
+            name = next(iter(functions))
+        if name not in functions:
+            return None
+        field = label_field_of_schema(functions[name].get("parameters"))
+        return OutputShape("tool", field, name) if field is not None else None
+    text = kwargs.get("text")
+    return _format_shape(text.get("format") if isinstance(text, Mapping) else None)
+
+
+def anthropic_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
+    """Output shape of an anthropic ``messages.create`` request; None if not one label."""
+    tools = [t for t in kwargs.get("tools") or () if isinstance(t, Mapping)]
+    choice = kwargs.get("tool_choice") or {"type": "auto"}
+    if tools and choice.get("type") != "none":
+        by_name = {t.get("name"): t for t in tools if "input_schema" in t}
+        name: Any = None
+        if choice.get("type") == "tool":
+            name = choice.get("name")
+        elif choice.get("type") == "any" and len(by_name) == 1 and len(tools) == 1:
+            name = next(iter(by_name))
+        if name not in by_name:
+            return None
+        field = label_field_of_schema(by_name[name].get("input_schema"))
+        return OutputShape("tool", field, name) if field is not None else None
+    config = kwargs.get("output_config")
+    fmt = config.get("format") if isinstance(config, Mapping) else None
+    return _format_shape(fmt if fmt is not None else kwargs.get("output_format"))
+
+
+# -- template learning ---------------------------------------------------------------------------
+
+# Characters that may sit right against the classified text inside a template ('"{text}"').
+_DELIMITERS = frozenset("\"'`«»“”‘’<>[](){}:|")
+
+
+def _is_cut(message: str, position: int) -> bool:
+    """Whether ``position`` lies on a word boundary of ``message``."""
+    if position <= 0 or position >= len(message):
+        return True
+    before, after = message[position - 1], message[position]
+    return (before.isspace() or after.isspace() or before in _DELIMITERS or after in _DELIMITERS
+            or not (before.isalnum() and after.isalnum()))
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    limit = min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    # Shrink to a cut that is a word boundary in both messages, so "The movie"/"The mood" give
+    # "The " and never "The m".
+    while n > 0 and not (_is_cut(a, n) and _is_cut(b, n)):
+        n -= 1
+    return a[:n]
+
+
+def _common_suffix(a: str, b: str) -> str:
+    return _common_prefix(a[::-1], b[::-1])[::-1] if a and b else ""
+
+
+def _is_template_affix(affix: str, side: Literal["prefix", "suffix"], min_chars: int | None) -> bool:
+    """Whether a shared affix looks like template boilerplate rather than a chance overlap.
+
+    Natural texts often share opening words ("Hi, I would like to ") or a final "." by chance; a
+    template affix is separated from the text by a line break or a delimiter such as ':' or a
+    quote (or, if ``min_chars`` is set, is at least that long).
+    """
+    stripped = affix.strip()
+    if not stripped:
+        return False
+    if min_chars is not None and len(affix) >= min_chars:
+        return True
+    edge = affix[-1] if side == "prefix" else affix[0]
+    inner = stripped[-1] if side == "prefix" else stripped[0]
+    return edge == "\n" or "\n" in affix or inner in _DELIMITERS
+
+
+@dataclass(frozen=True)
+class _Template:
+    prefix: str
+    suffix: str
+
+    def middle(self, message: str) -> str | None:
+        if len(message) <= len(self.prefix) + len(self.suffix):
+            return None
+        if not (message.startswith(self.prefix) and message.endswith(self.suffix)):
+            return None
+        text = message[len(self.prefix): len(message) - len(self.suffix)].strip()
+        return text or None
+
+
+class TemplateLearner:
+    """Learns the constant prefix/suffix a prompt template puts around the classified text.
+
+    Messages are grouped by a caller-given ``group`` (the rest of the prompt). Within a group, once
+    ``min_examples`` messages share a word-boundary prefix and/or suffix that looks like template
+    boilerplate (it meets the text at a line break or a delimiter such as ``:`` or a quote; or is at
+    least ``min_affix_chars`` long, if set), that (prefix, suffix) pair becomes a template; later
+    messages that match it are split without search. Until then a message is its own text with an
+    empty template, so the first few calls of a wrapped template land under the plain key.
+
+    Limits: texts that really share an opening line (``"Hi team,\n..."``) in ``min_examples``
+    calls are taken for a template, which splits their task in two; raise ``min_examples`` for such
+    traffic, or name the task explicitly.
+
+    Thread-safe (one lock); memory is bounded by ``max_groups`` groups of at most ``pool_size``
+    recent unmatched messages and ``max_templates`` templates each.
+    """
+
+    def __init__(self, min_examples: int = 4, min_affix_chars: int | None = None, pool_size: int = 32,
+                 max_templates: int = 8, max_groups: int = 1024) -> None:
+        if min_examples < 2:
+            raise ValueError("min_examples must be >= 2: one message has no common prefix")
+        self.min_examples = min_examples
+        self.min_affix_chars = min_affix_chars
+        self.pool_size = pool_size
+        self.max_templates = max_templates
+        self.max_groups = max_groups
+        self._lock = threading.Lock()
+        self._groups: OrderedDict[str, tuple[list[_Template], deque[str]]] = OrderedDict()
+
+    def split(self, group: str, message: str) -> tuple[str, str, str]:
+        """Return ``(prefix, text, suffix)`` of ``message``; learns from it if no template matches.
+
+        ``prefix + text + suffix`` equals ``message`` up to whitespace around ``text``.
+        """
+        with self._lock:
+            templates, pool = self._group(group)
+            for template in templates:
+                text = template.middle(message)
+                if text is not None:
+                    return template.prefix, text, template.suffix
+            template = self._learn(message, pool)
+            if template is None:
+                pool.append(message)
+                return "", message, ""
+            templates.insert(0, template)
+            del templates[self.max_templates:]
+            # The messages it explains are no evidence for another template.
+            kept = [m for m in pool if template.middle(m) is None]
+            pool.clear()
+            pool.extend(kept)
+            text = template.middle(message)
+            return template.prefix, text if text is not None else message, template.suffix
+
+    def templates(self, group: str) -> list[tuple[str, str]]:
+        """The learned ``(prefix, suffix)`` pairs of ``group``, most recent first."""
+        with self._lock:
+            entry = self._groups.get(group)
+            return [(t.prefix, t.suffix) for t in entry[0]] if entry else []
+
+    def _group(self, group: str) -> tuple[list[_Template], deque[str]]:
+        entry = self._groups.get(group)
+        if entry is None:
+            entry = ([], deque(maxlen=self.pool_size))
+            self._groups[group] = entry
+            while len(self._groups) > self.max_groups:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(group)
+        return entry
+
+    def _learn(self, message: str, pool: deque[str]) -> _Template | None:
+        """The template with the longest boilerplate that ``min_examples`` messages (this one and
+        ``min_examples - 1`` pooled ones) share, or None."""
+        need = self.min_examples - 1
+        if len(pool) < need:
+            return None
+        prefixes = {""}
+        suffixes = {""}
+        for other in pool:
+            prefix = _common_prefix(message, other)
+            if _is_template_affix(prefix, "prefix", self.min_affix_chars):
+                prefixes.add(prefix)
+            suffix = _common_suffix(message, other)
+            if _is_template_affix(suffix, "suffix", self.min_affix_chars):
+                suffixes.add(suffix)
+        if len(prefixes) == 1 and len(suffixes) == 1:
+            return None  # the common case for untemplated traffic: no search at all
+        supported_prefixes = [p for p in prefixes if sum(m.startswith(p) for m in pool) >= need]
+        supported_suffixes = [s for s in suffixes if sum(m.endswith(s) for m in pool) >= need]
+        best: _Template | None = None
+        for prefix in supported_prefixes:
+            for suffix in supported_suffixes:
+                if not prefix and not suffix:
+                    continue
+                candidate = _Template(prefix, suffix)
+                if candidate.middle(message) is None:
+                    continue
+                if best is not None and len(prefix) + len(suffix) <= len(best.prefix) + len(best.suffix):
+                    continue
+                if sum(candidate.middle(m) is not None for m in pool) >= need:
+                    best = candidate
+        return best
+
+
+# -- views ---------------------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-able, process-independent form of a request value (for hashing)."""
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, type) and hasattr(value, "model_json_schema"):
+        return {"pydantic": value.__name__, "schema": value.model_json_schema()}
+    if hasattr(value, "model_dump"):
+        return _canonical(value.model_dump(mode="json", exclude_none=True))
+    # Anything else (an SDK sentinel, a callable) must not leak its memory address into the key.
+    return type(value).__qualname__
+
+
+def _digest(parts: Mapping[str, Any]) -> str:
+    blob = json.dumps(_canonical(parts), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _as_dict(message: Any) -> Mapping[str, Any] | None:
+    if isinstance(message, Mapping):
+        return message
+    if hasattr(message, "model_dump"):  # an SDK message object passed back in a conversation
+        dumped = message.model_dump(mode="json", exclude_none=True)
+        return dumped if isinstance(dumped, Mapping) else None
+    return None
+
+
+def _content_text(content: Any, text_types: frozenset[str]) -> str | None:
+    """Text of a content that is a string or a list of text parts; None for any other part."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, Sequence) or isinstance(content, (bytes, bytearray)) or not content:
+        return None
+    texts: list[str] = []
+    for part in content:
+        part = _as_dict(part)
+        if part is None or part.get("type") not in text_types or not isinstance(part.get("text"), str):
+            return None  # an image, audio or file input is not a text classification
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _view(api: str, context: Mapping[str, Any], message: str | None,
+          learner: TemplateLearner | None) -> PromptView | None:
+    if message is None or not message.strip():
+        return None
+    group = _digest({"api": api, **context})
+    prefix, text, suffix = learner.split(group, message) if learner is not None else ("", message, "")
+    task_key = f"{api}:{_digest({'group': group, 'prefix': prefix, 'suffix': suffix})}"
+    return PromptView(task_key=task_key, text=text.strip())
+
+
+_CHAT_TEXT = frozenset({"text"})
+_RESPONSES_TEXT = frozenset({"input_text"})
+
+
+def openai_chat_view(kwargs: Mapping[str, Any], learner: TemplateLearner | None = None) -> PromptView | None:
+    """The view of a ``chat.completions.create``/``parse`` call, or None if it is not a
+    classification: no final user message, a non-text part, ``n > 1``, tools without a forced
+    function, or an output format that cannot hold one label. Never raises on odd input."""
+    try:
+        messages = [_as_dict(m) for m in kwargs.get("messages") or ()]
+        if not messages or any(m is None for m in messages) or kwargs.get("n") not in (None, 1):
+            return None
+        if messages[-1].get("role") != "user":  # type: ignore[union-attr]
+            return None
+        if openai_chat_output_shape(kwargs) is None:
+            return None
+        message = _content_text(messages[-1].get("content"), _CHAT_TEXT)  # type: ignore[union-attr]
+        context = {
+            "model": kwargs.get("model"),
+            "messages": messages[:-1],
+            "response_format": kwargs.get("response_format"),
+            "tools": kwargs.get("tools"),
+            "tool_choice": kwargs.get("tool_choice"),
+            "functions": kwargs.get("functions"),
+        }
+        return _view("openai.chat", context, message, learner)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def openai_responses_view(kwargs: Mapping[str, Any],
+                          learner: TemplateLearner | None = None) -> PromptView | None:
+    """The view of a ``responses.create`` call, or None if it is not a classification (also when it
+    depends on server-side state: ``previous_response_id``, ``conversation``, a stored ``prompt``)."""
+    try:
+        if any(kwargs.get(k) is not None for k in ("previous_response_id", "conversation", "prompt")):
+            return None
+        if openai_responses_output_shape(kwargs) is None:
+            return None
+        raw_input = kwargs.get("input")
+        if isinstance(raw_input, str):
+            earlier: list[Any] = []
+            message: str | None = raw_input
+        else:
+            items = [_as_dict(item) for item in raw_input or ()]
+            if not items or any(i is None for i in items):
+                return None
+            last = items[-1]
+            if last.get("role") != "user" or last.get("type", "message") != "message":  # type: ignore[union-attr]
+                return None
+            earlier = items[:-1]
+            message = _content_text(last.get("content"), _RESPONSES_TEXT)  # type: ignore[union-attr]
+        context = {
+            "model": kwargs.get("model"),
+            "instructions": kwargs.get("instructions"),
+            "input": earlier,
+            "text": kwargs.get("text"),
+            "tools": kwargs.get("tools"),
+            "tool_choice": kwargs.get("tool_choice"),
+        }
+        return _view("openai.responses", context, message, learner)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def anthropic_messages_view(kwargs: Mapping[str, Any],
+                            learner: TemplateLearner | None = None) -> PromptView | None:
+    """The view of an anthropic ``messages.create`` call, or None if it is not a classification
+    (no final user message, an image/document block, tools without a forced tool)."""
+    try:
+        messages = [_as_dict(m) for m in kwargs.get("messages") or ()]
+        if not messages or any(m is None for m in messages):
+            return None
+        if messages[-1].get("role") != "user":  # type: ignore[union-attr]
+            return None
+        if anthropic_output_shape(kwargs) is None:
+            return None
+        message = _content_text(messages[-1].get("content"), _CHAT_TEXT)  # type: ignore[union-attr]
+        context = {
+            "model": kwargs.get("model"),
+            "system": kwargs.get("system"),
+            "messages": messages[:-1],
+            "tools": kwargs.get("tools"),
+            "tool_choice": kwargs.get("tool_choice"),
+            "output_config": kwargs.get("output_config"),
+            "output_format": kwargs.get("output_format"),
+        }
+        return _view("anthropic.messages", context, message, learner)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+# -- usage ---------------------------------------------------------------------------------------
+
+
+def usage_of(response: Any) -> dict[str, int]:
+    """Token counts of a real provider response, for cost accounting.
+
+    Returns ``{"input_tokens", "output_tokens"}`` plus ``"cached_input_tokens"`` when the provider
+    reports cache reads. Works on OpenAI ``ChatCompletion`` / usage-bearing ``ChatCompletionChunk``
+    (``prompt_tokens`` / ``completion_tokens``), Responses API ``Response`` and anthropic ``Message``
+    (``input_tokens`` / ``output_tokens``), and anthropic ``message_start`` / ``message_delta``
+    stream events. Returns ``{}`` when the object carries no usage (a chunk without it), so
+    "unknown" is never mistaken for "free".
+    """
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        message = getattr(response, "message", None)  # anthropic message_start event
+        usage = getattr(message, "usage", None)
+    if usage is None:
+        return {}
+    if getattr(usage, "prompt_tokens", None) is not None:
+        counts = {"input_tokens": int(usage.prompt_tokens), "output_tokens": int(usage.completion_tokens or 0)}
+        cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
+    else:
+        counts = {"input_tokens": int(getattr(usage, "input_tokens", None) or 0),
+                  "output_tokens": int(getattr(usage, "output_tokens", None) or 0)}
+        cached = getattr(getattr(usage, "input_tokens_details", None), "cached_tokens", None)
+        cached = cached if cached is not None else getattr(usage, "cache_read_input_tokens", None)
+    if cached:
+        counts["cached_input_tokens"] = int(cached)
+    return counts
