@@ -1,0 +1,241 @@
+"""Prompt views: task keys independent of the text, classified text without boilerplate."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import threading
+from typing import Any, Literal
+
+import pydantic
+import pytest
+
+from tracer_wrap.integrations import (
+    OutputShape,
+    PromptView,
+    TemplateLearner,
+    anthropic_messages_view,
+    label_field_of_schema,
+    label_from_json,
+    openai_chat_output_shape,
+    openai_chat_view,
+    openai_responses_view,
+    usage_of,
+)
+
+TEMPLATE = "Classify the sentiment of this review.\nReview: {}\nAnswer with one word."
+REVIEWS = ["The plot was thin but the actors shine", "Terrible sound, left early",
+           "A warm, funny film", "I want my money back", "Best thing I saw this year"]
+
+
+def chat(text: str, system: str = "You label sentiment.", model: str = "gpt-test", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "system", "content": system},
+                                         {"role": "user", "content": text}], **extra}
+
+
+class Mood(enum.Enum):
+    happy = "happy"
+    sad = "sad"
+
+
+class MoodAnswer(pydantic.BaseModel):
+    mood: Mood
+
+
+class Detailed(pydantic.BaseModel):
+    reasoning: str
+    category: Literal["a", "b"]
+    confidence: float
+
+
+class TwoStrings(pydantic.BaseModel):
+    first: str
+    second: str
+
+
+# -- views -----------------------------------------------------------------------------------------
+
+
+def test_chat_view_key_depends_on_template_not_text() -> None:
+    a, b = openai_chat_view(chat("great")), openai_chat_view(chat("awful"))
+    assert a == PromptView(a.task_key, "great") and b.text == "awful"
+    assert a.task_key == b.task_key and a.task_key.startswith("openai.chat:")
+    assert openai_chat_view(chat("great", system="You label topics.")).task_key != a.task_key
+    assert openai_chat_view(chat("great", model="gpt-other")).task_key != a.task_key
+    assert openai_chat_view(chat("great", response_format=MoodAnswer)).task_key != a.task_key
+    # Sampling settings do not split a task.
+    assert openai_chat_view(chat("great", temperature=0.3)).task_key == a.task_key
+
+
+def test_chat_view_reads_text_parts_and_skips_non_classifications() -> None:
+    parts = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "first line"}, {"type": "text", "text": "second"}]}]}
+    assert openai_chat_view(parts).text == "first line\nsecond"
+    image = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}
+    assert openai_chat_view(image) is None
+    assert openai_chat_view(chat("x", n=3)) is None
+    assert openai_chat_view({"model": "m", "messages": [{"role": "system", "content": "hi"}]}) is None
+    assert openai_chat_view({"model": "m", "messages": []}) is None
+    assert openai_chat_view(chat("   ")) is None
+    free_tools = chat("x", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    assert openai_chat_view(free_tools) is None
+    assert openai_chat_view(chat("x", response_format=TwoStrings)) is None
+    assert openai_chat_view({"messages": "not a list of messages"}) is None
+
+
+def test_conversation_history_is_part_of_the_key() -> None:
+    history = [{"role": "user", "content": "example: good"}, {"role": "assistant", "content": "positive"}]
+    with_history = {"model": "m", "messages": [*history, {"role": "user", "content": "bad"}]}
+    other_history = {"model": "m", "messages": [history[0], {"role": "assistant", "content": "neg"},
+                                                {"role": "user", "content": "bad"}]}
+    assert openai_chat_view(with_history).task_key != openai_chat_view(other_history).task_key
+
+
+def test_responses_view() -> None:
+    a = openai_responses_view({"model": "m", "instructions": "Label it.", "input": "great"})
+    b = openai_responses_view({"model": "m", "instructions": "Label it.", "input": [
+        {"role": "user", "content": [{"type": "input_text", "text": "awful"}]}]})
+    assert (a.text, b.text) == ("great", "awful")
+    assert a.task_key.startswith("openai.responses:")
+    assert openai_responses_view({"model": "m", "input": "x", "previous_response_id": "resp_1"}) is None
+    assert openai_responses_view({"model": "m", "input": [
+        {"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}) is None
+
+
+def test_anthropic_view() -> None:
+    def req(text: Any, **extra: Any) -> dict[str, Any]:
+        return {"model": "claude", "max_tokens": 5, "system": "Label it.",
+                "messages": [{"role": "user", "content": text}], **extra}
+
+    a = anthropic_messages_view(req("great"))
+    b = anthropic_messages_view(req([{"type": "text", "text": "awful"}]))
+    assert (a.text, b.text) == ("great", "awful") and a.task_key == b.task_key
+    assert a.task_key.startswith("anthropic.messages:")
+    assert anthropic_messages_view(req([{"type": "image", "source": {}}])) is None
+    tool = {"name": "classify", "input_schema": {"type": "object", "properties": {"label": {"type": "string"}}}}
+    assert anthropic_messages_view(req("x", tools=[tool])) is None  # the model may not call it
+    forced = anthropic_messages_view(req("x", tools=[tool], tool_choice={"type": "tool", "name": "classify"}))
+    assert forced is not None and forced.task_key != a.task_key
+
+
+# -- output shapes -----------------------------------------------------------------------------------
+
+
+def test_output_shapes() -> None:
+    assert openai_chat_output_shape(chat("x")) == OutputShape("text")
+    assert openai_chat_output_shape(chat("x", response_format=MoodAnswer)) == OutputShape("json", "mood")
+    assert openai_chat_output_shape(chat("x", response_format=Detailed)) == OutputShape("json", "category")
+    assert openai_chat_output_shape(chat("x", response_format={"type": "json_object"})) == OutputShape("json", "label")
+    tool = {"type": "function", "function": {"name": "pick", "parameters": MoodAnswer.model_json_schema()}}
+    assert openai_chat_output_shape(chat("x", tools=[tool], tool_choice="required")) == OutputShape("tool", "mood", "pick")
+    assert openai_chat_output_shape(chat("x", tools=[tool], tool_choice="none")) == OutputShape("text")
+
+
+def test_label_field_of_schema_and_label_from_json() -> None:
+    assert label_field_of_schema(MoodAnswer.model_json_schema()) == "mood"  # enum via $ref
+    assert label_field_of_schema(TwoStrings.model_json_schema()) is None
+    assert label_field_of_schema({"type": "object"}) is None
+    assert label_from_json({"intent": "refund", "note": "x"}) == "refund"
+    assert label_from_json({"mood": "happy", "score": 0.9}) == "happy"
+    assert label_from_json({"a": "x", "b": "y"}) is None
+    assert label_from_json(["positive"]) is None
+
+
+# -- template learning -------------------------------------------------------------------------------
+
+
+def test_template_learner_strips_prefix_and_suffix_and_stabilises_the_key() -> None:
+    learner = TemplateLearner(min_examples=3)
+    views = [openai_chat_view(chat(TEMPLATE.format(r)), learner) for r in REVIEWS]
+    # Before min_examples messages the template is unknown; from then on it is stripped.
+    assert views[0].text == TEMPLATE.format(REVIEWS[0])
+    assert [v.text for v in views[2:]] == REVIEWS[2:]
+    assert len({v.task_key for v in views[2:]}) == 1
+    assert learner.templates(_only_group(learner)) == [
+        ("Classify the sentiment of this review.\nReview: ", "\nAnswer with one word.")]
+    # A known template splits a new message without a search, with surrounding whitespace removed.
+    again = openai_chat_view(chat(TEMPLATE.format("  So so  ")), learner)
+    assert again == PromptView(views[-1].task_key, "So so")
+
+
+def test_template_learner_keeps_two_templates_of_one_group_apart() -> None:
+    learner = TemplateLearner(min_examples=3)
+    topics = [openai_chat_view(chat(f"Topic of: {r}", system=""), learner) for r in REVIEWS]
+    moods = [openai_chat_view(chat(f"Mood of: {r}", system=""), learner) for r in REVIEWS]
+    assert topics[-1].text == moods[-1].text == REVIEWS[-1]
+    assert topics[-1].task_key != moods[-1].task_key
+
+
+def test_template_learner_leaves_plain_texts_whole() -> None:
+    learner = TemplateLearner(min_examples=3)
+    texts = ["The movie was great", "The food was bad", "The service was slow", "The end.",
+             "Hi, I would like to cancel my order", "Hi, I would like to change my address",
+             "Hi, I would like to get a refund", "Hi, I would like to speak to someone"]
+    views = [openai_chat_view(chat(t), learner) for t in texts]
+    assert [v.text for v in views] == texts
+    assert len({v.task_key for v in views}) == 1
+    assert learner.templates(_only_group(learner)) == []
+
+
+def test_template_learner_respects_word_boundaries_and_delimiters() -> None:
+    learner = TemplateLearner(min_examples=2)
+    assert learner.split("g", 'Text: "goodness"') == ("", 'Text: "goodness"', "")
+    assert learner.split("g", 'Text: "good"') == ('Text: "', "good", '"')
+    learner = TemplateLearner(min_examples=2)
+    learner.split("g", "Label:amazing")
+    assert learner.split("g", "Label:awful") == ("Label:", "awful", "")  # not "Label:a"
+
+
+def test_template_learner_is_bounded_and_validates() -> None:
+    with pytest.raises(ValueError):
+        TemplateLearner(min_examples=1)
+    learner = TemplateLearner(max_groups=2, pool_size=3)
+    for group in "abc":
+        for i in range(5):
+            learner.split(group, f"text {i}")
+    assert set(learner._groups) == {"b", "c"}
+    assert all(len(pool) <= 3 for _, pool in learner._groups.values())
+
+
+def test_template_learner_is_thread_safe() -> None:
+    learner = TemplateLearner(min_examples=3)
+    results: list[tuple[str, str, str]] = []
+    lock = threading.Lock()
+
+    def work(offset: int) -> None:
+        for i in range(50):
+            digest = hashlib.sha1(f"{offset}/{i}".encode()).hexdigest()
+            split = learner.split("g", f"Question:\n{digest}\nEnd.")
+            with lock:
+                results.append(split)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 200
+    assert learner.templates("g") == [("Question:\n", "\nEnd.")]
+    assert sum(prefix == "Question:\n" for prefix, _, _ in results) >= 200 - 4 * 2
+
+
+def _only_group(learner: TemplateLearner) -> str:
+    (group,) = learner._groups
+    return group
+
+
+# -- usage -------------------------------------------------------------------------------------------
+
+
+def test_usage_of_duck_types_and_reports_unknown_as_empty() -> None:
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
+
+    usage = CompletionUsage(prompt_tokens=10, completion_tokens=2, total_tokens=12,
+                            prompt_tokens_details=PromptTokensDetails(cached_tokens=4))
+    chunk = ChatCompletionChunk(id="c", object="chat.completion.chunk", created=0, model="m", choices=[])
+    assert usage_of(chunk) == {}
+    chunk.usage = usage
+    assert usage_of(chunk) == {"input_tokens": 10, "output_tokens": 2, "cached_input_tokens": 4}
+    assert usage_of(object()) == {}
