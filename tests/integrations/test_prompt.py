@@ -239,3 +239,9 @@ def test_usage_of_duck_types_and_reports_unknown_as_empty() -> None:
     chunk.usage = usage
     assert usage_of(chunk) == {"input_tokens": 10, "output_tokens": 2, "cached_input_tokens": 4}
     assert usage_of(object()) == {}
+
+
+def test_template_learner_never_cuts_at_an_apostrophe_inside_a_word() -> None:
+    learner = TemplateLearner(min_examples=2)
+    learner.split("g", "I don't like it")
+    assert learner.split("g", "I don't know") == ("", "I don't know", "")

@@ -16,6 +16,7 @@ argument): a call whose answer cannot be one label is not classification-shaped 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
@@ -108,10 +109,17 @@ def _is_string_schema(prop: Any, defs: Mapping[str, Any]) -> bool:
     return isinstance(enum, list) and bool(enum) and all(isinstance(v, str) for v in enum)
 
 
+@functools.lru_cache(maxsize=256)
+def _model_schema(model: type) -> dict[str, Any]:
+    # Generating a pydantic schema costs about a millisecond; response formats are a few classes.
+    schema: dict[str, Any] = model.model_json_schema()  # type: ignore[attr-defined]
+    return schema
+
+
 def _schema_of(response_format: Any) -> Any:
     """The JSON schema of a pydantic model class or of a ``json_schema`` response format dict."""
     if isinstance(response_format, type) and hasattr(response_format, "model_json_schema"):
-        return response_format.model_json_schema()
+        return _model_schema(response_format)
     if isinstance(response_format, Mapping):
         if "json_schema" in response_format:  # chat completions
             return (response_format.get("json_schema") or {}).get("schema")
@@ -165,7 +173,7 @@ def _function_parameters(function: Any) -> Any:
     # openai.pydantic_function_tool() stores a PydanticFunctionTool, a dict subclass with .model
     model = getattr(function, "model", None)
     if isinstance(model, type) and hasattr(model, "model_json_schema"):
-        return model.model_json_schema()
+        return _model_schema(model)
     return function.get("parameters")
 
 
@@ -214,46 +222,48 @@ def anthropic_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
 _DELIMITERS = frozenset("\"'`«»“”‘’<>[](){}:|")
 
 
-def _is_cut(message: str, position: int) -> bool:
-    """Whether ``position`` lies on a word boundary of ``message``."""
-    if position <= 0 or position >= len(message):
-        return True
-    before, after = message[position - 1], message[position]
-    return (before.isspace() or after.isspace() or before in _DELIMITERS or after in _DELIMITERS
-            or not (before.isalnum() and after.isalnum()))
+_MAX_CUTS = 16  # candidate cuts per side: templates put few delimiters around the text
+_SCAN_CHARS = 1024  # how far into a message a template affix may reach
 
 
-def _common_prefix(a: str, b: str) -> str:
-    n = 0
-    limit = min(len(a), len(b))
-    while n < limit and a[n] == b[n]:
-        n += 1
-    # Shrink to a cut that is a word boundary in both messages, so "The movie"/"The mood" give
-    # "The " and never "The m".
-    while n > 0 and not (_is_cut(a, n) and _is_cut(b, n)):
-        n -= 1
-    return a[:n]
+def _is_apostrophe(message: str, i: int) -> bool:
+    """Whether the quote at ``i`` sits inside a word ("don't"), where no template cuts."""
+    return (message[i] in "'’" and 0 < i < len(message) - 1
+            and message[i - 1].isalnum() and message[i + 1].isalnum())
 
 
-def _common_suffix(a: str, b: str) -> str:
-    return _common_prefix(a[::-1], b[::-1])[::-1] if a and b else ""
-
-
-def _is_template_affix(affix: str, side: Literal["prefix", "suffix"], min_chars: int | None) -> bool:
-    """Whether a shared affix looks like template boilerplate rather than a chance overlap.
+def _affix_candidates(message: str) -> tuple[list[str], list[str]]:
+    """Prefixes and suffixes of ``message`` that could be template boilerplate.
 
     Natural texts often share opening words ("Hi, I would like to ") or a final "." by chance; a
-    template affix is separated from the text by a line break or a delimiter such as ':' or a
-    quote (or, if ``min_chars`` is set, is at least that long).
+    template affix meets the text at a line break or a delimiter such as ':' or a quote, so only
+    cuts right after such a character (plus spaces) start a prefix, and only cuts right before one
+    (after spaces) start a suffix. Cuts never fall inside a word, and plain texts without
+    delimiters cost no search at all.
     """
-    stripped = affix.strip()
-    if not stripped:
-        return False
-    if min_chars is not None and len(affix) >= min_chars:
-        return True
-    edge = affix[-1] if side == "prefix" else affix[0]
-    inner = stripped[-1] if side == "prefix" else stripped[0]
-    return edge == "\n" or "\n" in affix or inner in _DELIMITERS
+    prefixes: list[str] = []
+    for i, char in enumerate(message[:_SCAN_CHARS]):
+        if (char == "\n" or char in _DELIMITERS) and not _is_apostrophe(message, i):
+            cut = i + 1
+            while cut < len(message) and message[cut] in " \t":
+                cut += 1
+            if message[:cut].strip() and (not prefixes or prefixes[-1] != message[:cut]):
+                prefixes.append(message[:cut])
+            if len(prefixes) >= _MAX_CUTS:
+                break
+    suffixes: list[str] = []
+    start = max(0, len(message) - _SCAN_CHARS)
+    for i in range(len(message) - 1, start - 1, -1):
+        char = message[i]
+        if (char == "\n" or char in _DELIMITERS) and not _is_apostrophe(message, i):
+            cut = i
+            while cut > 0 and message[cut - 1] in " \t":
+                cut -= 1
+            if message[cut:].strip() and (not suffixes or suffixes[-1] != message[cut:]):
+                suffixes.append(message[cut:])
+            if len(suffixes) >= _MAX_CUTS:
+                break
+    return prefixes, suffixes
 
 
 @dataclass(frozen=True)
@@ -274,9 +284,9 @@ class TemplateLearner:
     """Learns the constant prefix/suffix a prompt template puts around the classified text.
 
     Messages are grouped by a caller-given ``group`` (the rest of the prompt). Within a group, once
-    ``min_examples`` messages share a word-boundary prefix and/or suffix that looks like template
-    boilerplate (it meets the text at a line break or a delimiter such as ``:`` or a quote; or is at
-    least ``min_affix_chars`` long, if set), that (prefix, suffix) pair becomes a template; later
+    ``min_examples`` messages share a prefix and/or suffix that looks like template boilerplate (it
+    meets the text at a line break or a delimiter such as ``:`` or a quote, never inside a word),
+    the longest such (prefix, suffix) pair becomes a template; later
     messages that match it are split without search. Until then a message is its own text with an
     empty template, so the first few calls of a wrapped template land under the plain key.
 
@@ -288,12 +298,11 @@ class TemplateLearner:
     recent unmatched messages and ``max_templates`` templates each.
     """
 
-    def __init__(self, min_examples: int = 4, min_affix_chars: int | None = None, pool_size: int = 32,
+    def __init__(self, min_examples: int = 4, pool_size: int = 32,
                  max_templates: int = 8, max_groups: int = 1024) -> None:
         if min_examples < 2:
             raise ValueError("min_examples must be >= 2: one message has no common prefix")
         self.min_examples = min_examples
-        self.min_affix_chars = min_affix_chars
         self.pool_size = pool_size
         self.max_templates = max_templates
         self.max_groups = max_groups
@@ -347,19 +356,11 @@ class TemplateLearner:
         need = self.min_examples - 1
         if len(pool) < need:
             return None
-        prefixes = {""}
-        suffixes = {""}
-        for other in pool:
-            prefix = _common_prefix(message, other)
-            if _is_template_affix(prefix, "prefix", self.min_affix_chars):
-                prefixes.add(prefix)
-            suffix = _common_suffix(message, other)
-            if _is_template_affix(suffix, "suffix", self.min_affix_chars):
-                suffixes.add(suffix)
-        if len(prefixes) == 1 and len(suffixes) == 1:
-            return None  # the common case for untemplated traffic: no search at all
-        supported_prefixes = [p for p in prefixes if sum(m.startswith(p) for m in pool) >= need]
-        supported_suffixes = [s for s in suffixes if sum(m.endswith(s) for m in pool) >= need]
+        prefixes, suffixes = _affix_candidates(message)
+        if not prefixes and not suffixes:
+            return None  # the common case for untemplated traffic
+        supported_prefixes = [""] + [p for p in prefixes if sum(m.startswith(p) for m in pool) >= need]
+        supported_suffixes = [""] + [s for s in suffixes if sum(m.endswith(s) for m in pool) >= need]
         best: _Template | None = None
         for prefix in supported_prefixes:
             for suffix in supported_suffixes:
@@ -387,7 +388,7 @@ def _canonical(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, type) and hasattr(value, "model_json_schema"):
-        return {"pydantic": value.__name__, "schema": value.model_json_schema()}
+        return {"pydantic": value.__name__, "schema": _model_schema(value)}
     if hasattr(value, "model_dump"):
         return _canonical(value.model_dump(mode="json", exclude_none=True))
     # Anything else (an SDK sentinel, a callable) must not leak its memory address into the key.
