@@ -183,13 +183,23 @@ def status(
         console.print(_status_panel(r))
 
 
+def _breaker_text(breaker: Any) -> str:
+    """The drift breaker's setting (see tracer_wrap.breaker) in words."""
+    if breaker is None:
+        return "closed (not tripped)"
+    if isinstance(breaker, dict):
+        at = breaker.get("at")
+        when = time.strftime(" at %Y-%m-%d %H:%M", time.localtime(at)) if at else ""
+        return (f"[red]tripped[/] on version {breaker.get('version', '?')}{when}: "
+                f"{breaker.get('reason', '')}")
+    return str(breaker)
+
+
 def _status_panel(r: dict[str, Any]) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
-    breaker = r["breaker"]
-    if isinstance(breaker, dict):
-        breaker = breaker.get("state", json.dumps(breaker))
+    breaker = _breaker_text(r["breaker"])
     if r["current_version"] is None:
         router = "no router yet (every call goes to the LLM)"
     else:
@@ -201,7 +211,7 @@ def _status_panel(r: dict[str, Any]) -> Panel:
                    f" {r['calls_logged']} calls logged"),
         ("router", router),
         ("live agreement", f"{_pct(r['live_agreement'])} on {r['audit_samples']} audit samples"),
-        ("breaker", "—" if breaker is None else str(breaker)),
+        ("breaker", breaker),
         ("calls", "—" if r["handled"] is None and r["deferred"] is None
          else f"{r['handled'] or 0} handled locally, {r['deferred'] or 0} deferred to the LLM"),
         ("savings", "—" if r["savings"] is None
@@ -320,12 +330,13 @@ def versions(
         _emit_json({"task": task, "current_version": current, "versions": rows})
         return
     table = Table(title=f"{task}: router versions", title_justify="left")
-    for col in ("version", "saved", "traces", "labels", "target", "certified coverage", "embedder"):
-        table.add_column(col)
+    for col in ("version", "saved", "traces", "labels", "target", "coverage", "embedder"):
+        table.add_column(col, no_wrap=col != "embedder", overflow="fold")
+    table.caption = "● served now"
     for r in rows:
-        saved = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["saved_at"]))
+        saved = (time.strftime("%Y-%m-%d %H:%M", time.localtime(r["saved_at"]))
                  if r["saved_at"] else "—")
-        table.add_row(f"v{r['version']}" + (" ◀ current" if r["current"] else ""), saved,
+        table.add_row(f"v{r['version']}" + (" ●" if r["current"] else ""), saved,
                       str(r["n_traces"]), str(r["labels"]), f"{r['target']:.2f}",
                       _pct(r["certified_coverage"]), str(r["embedder"]))
     console.print(table if rows else f"{task} has no router versions yet.")
@@ -463,17 +474,21 @@ def serve(
     run(st, host=host, port=port, token=token, max_body_bytes=max_body, embedder=embedder)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @_clean_errors
-def demo() -> None:
-    """Run the offline Banking77 demo (simulated LLM, progress bar, cost table)."""
+def demo(ctx: typer.Context) -> None:
+    """Run the offline Banking77 demo; extra options go to it (see: tracer-wrap demo --help-demo)."""
     try:
         from .demo import main as demo_main
     except ImportError as exc:
         if exc.name == "tracer_wrap.demo":
             raise ConfigError("the demo is not available in this build") from None
         raise
-    result = demo_main()
+    args = ["--help" if a == "--help-demo" else a for a in ctx.args]
+    try:
+        result = demo_main(args)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        raise typer.Exit(exc.code if isinstance(exc.code, int) else 2) from None
     if isinstance(result, int) and result:
         raise typer.Exit(result)
 
