@@ -290,7 +290,7 @@ def _cost(counters: dict[str, int], price: Any, routed: _Routed | None) -> str:
         p = float(price)
         lines.append(f"Price per LLM call: ${p:g}.")
         if handled is not None:
-            lines.append(f"Saved so far: <b>{_e(_money(handled * p))}</b> "
+            lines.append(f"Saved so far: <strong>{_e(_money(handled * p))}</strong> "
                          f"(LLM cost without tracer_wrap {_e(_money(((handled or 0) + (deferred or 0)) * p))}).")
         if routed is not None and len(routed.handled):
             cov = float(routed.handled.mean())
