@@ -79,9 +79,11 @@ def fit_router(
             delayed(_fit_fold)(X_train[tr], y_index[tr], len(classes), C) for tr, _ in splits
         )
     oof_scores = np.empty(len(y_train))
+    oof_agree = np.empty(len(y_train), dtype=bool)
     for (weights, bias), (_, held) in zip(fitted, splits):
         logits = X_train[held] @ weights.T + bias
         oof_scores[held] = _max_prob(logits)
+        oof_agree[held] = logits.argmax(axis=1) == y_index[held]
     weights = np.mean([w for w, _ in fitted], axis=0)
     bias = np.mean([b for _, b in fitted], axis=0)
 
@@ -94,7 +96,7 @@ def fit_router(
     grid = gate.threshold_grid(oof_scores)
     certificates = {
         float(t): gate.certify(cal_scores, cal_agree, grid=grid, reference_scores=oof_scores,
-                               target=float(t), delta=delta)
+                               reference_agree=oof_agree, target=float(t), delta=delta)
         for t in targets
     }
     fit_info = {

@@ -86,19 +86,23 @@ def certify(
     *,
     grid: np.ndarray,
     reference_scores: np.ndarray,
+    reference_agree: np.ndarray | None = None,
     target: float,
     delta: float,
     power_factor: float = 3.0,
 ) -> Certificate:
     """Run the fixed-sequence test for one ``target`` and return its certificate.
 
-    The sequence starts at the strictest grid threshold at which the reference scores predict at
-    least ``power_factor * min_accepted(target, delta)`` accepted calibration inputs. Calibration
-    scores and agreement flags are used only for the p-values, never to order or start the grid.
+    Where the sequence starts is decided from the reference (out-of-fold) data alone: with
+    ``reference_agree``, at the threshold whose test is predicted to pass most surely (smallest
+    p-value expected from the reference agreement and the calibration size); without it, at the
+    strictest threshold expected to accept ``power_factor * min_accepted(target, delta)``
+    calibration inputs. Calibration scores and agreement flags are used only for the p-values.
     """
     cal_scores = np.asarray(cal_scores, dtype=np.float64)
     cal_agree = np.asarray(cal_agree, dtype=bool)
     ref = np.sort(np.asarray(reference_scores, dtype=np.float64))
+    grid = np.asarray(grid, dtype=np.float64)
     n_cal = cal_scores.size
     need = power_factor * min_accepted(target, delta)
     refused = Certificate(target, None, 0.0, None, 0, None)
@@ -108,9 +112,7 @@ def certify(
         return replace(
             refused, reason=f"{n_cal} calibration traces; target {target} needs at least {math.ceil(need)}"
         )
-    # Expected share accepted at each threshold, from the reference scores alone.
-    expected = n_cal * (ref.size - np.searchsorted(ref, grid, side="left")) / ref.size
-    start = int(np.argmax(expected >= need)) if np.any(expected >= need) else len(grid)
+    start = _start(grid, ref, reference_scores, reference_agree, n_cal, need, target)
 
     # Cumulative counts over calibration scores sorted from high to low make every test O(log n).
     order = np.argsort(-cal_scores, kind="stable")
@@ -138,3 +140,25 @@ def certify(
         return replace(refused, reason=why)
     return best
 
+
+
+def _start(grid: np.ndarray, ref_sorted: np.ndarray, ref_scores: np.ndarray,
+           ref_agree: np.ndarray | None, n_cal: int, need: float, target: float) -> int:
+    """Index of the first grid threshold to test, from reference data only."""
+    accepted_share = (ref_sorted.size - np.searchsorted(ref_sorted, grid, side="left")) / ref_sorted.size
+    expected_n = n_cal * accepted_share
+    enough = expected_n >= min(need, n_cal)
+    if not np.any(enough):
+        return len(grid)
+    first_enough = int(np.argmax(enough))
+    if ref_agree is None:
+        return first_enough
+    # Predicted p-value at each threshold if calibration behaves like the reference data.
+    order = np.argsort(-np.asarray(ref_scores, dtype=np.float64), kind="stable")
+    cum = np.cumsum(np.asarray(ref_agree, dtype=bool)[order])
+    n_ref = np.maximum(np.round(accepted_share * ref_sorted.size).astype(int), 1)
+    agreement = cum[np.minimum(n_ref, ref_sorted.size) - 1] / n_ref
+    n = np.maximum(np.round(expected_n).astype(int), 1)
+    predicted = binom.sf(np.round(agreement * n) - 1, n, target)
+    predicted[~enough] = np.inf
+    return int(np.argmin(predicted))
