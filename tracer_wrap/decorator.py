@@ -110,7 +110,8 @@ def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | No
     """
 
     def decorate(func: Callable[..., Any]) -> TracedClassifier[..., Any]:
-        traced = TracedTask(task or f"{func.__module__}.{func.__qualname__}", **options)
+        name = f"{func.__module__}.{func.__qualname__}" if task is None else task
+        traced = TracedTask(name, **options)
         text_of = _text_getter(func, text_arg)
         to_label = label_of or (lambda result: result)
         to_result = answer or (lambda label: label)

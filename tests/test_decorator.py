@@ -1,0 +1,203 @@
+"""@traced_classifier end to end on a real store: routing, logging, fail-open, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+
+import numpy as np
+import pytest
+from _synthetic import LABELS, make_traces
+
+from tracer_wrap import ConfigError, Embedder, traced_classifier
+from tracer_wrap.errors import EmbedderError
+
+
+def make_classifier(store, embedder, **options):
+    gold = dict(make_traces(1600, seed=1))
+    calls: list[str] = []
+
+    @traced_classifier(task="intents", labels=sorted(LABELS), store=store, embedder=embedder,
+                       min_traces=100, refit_every=None, audit_rate=0.0, **options)
+    def classify(text: str) -> str:
+        calls.append(text)
+        return gold[text]
+
+    return classify, gold, calls
+
+
+def test_calls_go_to_the_llm_until_a_router_is_fitted_then_easy_ones_are_answered_locally(
+        store, embedder):
+    classify, gold, calls = make_classifier(store, embedder)
+    texts = list(gold)
+    for text in texts[:800]:
+        assert classify(text) == gold[text]
+    assert len(calls) == 800 and classify.router is None
+    router = classify.refit()
+    assert router.threshold is not None
+    calls.clear()
+    answers = [classify(text) for text in texts[800:]]
+    handled = 800 - len(calls)
+    assert handled > 400
+    agree = np.mean([a == gold[t] for a, t in zip(answers, texts[800:])])
+    assert agree >= 0.95
+    stats = classify.stats
+    assert (stats.calls, stats.handled, stats.deferred) == (1600, handled, 800 + len(calls))
+    # Every deferred call became a trace; handled calls did not.
+    assert store.count("intents") == 800 + len(calls)
+
+
+def test_llm_outputs_are_normalised_and_invalid_ones_never_trained_on(store, embedder):
+    outputs = iter(["  'Refund'. ", "TOP UP", "I'm sorry, I can't help with that", "refund"])
+
+    @traced_classifier(task="t", labels=["refund", "top_up"], store=store, embedder=embedder)
+    def classify(text: str) -> str:
+        return next(outputs)
+
+    results = [classify(f"text {i}") for i in range(4)]
+    assert results[2] == "I'm sorry, I can't help with that"  # returned unchanged
+    traces = store.traces("t")
+    assert [(t.teacher, t.valid) for t in traces] == [
+        ("refund", True), ("top_up", True), ("I'm sorry, I can't help with that", False),
+        ("refund", True)]
+    assert classify.stats.invalid == 1
+
+
+def test_async_functions_and_methods_are_supported(store, embedder):
+    class Classifier:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        @traced_classifier(task="method", store=store, embedder=embedder)
+        def classify(self, text: str, *, hint: str = "") -> str:
+            self.seen.append(text)
+            return "a" if "a" in text else "b"
+
+    @traced_classifier(task="async", store=store, embedder=embedder)
+    async def aclassify(text: str) -> str:
+        await asyncio.sleep(0)
+        return "yes"
+
+    c = Classifier()
+    assert c.classify("banana", hint="x") == "a"
+    assert c.seen == ["banana"]
+    assert store.traces("method")[0].input == "banana"
+    assert inspect.iscoroutinefunction(aclassify)
+    assert asyncio.run(aclassify("hello")) == "yes"
+    assert store.traces("async")[0].teacher == "yes"
+    assert aclassify.__name__ == "aclassify"
+
+
+def test_bare_decorator_names_the_task_after_the_function(tmp_path, monkeypatch, embedder):
+    monkeypatch.setenv("TRACER_WRAP_STORE", str(tmp_path / "s"))
+
+    @traced_classifier
+    def sentiment(text):
+        return "positive"
+
+    sentiment.task._embedder = embedder
+    assert sentiment("great") == "positive"
+    assert sentiment.task.store.tasks() == [f"{__name__}.test_bare_decorator_names_the_task_after"
+                                            "_the_function.<locals>.sentiment"]
+
+
+@pytest.mark.parametrize("text", ["", "   ", None, 42, b"bytes", "x" * 50_000])
+def test_untraceable_inputs_go_to_the_function_and_log_nothing(store, embedder, text):
+    seen = []
+
+    @traced_classifier(task="t", store=store, embedder=embedder)
+    def classify(text):
+        seen.append(text)
+        return "a"
+
+    assert classify(text) == "a"
+    assert seen == [text] and store.count("t") == 0
+    assert classify.stats.skipped == 1
+
+
+@pytest.mark.parametrize("options", [{"target": 0}, {"target": 1.5}, {"delta": 2},
+                                     {"labels": []}, {"task": ""}, {"min_traces": 1}])
+def test_bad_options_fail_at_decoration_time(options, store):
+    with pytest.raises(ConfigError):
+        traced_classifier(store=store, **options)(lambda text: text)
+
+
+def test_fail_open_when_the_embedder_breaks(store, embedder, caplog):
+    classify, gold, calls = make_classifier(store, embedder)
+    for text in list(gold)[:400]:
+        classify(text)
+    classify.refit()
+
+    def broken(texts):
+        raise RuntimeError("model crashed")
+
+    classify.task._embedder = Embedder.from_callable(broken)
+    calls.clear()
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+        results = [classify(text) for text in list(gold)[400:450]]
+    assert results == [gold[t] for t in list(gold)[400:450]]
+    assert len(calls) == 50
+    faults = [r for r in caplog.records if "routing failed" in r.getMessage()]
+    assert len(faults) == 1  # logged once for the storm, not per call
+    assert classify.stats.errors == 50
+
+
+def test_fail_open_when_the_router_file_is_corrupted(store, embedder, caplog):
+    classify, gold, calls = make_classifier(store, embedder)
+    texts = list(gold)
+    for text in texts[:400]:
+        classify(text)
+    classify.refit()
+    version = store.current_version("intents")
+    path = store.router_dir("intents") / f"v{version}.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    # A fresh process (a new decorator on the same store) must refuse the file and call the LLM.
+    fresh, _, fresh_calls = make_classifier(store, embedder)
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+        for text in texts[400:420]:
+            assert fresh(text) == gold[text]
+    assert len(fresh_calls) == 20
+    assert any("router load failed" in r.getMessage() for r in caplog.records)
+
+
+def test_fail_open_when_the_store_cannot_be_written(tmp_path, embedder):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the store directory should be")
+
+    @traced_classifier(task="t", store=str(blocker / "store"), embedder=embedder)
+    def classify(text):
+        return "a"
+
+    assert [classify("hello"), classify("world")] == ["a", "a"]
+    assert classify.stats.errors >= 2
+
+
+def test_llm_errors_propagate_unchanged_and_log_no_trace(store, embedder):
+    class RateLimited(Exception):
+        pass
+
+    @traced_classifier(task="t", store=store, embedder=embedder)
+    def classify(text):
+        raise RateLimited("429")
+
+    with pytest.raises(RateLimited):
+        classify("hello")
+    assert store.count("t") == 0
+
+
+def test_the_decorated_function_is_transparent(store, embedder):
+    @traced_classifier(task="t", store=store, embedder=embedder)
+    def classify(text: str, temperature: float = 0.0) -> str:
+        """Docs."""
+        return "a"
+
+    assert classify.__doc__ == "Docs."
+    assert list(inspect.signature(classify).parameters) == ["text", "temperature"]
+    assert classify(text="by keyword") == "a"
+    assert store.traces("t")[0].input == "by keyword"
+
+
+def test_embedder_errors_are_tracer_wrap_errors():
+    with pytest.raises(EmbedderError):
+        Embedder.from_callable(lambda ts: 1 / 0).embed_one("x")
