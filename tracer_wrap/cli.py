@@ -499,9 +499,6 @@ def main() -> None:
     app(prog_name="tracer-wrap")
 
 
-if __name__ == "__main__":
-    main()
-
 # ============================================================================================
 # Commands provided by other modules are registered here, below this line, one line each, e.g.
 #
@@ -513,4 +510,11 @@ if __name__ == "__main__":
 #
 # Wrap a command in ``_clean_errors`` for the exit-code convention (TracerWrapError -> 1).
 # --- registration block: start ---
+from .bench import bench_command  # noqa: E402
+
+app.command("bench")(_clean_errors(bench_command))
 # --- registration block: end ---
+
+
+if __name__ == "__main__":
+    main()
