@@ -17,11 +17,14 @@ call goes to the LLM. Errors raised by the LLM call itself propagate unchanged a
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -31,10 +34,13 @@ from ._log import fault, logger
 from .embedder import Embedder
 from .errors import ConfigError, GateRefused, RouterLoadError
 from .fit import DEFAULT_TARGETS, fit_router
+from .breaker import CALIBRATE_FROM_SETTING, DriftBreaker
 from .labels import LabelSet
+from .ood import DEFAULT_QUANTILE, OODScorer, fit_ood
+from .refit import ExecutorKind, RefitPolicy, RefitRunner, RefitState, refit_after_traces, refit_never
 from .router import Decision, Router
 from .store import Origin, TraceStore
-from .versions import load_version, publish
+from .versions import DEFAULT_KEEP, load_ood, load_version, publish
 
 __all__ = ["Stats", "TracedTask"]
 
@@ -47,12 +53,22 @@ MAX_INPUT_CHARS = 20_000
 #: A refit holding its claim longer than this is presumed dead and its claim lapses.
 REFIT_CLAIM_SECONDS = 15 * 60
 
+#: Store setting that switches routing on or off for every process (shadow mode when False).
+ROUTING_SETTING = "routing"
+
+#: The audit rate starts falling once the served router was calibrated on this many traces: it
+#: scales with ``sqrt(AUDIT_REFERENCE / n_calibration)``, down to a quarter of ``audit_rate``.
+AUDIT_REFERENCE = 1000
+AUDIT_FLOOR_SHARE = 0.25
+
 
 @dataclass
 class Stats:
     """Counts of this process's calls. ``handled`` were answered locally, ``deferred`` went to the
     LLM (including ``audited`` samples), ``invalid`` LLM outputs matched no label, ``skipped`` inputs
-    were not traceable (not text, empty or too long) and ``errors`` are tracer_wrap faults."""
+    were not traceable (not text, empty or too long), ``errors`` are tracer_wrap faults, ``outliers``
+    were deferred as out of distribution and ``breaker`` deferred because the drift breaker
+    tripped."""
 
     calls: int = 0
     handled: int = 0
@@ -61,6 +77,8 @@ class Stats:
     invalid: int = 0
     skipped: int = 0
     errors: int = 0
+    outliers: int = 0
+    breaker: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
@@ -79,10 +97,21 @@ class _Plan:
     text: str | None
     decision: Decision | None = None
     audit: bool = False
+    version: int | None = None
 
     @property
     def local(self) -> bool:
         return self.decision is not None and self.decision.handled and not self.audit
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """The version this process serves, swapped as a whole so a call never mixes two versions."""
+
+    version: int | None
+    router: Router | None = None
+    ood: OODScorer | None = None
+    n_calibration: int = 0
 
 
 class TracedTask:
@@ -108,13 +137,36 @@ class TracedTask:
         No router is fitted before this many valid traces.
     refit_every:
         Fit again in the background after this many new valid traces (``None``: only on
-        :meth:`refit`).
+        :meth:`refit`). Ignored when ``refit_policy`` is given.
     routing:
         ``False`` runs in shadow mode: every call goes to the LLM; traces are still logged and
-        the router still fitted and scored.
+        the router still fitted and scored (see :meth:`shadow_report`). The store setting
+        ``"routing"`` (:meth:`set_routing`) overrides it for every process.
     audit_rate:
         Share of calls the router would answer that still go to the LLM, so calibration keeps
-        seeing unbiased traffic; the caller gets the LLM's answer.
+        seeing unbiased traffic and the drift breaker has samples; the caller gets the LLM's
+        answer. A number starts at that rate and falls as ``sqrt(1000 / n_calibration)`` of the
+        served router, to a quarter of it; a callable maps ``n_calibration`` to the rate.
+    refit_policy:
+        When to refit (:mod:`tracer_wrap.refit`), e.g. ``refit_after_traces(500) |
+        refit_after_delay(3600)``.
+    refit_executor:
+        ``"thread"`` (default), ``"process"`` (the fit runs in a spawned process) or ``"inline"``
+        (in the calling thread; reproducible, used by ``tracer-wrap simulate``).
+    refit_claim_ttl:
+        Seconds after which the refit claim of a crashed refit lapses.
+    keep_versions:
+        Router versions kept in the store (besides the current and the pinned one).
+    breaker:
+        Run the drift breaker (:mod:`tracer_wrap.breaker`) on audit samples; a mapping passes
+        its options (``margin``, ``alpha``, ``beta``, ``refresh_seconds``).
+    ood_quantile:
+        Share of (out-of-fold) training traces the out-of-distribution cut would defer; ``None``
+        turns the OOD check off.
+    fit_options:
+        Extra keyword arguments of :func:`tracer_wrap.fit.fit_router` (e.g. ``C``, ``folds``).
+    clock, monotonic:
+        Wall clock (refit times) and monotonic clock (cache refresh), injectable for tests.
     """
 
     def __init__(
@@ -129,20 +181,39 @@ class TracedTask:
         min_traces: int = 200,
         refit_every: int | None = 500,
         routing: bool = True,
-        audit_rate: float = 0.02,
+        audit_rate: float | Callable[[int], float] = 0.02,
         targets: Sequence[float] = DEFAULT_TARGETS,
         rng: random.Random | None = None,
+        refit_policy: RefitPolicy | None = None,
+        refit_executor: ExecutorKind = "thread",
+        refit_claim_ttl: float = REFIT_CLAIM_SECONDS,
+        keep_versions: int = DEFAULT_KEEP,
+        breaker: bool | Mapping[str, Any] = True,
+        ood_quantile: float | None = DEFAULT_QUANTILE,
+        fit_options: Mapping[str, Any] | None = None,
+        refresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(task, str) or not task.strip():
             raise ConfigError(f"task must be a non-empty string, got {task!r}")
-        for name, value, low, high in (("target", target, 0.0, 1.0), ("delta", delta, 0.0, 1.0),
-                                       ("audit_rate", audit_rate, -1e-12, 1.0)):
+        checks: list[tuple[str, object, float, float]] = [("target", target, 0.0, 1.0),
+                                                           ("delta", delta, 0.0, 1.0)]
+        if not callable(audit_rate):
+            checks.append(("audit_rate", audit_rate, -1e-12, 1.0))
+        for name, value, low, high in checks:
             if not isinstance(value, (int, float)) or not low < value <= high:
                 raise ConfigError(f"{name} must be in ({low:g}, {high:g}], got {value!r}")
         if not isinstance(min_traces, int) or min_traces < 10:
             raise ConfigError(f"min_traces must be an integer >= 10, got {min_traces!r}")
         if refit_every is not None and (not isinstance(refit_every, int) or refit_every < 1):
             raise ConfigError(f"refit_every must be a positive integer or None, got {refit_every!r}")
+        if not isinstance(refit_claim_ttl, (int, float)) or refit_claim_ttl <= 0:
+            raise ConfigError(f"refit_claim_ttl must be a positive number, got {refit_claim_ttl!r}")
+        if not isinstance(keep_versions, int) or keep_versions < 1:
+            raise ConfigError(f"keep_versions must be a positive integer, got {keep_versions!r}")
+        if ood_quantile is not None and not 0.0 <= ood_quantile < 1.0:
+            raise ConfigError(f"ood_quantile must be in [0, 1) or None, got {ood_quantile!r}")
         self.task = task
         self.label_set = LabelSet(labels)
         self.target = float(target)
@@ -150,19 +221,31 @@ class TracedTask:
         self.targets = tuple(sorted({*targets, self.target}))
         self.min_traces = min_traces
         self.refit_every = refit_every
+        self.refit_policy: RefitPolicy = refit_policy or (
+            refit_never if refit_every is None else refit_after_traces(refit_every))
         self.routing = routing
-        self.audit_rate = float(audit_rate)
+        self.audit_rate: float | Callable[[int], float] = (
+            audit_rate if callable(audit_rate) else float(audit_rate))
+        self.refit_claim_ttl = float(refit_claim_ttl)
+        self.keep_versions = keep_versions
+        self.ood_quantile = ood_quantile
+        self.fit_options = dict(fit_options or {})
+        self.refresh_seconds = refresh_seconds
         self.stats = Stats()
+        self._breaker_options: dict[str, Any] | None = (
+            None if breaker is False else dict(breaker) if isinstance(breaker, Mapping) else {})
+        self._breaker: DriftBreaker | None = None
+        self._clock = clock
+        self._monotonic = monotonic
         self._store_arg = store
         self._store: TraceStore | None = store if isinstance(store, TraceStore) else None
         self._embedder = embedder
         self._rng = rng or random.Random()
-        self._router: Router | None = None
-        self._router_version: int | None = None
+        self._serving = _Serving(None)
         self._bad_version: int | None = None
+        self._routing_cache: tuple[bool, float] | None = None
         self._lock = threading.Lock()
-        self._refit_pool: ThreadPoolExecutor | None = None
-        self._refit_future: Future[Router | None] | None = None
+        self._runner = RefitRunner(refit_executor)
 
     # -- building blocks, created on first use so a broken disk or model fails open -------------
 
@@ -184,31 +267,87 @@ class TracedTask:
         return self._embedder
 
     @property
+    def breaker(self) -> DriftBreaker | None:
+        """The drift breaker of this task (None when turned off)."""
+        if self._breaker is None and self._breaker_options is not None:
+            with self._lock:
+                if self._breaker is None:
+                    self._breaker = DriftBreaker(self.store, self.task, target=self.target,
+                                                 clock=self._monotonic,
+                                                 **{"refresh_seconds": self.refresh_seconds,
+                                                    **self._breaker_options})
+        return self._breaker
+
+    @property
     def router(self) -> Router | None:
         """The router this process serves: the store's current version, reloaded when it changes.
 
         A version that fails to load (corrupt, tampered) is refused once and logged; calls go to
         the LLM until a new version is published.
         """
+        return self._current().router
+
+    @property
+    def version(self) -> int | None:
+        """The version this process serves (None before the first router)."""
+        return self._current().version
+
+    @property
+    def _router(self) -> Router | None:  # kept for code written against the first core
+        return self._serving.router
+
+    def _current(self) -> _Serving:
+        # One indexed SQLite read per call; the arrays are reloaded only when the version changes.
         version = self.store.current_version(self.task)
-        if version != self._router_version and version != self._bad_version:
+        serving = self._serving
+        if version != serving.version and version != self._bad_version:
             with self._lock:
-                if version != self._router_version:
+                if version != self._serving.version:
                     self._load_version(version)
-        return self._router
+                serving = self._serving
+        return serving
 
     def _load_version(self, version: int | None) -> None:
         if version is None:
-            self._router, self._router_version = None, None
+            self._serving = _Serving(None)
             return
         try:
             router = load_version(self.store, self.task, version)
             router.target = self.target
+            ood = load_ood(self.store, self.task, version)
         except RouterLoadError as exc:
             self._bad_version = version
             fault("router load", exc)
             return
-        self._router, self._router_version = router, version
+        self._serving = _Serving(version, router, ood, int(router.info.get("n_calibration", 0)))
+
+    def routing_enabled(self) -> bool:
+        """Whether routing is on: the store's ``"routing"`` setting if set, else ``routing``.
+
+        Re-read from the store at most every ``refresh_seconds``.
+        """
+        now = self._monotonic()
+        cached = self._routing_cache
+        if cached is not None and now - cached[1] < self.refresh_seconds:
+            return cached[0]
+        value = self.store.get_setting(self.task, ROUTING_SETTING)
+        enabled = self.routing if value is None else bool(value)
+        self._routing_cache = (enabled, now)
+        return enabled
+
+    def set_routing(self, enabled: bool | None) -> None:
+        """Switch routing on or off for every process sharing the store (None: back to each
+        process's ``routing`` argument). Takes effect within ``refresh_seconds``."""
+        self.store.set_setting(self.task, ROUTING_SETTING, None if enabled is None else bool(enabled))
+        self._routing_cache = None
+
+    def current_audit_rate(self, n_calibration: int | None = None) -> float:
+        """The audit rate for a router calibrated on ``n_calibration`` traces (default: served)."""
+        n = self._serving.n_calibration if n_calibration is None else n_calibration
+        if callable(self.audit_rate):
+            return float(self.audit_rate(n))
+        scale = math.sqrt(AUDIT_REFERENCE / max(n, AUDIT_REFERENCE))
+        return self.audit_rate * max(AUDIT_FLOOR_SHARE, scale)
 
     # -- the path of a call ----------------------------------------------------------------------
 
@@ -245,7 +384,12 @@ class TracedTask:
         return result
 
     def plan(self, text: object) -> _Plan:
-        """Embed and route ``text``; never raises (a fault plans an LLM call)."""
+        """Embed and route ``text``; never raises (a fault plans an LLM call).
+
+        A call is answered locally when the router accepts it, the input is not out of
+        distribution, routing is on and the drift breaker has not tripped for the served
+        version; a random audit share of those still goes to the LLM.
+        """
         self.stats.add(calls=1)
         if _settings.disabled():
             return _Plan(None)
@@ -253,73 +397,163 @@ class TracedTask:
             self.stats.add(skipped=1, deferred=1)
             return _Plan(None)
         try:
-            decision = self.route(text)
+            version, decision = self._route(text)
+            if decision is None or not decision.handled:
+                self.stats.add(deferred=1)
+                return _Plan(text, decision, version=version)
+            if not self.routing_enabled():
+                self.stats.add(deferred=1)
+                return _Plan(text, decision, version=version)
+            breaker = self.breaker
+            if breaker is not None and breaker.tripped(version):
+                self.stats.add(deferred=1, breaker=1)
+                return _Plan(text, replace(decision, handled=False, reason="drift breaker tripped"),
+                             version=version)
+            if self._rng.random() < self.current_audit_rate():
+                self.stats.add(deferred=1, audited=1)
+                return _Plan(text, decision, audit=True, version=version)
         except Exception as exc:
             self._fault("routing", exc)
             self.stats.add(deferred=1)
             return _Plan(text)
-        if decision is not None and decision.handled and self.routing:
-            if self.audit_rate and self._rng.random() < self.audit_rate:
-                self.stats.add(deferred=1, audited=1)
-                return _Plan(text, decision, audit=True)
-            self.stats.add(handled=1)
-            return _Plan(text, decision)
-        self.stats.add(deferred=1)
-        return _Plan(text, decision)
+        self.stats.add(handled=1)
+        return _Plan(text, decision, version=version)
 
     def route(self, text: str) -> Decision | None:
-        """The router's decision for ``text`` (``None`` before the first router is fitted)."""
-        router = self.router
-        if router is None:
-            return None
-        return router.route_vector(self.embedder.embed_one(text))
+        """The router's decision for ``text`` (``None`` before the first router is fitted).
+
+        An input the router accepts but that is out of distribution comes back not handled.
+        """
+        return self._route(text)[1]
+
+    def _route(self, text: str) -> tuple[int | None, Decision | None]:
+        serving = self._current()
+        if serving.router is None:
+            return serving.version, None
+        vector = self.embedder.embed_one(text)
+        decision = serving.router.route_vector(vector)
+        if decision.handled and serving.ood is not None:
+            similarity = serving.ood.score(vector)
+            if similarity < serving.ood.cut:
+                self.stats.add(outliers=1)
+                decision = replace(decision, handled=False, reason=(
+                    f"out of distribution: similarity {similarity:.3f} to the nearest training"
+                    f" prototype is below {serving.ood.cut:.3f}"))
+        return serving.version, decision
 
     def record(self, plan: _Plan, result: Any, label_of: Callable[[Any], object]) -> str | None:
         """Log the LLM's answer to a planned call; return the normalised label (None: invalid).
 
-        Never raises: a fault is logged and the caller still gets the LLM's result.
+        An audit sample also feeds the drift breaker (a trip schedules a refit); in shadow mode
+        the router's would-be answer is counted for :meth:`shadow_report`. Never raises: a fault
+        is logged and the caller still gets the LLM's result.
         """
         if plan.text is None:
             return None
         try:
             raw = label_of(result)
             label = self.label_set.normalise(raw)
-            serving = self.routing and self._router is not None and self._router.threshold is not None
+            routing = self.routing_enabled()
+            serving = self._serving
+            breaker = self.breaker
+            answering = (routing and serving.router is not None
+                         and serving.router.threshold is not None
+                         and not (breaker is not None and breaker.tripped(serving.version)))
             self.store.append(
                 self.task, plan.text, label if label is not None else _printable(raw),
                 valid=label is not None,
                 origin=Origin.AUDIT if plan.audit else Origin.LLM,
                 # While a router answers some calls, the LLM only sees the hard ones: those traces
                 # must not calibrate. Audit samples are drawn at random, so they may.
-                exchangeable=plan.audit or not serving,
+                exchangeable=plan.audit or not answering,
                 router_label=plan.decision.label if plan.decision is not None else None,
             )
             if label is None:
                 self.stats.add(invalid=1)
                 return None
-            if self.refit_every is not None:
-                fresh = self.store.incr(self.task, "new_valid_traces")
-                if fresh >= self.refit_every and self.store.count(self.task) >= self.min_traces:
-                    self.refit_in_background()
+            decision = plan.decision
+            if decision is not None and plan.version is not None:
+                agree = decision.label == label
+                if plan.audit and breaker is not None:
+                    if breaker.observe(plan.version, agree).tripped and not self._runner.running:
+                        self.refit_in_background()
+                elif not routing:
+                    self._count_shadow(plan.version, decision.handled, agree)
+            fresh = self.store.incr(self.task, "new_valid_traces")
+            if self._refit_due(fresh):
+                self.refit_in_background()
             return label
         except Exception as exc:
             self._fault("trace logging", exc)
             return None
 
+    # -- shadow mode ------------------------------------------------------------------------------
+
+    def _count_shadow(self, version: int, handled: bool, agree: bool) -> None:
+        store = self.store
+        store.incr(self.task, f"shadow:{version}:calls")
+        if handled:
+            store.incr(self.task, f"shadow:{version}:handled")
+            if agree:
+                store.incr(self.task, f"shadow:{version}:agree")
+
+    def shadow_report(self, version: int | None = None) -> dict[str, Any]:
+        """What ``version`` (default: current) would have done on calls made with routing off.
+
+        Counts over every process sharing the store: ``calls`` routed in shadow mode,
+        ``would_handle`` of them it would have answered locally, ``coverage``, and ``agreement``
+        of those would-be answers with the LLM (None before any), next to the ``target`` and the
+        coverage the version's certificate promises. Switch routing on with :meth:`set_routing`.
+        """
+        store = self.store
+        version = store.current_version(self.task) if version is None else version
+        calls = handled = agree = 0
+        certified: float | None = None
+        if version is not None:
+            calls = store.counter(self.task, f"shadow:{version}:calls")
+            handled = store.counter(self.task, f"shadow:{version}:handled")
+            agree = store.counter(self.task, f"shadow:{version}:agree")
+            manifest = store.manifest(self.task, version)
+            if manifest is not None:
+                from .versions import certified_coverage
+
+                certified = certified_coverage(manifest, self.target)
+        return {
+            "task": self.task, "routing": self.routing_enabled(), "version": version,
+            "calls": calls, "would_handle": handled,
+            "coverage": handled / calls if calls else None,
+            "agreement": agree / handled if handled else None,
+            "target": self.target, "certified_coverage": certified,
+        }
+
     # -- fitting ---------------------------------------------------------------------------------
+
+    def _refit_due(self, fresh: int) -> bool:
+        if self.refit_policy is refit_never or self._runner.running:
+            return False
+        total = self.store.count(self.task)
+        if total < self.min_traces:
+            return False
+        last = self.store.get_setting(self.task, "last_refit_at")
+        since = math.inf if last is None else self._clock() - float(last)
+        return self.refit_policy(RefitState(fresh, since, total))
 
     def refit(self) -> Router:
         """Fit a router on every valid trace of the task now, publish it, and return it.
 
         The new version replaces the current one only if it certifies at least the same coverage
-        at the served target. Raises GateRefused when there are fewer than ``min_traces`` valid
-        traces; only one refit of a task runs at a time across processes (a second caller gets
-        GateRefused rather than waiting).
+        at the served target, unless the drift breaker tripped for the current version (then it
+        always replaces it). Traces logged before the last trip train but do not calibrate.
+        Raises GateRefused when there are fewer than ``min_traces`` valid traces; only one refit
+        of a task runs at a time across processes (a second caller gets GateRefused rather than
+        waiting). A refit that dies keeps its claim until ``refit_claim_ttl`` runs out.
         """
         store = self.store
-        if not store.claim(self.task, "refit", ttl=REFIT_CLAIM_SECONDS):
+        if not store.claim(self.task, "refit", ttl=self.refit_claim_ttl):
             raise GateRefused(f"a refit of {self.task!r} is already running")
         try:
+            started = self._clock()
+            store.set_setting(self.task, "last_refit_at", started)
             traces = store.traces(self.task, valid_only=True)
             if self.label_set.fixed:
                 traces = [t for t in traces if self.label_set.normalise(t.teacher) is not None]
@@ -327,28 +561,38 @@ class TracedTask:
                 raise GateRefused(f"{len(traces)} valid traces of {self.task!r};"
                                   f" at least {self.min_traces} are needed to fit")
             store.incr(self.task, "new_valid_traces", -store.counter(self.task, "new_valid_traces"))
+            current = store.current_version(self.task)
+            breaker = self.breaker
+            tripped = breaker is not None and breaker.status(current).tripped
+            after_seq = int(store.get_setting(self.task, CALIBRATE_FROM_SETTING, 0) or 0)
             vectors = self.embedder.embed([t.input for t in traces])
-            router = fit_router(
-                vectors, [t.teacher for t in traces], targets=self.targets,
+            labels = [t.teacher for t in traces]
+            router = self._runner.run_fit(
+                fit_router, vectors=vectors, labels=labels, targets=self.targets,
                 serve_target=self.target, delta=self.delta,
-                calibration_eligible=np.array([t.exchangeable for t in traces]),
+                calibration_eligible=np.array([t.exchangeable and t.seq > after_seq
+                                               for t in traces]),
                 info={"task": self.task, "embedder": self.embedder.name},
+                **self.fit_options,
             )
-            publish(store, self.task, router)
-            self._router_version = -1  # force a reload from the store on the next call
+            ood = (fit_ood(vectors, labels, quantile=self.ood_quantile)
+                   if self.ood_quantile is not None else None)
+            publish(store, self.task, router, ood=ood, force=tripped, keep=self.keep_versions,
+                    extra={"refit_started": started, "refit_pid": os.getpid(),
+                           "replaced_tripped": tripped})
+            store.incr(self.task, "refits")
             return router
         finally:
             store.release(self.task, "refit")
 
     def refit_in_background(self) -> Future[Router | None] | None:
-        """Start :meth:`refit` in a worker thread unless one is running; calls keep being served."""
-        with self._lock:
-            if self._refit_future is not None and not self._refit_future.done():
-                return None
-            if self._refit_pool is None:
-                self._refit_pool = ThreadPoolExecutor(1, thread_name_prefix="tracer_wrap-refit")
-            self._refit_future = self._refit_pool.submit(self._quiet_refit)
-            return self._refit_future
+        """Start :meth:`refit` off the request path unless one of this task is running here.
+
+        Runs in the worker thread (or in the calling thread with ``refit_executor="inline"``);
+        calls keep being served by the current version meanwhile. Returns the future of the
+        published router (None when the refit was skipped or failed; failures are logged).
+        """
+        return self._runner.submit(self._quiet_refit)
 
     def _quiet_refit(self) -> Router | None:
         try:
@@ -358,6 +602,10 @@ class TracedTask:
         except Exception as exc:
             self._fault("refit", exc)
         return None
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the refit worker thread and process (after a running refit when ``wait``)."""
+        self._runner.shutdown(wait=wait)
 
     def _fault(self, step: str, exc: BaseException) -> None:
         self.stats.add(errors=1)

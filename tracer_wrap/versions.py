@@ -1,35 +1,77 @@
-"""Publishing, loading and choosing router versions of a task in a store."""
+"""Publishing, loading and choosing router versions of a task in a store.
+
+Every refit is saved as a numbered version (router ``.npz`` + ``.json`` manifest, and the OOD
+prototypes ``.ood.npz`` when fitted) with its manifest in the store. The store's *current* version
+is what every process serves from its next call. A new version becomes current only when it
+certifies at least the coverage of the current one at the served target (or ``force=True``, used
+after the drift breaker tripped: the current version is then known to be wrong on live traffic).
+A *pinned* version stays current whatever is published until :func:`unpin`. Only the newest
+``keep`` versions are kept on disk, plus the current and the pinned one.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._log import logger
-from .errors import RouterLoadError
+from .errors import ConfigError, RouterLoadError
+from .ood import OODScorer
 from .router import Router
 from .store import TraceStore
 
-__all__ = ["load_version", "publish"]
+__all__ = [
+    "DEFAULT_KEEP",
+    "certified_coverage",
+    "load_ood",
+    "load_version",
+    "pin",
+    "pinned_version",
+    "publish",
+    "rollback",
+    "unpin",
+]
+
+#: Versions kept per task by default (besides the current and the pinned one).
+DEFAULT_KEEP = 10
+_PIN_SETTING = "pinned_version"
 
 
-def publish(store: TraceStore, task: str, router: Router) -> int | None:
-    """Save ``router`` as a new version of ``task``; serve it if it is at least as good.
+def publish(store: TraceStore, task: str, router: Router, *, ood: OODScorer | None = None,
+            force: bool = False, keep: int = DEFAULT_KEEP,
+            extra: dict[str, Any] | None = None) -> int | None:
+    """Save ``router`` (and ``ood``) as a new version of ``task``; serve it if it is at least as good.
 
     The new version becomes current (every process picks it up on its next call) when it
-    certifies at least the coverage of the current version at the served target. Returns the new
-    version number if it became current, else None (the files and manifest are kept either way).
+    certifies at least the coverage of the current version at the served target, or when
+    ``force``; never while another version is pinned. Returns the new version number if it became
+    current, else None (its files and manifest are kept either way, up to ``keep`` versions).
+    ``extra`` is merged into the manifest. Making a version current is one atomic store write.
     """
     version = store.reserve_version(task)
     manifest = router.save(store.router_dir(task) / f"v{version}.npz")
+    if ood is not None:
+        digest = ood.save(store.router_dir(task) / f"v{version}.ood.npz")
+        manifest["ood"] = {"sha256": digest, "cut": ood.cut, "prototypes": len(ood.prototypes)}
+    manifest.update(extra or {})
     store.put_manifest(task, version, manifest)
     current = store.current_version(task)
     new_coverage = router.certificate_for(router.target).coverage
-    if current is not None:
+    pinned = pinned_version(store, task)
+    became_current: int | None = version
+    if pinned is not None:
+        logger.info("tracer_wrap kept pinned version %s of %r; version %s is saved", pinned, task,
+                    version)
+        became_current = None
+    elif current is not None and not force:
         old_coverage = certified_coverage(store.manifest(task, current) or {}, router.target)
         if new_coverage < old_coverage:
             logger.info("tracer_wrap kept version %s of %r: the refit certifies %.3f coverage,"
                         " less than %.3f", current, task, new_coverage, old_coverage)
-            return None
-    store.set_current(task, version)
-    return version
+            became_current = None
+    if became_current is not None:
+        store.set_current(task, version)
+    _prune(store, task, keep)
+    return became_current
 
 
 def certified_coverage(manifest: dict, target: float) -> float:
@@ -45,3 +87,64 @@ def load_version(store: TraceStore, task: str, version: int) -> Router:
         raise RouterLoadError(f"version {version} of {task!r} is not in the store")
     return Router.load(store.router_dir(task) / f"v{version}.npz",
                        expected_sha256=manifest.get("sha256"))
+
+
+def load_ood(store: TraceStore, task: str, version: int) -> OODScorer | None:
+    """The OOD prototypes of a version (None if it has none), hash-checked like the router."""
+    manifest = store.manifest(task, version) or {}
+    info = manifest.get("ood")
+    if not info:
+        return None
+    return OODScorer.load(store.router_dir(task) / f"v{version}.ood.npz",
+                          expected_sha256=info.get("sha256"))
+
+
+def rollback(store: TraceStore, task: str, version: int) -> None:
+    """Serve ``version`` again from every process's next call.
+
+    The version must still be kept and must load (hash-checked). A later refit replaces it under
+    the usual rule (at least the same certified coverage); :func:`pin` it to stop that. Raises
+    ConfigError for an unknown version, RouterLoadError for one that no longer loads.
+    """
+    if store.manifest(task, version) is None:
+        raise ConfigError(f"version {version} of {task!r} is not kept; kept:"
+                          f" {[m['version'] for m in store.versions(task)]}")
+    load_version(store, task, version)
+    load_ood(store, task, version)
+    pinned = pinned_version(store, task)
+    if pinned is not None and pinned != version:
+        raise ConfigError(f"version {pinned} of {task!r} is pinned; unpin it first")
+    store.set_current(task, version)
+    logger.info("tracer_wrap rolled %r back to version %s", task, version)
+
+
+def pin(store: TraceStore, task: str, version: int) -> None:
+    """Serve ``version`` and keep serving it whatever refits publish, until :func:`unpin`."""
+    store.set_setting(task, _PIN_SETTING, None)
+    rollback(store, task, version)
+    store.set_setting(task, _PIN_SETTING, int(version))
+
+
+def unpin(store: TraceStore, task: str) -> None:
+    """Let refits replace the current version again."""
+    store.set_setting(task, _PIN_SETTING, None)
+
+
+def pinned_version(store: TraceStore, task: str) -> int | None:
+    value = store.get_setting(task, _PIN_SETTING)
+    return None if value is None else int(value)
+
+
+def _prune(store: TraceStore, task: str, keep: int) -> None:
+    """Forget versions beyond the newest ``keep``, never the current or the pinned one."""
+    if keep < 1:
+        raise ConfigError(f"keep must be at least 1, got {keep!r}")
+    protected = {store.current_version(task), pinned_version(store, task)}
+    kept = [m["version"] for m in store.versions(task)]
+    for version in kept[:-keep]:
+        if version not in protected:
+            try:
+                store.forget_version(task, version)
+                (store.router_dir(task) / f"v{version}.ood.npz").unlink(missing_ok=True)
+            except ConfigError:  # became current in another process meanwhile
+                continue

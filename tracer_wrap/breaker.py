@@ -1,0 +1,188 @@
+"""The drift breaker: stop answering locally when live agreement is credibly below the target.
+
+Audit samples are calls the router would have answered but that went to the LLM anyway, drawn at
+random; whether the router's label agreed with the LLM's is an unbiased draw of the agreement on
+handled traffic. The breaker runs a one-sided *repeated* sequential probability ratio test (Wald's
+SPRT restarted whenever it accepts the null, which makes it a CUSUM-like change detector) on those
+draws, per router version:
+
+    H0: agreement = target          H1: agreement = target - margin
+
+The log-likelihood ratio of the draws since the last restart is compared with Wald's boundaries:
+above ``log((1 - beta) / alpha)`` the breaker trips; below ``log(beta / (1 - alpha))`` the test
+restarts from the current counts, so a long good past cannot mask a later drift. While the true
+agreement is at or above the target a trip is a false alarm of probability about ``alpha`` per
+test cycle; at ``target - margin`` or below it trips after a few dozen audit samples.
+
+State lives in the store (atomic counters and settings), so every process serving the task feeds
+the same test and sees the same trip. Counters are per version: publishing a new version starts a
+fresh test, which is how a new version resets a tripped breaker.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ._log import logger
+from .errors import ConfigError
+from .store import TraceStore
+
+__all__ = ["BreakerStatus", "DriftBreaker"]
+
+#: Store setting holding the last trip: ``{"version", "reason", "at", "seq", ...}``.
+TRIP_SETTING = "breaker"
+#: Store setting: traces with a sequence number at or below it predate the last trip, so they
+#: are no longer exchangeable with live traffic and must not calibrate.
+CALIBRATE_FROM_SETTING = "calibrate_after_seq"
+#: A version trips at most once (the claim makes racing processes agree on who records it).
+_TRIP_CLAIM_SECONDS = 365 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class BreakerStatus:
+    """The test of one version: audit samples and disagreements in total and since the last
+    restart, the log-likelihood ratio since the restart, and whether (and why) it tripped."""
+
+    version: int | None
+    audits: int
+    disagreements: int
+    window_audits: int
+    window_disagreements: int
+    llr: float
+    tripped: bool
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DriftBreaker:
+    """A repeated one-sided SPRT on audit agreement, shared through the store.
+
+    Parameters: ``target`` the agreement promised, ``margin`` the drop the test is tuned to
+    detect quickly, ``alpha`` the false-trip probability per test cycle, ``beta`` the miss
+    probability per cycle (it sets the restart boundary). ``refresh_seconds`` bounds how stale
+    this process's view of a trip made elsewhere may be (read from ``clock``, monotonic).
+    """
+
+    def __init__(self, store: TraceStore, task: str, *, target: float, margin: float = 0.10,
+                 alpha: float = 0.01, beta: float = 0.10, refresh_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0.0 < margin < target:
+            raise ConfigError(f"breaker margin must be in (0, target), got {margin!r}")
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if not 0.0 < value < 0.5:
+                raise ConfigError(f"breaker {name} must be in (0, 0.5), got {value!r}")
+        self.store = store
+        self.task = task
+        p0 = min(target, 1.0 - 1e-4)  # a target of 1 would make one disagreement infinitely telling
+        p1 = p0 - margin
+        self.target = target
+        self.agree_llr = math.log(p1 / p0)
+        self.disagree_llr = math.log((1.0 - p1) / (1.0 - p0))
+        self.upper = math.log((1.0 - beta) / alpha)
+        self.lower = math.log(beta / (1.0 - alpha))
+        self.refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cached: tuple[int | None, bool, float] | None = None
+
+    # -- feeding the test ------------------------------------------------------------------------
+
+    def observe(self, version: int, agree: bool) -> BreakerStatus:
+        """Add one audit sample of ``version``; trip (once) when the test says so.
+
+        Counts are atomic store counters. A trip records the reason in the store (every process
+        stops answering locally with this version) and logs a warning; the returned status has
+        ``tripped`` set. The caller is expected to schedule a refit.
+        """
+        if not agree:
+            self.store.incr(self.task, f"breaker:{version}:bad")
+        n = self.store.incr(self.task, f"breaker:{version}:n")
+        status = self.status(version, audits=n)
+        if status.tripped or self._tripped_record(version):
+            return status
+        if status.llr >= self.upper and self.store.claim(self.task, f"breaker:{version}:trip",
+                                                          ttl=_TRIP_CLAIM_SECONDS):
+            return self._trip(version, status)
+        if status.llr <= self.lower:
+            # Enough evidence that this version is fine so far: restart, so the past cannot
+            # absorb a later drift.
+            self.store.set_setting(self.task, f"breaker:{version}:base",
+                                   [status.audits, status.disagreements])
+        return status
+
+    def status(self, version: int | None, *, audits: int | None = None) -> BreakerStatus:
+        """The current test of ``version`` read from the store."""
+        if version is None:
+            return BreakerStatus(None, 0, 0, 0, 0, 0.0, False)
+        n = self.store.counter(self.task, f"breaker:{version}:n") if audits is None else audits
+        bad = self.store.counter(self.task, f"breaker:{version}:bad")
+        n0, bad0 = self.store.get_setting(self.task, f"breaker:{version}:base", [0, 0])
+        wn, wbad = max(0, n - n0), max(0, bad - bad0)
+        llr = wbad * self.disagree_llr + (wn - wbad) * self.agree_llr
+        record = self._tripped_record(version)
+        return BreakerStatus(version, n, bad, wn, wbad, llr, record is not None,
+                             record["reason"] if record else "")
+
+    # -- reading the state ------------------------------------------------------------------------
+
+    def tripped(self, version: int | None) -> bool:
+        """Whether the breaker tripped for ``version``; re-read from the store at most every
+        ``refresh_seconds`` (at once when the version changes)."""
+        if version is None:
+            return False
+        now = self._clock()
+        with self._lock:
+            cached = self._cached
+            if cached is not None and cached[0] == version and now - cached[2] < self.refresh_seconds:
+                return cached[1]
+        value = self._tripped_record(version) is not None
+        with self._lock:
+            self._cached = (version, value, now)
+        return value
+
+    def last_trip(self) -> dict[str, Any] | None:
+        """The record of the last trip of the task (any version), or None."""
+        record = self.store.get_setting(self.task, TRIP_SETTING)
+        return record if isinstance(record, dict) else None
+
+    def reset(self) -> None:
+        """Clear a trip by hand (e.g. after checking the LLM itself changed); the test restarts."""
+        record = self.last_trip()
+        self.store.set_setting(self.task, TRIP_SETTING, None)
+        if record is not None:
+            version = record["version"]
+            self.store.set_setting(self.task, f"breaker:{version}:base", [
+                self.store.counter(self.task, f"breaker:{version}:n"),
+                self.store.counter(self.task, f"breaker:{version}:bad")])
+        with self._lock:
+            self._cached = None
+
+    def _tripped_record(self, version: int) -> dict[str, Any] | None:
+        record = self.last_trip()
+        return record if record is not None and record.get("version") == version else None
+
+    def _trip(self, version: int, status: BreakerStatus) -> BreakerStatus:
+        agreement = 1.0 - status.window_disagreements / max(1, status.window_audits)
+        reason = (f"{status.window_disagreements} of the last {status.window_audits} audit samples"
+                  f" disagreed with the LLM (agreement {agreement:.3f}); the sequential test says"
+                  f" live agreement is below the target {self.target:g}")
+        seq = self.store.count(self.task)
+        self.store.set_setting(self.task, CALIBRATE_FROM_SETTING, seq)
+        self.store.set_setting(self.task, TRIP_SETTING, {
+            "version": version, "reason": reason, "at": time.time(), "seq": seq,
+            "audits": status.audits, "disagreements": status.disagreements,
+        })
+        with self._lock:
+            self._cached = (version, True, self._clock())
+        logger.warning("tracer_wrap drift breaker tripped for %r, version %s: %s. Every call goes"
+                       " to the LLM until a refit publishes a new version.", self.task, version,
+                       reason)
+        return BreakerStatus(version, status.audits, status.disagreements, status.window_audits,
+                             status.window_disagreements, status.llr, True, reason)
