@@ -153,8 +153,12 @@ class DriftBreaker:
         return record if isinstance(record, dict) else None
 
     def reset(self) -> None:
-        """Clear a trip by hand (e.g. after checking the LLM itself changed); the test restarts."""
+        """Clear the trip (done when a refit replaces the tripped version, or by hand after
+        checking the LLM itself changed); the test of the tripped version restarts. The cleared
+        record stays readable under the ``breaker_last_trip`` setting."""
         record = self.last_trip()
+        if record is not None:
+            self.store.set_setting(self.task, "breaker_last_trip", record)
         self.store.set_setting(self.task, TRIP_SETTING, None)
         if record is not None:
             version = record["version"]
@@ -179,6 +183,7 @@ class DriftBreaker:
             "version": version, "reason": reason, "at": time.time(), "seq": seq,
             "audits": status.audits, "disagreements": status.disagreements,
         })
+        self.store.incr(self.task, "breaker_trips")
         with self._lock:
             self._cached = (version, True, self._clock())
         logger.warning("tracer_wrap drift breaker tripped for %r, version %s: %s. Every call goes"

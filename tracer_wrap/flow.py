@@ -577,10 +577,13 @@ class TracedTask:
             )
             ood = (fit_ood(vectors, labels, quantile=self.ood_quantile)
                    if self.ood_quantile is not None else None)
-            publish(store, self.task, router, ood=ood, force=tripped, keep=self.keep_versions,
-                    extra={"refit_started": started, "refit_pid": os.getpid(),
-                           "replaced_tripped": tripped})
+            published = publish(store, self.task, router, ood=ood, force=tripped,
+                                keep=self.keep_versions,
+                                extra={"refit_started": started, "refit_pid": os.getpid(),
+                                       "replaced_tripped": tripped})
             store.incr(self.task, "refits")
+            if published is not None and tripped and breaker is not None:
+                breaker.reset()
             return router
         finally:
             store.release(self.task, "refit")
