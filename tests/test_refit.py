@@ -1,0 +1,236 @@
+"""Refit policies, executors and the one-refit-at-a-time claim, across real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore
+from tracer_wrap.refit import (
+    RefitRunner,
+    RefitState,
+    refit_after_delay,
+    refit_after_traces,
+    refit_never,
+)
+
+DIM, CLASSES = 16, 4
+_CENTERS = np.random.default_rng(0).standard_normal((CLASSES, DIM))
+_CENTERS /= np.linalg.norm(_CENTERS, axis=1, keepdims=True)
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def synth_embed(texts: list[str]) -> np.ndarray:
+    """Text ``c<k> ...`` -> centre k plus noise fixed by the text (same in every process)."""
+    rows = []
+    for text in texts:
+        k = int(text.split()[0][1:])
+        seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+        rows.append(_CENTERS[k] + 0.15 * np.random.default_rng(seed).standard_normal(DIM))
+    return np.array(rows)
+
+
+def slow_refit_embed(texts: list[str]) -> np.ndarray:
+    """Like synth_embed, but a refit's batch announces itself and then hangs (to be killed)."""
+    if len(texts) > 1:
+        Path(os.environ["TW_TEST_READY"]).write_text(str(os.getpid()))
+        time.sleep(600)
+    return synth_embed(texts)
+
+
+def make_task(store: str | TraceStore, **kw: object) -> TracedTask:
+    options: dict = dict(embedder=Embedder.from_callable(synth_embed, name="synth"), target=0.9,
+                         min_traces=100, refit_every=None, audit_rate=0.0, breaker=False)
+    options.update(kw)
+    return TracedTask("t", store=store, **options)
+
+
+def feed(task: TracedTask, n: int, prefix: str = "") -> None:
+    for i in range(n):
+        task.call(f"c{i % CLASSES} {prefix}{i}", lambda i=i: f"l{i % CLASSES}")
+
+
+# -- policies --------------------------------------------------------------------------------
+
+
+def test_policies_compose_like_tenacity() -> None:
+    fresh, stale = RefitState(600, 10.0, 1000), RefitState(5, 7200.0, 1000)
+    either = refit_after_traces(500) | refit_after_delay(3600)
+    both = refit_after_traces(500) & refit_after_delay(3600)
+    assert either(fresh) and either(stale)
+    assert not both(fresh) and not both(stale) and both(RefitState(600, 7200.0, 1000))
+    assert not refit_after_delay(10)(RefitState(0, 1e9, 10))  # nothing new: nothing to learn
+    assert not refit_never(fresh)
+
+
+def test_time_policy_uses_the_injected_clock(tmp_path: Path) -> None:
+    now = [1000.0]
+    task = make_task(str(tmp_path), refit_policy=refit_after_delay(60), refit_executor="inline",
+                     clock=lambda: now[0])
+    feed(task, 150)  # never refitted before: due at once
+    assert task.version == 1
+    feed(task, 50, "b")
+    assert task.version == 1  # 0 s later
+    now[0] += 61
+    feed(task, 1, "c")
+    assert task.store.counter("t", "refits") == 2
+
+
+def test_inline_refit_every_n_traces_swaps_version(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path), refit_every=300, refit_executor="inline")
+    feed(task, 299)
+    assert task.router is None
+    feed(task, 1, "x")
+    assert task.version == 1 and task.router is not None and task.router.threshold is not None
+    assert task.stats.errors == 0
+
+
+def test_background_thread_refit_serves_meanwhile(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path))
+    feed(task, 200)
+    future = task.refit_in_background()
+    assert future is not None
+    feed(task, 50, "during")  # calls are served while the refit runs
+    assert future.result(timeout=120) is not None
+    assert task.version == 1
+    task.close()
+
+
+def test_claim_lets_one_refit_run(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path))
+    feed(task, 150)
+    assert task.store.claim("t", "refit", ttl=60)
+    with pytest.raises(GateRefused, match="already running"):
+        task.refit()
+    task.store.release("t", "refit")
+    task.refit()
+    assert task.version == 1
+
+
+def test_runner_inline_returns_done_future() -> None:
+    runner = RefitRunner("inline")
+    future = runner.submit(lambda: 42)
+    assert future is not None and future.result() == 42
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def serve_worker(store_path: str, worker: int, n: int, barrier: object, out: object) -> None:
+    # Audits keep traces (and so refits) coming once a router answers most calls.
+    task = make_task(store_path, refit_every=100, min_traces=100, audit_rate=0.2)
+    barrier.wait(timeout=120)  # type: ignore[attr-defined]
+    seen: list[int | None] = []
+    failures = llm_calls = 0
+
+    def llm(label: str) -> str:
+        nonlocal llm_calls
+        llm_calls += 1
+        return label
+
+    for i in range(n):
+        try:
+            task.call(f"c{i % CLASSES} w{worker} {i}", lambda i=i: llm(f"l{i % CLASSES}"))
+        except Exception:
+            failures += 1
+        seen.append(task.version)
+    task.close(wait=True)
+    barrier.wait(timeout=120)  # type: ignore[attr-defined]
+    task.call(f"c0 w{worker} last", lambda: llm("l0"))
+    out.put({"worker": worker, "failures": failures, "errors": task.stats.errors,  # type: ignore[attr-defined]
+             "llm_calls": llm_calls, "handled": task.stats.handled,
+             "seen": seen, "final": task.version,
+             "current": task.store.current_version("t")})
+
+
+def test_two_processes_share_refits_and_versions(tmp_path: Path) -> None:
+    barrier, out = SPAWN.Barrier(2), SPAWN.Queue()
+    n = 500
+    procs = [SPAWN.Process(target=serve_worker, args=(str(tmp_path), w, n, barrier, out))
+             for w in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=180) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    store = TraceStore(str(tmp_path))
+    traces = store.traces("t")
+    # No lost trace: every call that reached the LLM is in the store, once.
+    assert sum(t.count for t in traces) == len(traces) == sum(r["llm_calls"] for r in results)
+    assert sum(r["handled"] for r in results) > 0
+    manifests = store.versions("t")
+    assert len(manifests) >= 2 and store.counter("t", "refits") == len(manifests)
+    spans = sorted((m["refit_started"], m["saved_at"]) for m in manifests)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start  # no two refits ever overlapped
+    for r in results:
+        assert r["failures"] == 0 and r["errors"] == 0
+        assert r["final"] == r["current"] == store.current_version("t")
+        assert len({v for v in r["seen"] if v is not None}) >= 2  # it switched versions live
+
+
+def refit_worker(store_path: str, ready: str) -> None:
+    os.environ["TW_TEST_READY"] = ready
+    task = make_task(store_path, embedder=Embedder.from_callable(slow_refit_embed, name="synth"),
+                     refit_claim_ttl=1.0)
+    task.refit()
+
+
+def test_killed_refit_keeps_version_and_claim_lapses(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path), refit_claim_ttl=1.0)
+    feed(task, 150)
+    task.refit()
+    assert task.version == 1
+    feed(task, 50, "more")
+    ready = tmp_path / "ready"
+    proc = SPAWN.Process(target=refit_worker, args=(str(tmp_path), str(ready)))
+    proc.start()
+    for _ in range(600):
+        if ready.exists() or not proc.is_alive():
+            break
+        time.sleep(0.1)
+    assert ready.exists(), "the refit process never reached its fit"
+    killed_at = time.monotonic()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join(timeout=30)
+    assert proc.exitcode == -signal.SIGKILL
+    if time.monotonic() - killed_at < 0.5:  # the dead refit still holds its claim
+        with pytest.raises(GateRefused):
+            task.refit()
+    assert task.version == 1 and task.route("c1 probe") is not None
+    for _ in range(300):  # the claim lapses after its 1 s time-to-live
+        if task.store.claim("t", "refit", ttl=1):
+            break
+        time.sleep(0.1)
+    task.store.release("t", "refit")
+    task.refit()
+    assert task.version == 2
+
+
+def test_killed_fit_process_fails_open(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path), refit_executor="process")
+    feed(task, 150)
+    future = task.refit_in_background()
+    assert future is not None
+    runner = task._runner
+    pids: list[int] = []
+    for _ in range(600):
+        pids = runner.worker_pids()
+        if pids or future.done():
+            break
+        time.sleep(0.02)
+    assert pids, "no fit process was started"
+    os.kill(pids[0], signal.SIGKILL)
+    assert future.result(timeout=120) is None  # logged, not raised
+    assert task.version is None and task.stats.errors == 1
+    feed(task, 10, "after")  # calls still work, the claim was released
+    assert task.refit() is not None and task.version == 1  # a fresh process pool fits
+    task.close()
