@@ -10,6 +10,9 @@ A wrapper calls them in this order::
 
 The SDK-free parts (views, template learning, usage) import eagerly; the OpenAI and Anthropic
 builders import their SDK on first access, so a missing SDK only fails for its own provider.
+
+The public entry points are :func:`wrap_openai`, :func:`wrap_anthropic` (anthropic imported on
+first use) and :func:`savings`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ..errors import MissingExtraError
+from ._engine import TASK_OPTION, Tasks, savings
+from ._openai import TracedAsyncOpenAI, TracedOpenAI, wrap_openai
 from ._prompt import (
     LABEL_FIELD_NAMES,
     OutputShape,
@@ -48,6 +54,7 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 
 __all__ = [
+    "TASK_OPTION",
     "LABEL_FIELD_NAMES",
     "OutputShape",
     "PromptView",
@@ -61,8 +68,29 @@ __all__ = [
     "openai_responses_output_shape",
     "openai_responses_view",
     "usage_of",
+    "Tasks",
+    "TracedAsyncOpenAI",
+    "TracedOpenAI",
+    "savings",
+    "wrap_anthropic",
+    "wrap_openai",
     *sorted(_LAZY),
 ]
+
+
+def wrap_anthropic(client: Any, **options: Any) -> Any:
+    """Wrap an ``Anthropic`` / ``AsyncAnthropic`` client; see :func:`._anthropic.wrap_anthropic`.
+
+    Imports anthropic on first use; raises MissingExtraError naming the ``anthropic`` extra when
+    it is not installed.
+    """
+    try:
+        from ._anthropic import wrap_anthropic as wrap
+    except ModuleNotFoundError as error:
+        if error.name != "anthropic":
+            raise
+        raise MissingExtraError("anthropic", "anthropic") from error
+    return wrap(client, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,142 @@
+"""``wrap_anthropic``: an Anthropic / AsyncAnthropic client whose classification calls are traced.
+
+Like :mod:`._openai`: a :class:`wrapt.ObjectProxy` of the user's instance, intercepting
+``messages.create`` (including ``stream=True``) and ``messages.stream`` through
+:class:`._engine.Tasks`. Imports ``anthropic``; :func:`tracer_wrap.integrations.wrap_anthropic`
+imports this module on first use and names the pip extra when the SDK is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, overload
+
+import anthropic
+
+from ..embedder import Embedder
+from ..errors import ConfigError
+from ..store import TraceStore
+from . import _anthropic_objects as objects
+from ._engine import ApiSpec, Tasks
+from ._openai import _Resource, _with_raw_header
+from ._prompt import anthropic_messages_view
+
+__all__ = ["TracedAnthropic", "TracedAsyncAnthropic", "wrap_anthropic"]
+
+_messages = dict(view=anthropic_messages_view, label=objects.label_from_message, stream_kind="anthropic")
+MESSAGES_CREATE = ApiSpec("anthropic.messages.create", build=objects.build_message,
+                          build_stream=objects.build_message_stream, **_messages)
+ASYNC_MESSAGES_CREATE = ApiSpec("anthropic.messages.create", build=objects.build_message,
+                                build_stream=objects.build_async_message_stream, **_messages)
+MESSAGES_STREAM = ApiSpec("anthropic.messages.stream", build=objects.build_message_stream_manager,
+                          manager=True, **_messages)
+ASYNC_MESSAGES_STREAM = ApiSpec("anthropic.messages.stream",
+                                build=objects.build_async_message_stream_manager, manager=True,
+                                **_messages)
+
+
+class _RawMessages(_Resource):
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(MESSAGES_CREATE, self.__wrapped__.create, args,
+                                    _with_raw_header(kwargs))
+
+
+class _AsyncRawMessages(_Resource):
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args,
+                                           _with_raw_header(kwargs))
+
+
+class _Messages(_Resource):
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(MESSAGES_CREATE, self.__wrapped__.create, args, kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run_manager(MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs, False)
+
+    @property
+    def with_raw_response(self) -> Any:
+        return _RawMessages(self.__wrapped__.with_raw_response, self._self_tasks)
+
+
+class _AsyncMessages(_Resource):
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args, kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run_manager(ASYNC_MESSAGES_STREAM, self.__wrapped__.stream, args,
+                                            kwargs, True)
+
+    @property
+    def with_raw_response(self) -> Any:
+        return _AsyncRawMessages(self.__wrapped__.with_raw_response, self._self_tasks)
+
+
+class TracedAnthropic(_Resource):
+    """A wrapped ``Anthropic`` client (see :func:`wrap_anthropic`)."""
+
+    _messages: type[_Resource] = _Messages
+
+    def __init__(self, wrapped: Any, tasks: Tasks) -> None:
+        super().__init__(wrapped, tasks)
+        self._self_messages: Any = None
+
+    @property
+    def tracer_wrap_tasks(self) -> Tasks:
+        """The tasks of this client and its copies (one :class:`TracedTask` per template)."""
+        return self._self_tasks
+
+    @property
+    def messages(self) -> Any:
+        if self._self_messages is None:
+            self._self_messages = self._messages(self.__wrapped__.messages, self._self_tasks)
+        return self._self_messages
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``copy()``, wrapped again: the copy shares this client's tasks and store."""
+        return type(self)(self.__wrapped__.copy(*args, **kwargs), self._self_tasks)
+
+    def with_options(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``with_options()``, wrapped again (an alias of :meth:`copy`, as in the SDK)."""
+        return type(self)(self.__wrapped__.with_options(*args, **kwargs), self._self_tasks)
+
+
+class TracedAsyncAnthropic(TracedAnthropic):
+    """A wrapped ``AsyncAnthropic`` client (see :func:`wrap_anthropic`)."""
+
+    _messages = _AsyncMessages
+
+
+@overload
+def wrap_anthropic(client: anthropic.Anthropic, *, task: str | None = ...,
+                   labels: Iterable[str] | None = ..., store: TraceStore | str | None = ...,
+                   embedder: Embedder | None = ..., target: float = ..., routing: bool = ...,
+                   **task_options: Any) -> anthropic.Anthropic: ...
+
+
+@overload
+def wrap_anthropic(client: anthropic.AsyncAnthropic, *, task: str | None = ...,
+                   labels: Iterable[str] | None = ..., store: TraceStore | str | None = ...,
+                   embedder: Embedder | None = ..., target: float = ..., routing: bool = ...,
+                   **task_options: Any) -> anthropic.AsyncAnthropic: ...
+
+
+def wrap_anthropic(client: Any, *, task: str | None = None, labels: Iterable[str] | None = None,
+                   store: TraceStore | str | None = None, embedder: Embedder | None = None,
+                   target: float = 0.95, routing: bool = True, **task_options: Any) -> Any:
+    """Wrap an ``Anthropic`` or ``AsyncAnthropic`` instance; return the wrapped client.
+
+    Same options and guarantees as :func:`~tracer_wrap.integrations.wrap_openai`, around
+    ``messages.create`` (also with ``stream=True``) and ``messages.stream``. A local answer is a
+    genuine ``Message`` (or stream of raw events) with zero usage whose id starts with
+    ``"msg_tracerwrap_"``. Raises ConfigError for anything but an Anthropic client.
+    """
+    if isinstance(client, TracedAnthropic):
+        client = client.__wrapped__
+    if not isinstance(client, (anthropic.Anthropic, anthropic.AsyncAnthropic)):
+        raise ConfigError(f"wrap_anthropic needs an anthropic.Anthropic or AsyncAnthropic client,"
+                          f" got {type(client)!r}")
+    tasks = Tasks(task=task, labels=labels, store=store, embedder=embedder, routing=routing,
+                  target=target, **task_options)
+    proxy = TracedAsyncAnthropic if isinstance(client, anthropic.AsyncAnthropic) else TracedAnthropic
+    return proxy(client, tasks)
