@@ -15,8 +15,10 @@ agreement is at or above the target a trip is a false alarm of probability about
 test cycle; at ``target - margin`` or below it trips after a few dozen audit samples.
 
 State lives in the store (atomic counters and settings), so every process serving the task feeds
-the same test and sees the same trip. Counters are per version: publishing a new version starts a
-fresh test, which is how a new version resets a tripped breaker.
+the same test and sees the same trip. The test runs per *epoch*, not per version: a routine refit
+does not wipe the evidence gathered so far (it was fitted and calibrated on the same, possibly
+stale, traces), but a trip ends the epoch once a refit publishes the version that replaces the
+tripped one (:meth:`DriftBreaker.reset`), which is how a new version resets a tripped breaker.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class DriftBreaker:
     """
 
     def __init__(self, store: TraceStore, task: str, *, target: float, margin: float = 0.10,
-                 alpha: float = 0.01, beta: float = 0.10, refresh_seconds: float = 1.0,
+                 alpha: float = 0.005, beta: float = 0.05, refresh_seconds: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 0.0 < margin < target:
             raise ConfigError(f"breaker margin must be in (0, target), got {margin!r}")
@@ -90,89 +92,80 @@ class DriftBreaker:
         self.refresh_seconds = refresh_seconds
         self._clock = clock
         self._lock = threading.Lock()
-        self._cached: tuple[int | None, bool, float] | None = None
+        self._cached: tuple[bool, float] | None = None
 
     # -- feeding the test ------------------------------------------------------------------------
 
-    def observe(self, version: int, agree: bool) -> BreakerStatus:
-        """Add one audit sample of ``version``; trip (once) when the test says so.
+    def observe(self, agree: bool, version: int | None = None) -> BreakerStatus:
+        """Add one audit sample (``version`` served it); trip (once per epoch) when the test says so.
 
         Counts are atomic store counters. A trip records the reason in the store (every process
-        stops answering locally with this version) and logs a warning; the returned status has
-        ``tripped`` set. The caller is expected to schedule a refit.
+        stops answering locally) and logs a warning; the returned status has ``tripped`` set.
+        The caller is expected to schedule a refit.
         """
+        epoch = self.store.counter(self.task, "breaker_epoch")
         if not agree:
-            self.store.incr(self.task, f"breaker:{version}:bad")
-        n = self.store.incr(self.task, f"breaker:{version}:n")
-        status = self.status(version, audits=n)
-        if status.tripped or self._tripped_record(version):
+            self.store.incr(self.task, f"breaker:e{epoch}:bad")
+        n = self.store.incr(self.task, f"breaker:e{epoch}:n")
+        status = self.status(epoch=epoch, audits=n)
+        if status.tripped:
             return status
-        if status.llr >= self.upper and self.store.claim(self.task, f"breaker:{version}:trip",
+        if status.llr >= self.upper and self.store.claim(self.task, f"breaker:e{epoch}:trip",
                                                           ttl=_TRIP_CLAIM_SECONDS):
             return self._trip(version, status)
         if status.llr <= self.lower:
-            # Enough evidence that this version is fine so far: restart, so the past cannot
-            # absorb a later drift.
-            self.store.set_setting(self.task, f"breaker:{version}:base",
+            # Enough evidence that all is fine so far: restart, so the past cannot absorb a
+            # later drift.
+            self.store.set_setting(self.task, f"breaker:e{epoch}:base",
                                    [status.audits, status.disagreements])
         return status
 
-    def status(self, version: int | None, *, audits: int | None = None) -> BreakerStatus:
-        """The current test of ``version`` read from the store."""
-        if version is None:
-            return BreakerStatus(None, 0, 0, 0, 0, 0.0, False)
-        n = self.store.counter(self.task, f"breaker:{version}:n") if audits is None else audits
-        bad = self.store.counter(self.task, f"breaker:{version}:bad")
-        n0, bad0 = self.store.get_setting(self.task, f"breaker:{version}:base", [0, 0])
+    def status(self, *, epoch: int | None = None, audits: int | None = None) -> BreakerStatus:
+        """The current test, read from the store."""
+        store, task = self.store, self.task
+        epoch = store.counter(task, "breaker_epoch") if epoch is None else epoch
+        n = store.counter(task, f"breaker:e{epoch}:n") if audits is None else audits
+        bad = store.counter(task, f"breaker:e{epoch}:bad")
+        n0, bad0 = store.get_setting(task, f"breaker:e{epoch}:base", [0, 0])
         wn, wbad = max(0, n - n0), max(0, bad - bad0)
         llr = wbad * self.disagree_llr + (wn - wbad) * self.agree_llr
-        record = self._tripped_record(version)
-        return BreakerStatus(version, n, bad, wn, wbad, llr, record is not None,
-                             record["reason"] if record else "")
+        record = self.last_trip()
+        return BreakerStatus(record["version"] if record else None, n, bad, wn, wbad, llr,
+                             record is not None, record["reason"] if record else "")
 
     # -- reading the state ------------------------------------------------------------------------
 
-    def tripped(self, version: int | None) -> bool:
-        """Whether the breaker tripped for ``version``; re-read from the store at most every
-        ``refresh_seconds`` (at once when the version changes)."""
-        if version is None:
-            return False
+    def tripped(self) -> bool:
+        """Whether the breaker is tripped; re-read from the store at most every
+        ``refresh_seconds`` (at once in the process that tripped or reset it)."""
         now = self._clock()
         with self._lock:
             cached = self._cached
-            if cached is not None and cached[0] == version and now - cached[2] < self.refresh_seconds:
-                return cached[1]
-        value = self._tripped_record(version) is not None
+            if cached is not None and now - cached[1] < self.refresh_seconds:
+                return cached[0]
+        value = self.last_trip() is not None
         with self._lock:
-            self._cached = (version, value, now)
+            self._cached = (value, now)
         return value
 
     def last_trip(self) -> dict[str, Any] | None:
-        """The record of the last trip of the task (any version), or None."""
+        """The record of the trip in force (None when not tripped)."""
         record = self.store.get_setting(self.task, TRIP_SETTING)
         return record if isinstance(record, dict) else None
 
     def reset(self) -> None:
-        """Clear the trip (done when a refit replaces the tripped version, or by hand after
-        checking the LLM itself changed); the test of the tripped version restarts. The cleared
-        record stays readable under the ``breaker_last_trip`` setting."""
+        """Clear the trip and start a new epoch of the test (done when a refit replaces the
+        tripped version, or by hand after checking the LLM itself changed). The cleared record
+        stays readable under the ``breaker_last_trip`` setting."""
         record = self.last_trip()
         if record is not None:
             self.store.set_setting(self.task, "breaker_last_trip", record)
+        self.store.incr(self.task, "breaker_epoch")
         self.store.set_setting(self.task, TRIP_SETTING, None)
-        if record is not None:
-            version = record["version"]
-            self.store.set_setting(self.task, f"breaker:{version}:base", [
-                self.store.counter(self.task, f"breaker:{version}:n"),
-                self.store.counter(self.task, f"breaker:{version}:bad")])
         with self._lock:
-            self._cached = None
+            self._cached = (False, self._clock())
 
-    def _tripped_record(self, version: int) -> dict[str, Any] | None:
-        record = self.last_trip()
-        return record if record is not None and record.get("version") == version else None
-
-    def _trip(self, version: int, status: BreakerStatus) -> BreakerStatus:
+    def _trip(self, version: int | None, status: BreakerStatus) -> BreakerStatus:
         agreement = 1.0 - status.window_disagreements / max(1, status.window_audits)
         reason = (f"{status.window_disagreements} of the last {status.window_audits} audit samples"
                   f" disagreed with the LLM (agreement {agreement:.3f}); the sequential test says"
@@ -185,7 +178,7 @@ class DriftBreaker:
         })
         self.store.incr(self.task, "breaker_trips")
         with self._lock:
-            self._cached = (version, True, self._clock())
+            self._cached = (True, self._clock())
         logger.warning("tracer_wrap drift breaker tripped for %r, version %s: %s. Every call goes"
                        " to the LLM until a refit publishes a new version.", self.task, version,
                        reason)

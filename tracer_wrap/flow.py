@@ -405,7 +405,7 @@ class TracedTask:
                 self.stats.add(deferred=1)
                 return _Plan(text, decision, version=version)
             breaker = self.breaker
-            if breaker is not None and breaker.tripped(version):
+            if breaker is not None and breaker.tripped():
                 self.stats.add(deferred=1, breaker=1)
                 return _Plan(text, replace(decision, handled=False, reason="drift breaker tripped"),
                              version=version)
@@ -458,7 +458,7 @@ class TracedTask:
             breaker = self.breaker
             answering = (routing and serving.router is not None
                          and serving.router.threshold is not None
-                         and not (breaker is not None and breaker.tripped(serving.version)))
+                         and not (breaker is not None and breaker.tripped()))
             self.store.append(
                 self.task, plan.text, label if label is not None else _printable(raw),
                 valid=label is not None,
@@ -475,7 +475,7 @@ class TracedTask:
             if decision is not None and plan.version is not None:
                 agree = decision.label == label
                 if plan.audit and breaker is not None:
-                    if breaker.observe(plan.version, agree).tripped and not self._runner.running:
+                    if breaker.observe(agree, plan.version).tripped and not self._runner.running:
                         self.refit_in_background()
                 elif not routing:
                     self._count_shadow(plan.version, decision.handled, agree)
@@ -561,9 +561,8 @@ class TracedTask:
                 raise GateRefused(f"{len(traces)} valid traces of {self.task!r};"
                                   f" at least {self.min_traces} are needed to fit")
             store.incr(self.task, "new_valid_traces", -store.counter(self.task, "new_valid_traces"))
-            current = store.current_version(self.task)
             breaker = self.breaker
-            tripped = breaker is not None and breaker.status(current).tripped
+            tripped = breaker is not None and breaker.last_trip() is not None
             after_seq = int(store.get_setting(self.task, CALIBRATE_FROM_SETTING, 0) or 0)
             vectors = self.embedder.embed([t.input for t in traces])
             labels = [t.teacher for t in traces]
