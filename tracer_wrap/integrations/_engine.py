@@ -165,7 +165,7 @@ class Tasks:
         try:
             if kwargs.get("stream") is True and spec.build_stream is None and not spec.manager:
                 return None
-            view = spec.view(kwargs, self.learner)
+            view = spec.view(_given(kwargs), self.learner)
             if view is None:
                 return None
             task = self.task(name or self.task_name or view.task_key)
@@ -436,6 +436,17 @@ class _AsyncTappedManager(wrapt.ObjectProxy):  # type: ignore[misc]
 
     async def __aexit__(self, *exc_info: Any) -> Any:
         return await self.__wrapped__.__aexit__(*exc_info)
+
+
+_SENTINELS = frozenset({"NotGiven", "Omit"})
+
+
+def _given(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``kwargs`` without the SDKs' "not given" sentinels, which their helpers (``.stream()``)
+    pass for every omitted option; a view must read them as absent."""
+    if not any(type(v).__name__ in _SENTINELS for v in kwargs.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if type(v).__name__ not in _SENTINELS}
 
 
 def _raw_mode(kwargs: Mapping[str, Any]) -> str | None:

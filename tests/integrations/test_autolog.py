@@ -1,0 +1,127 @@
+"""Zero-code mode: autolog patches the SDK classes once, the launcher needs no code change."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import anthropic
+import openai
+import pytest
+from _support import TASK_OPTIONS, LLMServer, easy_texts, fill_store, serve_llm, teacher
+
+import tracer_wrap.autolog as autolog_module
+from tracer_wrap.autolog import autolog, run_command, task_summaries
+from tracer_wrap.integrations import is_local, wrap_openai
+from tracer_wrap.store import TraceStore
+
+SYSTEM = {"role": "system", "content": "Classify the banking request. Answer with the label only."}
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    return [SYSTEM, {"role": "user", "content": text}]
+
+
+@pytest.fixture
+def server() -> Iterator[LLMServer]:
+    with serve_llm(teacher) as running:
+        yield running
+
+
+@pytest.fixture
+def logging_on(store, embedder) -> Iterator:
+    tasks = autolog(store=store, embedder=embedder, **TASK_OPTIONS)
+    try:
+        yield tasks
+    finally:
+        autolog.disable()
+
+
+def test_autolog_is_idempotent_and_undone(store, embedder):
+    original = openai.resources.chat.completions.Completions.create
+    tasks = autolog(store=store, embedder=embedder)
+    assert autolog(store=store) is tasks and autolog_module.enabled()
+    assert openai.resources.chat.completions.Completions.create.__tracer_wrap_original__ is original
+    autolog.disable()
+    autolog.disable()
+    assert openai.resources.chat.completions.Completions.create is original
+    assert not autolog_module.enabled()
+
+
+def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(logging_on, server, store):
+    oai = openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0)
+    claude = anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="t", max_retries=0)
+    for i in range(3):
+        assert oai.chat.completions.create(model="m", messages=ask(f"refund #{i}")).choices[0].message.content == "refund"
+        claude.messages.create(model="c", max_tokens=8, messages=[{"role": "user", "content": f"top up #{i}"}])
+    with oai.chat.completions.stream(model="m", messages=ask("fx fee #s")) as s:
+        assert s.get_final_completion().choices[0].message.content == "exchange_rate"
+    names = sorted(logging_on.tasks())
+    assert len(names) == 2
+    chat = next(n for n in names if n.startswith("openai.chat"))
+    assert [t.teacher for t in store.traces(chat)] == ["refund"] * 3 + ["exchange_rate"]
+    # A wrapped client under autolog is traced once, by the wrapper.
+    wrapped = wrap_openai(oai, task="wrapped", store=store, embedder=logging_on.embedder, **TASK_OPTIONS)
+    wrapped.chat.completions.create(model="m", messages=ask("refund #w"))
+    assert store.count("wrapped") == 1 and store.count(chat) == 4
+
+    # A router exists, but routing stays off until the task's switch is on.
+    fill_store(store, chat, n=800)
+    logging_on.task(chat).refit()
+    text = easy_texts(1)[0]
+    assert not is_local(oai.chat.completions.create(model="m", messages=ask(text)))
+    store.set_setting(chat, "routing", True)
+    logging_on.task(chat)._routing_cache = None  # skip the switch's refresh interval
+    calls = server.calls["chat.completions"]
+    assert is_local(oai.chat.completions.create(model="m", messages=ask(text)))
+    assert server.calls["chat.completions"] == calls
+
+    rows = {row["task"]: row for row in task_summaries(store)}
+    assert rows[chat]["classification"] and rows[chat]["routing"] and rows[chat]["coverage"] > 0.5
+    assert rows[chat]["distinct_outputs"] == 4 and not rows["wrapped"]["classification"]
+
+
+def test_launcher_traces_a_plain_program_in_a_subprocess(server, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['USER_SITE_RAN'] = '1'\n")
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent(f"""
+        import os, openai
+        assert os.environ.get("USER_SITE_RAN") == "1", "the program's own sitecustomize must still run"
+        client = openai.OpenAI(base_url={server.base_url_openai!r}, api_key="t", max_retries=0)
+        for i in range(5):
+            r = client.chat.completions.create(model="m", messages=[
+                {{"role": "system", "content": "Classify."}}, {{"role": "user", "content": f"refund #{{i}}"}}])
+            assert r.choices[0].message.content == "refund"
+        print("app done")
+    """))
+    store = tmp_path / "store"
+    launcher = ("import sys; from tracer_wrap.autolog import run_command; store = sys.argv.pop(1);"
+                " run_command(sys.argv[1:], store=store)")
+    done = subprocess.run([sys.executable, "-c", launcher, str(store), sys.executable, str(app)],
+                          cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin",
+                                             "TRACER_WRAP_EMBEDDER": "hashing"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "app done" in done.stdout
+    rows = task_summaries(TraceStore(store))
+    assert len(rows) == 1 and rows[0]["calls"] == 5 and rows[0]["top_outputs"] == ["refund"]
+    assert server.calls["chat.completions"] == 5
+
+
+def test_tasks_command_prints_json_and_a_table(store, capsys):
+    fill_store(store, "intent", n=40)
+    autolog_module.tasks_command(store=str(store.path), as_json=True)
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["task"] == "intent" and row["calls"] == 40 and row["classification"]
+    autolog_module.tasks_command(store=str(store.path))
+    assert "intent" in capsys.readouterr().out
+
+
+def test_run_command_needs_a_program():
+    import typer
+
+    with pytest.raises(typer.BadParameter):
+        run_command([])
