@@ -423,6 +423,9 @@ def _forced_anthropic_tool(body: JSONDict) -> tuple[str, Any] | None:
 class _Handler(BaseHTTPRequestHandler):
     llm: LLMServer  # set on the per-server subclass
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, the client's delayed ACK
+    # stalls every other response by ~40 ms, which would swamp latency measurements.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # keep test output clean
