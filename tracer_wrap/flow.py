@@ -98,10 +98,14 @@ class _Plan:
     decision: Decision | None = None
     audit: bool = False
     version: int | None = None
+    #: Set only when routing is on and nothing vetoes the router (shadow mode keeps the decision
+    #: to score it, but must never answer with it).
+    handle: bool = False
 
     @property
     def local(self) -> bool:
-        return self.decision is not None and self.decision.handled and not self.audit
+        return (self.handle and self.decision is not None and self.decision.handled
+                and not self.audit)
 
 
 @dataclass(frozen=True)
@@ -417,7 +421,7 @@ class TracedTask:
             self.stats.add(deferred=1)
             return _Plan(text)
         self.stats.add(handled=1)
-        return _Plan(text, decision, version=version)
+        return _Plan(text, decision, version=version, handle=True)
 
     def route(self, text: str) -> Decision | None:
         """The router's decision for ``text`` (``None`` before the first router is fitted).
