@@ -5,6 +5,9 @@ classical surrogate is fitted on the traces, and the router answers locally only
 parity gate certifies agreement with the LLM at the target rate.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from .zero_code import autolog
 from .decorator import TracedClassifier, traced_classifier
 from .embedder import Embedder
 from .errors import (
@@ -21,6 +24,9 @@ from .flow import Stats, TracedTask
 from .gate import Certificate
 from .router import Decision, Router
 from .store import Origin, Trace, TraceStore
+
+if TYPE_CHECKING:
+    from .integrations import savings, wrap_anthropic, wrap_openai
 
 __all__ = [
     "Certificate",
@@ -40,8 +46,24 @@ __all__ = [
     "TracedClassifier",
     "TracedTask",
     "TracerWrapError",
+    "autolog",
     "fit_router",
+    "savings",
     "traced_classifier",
+    "wrap_anthropic",
+    "wrap_openai",
 ]
 
 __version__ = "0.1.0"
+
+# The SDK integrations import openai (about a second); users of the decorator alone don't pay it.
+_LAZY = {"savings": ".integrations", "wrap_anthropic": ".integrations",
+         "wrap_openai": ".integrations"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)

@@ -513,6 +513,11 @@ def main() -> None:
 from .bench import bench_command  # noqa: E402
 
 app.command("bench")(_clean_errors(bench_command))
+from .zero_code import run_command, tasks_command  # noqa: E402
+
+app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    _clean_errors(run_command))
+app.command("tasks")(_clean_errors(tasks_command))
 # --- registration block: end ---
 
 

@@ -16,10 +16,6 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from joblib import Parallel, delayed
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold
-from threadpoolctl import threadpool_limits
 
 from . import gate
 from .errors import ConfigError, GateRefused
@@ -71,6 +67,10 @@ def fit_router(
         raise GateRefused(f"need at least two labels among training traces, got {len(classes)}")
     y_index = np.searchsorted(classes, y_train)
 
+    # Imported here: scikit-learn takes seconds to import and serving a router never needs it.
+    from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
+
     splits = _folds(y_index, folds, seed)
     # Folds run in parallel threads, each with single-threaded BLAS: multi-threaded BLAS on these
     # small matrices is up to 30x slower when another process holds a core (measured here).
@@ -120,6 +120,8 @@ def fit_router(
 def _fit_fold(X: np.ndarray, y: np.ndarray, n_classes: int, C: float
               ) -> tuple[np.ndarray, np.ndarray]:
     """One logistic regression; rows for classes absent from this fold get -inf-like bias."""
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=C, max_iter=300, tol=1e-3)
     model.fit(X, y)
     weights = np.zeros((n_classes, X.shape[1]), dtype=np.float32)
@@ -135,6 +137,8 @@ def _fit_fold(X: np.ndarray, y: np.ndarray, n_classes: int, C: float
 
 
 def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import KFold
+
     folds = max(2, min(folds, len(y)))
     return list(KFold(folds, shuffle=True, random_state=seed).split(y))
 

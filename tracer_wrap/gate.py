@@ -27,7 +27,6 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.stats import binom
 
 __all__ = ["Certificate", "binomial_pvalue", "certify", "min_accepted", "threshold_grid"]
 
@@ -57,6 +56,8 @@ def binomial_pvalue(successes: int, n: int, target: float) -> float:
     """P(Binomial(n, target) >= successes): small when the agreement is credibly above target."""
     if n <= 0:
         return 1.0
+    from scipy.stats import binom  # scipy.stats takes ~1 s to import; only fitting needs it
+
     return float(binom.sf(successes - 1, n, target))
 
 
@@ -153,6 +154,8 @@ def _start(grid: np.ndarray, ref_sorted: np.ndarray, ref_scores: np.ndarray,
     first_enough = int(np.argmax(enough))
     if ref_agree is None:
         return first_enough
+    from scipy.stats import binom
+
     # Predicted p-value at each threshold if calibration behaves like the reference data.
     order = np.argsort(-np.asarray(ref_scores, dtype=np.float64), kind="stable")
     cum = np.cumsum(np.asarray(ref_agree, dtype=bool)[order])

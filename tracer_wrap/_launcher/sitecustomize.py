@@ -2,7 +2,7 @@
 program's own sitecustomize (the one this file shadows), if any. Never stops the program."""
 
 try:
-    from tracer_wrap.autolog import _chain_sitecustomize, _launched
+    from tracer_wrap.zero_code import _chain_sitecustomize, _launched
 except Exception:  # tracer_wrap not importable in this interpreter: run the program untouched
     pass
 else:

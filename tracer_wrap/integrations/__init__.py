@@ -22,7 +22,6 @@ from typing import Any
 
 from ..errors import MissingExtraError
 from ._engine import TASK_OPTION, Tasks, savings
-from ._openai import TracedAsyncOpenAI, TracedOpenAI, wrap_openai
 from ._prompt import (
     LABEL_FIELD_NAMES,
     OutputShape,
@@ -40,6 +39,9 @@ from ._prompt import (
 )
 
 _LAZY: dict[str, tuple[str, str]] = {
+    # openai takes about a second to import: only users of the OpenAI wrapper pay for it.
+    **{name: ("._openai", "openai") for name in ("TracedAsyncOpenAI", "TracedOpenAI",
+                                                 "wrap_openai")},
     **{name: ("._openai_objects", "openai") for name in (
         "LOCAL_FINGERPRINT", "AsyncLocalChatStream", "LocalChatStream",
         "build_async_chat_completion_stream", "build_async_chat_stream_manager",
