@@ -17,9 +17,11 @@ CACHE = Path("/work/cache/b77_train.npz")
 pytestmark = pytest.mark.skipif(not CACHE.exists(), reason="Banking77 embeddings not cached")
 
 
-def stream(tmp_path: Path, n: int) -> tuple[Path, np.lib.npyio.NpzFile]:
+def stream(tmp_path: Path, n: int, n_labels: int) -> tuple[Path, np.lib.npyio.NpzFile]:
+    """``n`` shuffled rows of the first ``n_labels`` intents (fewer intents: faster fits)."""
     d = np.load(CACHE, allow_pickle=False)
-    idx = np.random.default_rng(0).permutation(len(d["y"]))[:n]
+    keep = np.isin(d["y"], sorted(set(d["y"].tolist()))[:n_labels])
+    idx = np.random.default_rng(0).permutation(np.flatnonzero(keep))[:n]
     path = tmp_path / "stream.jsonl"
     path.write_text("".join(json.dumps({"input": str(d["texts"][i]), "teacher": str(d["y"][i]),
                                         "extra": 1}) + "\n" for i in idx))
@@ -27,27 +29,27 @@ def stream(tmp_path: Path, n: int) -> tuple[Path, np.lib.npyio.NpzFile]:
 
 
 def test_simulate_banking77(tmp_path: Path) -> None:
-    path, d = stream(tmp_path, 3000)
+    path, d = stream(tmp_path, 3000, 30)
     emb = Embedder.precomputed(dict(zip(d["texts"].tolist(), d["X"])))
-    r = simulate(path, target=0.95, refit_every=600, embedder=emb)
+    r = simulate(path, target=0.95, refit_every=500, embedder=emb)
     assert r["n"] == 3000 and r["handled"] + r["llm_calls"] == r["n"]
-    assert r["handled"] > 0.15 * r["n"] and r["handled_agreement"] >= 0.95
+    assert r["handled"] > 0.3 * r["n"] and r["handled_agreement"] >= 0.95
     assert r["refits"] >= 2 and r["audit_calls"] > 0 and r["stats"]["errors"] == 0
     curve = r["curve"]
     assert curve[0]["window_coverage"] == 0 and curve[-1]["window_coverage"] > 0.5
 
 
 def test_simulate_command(tmp_path: Path) -> None:
-    path, d = stream(tmp_path, 600)
+    path, d = stream(tmp_path, 400, 10)
     npz = tmp_path / "emb.npz"
     np.savez(npz, X=d["X"], texts=d["texts"])
     app = typer.Typer()
     app.command()(simulate_command)
     out = tmp_path / "out.json"
     res = CliRunner().invoke(app, ["--stream", str(path), "--target", "0.95", "--refit-every",
-                                   "300", "--json", str(out), "--embeddings", str(npz),
+                                   "250", "--json", str(out), "--embeddings", str(npz),
                                    "--background"])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert data["n"] == 600 and data["background"] and {"llm_calls", "handled", "curve"} <= set(data)
+    assert data["n"] == 400 and data["background"] and {"llm_calls", "handled", "curve"} <= set(data)
     assert "rows:" in res.output
