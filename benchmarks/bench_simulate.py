@@ -42,20 +42,23 @@ def main() -> None:
     llm = SimulatedLLM(load_banking77_neighbours(), error_rate=0.15, seed=0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for teacher in ("gold", "simulated-llm"):
+        # The simulated LLM errs on a random 15% of texts, so no surrogate can agree with it much
+        # above 85% anywhere: it runs at target 0.80 (at 0.95 the gate rightly refuses).
+        for teacher, target in (("gold", args.target), ("simulated-llm", 0.80)):
             stream = Path(tmp) / f"{teacher}.jsonl"
             with open(stream, "w", encoding="utf-8") as f:
                 for text, gold in rows:
                     label = gold if teacher == "gold" else llm.label_for(text, gold)
                     f.write(json.dumps({"input": text, "teacher": label}) + "\n")
             started = time.perf_counter()
-            r = simulate(stream, target=args.target, refit_every=args.refit_every,
+            r = simulate(stream, target=target, refit_every=args.refit_every,
                          background=args.background, embedder=emb)
             r["seconds"] = round(time.perf_counter() - started, 1)
             results[teacher] = r
             print(f"\n== teacher: {teacher}  ({r['n']} rows, {r['seconds']} s)")
+            agreement = r["handled_agreement"]
             print(f"handled {r['handled']} ({r['handled_share']:.1%}), agreement"
-                  f" {r['handled_agreement']:.4f} (target {args.target}); LLM calls"
+                  f" {'-' if agreement is None else f'{agreement:.4f}'} (target {target}); LLM calls"
                   f" {r['llm_calls']} (audits {r['audit_calls']}); refits {r['refits']};"
                   f" breaker trips {r['breaker_trips']}; OOD deferrals {r['outliers_deferred']}")
             print("  rows   window-coverage  window-agreement  cumulative  traces  version")
