@@ -36,7 +36,8 @@ def fit_router(
     calibration_fraction: float = 0.3,
     calibration_eligible: np.ndarray | None = None,
     folds: int = 3,
-    C: float = 10.0,
+    C: float = 30.0,
+    max_train: int | None = 50_000,
     seed: int = 0,
     n_jobs: int = 2,
     info: dict | None = None,
@@ -44,7 +45,9 @@ def fit_router(
     """Fit a router on embedded traces and certify a threshold for each target.
 
     ``vectors`` are L2-normalised embeddings, ``labels`` the teacher's labels. ``calibration_eligible``
-    marks the traces that may calibrate (default: all). Raises ConfigError on malformed input and
+    marks the traces that may calibrate (default: all). At most ``max_train`` traces, drawn at
+    random, train the surrogate (fit time grows with them, coverage hardly after ~50k); the
+    calibration part is not capped, since scoring it is cheap and more of it tightens the gate. Raises ConfigError on malformed input and
     GateRefused when there is too little data to fit at all; a fit that certifies no target
     returns a router whose certificates say why (it defers every input).
     """
@@ -61,6 +64,10 @@ def fit_router(
     cal_idx = np.sort(rng.choice(eligible_idx, size=n_cal, replace=False))
     train_mask = np.ones(len(y), dtype=bool)
     train_mask[cal_idx] = False
+    if max_train is not None and train_mask.sum() > max_train:
+        dropped = rng.choice(np.flatnonzero(train_mask), size=int(train_mask.sum()) - max_train,
+                             replace=False)
+        train_mask[dropped] = False
     X_train, y_train = X[train_mask], y[train_mask]
     classes = np.array(sorted(set(y_train)), dtype=object)
     if len(classes) < 2:
@@ -107,6 +114,7 @@ def fit_router(
         "calibration_fraction": calibration_fraction,
         "folds": len(splits),
         "C": C,
+        "max_train": max_train,
         "seed": seed,
         "guarantee": "P(agreement on accepted inputs >= target) >= 1 - delta over the calibration"
                      " draw, per target, assuming calibration traces are exchangeable with traffic",
@@ -122,7 +130,7 @@ def _fit_fold(X: np.ndarray, y: np.ndarray, n_classes: int, C: float
     """One logistic regression; rows for classes absent from this fold get -inf-like bias."""
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=C, max_iter=300, tol=1e-3)
+    model = LogisticRegression(C=C, max_iter=1000, tol=1e-5)
     model.fit(X, y)
     weights = np.zeros((n_classes, X.shape[1]), dtype=np.float32)
     bias = np.full(n_classes, -1e4, dtype=np.float32)
