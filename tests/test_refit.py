@@ -135,12 +135,16 @@ def serve_worker(store_path: str, worker: int, n: int, barrier: object, out: obj
         llm_calls += 1
         return label
 
-    for i in range(n):
+    # At least n calls, then on until this process has served two versions (refits run in
+    # background threads, so how many calls that takes depends on the machine's load).
+    for i in range(20 * n):
         try:
             task.call(f"c{i % CLASSES} w{worker} {i}", lambda i=i: llm(f"l{i % CLASSES}"))
         except Exception:
             failures += 1
         seen.append(task.version)
+        if i >= n and len({v for v in seen if v is not None}) >= 2:
+            break
     task.close(wait=True)
     barrier.wait(timeout=120)  # type: ignore[attr-defined]
     task.call(f"c0 w{worker} last", lambda: llm("l0"))
