@@ -513,7 +513,10 @@ def main() -> None:
 from .bench import bench_command  # noqa: E402
 
 app.command("bench")(_clean_errors(bench_command))
+from .simulate import simulate_command  # noqa: E402
 from .zero_code import run_command, tasks_command  # noqa: E402
+
+app.command("simulate")(_clean_errors(simulate_command))
 
 app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     _clean_errors(run_command))
