@@ -33,10 +33,10 @@ def fit_router(
     targets: Sequence[float] = DEFAULT_TARGETS,
     serve_target: float = 0.95,
     delta: float = 0.05,
-    calibration_fraction: float = 0.3,
+    calibration_fraction: float | None = None,
     calibration_eligible: np.ndarray | None = None,
     folds: int = 3,
-    C: float = 30.0,
+    C: float = 100.0,
     max_train: int | None = 50_000,
     seed: int = 0,
     n_jobs: int = 2,
@@ -45,7 +45,10 @@ def fit_router(
     """Fit a router on embedded traces and certify a threshold for each target.
 
     ``vectors`` are L2-normalised embeddings, ``labels`` the teacher's labels. ``calibration_eligible``
-    marks the traces that may calibrate (default: all). At most ``max_train`` traces, drawn at
+    marks the traces that may calibrate (default: all). ``calibration_fraction`` defaults to
+    ``1200 / n`` clipped to [0.3, 0.4]: small task histories need a larger share for the test
+    to have power (measured on Banking77: at 2k traces, 0.4 certifies 72% coverage at 0.95
+    where 0.3 certifies 64%). At most ``max_train`` traces, drawn at
     random, train the surrogate (fit time grows with them, coverage hardly after ~50k); the
     calibration part is not capped, since scoring it is cheap and more of it tightens the gate. Raises ConfigError on malformed input and
     GateRefused when there is too little data to fit at all; a fit that certifies no target
@@ -54,6 +57,8 @@ def fit_router(
     started = time.perf_counter()
     X = np.asarray(vectors, dtype=np.float32)
     y = np.asarray(labels, dtype=object)
+    if calibration_fraction is None:
+        calibration_fraction = float(np.clip(1200 / max(len(y), 1), 0.3, 0.4))
     _check(X, y, targets, serve_target, delta, calibration_fraction)
     eligible = (np.ones(len(y), dtype=bool) if calibration_eligible is None
                 else np.asarray(calibration_eligible, dtype=bool))
