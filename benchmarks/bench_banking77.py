@@ -85,10 +85,12 @@ def resplits(X: np.ndarray, y: np.ndarray, n_train: int, n: int) -> list[dict]:
         cov = [run[i]["coverage"] for run in runs]
         below = sum(run[i]["agreement"] is not None and run[i]["agreement"] < target
                     for run in runs)
+        credibly = sum((run[i]["p_below_target"] or 1.0) < 0.05 for run in runs)
         out.append({"target": target, "resplits": n, "below_target": below,
+                    "credibly_below_target": credibly,
                     "coverage_mean": float(np.mean(cov)), "coverage_sd": float(np.std(cov))})
-        print(f"resplits: target {target:.2f} below target in {below}/{n}, coverage"
-              f" {np.mean(cov):.1%} ± {np.std(cov):.1%}")
+        print(f"resplits: target {target:.2f} below target in {below}/{n} (credibly, p < 0.05:"
+              f" {credibly}/{n}), coverage {np.mean(cov):.1%} ± {np.std(cov):.1%}")
     return out
 
 
