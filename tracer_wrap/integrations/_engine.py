@@ -36,7 +36,7 @@ from .._log import fault
 from ..embedder import Embedder
 from ..flow import TracedTask
 from ..store import TraceStore
-from ._prompt import PromptView, TemplateLearner, label_from_json, usage_of
+from ._prompt import PromptView, TemplateLearner, label_from_json, label_from_text, usage_of
 
 __all__ = ["TASK_OPTION", "ApiSpec", "Tasks", "savings"]
 
@@ -344,7 +344,7 @@ class _OpenAIChunks:
                 return label_from_json(json.loads("".join(self.arguments)))
             except json.JSONDecodeError:
                 return None
-        return _text_label("".join(self.content))
+        return label_from_text("".join(self.content))
 
 
 class _AnthropicEvents:
@@ -379,17 +379,7 @@ class _AnthropicEvents:
                 return label_from_json(json.loads("".join(self.partial_json) or "{}"))
             except json.JSONDecodeError:
                 return None
-        return _text_label("".join(self.text))
-
-
-def _text_label(text: str) -> str | None:
-    stripped = text.strip()
-    if stripped.startswith("{") and stripped.endswith("}"):
-        try:
-            return label_from_json(json.loads(stripped))
-        except json.JSONDecodeError:
-            pass  # text that merely looks like JSON is still the label
-    return stripped or None
+        return label_from_text("".join(self.text))
 
 
 class _TappedManager(wrapt.ObjectProxy):  # type: ignore[misc]

@@ -33,6 +33,7 @@ from openai.types.responses import Response
 from ._prompt import (
     OutputShape,
     label_from_json,
+    label_from_text,
     openai_chat_output_shape,
     openai_responses_output_shape,
 )
@@ -65,18 +66,6 @@ _http: Any = getattr(openai._streaming, "httpx2", None) or getattr(openai._strea
 # -- reading labels -------------------------------------------------------------------------------
 
 
-def _label_from_text(text: str | None) -> str | None:
-    if text is None:
-        return None
-    stripped = text.strip()
-    if stripped.startswith("{") and stripped.endswith("}"):
-        try:
-            return label_from_json(json.loads(stripped))
-        except json.JSONDecodeError:
-            pass  # text that merely looks like JSON is still the label
-    return stripped or None
-
-
 def label_from_chat_completion(completion: ChatCompletion) -> str | None:
     """The raw label of the first choice: a function tool call's label argument, else the
     ``.parsed`` model's label field (``ParsedChatCompletion``), else the text (the label field if
@@ -95,7 +84,7 @@ def label_from_chat_completion(completion: ChatCompletion) -> str | None:
     parsed = getattr(message, "parsed", None)
     if parsed is not None and hasattr(parsed, "model_dump"):
         return label_from_json(parsed.model_dump(mode="json"))
-    return _label_from_text(message.content)
+    return label_from_text(message.content)
 
 
 def label_from_response(response: Response) -> str | None:
@@ -107,7 +96,7 @@ def label_from_response(response: Response) -> str | None:
                 return label_from_json(json.loads(item.arguments))
             except json.JSONDecodeError:
                 return None
-    return _label_from_text(response.output_text)
+    return label_from_text(response.output_text)
 
 
 def is_local(obj: Any) -> bool:

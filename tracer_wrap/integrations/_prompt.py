@@ -82,6 +82,20 @@ def label_from_json(payload: Any) -> str | None:
     return strings[0] if len(strings) == 1 else None
 
 
+def label_from_text(text: str | None) -> str | None:
+    """The label in an assistant's text: the label field when the text is a JSON object, else
+    the stripped text (None when empty)."""
+    if text is None:
+        return None
+    stripped = text.strip()
+    if stripped.startswith("{") and stripped.endswith("}"):
+        try:
+            return label_from_json(json.loads(stripped))
+        except json.JSONDecodeError:
+            pass  # text that merely looks like JSON is still the label
+    return stripped or None
+
+
 def label_field_of_schema(schema: Any) -> str | None:
     """The property of a JSON schema that holds the label: a label/category/class/intent property,
     else the single string/enum property; None when there is none or several."""
