@@ -22,6 +22,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ from .fit import DEFAULT_TARGETS, fit_router
 from .breaker import CALIBRATE_FROM_SETTING, DriftBreaker
 from .labels import LabelSet
 from .ood import DEFAULT_QUANTILE, OODScorer, fit_ood
+from .privacy import Redactor, StoreInputs, check_retention, hash_input
 from .refit import ExecutorKind, RefitPolicy, RefitRunner, RefitState, refit_after_traces, refit_never
 from .router import Decision, Router
 from .store import Origin, TraceStore
@@ -169,6 +171,16 @@ class TracedTask:
         turns the OOD check off.
     fit_options:
         Extra keyword arguments of :func:`tracer_wrap.fit.fit_router` (e.g. ``C``, ``folds``).
+    redact:
+        A function applied to each input before its trace is stored (e.g.
+        :func:`tracer_wrap.privacy.redact_pii`); the router still routes the raw input. If it
+        raises or returns a non-string, nothing is stored for that call (the fault is logged).
+    store_inputs:
+        ``"raw"`` (default) stores the (redacted) input; ``"hash"`` stores only its SHA-256, for
+        audit-only tasks: labels and counts are kept, and :meth:`refit` raises GateRefused.
+    retention:
+        ``{"max_traces": N, "max_age_seconds": S}``: after each refit, the store drops the
+        oldest traces beyond N and those older than S (``TraceStore.prune``).
     clock, monotonic:
         Wall clock (refit times) and monotonic clock (cache refresh), injectable for tests.
     """
@@ -196,6 +208,9 @@ class TracedTask:
         ood_quantile: float | None = DEFAULT_QUANTILE,
         fit_options: Mapping[str, Any] | None = None,
         refresh_seconds: float = 1.0,
+        redact: Redactor | None = None,
+        store_inputs: StoreInputs = "raw",
+        retention: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -218,6 +233,13 @@ class TracedTask:
             raise ConfigError(f"keep_versions must be a positive integer, got {keep_versions!r}")
         if ood_quantile is not None and not 0.0 <= ood_quantile < 1.0:
             raise ConfigError(f"ood_quantile must be in [0, 1) or None, got {ood_quantile!r}")
+        if redact is not None and not callable(redact):
+            raise ConfigError(f"redact must be a function str -> str, got {redact!r}")
+        if store_inputs not in ("raw", "hash"):
+            raise ConfigError(f"store_inputs must be 'raw' or 'hash', got {store_inputs!r}")
+        self.retention = check_retention(retention)
+        self.redact = redact
+        self.store_inputs: StoreInputs = store_inputs
         self.task = task
         self.label_set = LabelSet(labels)
         self.target = float(target)
@@ -250,6 +272,15 @@ class TracedTask:
         self._routing_cache: tuple[bool, float] | None = None
         self._lock = threading.Lock()
         self._runner = RefitRunner(refit_executor)
+        _LIVE.add(self)
+
+    def _after_fork(self) -> None:
+        # A child of fork (gunicorn --preload, celery prefork) inherits locks perhaps held by a
+        # parent thread that does not exist in the child, and a refit worker thread that is gone:
+        # start both afresh, or the child could deadlock or never refit.
+        self._lock = threading.Lock()
+        self.stats._lock = threading.Lock()
+        self._runner = RefitRunner(self._runner.kind)
 
     # -- building blocks, created on first use so a broken disk or model fails open -------------
 
@@ -457,6 +488,7 @@ class TracedTask:
         try:
             raw = label_of(result)
             label = self.label_set.normalise(raw)
+            stored = self._stored_input(plan.text)
             routing = self.routing_enabled()
             serving = self._serving
             breaker = self.breaker
@@ -464,7 +496,7 @@ class TracedTask:
                          and serving.router.threshold is not None
                          and not (breaker is not None and breaker.tripped()))
             self.store.append(
-                self.task, plan.text, label if label is not None else _printable(raw),
+                self.task, stored, label if label is not None else _printable(raw),
                 valid=label is not None,
                 origin=Origin.AUDIT if plan.audit else Origin.LLM,
                 # While a router answers some calls, the LLM only sees the hard ones: those traces
@@ -490,6 +522,14 @@ class TracedTask:
         except Exception as exc:
             self._fault("trace logging", exc)
             return None
+
+    def _stored_input(self, text: str) -> str:
+        """What the store keeps of ``text``: redacted, or only its hash (see :mod:`.privacy`)."""
+        if self.redact is not None:
+            text = self.redact(text)
+            if not isinstance(text, str):
+                raise ConfigError(f"redact must return a string, got {type(text).__name__}")
+        return hash_input(text) if self.store_inputs == "hash" else text
 
     # -- shadow mode ------------------------------------------------------------------------------
 
@@ -552,6 +592,9 @@ class TracedTask:
         of a task runs at a time across processes (a second caller gets GateRefused rather than
         waiting). A refit that dies keeps its claim until ``refit_claim_ttl`` runs out.
         """
+        if self.store_inputs == "hash":
+            raise GateRefused(f"task {self.task!r} stores only hashes of its inputs"
+                              " (store_inputs='hash'); it is audit-only and cannot be fitted")
         store = self.store
         if not store.claim(self.task, "refit", ttl=self.refit_claim_ttl):
             raise GateRefused(f"a refit of {self.task!r} is already running")
@@ -587,9 +630,20 @@ class TracedTask:
             store.incr(self.task, "refits")
             if published is not None and tripped and breaker is not None:
                 breaker.reset()
+            self._apply_retention()
             return router
         finally:
             store.release(self.task, "refit")
+
+    def _apply_retention(self) -> None:
+        # The store gains prune() with the store refactor; until then retention is a no-op.
+        prune = getattr(self.store, "prune", None)
+        if self.retention is None or prune is None:
+            return
+        try:
+            prune(self.task, **self.retention)
+        except Exception as exc:  # the router is published; a failed prune must not undo that
+            self._fault("retention", exc)
 
     def refit_in_background(self) -> Future[Router | None] | None:
         """Start :meth:`refit` off the request path unless one of this task is running here.
@@ -616,6 +670,19 @@ class TracedTask:
     def _fault(self, step: str, exc: BaseException) -> None:
         self.stats.add(errors=1)
         fault(step, exc)
+
+
+#: Every task of this process, so a forked child can reset their locks and refit workers.
+_LIVE: weakref.WeakSet[TracedTask] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for task in list(_LIVE):
+        task._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _printable(raw: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -12,6 +13,11 @@ __all__ = ["LabelSet"]
 
 _QUOTES = "\"'`“”‘’«»"
 _SPACE = re.compile(r"[\s_\-]+")
+#: Fields of a JSON object answer that name the label (``{"label": "refund"}``), in this order.
+_JSON_FIELDS = ("label", "category", "class", "intent")
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
+#: JSON answers longer than this are not parsed (an output that long is no label).
+_MAX_JSON_CHARS = 10_000
 
 
 def _key(text: str) -> str:
@@ -21,27 +27,60 @@ def _key(text: str) -> str:
     return _SPACE.sub(" ", text.casefold()).strip()
 
 
+def _json_label(text: str) -> str | None:
+    """The label field of a JSON object answer (optionally in a Markdown code fence), else None."""
+    stripped = text.strip()
+    fenced = _FENCE.match(stripped)
+    if fenced:
+        stripped = fenced.group(1)
+    if not stripped.startswith("{") or len(stripped) > _MAX_JSON_CHARS:
+        return None
+    try:
+        value = json.loads(stripped)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    fields = {k.casefold(): v for k, v in value.items() if isinstance(k, str)}
+    for name in _JSON_FIELDS:
+        if isinstance(fields.get(name), str):
+            return fields[name]
+    return None
+
+
 class LabelSet:
     """The labels of a task, and how a raw LLM output maps onto one of them.
 
     Matching ignores case, surrounding whitespace and quotes, a trailing full stop, and the
     difference between spaces, underscores and hyphens (``"Card Arrival."`` matches
-    ``card_arrival``). An output that matches no label, or two, is invalid (``None``).
+    ``card_arrival``). Real LLM output is accepted in two more shapes: a JSON object whose
+    ``label``, ``category``, ``class`` or ``intent`` field names a label (``{"label": "refund"}``,
+    also in a Markdown code fence), and a label followed by an explanation (``"refund - the
+    customer wants their money back"``) when exactly one label starts the text at a word boundary
+    (where labels nest, like ``card`` and ``card arrival``, the longest wins). Anything else,
+    refusals included, is invalid (``None``).
     Without a fixed label set (``labels=None``) any non-empty output after stripping is accepted
-    as is, so the set grows with what the LLM says.
+    as is (a JSON object answer gives its label field), so the set grows with what the LLM says.
     """
 
     def __init__(self, labels: Iterable[str] | None = None) -> None:
         self._by_key: dict[str, str] | None = None
         if labels is not None:
+            if isinstance(labels, (str, bytes)):
+                raise ConfigError(f"labels must be a collection of strings, got {labels!r}")
             by_key: dict[str, str] = {}
             for label in labels:
                 if not isinstance(label, str) or not label.strip():
                     raise ConfigError(f"labels must be non-empty strings, got {label!r}")
-                by_key.setdefault(_key(label), label)
+                key = _key(label)
+                if not key:
+                    raise ConfigError(f"label {label!r} is only quotes or punctuation")
+                by_key.setdefault(key, label)
             if not by_key:
                 raise ConfigError("labels must not be empty")
             self._by_key = by_key
+            # Longest first, so nested labels resolve to the most specific one.
+            self._prefixes = sorted(by_key, key=len, reverse=True)
 
     @property
     def fixed(self) -> bool:
@@ -52,12 +91,28 @@ class LabelSet:
         return None if self._by_key is None else list(self._by_key.values())
 
     def normalise(self, output: object) -> str | None:
-        """The label ``output`` names, or ``None`` when it is not a valid label."""
+        """The label ``output`` names, or ``None`` when it is not a valid label. Never raises."""
         if not isinstance(output, str):
             return None
+        from_json = _json_label(output) if "{" in output[:16] else None
+        if from_json is not None:
+            output = from_json
         key = _key(output)
         if not key:
             return None
         if self._by_key is None:
             return unicodedata.normalize("NFKC", output).strip().strip(_QUOTES).strip() or None
-        return self._by_key.get(key)
+        exact = self._by_key.get(key)
+        if exact is not None or from_json is not None:
+            return exact
+        return self._leading_label(key)
+
+    def _leading_label(self, key: str) -> str | None:
+        # A label then an explanation: the label must end at a word boundary ("refunds" is not
+        # "refund"). Two labels starting the same text are nested ("card", "card arrival"), since
+        # both are prefixes of it; the longest (checked first) is the one meant.
+        for label_key in self._prefixes:
+            if (key.startswith(label_key) and len(key) > len(label_key)
+                    and not key[len(label_key)].isalnum()):
+                return self._by_key[label_key]  # type: ignore[index]
+        return None
