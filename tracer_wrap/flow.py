@@ -33,7 +33,7 @@ import numpy as np
 from . import _settings
 from ._log import fault, logger
 from .embedder import Embedder
-from .errors import ConfigError, GateRefused, RouterLoadError
+from .errors import ConfigError, GateRefused, RouterLoadError, StoreError
 from .fit import DEFAULT_TARGETS, fit_router
 from .breaker import CALIBRATE_FROM_SETTING, DriftBreaker
 from .labels import LabelSet
@@ -669,7 +669,9 @@ class TracedTask:
 
     def _fault(self, step: str, exc: BaseException) -> None:
         self.stats.add(errors=1)
-        fault(step, exc)
+        # A broken store fails every step that touches it (routing reads the version, logging
+        # writes the trace): report it as one fault, so a storm of calls logs it once.
+        fault("trace store" if isinstance(exc, StoreError) else step, exc)
 
 
 #: Every task of this process, so a forked child can reset their locks and refit workers.
