@@ -195,6 +195,7 @@ def test_a_read_only_mount_fails_open_and_recovers_when_writable(tmp_path, embed
     target.mkdir()
     if not _bind_mount(source, target, "ro"):
         pytest.skip("cannot bind-mount here")
+    task = None
     try:
         task = TracedTask("t", store=str(target / "store"), embedder=embedder, **OPTIONS)
         with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
@@ -205,7 +206,10 @@ def test_a_read_only_mount_fails_open_and_recovers_when_writable(tmp_path, embed
         task.call("refund #after", lambda: "refund")
         assert [t.input for t in task.store.traces("t")] == ["refund #after"]
     finally:
-        while subprocess.run(["umount", str(target)], capture_output=True).returncode == 0:
+        if task is not None and task._store is not None:
+            task.store.close()
+        # Lazy: an open file must not leave the mount behind for the next test run.
+        while subprocess.run(["umount", "-l", str(target)], capture_output=True).returncode == 0:
             pass
 
 

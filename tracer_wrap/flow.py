@@ -221,18 +221,32 @@ class TracedTask:
         if not callable(audit_rate):
             checks.append(("audit_rate", audit_rate, -1e-12, 1.0))
         for name, value, low, high in checks:
-            if not isinstance(value, (int, float)) or not low < value <= high:
+            if not _is_number(value) or not low < value <= high:
                 raise ConfigError(f"{name} must be in ({low:g}, {high:g}], got {value!r}")
-        if not isinstance(min_traces, int) or min_traces < 10:
+        if not _is_int(min_traces) or min_traces < 10:
             raise ConfigError(f"min_traces must be an integer >= 10, got {min_traces!r}")
-        if refit_every is not None and (not isinstance(refit_every, int) or refit_every < 1):
+        if refit_every is not None and (not _is_int(refit_every) or refit_every < 1):
             raise ConfigError(f"refit_every must be a positive integer or None, got {refit_every!r}")
-        if not isinstance(refit_claim_ttl, (int, float)) or refit_claim_ttl <= 0:
+        if not _is_number(refit_claim_ttl) or not 0 < refit_claim_ttl < math.inf:
             raise ConfigError(f"refit_claim_ttl must be a positive number, got {refit_claim_ttl!r}")
-        if not isinstance(keep_versions, int) or keep_versions < 1:
+        if not _is_int(keep_versions) or keep_versions < 1:
             raise ConfigError(f"keep_versions must be a positive integer, got {keep_versions!r}")
-        if ood_quantile is not None and not 0.0 <= ood_quantile < 1.0:
+        if ood_quantile is not None and not (_is_number(ood_quantile) and 0.0 <= ood_quantile < 1.0):
             raise ConfigError(f"ood_quantile must be in [0, 1) or None, got {ood_quantile!r}")
+        if not _is_number(refresh_seconds) or not 0 <= refresh_seconds < math.inf:
+            raise ConfigError(f"refresh_seconds must be a number >= 0, got {refresh_seconds!r}")
+        if not isinstance(routing, bool):
+            raise ConfigError(f"routing must be True or False, got {routing!r}")
+        if not isinstance(breaker, (bool, Mapping)):
+            raise ConfigError(f"breaker must be True, False or a mapping of options, got {breaker!r}")
+        if isinstance(breaker, Mapping):
+            unknown = set(breaker) - _BREAKER_OPTIONS
+            if unknown:
+                raise ConfigError(f"unknown breaker option(s) {sorted(map(str, unknown))};"
+                                  f" use {sorted(_BREAKER_OPTIONS)}")
+            for name, value in breaker.items():
+                if not _is_number(value) or not 0 <= value < math.inf:
+                    raise ConfigError(f"breaker {name} must be a number >= 0, got {value!r}")
         if redact is not None and not callable(redact):
             raise ConfigError(f"redact must be a function str -> str, got {redact!r}")
         if store_inputs not in ("raw", "hash"):
@@ -685,6 +699,18 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+#: Options a ``breaker`` mapping may set (see :class:`tracer_wrap.breaker.DriftBreaker`).
+_BREAKER_OPTIONS = frozenset({"margin", "alpha", "beta", "refresh_seconds"})
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _printable(raw: object) -> str:

@@ -66,7 +66,7 @@ class LabelSet:
     def __init__(self, labels: Iterable[str] | None = None) -> None:
         self._by_key: dict[str, str] | None = None
         if labels is not None:
-            if isinstance(labels, (str, bytes)):
+            if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
                 raise ConfigError(f"labels must be a collection of strings, got {labels!r}")
             by_key: dict[str, str] = {}
             for label in labels:
