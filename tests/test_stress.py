@@ -1,0 +1,160 @@
+"""Stress: threads and processes (fork as under gunicorn --preload, spawn as under celery)
+routing, logging and refitting on one store at once, for a bounded time.
+
+Proves: no trace lost or duplicated, no deadlock (every join has a timeout), no fault inside a
+call, and every process ends on the store's newest version. The forked workers inherit a task
+(store, router, refit worker) created and used before the fork, as a preloaded app does.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+from _synthetic import LABELS
+
+from tracer_wrap import TracedTask, TraceStore
+from tracer_wrap._hashing_embedder import hashing_embedder
+
+NAMES = sorted(LABELS)
+SECONDS = 3.0
+THREADS = 4
+OPTIONS = dict(labels=NAMES, min_traces=100, refit_every=150, audit_rate=0.2, breaker=False,
+               refresh_seconds=0.1)
+
+
+def make_task(store: str | TraceStore) -> TracedTask:
+    return TracedTask("t", store=store, embedder=hashing_embedder(), **OPTIONS)
+
+
+def text_for(who: str, i: int) -> tuple[str, str]:
+    rng = random.Random(f"{who}-{i}")
+    label = NAMES[i % len(NAMES)]
+    return f"{rng.choice(LABELS[label])} please {rng.choice(LABELS[label])} {who}-{i}", label
+
+
+def wait_for(path: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+
+
+def serve(task: TracedTask, name: str, root: Path) -> dict:
+    """Call from THREADS threads for SECONDS, then report; then end on the final version."""
+    (root / f"ready-{name}").write_text("")
+    wait_for(root / "go")
+    llm_calls = [0] * THREADS
+    failures: list[str] = []
+
+    def work(thread: int) -> None:
+        stop = time.monotonic() + SECONDS
+        i = 0
+        while time.monotonic() < stop:
+            text, label = text_for(f"{name}t{thread}", i)
+
+            def llm(label: str = label) -> str:
+                llm_calls[thread] += 1
+                return label
+            try:
+                result = task.call(text, llm)
+                if result != label and result not in NAMES:
+                    failures.append(f"bad result {result!r}")
+            except Exception as exc:  # must never happen
+                failures.append(repr(exc))
+            i += 1
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+        if thread.is_alive():
+            failures.append("thread deadlocked")
+    task.close(wait=True)
+    refitted_here = [m for m in task.store.versions("t") if m.get("refit_pid") == os.getpid()]
+    report = {"name": name, "pid": os.getpid(), "refits": len(refitted_here), "llm_calls": sum(llm_calls), "failures": failures,
+              "errors": task.stats.errors, "handled": task.stats.handled}
+    (root / f"done-{name}.json").write_text(json.dumps(report))
+    wait_for(root / "final")
+    final_calls: list[str] = []
+    task.call(f"exchange rate please fx fee final {name}",
+              lambda: final_calls.append(name) or "exchange_rate")
+    report["llm_calls"] += len(final_calls)
+    report.update(final=task.version, current=task.store.current_version("t"))
+    (root / f"final-{name}.json").write_text(json.dumps(report))
+    return report
+
+
+_PRELOADED: TracedTask | None = None
+
+
+def forked_worker(name: str, root: str) -> None:
+    assert _PRELOADED is not None
+    serve(_PRELOADED, name, Path(root))
+
+
+def spawned_worker(name: str, root: str) -> None:
+    serve(make_task(str(Path(root) / "store")), name, Path(root))
+
+
+def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path) -> None:
+    global _PRELOADED
+    store_path = tmp_path / "store"
+    task = _PRELOADED = make_task(str(store_path))
+    preload_calls = 0
+    for i in range(200):  # the preloaded app serves, logs and refits before forking
+        text, label = text_for("pre", i)
+        task.call(text, lambda label=label: label)
+        preload_calls += 1
+    # Leave its refit worker thread alive, as a preloaded app would: it does not exist in a
+    # forked child, which must start its own.
+    deadline = time.monotonic() + 60
+    while task._runner.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    future = task.refit_in_background()
+    assert future is not None
+    future.result(timeout=60)
+    assert task.version is not None and task._runner._threads is not None
+    fork, spawn = multiprocessing.get_context("fork"), multiprocessing.get_context("spawn")
+    procs = [fork.Process(target=forked_worker, args=(f"fork{i}", str(tmp_path))) for i in range(2)]
+    procs += [spawn.Process(target=spawned_worker, args=(f"spawn{i}", str(tmp_path)))
+              for i in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        names = ["fork0", "fork1", "spawn0", "spawn1"]
+        for name in names:
+            wait_for(tmp_path / f"ready-{name}")
+        (tmp_path / "go").write_text("")
+        for name in names:
+            wait_for(tmp_path / f"done-{name}.json")
+        store = TraceStore(store_path)
+        # Everyone is idle: a last refit (if the gate publishes, a new version) that all must see.
+        make_task(store).refit()
+        (tmp_path / "final").write_text("")
+        for p in procs:
+            p.join(timeout=120)
+            assert p.exitcode == 0, f"{p.name} exit code {p.exitcode}"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    reports = [json.loads((tmp_path / f"final-{name}.json").read_text()) for name in names]
+    traces = store.traces("t")
+    llm_calls = preload_calls + sum(r["llm_calls"] for r in reports)
+    # Zero lost, zero duplicated: every input that reached the LLM is stored exactly once.
+    assert len(traces) == llm_calls == sum(t.count for t in traces)
+    assert len({t.input for t in traces}) == len(traces)
+    assert len(store.versions("t")) >= 2 and store.counter("t", "refits") >= 2
+    newest = store.current_version("t")
+    for r in reports:
+        assert r["failures"] == [] and r["errors"] == 0, r
+        assert r["final"] == r["current"] == newest, r
+    assert sum(r["llm_calls"] for r in reports) > 100 and sum(r["handled"] for r in reports) > 100
