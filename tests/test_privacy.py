@@ -111,10 +111,13 @@ def test_retention_on_the_real_store(store, embedder):
         pytest.skip("TraceStore.prune lands with the store refactor")
     task = TracedTask("t", store=store, embedder=embedder, min_traces=20, refit_every=None,
                       retention={"max_traces": 50})
-    for text, label in make_traces(120):
+    rows = make_traces(120)
+    for text, label in rows:
         task.call(text, lambda label=label: label)
     task.refit()
-    assert store.count("t") <= 50 or len(store.traces("t")) <= 50
+    assert [t.input for t in store.traces("t")] == [text for text, _ in rows[-50:]]
+    task.call("refund after pruning", lambda: "refund")  # logging goes on after a prune
+    assert store.traces("t")[-1].input == "refund after pruning"
 
 
 def test_a_failing_prune_keeps_the_published_router(store, embedder):
