@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import wrapt
@@ -11,6 +11,8 @@ import wrapt
 from .embedder import Embedder
 from .fit import DEFAULT_TARGETS
 from .flow import Stats, TracedTask
+from .privacy import Redactor, StoreInputs
+from .refit import ExecutorKind, RefitPolicy
 from .router import Decision, Router
 from .store import TraceStore
 
@@ -87,8 +89,14 @@ def traced_classifier(
     min_traces: int = 200,
     refit_every: int | None = 500,
     routing: bool = True,
-    audit_rate: float = 0.02,
+    audit_rate: float | Callable[[int], float] = 0.02,
     targets: Sequence[float] = DEFAULT_TARGETS,
+    refit_policy: RefitPolicy | None = None,
+    refit_executor: ExecutorKind = "thread",
+    breaker: bool | Mapping[str, Any] = True,
+    redact: Redactor | None = None,
+    store_inputs: StoreInputs = "raw",
+    retention: Mapping[str, Any] | None = None,
     text_arg: str | int = 0,
     label_of: Callable[[Any], object] | None = None,
     answer: Callable[[str], Any] | None = None,
@@ -105,13 +113,14 @@ def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | No
     argument (or ``text_arg``, a name or position). The function's return value is its label,
     unless ``label_of(result)`` extracts it; a local answer returns the label, or
     ``answer(label)`` to build the function's usual return type. The task name defaults to the
-    function's qualified name. Other options are those of :class:`TracedTask`; a bad value raises
-    ConfigError at decoration time. Inside calls tracer_wrap fails open.
+    function's qualified name. Other options are those of :class:`TracedTask`; options not given
+    come from ``TRACER_WRAP_*`` variables and ``tracer_wrap.toml`` (:mod:`tracer_wrap.config`).
+    A bad value raises ConfigError at decoration time. Inside calls tracer_wrap fails open.
     """
 
     def decorate(func: Callable[..., Any]) -> TracedClassifier[..., Any]:
         name = f"{func.__module__}.{func.__qualname__}" if task is None else task
-        traced = TracedTask(name, **options)
+        traced = TracedTask.configured(name, **options)
         text_of = _text_getter(func, text_arg)
         to_label = label_of or (lambda result: result)
         to_result = answer or (lambda label: label)

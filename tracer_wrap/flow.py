@@ -296,6 +296,16 @@ class TracedTask:
         self.stats._lock = threading.Lock()
         self._runner = RefitRunner(self._runner.kind)
 
+    @classmethod
+    def configured(cls, task: str, **options: Any) -> TracedTask:
+        """A task whose options not given here come from ``TRACER_WRAP_*`` environment variables,
+        then ``tracer_wrap.toml`` / ``[tool.tracer_wrap]`` (see :mod:`tracer_wrap.config`), then
+        the defaults. Raises ConfigError naming the source of a bad value."""
+        from .config import DEFAULTS, task_options
+
+        resolved = task_options(task, {k: v for k, v in options.items() if k in DEFAULTS})
+        return cls(task, **{**options, **resolved})
+
     # -- building blocks, created on first use so a broken disk or model fails open -------------
 
     @property

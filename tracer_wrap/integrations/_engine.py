@@ -146,7 +146,7 @@ class Tasks:
         with self._lock:
             found = self._tasks.get(name)
             if found is None:
-                found = TracedTask(name, labels=self.labels, store=store, embedder=embedder,
+                found = TracedTask.configured(name, labels=self.labels, store=store, embedder=embedder,
                                    routing=self.routing, **self.task_options)
                 self._tasks[name] = found
         return found
