@@ -9,6 +9,7 @@ matrix-vector product and a softmax: a few microseconds.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -153,6 +154,43 @@ class Router:
                          "python": platform.python_version()},
         }
 
+    def to_bytes(self) -> tuple[bytes, dict[str, Any]]:
+        """The array file (``.npz`` bytes, no pickle) and the manifest recording its SHA-256."""
+        buf = io.BytesIO()
+        np.savez(buf, weights=self.weights, bias=self.bias)
+        data = buf.getvalue()
+        return data, dict(self.manifest(), sha256=hashlib.sha256(data).hexdigest(),
+                          saved_at=time.time())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, manifest: Mapping[str, Any], *,
+                   expected_sha256: str | None = None, target: float | None = None,
+                   source: str = "router") -> Router:
+        """A router from :meth:`to_bytes` output; RouterLoadError when anything is off.
+
+        The hash of ``data`` must match ``expected_sha256`` (when given, e.g. from the store's
+        record) and the manifest's before the arrays are read, with ``allow_pickle=False``.
+        ``source`` names the router in error messages.
+        """
+        try:
+            actual = hashlib.sha256(data).hexdigest()
+            if manifest.get("format") != FORMAT:
+                raise RouterLoadError(f"{source}: unknown router format {manifest.get('format')!r}")
+            for expected in (manifest.get("sha256"), expected_sha256):
+                if expected is not None and expected != actual:
+                    raise RouterLoadError(f"{source}: content hash mismatch, refusing to load")
+            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+                weights, bias = arrays["weights"], arrays["bias"]
+            certs = {float(c["target"]): Certificate(**c) for c in manifest["certificates"]}
+            info = {k: v for k, v in manifest.items()
+                    if k not in {"format", "labels", "target", "certificates"}}
+            return cls(weights, bias, manifest["labels"], certs,
+                       target=manifest["target"] if target is None else target, info=info)
+        except RouterLoadError:
+            raise
+        except Exception as exc:
+            raise RouterLoadError(f"cannot load router {source!r}: {exc}") from exc
+
     def save(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Write ``path`` (``.npz``) and ``path`` with suffix ``.json``; return the manifest.
 
@@ -161,10 +199,9 @@ class Router:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        data, manifest = self.to_bytes()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, weights=self.weights, bias=self.bias)
-        manifest = dict(self.manifest(), sha256=_sha256(tmp), saved_at=time.time())
+        tmp.write_bytes(data)
         os.replace(tmp, path)
         _atomic_write_text(path.with_suffix(".json"), json.dumps(manifest, indent=1))
         return manifest
@@ -180,23 +217,11 @@ class Router:
         path = Path(path)
         try:
             manifest = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-            actual = _sha256(path)
-            if manifest.get("format") != FORMAT:
-                raise RouterLoadError(f"{path}: unknown router format {manifest.get('format')!r}")
-            for expected in (manifest.get("sha256"), expected_sha256):
-                if expected is not None and expected != actual:
-                    raise RouterLoadError(f"{path}: content hash mismatch, refusing to load")
-            with np.load(path, allow_pickle=False) as arrays:
-                weights, bias = arrays["weights"], arrays["bias"]
-            certs = {float(c["target"]): Certificate(**c) for c in manifest["certificates"]}
-            info = {k: v for k, v in manifest.items()
-                    if k not in {"format", "labels", "target", "certificates"}}
-            return cls(weights, bias, manifest["labels"], certs,
-                       target=manifest["target"] if target is None else target, info=info)
-        except RouterLoadError:
-            raise
+            data = path.read_bytes()
         except Exception as exc:
             raise RouterLoadError(f"cannot load router {str(path)!r}: {exc}") from exc
+        return cls.from_bytes(data, manifest, expected_sha256=expected_sha256, target=target,
+                              source=str(path))
 
 
 def _sha256(path: Path) -> str:

@@ -1,5 +1,9 @@
 """The trace store: every teacher answer, per task, on disk (diskcache over SQLite).
 
+:class:`Store` is the interface everything above the store uses (decorator, clients, refit, CLI,
+sidecar); :class:`TraceStore` is the embedded default and :class:`tracer_wrap.redis_store.RedisStore`
+serves a fleet. :func:`open_store` picks one from a path or a ``redis://host:port/db`` URL.
+
 Layout under the store directory::
 
     traces/   diskcache of trace records, one key per distinct input of a task
@@ -23,14 +27,21 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import diskcache
 
 from . import _settings
 from .errors import ConfigError, StoreError
 
-__all__ = ["Origin", "Trace", "TraceStore"]
+__all__ = ["Origin", "Store", "Trace", "TraceStore", "open_store"]
+
+#: URL schemes :func:`open_store` hands to :class:`~tracer_wrap.redis_store.RedisStore`.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+#: Suffixes of the artifacts of version N (``v{N}.npz`` router arrays, ``v{N}.json`` manifest,
+#: ``v{N}.ood.npz`` OOD prototypes).
+VERSION_ARTIFACTS = (".npz", ".json", ".ood.npz")
 
 _CACHE_SETTINGS: dict[str, Any] = {
     "eviction_policy": "none",  # traces are data, never a cache to evict
@@ -75,6 +86,72 @@ class Trace:
     @classmethod
     def from_json(cls, raw: str) -> Trace:
         return cls(**json.loads(raw))
+
+
+@runtime_checkable
+class Store(Protocol):
+    """What tracer_wrap needs from a store; :class:`TraceStore` and ``RedisStore`` implement it.
+
+    Traces are keyed per task by input (a repeat increments ``count`` and the label tally) and
+    numbered by ``seq`` in the order first seen; ``count(task)`` is the highest ``seq`` handed out
+    (the number of distinct inputs unless :meth:`prune` removed some). Counters, claims, version
+    numbers and the current-version pointer are atomic across every process sharing the store.
+    Artifacts are named byte blobs per task (router and OOD files of versions). Every method
+    raises :class:`StoreError` when the backend cannot be reached or written.
+    """
+
+    path: Any  #: where the store lives (a directory, or a URL), for messages
+
+    def append(self, task: str, text: str, teacher: str, *, valid: bool = True,
+               origin: Origin | str = Origin.LLM, exchangeable: bool = True,
+               router_label: str | None = None, meta: Mapping[str, Any] | None = None,
+               ts: float | None = None) -> Trace: ...
+    def count(self, task: str) -> int: ...
+    def iter_traces(self, task: str, *, valid_only: bool = False,
+                    start: int = 0) -> Iterator[Trace]: ...
+    def traces(self, task: str, *, valid_only: bool = False) -> list[Trace]: ...
+    def tasks(self) -> list[str]: ...
+    def prune(self, task: str, *, max_traces: int | None = None,
+              max_age_seconds: float | None = None) -> int: ...
+    def export_jsonl(self, task: str, path: str | os.PathLike[str]) -> int: ...
+    def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int: ...
+    def incr(self, task: str, counter: str, delta: int = 1) -> int: ...
+    def counter(self, task: str, counter: str) -> int: ...
+    def counters(self, task: str) -> dict[str, int]: ...
+    def get_setting(self, task: str, name: str, default: Any = None) -> Any: ...
+    def set_setting(self, task: str, name: str, value: Any) -> None: ...
+    def settings(self, task: str) -> dict[str, Any]: ...
+    def claim(self, task: str, name: str, *, ttl: float) -> bool: ...
+    def release(self, task: str, name: str) -> None: ...
+    def write_artifact(self, task: str, name: str, data: bytes) -> None: ...
+    def read_artifact(self, task: str, name: str) -> bytes: ...
+    def delete_artifact(self, task: str, name: str) -> None: ...
+    def reserve_version(self, task: str) -> int: ...
+    def put_manifest(self, task: str, version: int, manifest: Mapping[str, Any]) -> None: ...
+    def manifest(self, task: str, version: int) -> dict[str, Any] | None: ...
+    def versions(self, task: str) -> list[dict[str, Any]]: ...
+    def set_current(self, task: str, version: int | None) -> None: ...
+    def current_version(self, task: str) -> int | None: ...
+    def forget_version(self, task: str, version: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
+    """The store ``spec`` names: an open store as is, a ``redis://`` URL, or a directory.
+
+    ``None`` means ``$TRACER_WRAP_STORE`` (which may itself be a Redis URL) or ``./.tracer_wrap``.
+    Raises StoreError when the store cannot be opened, MissingExtraError when a Redis URL is given
+    and redis-py is not installed.
+    """
+    if isinstance(spec, Store):
+        return spec
+    if spec is None:
+        spec = os.environ.get(_settings.ENV_STORE) or None
+    if isinstance(spec, str) and spec.startswith(REDIS_SCHEMES):
+        from .redis_store import RedisStore
+
+        return RedisStore(spec)
+    return TraceStore(spec)
 
 
 class TraceStore:
@@ -180,7 +257,7 @@ class TraceStore:
         return trace
 
     def count(self, task: str) -> int:
-        """Number of distinct inputs stored for ``task``."""
+        """Highest ``seq`` of ``task``: the number of distinct inputs stored, unless pruned."""
         traces, _ = self._caches()
         return int(traces.get(f"n:{task}", 0))
 
@@ -203,6 +280,24 @@ class TraceStore:
         """Names of the tasks that have at least one trace or setting, sorted."""
         _, meta_cache = self._caches()
         return sorted(key[5:] for key in meta_cache.iterkeys() if key.startswith("task:"))
+
+    def prune(self, task: str, *, max_traces: int | None = None,
+              max_age_seconds: float | None = None) -> int:
+        """Delete the oldest traces of ``task`` beyond ``max_traces`` or older than
+        ``max_age_seconds`` (by first-seen ``ts``); return how many were deleted.
+
+        Each deletion removes the trace and its dedup entry in one transaction, so a pruned input
+        seen again becomes a new trace with a new ``seq``. ``count`` and ``seq`` never go back.
+        """
+        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds)
+        traces, _ = self._caches()
+        for seq, text in victims:
+            with traces.transact():
+                traces.delete(f"t:{task}:{seq}")
+                index_key = f"h:{task}:{_digest(text)}"
+                if traces.get(index_key) == seq:
+                    traces.delete(index_key)
+        return len(victims)
 
     # -- JSONL, the format tracer-llm reads and writes ----------------------------------------
 
@@ -258,6 +353,14 @@ class TraceStore:
         meta_cache.set(f"s:{task}:{name}", json.dumps(value))
         meta_cache.add(f"task:{task}", time.time())
 
+    def settings(self, task: str) -> dict[str, Any]:
+        """Every setting of ``task``."""
+        _, meta_cache = self._caches()
+        prefix = f"s:{task}:"
+        found = {k[len(prefix):]: meta_cache.get(k) for k in meta_cache.iterkeys()
+                 if k.startswith(prefix)}
+        return {k: json.loads(v) for k, v in found.items() if v is not None}
+
     def claim(self, task: str, name: str, *, ttl: float) -> bool:
         """Take the named claim of ``task`` if nobody holds it; it expires after ``ttl`` seconds.
 
@@ -275,6 +378,30 @@ class TraceStore:
 
     def router_dir(self, task: str) -> Path:
         return self.path / "routers" / task_id(task)
+
+    def write_artifact(self, task: str, name: str, data: bytes) -> None:
+        """Write ``data`` as file ``name`` under :meth:`router_dir` (temp file + rename: readers
+        see the old content or the new, never half). Raises StoreError when the disk refuses."""
+        path = self._artifact_path(task, name)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write artifact {str(path)!r}: {exc}") from exc
+
+    def read_artifact(self, task: str, name: str) -> bytes:
+        """The bytes of artifact ``name``; FileNotFoundError when there is none."""
+        return self._artifact_path(task, name).read_bytes()
+
+    def delete_artifact(self, task: str, name: str) -> None:
+        self._artifact_path(task, name).unlink(missing_ok=True)
+
+    def _artifact_path(self, task: str, name: str) -> Path:
+        _check_artifact_name(name)
+        return self.router_dir(task) / name
 
     def reserve_version(self, task: str) -> int:
         """The next version number of ``task``, unique across processes."""
@@ -318,8 +445,8 @@ class TraceStore:
             raise ConfigError(f"version {version} of {task!r} is being served; roll back first")
         _, meta_cache = self._caches()
         meta_cache.delete(f"v:{task}:{version}")
-        for suffix in (".npz", ".json"):
-            (self.router_dir(task) / f"v{version}{suffix}").unlink(missing_ok=True)
+        for suffix in VERSION_ARTIFACTS:
+            self.delete_artifact(task, f"v{version}{suffix}")
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
@@ -354,3 +481,23 @@ def _check_task(task: object) -> None:
     if not isinstance(task, str) or not task.strip():
         raise ConfigError(f"task must be a non-empty string, got {task!r}")
 
+
+
+def _check_artifact_name(name: object) -> None:
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise ConfigError(f"artifact name must be a plain file name, got {name!r}")
+
+
+def _prune_victims(traces: Iterator[Trace], max_traces: int | None,
+                   max_age_seconds: float | None, now: float | None = None
+                   ) -> list[tuple[int, str]]:
+    """``(seq, input)`` of the traces :meth:`Store.prune` deletes, oldest first."""
+    if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 0):
+        raise ConfigError(f"max_traces must be a non-negative integer, got {max_traces!r}")
+    if max_age_seconds is not None and not max_age_seconds >= 0:
+        raise ConfigError(f"max_age_seconds must be non-negative, got {max_age_seconds!r}")
+    rows = sorted((t.seq, t.ts, t.input) for t in traces)
+    cutoff = None if max_age_seconds is None else (time.time() if now is None else now) - max_age_seconds
+    excess = 0 if max_traces is None else max(0, len(rows) - max_traces)
+    return [(seq, text) for i, (seq, ts, text) in enumerate(rows)
+            if i < excess or (cutoff is not None and ts < cutoff)]

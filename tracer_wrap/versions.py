@@ -11,13 +11,18 @@ A *pinned* version stays current whatever is published until :func:`unpin`. Only
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 from typing import Any
+
+import numpy as np
 
 from ._log import logger
 from .errors import ConfigError, RouterLoadError
 from .ood import OODScorer
 from .router import Router
-from .store import TraceStore
+from .store import Store
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -36,7 +41,7 @@ DEFAULT_KEEP = 10
 _PIN_SETTING = "pinned_version"
 
 
-def publish(store: TraceStore, task: str, router: Router, *, ood: OODScorer | None = None,
+def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = None,
             force: bool = False, keep: int = DEFAULT_KEEP,
             extra: dict[str, Any] | None = None) -> int | None:
     """Save ``router`` (and ``ood``) as a new version of ``task``; serve it if it is at least as good.
@@ -48,10 +53,14 @@ def publish(store: TraceStore, task: str, router: Router, *, ood: OODScorer | No
     ``extra`` is merged into the manifest. Making a version current is one atomic store write.
     """
     version = store.reserve_version(task)
-    manifest = router.save(store.router_dir(task) / f"v{version}.npz")
+    data, manifest = router.to_bytes()
+    store.write_artifact(task, f"v{version}.npz", data)
+    store.write_artifact(task, f"v{version}.json", json.dumps(manifest, indent=1).encode())
     if ood is not None:
-        digest = ood.save(store.router_dir(task) / f"v{version}.ood.npz")
-        manifest["ood"] = {"sha256": digest, "cut": ood.cut, "prototypes": len(ood.prototypes)}
+        ood_data = _ood_to_bytes(ood)
+        store.write_artifact(task, f"v{version}.ood.npz", ood_data)
+        manifest["ood"] = {"sha256": hashlib.sha256(ood_data).hexdigest(), "cut": ood.cut,
+                           "prototypes": len(ood.prototypes)}
     manifest.update(extra or {})
     store.put_manifest(task, version, manifest)
     current = store.current_version(task)
@@ -80,26 +89,43 @@ def certified_coverage(manifest: dict, target: float) -> float:
                 if c["target"] >= target and c["threshold"] is not None), default=0.0)
 
 
-def load_version(store: TraceStore, task: str, version: int) -> Router:
+def load_version(store: Store, task: str, version: int) -> Router:
     """Load a published version, checking its file against the hash the store recorded."""
     manifest = store.manifest(task, version)
     if manifest is None:
         raise RouterLoadError(f"version {version} of {task!r} is not in the store")
-    return Router.load(store.router_dir(task) / f"v{version}.npz",
-                       expected_sha256=manifest.get("sha256"))
+    source = f"{task}/v{version}.npz"
+    try:
+        data = store.read_artifact(task, f"v{version}.npz")
+        file_manifest = json.loads(store.read_artifact(task, f"v{version}.json"))
+    except Exception as exc:  # missing artifact, unreadable store, malformed manifest file
+        raise RouterLoadError(f"cannot load router {source!r}: {exc}") from exc
+    return Router.from_bytes(data, file_manifest, expected_sha256=manifest.get("sha256"),
+                             source=source)
 
 
-def load_ood(store: TraceStore, task: str, version: int) -> OODScorer | None:
+def load_ood(store: Store, task: str, version: int) -> OODScorer | None:
     """The OOD prototypes of a version (None if it has none), hash-checked like the router."""
     manifest = store.manifest(task, version) or {}
     info = manifest.get("ood")
     if not info:
         return None
-    return OODScorer.load(store.router_dir(task) / f"v{version}.ood.npz",
-                          expected_sha256=info.get("sha256"))
+    source = f"{task}/v{version}.ood.npz"
+    try:
+        data = store.read_artifact(task, f"v{version}.ood.npz")
+    except Exception as exc:
+        raise RouterLoadError(f"cannot load OOD prototypes {source!r}: {exc}") from exc
+    expected = info.get("sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise RouterLoadError(f"{source}: content hash mismatch, refusing to load")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return OODScorer(arrays["prototypes"], float(arrays["cut"]))
+    except Exception as exc:
+        raise RouterLoadError(f"cannot load OOD prototypes {source!r}: {exc}") from exc
 
 
-def rollback(store: TraceStore, task: str, version: int) -> None:
+def rollback(store: Store, task: str, version: int) -> None:
     """Serve ``version`` again from every process's next call.
 
     The version must still be kept and must load (hash-checked). A later refit replaces it under
@@ -118,24 +144,24 @@ def rollback(store: TraceStore, task: str, version: int) -> None:
     logger.info("tracer_wrap rolled %r back to version %s", task, version)
 
 
-def pin(store: TraceStore, task: str, version: int) -> None:
+def pin(store: Store, task: str, version: int) -> None:
     """Serve ``version`` and keep serving it whatever refits publish, until :func:`unpin`."""
     store.set_setting(task, _PIN_SETTING, None)
     rollback(store, task, version)
     store.set_setting(task, _PIN_SETTING, int(version))
 
 
-def unpin(store: TraceStore, task: str) -> None:
+def unpin(store: Store, task: str) -> None:
     """Let refits replace the current version again."""
     store.set_setting(task, _PIN_SETTING, None)
 
 
-def pinned_version(store: TraceStore, task: str) -> int | None:
+def pinned_version(store: Store, task: str) -> int | None:
     value = store.get_setting(task, _PIN_SETTING)
     return None if value is None else int(value)
 
 
-def _prune(store: TraceStore, task: str, keep: int) -> None:
+def _prune(store: Store, task: str, keep: int) -> None:
     """Forget versions beyond the newest ``keep``, never the current or the pinned one."""
     if keep < 1:
         raise ConfigError(f"keep must be at least 1, got {keep!r}")
@@ -145,6 +171,12 @@ def _prune(store: TraceStore, task: str, keep: int) -> None:
         if version not in protected:
             try:
                 store.forget_version(task, version)
-                (store.router_dir(task) / f"v{version}.ood.npz").unlink(missing_ok=True)
             except ConfigError:  # became current in another process meanwhile
                 continue
+
+
+def _ood_to_bytes(ood: OODScorer) -> bytes:
+    """The same ``.npz`` bytes :meth:`OODScorer.save` writes (prototypes and cut, no pickle)."""
+    buf = io.BytesIO()
+    np.savez(buf, prototypes=ood.prototypes, cut=np.float64(ood.cut))
+    return buf.getvalue()
