@@ -18,7 +18,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """Start with :meth:`start`, stop with :meth:`stop`; restartable on the same port."""
+    """Start with :meth:`start`, stop with :meth:`stop`; restartable on the same port, keeping its
+    data (append-only file in ``workdir``, written on the clean shutdown ``stop`` asks for)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -32,7 +33,7 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "yes", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
