@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
-from .store import VERSION_ARTIFACTS, Store, open_store
+from .store import VERSION_ARTIFACTS, Store, Trace, open_store
 
 __all__ = ["migrate", "migrate_command"]
 
@@ -50,9 +52,10 @@ def migrate(src: Store | str, dst: Store | str) -> dict[str, dict[str, int]]:
     return summary
 
 
-def _copy_trace(dst: Store, task: str, trace) -> None:
-    common = dict(origin=trace.origin, exchangeable=trace.exchangeable,
-                  router_label=trace.router_label, meta=trace.meta, ts=trace.ts)
+def _copy_trace(dst: Store, task: str, trace: Trace) -> None:
+    common: dict[str, Any] = {"origin": trace.origin, "exchangeable": trace.exchangeable,
+                              "router_label": trace.router_label, "meta": trace.meta,
+                              "ts": trace.ts}
     if not trace.labels:  # never had a valid answer: replay the raw output ``count`` times
         for _ in range(trace.count):
             dst.append(task, trace.input, trace.teacher, valid=False, **common)
