@@ -119,3 +119,36 @@ def test_tampered_artifact_is_refused(any_store):
     s.write_artifact("t", "v1.npz", bytes(data))
     with pytest.raises(RouterLoadError, match="hash"):
         load_version(s, "t", 1)
+
+
+@pytest.mark.parametrize("backend", ["diskcache", "redis"])
+def test_traced_classifier_runs_unchanged_on_both_stores(backend, tmp_path, request, embedder):
+    """Everything above the store works on either: log, refit, publish, answer locally."""
+    from _synthetic import LABELS, make_traces
+
+    from tracer_wrap import traced_classifier
+
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        open_store(server.url)._client.flushdb()
+        spec = server.url
+    else:
+        spec = str(tmp_path / "store")
+    gold = dict(make_traces(1200, seed=2))
+    calls: list[str] = []
+
+    @traced_classifier(task="intents", labels=sorted(LABELS), store=spec, embedder=embedder,
+                       min_traces=100, refit_every=None, audit_rate=0.0)
+    def classify(text: str) -> str:
+        calls.append(text)
+        return gold[text]
+
+    texts = list(gold)
+    for text in texts[:600]:
+        classify(text)
+    assert classify.refit().threshold is not None
+    calls.clear()
+    answers = [classify(text) for text in texts[600:]]
+    assert len(calls) < 300  # most calls never reached the function
+    assert sum(a == gold[t] for a, t in zip(answers, texts[600:])) / 600 >= 0.95
+    assert classify.task.store.count("intents") == 600 + len(calls)

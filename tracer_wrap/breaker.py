@@ -32,7 +32,7 @@ from typing import Any
 
 from ._log import logger
 from .errors import ConfigError
-from .store import TraceStore
+from .store import Store
 
 __all__ = ["BreakerStatus", "DriftBreaker"]
 
@@ -72,7 +72,7 @@ class DriftBreaker:
     this process's view of a trip made elsewhere may be (read from ``clock``, monotonic).
     """
 
-    def __init__(self, store: TraceStore, task: str, *, target: float, margin: float = 0.10,
+    def __init__(self, store: Store, task: str, *, target: float, margin: float = 0.10,
                  alpha: float = 0.005, beta: float = 0.05, refresh_seconds: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 0.0 < margin < target:

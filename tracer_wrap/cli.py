@@ -29,7 +29,7 @@ from typing_extensions import Annotated
 
 from . import _settings
 from .errors import ConfigError, TracerWrapError
-from .store import Origin, TraceStore
+from .store import REDIS_SCHEMES, Origin, Store, open_store
 
 __all__ = ["app", "main", "task_status"]
 
@@ -46,9 +46,9 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 StoreOpt = Annotated[
-    Optional[Path],
-    typer.Option("--store", help="Trace store directory (default: the global --store, "
-                                 "$TRACER_WRAP_STORE or ./.tracer_wrap)."),
+    Optional[str],
+    typer.Option("--store", help="Trace store directory or redis:// URL (default: the global "
+                                 "--store, $TRACER_WRAP_STORE or ./.tracer_wrap)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 EmbedderOpt = Annotated[
@@ -61,9 +61,10 @@ EmbedderOpt = Annotated[
 @app.callback()
 def _root(
     ctx: typer.Context,
-    store: Annotated[Optional[Path], typer.Option(
+    store: Annotated[Optional[str], typer.Option(
         "--store", envvar=_settings.ENV_STORE,
-        help="Trace store directory [env: TRACER_WRAP_STORE; default ./.tracer_wrap].")] = None,
+        help="Trace store directory or redis:// URL [env: TRACER_WRAP_STORE; default"
+             " ./.tracer_wrap].")] = None,
 ) -> None:
     ctx.obj = {"store": store}
 
@@ -85,14 +86,14 @@ def _clean_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _open_store(ctx: typer.Context, store: Path | None, *, must_exist: bool = True) -> TraceStore:
-    path = store or (ctx.obj or {}).get("store") or _settings.store_path()
-    if must_exist and not Path(path).is_dir():
-        raise ConfigError(f"no trace store at {str(path)!r} (use --store or $TRACER_WRAP_STORE)")
-    return TraceStore(path)
+def _open_store(ctx: typer.Context, store: str | None, *, must_exist: bool = True) -> Store:
+    spec = str(store or (ctx.obj or {}).get("store") or _settings.store_path())
+    if must_exist and not spec.startswith(REDIS_SCHEMES) and not Path(spec).is_dir():
+        raise ConfigError(f"no trace store at {spec!r} (use --store or $TRACER_WRAP_STORE)")
+    return open_store(spec)
 
 
-def _known_task(store: TraceStore, task: str) -> None:
+def _known_task(store: Store, task: str) -> None:
     if task not in store.tasks():
         known = ", ".join(repr(t) for t in store.tasks()) or "none"
         raise ConfigError(f"no task {task!r} in {str(store.path)!r} (tasks: {known})")
@@ -109,7 +110,7 @@ def _pct(value: float | None) -> str:
 # -- status ----------------------------------------------------------------------------------
 
 
-def task_status(store: TraceStore, task: str) -> dict[str, Any]:
+def task_status(store: Store, task: str) -> dict[str, Any]:
     """Everything ``status`` shows about one task, as a JSON-serialisable dict.
 
     Live agreement is the share of audit samples (traces of origin ``audit`` whose router label was
@@ -513,10 +514,12 @@ def main() -> None:
 from .bench import bench_command  # noqa: E402
 
 app.command("bench")(_clean_errors(bench_command))
+from .migrate import migrate_command  # noqa: E402
 from .simulate import simulate_command  # noqa: E402
 from .zero_code import run_command, tasks_command  # noqa: E402
 
 app.command("simulate")(_clean_errors(simulate_command))
+app.command("migrate")(_clean_errors(migrate_command))
 
 app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     _clean_errors(run_command))

@@ -35,7 +35,7 @@ from typing import Any, Callable
 from . import _settings
 from .embedder import Embedder
 from .errors import ConfigError
-from .store import TraceStore
+from .store import Store
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,8 +103,8 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def _path(value: Any, where: str) -> str | TraceStore:
-    if isinstance(value, TraceStore):  # a constructor may be handed an open store
+def _path(value: Any, where: str) -> str | Store:
+    if isinstance(value, Store):  # a constructor may be handed an open store
         return value
     if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
         raise ConfigError(f"{where}: expected a directory path, got {value!r}")

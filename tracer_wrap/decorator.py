@@ -14,7 +14,7 @@ from .flow import Stats, TracedTask
 from .privacy import Redactor, StoreInputs
 from .refit import ExecutorKind, RefitPolicy
 from .router import Decision, Router
-from .store import TraceStore
+from .store import Store
 
 __all__ = ["TracedClassifier", "traced_classifier"]
 
@@ -84,7 +84,7 @@ def traced_classifier(
     labels: Iterable[str] | None = None,
     target: float = 0.95,
     delta: float = 0.05,
-    store: TraceStore | str | None = None,
+    store: Store | str | None = None,
     embedder: Embedder | None = None,
     min_traces: int = 200,
     refit_every: int | None = 500,

@@ -41,7 +41,7 @@ from .ood import DEFAULT_QUANTILE, OODScorer, fit_ood
 from .privacy import Redactor, StoreInputs, check_retention, hash_input
 from .refit import ExecutorKind, RefitPolicy, RefitRunner, RefitState, refit_after_traces, refit_never
 from .router import Decision, Router
-from .store import Origin, TraceStore
+from .store import Origin, Store, open_store
 from .versions import DEFAULT_KEEP, load_ood, load_version, publish
 
 __all__ = ["Stats", "TracedTask"]
@@ -135,7 +135,7 @@ class TracedTask:
     delta:
         Allowed probability that the certificate is wrong (over the calibration draw).
     store:
-        A :class:`TraceStore` or a directory path (default ``$TRACER_WRAP_STORE`` or
+        A store, a directory path or a ``redis://`` URL (default ``$TRACER_WRAP_STORE`` or
         ``./.tracer_wrap``).
     embedder:
         An :class:`Embedder` (default all-MiniLM-L6-v2, loaded on first use).
@@ -180,7 +180,7 @@ class TracedTask:
         audit-only tasks: labels and counts are kept, and :meth:`refit` raises GateRefused.
     retention:
         ``{"max_traces": N, "max_age_seconds": S}``: after each refit, the store drops the
-        oldest traces beyond N and those older than S (``TraceStore.prune``).
+        oldest traces beyond N and those older than S (``Store.prune``).
     clock, monotonic:
         Wall clock (refit times) and monotonic clock (cache refresh), injectable for tests.
     """
@@ -192,7 +192,7 @@ class TracedTask:
         labels: Iterable[str] | None = None,
         target: float = 0.95,
         delta: float = 0.05,
-        store: TraceStore | str | None = None,
+        store: Store | str | None = None,
         embedder: Embedder | None = None,
         min_traces: int = 200,
         refit_every: int | None = 500,
@@ -278,7 +278,7 @@ class TracedTask:
         self._clock = clock
         self._monotonic = monotonic
         self._store_arg = store
-        self._store: TraceStore | None = store if isinstance(store, TraceStore) else None
+        self._store: Store | None = store if isinstance(store, Store) else None
         self._embedder = embedder
         self._rng = rng or random.Random()
         self._serving = _Serving(None)
@@ -309,12 +309,12 @@ class TracedTask:
     # -- building blocks, created on first use so a broken disk or model fails open -------------
 
     @property
-    def store(self) -> TraceStore:
+    def store(self) -> Store:
         if self._store is None:
             with self._lock:
                 if self._store is None:
                     arg = self._store_arg
-                    self._store = TraceStore(None if arg is None else str(arg))
+                    self._store = open_store(arg)
         return self._store
 
     @property

@@ -29,7 +29,7 @@ import numpy as np
 
 from .embedder import Embedder
 from .errors import ConfigError
-from .store import Origin, Trace, TraceStore
+from .store import Origin, Store, Trace
 from .versions import certified_coverage, load_version
 
 __all__ = ["render_report"]
@@ -37,7 +37,7 @@ __all__ = ["render_report"]
 _PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c"]
 
 
-def render_report(store: TraceStore, task: str, *, embedder: Embedder | None = None,
+def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
                   examples: int = 12, seed: int = 0) -> str:
     """The HTML report of ``task`` as a string.
 
@@ -117,7 +117,7 @@ class _Routed:
         self.top2, self.names = top2, list(names)
 
 
-def _route_all(store: TraceStore, task: str, version: int, manifest: dict[str, Any],
+def _route_all(store: Store, task: str, version: int, manifest: dict[str, Any],
                traces: list[Trace], embedder: Embedder | None) -> _Routed:
     router = load_version(store, task, version)
     if embedder is None:
@@ -168,7 +168,7 @@ def _frontier(manifest: dict[str, Any] | None) -> str:
             + rows + "</tbody></table>")
 
 
-def _learning_curve(store: TraceStore, task: str, target: float | None) -> str:
+def _learning_curve(store: Store, task: str, target: float | None) -> str:
     versions = store.versions(task)
     if not versions or target is None:
         return _empty("No router versions yet.")

@@ -39,7 +39,7 @@ from ._log import fault, logger
 from .errors import MissingExtraError, TracerWrapError
 from .flow import MAX_INPUT_CHARS
 from .router import Router
-from .store import Origin, TraceStore
+from .store import Origin, Store, open_store
 from .versions import load_version
 
 try:
@@ -78,7 +78,7 @@ class _Served:
 class _Sidecar:
     """The sidecar's state: the store, the routers it serves and their embedders."""
 
-    def __init__(self, store: TraceStore, *, token: str | None, max_body_bytes: int,
+    def __init__(self, store: Store, *, token: str | None, max_body_bytes: int,
                  embedder: str | None, max_batch: int) -> None:
         self.store = store
         self.token = token.encode() if token else None
@@ -202,16 +202,15 @@ class _Sidecar:
         return len(rows)
 
 
-def create_app(store: TraceStore | str, *, token: str | None = None,
+def create_app(store: Store | str, *, token: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES, embedder: str | None = None,
                max_batch: int = MAX_BATCH) -> Starlette:
-    """The sidecar's ASGI application over ``store`` (a TraceStore or a directory).
+    """The sidecar's ASGI application over ``store`` (a store, a directory or a ``redis://`` URL).
 
     ``token`` requires ``Authorization: Bearer <token>`` on every endpoint except ``/healthz``
     and ``/openapi.json``. ``embedder`` overrides the embedder named in each router's manifest.
     """
-    if not isinstance(store, TraceStore):
-        store = TraceStore(store)
+    store = open_store(store)
     side = _Sidecar(store, token=token, max_body_bytes=max_body_bytes, embedder=embedder,
                     max_batch=max_batch)
 
@@ -307,7 +306,7 @@ def create_app(store: TraceStore | str, *, token: str | None = None,
                      exception_handlers={HTTPException: not_found, Exception: not_found})
 
 
-def run(store: TraceStore | str, *, host: str = "127.0.0.1", port: int = 8000,
+def run(store: Store | str, *, host: str = "127.0.0.1", port: int = 8000,
         token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
         embedder: str | None = None) -> None:
     """Serve :func:`create_app` with uvicorn until interrupted."""

@@ -24,7 +24,7 @@ from .decorator import traced_classifier
 from .embedder import Embedder
 from .errors import ConfigError
 from .refit import refit_after_traces
-from .store import TraceStore, read_jsonl
+from .store import Store, open_store, read_jsonl
 
 __all__ = ["simulate", "simulate_command"]
 
@@ -35,7 +35,7 @@ def simulate(
     target: float = 0.95,
     refit_every: int = 500,
     background: bool = False,
-    store: TraceStore | str | Path | None = None,
+    store: Store | str | Path | None = None,
     embedder: Embedder | None = None,
     task: str = "simulate",
     min_traces: int = 200,
@@ -59,7 +59,7 @@ def simulate(
     if not rows:
         raise ConfigError(f"{stream_path}: the stream is empty")
     with tempfile.TemporaryDirectory(prefix="tracer_wrap-simulate-") as tmp:
-        trace_store = store if isinstance(store, TraceStore) else TraceStore(store or tmp)
+        trace_store = open_store(store or tmp)
         return _replay(rows, trace_store, target=target, refit_every=refit_every,
                        background=background, embedder=embedder, task=task,
                        min_traces=min_traces, audit_rate=audit_rate, seed=seed,
@@ -67,7 +67,7 @@ def simulate(
                        task_options=dict(task_options or {}))
 
 
-def _replay(rows: list[tuple[str, str]], store: TraceStore, *, target: float, refit_every: int,
+def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_every: int,
             background: bool, embedder: Embedder | None, task: str, min_traces: int,
             audit_rate: float, seed: int, curve_points: int, labels: list[str] | None,
             task_options: dict[str, Any]) -> dict[str, Any]:

@@ -38,7 +38,7 @@ import typer
 
 from .embedder import Embedder
 from .integrations._engine import ApiSpec, Tasks, inside_wrapper
-from .store import TraceStore
+from .store import Store, open_store
 
 __all__ = ["ENV_AUTOLOG", "ENV_ROUTING", "autolog", "disable", "enabled", "run_command",
            "task_summaries", "tasks_command"]
@@ -111,7 +111,7 @@ def _targets() -> list[tuple[type, str, ApiSpec, str]]:
     return found
 
 
-def autolog(store: TraceStore | str | None = None, routing: bool = False, *,
+def autolog(store: Store | str | None = None, routing: bool = False, *,
             embedder: Embedder | None = None, **task_options: Any) -> Tasks:
     """Trace every chat call of the openai (and anthropic, if installed) SDK; return the tasks.
 
@@ -201,13 +201,13 @@ MAX_DISTINCT_SHARE = 0.2
 MIN_CALLS = 20
 
 
-def task_summaries(store: TraceStore | str | None = None) -> list[dict[str, Any]]:
+def task_summaries(store: Store | str | None = None) -> list[dict[str, Any]]:
     """One row per task of the store: calls, distinct inputs and outputs, whether it looks like
     classification (few distinct outputs over many calls), whether routing is on, and the
     coverage its current router certifies at its served target (None without a router)."""
     from .versions import certified_coverage
 
-    store = store if isinstance(store, TraceStore) else TraceStore(store)
+    store = open_store(store)
     rows = []
     for task in store.tasks():
         outputs: Counter[str] = Counter()
@@ -265,7 +265,7 @@ def tasks_command(
                       coverage, ", ".join(row["top_outputs"]))
     Console().print(table)
     if rows:
-        typer.echo('Turn routing on for a task: TraceStore().set_setting("<task>", "routing", True)')
+        typer.echo('Turn routing on for a task: Store().set_setting("<task>", "routing", True)')
 
 
 def _launched() -> None:

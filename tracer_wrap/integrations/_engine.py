@@ -35,7 +35,7 @@ from .. import _settings
 from .._log import fault
 from ..embedder import Embedder
 from ..flow import TracedTask
-from ..store import TraceStore
+from ..store import Store, open_store
 from ._prompt import PromptView, TemplateLearner, label_from_json, label_from_text, usage_of
 
 __all__ = ["TASK_OPTION", "ApiSpec", "Tasks", "savings"]
@@ -103,7 +103,7 @@ class Tasks:
     """
 
     def __init__(self, *, task: str | None = None, labels: Any = None,
-                 store: TraceStore | str | None = None, embedder: Embedder | None = None,
+                 store: Store | str | None = None, embedder: Embedder | None = None,
                  routing: bool = True, learner: TemplateLearner | None = None,
                  **task_options: Any) -> None:
         self.task_name = task
@@ -112,7 +112,7 @@ class Tasks:
         self.task_options = task_options
         self.learner = learner or TemplateLearner()
         self._store_arg = store
-        self._store: TraceStore | None = store if isinstance(store, TraceStore) else None
+        self._store: Store | None = store if isinstance(store, Store) else None
         self._embedder = embedder
         self._tasks: dict[str, TracedTask] = {}
         self._lock = threading.Lock()
@@ -120,13 +120,13 @@ class Tasks:
     # -- shared building blocks ------------------------------------------------------------------
 
     @property
-    def store(self) -> TraceStore:
+    def store(self) -> Store:
         """The shared store, opened on first use (raises StoreError when it cannot be)."""
         if self._store is None:
             with self._lock:
                 if self._store is None:
                     arg = self._store_arg
-                    self._store = TraceStore(None if arg is None else str(arg))
+                    self._store = open_store(arg)
         return self._store
 
     @property
@@ -471,7 +471,7 @@ def inside_wrapper() -> bool:
     return _inside.get()
 
 
-def savings(store: TraceStore | str | None, task: str) -> dict[str, Any]:
+def savings(store: Store | str | None, task: str) -> dict[str, Any]:
     """Token usage, cost and savings of ``task`` from its store counters and configured price.
 
     Counts come from the real responses of the calls that went to the LLM. A call answered
@@ -480,7 +480,7 @@ def savings(store: TraceStore | str | None, task: str) -> dict[str, Any]:
     million tokens; without it the cost fields are None. Raises StoreError if the store cannot be
     opened.
     """
-    store = store if isinstance(store, TraceStore) else TraceStore(store)
+    store = open_store(store)
     counters = store.counters(task)
     llm, local = counters.get("llm_calls", 0), counters.get("local_calls", 0)
     tokens_in, tokens_out = counters.get("input_tokens", 0), counters.get("output_tokens", 0)
