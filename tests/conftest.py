@@ -29,3 +29,27 @@ def _fresh_fault_log():
     _log._last.clear()
     logging.getLogger("tracer_wrap").setLevel(logging.INFO)
     yield
+
+
+@pytest.fixture(scope="session")
+def banking77_train(request):
+    """The packaged Banking77 train split embedded with the real MiniLM (bundled weights).
+
+    Embedded once per machine (~30 s on 2 cores) and kept in pytest's cache directory.
+    """
+    import numpy as np
+
+    from tracer_wrap.datasets import load_banking77
+
+    rows = load_banking77("train")
+    texts = np.array([t for t, _ in rows])
+    labels = np.array([y for _, y in rows])
+    cache = getattr(request.config, "cache", None)
+    path = cache.mkdir("banking77") / "train-minilm.npy" if cache is not None else None
+    if path is not None and path.exists():
+        vectors = np.load(path, allow_pickle=False)
+    else:
+        vectors = Embedder.default(threads=None).embed(texts.tolist())
+        if path is not None:
+            np.save(path, vectors)
+    return {"X": vectors, "y": labels, "texts": texts}

@@ -6,20 +6,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import typer
 from typer.testing import CliRunner
 
 from tracer_wrap import Embedder
 from tracer_wrap.simulate import simulate, simulate_command
 
-CACHE = Path("/work/cache/b77_train.npz")
-pytestmark = pytest.mark.skipif(not CACHE.exists(), reason="Banking77 embeddings not cached")
-
-
-def stream(tmp_path: Path, n: int, n_labels: int) -> tuple[Path, np.lib.npyio.NpzFile]:
+def stream(tmp_path: Path, d: dict, n: int, n_labels: int) -> tuple[Path, dict]:
     """``n`` shuffled rows of the first ``n_labels`` intents (fewer intents: faster fits)."""
-    d = np.load(CACHE, allow_pickle=False)
     keep = np.isin(d["y"], sorted(set(d["y"].tolist()))[:n_labels])
     idx = np.random.default_rng(0).permutation(np.flatnonzero(keep))[:n]
     path = tmp_path / "stream.jsonl"
@@ -28,8 +22,8 @@ def stream(tmp_path: Path, n: int, n_labels: int) -> tuple[Path, np.lib.npyio.Np
     return path, d
 
 
-def test_simulate_banking77(tmp_path: Path) -> None:
-    path, d = stream(tmp_path, 3000, 30)
+def test_simulate_banking77(tmp_path: Path, banking77_train) -> None:
+    path, d = stream(tmp_path, banking77_train, 3000, 30)
     emb = Embedder.precomputed(dict(zip(d["texts"].tolist(), d["X"])))
     r = simulate(path, target=0.95, refit_every=500, embedder=emb)
     assert r["n"] == 3000 and r["handled"] + r["llm_calls"] == r["n"]
@@ -39,8 +33,8 @@ def test_simulate_banking77(tmp_path: Path) -> None:
     assert curve[0]["window_coverage"] == 0 and curve[-1]["window_coverage"] > 0.5
 
 
-def test_simulate_command(tmp_path: Path) -> None:
-    path, d = stream(tmp_path, 400, 10)
+def test_simulate_command(tmp_path: Path, banking77_train) -> None:
+    path, d = stream(tmp_path, banking77_train, 400, 10)
     npz = tmp_path / "emb.npz"
     np.savez(npz, X=d["X"], texts=d["texts"])
     app = typer.Typer()

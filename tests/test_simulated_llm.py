@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -11,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tracer_wrap.datasets import load_banking77
 from tracer_wrap.simulated_llm import SimulatedLLM, load_banking77_neighbours
 
-DATA = Path("/work/shared/data/banking77")
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +21,11 @@ def neighbours() -> dict[str, list[str]]:
 
 @pytest.fixture(scope="module")
 def rows() -> list[tuple[str, str]]:
-    path = DATA / "train.csv"
-    if not path.exists():
-        pytest.skip("Banking77 data not available")
-    with path.open(newline="", encoding="utf-8") as f:
-        return [(r["text"], r["category"]) for r in csv.DictReader(f)]
+    return load_banking77("train")
 
 
 def test_packaged_neighbours_cover_all_intents(neighbours: dict[str, list[str]]) -> None:
-    cats = json.loads((DATA / "categories.json").read_text()) if DATA.exists() else list(neighbours)
+    cats = {intent for _, intent in load_banking77()}
     assert set(neighbours) == set(cats)
     assert len(neighbours) == 77
     for intent, ns in neighbours.items():
