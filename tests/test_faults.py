@@ -24,7 +24,7 @@ from llm_server import LLMServer, serve_llm
 import tracer_wrap.flow as flow
 from tracer_wrap import Embedder, TracedTask, TraceStore, traced_classifier
 from tracer_wrap.errors import EmbedderError, StoreError
-from tracer_wrap.integrations import is_local, wrap_anthropic, wrap_openai
+from tracer_wrap.integrations import wrap_anthropic, wrap_openai
 
 NAMES = sorted(LABELS)
 OPTIONS = {"min_traces": 50, "refit_every": None, "audit_rate": 0.0, "breaker": False}
