@@ -16,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+from _redis_server import REDIS_SERVER, RedisServer
 from _synthetic import LABELS
 
-from tracer_wrap import TracedTask, TraceStore
+from tracer_wrap import TracedTask
 from tracer_wrap._hashing_embedder import hashing_embedder
+from tracer_wrap.store import Store, open_store
 
 NAMES = sorted(LABELS)
 SECONDS = 3.0
@@ -28,7 +31,7 @@ OPTIONS = dict(labels=NAMES, min_traces=100, refit_every=150, audit_rate=0.2, br
                refresh_seconds=0.1)
 
 
-def make_task(store: str | TraceStore) -> TracedTask:
+def make_task(store: str | Store) -> TracedTask:
     return TracedTask("t", store=store, embedder=hashing_embedder(), **OPTIONS)
 
 
@@ -101,13 +104,31 @@ def forked_worker(name: str, root: str) -> None:
 
 
 def spawned_worker(name: str, root: str) -> None:
-    serve(make_task(str(Path(root) / "store")), name, Path(root))
+    serve(make_task((Path(root) / "spec").read_text()), name, Path(root))
 
 
-def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path) -> None:
+@pytest.fixture(params=["diskcache", "redis"])
+def store_spec(request, tmp_path: Path):
+    """The store every process shares: a directory, or a real Redis server on loopback (hosts)."""
+    if request.param == "diskcache":
+        yield str(tmp_path / "store")
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path,
+                                                                   store_spec: str) -> None:
     global _PRELOADED
-    store_path = tmp_path / "store"
-    task = _PRELOADED = make_task(str(store_path))
+    (tmp_path / "spec").write_text(store_spec)
+    task = _PRELOADED = make_task(store_spec)
     preload_calls = 0
     for i in range(200):  # the preloaded app serves, logs and refits before forking
         text, label = text_for("pre", i)
@@ -135,7 +156,7 @@ def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path
         (tmp_path / "go").write_text("")
         for name in names:
             wait_for(tmp_path / f"done-{name}.json")
-        store = TraceStore(store_path)
+        store = open_store(store_spec)
         # Everyone is idle: a last refit (if the gate publishes, a new version) that all must see.
         make_task(store).refit()
         (tmp_path / "final").write_text("")
@@ -153,6 +174,10 @@ def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path
     assert len(traces) == llm_calls == sum(t.count for t in traces)
     assert len({t.input for t in traces}) == len(traces)
     assert len(store.versions("t")) >= 2 and store.counter("t", "refits") >= 2
+    # One refit at a time across every process: the refits' time spans never overlap.
+    spans = sorted((m["refit_started"], m["saved_at"]) for m in store.versions("t")
+                   if "refit_started" in m)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
     newest = store.current_version("t")
     for r in reports:
         assert r["failures"] == [] and r["errors"] == 0, r
