@@ -7,8 +7,10 @@ import multiprocessing as mp
 import pytest
 from _redis_server import REDIS_SERVER, RedisServer
 
+from tracer_wrap.errors import RouterLoadError
 from tracer_wrap.redis_store import RedisStore
 from tracer_wrap.store import TraceStore
+from tracer_wrap.versions import load_version
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None,
                                 reason="redis-server is not installed (apt-get install redis-server)")
@@ -120,3 +122,30 @@ def test_migrate_copies_traces_settings_and_versions(server, tmp_path):
     assert dst.current_version("t") == 2 and [m["version"] for m in dst.versions("t")] == [1, 2]
     np.testing.assert_array_equal(load_version(dst, "t", 2).weights, router.weights)
     assert dst.reserve_version("t") == 3
+
+
+def test_router_files_can_live_in_a_shared_directory(server, tmp_path, monkeypatch, embedder):
+    from _synthetic import LABELS, make_traces
+
+    from tracer_wrap import traced_classifier
+
+    shared = tmp_path / "nfs"
+    monkeypatch.setenv("TRACER_WRAP_ARTIFACTS", str(shared))
+    gold = dict(make_traces(600, seed=3))
+
+    @traced_classifier(task="t", labels=sorted(LABELS), store=server.url, embedder=embedder,
+                       min_traces=100, refit_every=None, audit_rate=0.0)
+    def classify(text):
+        return gold[text]
+
+    for text in gold:
+        classify(text)
+    classify.refit()
+    files = list(shared.rglob("v1.npz"))
+    assert len(files) == 1
+    assert classify.router is not None and classify.router.threshold is not None
+    # A tampered file on the shared directory is refused by the hash kept in Redis.
+    files[0].write_bytes(files[0].read_bytes()[:-8] + bytes(8))
+    other = RedisStore(server.url, artifacts=shared)
+    with pytest.raises(RouterLoadError):
+        load_version(other, "t", 1)

@@ -30,9 +30,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MissingExtraError, StoreError
+
+#: A directory shared by every host where a Redis store keeps router files instead of Redis.
+ENV_ARTIFACTS = "TRACER_WRAP_ARTIFACTS"
 from .store import (
     VERSION_ARTIFACTS,
     Origin,
@@ -87,13 +91,19 @@ class RedisStore:
 
     ``url`` is ``redis://host:port/db`` (or ``rediss://``, ``unix://``). Nothing is contacted until
     first use. ``buffer`` bounds the traces kept in memory while Redis is unreachable.
+    Router files live in Redis, unless ``artifacts`` names a directory every host mounts (default
+    ``$TRACER_WRAP_ARTIFACTS``), for routers too large to keep in Redis memory; their SHA-256 stays
+    in the manifest in Redis and is checked before loading either way.
     Raises MissingExtraError when redis-py is not installed.
     """
 
     def __init__(self, url: str, *, prefix: str = "tw", buffer: int = DEFAULT_BUFFER,
-                 socket_timeout: float = 2.0) -> None:
+                 socket_timeout: float = 2.0,
+                 artifacts: str | os.PathLike[str] | None = None) -> None:
         redis = _redis()
         self.path = url
+        artifacts = artifacts or os.environ.get(ENV_ARTIFACTS) or None
+        self.artifacts = Path(artifacts) if artifacts is not None else None
         self.prefix = prefix
         self._errors = (redis.ConnectionError, redis.TimeoutError)
         self._redis_error = redis.RedisError
@@ -289,17 +299,29 @@ class RedisStore:
 
     def write_artifact(self, task: str, name: str, data: bytes) -> None:
         _check_artifact_name(name)
+        if self.artifacts is not None:
+            folder = self.artifacts / task_id(task)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            tmp.write_bytes(bytes(data))
+            os.replace(tmp, folder / name)  # readers on other hosts see old or new, never half
+            return
         self._call(self._client.hset, self._k(task, "a"), name, bytes(data))
 
     def read_artifact(self, task: str, name: str) -> bytes:
         """The bytes of artifact ``name``; FileNotFoundError when there is none."""
         _check_artifact_name(name)
+        if self.artifacts is not None:
+            return (self.artifacts / task_id(task) / name).read_bytes()
         data = self._call(self._client.hget, self._k(task, "a"), name)
         if data is None:
             raise FileNotFoundError(f"no artifact {name!r} of {task!r} in {self.path!r}")
         return bytes(data)
 
     def delete_artifact(self, task: str, name: str) -> None:
+        if self.artifacts is not None:
+            (self.artifacts / task_id(task) / name).unlink(missing_ok=True)
+            return
         self._call(self._client.hdel, self._k(task, "a"), name)
 
     def reserve_version(self, task: str) -> int:
