@@ -313,8 +313,7 @@ class TracedTask:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    arg = self._store_arg
-                    self._store = open_store(arg)
+                    self._store = open_store(self._store_arg)
         return self._store
 
     @property

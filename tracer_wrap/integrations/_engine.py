@@ -125,8 +125,7 @@ class Tasks:
         if self._store is None:
             with self._lock:
                 if self._store is None:
-                    arg = self._store_arg
-                    self._store = open_store(arg)
+                    self._store = open_store(self._store_arg)
         return self._store
 
     @property
@@ -314,14 +313,26 @@ async def _atap(inner: AsyncIterator[Any], add: Callable[[Any], None],
         done()
 
 
-class _OpenAIChunks:
-    """Accumulates the label and usage of a stream of ``ChatCompletionChunk``."""
+class _StreamLabel:
+    """Accumulates a streamed answer's text, or its forced tool call's JSON, and its usage."""
 
     def __init__(self) -> None:
-        self.content: list[str] = []
-        self.arguments: list[str] = []
+        self.text: list[str] = []
+        self.tool_json: list[str] = []
         self.tool = False
         self.usage: dict[str, int] = {}
+
+    def label(self) -> str | None:
+        if self.tool:
+            try:
+                return label_from_json(json.loads("".join(self.tool_json)))
+            except json.JSONDecodeError:
+                return None
+        return label_from_text("".join(self.text))
+
+
+class _OpenAIChunks(_StreamLabel):
+    """Reads a stream of ``ChatCompletionChunk``."""
 
     def add(self, chunk: Any) -> None:
         if getattr(chunk, "usage", None) is not None:
@@ -332,29 +343,15 @@ class _OpenAIChunks:
                 continue
             delta = choice.delta
             if delta.content:
-                self.content.append(delta.content)
+                self.text.append(delta.content)
             for call in delta.tool_calls or ():
                 if call.index == 0 and call.function is not None:
                     self.tool = True
-                    self.arguments.append(call.function.arguments or "")
-
-    def label(self) -> str | None:
-        if self.tool:
-            try:
-                return label_from_json(json.loads("".join(self.arguments)))
-            except json.JSONDecodeError:
-                return None
-        return label_from_text("".join(self.content))
+                    self.tool_json.append(call.function.arguments or "")
 
 
-class _AnthropicEvents:
-    """Accumulates the label and usage of a stream of anthropic raw message events."""
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.partial_json: list[str] = []
-        self.tool = False
-        self.usage: dict[str, int] = {}
+class _AnthropicEvents(_StreamLabel):
+    """Reads a stream of anthropic raw message events."""
 
     def add(self, event: Any) -> None:
         kind = getattr(event, "type", None)
@@ -367,19 +364,11 @@ class _AnthropicEvents:
             if delta.type == "text_delta":
                 self.text.append(delta.text)
             elif delta.type == "input_json_delta":
-                self.partial_json.append(delta.partial_json)
+                self.tool_json.append(delta.partial_json)
         elif kind == "message_delta" and getattr(event, "usage", None) is not None:
             # message_delta usage is cumulative; input tokens were counted at message_start.
             self.usage["output_tokens"] = int(event.usage.output_tokens or 0)
         self.usage.pop("cached_input_tokens", None)
-
-    def label(self) -> str | None:
-        if self.tool:
-            try:
-                return label_from_json(json.loads("".join(self.partial_json) or "{}"))
-            except json.JSONDecodeError:
-                return None
-        return label_from_text("".join(self.text))
 
 
 class _TappedManager(wrapt.ObjectProxy):  # type: ignore[misc]
