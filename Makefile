@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m tracer_wrap.demo
+	HF_HUB_OFFLINE=1 $(PY) -m tracer_wrap.lab.demo
 
 test: $(STAMP)
 	bash scripts/system-deps.sh

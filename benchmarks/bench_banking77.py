@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tracer_wrap.bench import embed_cached, evaluate
-from tracer_wrap.datasets import banking77_ambiguity, load_banking77
-from tracer_wrap.embedder import Embedder
-from tracer_wrap.fit import fit_router
-from tracer_wrap.simulated_llm import SimulatedLLM, load_banking77_neighbours
+from tracer_wrap.lab.bench import embed_cached, evaluate
+from tracer_wrap.lab.datasets import banking77_ambiguity, load_banking77
+from tracer_wrap.model.embedder import Embedder
+from tracer_wrap.model.fit import fit_router
+from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
 
 TARGETS = (0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
 HERE = Path(__file__).resolve().parent
@@ -116,7 +116,7 @@ def learning_curve(X: np.ndarray, y: np.ndarray, n_train: int, seeds: int) -> li
 
 _SCALE_CHILD = """
 import resource, sys, time, numpy as np
-from tracer_wrap.fit import fit_router
+from tracer_wrap.model.fit import fit_router
 n = int(sys.argv[1])
 rng = np.random.default_rng(0)
 centres = rng.normal(size=(77, 384)).astype(np.float32)

@@ -48,7 +48,7 @@ def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
 
 def part_publish(store_dir: str) -> dict:
     """Fit one router on 77 labels x 384-d and publish it as the current version of 10 tasks."""
-    from tracer_wrap.fit import fit_router
+    from tracer_wrap.model.fit import fit_router
     from tracer_wrap.store import TraceStore
     from tracer_wrap.versions import publish
 
@@ -106,7 +106,7 @@ def part_store(store_dir: str, n: int) -> dict:
 
 def part_fit(n: int) -> dict:
     """fit_router on n traces (training capped at 50k, the rest calibrates), time and peak RSS."""
-    from tracer_wrap.fit import fit_router
+    from tracer_wrap.model.fit import fit_router
 
     X, y = synthetic(n, seed=2)
     data_mb = X.nbytes / 2**20

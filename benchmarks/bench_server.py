@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracer_wrap._hashing_embedder import hashing_embedder  # noqa: E402
-from tracer_wrap.flow import TracedTask  # noqa: E402
+from tracer_wrap.model.hashing import hashing_embedder  # noqa: E402
+from tracer_wrap.engine import TracedTask  # noqa: E402
 from tracer_wrap.store import TraceStore  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "banking77" / "train.csv"
@@ -105,7 +105,7 @@ def main() -> None:
 
     port = free_port()
     env = {**os.environ, "TRACER_WRAP_EMBEDDER": "hashing"}
-    server = subprocess.Popen([sys.executable, "-m", "tracer_wrap.cli", "serve", "--store", tmp,
+    server = subprocess.Popen([sys.executable, "-m", "tracer_wrap.ops.cli", "serve", "--store", tmp,
                                "--port", str(port)], env=env)
     base = f"http://127.0.0.1:{port}"
     try:

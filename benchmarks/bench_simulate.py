@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from tracer_wrap import Embedder
-from tracer_wrap.bench import embed_cached
-from tracer_wrap.datasets import banking77_ambiguity, load_banking77
-from tracer_wrap.simulate import simulate
-from tracer_wrap.simulated_llm import SimulatedLLM, load_banking77_neighbours
+from tracer_wrap.lab.bench import embed_cached
+from tracer_wrap.lab.datasets import banking77_ambiguity, load_banking77
+from tracer_wrap.lab.simulate import simulate
+from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
 
 HERE = Path(__file__).resolve().parent
 

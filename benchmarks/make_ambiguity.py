@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 
-from tracer_wrap.embedder import Embedder
+from tracer_wrap.model.embedder import Embedder
 
 PATH = Path(__file__).resolve().parents[1] / "tracer_wrap" / "data" / "banking77.csv.gz"
 

@@ -12,8 +12,8 @@ import json
 import random
 from pathlib import Path
 
-from tracer_wrap.datasets import banking77_ambiguity, load_banking77
-from tracer_wrap.simulated_llm import SimulatedLLM, load_banking77_neighbours
+from tracer_wrap.lab.datasets import banking77_ambiguity, load_banking77
+from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
 
 OUT = Path(__file__).resolve().parent / "out"
 

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from tracer_wrap._hashing_embedder import hashing_embedder
-from tracer_wrap.embedder import Embedder
+from tracer_wrap.model.hashing import hashing_embedder
+from tracer_wrap.model.embedder import Embedder
 from tracer_wrap.store import TraceStore
 
 
@@ -39,7 +39,7 @@ def banking77_train(request):
     """
     import numpy as np
 
-    from tracer_wrap.datasets import load_banking77
+    from tracer_wrap.lab.datasets import load_banking77
 
     rows = load_banking77("train")
     texts = np.array([t for t, _ in rows])

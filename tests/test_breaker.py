@@ -11,7 +11,7 @@ import numpy as np
 
 from tracer_wrap import Embedder, TraceStore
 from tracer_wrap.breaker import DriftBreaker
-from tracer_wrap.simulate import simulate
+from tracer_wrap.lab.simulate import simulate
 
 
 

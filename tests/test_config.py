@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tracer_wrap.config import DEFAULTS, make_embedder, task_options
+from tracer_wrap.options import DEFAULTS, make_embedder, task_options
 from tracer_wrap.errors import ConfigError
-from tracer_wrap.flow import TracedTask
+from tracer_wrap.engine import TracedTask
 from tracer_wrap.store import TraceStore
 
 TOML = """

@@ -21,7 +21,7 @@ import pytest
 from _synthetic import LABELS, make_traces
 from llm_server import LLMServer, serve_llm
 
-import tracer_wrap.flow as flow
+import tracer_wrap.engine as flow
 from tracer_wrap import Embedder, TracedTask, TraceStore, traced_classifier
 from tracer_wrap.errors import EmbedderError, StoreError
 from tracer_wrap.integrations import wrap_anthropic, wrap_openai
@@ -159,7 +159,7 @@ import resource, signal, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from _synthetic import make_traces
 from tracer_wrap import TracedTask
-from tracer_wrap._hashing_embedder import hashing_embedder
+from tracer_wrap.model.hashing import hashing_embedder
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 task = TracedTask("t", store={str(tmp_path / "s")!r}, embedder=hashing_embedder(), refit_every=None)
 rows = make_traces(3000)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracer_wrap import TracedTask, TraceStore
-from tracer_wrap._hashing_embedder import hashing_embedder
+from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.errors import ConfigError
 from tracer_wrap.labels import LabelSet, _key
 

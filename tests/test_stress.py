@@ -21,7 +21,7 @@ from _redis_server import REDIS_SERVER, RedisServer
 from _synthetic import LABELS
 
 from tracer_wrap import TracedTask
-from tracer_wrap._hashing_embedder import hashing_embedder
+from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.store import Store, open_store
 
 NAMES = sorted(LABELS)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from tracer_wrap import ConfigError, RouterLoadError, TraceStore
-from tracer_wrap.fit import fit_router
-from tracer_wrap.ood import OODScorer, fit_ood
+from tracer_wrap.model.fit import fit_router
+from tracer_wrap.model.ood import OODScorer, fit_ood
 from tracer_wrap.versions import (
     load_ood,
     load_version,

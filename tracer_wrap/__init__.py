@@ -7,9 +7,9 @@ parity gate certifies agreement with the LLM at the target rate.
 
 from typing import TYPE_CHECKING, Any
 
-from .zero_code import autolog
+from .integrations.zero_code import autolog
 from .decorator import TracedClassifier, traced_classifier
-from .embedder import Embedder
+from .model.embedder import Embedder
 from .errors import (
     ConfigError,
     EmbedderError,
@@ -19,10 +19,10 @@ from .errors import (
     StoreError,
     TracerWrapError,
 )
-from .fit import fit_router
-from .flow import Stats, TracedTask
-from .gate import Certificate
-from .router import Decision, Router
+from .model.fit import fit_router
+from .engine import Stats, TracedTask
+from .model.gate import Certificate
+from .model.router import Decision, Router
 from .store import Origin, Trace, TraceStore
 
 if TYPE_CHECKING:

@@ -8,12 +8,12 @@ from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import wrapt
 
-from .embedder import Embedder
-from .fit import DEFAULT_TARGETS
-from .flow import Stats, TracedTask
+from .model.embedder import Embedder
+from .model.fit import DEFAULT_TARGETS
+from .engine import Stats, TracedTask
 from .privacy import Redactor, StoreInputs
 from .refit import ExecutorKind, RefitPolicy
-from .router import Decision, Router
+from .model.router import Decision, Router
 from .store import Store
 
 __all__ = ["TracedClassifier", "traced_classifier"]
@@ -114,7 +114,7 @@ def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | No
     unless ``label_of(result)`` extracts it; a local answer returns the label, or
     ``answer(label)`` to build the function's usual return type. The task name defaults to the
     function's qualified name. Other options are those of :class:`TracedTask`; options not given
-    come from ``TRACER_WRAP_*`` variables and ``tracer_wrap.toml`` (:mod:`tracer_wrap.config`).
+    come from ``TRACER_WRAP_*`` variables and ``tracer_wrap.toml`` (:mod:`tracer_wrap.options`).
     A bad value raises ConfigError at decoration time. Inside calls tracer_wrap fails open.
     """
 

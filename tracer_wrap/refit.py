@@ -10,7 +10,7 @@ Policies decide *when*: :func:`refit_after_traces` (every N new valid traces),
 Executors decide *where*: ``"inline"`` (in the calling thread, reproducible: used by
 ``tracer-wrap simulate``), ``"thread"`` (a worker thread, the default) or ``"process"`` (the fit,
 which is the CPU-heavy part, runs in a separate process started with ``spawn``). Whatever the
-executor, :class:`~tracer_wrap.flow.TracedTask` takes the store's atomic ``claim`` first, so one
+executor, :class:`~tracer_wrap.engine.TracedTask` takes the store's atomic ``claim`` first, so one
 refit of a task runs at a time across threads and processes, and a refit killed mid-way loses its
 claim when the claim's time-to-live runs out.
 """

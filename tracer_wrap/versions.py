@@ -20,8 +20,8 @@ import numpy as np
 
 from ._log import logger
 from .errors import ConfigError, RouterLoadError
-from .ood import OODScorer
-from .router import Router
+from .model.ood import OODScorer
+from .model.router import Router
 from .store import Store
 
 __all__ = [

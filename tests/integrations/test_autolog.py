@@ -13,8 +13,8 @@ import openai
 import pytest
 from _support import TASK_OPTIONS, LLMServer, easy_texts, fill_store, serve_llm, teacher
 
-import tracer_wrap.zero_code as autolog_module
-from tracer_wrap.zero_code import autolog, run_command, task_summaries
+import tracer_wrap.integrations.zero_code as autolog_module
+from tracer_wrap.integrations.zero_code import autolog, run_command, task_summaries
 from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.store import TraceStore
 
@@ -98,7 +98,7 @@ def test_launcher_traces_a_plain_program_in_a_subprocess(server, tmp_path):
         print("app done")
     """))
     store = tmp_path / "store"
-    launcher = ("import sys; from tracer_wrap.zero_code import run_command; store = sys.argv.pop(1);"
+    launcher = ("import sys; from tracer_wrap.integrations.zero_code import run_command; store = sys.argv.pop(1);"
                 " run_command(sys.argv[1:], store=store)")
     done = subprocess.run([sys.executable, "-c", launcher, str(store), sys.executable, str(app)],
                           cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin",

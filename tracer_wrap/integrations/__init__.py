@@ -21,7 +21,7 @@ import importlib
 from typing import Any
 
 from ..errors import MissingExtraError
-from ._engine import TASK_OPTION, Tasks, savings
+from ._sdk import TASK_OPTION, Tasks, savings
 from ._prompt import (
     LABEL_FIELD_NAMES,
     OutputShape,

@@ -13,11 +13,11 @@ from typing import Any, overload
 
 import anthropic
 
-from ..embedder import Embedder
+from ..model.embedder import Embedder
 from ..errors import ConfigError
 from ..store import TraceStore
 from . import _anthropic_objects as objects
-from ._engine import ApiSpec, Tasks
+from ._sdk import ApiSpec, Tasks
 from ._openai import _Resource, _with_raw_header
 from ._prompt import anthropic_messages_view
 

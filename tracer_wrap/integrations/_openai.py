@@ -16,11 +16,11 @@ from typing import Any, TypeVar, overload
 import openai
 import wrapt
 
-from ..embedder import Embedder
+from ..model.embedder import Embedder
 from ..errors import ConfigError
 from ..store import TraceStore
 from . import _openai_objects as objects
-from ._engine import _RAW_HEADER, ApiSpec, Tasks
+from ._sdk import _RAW_HEADER, ApiSpec, Tasks
 from ._prompt import openai_chat_view, openai_responses_view
 
 __all__ = ["TracedAsyncOpenAI", "TracedOpenAI", "wrap_openai"]

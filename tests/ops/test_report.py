@@ -1,0 +1,102 @@
+"""The HTML report: its content, its escaping, and that a real headless browser renders it cleanly."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from _synthetic import fill_store
+from tracer_wrap.model.hashing import hashing_embedder
+from tracer_wrap.errors import ConfigError
+from tracer_wrap.engine import TracedTask
+from tracer_wrap.ops.report import render_report
+from tracer_wrap.store import TraceStore
+
+EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)> lost card & stolen card'
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    path = tmp_path_factory.mktemp("report")
+    st = TraceStore(path / "store")
+    fill_store(st, "intent<b>", 1000)
+    st.append("intent<b>", EVIL, "card_lost")
+    task = TracedTask("intent<b>", store=st, embedder=hashing_embedder(), min_traces=50,
+                      refit_every=None, target=0.95)
+    task.refit()
+    task.refit()  # a second version for the learning curve
+    for i in range(120):
+        st.append("intent<b>", f"audit sample {i} refund money back", "refund", origin="audit",
+                  router_label="refund" if i % 10 else "top_up", ts=1.7e9 + 60 * i)
+    st.set_setting("intent<b>", "price_per_call", 0.01)
+    st.incr("intent<b>", "handled", 900)
+    st.incr("intent<b>", "deferred", 100)
+    html = render_report(st, "intent<b>", embedder=hashing_embedder(), examples=2000)
+    out = path / "report.html"
+    out.write_text(html, encoding="utf-8")
+    return html, out
+
+
+def test_report_has_every_section_and_plot(page: tuple[str, Path]) -> None:
+    html, _ = page
+    for title in ("Coverage / target frontier", "Learning curve", "Live agreement over time",
+                  "Coverage and agreement per label", "Where the surrogate defers most",
+                  "Examples", "Cost"):
+        assert f"<h2>{title}</h2>" in html
+    assert html.count("<svg") == 3  # frontier, learning curve, live agreement
+    assert "90.0% on" not in html and "live agreement" in html
+    assert "$9.00" in html  # 900 handled calls x $0.01
+    assert "including those it was trained and calibrated on" in html
+    for label in ("card_lost", "refund", "top_up", "exchange_rate"):
+        assert label in html
+
+
+def test_everything_from_traces_is_escaped(page: tuple[str, Path]) -> None:
+    html, _ = page
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "intent&lt;b&gt;" in html
+
+
+def test_report_is_self_contained(page: tuple[str, Path]) -> None:
+    html, _ = page
+    assert "default-src 'none'" in html  # the page may not fetch anything
+    urls = set(re.findall(r"(?:https?:)?//[^\s\"'<>)]+", html))
+    assert urls <= {"http://www.w3.org/2000/svg"}
+
+
+def test_report_without_traces_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        render_report(TraceStore(tmp_path), "empty")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+         "--v=0", *args],
+        capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed "
+                                               "(apt-get install chromium)")
+def test_report_renders_in_headless_chromium(page: tuple[str, Path], tmp_path: Path) -> None:
+    _, out = page
+    dom = _chromium(tmp_path, "--dump-dom", out.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<svg") == 3 and dom.stdout.count("<polyline") >= 3
+    console = [line for line in dom.stderr.splitlines()
+               if "CONSOLE" in line or "Content Security Policy" in line
+               or "Uncaught" in line or "net::ERR" in line]
+    assert not console, console
+    shot = tmp_path / "report.png"
+    run = _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", out.as_uri())
+    assert run.returncode == 0 and shot.stat().st_size > 20_000

@@ -1,0 +1,151 @@
+"""RedisStore against a real redis-server on 127.0.0.1: processes, outages, claims."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+from _redis_server import REDIS_SERVER, RedisServer
+
+from tracer_wrap.errors import RouterLoadError
+from tracer_wrap.store.redis_store import RedisStore
+from tracer_wrap.store import TraceStore
+from tracer_wrap.versions import load_version
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None,
+                                reason="redis-server is not installed (apt-get install redis-server)")
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = RedisServer(tmp_path)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _log_many(url: str, worker: int, n: int) -> None:
+    store = RedisStore(url)
+    for i in range(n):
+        store.append("t", f"w{worker}-{i}", "l")
+        store.append("t", "shared", "l")  # the same input from every process
+    store.close()
+
+
+def _try_claim(url: str, queue) -> None:
+    queue.put(RedisStore(url).claim("t", "refit", ttl=30))
+
+
+def test_processes_lose_and_duplicate_no_trace(server):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_log_many, args=(server.url, w, 100)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    traces = RedisStore(server.url).traces("t")
+    assert len(traces) == 401 and len({t.input for t in traces}) == 401
+    assert sorted(t.seq for t in traces) == list(range(1, 402))
+    assert next(t for t in traces if t.input == "shared").count == 400
+
+
+def test_claims_are_exclusive_across_processes(server):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_try_claim, args=(server.url, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert sorted(results) == [False, False, False, True]
+
+
+def test_an_outage_buffers_appends_and_flushes_them_after(server, monkeypatch):
+    import tracer_wrap.store.redis_store as rs
+
+    monkeypatch.setattr(rs, "_RETRY_SECONDS", 0.0)
+    store = RedisStore(server.url, socket_timeout=0.5)
+    store.append("t", "before", "l")
+    server.stop()
+    for i in range(50):
+        assert store.append("t", f"during{i}", "l").input == f"during{i}"
+    assert store.buffered == 50
+    from tracer_wrap.errors import StoreError
+
+    with pytest.raises(StoreError):  # reads fail, so the flow fails open to the LLM
+        store.current_version("t")
+    server.start()
+    store.append("t", "after", "l")
+    assert store.buffered == 0
+    assert [t.input for t in store.traces("t")] == (
+        ["before"] + [f"during{i}" for i in range(50)] + ["after"])
+
+
+def test_a_full_buffer_counts_its_drops(server, monkeypatch):
+    import tracer_wrap.store.redis_store as rs
+
+    monkeypatch.setattr(rs, "_RETRY_SECONDS", 0.0)
+    store = RedisStore(server.url, buffer=3, socket_timeout=0.5)
+    server.stop()
+    for i in range(5):
+        store.append("t", f"x{i}", "l")
+    assert (store.buffered, store.dropped) == (3, 2)
+    server.start()
+    assert store.flush() and store.count("t") == 3
+
+
+def test_migrate_copies_traces_settings_and_versions(server, tmp_path):
+    import numpy as np
+    from test_store_contract import _router
+
+    from tracer_wrap.store.migrate import migrate
+    from tracer_wrap.versions import load_version, publish
+
+    src = TraceStore(tmp_path / "src")
+    src.append("t", "a", "x", ts=5.0)
+    src.append("t", "a", "y")
+    src.append("t", "b", "x", valid=False)
+    src.set_setting("t", "routing", True)
+    src.incr("t", "calls", 3)
+    router = _router(np.random.default_rng(0))
+    publish(src, "t", router)
+    publish(src, "t", router, force=True)
+    summary = migrate(src, server.url)
+    dst = RedisStore(server.url)
+    assert summary["t"]["traces"] == 2
+    got = {t.input: t for t in dst.traces("t")}
+    assert got["a"].count == 2 and got["a"].labels == {"x": 1, "y": 1} and got["a"].ts == 5.0
+    assert not got["b"].valid
+    assert dst.get_setting("t", "routing") is True and dst.counter("t", "calls") == 3
+    assert dst.current_version("t") == 2 and [m["version"] for m in dst.versions("t")] == [1, 2]
+    np.testing.assert_array_equal(load_version(dst, "t", 2).weights, router.weights)
+    assert dst.reserve_version("t") == 3
+
+
+def test_router_files_can_live_in_a_shared_directory(server, tmp_path, monkeypatch, embedder):
+    from _synthetic import LABELS, make_traces
+
+    from tracer_wrap import traced_classifier
+
+    shared = tmp_path / "nfs"
+    monkeypatch.setenv("TRACER_WRAP_ARTIFACTS", str(shared))
+    gold = dict(make_traces(600, seed=3))
+
+    @traced_classifier(task="t", labels=sorted(LABELS), store=server.url, embedder=embedder,
+                       min_traces=100, refit_every=None, audit_rate=0.0)
+    def classify(text):
+        return gold[text]
+
+    for text in gold:
+        classify(text)
+    classify.refit()
+    files = list(shared.rglob("v1.npz"))
+    assert len(files) == 1
+    assert classify.router is not None and classify.router.threshold is not None
+    # A tampered file on the shared directory is refused by the hash kept in Redis.
+    files[0].write_bytes(files[0].read_bytes()[:-8] + bytes(8))
+    other = RedisStore(server.url, artifacts=shared)
+    with pytest.raises(RouterLoadError):
+        load_version(other, "t", 1)

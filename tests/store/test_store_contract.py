@@ -1,0 +1,154 @@
+"""The store contract, run against every store: diskcache (embedded) and Redis (a real server)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _redis_server import REDIS_SERVER, RedisServer
+
+from tracer_wrap.errors import ConfigError
+from tracer_wrap.model.gate import Certificate
+from tracer_wrap.model.ood import OODScorer
+from tracer_wrap.model.router import Router
+from tracer_wrap.store import Origin, Store, TraceStore, open_store
+from tracer_wrap.versions import load_ood, load_version, publish
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["diskcache", "redis"])
+def any_store(request, tmp_path) -> Store:
+    if request.param == "diskcache":
+        yield open_store(str(tmp_path / "store"))
+        return
+    server = request.getfixturevalue("redis_server")
+    store = open_store(server.url)
+    store._client.flushdb()
+    yield store
+    store.close()
+
+
+def test_open_store_picks_the_backend(tmp_path):
+    assert isinstance(open_store(str(tmp_path / "s")), TraceStore)
+    disk = TraceStore(tmp_path / "s")
+    assert open_store(disk) is disk
+    assert isinstance(disk, Store)
+
+
+def test_dedup_seq_and_tally(any_store):
+    s = any_store
+    a = s.append("t", "hello", "greet", ts=1.0, meta={"k": 1})
+    s.append("t", "bye", "leave", origin=Origin.AUDIT, router_label="leave")
+    b = s.append("t", "hello", "other")
+    c = s.append("t", "hello", "greet")
+    assert (a.seq, b.seq, c.seq) == (1, 1, 1)
+    assert c.count == 3 and c.labels == {"greet": 2, "other": 1} and c.teacher == "greet"
+    traces = s.traces("t")
+    assert [t.input for t in traces] == ["hello", "bye"] and s.count("t") == 2
+    assert traces[0].meta == {"k": 1} and traces[0].ts == 1.0 and traces[0].count == 3
+    assert traces[1].origin == "audit" and traces[1].router_label == "leave"
+    assert [t.input for t in s.iter_traces("t", start=1)] == ["bye"]
+    s.append("t", "junk", "???", valid=False)
+    assert len(s.traces("t", valid_only=True)) == 2 and s.tasks() == ["t"]
+
+
+def test_counters_settings_claims(any_store):
+    s = any_store
+    assert s.incr("t", "a") == 1 and s.incr("t", "a", 4) == 5 and s.counter("t", "b") == 0
+    assert s.counters("t") == {"a": 5}
+    assert s.get_setting("t", "x", 7) == 7
+    s.set_setting("t", "x", {"y": [1]})
+    assert s.get_setting("t", "x") == {"y": [1]} and s.settings("t") == {"x": {"y": [1]}}
+    assert s.claim("t", "refit", ttl=0.2) and not s.claim("t", "refit", ttl=0.2)
+    s.release("t", "refit")
+    assert s.claim("t", "refit", ttl=0.05)
+    import time
+    time.sleep(0.15)
+    assert s.claim("t", "refit", ttl=1)
+
+
+def test_prune_keeps_dedup_consistent(any_store):
+    s = any_store
+    for i in range(10):
+        s.append("t", f"x{i}", "l", ts=float(i))
+    assert s.prune("t", max_traces=6) == 4
+    assert [t.input for t in s.traces("t")] == [f"x{i}" for i in range(4, 10)]
+    assert s.prune("t", max_age_seconds=0) == 6  # every ts is in 1970
+    again = s.append("t", "x0", "l")
+    assert again.seq == 11 and again.count == 1 and [t.seq for t in s.traces("t")] == [11]
+    with pytest.raises(ConfigError):
+        s.prune("t", max_traces=-1)
+
+
+def _router(rng) -> Router:
+    cert = Certificate(0.9, 0.5, 0.7, 0.95, 100, 0.9, "")
+    return Router(rng.normal(size=(3, 8)), rng.normal(size=3), ["a", "b", "c"], {0.9: cert},
+                  target=0.9)
+
+
+def test_versions_and_artifacts_round_trip(any_store):
+    s, rng = any_store, np.random.default_rng(0)
+    router = _router(rng)
+    ood = OODScorer(rng.normal(size=(3, 8)), 0.1)
+    v = publish(s, "t", router, ood=ood)
+    assert v == 1 and s.current_version("t") == 1 and [m["version"] for m in s.versions("t")] == [1]
+    loaded = load_version(s, "t", 1)
+    np.testing.assert_array_equal(loaded.weights, router.weights)
+    assert load_ood(s, "t", 1).cut == pytest.approx(0.1)
+    with pytest.raises(FileNotFoundError):
+        s.read_artifact("t", "nope.npz")
+    with pytest.raises(ConfigError):
+        s.write_artifact("t", "../evil", b"")
+
+
+def test_tampered_artifact_is_refused(any_store):
+    from tracer_wrap.errors import RouterLoadError
+
+    s = any_store
+    publish(s, "t", _router(np.random.default_rng(1)))
+    data = bytearray(s.read_artifact("t", "v1.npz"))
+    data[-1] ^= 1
+    s.write_artifact("t", "v1.npz", bytes(data))
+    with pytest.raises(RouterLoadError, match="hash"):
+        load_version(s, "t", 1)
+
+
+@pytest.mark.parametrize("backend", ["diskcache", "redis"])
+def test_traced_classifier_runs_unchanged_on_both_stores(backend, tmp_path, request, embedder):
+    """Everything above the store works on either: log, refit, publish, answer locally."""
+    from _synthetic import LABELS, make_traces
+
+    from tracer_wrap import traced_classifier
+
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        open_store(server.url)._client.flushdb()
+        spec = server.url
+    else:
+        spec = str(tmp_path / "store")
+    gold = dict(make_traces(1200, seed=2))
+    calls: list[str] = []
+
+    @traced_classifier(task="intents", labels=sorted(LABELS), store=spec, embedder=embedder,
+                       min_traces=100, refit_every=None, audit_rate=0.0)
+    def classify(text: str) -> str:
+        calls.append(text)
+        return gold[text]
+
+    texts = list(gold)
+    for text in texts[:600]:
+        classify(text)
+    assert classify.refit().threshold is not None
+    calls.clear()
+    answers = [classify(text) for text in texts[600:]]
+    assert len(calls) < 300  # most calls never reached the function
+    assert sum(a == gold[t] for a, t in zip(answers, texts[600:])) / 600 >= 0.95
+    assert classify.task.store.count("intents") == 600 + len(calls)

@@ -1,0 +1,295 @@
+"""Zero-code mode: trace every chat call of the openai and anthropic SDKs, route only when told.
+
+``tracer_wrap.autolog()`` (one line at start-up) patches the SDK classes' chat methods once:
+``chat.completions.create`` / ``parse`` and ``responses.create`` of openai (``stream()`` goes
+through ``create``), ``messages.create`` / ``stream`` of anthropic (if installed), sync and async.
+Every classification-shaped call is logged to the store under the task of its prompt template.
+Nothing is routed until a task's routing switch is on in the store::
+
+    tracer_wrap.TraceStore().set_setting("<task>", "routing", True)   # or the CLI
+
+The launcher needs no code change at all (the way ``opentelemetry-instrument`` works)::
+
+    tracer-wrap run -- python app.py
+
+runs the program with ``PYTHONPATH`` starting with a directory whose ``sitecustomize.py`` calls
+:func:`autolog` (and then runs the program's own ``sitecustomize``, if any). ``tracer-wrap tasks``
+lists the discovered tasks. Patching is opt-in, idempotent and undone by :func:`disable`
+(also available as ``autolog.disable()``).
+
+Environment variables read by the launcher's ``sitecustomize``: :data:`ENV_AUTOLOG` (set by
+:func:`run_command`), :data:`ENV_ROUTING`; the store is ``$TRACER_WRAP_STORE``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..model.embedder import Embedder
+from ._sdk import ApiSpec, Tasks, inside_wrapper
+from ..store import Store, open_store
+
+__all__ = ["ENV_AUTOLOG", "ENV_ROUTING", "autolog", "disable", "enabled", "run_command",
+           "task_summaries", "tasks_command"]
+
+#: Set to 1 by :func:`run_command`: the launcher's ``sitecustomize`` then calls :func:`autolog`.
+ENV_AUTOLOG = "TRACER_WRAP_AUTOLOG"
+#: Default routing switch of autolog's tasks in a launched program (1/true: route every task whose
+#: store switch is not off). Unset: route nothing until a task's switch is on.
+ENV_ROUTING = "TRACER_WRAP_AUTOLOG_ROUTING"
+
+LAUNCHER_DIR = Path(__file__).resolve().parent / "_launcher"
+
+_lock = threading.Lock()
+_tasks: Tasks | None = None
+_patched: list[tuple[type, str, Any]] = []  # (class, method name, original attribute)
+
+
+def _patch(cls: type, name: str, spec: ApiSpec, kind: str) -> None:
+    original = cls.__dict__[name]
+
+    if kind == "async":
+        @functools.wraps(original)
+        async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            tasks = _tasks
+            if tasks is None or inside_wrapper():
+                return await original(self, *args, **kwargs)
+            return await tasks.arun(spec, functools.partial(original, self), args, kwargs)
+    else:
+        @functools.wraps(original)
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            tasks = _tasks
+            if tasks is None or inside_wrapper():
+                return original(self, *args, **kwargs)
+            bound = functools.partial(original, self)
+            if kind in ("manager", "async manager"):
+                return tasks.run_manager(spec, bound, args, kwargs, kind == "async manager")
+            return tasks.run(spec, bound, args, kwargs)
+
+    method.__tracer_wrap_original__ = original  # type: ignore[attr-defined]
+    setattr(cls, name, method)
+    _patched.append((cls, name, original))
+
+
+def _targets() -> list[tuple[type, str, ApiSpec, str]]:
+    from openai.resources.chat.completions import AsyncCompletions, Completions
+    from openai.resources.responses import AsyncResponses, Responses
+
+    from . import _openai as o
+
+    found: list[tuple[type, str, ApiSpec, str]] = [
+        (Completions, "create", o.CHAT_CREATE, "sync"),
+        (Completions, "parse", o.CHAT_PARSE, "sync"),
+        (AsyncCompletions, "create", o.ASYNC_CHAT_CREATE, "async"),
+        (AsyncCompletions, "parse", o.CHAT_PARSE, "async"),
+        (Responses, "create", o.RESPONSES_CREATE, "sync"),
+        (AsyncResponses, "create", o.RESPONSES_CREATE, "async"),
+    ]
+    try:
+        from anthropic.resources.messages import AsyncMessages, Messages
+
+        from . import _anthropic as a
+    except ImportError:
+        return found  # anthropic is an optional extra: nothing of it to patch
+    found += [
+        (Messages, "create", a.MESSAGES_CREATE, "sync"),
+        (Messages, "stream", a.MESSAGES_STREAM, "manager"),
+        (AsyncMessages, "create", a.ASYNC_MESSAGES_CREATE, "async"),
+        (AsyncMessages, "stream", a.ASYNC_MESSAGES_STREAM, "async manager"),
+    ]
+    return found
+
+
+def autolog(store: Store | str | None = None, routing: bool = False, *,
+            embedder: Embedder | None = None, **task_options: Any) -> Tasks:
+    """Trace every chat call of the openai (and anthropic, if installed) SDK; return the tasks.
+
+    Patches the SDK classes once per process: a second call changes nothing and returns the same
+    :class:`~tracer_wrap.integrations.Tasks` (call :func:`disable` first to change options).
+    Calls are grouped into tasks by prompt template and logged to ``store`` (default
+    ``$TRACER_WRAP_STORE`` or ``./.tracer_wrap``). ``routing`` is the default of every task's
+    routing switch: with False nothing is answered locally until the task's store setting
+    ``"routing"`` is True. ``embedder`` (default all-MiniLM-L6-v2, or ``hashing`` through
+    ``$TRACER_WRAP_EMBEDDER``, loaded only once a task has a router) and ``task_options`` go to
+    every task. Calls made through a client wrapped with ``wrap_openai``/``wrap_anthropic`` are
+    traced once, by the wrapper. Thread-safe.
+    """
+    global _tasks
+    with _lock:
+        if _tasks is not None:
+            return _tasks
+        tasks = Tasks(store=store, embedder=embedder, routing=routing, **task_options)
+        for cls, name, spec, kind in _targets():
+            _patch(cls, name, spec, kind)
+        _tasks = tasks
+        return tasks
+
+
+def disable() -> None:
+    """Undo :func:`autolog`: restore the SDK methods. Does nothing when autolog is off."""
+    global _tasks
+    with _lock:
+        while _patched:
+            cls, name, original = _patched.pop()
+            setattr(cls, name, original)
+        _tasks = None
+
+
+def enabled() -> bool:
+    """Whether :func:`autolog` is active in this process."""
+    return _tasks is not None
+
+
+autolog.disable = disable  # type: ignore[attr-defined]
+autolog.enabled = enabled  # type: ignore[attr-defined]
+
+
+# -- the launcher ---------------------------------------------------------------------------------
+
+
+def launch_env(env: dict[str, str] | None = None, *, store: str | None = None,
+               routing: bool = False) -> dict[str, str]:
+    """The environment of a launched program: ``PYTHONPATH`` starts with the launcher directory
+    and :data:`ENV_AUTOLOG` is set; ``store`` sets ``$TRACER_WRAP_STORE``."""
+    env = dict(os.environ if env is None else env)
+    paths = [str(LAUNCHER_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
+                                   if p and p != str(LAUNCHER_DIR)]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env[ENV_AUTOLOG] = "1"
+    if routing:
+        env[ENV_ROUTING] = "1"
+    if store is not None:
+        env["TRACER_WRAP_STORE"] = str(Path(store).resolve())
+    return env
+
+
+def run_command(
+    argv: Annotated[list[str], typer.Argument(help="The program and its arguments, after --.")],
+    store: Annotated[str | None, typer.Option("--store", help="Trace store directory.")] = None,
+    routing: Annotated[bool, typer.Option(
+        "--routing/--no-routing",
+        help="Route every task whose store switch is not off (default: only tasks switched on).")] = False,
+) -> None:
+    """Run a program with every openai/anthropic chat call traced: ``tracer-wrap run -- python app.py``.
+
+    Replaces the current process with ``argv`` (``os.execvpe``), with the environment of
+    :func:`launch_env`. Raises typer.BadParameter when ``argv`` is empty; OSError when the program
+    cannot be executed.
+    """
+    if not argv:
+        raise typer.BadParameter("name the program to run, e.g. tracer-wrap run -- python app.py")
+    os.execvpe(argv[0], list(argv), launch_env(store=store, routing=routing))
+
+
+# -- task discovery -------------------------------------------------------------------------------
+
+#: A task looks like classification with at most this many distinct outputs...
+MAX_CLASSES = 50
+#: ... that are at most this share of its calls, over at least MIN_CALLS calls.
+MAX_DISTINCT_SHARE = 0.2
+MIN_CALLS = 20
+
+
+def task_summaries(store: Store | str | None = None) -> list[dict[str, Any]]:
+    """One row per task of the store: calls, distinct inputs and outputs, whether it looks like
+    classification (few distinct outputs over many calls), whether routing is on, and the
+    coverage its current router certifies at its served target (None without a router)."""
+    from ..versions import certified_coverage
+
+    store = open_store(store)
+    rows = []
+    for task in store.tasks():
+        outputs: Counter[str] = Counter()
+        calls = invalid = 0
+        for trace in store.iter_traces(task):
+            calls += trace.count
+            if trace.valid:
+                outputs.update(trace.labels or {trace.teacher: trace.count})
+            else:
+                invalid += trace.count
+        counters = store.counters(task)
+        calls = max(calls, counters.get("llm_calls", 0)) + counters.get("local_calls", 0)
+        version = store.current_version(task)
+        manifest = store.manifest(task, version) if version is not None else None
+        coverage = None
+        if manifest is not None:
+            coverage = certified_coverage(manifest, float(manifest.get("target", 0.95)))
+        rows.append({
+            "task": task, "calls": calls, "inputs": store.count(task), "distinct_outputs": len(outputs),
+            "invalid": invalid,
+            "classification": (calls >= MIN_CALLS and 0 < len(outputs) <= MAX_CLASSES
+                               and len(outputs) <= MAX_DISTINCT_SHARE * calls),
+            "routing": bool(store.get_setting(task, "routing", False)),
+            "version": version, "coverage": coverage,
+            "top_outputs": [label for label, _ in outputs.most_common(3)],
+        })
+    return rows
+
+
+def tasks_command(
+    store: Annotated[str | None, typer.Option("--store", help="Trace store directory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the tasks discovered in the store: ``tracer-wrap tasks``.
+
+    Shows call counts, distinct outputs, whether each task looks like classification, whether
+    routing is on and the coverage the gate certifies today. Raises StoreError when the store
+    cannot be opened.
+    """
+    rows = task_summaries(store)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="tracer_wrap tasks")
+    for column in ("task", "calls", "distinct outputs", "classification?", "routing", "coverage",
+                   "top outputs"):
+        table.add_column(column)
+    for row in rows:
+        coverage = "-" if row["coverage"] is None else f"{row['coverage']:.1%}"
+        table.add_row(row["task"], str(row["calls"]), str(row["distinct_outputs"]),
+                      "yes" if row["classification"] else "no", "on" if row["routing"] else "off",
+                      coverage, ", ".join(row["top_outputs"]))
+    Console().print(table)
+    if rows:
+        typer.echo('Turn routing on for a task: Store().set_setting("<task>", "routing", True)')
+
+
+def _launched() -> None:
+    """Called by the launcher's sitecustomize: start autolog, never break the program."""
+    if os.environ.get(ENV_AUTOLOG, "").strip().lower() not in {"1", "true", "yes", "on"}:
+        return
+    routing = os.environ.get(ENV_ROUTING, "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        autolog(routing=routing)
+    except Exception as exc:  # a broken install must not stop the user's program
+        from .._log import fault
+
+        fault("autolog start-up", exc)
+
+
+def _chain_sitecustomize(launcher_file: str) -> None:
+    """Run the ``sitecustomize`` that the launcher's own shadows on ``sys.path``, if any."""
+    here = os.path.dirname(os.path.abspath(launcher_file))
+    path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", path)
+    if spec is None or spec.loader is None or spec.origin is None:
+        return
+    if os.path.abspath(spec.origin) == os.path.abspath(launcher_file):
+        return
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+

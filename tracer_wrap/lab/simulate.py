@@ -1,0 +1,186 @@
+"""Replay a labelled stream through the real ``@traced_classifier`` and measure the flywheel.
+
+Each line of the stream is ``{"input": ..., "teacher": ...}`` (other fields ignored). The
+decorated function plays the LLM: it answers each row's ``teacher`` label and counts its calls.
+Everything else is production code: embedding, routing, audit samples, the drift breaker, the OOD
+check, refits on the refit policy and hot swaps of versions. By default refits run in the calling
+thread at each trigger, so a run is reproducible; ``background=True`` runs them in a worker thread
+as in production (calls keep being served by the previous version meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import typer
+from typing_extensions import Annotated
+
+from ..decorator import traced_classifier
+from ..model.embedder import Embedder
+from ..errors import ConfigError
+from ..refit import refit_after_traces
+from ..store import Store, open_store, read_jsonl
+
+__all__ = ["simulate", "simulate_command"]
+
+
+def simulate(
+    stream_path: str | Path,
+    *,
+    target: float = 0.95,
+    refit_every: int = 500,
+    background: bool = False,
+    store: Store | str | Path | None = None,
+    embedder: Embedder | None = None,
+    task: str = "simulate",
+    min_traces: int = 200,
+    audit_rate: float = 0.02,
+    seed: int = 0,
+    curve_points: int = 20,
+    labels: list[str] | None = None,
+    task_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Replay ``stream_path`` and return the figures of the run.
+
+    The result holds ``n`` (rows), ``llm_calls`` (calls of the teacher, audits included),
+    ``handled`` (local answers), ``handled_share``, ``handled_agreement`` (local answers equal to
+    the row's teacher label; None when nothing was handled), ``audit_calls``, ``refits``
+    (versions fitted), ``breaker_trips``, ``versions`` and ``curve``: one point per
+    ``n / curve_points`` rows with the window's and the cumulative coverage and agreement, the
+    number of traces and the version served. ``store`` defaults to a temporary directory removed
+    afterwards; ``embedder`` to all-MiniLM-L6-v2. Raises ConfigError on a malformed stream.
+    """
+    rows = list(read_jsonl(stream_path))
+    if not rows:
+        raise ConfigError(f"{stream_path}: the stream is empty")
+    with tempfile.TemporaryDirectory(prefix="tracer_wrap-simulate-") as tmp:
+        trace_store = open_store(store or tmp)
+        return _replay(rows, trace_store, target=target, refit_every=refit_every,
+                       background=background, embedder=embedder, task=task,
+                       min_traces=min_traces, audit_rate=audit_rate, seed=seed,
+                       curve_points=curve_points, labels=labels,
+                       task_options=dict(task_options or {}))
+
+
+def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_every: int,
+            background: bool, embedder: Embedder | None, task: str, min_traces: int,
+            audit_rate: float, seed: int, curve_points: int, labels: list[str] | None,
+            task_options: dict[str, Any]) -> dict[str, Any]:
+    answer: list[str] = [""]
+    llm_calls = [0]
+
+    def teacher(text: str) -> str:
+        llm_calls[0] += 1
+        return answer[0]
+
+    options: dict[str, Any] = {"keep_versions": 10_000, **task_options}
+    classify = traced_classifier(
+        teacher, task=task, labels=labels, target=target, store=store,
+        embedder=embedder or Embedder.default(), min_traces=min_traces,
+        refit_policy=refit_after_traces(refit_every), audit_rate=audit_rate,
+        refit_executor="thread" if background else "inline", rng=random.Random(seed), **options)
+    traced = classify.task
+    n = len(rows)
+    step = max(1, n // max(1, curve_points))
+    handled = agree = 0
+    window_handled = window_agree = window_n = 0
+    curve: list[dict[str, Any]] = []
+    for i, (text, label) in enumerate(rows, 1):
+        answer[0] = label
+        before = llm_calls[0]
+        out = classify(text)
+        if llm_calls[0] == before:  # the teacher was not asked: a local answer
+            handled += 1
+            window_handled += 1
+            ok = out == label
+            agree += ok
+            window_agree += ok
+        window_n += 1
+        if i % step == 0 or i == n:
+            curve.append({
+                "n": i,
+                "window_coverage": window_handled / window_n,
+                "window_agreement": window_agree / window_handled if window_handled else None,
+                "coverage": handled / i,
+                "agreement": agree / handled if handled else None,
+                "traces": store.count(task),
+                "version": traced.version,
+            })
+            window_handled = window_agree = window_n = 0
+    traced.close(wait=True)  # lets a background refit still running finish
+    manifests = store.versions(task)
+    stats = traced.stats.as_dict()
+    return {
+        "n": n,
+        "llm_calls": llm_calls[0],
+        "handled": handled,
+        "handled_share": handled / n,
+        "handled_agreement": agree / handled if handled else None,
+        "audit_calls": stats["audited"],
+        "refits": store.counter(task, "refits"),
+        "breaker_trips": store.counter(task, "breaker_trips"),
+        "outliers_deferred": stats["outliers"],
+        "versions": len(manifests),
+        "final_version": traced.version,
+        "target": target,
+        "refit_every": refit_every,
+        "background": background,
+        "stats": stats,
+        "curve": curve,
+    }
+
+
+def _precomputed(path: Path) -> Embedder:
+    with np.load(path, allow_pickle=False) as arrays:
+        return Embedder.precomputed(dict(zip(arrays["texts"].tolist(), arrays["X"])),
+                                    name="precomputed")
+
+
+def simulate_command(
+    stream: Annotated[Path, typer.Option("--stream", exists=True, dir_okay=False,
+                                         help="JSONL stream of {\"input\", \"teacher\"} lines.")],
+    target: Annotated[float, typer.Option(min=0.01, max=1.0, help="Target agreement.")] = 0.95,
+    refit_every: Annotated[int, typer.Option("--refit-every", min=1,
+                                             help="Refit after this many new traces.")] = 500,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result here.")] = None,
+    background: Annotated[bool, typer.Option("--background",
+                                             help="Refit in a worker thread, as in production.")] = False,
+    embeddings: Annotated[Optional[Path], typer.Option(
+        "--embeddings", exists=True, dir_okay=False,
+        help="npz with arrays X (vectors) and texts, instead of embedding with a model.")] = None,
+    embedder: Annotated[Optional[str], typer.Option(
+        "--embedder", help="Embedding model name or 'hashing' (default all-MiniLM-L6-v2).")] = None,
+    store: Annotated[Optional[Path], typer.Option(
+        "--store", help="Keep the run's store here (default: a temporary directory).")] = None,
+    audit_rate: Annotated[float, typer.Option("--audit-rate", min=0.0, max=1.0)] = 0.02,
+    min_traces: Annotated[int, typer.Option("--min-traces", min=10)] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Replay a labelled stream through @traced_classifier with the refit machinery running."""
+    if embeddings is not None:
+        chosen: Embedder | None = _precomputed(embeddings)
+    elif embedder is not None:
+        from ..options import make_embedder
+
+        chosen = make_embedder(embedder)
+    else:
+        chosen = None
+    result = simulate(stream, target=target, refit_every=refit_every, background=background,
+                      store=store, embedder=chosen, audit_rate=audit_rate,
+                      min_traces=min_traces, seed=seed)
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    agreement = result["handled_agreement"]
+    typer.echo(f"{result['n']} rows: {result['handled']} answered locally"
+               f" ({result['handled_share']:.1%}) at agreement "
+               f"{'n/a' if agreement is None else f'{agreement:.4f}'} (target {target});"
+               f" {result['llm_calls']} LLM calls ({result['audit_calls']} audits),"
+               f" {result['refits']} refits, {result['breaker_trips']} breaker trips")
+    for point in result["curve"]:
+        typer.echo(f"  after {point['n']:>6} rows: window coverage {point['window_coverage']:.1%},"
+                   f" cumulative {point['coverage']:.1%}, version {point['version']}")

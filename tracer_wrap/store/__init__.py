@@ -1,0 +1,48 @@
+"""Where traces, counters, settings and router versions live: a directory, or Redis for a fleet.
+
+Everything above the store uses the :class:`Store` protocol only. :func:`open_store` opens the
+store a spec names: an open store as is, a ``redis://`` URL (:class:`RedisStore`, extra
+``redis``) or a directory (:class:`TraceStore`, diskcache over SQLite).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .. import names
+from .base import REDIS_SCHEMES, VERSION_ARTIFACTS, Origin, Store, Trace, read_jsonl, task_id
+from .disk import TraceStore
+
+if TYPE_CHECKING:
+    from .redis_store import RedisStore
+
+__all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "Origin", "RedisStore", "Store", "Trace",
+           "TraceStore", "open_store", "read_jsonl", "task_id"]
+
+
+def open_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
+    """The store ``spec`` names: an open store as is, a ``redis://`` URL, or a directory.
+
+    ``None`` means ``$TRACER_WRAP_STORE`` (which may itself be a Redis URL) or ``./.tracer_wrap``.
+    Raises StoreError when the store cannot be opened, MissingExtraError when a Redis URL is given
+    and redis-py is not installed.
+    """
+    if isinstance(spec, Store):
+        return spec
+    if spec is None:
+        spec = os.environ.get(names.ENV_STORE) or names.DEFAULT_STORE
+    if isinstance(spec, str) and spec.startswith(REDIS_SCHEMES):
+        from .redis_store import RedisStore
+
+        return RedisStore(spec)
+    return TraceStore(spec)
+
+
+def __getattr__(name: str) -> Any:
+    # redis-py is an optional extra: import the Redis store only when it is asked for.
+    if name == "RedisStore":
+        from .redis_store import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

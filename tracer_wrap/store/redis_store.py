@@ -1,0 +1,378 @@
+"""A :class:`~tracer_wrap.store.Store` in Redis, for many processes on many hosts.
+
+Keys (``{p}`` is the prefix, ``{t}`` the task's :func:`~tracer_wrap.store.task_id`)::
+
+    {p}:tasks          hash   task name -> first-seen time
+    {p}:{t}:h          hash   input digest -> seq (the dedup index)
+    {p}:{t}:t          hash   seq -> trace JSON as first seen
+    {p}:{t}:c          hash   seq -> count
+    {p}:{t}:l:{seq}    hash   label -> tally (valid answers only)
+    {p}:{t}:o          zset   seq, scored by seq (order)
+    {p}:{t}:n          string highest seq (INCR)
+    {p}:{t}:ctr / :s   hash   counters (HINCRBY) / settings (JSON)
+    {p}:{t}:claim:{n}  string refit claims (SET NX PX)
+    {p}:{t}:vseq / :v  string / hash   version numbers / manifests
+    {p}:{t}:cur        string the current version (one GET per call); changes are also PUBLISHed
+                              on ``{p}:versions`` as ``<task>\\t<version>``
+    {p}:{t}:a          hash   artifact name -> bytes
+
+An append is one Lua script (atomic: dedup, seq, count and tally together). When Redis cannot be
+reached, :meth:`RedisStore.append` buffers the trace in memory (bounded; overflow is counted in
+``dropped``) and returns it, so the call goes on; the buffer is replayed, in order, on the next
+append or :meth:`RedisStore.flush` once Redis answers. Every other method raises StoreError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .. import names
+from ..errors import ConfigError, MissingExtraError, StoreError
+
+from .base import (
+    VERSION_ARTIFACTS,
+    Origin,
+    Trace,
+    _check_artifact_name,
+    _check_task,
+    _digest,
+    _prune_victims,
+    read_jsonl,
+    task_id,
+)
+
+__all__ = ["DEFAULT_BUFFER", "RedisStore"]
+
+#: Traces a process buffers while Redis is unreachable.
+DEFAULT_BUFFER = 10_000
+_RETRY_SECONDS = 1.0  # while Redis is down, appends buffer without reconnecting for this long
+
+_APPEND = """
+local seq = redis.call('HGET', KEYS[1], ARGV[1])
+local new = 0
+if not seq then
+  seq = redis.call('INCR', KEYS[4])
+  redis.call('HSET', KEYS[1], ARGV[1], seq)
+  redis.call('HSET', KEYS[2], seq, ARGV[2])
+  redis.call('ZADD', KEYS[5], seq, seq)
+  redis.call('HSETNX', KEYS[6], ARGV[5], ARGV[6])
+  new = 1
+end
+local count = redis.call('HINCRBY', KEYS[3], seq, 1)
+if ARGV[4] == '1' then redis.call('HINCRBY', ARGV[7] .. seq, ARGV[3], 1) end
+local base = ''
+local labels = {}
+if new == 0 then
+  base = redis.call('HGET', KEYS[2], seq)
+  labels = redis.call('HGETALL', ARGV[7] .. seq)
+end
+return {new, tonumber(seq), count, base, labels}
+"""
+
+
+def _redis() -> Any:
+    try:
+        import redis
+    except ImportError as exc:
+        raise MissingExtraError("redis", "redis") from exc
+    return redis
+
+
+class RedisStore:
+    """Traces, counters, claims and router versions in one Redis database.
+
+    ``url`` is ``redis://host:port/db`` (or ``rediss://``, ``unix://``). Nothing is contacted until
+    first use. ``buffer`` bounds the traces kept in memory while Redis is unreachable.
+    Router files live in Redis, unless ``artifacts`` names a directory every host mounts (default
+    ``$TRACER_WRAP_ARTIFACTS``), for routers too large to keep in Redis memory; their SHA-256 stays
+    in the manifest in Redis and is checked before loading either way.
+    Raises MissingExtraError when redis-py is not installed.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "tw", buffer: int = DEFAULT_BUFFER,
+                 socket_timeout: float = 2.0,
+                 artifacts: str | os.PathLike[str] | None = None) -> None:
+        redis = _redis()
+        self.path = url
+        artifacts = artifacts or os.environ.get(names.ENV_ARTIFACTS) or None
+        self.artifacts = Path(artifacts) if artifacts is not None else None
+        self.prefix = prefix
+        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._redis_error = redis.RedisError
+        self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                            socket_connect_timeout=socket_timeout)
+        self._append_script = self._client.register_script(_APPEND)
+        self._buffer: deque[tuple[str, str]] = deque()
+        self._buffer_max = int(buffer)
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._pid = os.getpid()
+        self.dropped = 0  #: traces lost because the buffer was full (this process)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _k(self, task: str, *parts: str) -> str:
+        return ":".join((self.prefix, task_id(task), *parts))
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_error as exc:
+            raise StoreError(f"redis store {self.path!r}: {exc}") from exc
+
+    def close(self) -> None:
+        """Flush what can be flushed and close this process's connections."""
+        try:
+            self.flush()
+        finally:
+            self._client.close()
+
+    @property
+    def buffered(self) -> int:
+        """Traces waiting in this process's buffer for Redis to return."""
+        return len(self._buffer)
+
+    # -- traces ------------------------------------------------------------------------------
+
+    def append(self, task: str, text: str, teacher: str, *, valid: bool = True,
+               origin: Origin | str = Origin.LLM, exchangeable: bool = True,
+               router_label: str | None = None, meta: Mapping[str, Any] | None = None,
+               ts: float | None = None) -> Trace:
+        """Record a teacher answer atomically (see :meth:`TraceStore.append`).
+
+        When Redis is unreachable the trace is buffered and returned with ``seq`` 0; a full
+        buffer drops the newest trace and counts it in :attr:`dropped`. Never raises for a lost
+        connection; raises StoreError for other Redis errors.
+        """
+        _check_task(task)
+        if not isinstance(text, str) or not isinstance(teacher, str):
+            raise ConfigError("a trace needs a string input and a string teacher label")
+        trace = Trace(text, teacher, valid, Origin(origin).value,
+                      time.time() if ts is None else ts, 1, exchangeable,
+                      {teacher: 1} if valid else {}, router_label, dict(meta or {}), 0)
+        if self._pid != os.getpid():  # a forked child must not replay its parent's buffer
+            self._pid, self._buffer, self.dropped = os.getpid(), deque(), 0
+        if time.monotonic() < self._down_until or (self._buffer and not self.flush()):
+            return self._hold(task, trace)
+        try:
+            return self._send(task, trace)
+        except self._errors:
+            self._down_until = time.monotonic() + _RETRY_SECONDS
+            return self._hold(task, trace)
+
+    def _hold(self, task: str, trace: Trace) -> Trace:
+        with self._lock:
+            if len(self._buffer) >= self._buffer_max:
+                self.dropped += 1
+            else:
+                self._buffer.append((task, trace.to_json()))
+        return trace
+
+    def flush(self) -> bool:
+        """Send buffered traces in order; True when the buffer is empty afterwards."""
+        with self._lock:
+            while self._buffer:
+                task, raw = self._buffer[0]
+                try:
+                    self._send(task, Trace.from_json(raw))
+                except self._errors:
+                    self._down_until = time.monotonic() + _RETRY_SECONDS
+                    return False
+                self._buffer.popleft()
+        return True
+
+    def _send(self, task: str, trace: Trace) -> Trace:
+        base = Trace(**{**trace.__dict__, "labels": {}, "seq": 0})
+        new, seq, count, raw, labels = self._append_script(
+            keys=[self._k(task, "h"), self._k(task, "t"), self._k(task, "c"), self._k(task, "n"),
+                  self._k(task, "o"), f"{self.prefix}:tasks"],
+            args=[_digest(trace.input), base.to_json(), trace.teacher, int(trace.valid), task,
+                  trace.ts, self._k(task, "l", "")])
+        if new:
+            trace.seq = int(seq)
+            return trace
+        return _assemble(raw, int(seq), int(count), _pairs(labels))
+
+    def count(self, task: str) -> int:
+        return int(self._call(self._client.get, self._k(task, "n")) or 0)
+
+    def iter_traces(self, task: str, *, valid_only: bool = False,
+                    start: int = 0) -> Iterator[Trace]:
+        """Traces in ``seq`` order from sequence number ``start``; read in pages of 500."""
+        order = self._k(task, "o")
+        low = start + 1
+        while True:
+            seqs = self._call(self._client.zrangebyscore, order, low, "+inf", start=0, num=500)
+            if not seqs:
+                return
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hmget(self._k(task, "t"), seqs)
+            pipe.hmget(self._k(task, "c"), seqs)
+            for seq in seqs:
+                pipe.hgetall(self._k(task, "l", seq.decode()))
+            raws, counts, *labels = self._call(pipe.execute)
+            for seq, raw, count, tally in zip(seqs, raws, counts, labels):
+                if raw is None:  # pruned meanwhile
+                    continue
+                trace = _assemble(raw, int(seq), int(count or 1), _pairs(tally))
+                if trace.valid or not valid_only:
+                    yield trace
+            low = int(seqs[-1]) + 1
+
+    def traces(self, task: str, *, valid_only: bool = False) -> list[Trace]:
+        return list(self.iter_traces(task, valid_only=valid_only))
+
+    def tasks(self) -> list[str]:
+        return sorted(k.decode() for k in self._call(self._client.hkeys, f"{self.prefix}:tasks"))
+
+    def prune(self, task: str, *, max_traces: int | None = None,
+              max_age_seconds: float | None = None) -> int:
+        """Delete the oldest traces beyond ``max_traces`` or older than ``max_age_seconds``.
+
+        Each deletion (trace, count, tally, order entry and dedup entry) is one MULTI/EXEC.
+        """
+        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds)
+        for seq, text in victims:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hdel(self._k(task, "t"), seq)
+            pipe.hdel(self._k(task, "c"), seq)
+            pipe.delete(self._k(task, "l", str(seq)))
+            pipe.zrem(self._k(task, "o"), seq)
+            pipe.hdel(self._k(task, "h"), _digest(text))
+            self._call(pipe.execute)
+        return len(victims)
+
+    def export_jsonl(self, task: str, path: str | os.PathLike[str]) -> int:
+        from .disk import TraceStore
+
+        return TraceStore.export_jsonl(self, task, path)  # type: ignore[arg-type]
+
+    def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int:
+        rows = list(read_jsonl(path))
+        for text, teacher in rows:
+            self.append(task, text, teacher, origin=Origin.IMPORT)
+        return len(rows)
+
+    # -- counters, settings and claims ---------------------------------------------------------
+
+    def incr(self, task: str, counter: str, delta: int = 1) -> int:
+        return int(self._call(self._client.hincrby, self._k(task, "ctr"), counter, delta))
+
+    def counter(self, task: str, counter: str) -> int:
+        return int(self._call(self._client.hget, self._k(task, "ctr"), counter) or 0)
+
+    def counters(self, task: str) -> dict[str, int]:
+        raw = self._call(self._client.hgetall, self._k(task, "ctr"))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def get_setting(self, task: str, name: str, default: Any = None) -> Any:
+        raw = self._call(self._client.hget, self._k(task, "s"), name)
+        return default if raw is None else json.loads(raw)
+
+    def set_setting(self, task: str, name: str, value: Any) -> None:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hset(self._k(task, "s"), name, json.dumps(value))
+        pipe.hsetnx(f"{self.prefix}:tasks", task, time.time())
+        self._call(pipe.execute)
+
+    def settings(self, task: str) -> dict[str, Any]:
+        raw = self._call(self._client.hgetall, self._k(task, "s"))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def claim(self, task: str, name: str, *, ttl: float) -> bool:
+        """Take the claim if nobody holds it (``SET NX PX``); it expires after ``ttl`` seconds."""
+        return bool(self._call(self._client.set, self._k(task, "claim", name), os.getpid(),
+                               nx=True, px=max(1, int(ttl * 1000))))
+
+    def release(self, task: str, name: str) -> None:
+        self._call(self._client.delete, self._k(task, "claim", name))
+
+    # -- artifacts and versions ----------------------------------------------------------------
+
+    def write_artifact(self, task: str, name: str, data: bytes) -> None:
+        _check_artifact_name(name)
+        if self.artifacts is not None:
+            folder = self.artifacts / task_id(task)
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.{os.getpid()}.tmp"
+            tmp.write_bytes(bytes(data))
+            os.replace(tmp, folder / name)  # readers on other hosts see old or new, never half
+            return
+        self._call(self._client.hset, self._k(task, "a"), name, bytes(data))
+
+    def read_artifact(self, task: str, name: str) -> bytes:
+        """The bytes of artifact ``name``; FileNotFoundError when there is none."""
+        _check_artifact_name(name)
+        if self.artifacts is not None:
+            return (self.artifacts / task_id(task) / name).read_bytes()
+        data = self._call(self._client.hget, self._k(task, "a"), name)
+        if data is None:
+            raise FileNotFoundError(f"no artifact {name!r} of {task!r} in {self.path!r}")
+        return bytes(data)
+
+    def delete_artifact(self, task: str, name: str) -> None:
+        if self.artifacts is not None:
+            (self.artifacts / task_id(task) / name).unlink(missing_ok=True)
+            return
+        self._call(self._client.hdel, self._k(task, "a"), name)
+
+    def reserve_version(self, task: str) -> int:
+        return int(self._call(self._client.incr, self._k(task, "vseq")))
+
+    def put_manifest(self, task: str, version: int, manifest: Mapping[str, Any]) -> None:
+        self._call(self._client.hset, self._k(task, "v"), str(int(version)),
+                   json.dumps(dict(manifest, version=version)))
+
+    def manifest(self, task: str, version: int) -> dict[str, Any] | None:
+        raw = self._call(self._client.hget, self._k(task, "v"), str(int(version)))
+        return None if raw is None else json.loads(raw)
+
+    def versions(self, task: str) -> list[dict[str, Any]]:
+        raw = self._call(self._client.hgetall, self._k(task, "v"))
+        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    def set_current(self, task: str, version: int | None) -> None:
+        """Serve ``version`` from every process's next call; announced on ``{prefix}:versions``."""
+        pipe = self._client.pipeline(transaction=True)
+        if version is None:
+            pipe.delete(self._k(task, "cur"))
+        else:
+            pipe.set(self._k(task, "cur"), int(version))
+        pipe.publish(f"{self.prefix}:versions", f"{task}\t{version}")
+        self._call(pipe.execute)
+
+    def current_version(self, task: str) -> int | None:
+        """The version to serve: one GET (tens of microseconds on a LAN)."""
+        value = self._call(self._client.get, self._k(task, "cur"))
+        return None if value is None else int(value)
+
+    def forget_version(self, task: str, version: int) -> None:
+        if self.current_version(task) == version:
+            raise ConfigError(f"version {version} of {task!r} is being served; roll back first")
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hdel(self._k(task, "v"), str(int(version)))
+        pipe.hdel(self._k(task, "a"), *(f"v{version}{s}" for s in VERSION_ARTIFACTS))
+        self._call(pipe.execute)
+
+
+def _pairs(flat: Any) -> dict[str, int]:
+    if isinstance(flat, dict):
+        return {k.decode(): int(v) for k, v in flat.items()}
+    return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _assemble(raw: bytes, seq: int, count: int, labels: dict[str, int]) -> Trace:
+    trace = Trace.from_json(raw.decode() if isinstance(raw, bytes) else raw)
+    trace.seq, trace.count = seq, count
+    if labels:
+        trace.labels = labels
+        trace.teacher = max(labels, key=labels.__getitem__)
+        trace.valid = True
+    return trace
