@@ -106,7 +106,7 @@ class _Plan:
 
     @property
     def local(self) -> bool:
-        return (self.handle and self.decision is not None and self.decision.handled
+        return (self.handle and self.decision is not None and self.decision.local
                 and not self.audit)
 
 
@@ -456,7 +456,7 @@ class TracedTask:
             return _Plan(None)
         try:
             version, decision = self._route(text)
-            if decision is None or not decision.handled:
+            if decision is None or not decision.local:
                 self.stats.add(deferred=1)
                 return _Plan(text, decision, version=version)
             if not self.routing_enabled():
@@ -465,7 +465,7 @@ class TracedTask:
             breaker = self.breaker
             if breaker is not None and breaker.tripped():
                 self.stats.add(deferred=1, breaker=1)
-                return _Plan(text, replace(decision, handled=False, reason="drift breaker tripped"),
+                return _Plan(text, replace(decision, local=False, reason="drift breaker tripped"),
                              version=version)
             if self._rng.random() < self.current_audit_rate():
                 self.stats.add(deferred=1, audited=1)
@@ -489,12 +489,12 @@ class TracedTask:
         if serving.router is None:
             return serving.version, None
         vector = self.embedder.embed_one(text)
-        decision = serving.router.route_vector(vector)
-        if decision.handled and serving.ood is not None:
+        decision = serving.router.route(text, vector)
+        if decision.local and serving.ood is not None:
             similarity = serving.ood.score(vector)
             if similarity < serving.ood.cut:
                 self.stats.add(outliers=1)
-                decision = replace(decision, handled=False, reason=(
+                decision = replace(decision, local=False, reason=(
                     f"out of distribution: similarity {similarity:.3f} to the nearest training"
                     f" prototype is below {serving.ood.cut:.3f}"))
         return serving.version, decision
@@ -537,7 +537,7 @@ class TracedTask:
                     if breaker.observe(agree, plan.version).tripped and not self._runner.running:
                         self.refit_in_background()
                 elif not routing:
-                    self._count_shadow(plan.version, decision.handled, agree)
+                    self._count_shadow(plan.version, decision.local, agree)
             fresh = self.store.incr(self.task, "new_valid_traces")
             if self._refit_due(fresh):
                 self.refit_in_background()

@@ -31,8 +31,8 @@ def test_certifies_every_target_of_the_frontier_in_one_fit():
 def test_held_out_agreement_meets_the_target():
     X, y = blobs(6000, dim=8, noise=1.0, seed=1)
     router = fit_router(X[:4000], y[:4000], serve_target=0.95)
-    decisions = router.route_vectors(X[4000:])
-    handled = np.array([d.handled for d in decisions])
+    decisions = router.route_many(None, X[4000:])
+    handled = np.array([d.local for d in decisions])
     agree = np.array([d.label for d in decisions]) == y[4000:]
     assert 0.3 < handled.mean() < 1.0
     assert agree[handled].mean() >= 0.95

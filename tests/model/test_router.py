@@ -20,18 +20,18 @@ def make_router() -> Router:
 def test_routes_single_and_batch_identically():
     router = make_router()
     x = np.array([[1, 0, 0, 0], [0.2, 0.25, 0.2, 0.1]], dtype=np.float32)
-    single = [router.route_vector(v) for v in x]
-    batch = router.route_vectors(x)
+    single = [router.route(None, v) for v in x]
+    batch = router.route_many(None, x)
     assert [d.label for d in single] == [d.label for d in batch] == ["a", "b"]
-    assert [d.handled for d in single] == [d.handled for d in batch] == [True, False]
+    assert [d.local for d in single] == [d.local for d in batch] == [True, False]
     assert single[0].score == pytest.approx(batch[0].score)
 
 
 def test_an_uncertified_target_defers_everything_and_says_why():
     router = make_router()
     router.target = 0.99
-    decision = router.route_vector(np.array([1, 0, 0, 0], dtype=np.float32))
-    assert not decision.handled and decision.reason == "too few"
+    decision = router.route(None, np.array([1, 0, 0, 0], dtype=np.float32))
+    assert not decision.local and decision.reason == "too few"
     with pytest.raises(ConfigError):
         router.target = 1.5
 

@@ -82,7 +82,7 @@ def test_route_text_matches_the_router_in_process(client: httpx.Client, store: T
     body = r.json()
     assert body["label"] == "card_lost" and body["version"] == store.current_version("intent")
     local = TracedTask("intent", store=store, embedder=hashing_embedder()).route(text)
-    assert body["handled"] == local.handled and body["score"] == pytest.approx(local.score, 1e-5)
+    assert body["handled"] == local.local and body["score"] == pytest.approx(local.score, 1e-5)
 
 
 def test_route_embedding_and_batches(client: httpx.Client) -> None:

@@ -68,11 +68,11 @@ def routing_latency(router: Router, X: np.ndarray, calls: int = 2000) -> dict[st
     for i in range(calls):
         vector = X[i % len(X)]
         started = time.perf_counter()
-        router.route_vector(vector)
+        router.route(None, vector)
         times.append(time.perf_counter() - started)
     repeats, started = 0, time.perf_counter()
     while time.perf_counter() - started < 0.5 or repeats < 3:
-        router.route_vectors(X)
+        router.route_many(None, X)
         repeats += 1
     elapsed = time.perf_counter() - started
     return {"median_ms": 1000 * statistics.median(times),
@@ -89,7 +89,7 @@ def text_latency(router: Router, embedder_factory: Callable[[], Embedder], texts
     for sink in (first, repeat):
         for text in texts:
             started = time.perf_counter()
-            router.route_vector(embedder.embed_one(text))
+            router.route(text, embedder.embed_one(text))
             sink.append(time.perf_counter() - started)
     return {"median_ms": 1000 * statistics.median(first),
             "p99_ms": 1000 * float(np.percentile(first, 99)),

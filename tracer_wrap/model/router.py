@@ -33,12 +33,12 @@ FORMAT = "tracer_wrap.linear-softmax.v1"
 class Decision:
     """What the router says about one input.
 
-    ``label`` is the surrogate's answer; ``handled`` says whether the gate accepts it (answer
+    ``label`` is the surrogate's answer; ``local`` says whether the gate accepts it (answer
     locally) or defers to the LLM; ``score`` is the acceptor score compared with ``threshold``.
     """
 
     label: str | None
-    handled: bool
+    local: bool
     score: float
     threshold: float | None
     reason: str = ""
@@ -114,17 +114,13 @@ class Router:
         prob = 1.0 / np.exp(shifted).sum(axis=1)
         return top, prob
 
-    def route_vector(self, vector: np.ndarray) -> Decision:
-        """Decision for one embedded input of shape ``(dim,)``."""
-        logits = self.weights @ np.asarray(vector, dtype=np.float32) + self.bias
-        top = int(logits.argmax())
-        score = float(1.0 / np.exp(logits - logits[top]).sum())
-        handled = score >= self._threshold
-        reason = "accepted" if handled else (self._cert.reason or "score below threshold")
-        return Decision(self.labels[top], handled, score, self._cert.threshold, reason)
+    def route(self, text: str | None, vector: np.ndarray) -> Decision:
+        """Decision for one input: its text (None when only the embedding is known, as in the
+        sidecar's route-by-embedding) and its embedding, shape ``(dim,)``."""
+        return self.route_many(None if text is None else [text], np.asarray(vector)[None, :])[0]
 
-    def route_vectors(self, vectors: np.ndarray) -> list[Decision]:
-        """Decisions for a batch of embedded inputs, shape ``(n, dim)``."""
+    def route_many(self, texts: Sequence[str] | None, vectors: np.ndarray) -> list[Decision]:
+        """Decisions for a batch: ``texts`` (or None) and their embeddings, shape ``(n, dim)``."""
         top, prob = self.scores(vectors)
         threshold = self._cert.threshold
         refused = self._cert.reason or "score below threshold"

@@ -129,11 +129,11 @@ def _route_all(store: Store, task: str, version: int, manifest: dict[str, Any],
         raise ConfigError(f"embedder {embedder.name!r} gives {vectors.shape[1]} dimensions; "
                           f"version {version} of {task!r} expects {router.dim} "
                           f"(fitted with {manifest.get('embedder')!r})")
-    decisions = router.route_vectors(vectors)
+    decisions = router.route_many([t.input for t in traces], vectors)
     logits = vectors @ router.weights.T + router.bias
     top2 = np.argsort(-logits, axis=1)[:, :2]
     return _Routed(traces, [d.label or "" for d in decisions],
-                   np.array([d.handled for d in decisions], dtype=bool),
+                   np.array([d.local for d in decisions], dtype=bool),
                    np.array([d.score for d in decisions]), top2, router.labels)
 
 

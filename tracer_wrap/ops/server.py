@@ -180,8 +180,8 @@ class _Sidecar:
                 fault("sidecar embedding", ValueError("embedder dimension differs from router"))
                 return served, [_deferred("embedder does not match the router")] * n
         if rows:
-            for i, d in zip(rows, router.route_vectors(matrix)):
-                out[i] = {"label": d.label, "handled": d.handled, "score": d.score,
+            for i, d in zip(rows, router.route_many(None if vectors is not None else [texts[i] for i in rows], matrix)):
+                out[i] = {"label": d.label, "handled": d.local, "score": d.score,
                           "reason": d.reason}
         return served, out  # type: ignore[return-value]
 
