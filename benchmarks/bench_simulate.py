@@ -2,7 +2,7 @@
 
 Teachers: gold labels, and the simulated LLM (15% confusions between neighbouring intents,
 mostly on ambiguous queries). The shipped Banking77 copy is embedded once with MiniLM (cached in
-``--cache``). Prints handled share, handled agreement, LLM calls, refits and the coverage curve.
+``--cache``). Prints local share, local agreement, LLM calls, refits and the coverage curve.
 
     .venv/bin/python benchmarks/bench_simulate.py [--target 0.95] [--refit-every 500]
 """
@@ -60,8 +60,8 @@ def main() -> None:
             r["seconds"] = round(time.perf_counter() - started, 1)
             results[f"{teacher}@{target}"] = r
             print(f"\n== teacher: {teacher}  ({r['n']} rows, {r['seconds']} s)")
-            agreement = r["handled_agreement"]
-            print(f"handled {r['handled']} ({r['handled_share']:.1%}), agreement"
+            agreement = r["local_agreement"]
+            print(f"local {r['local']} ({r['local_share']:.1%}), agreement"
                   f" {'-' if agreement is None else f'{agreement:.4f}'} (target {target}); LLM calls"
                   f" {r['llm_calls']} (audits {r['audit_calls']}); refits {r['refits']};"
                   f" breaker trips {r['breaker_trips']}; OOD deferrals {r['outliers_deferred']}")

@@ -38,13 +38,13 @@ def test_calls_go_to_the_llm_until_a_router_is_fitted_then_easy_ones_are_answere
     assert router.threshold is not None
     calls.clear()
     answers = [classify(text) for text in texts[800:]]
-    handled = 800 - len(calls)
-    assert handled > 400
+    local = 800 - len(calls)
+    assert local > 400
     agree = np.mean([a == gold[t] for a, t in zip(answers, texts[800:])])
     assert agree >= 0.95
     stats = classify.stats
-    assert (stats.calls, stats.handled, stats.deferred) == (1600, handled, 800 + len(calls))
-    # Every deferred call became a trace; handled calls did not.
+    assert (stats.calls, stats.local, stats.llm) == (1600, local, 800 + len(calls))
+    # Every call that went to the LLM became a trace; local answers did not.
     assert store.count("intents") == 800 + len(calls)
 
 
@@ -132,7 +132,9 @@ def test_fail_open_when_the_embedder_breaks(store, embedder, caplog):
     def broken(texts):
         raise RuntimeError("model crashed")
 
-    classify.task._embedder = Embedder.from_callable(broken)
+    # Same name as the embedder the router was fitted with, so the version is served and the
+    # failure is the model's.
+    classify.task._embedder = Embedder.from_callable(broken, name=embedder.name)
     calls.clear()
     with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
         results = [classify(text) for text in list(gold)[400:450]]

@@ -21,13 +21,15 @@ import pytest
 from _synthetic import LABELS, make_traces
 from llm_server import LLMServer, serve_llm
 
-import tracer_wrap.engine as flow
+import tracer_wrap.refit as refit_module
 from tracer_wrap import Embedder, TracedTask, TraceStore, traced_classifier
 from tracer_wrap.errors import EmbedderError, StoreError
 from tracer_wrap.integrations import wrap_anthropic, wrap_openai
 
 NAMES = sorted(LABELS)
-OPTIONS = {"min_traces": 50, "refit_every": None, "audit_rate": 0.0, "breaker": False}
+# refresh_seconds=0: task objects compared in one test see each other's versions at once.
+OPTIONS = {"min_traces": 50, "refit_every": None, "audit_rate": 0.0, "breaker": False,
+           "refresh_seconds": 0}
 
 
 def teacher(text: str) -> str:
@@ -146,10 +148,10 @@ def test_a_failing_store_is_logged_once_per_storm_and_recovers(tmp_path, embedde
     assert len(warnings(caplog, "failed")) == 1  # once for the storm, not per call
     assert task.stats.errors > 0 and store.count("t") == 100
     store.error = None  # the disk has room again
-    deferred = task.stats.deferred
+    deferred = task.stats.llm
     for text, label in rows[200:]:
         assert task.call(text, lambda label=label: label) == label
-    assert store.count("t") == 100 + (task.stats.deferred - deferred)  # logged again
+    assert store.count("t") == 100 + (task.stats.llm - deferred)  # logged again
 
 
 def test_a_real_disk_full_in_a_process_fails_open_and_recovers(tmp_path):
@@ -229,10 +231,10 @@ def test_an_embedder_that_fails_to_load_fails_open_then_recovers(store, embedder
     texts = list(rows)[:100]
     with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
         assert [task.call(t, lambda t=t: rows[t]) for t in texts] == [rows[t] for t in texts]
-    assert len(warnings(caplog, "routing failed")) == 1 and task.stats.handled == 0
+    assert len(warnings(caplog, "routing failed")) == 1 and task.stats.local == 0
     monkeypatch.setattr(Embedder, "default", classmethod(lambda cls, *a, **k: embedder))
     assert [task.call(t, lambda: "never") for t in texts].count("never") < len(texts)
-    assert task.stats.handled > 0
+    assert task.stats.local > 0
 
 
 # -- refits ------------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_a_refit_that_raises_is_logged_once_and_calls_go_on(store, embedder, mon
     def broken(**kwargs):
         raise MemoryError("fit ran out of memory")
 
-    monkeypatch.setattr(flow, "fit_router", broken)
+    monkeypatch.setattr(refit_module, "fit_router", broken)
     task = TracedTask("t", labels=NAMES, store=store, embedder=embedder, refit_executor="inline",
                       **{**OPTIONS, "refit_every": 20})
     with caplog.at_level(logging.WARNING, logger="tracer_wrap"):

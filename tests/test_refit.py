@@ -46,8 +46,11 @@ def slow_refit_embed(texts: list[str]) -> np.ndarray:
 
 
 def make_task(store: str | TraceStore, **kw: object) -> TracedTask:
+    # refresh_seconds=0: every call re-reads the store's current version, so tests that compare
+    # task objects (or processes) need not wait for a cache to expire.
     options: dict = dict(embedder=Embedder.from_callable(synth_embed, name="synth"), target=0.9,
-                         min_traces=100, refit_every=None, audit_rate=0.0, breaker=False)
+                         min_traces=100, refit_every=None, audit_rate=0.0, breaker=False,
+                         refresh_seconds=0)
     options.update(kw)
     return TracedTask("t", store=store, **options)
 
@@ -149,7 +152,7 @@ def serve_worker(store_path: str, worker: int, n: int, barrier: object, out: obj
     barrier.wait(timeout=120)  # type: ignore[attr-defined]
     task.call(f"c0 w{worker} last", lambda: llm("l0"))
     out.put({"worker": worker, "failures": failures, "errors": task.stats.errors,  # type: ignore[attr-defined]
-             "llm_calls": llm_calls, "handled": task.stats.handled,
+             "llm_calls": llm_calls, "local": task.stats.local,
              "seen": seen, "final": task.version,
              "current": task.store.current_version("t")})
 
@@ -169,7 +172,7 @@ def test_two_processes_share_refits_and_versions(tmp_path: Path) -> None:
     traces = store.traces("t")
     # No lost trace: every call that reached the LLM is in the store, once.
     assert sum(t.count for t in traces) == len(traces) == sum(r["llm_calls"] for r in results)
-    assert sum(r["handled"] for r in results) > 0
+    assert sum(r["local"] for r in results) > 0
     manifests = store.versions("t")
     assert len(manifests) >= 2 and store.counter("t", "refits") == len(manifests)
     spans = sorted((m["refit_started"], m["saved_at"]) for m in manifests)
@@ -224,7 +227,7 @@ def test_killed_fit_process_fails_open(tmp_path: Path) -> None:
     feed(task, 150)
     future = task.refit_in_background()
     assert future is not None
-    runner = task._runner
+    runner = task.refitter.runner
     pids: list[int] = []
     for _ in range(600):
         pids = runner.worker_pids()

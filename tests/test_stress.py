@@ -83,7 +83,7 @@ def serve(task: TracedTask, name: str, root: Path) -> dict:
     task.close(wait=True)
     refitted_here = [m for m in task.store.versions("t") if m.get("refit_pid") == os.getpid()]
     report = {"name": name, "pid": os.getpid(), "refits": len(refitted_here), "llm_calls": sum(llm_calls), "failures": failures,
-              "errors": task.stats.errors, "handled": task.stats.handled}
+              "errors": task.stats.errors, "local": task.stats.local}
     (root / f"done-{name}.json").write_text(json.dumps(report))
     wait_for(root / "final")
     final_calls: list[str] = []
@@ -137,12 +137,12 @@ def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path
     # Leave its refit worker thread alive, as a preloaded app would: it does not exist in a
     # forked child, which must start its own.
     deadline = time.monotonic() + 60
-    while task._runner.running and time.monotonic() < deadline:
+    while task.refitter.runner.running and time.monotonic() < deadline:
         time.sleep(0.01)
     future = task.refit_in_background()
     assert future is not None
     future.result(timeout=60)
-    assert task.version is not None and task._runner._threads is not None
+    assert task.version is not None and task.refitter.runner._threads is not None
     fork, spawn = multiprocessing.get_context("fork"), multiprocessing.get_context("spawn")
     procs = [fork.Process(target=forked_worker, args=(f"fork{i}", str(tmp_path))) for i in range(2)]
     procs += [spawn.Process(target=spawned_worker, args=(f"spawn{i}", str(tmp_path)))
@@ -182,4 +182,4 @@ def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path
     for r in reports:
         assert r["failures"] == [] and r["errors"] == 0, r
         assert r["final"] == r["current"] == newest, r
-    assert sum(r["llm_calls"] for r in reports) > 100 and sum(r["handled"] for r in reports) > 100
+    assert sum(r["llm_calls"] for r in reports) > 100 and sum(r["local"] for r in reports) > 100

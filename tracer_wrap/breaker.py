@@ -28,19 +28,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import names
 from ._log import logger
 from .errors import ConfigError
-from .store import Store
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = ["BreakerStatus", "DriftBreaker"]
 
-#: Store setting holding the last trip: ``{"version", "reason", "at", "seq", ...}``.
-TRIP_SETTING = "breaker"
-#: Store setting: traces with a sequence number at or below it predate the last trip, so they
-#: are no longer exchangeable with live traffic and must not calibrate.
-CALIBRATE_FROM_SETTING = "calibrate_after_seq"
 #: A version trips at most once (the claim makes racing processes agree on who records it).
 _TRIP_CLAIM_SECONDS = 365 * 24 * 3600.0
 
@@ -103,30 +101,30 @@ class DriftBreaker:
         stops answering locally) and logs a warning; the returned status has ``tripped`` set.
         The caller is expected to schedule a refit.
         """
-        epoch = self.store.counter(self.task, "breaker_epoch")
+        epoch = self.store.counter(self.task, names.COUNTER_BREAKER_EPOCH)
         if not agree:
-            self.store.incr(self.task, f"breaker:e{epoch}:bad")
-        n = self.store.incr(self.task, f"breaker:e{epoch}:n")
+            self.store.incr(self.task, names.counter_breaker(epoch, "bad"))
+        n = self.store.incr(self.task, names.counter_breaker(epoch, "n"))
         status = self.status(epoch=epoch, audits=n)
         if status.tripped:
             return status
-        if status.llr >= self.upper and self.store.claim(self.task, f"breaker:e{epoch}:trip",
+        if status.llr >= self.upper and self.store.claim(self.task, names.claim_breaker_trip(epoch),
                                                           ttl=_TRIP_CLAIM_SECONDS):
             return self._trip(version, status)
         if status.llr <= self.lower:
             # Enough evidence that all is fine so far: restart, so the past cannot absorb a
             # later drift.
-            self.store.set_setting(self.task, f"breaker:e{epoch}:base",
+            self.store.set_setting(self.task, names.setting_breaker_base(epoch),
                                    [status.audits, status.disagreements])
         return status
 
     def status(self, *, epoch: int | None = None, audits: int | None = None) -> BreakerStatus:
         """The current test, read from the store."""
         store, task = self.store, self.task
-        epoch = store.counter(task, "breaker_epoch") if epoch is None else epoch
-        n = store.counter(task, f"breaker:e{epoch}:n") if audits is None else audits
-        bad = store.counter(task, f"breaker:e{epoch}:bad")
-        n0, bad0 = store.get_setting(task, f"breaker:e{epoch}:base", [0, 0])
+        epoch = store.counter(task, names.COUNTER_BREAKER_EPOCH) if epoch is None else epoch
+        n = store.counter(task, names.counter_breaker(epoch, "n")) if audits is None else audits
+        bad = store.counter(task, names.counter_breaker(epoch, "bad"))
+        n0, bad0 = store.get_setting(task, names.setting_breaker_base(epoch), [0, 0])
         wn, wbad = max(0, n - n0), max(0, bad - bad0)
         llr = wbad * self.disagree_llr + (wn - wbad) * self.agree_llr
         record = self.last_trip()
@@ -150,7 +148,7 @@ class DriftBreaker:
 
     def last_trip(self) -> dict[str, Any] | None:
         """The record of the trip in force (None when not tripped)."""
-        record = self.store.get_setting(self.task, TRIP_SETTING)
+        record = self.store.get_setting(self.task, names.SETTING_BREAKER)
         return record if isinstance(record, dict) else None
 
     def reset(self) -> None:
@@ -159,9 +157,9 @@ class DriftBreaker:
         stays readable under the ``breaker_last_trip`` setting."""
         record = self.last_trip()
         if record is not None:
-            self.store.set_setting(self.task, "breaker_last_trip", record)
-        self.store.incr(self.task, "breaker_epoch")
-        self.store.set_setting(self.task, TRIP_SETTING, None)
+            self.store.set_setting(self.task, names.SETTING_BREAKER_LAST_TRIP, record)
+        self.store.incr(self.task, names.COUNTER_BREAKER_EPOCH)
+        self.store.set_setting(self.task, names.SETTING_BREAKER, None)
         with self._lock:
             self._cached = (False, self._clock())
 
@@ -171,12 +169,12 @@ class DriftBreaker:
                   f" disagreed with the LLM (agreement {agreement:.3f}); the sequential test says"
                   f" live agreement is below the target {self.target:g}")
         seq = self.store.count(self.task)
-        self.store.set_setting(self.task, CALIBRATE_FROM_SETTING, seq)
-        self.store.set_setting(self.task, TRIP_SETTING, {
+        self.store.set_setting(self.task, names.SETTING_CALIBRATE_AFTER, seq)
+        self.store.set_setting(self.task, names.SETTING_BREAKER, {
             "version": version, "reason": reason, "at": time.time(), "seq": seq,
             "audits": status.audits, "disagreements": status.disagreements,
         })
-        self.store.incr(self.task, "breaker_trips")
+        self.store.incr(self.task, names.COUNTER_BREAKER_TRIPS)
         with self._lock:
             self._cached = (True, self._clock())
         logger.warning("tracer_wrap drift breaker tripped for %r, version %s: %s. Every call goes"

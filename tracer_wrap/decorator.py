@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import wrapt
 
-from .model.embedder import Embedder
-from .model.fit import DEFAULT_TARGETS
-from .engine import Stats, TracedTask
-from .privacy import Redactor, StoreInputs
-from .refit import ExecutorKind, RefitPolicy
-from .model.router import Decision, Router
-from .store import Store
+from .engine import Reply, Stats, TracedTask
+from .model.router import Router
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import TaskKwargs
 
 __all__ = ["TracedClassifier", "traced_classifier"]
 
@@ -55,11 +55,11 @@ def _text_getter(fn: Callable[..., Any], text_arg: str | int
                  ) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], object]:
     """A function finding the text argument of a call; position 0 skips a method's ``self``."""
     signature = inspect.signature(fn)
-    names = list(signature.parameters)
+    params = list(signature.parameters)
 
     def text_of(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
         # wrapt passes a method's instance apart from ``args``; bind it back where it belongs.
-        bound_self = instance is not None and names and names[0] in ("self", "cls")
+        bound_self = instance is not None and bool(params) and params[0] in ("self", "cls")
         try:
             arguments = signature.bind_partial(*((instance,) if bound_self else ()), *args,
                                                **kwargs).arguments
@@ -68,7 +68,7 @@ def _text_getter(fn: Callable[..., Any], text_arg: str | int
         if isinstance(text_arg, str):
             return arguments.get(text_arg)
         position = text_arg + (1 if bound_self else 0)
-        return arguments.get(names[position]) if position < len(names) else None
+        return arguments.get(params[position]) if position < len(params) else None
 
     return text_of
 
@@ -81,25 +81,10 @@ def traced_classifier(fn: Callable[P, R], /) -> TracedClassifier[P, R]: ...
 def traced_classifier(
     *,
     task: str | None = None,
-    labels: Iterable[str] | None = None,
-    target: float = 0.95,
-    delta: float = 0.05,
-    store: Store | str | None = None,
-    embedder: Embedder | None = None,
-    min_traces: int = 200,
-    refit_every: int | None = 500,
-    routing: bool = True,
-    audit_rate: float | Callable[[int], float] = 0.02,
-    targets: Sequence[float] = DEFAULT_TARGETS,
-    refit_policy: RefitPolicy | None = None,
-    refit_executor: ExecutorKind = "thread",
-    breaker: bool | Mapping[str, Any] = True,
-    redact: Redactor | None = None,
-    store_inputs: StoreInputs = "raw",
-    retention: Mapping[str, Any] | None = None,
     text_arg: str | int = 0,
     label_of: Callable[[Any], object] | None = None,
     answer: Callable[[str], Any] | None = None,
+    **options: Unpack[TaskKwargs],
 ) -> Callable[[Callable[P, R]], TracedClassifier[P, R]]: ...
 
 
@@ -113,33 +98,29 @@ def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | No
     argument (or ``text_arg``, a name or position). The function's return value is its label,
     unless ``label_of(result)`` extracts it; a local answer returns the label, or
     ``answer(label)`` to build the function's usual return type. The task name defaults to the
-    function's qualified name. Other options are those of :class:`TracedTask`; options not given
-    come from ``TRACER_WRAP_*`` variables and ``tracer_wrap.toml`` (:mod:`tracer_wrap.options`).
-    A bad value raises ConfigError at decoration time. Inside calls tracer_wrap fails open.
+    function's qualified name. The other options are the task options
+    (:class:`~tracer_wrap.options.TaskOptions`); those not given come from ``TRACER_WRAP_*``
+    variables and ``tracer_wrap.toml``. A bad value raises ConfigError at decoration time.
+    Inside calls tracer_wrap fails open; the function's own errors propagate unchanged.
     """
 
     def decorate(func: Callable[..., Any]) -> TracedClassifier[..., Any]:
         name = f"{func.__module__}.{func.__qualname__}" if task is None else task
-        traced = TracedTask.configured(name, **options)
+        traced = TracedTask(name, **options)
         text_of = _text_getter(func, text_arg)
-        to_label = label_of or (lambda result: result)
-        to_result = answer or (lambda label: label)
-
-        def local(decision: Decision) -> Any:
-            return to_result(decision.label)
+        reply: Reply[Any] = Reply(label_of=label_of or (lambda result: result),
+                                  build=answer or (lambda label: label))
 
         if inspect.iscoroutinefunction(func):
             async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                               kwargs: dict[str, Any]) -> Any:
                 return await traced.acall(text_of(instance, args, kwargs),
-                                          lambda: wrapped(*args, **kwargs),
-                                          label_of=to_label, answer=local)
+                                          lambda: wrapped(*args, **kwargs), reply)
         else:
             def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
                 return traced.call(text_of(instance, args, kwargs),
-                                   lambda: wrapped(*args, **kwargs),
-                                   label_of=to_label, answer=local)
+                                   lambda: wrapped(*args, **kwargs), reply)
 
         return TracedClassifier(func, wrapper, traced)
 

@@ -49,6 +49,8 @@ ENV_AUTOLOG_ROUTING = "TRACER_WRAP_AUTOLOG_ROUTING"
 CONFIG_FILE = "tracer_wrap.toml"
 DEFAULT_STORE = ".tracer_wrap"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
+#: The embedder name that selects the tiny deterministic hashing embedder (tests, quick trials).
+HASHING_EMBEDDER = "hashing"
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})

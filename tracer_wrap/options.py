@@ -1,41 +1,63 @@
-"""tracer_wrap's configuration, in one place.
+"""Task options: one object, validated once, whichever source each value comes from.
 
-Order of precedence, strongest first (a source only sets the options it names):
+:class:`TaskOptions` holds every option of a task. :meth:`TaskOptions.resolve` fills the options a
+caller did not give from, strongest first:
 
-1. **Constructor arguments** — the ``explicit`` mapping given to :func:`task_options` (keys whose
-   value is ``None`` count as not given, except ``refit_every``, where ``None`` means "never").
-2. **Environment variables** ``TRACER_WRAP_*`` (:data:`ENV_VARS`), e.g. ``TRACER_WRAP_TARGET=0.97``.
+1. **Arguments** (``@traced_classifier(...)``, ``TracedTask(...)``, ``wrap_openai(...)``);
+   ``None`` counts as not given, except for ``refit_every``, where ``None`` means "never".
+2. **Environment variables** ``TRACER_WRAP_<OPTION>`` (:func:`tracer_wrap.names.option_env_var`),
+   e.g. ``TRACER_WRAP_TARGET=0.97``; ``TRACER_WRAP_PRICE_PER_CALL`` and its two token siblings set
+   the price.
 3. **The configuration file** in the working directory: ``tracer_wrap.toml`` if it exists, else
-   the ``[tool.tracer_wrap]`` table of ``pyproject.toml``. Inside it, a task's own table
-   ``[tasks."name"]`` (``[tool.tracer_wrap.tasks."name"]``) beats the top-level keys.
-4. **Defaults** (:data:`DEFAULTS`), the same as :class:`tracer_wrap.TracedTask`'s.
+   the ``[tool.tracer_wrap]`` table of ``pyproject.toml``. A task's own table ``[tasks."name"]``
+   beats the top-level keys.
+4. **Defaults** (the field defaults of :class:`TaskOptions`).
 
 Example ``tracer_wrap.toml``::
 
     store = "/var/lib/tracer_wrap"
     target = 0.95
-    audit_rate = 0.02
+    price = { per_call = 0.0004 }
 
     [tasks."support-intent"]
     target = 0.98
     min_traces = 500
+    redact = "pii"
 
-A misspelt key, a value of the wrong type or out of range raises :class:`ConfigError` naming where
-it came from; nothing is silently ignored.
+A misspelt key, a value of the wrong type or out of range raises :class:`ConfigError` naming the
+source it came from; nothing is silently ignored. Options that only code can give (functions,
+objects: ``refit_policy``, a callable ``audit_rate`` or ``redact``, an open store or embedder,
+``rng``, ``clock``, ``monotonic``) are refused in the environment and the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import random
 import sys
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from . import names
-from .model.embedder import Embedder
+from .accounting import Price
 from .errors import ConfigError
-from .store import Store
+from .model.fit import DEFAULT_TARGETS
+from .model.ood import DEFAULT_QUANTILE
+from .privacy import Redactor, StoreInputs, check_retention, redact_pii
+from .refit import ExecutorKind, RefitPolicy
+from .versions import DEFAULT_KEEP
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .model.embedder import Embedder
+    from .store import Store
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,44 +67,329 @@ else:  # pragma: no cover - exercised on 3.10 only
     except ImportError:
         tomllib = None  # type: ignore[assignment]
 
-__all__ = ["DEFAULTS", "ENV_VARS", "FILE_NAME", "load_file", "make_embedder", "task_options"]
+__all__ = ["BREAKER_OPTIONS", "TaskKwargs", "TaskOptions", "load_file", "store_spec"]
 
-#: Name of the configuration file looked up in the working directory.
-FILE_NAME = "tracer_wrap.toml"
+#: Options a ``breaker`` mapping may set (see :class:`tracer_wrap.breaker.DriftBreaker`).
+BREAKER_OPTIONS = frozenset({"margin", "alpha", "beta", "refresh_seconds"})
+#: A refit holding its claim longer than this (seconds) is presumed dead and its claim lapses.
+REFIT_CLAIM_SECONDS = 15 * 60.0
 
-#: Options :func:`task_options` resolves and their defaults (those of ``TracedTask``).
-DEFAULTS: dict[str, Any] = {
-    "target": 0.95,
-    "delta": 0.05,
-    "min_traces": 200,
-    "refit_every": 500,
-    "routing": True,
-    "audit_rate": 0.02,
-    "store": None,  # TracedTask then uses $TRACER_WRAP_STORE or ./.tracer_wrap
-}
+AuditRate = float | Callable[[int], float]
 
-#: Environment variable of each option.
-ENV_VARS: dict[str, str] = {
-    "target": "TRACER_WRAP_TARGET",
-    "delta": "TRACER_WRAP_DELTA",
-    "min_traces": "TRACER_WRAP_MIN_TRACES",
-    "refit_every": "TRACER_WRAP_REFIT_EVERY",
-    "routing": "TRACER_WRAP_ROUTING",
-    "audit_rate": "TRACER_WRAP_AUDIT_RATE",
-    "store": names.ENV_STORE,
-}
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+@dataclass(frozen=True)
+class TaskOptions:
+    """Every option of a task, validated (``ConfigError`` names the bad value and its source).
+
+    ``labels``
+        The label set; LLM outputs are matched against it (case, spaces, quotes). ``None``
+        accepts any output.
+    ``target``, ``delta``
+        Agreement with the LLM that the router must certify on what it answers, and the allowed
+        probability that the certificate is wrong (over the calibration draw).
+    ``targets``
+        Targets certified at each fit (the frontier); ``target`` is always among them.
+    ``store``
+        A store, a directory or a ``redis://`` URL.
+    ``embedder``
+        An :class:`~tracer_wrap.model.embedder.Embedder` or the name of one
+        (:func:`~tracer_wrap.model.embedder.make_embedder`: a sentence-transformers model or
+        ``"hashing"``). A router is only served by an embedder of the name it was fitted with.
+    ``min_traces``, ``refit_every``, ``refit_policy``, ``refit_executor``, ``refit_claim_ttl``
+        No router before ``min_traces`` valid traces; refit after ``refit_every`` new valid
+        traces (``None``: only on ``refit()``) unless a ``refit_policy`` says otherwise; where the
+        fit runs (``"thread"``, ``"process"``, ``"inline"``); when a dead refit's claim lapses.
+    ``keep_versions``
+        Router versions kept in the store besides the current and the pinned one.
+    ``routing``
+        ``False`` is shadow mode (nothing answered locally; traces logged, the router scored).
+        The store's routing switch (``tracer-wrap routing TASK on|off``) overrides it.
+    ``audit_rate``
+        Share of calls the router would answer that still go to the LLM (random audit samples).
+        A number starts at that rate and falls as ``sqrt(1000 / n_calibration)`` of the served
+        router, to a quarter of it; a callable maps ``n_calibration`` to the rate.
+    ``breaker``
+        Run the drift breaker on audit samples; a mapping passes its options
+        (:data:`BREAKER_OPTIONS`).
+    ``ood_quantile``
+        Share of training traces the out-of-distribution cut would defer; ``None``: no OOD check.
+    ``fit_options``
+        Extra keyword arguments of :func:`tracer_wrap.model.fit.fit_router`.
+    ``refresh_seconds``
+        How stale this process's view of the store's current version, routing switch and breaker
+        may be.
+    ``redact``, ``store_inputs``, ``retention``
+        Privacy (:mod:`tracer_wrap.privacy`): a function applied to inputs before they are stored
+        (``"pii"``: :func:`~tracer_wrap.privacy.redact_pii`); ``"hash"`` stores only input hashes;
+        ``{"max_traces", "max_age_seconds"}`` pruned after each refit.
+    ``price``
+        What one LLM call of the task costs: a :class:`~tracer_wrap.accounting.Price`, a mapping
+        of its fields, or a number (per call). Savings are counted at this price.
+    ``rng``, ``clock``, ``monotonic``
+        Audit sampling and clocks, injectable for tests.
+    """
+
+    labels: tuple[str, ...] | None = None
+    target: float = 0.95
+    delta: float = 0.05
+    targets: tuple[float, ...] = DEFAULT_TARGETS
+    store: Store | str | None = None
+    embedder: Embedder | str | None = None
+    min_traces: int = 200
+    refit_every: int | None = 500
+    refit_policy: RefitPolicy | None = None
+    refit_executor: ExecutorKind = "thread"
+    refit_claim_ttl: float = REFIT_CLAIM_SECONDS
+    keep_versions: int = DEFAULT_KEEP
+    routing: bool = True
+    audit_rate: AuditRate = 0.02
+    breaker: bool | Mapping[str, float] = True
+    ood_quantile: float | None = DEFAULT_QUANTILE
+    fit_options: Mapping[str, Any] = field(default_factory=dict)
+    refresh_seconds: float = 1.0
+    redact: Redactor | None = None
+    store_inputs: StoreInputs = "raw"
+    retention: Mapping[str, float] | None = None
+    price: Price | None = None
+    rng: random.Random | None = None
+    clock: Callable[[], float] = time.time
+    monotonic: Callable[[], float] = time.monotonic
+    #: Where each value came from, for error messages (not an option).
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for spec in _SPECS.values():
+            value = getattr(self, spec.name)
+            if value is None and spec.nullable:
+                continue
+            where = self.sources.get(spec.name, f"argument {spec.name}")
+            object.__setattr__(self, spec.name, spec.check(value, where))
+        if self.target not in self.targets:
+            object.__setattr__(self, "targets", tuple(sorted({*self.targets, self.target})))
+
+    @classmethod
+    def resolve(cls, task: str, explicit: Mapping[str, Any] | None = None, *,
+                environ: Mapping[str, str] | None = None,
+                cwd: str | os.PathLike[str] | None = None) -> TaskOptions:
+        """The options of ``task``: ``explicit`` arguments, then the environment, then the
+        configuration file, then the defaults (see the module docstring).
+
+        ``environ`` defaults to ``os.environ`` and ``cwd`` to the working directory. Raises
+        ConfigError on an unknown option or key, or an invalid value (naming its source).
+        """
+        environ = os.environ if environ is None else environ
+        explicit = dict(explicit or {})
+        unknown = set(explicit) - set(_SPECS)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {sorted(unknown)}; known: {sorted(_SPECS)}")
+        layers = _file_layers(task, cwd)
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for spec in _SPECS.values():
+            if spec.name in explicit and (explicit[spec.name] is not None
+                                          or spec.name == "refit_every"):
+                values[spec.name], sources[spec.name] = explicit[spec.name], f"argument {spec.name}"
+                continue
+            from_env = spec.from_env(environ)
+            if from_env is not None:
+                values[spec.name], sources[spec.name] = from_env
+                continue
+            for layer, where in reversed(layers):
+                if spec.name in layer:
+                    if not spec.in_file:
+                        raise ConfigError(f"{where}: {spec.name} can only be set in code")
+                    values[spec.name] = spec.from_file(layer[spec.name], f"{where}: {spec.name}")
+                    sources[spec.name] = f"{where}: {spec.name}"
+                    break
+        return cls(**values, sources=sources)
+
+    def replace(self, **changes: Any) -> TaskOptions:
+        """A copy with ``changes`` applied and validated."""
+        sources = {**self.sources, **{k: f"argument {k}" for k in changes}}
+        return dataclasses.replace(self, **changes, sources=sources)
+
+
+class TaskKwargs(TypedDict, total=False):
+    """The task options as keyword arguments (``**options: Unpack[TaskKwargs]``), for type
+    checkers. ``tests/test_options.py`` checks that it lists exactly the fields of
+    :class:`TaskOptions`."""
+
+    labels: Iterable[str] | None
+    target: float
+    delta: float
+    targets: Sequence[float]
+    store: Store | str | os.PathLike[str] | None
+    embedder: Embedder | str | None
+    min_traces: int
+    refit_every: int | None
+    refit_policy: RefitPolicy | None
+    refit_executor: ExecutorKind
+    refit_claim_ttl: float
+    keep_versions: int
+    routing: bool
+    audit_rate: AuditRate
+    breaker: bool | Mapping[str, float]
+    ood_quantile: float | None
+    fit_options: Mapping[str, Any]
+    refresh_seconds: float
+    redact: Redactor | Literal["pii"] | None
+    store_inputs: StoreInputs
+    retention: Mapping[str, float] | None
+    price: Price | Mapping[str, float] | float | None
+    rng: random.Random | None
+    clock: Callable[[], float]
+    monotonic: Callable[[], float]
+
+
+def options_of(task: str, **explicit: Unpack[TaskKwargs]) -> TaskOptions:
+    """:meth:`TaskOptions.resolve` with keyword arguments, typed."""
+    return TaskOptions.resolve(task, explicit)
+
+
+# -- where the default store is ------------------------------------------------------------------
+
+
+def store_spec(explicit: Store | str | os.PathLike[str] | None = None, *,
+               environ: Mapping[str, str] | None = None,
+               cwd: str | os.PathLike[str] | None = None) -> Store | str:
+    """The store every command and task uses when it names none: ``explicit``, else
+    ``$TRACER_WRAP_STORE``, else the ``store`` key of the configuration file, else
+    ``./.tracer_wrap``. Raises ConfigError on an invalid file."""
+    if explicit is not None:
+        return explicit if not isinstance(explicit, os.PathLike) else os.fspath(explicit)
+    environ = os.environ if environ is None else environ
+    from_env = environ.get(names.ENV_STORE, "").strip()
+    if from_env:
+        return from_env
+    for layer, where in reversed(_file_layers(None, cwd)):
+        if "store" in layer:
+            return str(_check_store(layer["store"], f"{where}: store"))
+    return names.DEFAULT_STORE
+
+
+# -- the configuration file ----------------------------------------------------------------------
+
+_file_cache: dict[tuple[str, float], tuple[dict[str, Any], str | None]] = {}
+_file_lock = threading.Lock()
+
+
+def load_file(cwd: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], str | None]:
+    """The tracer_wrap table of the configuration file in ``cwd`` and the file's path.
+
+    ``tracer_wrap.toml`` wins over ``pyproject.toml``'s ``[tool.tracer_wrap]``; ``({}, None)``
+    when neither exists. A file is parsed once per modification time. Raises ConfigError on
+    invalid TOML.
+    """
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    for path, inner in ((base / names.CONFIG_FILE, ()), (base / "pyproject.toml",
+                                                        ("tool", "tracer_wrap"))):
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            continue
+        key = (str(path), mtime)
+        with _file_lock:
+            cached = _file_cache.get(key)
+        if cached is None:
+            cached = _parse(path, inner)
+            with _file_lock:
+                _file_cache[key] = cached
+        if cached[1] is not None:
+            return cached
+    return {}, None
+
+
+def _parse(path: Path, inner: tuple[str, ...]) -> tuple[dict[str, Any], str | None]:
+    if tomllib is None:
+        raise ConfigError(f"reading {path} needs tomli on Python 3.10: pip install tomli")
+    try:
+        data: Any = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    for key in inner:
+        data = data.get(key, {}) if isinstance(data, dict) else {}
+    if inner and not data:
+        return {}, None  # a pyproject.toml without a tracer_wrap table
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the tracer_wrap table is not a table")
+    return data, str(path)
+
+
+def _file_layers(task: str | None, cwd: str | os.PathLike[str] | None
+                 ) -> list[tuple[Mapping[str, Any], str]]:
+    """The file's top-level table and ``task``'s own table, weakest first; unknown keys raise."""
+    table, path = load_file(cwd)
+    if path is None:
+        return []
+    tasks_table = table.get("tasks", {})
+    if not isinstance(tasks_table, dict):
+        raise ConfigError(f"{path}: 'tasks' must be a table of per-task tables")
+    layers: list[tuple[Mapping[str, Any], str]] = [(table, path)]
+    if task is not None and task in tasks_table:
+        layers.append((tasks_table[task], f'{path} [tasks."{task}"]'))
+    for layer, where in layers:
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{where}: must be a table")
+        extra = set(layer) - set(_SPECS) - ({"tasks"} if layer is table else set())
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}; known: {sorted(_SPECS)}")
+    return layers
+
+
+# -- one spec per option: how it is checked and read from text ---------------------------------
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    check: Callable[[Any, str], Any]
+    #: Parses the option's environment variable; None: not settable from the environment.
+    env: Callable[[str, str], Any] | None = None
+    in_file: bool = True
+    nullable: bool = False
+
+    def from_env(self, environ: Mapping[str, str]) -> tuple[Any, str] | None:
+        if self.name == "price":
+            return _price_from_env(environ)
+        var = names.option_env_var(self.name)
+        raw = environ.get(var, "")
+        if not raw.strip():
+            return None
+        where = f"${var}"
+        if self.env is None:
+            raise ConfigError(f"{where}: {self.name} cannot be set from the environment")
+        return self.env(raw.strip(), where), where
+
+    def from_file(self, value: Any, where: str) -> Any:
+        return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    return float(value)
 
 
 def _fraction(value: Any, where: str, *, zero_ok: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    low_ok = value >= 0.0 if zero_ok else value > 0.0
-    if not (low_ok and value <= 1.0):
+    number = _number(value, where)
+    low_ok = number >= 0.0 if zero_ok else number > 0.0
+    if not (low_ok and number <= 1.0):
         raise ConfigError(f"{where}: must be in {'[0' if zero_ok else '(0'}, 1], got {value!r}")
-    return float(value)
+    return number
+
+
+def _delta(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if not 0.0 < number < 1.0:
+        raise ConfigError(f"{where}: must be in (0, 1), got {value!r}")
+    return number
+
+
+def _positive(value: Any, where: str, *, zero_ok: bool = False) -> float:
+    number = _number(value, where)
+    if not (number >= 0 if zero_ok else number > 0):
+        raise ConfigError(f"{where}: must be a number {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+    return number
 
 
 def _count(value: Any, where: str, *, minimum: int) -> int:
@@ -103,130 +410,202 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
-def _path(value: Any, where: str) -> str | Store:
-    if isinstance(value, Store):  # a constructor may be handed an open store
-        return value
-    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-        raise ConfigError(f"{where}: expected a directory path, got {value!r}")
-    return str(value)
+def _bool_text(raw: str, where: str) -> bool:
+    if raw.lower() in names.TRUE_WORDS:
+        return True
+    if raw.lower() in names.FALSE_WORDS:
+        return False
+    raise ConfigError(f"{where}: expected true or false, got {raw!r}")
 
 
-_CHECKS: dict[str, Callable[[Any, str], Any]] = {
-    "target": _fraction,
-    "delta": _fraction,
-    "audit_rate": lambda v, w: _fraction(v, w, zero_ok=True),
-    "min_traces": lambda v, w: _count(v, w, minimum=10),
-    "refit_every": _refit_every,
-    "routing": _bool,
-    "store": _path,
-}
-
-
-def _from_env_text(name: str, raw: str, where: str) -> Any:
-    """Parse an environment variable's text into the option's type."""
-    text = raw.strip()
-    if name == "store":
-        return text
-    if name == "routing":
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {raw!r}")
-    if name == "refit_every" and text.lower() in {"", "none", "never", "0"}:
-        return None
+def _float_text(raw: str, where: str) -> float:
     try:
-        return int(text) if name in {"min_traces", "refit_every"} else float(text)
+        return float(raw)
     except ValueError:
         raise ConfigError(f"{where}: expected a number, got {raw!r}") from None
 
 
-def load_file(cwd: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], str | None]:
-    """The tracer_wrap table of the configuration file in ``cwd`` and the file's path.
-
-    ``tracer_wrap.toml`` wins over ``pyproject.toml``'s ``[tool.tracer_wrap]``; ``({}, None)``
-    when neither exists. Raises ConfigError on invalid TOML.
-    """
-    base = Path(cwd) if cwd is not None else Path.cwd()
-    own, pyproject = base / FILE_NAME, base / "pyproject.toml"
-    for path, inner in ((own, ()), (pyproject, ("tool", "tracer_wrap"))):
-        if not path.is_file():
-            continue
-        if tomllib is None:
-            raise ConfigError(f"reading {path} needs tomli on Python 3.10: pip install tomli")
-        try:
-            data: Any = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        for key in inner:
-            data = data.get(key, {}) if isinstance(data, dict) else {}
-        if path == pyproject and not data:
-            continue
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the tracer_wrap table is not a table")
-        return data, str(path)
-    return {}, None
+def _int_text(raw: str, where: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{where}: expected an integer, got {raw!r}") from None
 
 
-def task_options(
-    task: str,
-    explicit: Mapping[str, Any] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments for :class:`tracer_wrap.TracedTask` of ``task``, every source merged.
+def _none_or(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
+    def parse_or_none(raw: str, where: str) -> Any:
+        return None if raw.lower() in {"none", "never", "off", "0"} else parse(raw, where)
+    return parse_or_none
 
-    Returns a value for each key of :data:`DEFAULTS`, taken from the strongest source that sets
-    it (see the module docstring). ``environ`` defaults to ``os.environ`` and ``cwd`` to the
-    working directory. Raises ConfigError on an unknown key or an invalid value.
-    """
-    environ = os.environ if environ is None else environ
-    explicit = dict(explicit or {})
-    unknown = set(explicit) - set(DEFAULTS)
+
+def _labels(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{where}: labels must be a collection of strings, got {value!r}")
+    labels = tuple(value)
+    if not labels or not all(isinstance(v, str) and v.strip() for v in labels):
+        raise ConfigError(f"{where}: labels must be non-empty strings, got {list(labels)!r}")
+    return labels
+
+
+def _targets(value: Any, where: str) -> tuple[float, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(f"{where}: expected a list of targets, got {value!r}")
+    targets = tuple(sorted({_fraction(v, where) for v in value}))
+    if not targets:
+        raise ConfigError(f"{where}: targets must not be empty")
+    return targets
+
+
+def _check_store(value: Any, where: str) -> Any:
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str):
+        if not value.strip():
+            raise ConfigError(f"{where}: expected a directory or a redis:// URL, got {value!r}")
+        return value
+    if hasattr(value, "append") and hasattr(value, "current_version"):  # an open store
+        return value
+    raise ConfigError(f"{where}: expected a store, a directory or a redis:// URL, got {value!r}")
+
+
+def _check_embedder(value: Any, where: str) -> Any:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if hasattr(value, "embed") and hasattr(value, "name"):  # an Embedder
+        return value
+    raise ConfigError(f"{where}: expected an Embedder or an embedder name, got {value!r}")
+
+
+def _executor(value: Any, where: str) -> ExecutorKind:
+    if value not in ("thread", "process", "inline"):
+        raise ConfigError(f"{where}: must be 'thread', 'process' or 'inline', got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _audit_rate(value: Any, where: str) -> AuditRate:
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    return _fraction(value, where, zero_ok=True)
+
+
+def _breaker(value: Any, where: str) -> bool | Mapping[str, float]:
+    if isinstance(value, bool):
+        return value
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: breaker must be true, false or a table of options,"
+                          f" got {value!r}")
+    unknown = set(value) - BREAKER_OPTIONS
     if unknown:
-        raise ConfigError(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    table, path = load_file(cwd)
-    tasks_table = table.get("tasks", {})
-    if not isinstance(tasks_table, dict):
-        raise ConfigError(f"{path}: 'tasks' must be a table of per-task tables")
-    file_layers = [(table, f"{path}"), (tasks_table.get(task, {}), f'{path} [tasks."{task}"]')]
-    for layer, where in file_layers:
-        if not isinstance(layer, dict):
-            raise ConfigError(f"{where}: must be a table")
-        extra = set(layer) - set(DEFAULTS) - ({"tasks"} if layer is table else set())
-        if extra:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}; known: {sorted(DEFAULTS)}")
-
-    options: dict[str, Any] = {}
-    for name, default in DEFAULTS.items():
-        value, where, found = default, "default", False
-        if name in explicit and (explicit[name] is not None or name == "refit_every"):
-            value, where, found = explicit[name], f"argument {name}", True
-        elif environ.get(ENV_VARS[name], "").strip():
-            where = f"${ENV_VARS[name]}"
-            value, found = _from_env_text(name, environ[ENV_VARS[name]], where), True
-        else:
-            for layer, layer_where in reversed(file_layers):
-                if name in layer:
-                    value, where, found = layer[name], f"{layer_where}: {name}", True
-                    break
-        if found:
-            value = _CHECKS[name](value, where)
-        options[name] = value
-    return options
+        raise ConfigError(f"{where}: unknown breaker option(s) {sorted(map(str, unknown))};"
+                          f" use {sorted(BREAKER_OPTIONS)}")
+    return {name: _positive(v, f"{where}.{name}", zero_ok=True) for name, v in value.items()}
 
 
-def make_embedder(name: str | None = None) -> Embedder:
-    """The embedder called ``name`` (default ``$TRACER_WRAP_EMBEDDER``, else all-MiniLM-L6-v2).
+def _ood(value: Any, where: str) -> float:
+    number = _number(value, where)
+    if not 0.0 <= number < 1.0:
+        raise ConfigError(f"{where}: must be in [0, 1) or None, got {value!r}")
+    return number
 
-    ``hashing`` selects the tiny deterministic embedder of :mod:`tracer_wrap.model.hashing`
-    (for tests and quick trials); any other name is a sentence-transformers model, loaded on
-    first use.
-    """
-    from .model.hashing import HASHING, hashing_embedder
 
-    name = name or os.environ.get(names.ENV_EMBEDDER) or names.DEFAULT_EMBEDDER
-    if name.strip().lower() == HASHING:
-        return hashing_embedder()
-    return Embedder.default(name)
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a table of options, got {value!r}")
+    return dict(value)
+
+
+def _redact(value: Any, where: str) -> Redactor:
+    if value == "pii":
+        return redact_pii
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    raise ConfigError(f"{where}: redact must be a function str -> str or 'pii', got {value!r}")
+
+
+def _store_inputs(value: Any, where: str) -> StoreInputs:
+    if value not in ("raw", "hash"):
+        raise ConfigError(f"{where}: store_inputs must be 'raw' or 'hash', got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _retention(value: Any, where: str) -> Mapping[str, float] | None:
+    try:
+        return check_retention(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _price(value: Any, where: str) -> Price:
+    if isinstance(value, Price):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = {"per_call": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: price must be a number (per call) or a table of per_call,"
+                          f" input_per_mtok, output_per_mtok; got {value!r}")
+    unknown = set(value) - set(Price.FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown price field(s) {sorted(map(str, unknown))};"
+                          f" use {list(Price.FIELDS)}")
+    return Price(**{k: _positive(v, f"{where}.{k}", zero_ok=True) for k, v in value.items()})
+
+
+def _price_from_env(environ: Mapping[str, str]) -> tuple[Price, str] | None:
+    found: dict[str, float] = {}
+    where = []
+    for name in Price.FIELDS:
+        var = names.option_env_var(f"price_{name}")
+        raw = environ.get(var, "").strip()
+        if raw:
+            found[name] = _positive(_float_text(raw, f"${var}"), f"${var}", zero_ok=True)
+            where.append(f"${var}")
+    return (Price(**found), ", ".join(where)) if found else None
+
+
+def _callable(value: Any, where: str) -> Any:
+    if not callable(value):
+        raise ConfigError(f"{where}: expected a function, got {value!r}")
+    return value
+
+
+def _policy(value: Any, where: str) -> RefitPolicy:
+    if not isinstance(value, RefitPolicy):
+        raise ConfigError(f"{where}: expected a refit policy (tracer_wrap.refit_after_traces,"
+                          f" ...), got {value!r}")
+    return value
+
+
+def _rng(value: Any, where: str) -> random.Random:
+    if not isinstance(value, random.Random):
+        raise ConfigError(f"{where}: expected a random.Random, got {value!r}")
+    return value
+
+
+_SPECS: dict[str, _Spec] = {spec.name: spec for spec in (
+    _Spec("labels", _labels, nullable=True),
+    _Spec("target", _fraction, _float_text),
+    _Spec("delta", _delta, _float_text),
+    _Spec("targets", _targets,
+          lambda raw, where: tuple(_float_text(p.strip(), where) for p in raw.split(","))),
+    _Spec("store", _check_store, lambda raw, where: raw, nullable=True),
+    _Spec("embedder", _check_embedder, lambda raw, where: raw, nullable=True),
+    _Spec("min_traces", lambda v, w: _count(v, w, minimum=10), _int_text),
+    _Spec("refit_every", _refit_every, _none_or(_int_text), nullable=True),
+    _Spec("refit_policy", _policy, in_file=False, nullable=True),
+    _Spec("refit_executor", _executor, lambda raw, where: raw),
+    _Spec("refit_claim_ttl", _positive, _float_text),
+    _Spec("keep_versions", lambda v, w: _count(v, w, minimum=1), _int_text),
+    _Spec("routing", _bool, _bool_text),
+    _Spec("audit_rate", _audit_rate, _float_text),
+    _Spec("breaker", _breaker, _bool_text),
+    _Spec("ood_quantile", _ood, _none_or(_float_text), nullable=True),
+    _Spec("fit_options", _mapping),
+    _Spec("refresh_seconds", lambda v, w: _positive(v, w, zero_ok=True), _float_text),
+    _Spec("redact", _redact, lambda raw, where: raw, nullable=True),
+    _Spec("store_inputs", _store_inputs, lambda raw, where: raw),
+    _Spec("retention", _retention, nullable=True),
+    _Spec("price", _price, nullable=True),
+    _Spec("rng", _rng, in_file=False, nullable=True),
+    _Spec("clock", _callable, in_file=False),
+    _Spec("monotonic", _callable, in_file=False),
+)}

@@ -1,4 +1,4 @@
-"""When to refit a task, and where the fit runs.
+"""When to refit a task, where the fit runs, and the refit itself.
 
 Policies decide *when*: :func:`refit_after_traces` (every N new valid traces),
 :func:`refit_after_delay` (some time after the last refit, once there is something new) and
@@ -10,26 +10,48 @@ Policies decide *when*: :func:`refit_after_traces` (every N new valid traces),
 Executors decide *where*: ``"inline"`` (in the calling thread, reproducible: used by
 ``tracer-wrap simulate``), ``"thread"`` (a worker thread, the default) or ``"process"`` (the fit,
 which is the CPU-heavy part, runs in a separate process started with ``spawn``). Whatever the
-executor, :class:`~tracer_wrap.engine.TracedTask` takes the store's atomic ``claim`` first, so one
-refit of a task runs at a time across threads and processes, and a refit killed mid-way loses its
-claim when the claim's time-to-live runs out.
+executor, a refit takes the store's atomic ``claim`` first, so one refit of a task runs at a time
+across threads and processes, and a refit killed mid-way loses its claim when the claim's
+time-to-live runs out.
+
+:class:`Refitter` is the refit of one task: read the valid traces, embed them, fit and certify
+(:func:`~tracer_wrap.model.fit.fit_router`), publish by the publish rule
+(:func:`~tracer_wrap.versions.publish`) and apply retention.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
+import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
 
-from .errors import ConfigError
+import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from . import names
+from ._log import fault, logger
+from .errors import ConfigError, GateRefused
+from .labels import LabelSet
+from .model.fit import fit_router
+from .model.ood import fit_ood
+from .model.router import Router
+from .versions import publish
+
+if TYPE_CHECKING:
+    from .breaker import DriftBreaker
+    from .model.embedder import Embedder
+    from .options import TaskOptions
+    from .store import Store
 
 __all__ = [
     "ExecutorKind",
+    "Refitter",
     "RefitPolicy",
     "RefitRunner",
     "RefitState",
@@ -200,3 +222,132 @@ class RefitRunner:
         if processes is not None:
             processes.shutdown(wait=wait)
 
+
+
+class Refitter:
+    """The refit of one task: when it is due, and the refit itself (see the module docstring).
+
+    ``store``, ``embedder`` and ``breaker`` are getters; ``published`` is called after this
+    process made a new version current (so it serves it at once); ``on_fault(step, exc)``
+    reports the failures of background refits and of retention. Refits run on a
+    :class:`RefitRunner` of ``options.refit_executor``.
+    """
+
+    def __init__(self, task: str, options: TaskOptions, *, store: Callable[[], Store],
+                 embedder: Callable[[], Embedder], breaker: Callable[[], DriftBreaker | None],
+                 published: Callable[[], None],
+                 on_fault: Callable[[str, BaseException], None] = fault) -> None:
+        self.task = task
+        self.options = options
+        self._store = store
+        self._embedder = embedder
+        self._breaker = breaker
+        self._published = published
+        self._fault = on_fault
+        self.label_set = LabelSet(options.labels)
+        self.policy: RefitPolicy = options.refit_policy or (
+            refit_never if options.refit_every is None else refit_after_traces(options.refit_every))
+        self.runner = RefitRunner(options.refit_executor)
+
+    def due(self, new_traces: int) -> bool:
+        """Whether the policy asks for a refit now, ``new_traces`` being the valid traces logged
+        since the last refit started (fleet-wide). False while this process runs one."""
+        if self.policy is refit_never or self.runner.running:
+            return False
+        store = self._store()
+        total = store.count(self.task)
+        if total < self.options.min_traces:
+            return False
+        last = store.get_setting(self.task, names.SETTING_LAST_REFIT)
+        since = math.inf if last is None else self.options.clock() - float(last)
+        return self.policy(RefitState(new_traces, since, total))
+
+    def run(self) -> Router:
+        """Fit a router on every valid trace of the task now, publish it, and return it.
+
+        The new version becomes current under the publish rule of :mod:`tracer_wrap.versions`:
+        when it certifies the served target (even at a lower coverage than the current one),
+        when nothing is current, or when the drift breaker tripped for the current version.
+        Traces logged before the last trip train but do not calibrate. Only one refit of a task
+        runs at a time across processes. Raises GateRefused when a refit is already running
+        elsewhere, when there are fewer than ``min_traces`` valid traces, or for an audit-only task
+        (``store_inputs="hash"``); StoreError / EmbedderError when the store or the embedder
+        fails. A refit that dies keeps its claim until ``refit_claim_ttl`` runs out.
+        """
+        options = self.options
+        if options.store_inputs == "hash":
+            raise GateRefused(f"task {self.task!r} stores only hashes of its inputs"
+                              " (store_inputs='hash'); it is audit-only and cannot be fitted")
+        store = self._store()
+        if not store.claim(self.task, names.CLAIM_REFIT, ttl=options.refit_claim_ttl):
+            raise GateRefused(f"a refit of {self.task!r} is already running")
+        try:
+            started = options.clock()
+            store.set_setting(self.task, names.SETTING_LAST_REFIT, started)
+            traces = store.traces(self.task, valid_only=True)
+            if self.label_set.fixed:
+                traces = [t for t in traces if self.label_set.normalise(t.teacher) is not None]
+            if len(traces) < options.min_traces:
+                raise GateRefused(f"{len(traces)} valid traces of {self.task!r};"
+                                  f" at least {options.min_traces} are needed to fit")
+            store.incr(self.task, names.COUNTER_NEW_TRACES,
+                       -store.counter(self.task, names.COUNTER_NEW_TRACES))
+            breaker = self._breaker()
+            tripped = breaker is not None and breaker.last_trip() is not None
+            after_seq = int(store.get_setting(self.task, names.SETTING_CALIBRATE_AFTER, 0) or 0)
+            embedder = self._embedder()
+            vectors = embedder.embed([t.input for t in traces])
+            labels = [t.teacher for t in traces]
+            router = self.runner.run_fit(
+                fit_router, vectors=vectors, labels=labels, targets=options.targets,
+                serve_target=options.target, delta=options.delta,
+                calibration_eligible=np.array([t.exchangeable and t.seq > after_seq
+                                               for t in traces]),
+                info={"task": self.task, "embedder": embedder.name},
+                **options.fit_options,
+            )
+            ood = (fit_ood(vectors, labels, quantile=options.ood_quantile)
+                   if options.ood_quantile is not None else None)
+            published = publish(store, self.task, router, ood=ood, force=tripped,
+                                keep=options.keep_versions,
+                                extra={"refit_started": started, "refit_pid": os.getpid(),
+                                       "replaced_tripped": tripped})
+            store.incr(self.task, names.COUNTER_REFITS)
+            if published is not None:
+                if tripped and breaker is not None:
+                    breaker.reset()
+                self._published()
+            self._apply_retention(store)
+            return router
+        finally:
+            store.release(self.task, names.CLAIM_REFIT)
+
+    def _apply_retention(self, store: Store) -> None:
+        if self.options.retention is None:
+            return
+        try:
+            store.prune(self.task, **self.options.retention)  # type: ignore[arg-type]
+        except Exception as exc:  # the router is published; a failed prune must not undo that
+            self._fault("retention", exc)
+
+    def in_background(self) -> Future[Router | None] | None:
+        """Start :meth:`run` off the request path unless a refit of this task runs here.
+
+        Runs in the worker thread (or in the calling thread with ``refit_executor="inline"``);
+        calls keep being served by the current version meanwhile. Returns the future of the
+        router (None when the refit was skipped or failed; failures are logged).
+        """
+        return self.runner.submit(self._quiet_run)
+
+    def _quiet_run(self) -> Router | None:
+        try:
+            return self.run()
+        except GateRefused as exc:
+            logger.info("tracer_wrap refit of %r skipped: %s", self.task, exc)
+        except Exception as exc:
+            self._fault("refit", exc)
+        return None
+
+    def after_fork(self) -> None:
+        # The parent's refit worker thread does not exist in a forked child.
+        self.runner = RefitRunner(self.runner.kind)

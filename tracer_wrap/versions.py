@@ -2,11 +2,13 @@
 
 Every refit is saved as a numbered version (router ``.npz`` + ``.json`` manifest, and the OOD
 prototypes ``.ood.npz`` when fitted) with its manifest in the store. The store's *current* version
-is what every process serves from its next call. A new version becomes current only when it
-certifies at least the coverage of the current one at the served target (or ``force=True``, used
-after the drift breaker tripped: the current version is then known to be wrong on live traffic).
-A *pinned* version stays current whatever is published until :func:`unpin`. Only the newest
-``keep`` versions are kept on disk, plus the current and the pinned one.
+is what every process serves. **The publish rule** (:func:`publish`): a new version becomes current
+when its gate certifies the served target, even at a lower coverage than the current one (keeping
+whichever version certified the most would keep the luckiest calibration draw, whose guarantee is
+the likeliest to fail; see BENCHMARKS.md). A version that certifies nothing never replaces one
+that certifies the served target, unless the current one tripped the drift breaker (it is known
+to be wrong on live traffic) or the caller forces it. A *pinned* version stays current whatever is published
+until :func:`unpin`. Only the newest ``keep`` versions are kept, plus the current and the pinned one.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import names
 from ._log import logger
 from .errors import ConfigError, RouterLoadError
 from .model.ood import OODScorer
 from .model.router import Router
-from .store import Store
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = [
     "DEFAULT_KEEP",
@@ -38,19 +43,20 @@ __all__ = [
 
 #: Versions kept per task by default (besides the current and the pinned one).
 DEFAULT_KEEP = 10
-_PIN_SETTING = "pinned_version"
 
 
 def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = None,
             force: bool = False, keep: int = DEFAULT_KEEP,
             extra: dict[str, Any] | None = None) -> int | None:
-    """Save ``router`` (and ``ood``) as a new version of ``task``; serve it if it is at least as good.
+    """Save ``router`` (and ``ood``) as a new version of ``task``; make it current by the publish
+    rule (module docstring): when it certifies the served target, when the current version
+    certifies nothing at it (or there is none), or when ``force`` (the caller passes it after a
+    drift-breaker trip); never while another version is pinned.
 
-    The new version becomes current (every process picks it up on its next call) when it
-    certifies at least the coverage of the current version at the served target, or when
-    ``force``; never while another version is pinned. Returns the new version number if it became
-    current, else None (its files and manifest are kept either way, up to ``keep`` versions).
-    ``extra`` is merged into the manifest. Making a version current is one atomic store write.
+    Returns the new version number if it became current, else None (its files and manifest are
+    kept either way, up to ``keep`` versions). ``extra`` is merged into the manifest. Making a
+    version current is one atomic store write; every process picks it up within its
+    ``refresh_seconds``. Raises StoreError when the store refuses.
     """
     version = store.reserve_version(task)
     data, manifest = router.to_bytes()
@@ -63,27 +69,30 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
                            "prototypes": len(ood.prototypes)}
     manifest.update(extra or {})
     store.put_manifest(task, version, manifest)
-    current = store.current_version(task)
-    new_coverage = router.certificate_for(router.target).coverage
     pinned = pinned_version(store, task)
     became_current: int | None = version
     if pinned is not None:
         logger.info("tracer_wrap kept pinned version %s of %r; version %s is saved", pinned, task,
                     version)
         became_current = None
-    elif current is not None and not force:
-        old_coverage = certified_coverage(store.manifest(task, current) or {}, router.target)
-        if new_coverage < old_coverage:
-            logger.info("tracer_wrap kept version %s of %r: the refit certifies %.3f coverage,"
-                        " less than %.3f", current, task, new_coverage, old_coverage)
-            became_current = None
+    elif router.threshold is None and not force and _certifies(store, task, router.target):
+        logger.info("tracer_wrap kept the current version of %r: version %s certifies nothing at"
+                    " target %g", task, version, router.target)
+        became_current = None
     if became_current is not None:
         store.set_current(task, version)
     _prune(store, task, keep)
     return became_current
 
 
-def certified_coverage(manifest: dict, target: float) -> float:
+def _certifies(store: Store, task: str, target: float) -> bool:
+    """Whether the current version of ``task`` certifies ``target``."""
+    current = store.current_version(task)
+    manifest = store.manifest(task, current) if current is not None else None
+    return manifest is not None and certified_coverage(manifest, target) > 0
+
+
+def certified_coverage(manifest: dict[str, Any], target: float) -> float:
     """Calibration coverage a manifest certifies at ``target`` (0 when it certifies nothing)."""
     return max((c["coverage"] for c in manifest.get("certificates", [])
                 if c["target"] >= target and c["threshold"] is not None), default=0.0)
@@ -126,10 +135,10 @@ def load_ood(store: Store, task: str, version: int) -> OODScorer | None:
 
 
 def rollback(store: Store, task: str, version: int) -> None:
-    """Serve ``version`` again from every process's next call.
+    """Serve ``version`` again (every process picks it up within its ``refresh_seconds``).
 
-    The version must still be kept and must load (hash-checked). A later refit replaces it under
-    the usual rule (at least the same certified coverage); :func:`pin` it to stop that. Raises
+    The version must still be kept and must load (hash-checked). A later certified refit replaces
+    it under the publish rule; :func:`pin` it to stop that. Raises
     ConfigError for an unknown version, RouterLoadError for one that no longer loads.
     """
     if store.manifest(task, version) is None:
@@ -146,18 +155,18 @@ def rollback(store: Store, task: str, version: int) -> None:
 
 def pin(store: Store, task: str, version: int) -> None:
     """Serve ``version`` and keep serving it whatever refits publish, until :func:`unpin`."""
-    store.set_setting(task, _PIN_SETTING, None)
+    store.set_setting(task, names.SETTING_PINNED, None)
     rollback(store, task, version)
-    store.set_setting(task, _PIN_SETTING, int(version))
+    store.set_setting(task, names.SETTING_PINNED, int(version))
 
 
 def unpin(store: Store, task: str) -> None:
     """Let refits replace the current version again."""
-    store.set_setting(task, _PIN_SETTING, None)
+    store.set_setting(task, names.SETTING_PINNED, None)
 
 
 def pinned_version(store: Store, task: str) -> int | None:
-    value = store.get_setting(task, _PIN_SETTING)
+    value = store.get_setting(task, names.SETTING_PINNED)
     return None if value is None else int(value)
 
 

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
+from typer.testing import CliRunner
 from _support import TASK_OPTIONS, LLMServer, easy_texts, fill_store, serve_llm, teacher
 
 import tracer_wrap.integrations.zero_code as autolog_module
-from tracer_wrap.integrations.zero_code import autolog, run_command, task_summaries
+from tracer_wrap.integrations.zero_code import autolog, task_summaries
+from tracer_wrap.ops.cli import app
 from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.store import TraceStore
 
@@ -74,7 +76,7 @@ def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(lo
     text = easy_texts(1)[0]
     assert not is_local(oai.chat.completions.create(model="m", messages=ask(text)))
     store.set_setting(chat, "routing", True)
-    logging_on.task(chat)._routing_cache = None  # skip the switch's refresh interval
+    logging_on.task(chat).serving.invalidate()  # skip the switch's refresh interval
     calls = server.calls["chat.completions"]
     assert is_local(oai.chat.completions.create(model="m", messages=ask(text)))
     assert server.calls["chat.completions"] == calls
@@ -98,9 +100,8 @@ def test_launcher_traces_a_plain_program_in_a_subprocess(server, tmp_path):
         print("app done")
     """))
     store = tmp_path / "store"
-    launcher = ("import sys; from tracer_wrap.integrations.zero_code import run_command; store = sys.argv.pop(1);"
-                " run_command(sys.argv[1:], store=store)")
-    done = subprocess.run([sys.executable, "-c", launcher, str(store), sys.executable, str(app)],
+    done = subprocess.run([sys.executable, "-m", "tracer_wrap.ops.cli", "--store", str(store),
+                           "run", "--", sys.executable, str(app)],
                           cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin",
                                              "TRACER_WRAP_EMBEDDER": "hashing"},
                           capture_output=True, text=True, timeout=60)
@@ -111,17 +112,22 @@ def test_launcher_traces_a_plain_program_in_a_subprocess(server, tmp_path):
     assert server.calls["chat.completions"] == 5
 
 
-def test_tasks_command_prints_json_and_a_table(store, capsys):
+def test_tasks_command_prints_json_and_a_table(store):
     fill_store(store, "intent", n=40)
-    autolog_module.tasks_command(store=str(store.path), as_json=True)
-    (row,) = json.loads(capsys.readouterr().out)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--store", str(store.path), "tasks", "--json"])
+    (row,) = json.loads(result.stdout)
     assert row["task"] == "intent" and row["calls"] == 40 and row["classification"]
-    autolog_module.tasks_command(store=str(store.path))
-    assert "intent" in capsys.readouterr().out
+    result = runner.invoke(app, ["--store", str(store.path), "tasks"])
+    assert "intent" in result.stdout
+    # The hint works when copied: it names the store it was given.
+    hint = result.stdout.strip().splitlines()[-1].split(": ", 1)[1].replace("TASK", "intent")
+    assert hint.startswith(f"tracer-wrap --store {store.path} routing")
+    done = runner.invoke(app, hint.split()[1:])
+    assert done.exit_code == 0, done.output
+    assert store.get_setting("intent", "routing") is True
 
 
-def test_run_command_needs_a_program():
-    import typer
-
-    with pytest.raises(typer.BadParameter):
-        run_command([])
+def test_run_needs_a_program():
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 2

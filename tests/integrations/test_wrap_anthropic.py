@@ -12,6 +12,7 @@ from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, tea
 from anthropic.types import Message
 
 from tracer_wrap.errors import MissingExtraError
+from tracer_wrap.accounting import flush_all
 from tracer_wrap.integrations import is_local_message, wrap_anthropic
 
 LABELS = ["card_lost", "exchange_rate", "refund", "top_up"]
@@ -47,8 +48,9 @@ def test_create_stream_and_manager_are_traced_then_answered_locally(client, serv
     with client.messages.stream(**ask("fx fee #3")) as stream:
         assert "".join(stream.text_stream) == "exchange_rate"
     assert [t.teacher for t in store.traces("intent")] == ["refund", "top_up", "exchange_rate"]
+    flush_all()
     counters = store.counters("intent")
-    assert counters["llm_calls"] == 3 and counters["input_tokens"] > 0 and counters["output_tokens"] > 0
+    assert counters["llm"] == 3 and counters["input_tokens"] > 0 and counters["output_tokens"] > 0
 
     fitted(store, client.tracer_wrap_tasks, "intent")
     calls = server.calls["messages"]

@@ -26,8 +26,8 @@ def test_simulate_banking77(tmp_path: Path, banking77_train) -> None:
     path, d = stream(tmp_path, banking77_train, 3000, 30)
     emb = Embedder.precomputed(dict(zip(d["texts"].tolist(), d["X"])))
     r = simulate(path, target=0.95, refit_every=500, embedder=emb)
-    assert r["n"] == 3000 and r["handled"] + r["llm_calls"] == r["n"]
-    assert r["handled"] > 0.3 * r["n"] and r["handled_agreement"] >= 0.95
+    assert r["n"] == 3000 and r["local"] + r["llm_calls"] == r["n"]
+    assert r["local"] > 0.3 * r["n"] and r["local_agreement"] >= 0.95
     assert r["refits"] >= 2 and r["audit_calls"] > 0 and r["stats"]["errors"] == 0
     curve = r["curve"]
     assert curve[0]["window_coverage"] == 0 and curve[-1]["window_coverage"] > 0.5
@@ -45,5 +45,5 @@ def test_simulate_command(tmp_path: Path, banking77_train) -> None:
                                    "--background"])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
-    assert data["n"] == 400 and data["background"] and {"llm_calls", "handled", "curve"} <= set(data)
+    assert data["n"] == 400 and data["background"] and {"llm_calls", "local", "curve"} <= set(data)
     assert "rows:" in res.output

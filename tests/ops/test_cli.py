@@ -36,9 +36,8 @@ def store_dir(tmp_path: Path) -> Path:
     path = tmp_path / "store"
     st = TraceStore(path)
     fill_store(st, "intent", 800)
-    st.set_setting("intent", "price_per_call", 0.002)
-    st.incr("intent", "handled", 70)
-    st.incr("intent", "deferred", 30)
+    st.set_setting("intent", "price", {"per_call": 0.002})
+    st.add_counters("intent", {"calls": 100, "local": 70, "llm": 30})
     return path
 
 
@@ -61,7 +60,7 @@ def test_status_table_and_json(store_dir: Path) -> None:
     result = cli("--store", str(store_dir), "status")
     assert result.exit_code == 0, result.output
     for text in ("intent", "802 distinct inputs", "v1", "target 0.95", "50.0% on 2 audit",
-                 "tripped", "70 handled locally", "$0.14"):
+                 "tripped", "70 answered locally", "0.14 saved on 70 LLM calls avoided"):
         assert text in result.stdout, text
     data = json.loads(cli("--store", str(store_dir), "status", "--json").stdout)
     row = data["tasks"][0]
@@ -69,7 +68,10 @@ def test_status_table_and_json(store_dir: Path) -> None:
     assert row["current_version"] == 1 and row["certified"] is True
     assert 0 < row["certified_coverage"] <= 1
     assert row["live_agreement"] == 0.5 and row["audit_samples"] == 2
-    assert row["savings"] == pytest.approx(0.14) and row["breaker"]["version"] == 1
+    assert row["usage"]["saved"] == pytest.approx(0.14) and row["breaker"]["version"] == 1
+    assert row["usage"]["local"] == 70 and row["usage"]["llm_calls_avoided"] == 70
+    served = next(r for r in row["frontier"] if r["target"] == 0.95)
+    assert served["saved_per_1000_calls"] == pytest.approx(2.0 * served["coverage"])
 
 
 def test_global_store_from_environment(store_dir: Path) -> None:
@@ -79,7 +81,7 @@ def test_global_store_from_environment(store_dir: Path) -> None:
 
 def test_status_of_missing_store_or_task_is_a_clean_error(tmp_path: Path, store_dir: Path) -> None:
     result = cli("--store", str(tmp_path / "nowhere"), "status")
-    assert result.exit_code == 1 and "no trace store" in result.stderr
+    assert result.exit_code == 1 and "no store at" in result.stderr
     assert "Traceback" not in result.output
     result = cli("--store", str(store_dir), "status", "other")
     assert result.exit_code == 1 and "no task 'other'" in result.stderr
@@ -91,7 +93,7 @@ def test_fit_publishes_and_prints_frontier(store_dir: Path) -> None:
     assert "◀ served" in result.stdout and "Serving version 1" in result.stdout
     data = fitted(store_dir, "--target", "0.9")
     assert data["version"] == 2 and data["current_version"] == 2
-    assert {c["target"] for c in data["certificates"]} >= {0.9, 0.95}
+    assert {row["target"] for row in data["frontier"]} >= {0.9, 0.95}
 
 
 def test_fit_with_too_few_traces_refuses_cleanly(store_dir: Path) -> None:

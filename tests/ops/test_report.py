@@ -32,9 +32,8 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     for i in range(120):
         st.append("intent<b>", f"audit sample {i} refund money back", "refund", origin="audit",
                   router_label="refund" if i % 10 else "top_up", ts=1.7e9 + 60 * i)
-    st.set_setting("intent<b>", "price_per_call", 0.01)
-    st.incr("intent<b>", "handled", 900)
-    st.incr("intent<b>", "deferred", 100)
+    st.set_setting("intent<b>", "price", {"per_call": 0.01})
+    st.add_counters("intent<b>", {"calls": 1000, "local": 900, "llm": 100})
     html = render_report(st, "intent<b>", embedder=hashing_embedder(), examples=2000)
     out = path / "report.html"
     out.write_text(html, encoding="utf-8")
@@ -43,13 +42,15 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
 
 def test_report_has_every_section_and_plot(page: tuple[str, Path]) -> None:
     html, _ = page
-    for title in ("Coverage / target frontier", "Learning curve", "Live agreement over time",
+    for title in ("Coverage / target frontier", "Version history", "Learning curve",
+                  "Live agreement over time",
                   "Coverage and agreement per label", "Where the surrogate defers most",
                   "Examples", "Cost"):
         assert f"<h2>{title}</h2>" in html
     assert html.count("<svg") == 3  # frontier, learning curve, live agreement
     assert "90.0% on" not in html and "live agreement" in html
-    assert "$9.00" in html  # 900 handled calls x $0.01
+    assert "Saved so far: <strong>9.00</strong>" in html  # 900 local answers x 0.01
+    assert "v2 (served)" in html  # the version history
     assert "including those it was trained and calibrated on" in html
     for label in ("card_lost", "refund", "top_up", "exchange_rate"):
         assert label in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -29,6 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_audits():
+    """The sidecar's tasks read their options from the environment: no random audit draws."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRACER_WRAP_AUDIT_RATE", "0")
+        yield
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> TraceStore:
     st = TraceStore(tmp_path_factory.mktemp("store"))
@@ -39,21 +48,31 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> TraceStore:
     return st
 
 
-@pytest.fixture(scope="module")
-def server(store: TraceStore):
+@contextlib.contextmanager
+def serving(app):
+    """``app`` served by uvicorn on a free loopback port, in a thread."""
     port = _free_port()
-    app = create_app(store, token=TOKEN, max_body_bytes=64_000, max_batch=50)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not srv.started:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("sidecar did not start")
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(5)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(store: TraceStore):
+    app = create_app(store, token=TOKEN, max_body_bytes=64_000, max_batch=50,
+                     embedder="hashing")
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture()
@@ -81,8 +100,9 @@ def test_route_text_matches_the_router_in_process(client: httpx.Client, store: T
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["label"] == "card_lost" and body["version"] == store.current_version("intent")
-    local = TracedTask("intent", store=store, embedder=hashing_embedder()).route(text)
-    assert body["handled"] == local.local and body["score"] == pytest.approx(local.score, 1e-5)
+    plan = TracedTask("intent", store=store, embedder=hashing_embedder()).route(text)
+    assert plan.decision is not None
+    assert body["local"] == plan.local and body["score"] == pytest.approx(plan.decision.score, 1e-5)
 
 
 def test_route_embedding_and_batches(client: httpx.Client) -> None:
@@ -101,30 +121,58 @@ def test_route_embedding_and_batches(client: httpx.Client) -> None:
 def test_task_without_router_defers(client: httpx.Client) -> None:
     r = client.post("/v1/tasks/no-router-yet/route", json={"text": "hi"})
     assert r.status_code == 200
-    assert r.json() == {"label": None, "handled": False, "score": None,
-                        "reason": "no router fitted yet", "version": None}
+    body = r.json()
+    assert body.pop("plan")
+    assert body == {"label": None, "local": False, "score": None, "audit": False,
+                    "reason": "no router fitted yet", "version": None}
 
 
 def test_log_traces_one_and_batch(client: httpx.Client, store: TraceStore) -> None:
     r = client.post("/v1/tasks/from-node/traces", json={"input": "where is my card", "teacher": "card_lost"})
-    assert r.status_code == 201 and r.json() == {"logged": 1}
+    assert r.status_code == 201 and r.json() == {"logged": 1, "label": "card_lost"}
     r = client.post("/v1/tasks/from-node/traces/batch", json={"traces": [
-        {"input": "refund please", "teacher": "refund"},
-        {"input": "fx fee?", "teacher": "exchange_rate", "audit": True, "router_label": "refund"}]})
-    assert r.status_code == 201 and r.json() == {"logged": 2}
+        {"input": "refund please", "teacher": "refund", "usage": {"input_tokens": 12}},
+        {"input": "fx fee?", "teacher": "exchange_rate", "meta": {"source": "node"}}]})
+    assert r.status_code == 201 and r.json() == {"logged": 2, "labels": ["refund", "exchange_rate"]}
     traces = {t.input: t for t in store.traces("from-node")}
-    assert traces["fx fee?"].origin == "audit" and traces["fx fee?"].router_label == "refund"
+    assert traces["fx fee?"].meta == {"source": "node"}
     assert traces["refund please"].exchangeable  # no router serves from-node: may calibrate
 
 
-def test_traces_logged_while_serving_are_not_exchangeable(client: httpx.Client,
-                                                           store: TraceStore) -> None:
-    client.post("/v1/tasks/intent/traces", json={"input": "a deferred one", "teacher": "refund"})
-    client.post("/v1/tasks/intent/traces", json={"input": "an audit one", "teacher": "refund",
-                                                 "audit": True, "router_label": "refund"})
+def test_plans_decide_exchangeability_and_forged_plans_count_for_nothing(
+        client: httpx.Client, store: TraceStore) -> None:
+    deferred = client.post("/v1/tasks/intent/route", json={"text": "zzz qqq unrelated"}).json()
+    assert deferred["local"] is False and deferred["plan"]
+    client.post("/v1/tasks/intent/traces", json={"input": "a planned deferred one",
+                                                 "teacher": "refund", "plan": deferred["plan"]})
+    client.post("/v1/tasks/intent/traces", json={"input": "an unplanned one", "teacher": "refund"})
+    forged = deferred["plan"][:-2] + ("AA" if not deferred["plan"].endswith("AA") else "BB")
+    client.post("/v1/tasks/intent/traces", json={"input": "a forged one", "teacher": "refund",
+                                                 "plan": forged})
     traces = {t.input: t for t in store.traces("intent")}
-    assert not traces["a deferred one"].exchangeable
-    assert traces["an audit one"].exchangeable
+    # A router answers for this task, so what reaches the LLM is the hard share: never calibrates.
+    for text in ("a planned deferred one", "an unplanned one", "a forged one"):
+        assert not traces[text].exchangeable and traces[text].origin == "llm", text
+
+
+def test_audit_plans_mark_audit_traces(tmp_path, monkeypatch) -> None:
+    st = TraceStore(tmp_path / "audited")
+    fill_store(st, "intent", 800)
+    TracedTask("intent", store=st, embedder=hashing_embedder(), min_traces=50,
+               refit_every=None).refit()
+    monkeypatch.setenv("TRACER_WRAP_AUDIT_RATE", "1")
+    with serving(create_app(st, embedder="hashing")) as url:
+        text = "please help lost card urgent stolen card"
+        routed = httpx.post(f"{url}/v1/tasks/intent/route", json={"text": text}).json()
+        assert routed["audit"] is True and routed["local"] is False
+        assert routed["label"] == "card_lost" and routed["reason"] == "audit sample"
+        httpx.post(f"{url}/v1/tasks/intent/traces",
+                   json={"input": text, "teacher": "card_lost", "plan": routed["plan"]})
+        status = httpx.get(f"{url}/v1/tasks/intent/status").json()
+    trace = next(t for t in st.traces("intent") if t.input == text)
+    assert trace.origin == "audit" and trace.exchangeable and trace.router_label == "card_lost"
+    assert status["usage"]["audits"] == 1 and status["usage"]["calls"] == 1
+    assert status["audit_samples"] == 1 and status["live_agreement"] == 1.0
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
@@ -136,8 +184,11 @@ def test_wrong_or_missing_token_is_401(server: str, headers: dict[str, str]) -> 
     assert r.headers["www-authenticate"] == "Bearer"
 
 
-def test_unknown_task_and_path_are_404(client: httpx.Client) -> None:
+def test_new_task_routes_to_the_llm_and_unknown_paths_are_404(client: httpx.Client) -> None:
     r = client.post("/v1/tasks/nope/route", json={"text": "x"})
+    assert r.status_code == 200 and r.json()["local"] is False
+    assert r.json()["reason"] == "no router fitted yet"
+    r = client.get("/v1/tasks/never-seen/status")
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_task"
     r = client.get("/v2/whatever")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
@@ -169,7 +220,9 @@ def test_bad_route_bodies_get_clear_4xx(client: httpx.Client, raw: bytes, status
 @pytest.mark.parametrize("path, body", [
     ("/v1/tasks/intent/traces", {"input": "x"}),
     ("/v1/tasks/intent/traces", {"input": "x", "teacher": 3}),
-    ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "audit": "yes"}),
+    ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "audit": True}),
+    ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "plan": 5}),
+    ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "usage": {"input_tokens": -1}}),
     ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "meta": [1]}),
     ("/v1/tasks/intent/traces/batch", {"traces": []}),
     ("/v1/tasks/intent/traces/batch", {"traces": ["x"]}),
@@ -199,4 +252,4 @@ def test_sidecar_still_serves_after_bad_requests(client: httpx.Client) -> None:
     for _ in range(5):
         client.post("/v1/tasks/intent/route", content=b"garbage")
     r = client.post("/v1/tasks/intent/route", json={"embedding": np.ones(512).tolist()})
-    assert r.status_code == 200 and isinstance(r.json()["handled"], bool)
+    assert r.status_code == 200 and isinstance(r.json()["local"], bool)

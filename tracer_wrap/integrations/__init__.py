@@ -1,18 +1,19 @@
-"""Building blocks for wrapped LLM clients (OpenAI, Anthropic).
+"""The SDK integrations: wrapped OpenAI and Anthropic clients, and zero-code mode.
 
-A wrapper calls them in this order::
+Each provider module only says how to read a label from an SDK result and how to build a genuine
+SDK object from a local label; the path of the call is the engine's (:mod:`tracer_wrap.engine`),
+reached through the SDK driver (:mod:`._sdk`), with streams read by the stream tap
+(:mod:`._stream`)::
 
-    view = openai_chat_view(kwargs, learner)          # None: not a classification, call the SDK
-    decision = engine.route(view.text)                # per task: engine for view.task_key
-    if handled:  return build_chat_completion(label, kwargs)      # or a stream / parsed twin
-    else:        response = sdk_call(**kwargs)
-                 engine.record(view.text, label_from_chat_completion(response), usage_of(response))
+    _prompt      request views, template learning, output shapes, usage (SDK-free)
+    _sdk         the driver: one TracedTask per prompt template, a Reply per call
+    _stream      the stream tap (label and usage of a stream the caller consumes)
+    _openai / _openai_objects        wrap_openai, and OpenAI objects read and built
+    _anthropic / _anthropic_objects  wrap_anthropic, and Anthropic objects read and built
+    zero_code    autolog() and the ``tracer-wrap run`` launcher
 
-The SDK-free parts (views, template learning, usage) import eagerly; the OpenAI and Anthropic
-builders import their SDK on first access, so a missing SDK only fails for its own provider.
-
-The public entry points are :func:`wrap_openai`, :func:`wrap_anthropic` (anthropic imported on
-first use) and :func:`savings`.
+The SDK-free parts import eagerly; the OpenAI and Anthropic modules import their SDK on first
+access, so a missing SDK only fails for its own provider (naming its pip extra).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import importlib
 from typing import Any
 
 from ..errors import MissingExtraError
-from ._sdk import TASK_OPTION, Tasks, savings
+from ._sdk import TASK_OPTION, Tasks
 from ._prompt import (
     LABEL_FIELD_NAMES,
     OutputShape,
@@ -73,7 +74,6 @@ __all__ = [
     "Tasks",
     "TracedAsyncOpenAI",
     "TracedOpenAI",
-    "savings",
     "wrap_anthropic",
     "wrap_openai",
     *sorted(_LAZY),

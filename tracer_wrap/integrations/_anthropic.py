@@ -2,24 +2,25 @@
 
 Like :mod:`._openai`: a :class:`wrapt.ObjectProxy` of the user's instance, intercepting
 ``messages.create`` (including ``stream=True``) and ``messages.stream`` through
-:class:`._engine.Tasks`. Imports ``anthropic``; :func:`tracer_wrap.integrations.wrap_anthropic`
+:class:`._sdk.Tasks`. Imports ``anthropic``; :func:`tracer_wrap.integrations.wrap_anthropic`
 imports this module on first use and names the pip extra when the SDK is missing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import anthropic
 
-from ..model.embedder import Embedder
 from ..errors import ConfigError
-from ..store import TraceStore
 from . import _anthropic_objects as objects
-from ._sdk import ApiSpec, Tasks
-from ._openai import _Resource, _with_raw_header
 from ._prompt import anthropic_messages_view
+from ._sdk import ApiSpec, Resource, Tasks, with_raw_header
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import TaskKwargs
 
 __all__ = ["TracedAnthropic", "TracedAsyncAnthropic", "wrap_anthropic"]
 
@@ -35,47 +36,48 @@ ASYNC_MESSAGES_STREAM = ApiSpec("anthropic.messages.stream",
                                 **_messages)
 
 
-class _RawMessages(_Resource):
+class _RawMessages(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(MESSAGES_CREATE, self.__wrapped__.create, args,
-                                    _with_raw_header(kwargs))
+                                    with_raw_header(kwargs))
 
 
-class _AsyncRawMessages(_Resource):
+class _AsyncRawMessages(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args,
-                                           _with_raw_header(kwargs))
+                                           with_raw_header(kwargs))
 
 
-class _Messages(_Resource):
+class _Messages(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(MESSAGES_CREATE, self.__wrapped__.create, args, kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run_manager(MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs, False)
+        return self._self_tasks.run(MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs,
+                                   is_async=False)
 
     @property
     def with_raw_response(self) -> Any:
         return _RawMessages(self.__wrapped__.with_raw_response, self._self_tasks)
 
 
-class _AsyncMessages(_Resource):
+class _AsyncMessages(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args, kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run_manager(ASYNC_MESSAGES_STREAM, self.__wrapped__.stream, args,
-                                            kwargs, True)
+        return self._self_tasks.run(ASYNC_MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs,
+                                   is_async=True)
 
     @property
     def with_raw_response(self) -> Any:
         return _AsyncRawMessages(self.__wrapped__.with_raw_response, self._self_tasks)
 
 
-class TracedAnthropic(_Resource):
+class TracedAnthropic(Resource):
     """A wrapped ``Anthropic`` client (see :func:`wrap_anthropic`)."""
 
-    _messages: type[_Resource] = _Messages
+    _messages: type[Resource] = _Messages
 
     def __init__(self, wrapped: Any, tasks: Tasks) -> None:
         super().__init__(wrapped, tasks)
@@ -108,35 +110,29 @@ class TracedAsyncAnthropic(TracedAnthropic):
 
 
 @overload
-def wrap_anthropic(client: anthropic.Anthropic, *, task: str | None = ...,
-                   labels: Iterable[str] | None = ..., store: TraceStore | str | None = ...,
-                   embedder: Embedder | None = ..., target: float = ..., routing: bool = ...,
-                   **task_options: Any) -> anthropic.Anthropic: ...
+def wrap_anthropic(client: anthropic.Anthropic, *, task: str | None = None,
+                   **options: Unpack[TaskKwargs]) -> anthropic.Anthropic: ...
 
 
 @overload
-def wrap_anthropic(client: anthropic.AsyncAnthropic, *, task: str | None = ...,
-                   labels: Iterable[str] | None = ..., store: TraceStore | str | None = ...,
-                   embedder: Embedder | None = ..., target: float = ..., routing: bool = ...,
-                   **task_options: Any) -> anthropic.AsyncAnthropic: ...
+def wrap_anthropic(client: anthropic.AsyncAnthropic, *, task: str | None = None,
+                   **options: Unpack[TaskKwargs]) -> anthropic.AsyncAnthropic: ...
 
 
-def wrap_anthropic(client: Any, *, task: str | None = None, labels: Iterable[str] | None = None,
-                   store: TraceStore | str | None = None, embedder: Embedder | None = None,
-                   target: float = 0.95, routing: bool = True, **task_options: Any) -> Any:
+def wrap_anthropic(client: Any, *, task: str | None = None, **options: Any) -> Any:
     """Wrap an ``Anthropic`` or ``AsyncAnthropic`` instance; return the wrapped client.
 
     Same options and guarantees as :func:`~tracer_wrap.integrations.wrap_openai`, around
     ``messages.create`` (also with ``stream=True``) and ``messages.stream``. A local answer is a
     genuine ``Message`` (or stream of raw events) with zero usage whose id starts with
-    ``"msg_tracerwrap_"``. Raises ConfigError for anything but an Anthropic client.
+    ``"msg_tracerwrap_"``. Raises ConfigError for anything but an Anthropic client or on a bad
+    option.
     """
     if isinstance(client, TracedAnthropic):
         client = client.__wrapped__
     if not isinstance(client, (anthropic.Anthropic, anthropic.AsyncAnthropic)):
         raise ConfigError(f"wrap_anthropic needs an anthropic.Anthropic or AsyncAnthropic client,"
                           f" got {type(client)!r}")
-    tasks = Tasks(task=task, labels=labels, store=store, embedder=embedder, routing=routing,
-                  target=target, **task_options)
+    tasks = Tasks(task=task, **options)
     proxy = TracedAsyncAnthropic if isinstance(client, anthropic.AsyncAnthropic) else TracedAnthropic
     return proxy(client, tasks)

@@ -4,24 +4,25 @@ The wrapped client is a :class:`wrapt.ObjectProxy` of the user's own instance: `
 every resource and every attribute work as before; the SDK classes are never patched. Only
 ``chat.completions.create`` / ``parse`` / ``stream`` and ``responses.create`` (and their
 ``with_raw_response`` twins, which are traced but always go to the LLM) run through
-:class:`._engine.Tasks`. ``with_options()`` and ``copy()`` return wrapped clients sharing the same
+:class:`._sdk.Tasks`. ``with_options()`` and ``copy()`` return wrapped clients sharing the same
 tasks, store and embedder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import openai
-import wrapt
 
-from ..model.embedder import Embedder
 from ..errors import ConfigError
-from ..store import TraceStore
 from . import _openai_objects as objects
-from ._sdk import _RAW_HEADER, ApiSpec, Tasks
 from ._prompt import openai_chat_view, openai_responses_view
+from ._sdk import ApiSpec, Resource, Tasks, with_raw_header
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ..options import TaskKwargs
 
 __all__ = ["TracedAsyncOpenAI", "TracedOpenAI", "wrap_openai"]
 
@@ -38,43 +39,25 @@ ASYNC_CHAT_STREAM = ApiSpec("openai.chat.stream", build=objects.build_async_chat
 RESPONSES_CREATE = ApiSpec("openai.responses.create", view=openai_responses_view,
                            build=objects.build_response, label=objects.label_from_response)
 
-C = TypeVar("C", openai.OpenAI, openai.AsyncOpenAI)
-
-
-class _Resource(wrapt.ObjectProxy):  # type: ignore[misc]
-    """A proxy of an SDK resource; proxy-owned state lives in ``_self_*`` attributes."""
-
-    def __init__(self, wrapped: Any, tasks: Tasks) -> None:
-        super().__init__(wrapped)
-        self._self_tasks = tasks
-
-
-def _with_raw_header(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # What the SDK's raw-response wrapper adds itself; set here too so the engine knows the
-    # result is a raw HTTP response (never answered locally, parsed for the trace).
-    kwargs["extra_headers"] = {**(kwargs.get("extra_headers") or {}), _RAW_HEADER: "true"}
-    return kwargs
-
-
-class _RawCompletions(_Resource):
+class _RawCompletions(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_CREATE, self.__wrapped__.create, args, _with_raw_header(kwargs))
+        return self._self_tasks.run(CHAT_CREATE, self.__wrapped__.create, args, with_raw_header(kwargs))
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_PARSE, self.__wrapped__.parse, args, _with_raw_header(kwargs))
+        return self._self_tasks.run(CHAT_PARSE, self.__wrapped__.parse, args, with_raw_header(kwargs))
 
 
-class _AsyncRawCompletions(_Resource):
+class _AsyncRawCompletions(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(ASYNC_CHAT_CREATE, self.__wrapped__.create, args,
-                                           _with_raw_header(kwargs))
+                                           with_raw_header(kwargs))
 
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(CHAT_PARSE, self.__wrapped__.parse, args,
-                                           _with_raw_header(kwargs))
+                                           with_raw_header(kwargs))
 
 
-class _Completions(_Resource):
+class _Completions(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(CHAT_CREATE, self.__wrapped__.create, args, kwargs)
 
@@ -82,14 +65,15 @@ class _Completions(_Resource):
         return self._self_tasks.run(CHAT_PARSE, self.__wrapped__.parse, args, kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run_manager(CHAT_STREAM, self.__wrapped__.stream, args, kwargs, False)
+        return self._self_tasks.run(CHAT_STREAM, self.__wrapped__.stream, args, kwargs,
+                                   is_async=False)
 
     @property
     def with_raw_response(self) -> Any:
         return _RawCompletions(self.__wrapped__.with_raw_response, self._self_tasks)
 
 
-class _AsyncCompletions(_Resource):
+class _AsyncCompletions(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(ASYNC_CHAT_CREATE, self.__wrapped__.create, args, kwargs)
 
@@ -97,27 +81,27 @@ class _AsyncCompletions(_Resource):
         return await self._self_tasks.arun(CHAT_PARSE, self.__wrapped__.parse, args, kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run_manager(ASYNC_CHAT_STREAM, self.__wrapped__.stream, args, kwargs,
-                                            True)
+        return self._self_tasks.run(ASYNC_CHAT_STREAM, self.__wrapped__.stream, args, kwargs,
+                                   is_async=True)
 
     @property
     def with_raw_response(self) -> Any:
         return _AsyncRawCompletions(self.__wrapped__.with_raw_response, self._self_tasks)
 
 
-class _RawResponses(_Resource):
+class _RawResponses(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(RESPONSES_CREATE, self.__wrapped__.create, args,
-                                    _with_raw_header(kwargs))
+                                    with_raw_header(kwargs))
 
 
-class _AsyncRawResponses(_Resource):
+class _AsyncRawResponses(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(RESPONSES_CREATE, self.__wrapped__.create, args,
-                                           _with_raw_header(kwargs))
+                                           with_raw_header(kwargs))
 
 
-class _Responses(_Resource):
+class _Responses(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(RESPONSES_CREATE, self.__wrapped__.create, args, kwargs)
 
@@ -126,7 +110,7 @@ class _Responses(_Resource):
         return _RawResponses(self.__wrapped__.with_raw_response, self._self_tasks)
 
 
-class _AsyncResponses(_Resource):
+class _AsyncResponses(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(RESPONSES_CREATE, self.__wrapped__.create, args, kwargs)
 
@@ -135,8 +119,8 @@ class _AsyncResponses(_Resource):
         return _AsyncRawResponses(self.__wrapped__.with_raw_response, self._self_tasks)
 
 
-class _Chat(_Resource):
-    def __init__(self, wrapped: Any, tasks: Tasks, completions: type[_Resource]) -> None:
+class _Chat(Resource):
+    def __init__(self, wrapped: Any, tasks: Tasks, completions: type[Resource]) -> None:
         super().__init__(wrapped, tasks)
         self._self_completions = completions(wrapped.completions, tasks)
 
@@ -145,11 +129,11 @@ class _Chat(_Resource):
         return self._self_completions
 
 
-class TracedOpenAI(_Resource):
+class TracedOpenAI(Resource):
     """A wrapped ``OpenAI`` client (see :func:`wrap_openai`)."""
 
-    _completions: type[_Resource] = _Completions
-    _responses: type[_Resource] = _Responses
+    _completions: type[Resource] = _Completions
+    _responses: type[Resource] = _Responses
 
     def __init__(self, wrapped: Any, tasks: Tasks) -> None:
         super().__init__(wrapped, tasks)
@@ -190,43 +174,37 @@ class TracedAsyncOpenAI(TracedOpenAI):
 
 
 @overload
-def wrap_openai(client: openai.OpenAI, *, task: str | None = ..., labels: Iterable[str] | None = ...,
-                store: TraceStore | str | None = ..., embedder: Embedder | None = ...,
-                target: float = ..., routing: bool = ..., **task_options: Any) -> openai.OpenAI: ...
+def wrap_openai(client: openai.OpenAI, *, task: str | None = None,
+                **options: Unpack[TaskKwargs]) -> openai.OpenAI: ...
 
 
 @overload
-def wrap_openai(client: openai.AsyncOpenAI, *, task: str | None = ...,
-                labels: Iterable[str] | None = ..., store: TraceStore | str | None = ...,
-                embedder: Embedder | None = ..., target: float = ..., routing: bool = ...,
-                **task_options: Any) -> openai.AsyncOpenAI: ...
+def wrap_openai(client: openai.AsyncOpenAI, *, task: str | None = None,
+                **options: Unpack[TaskKwargs]) -> openai.AsyncOpenAI: ...
 
 
-def wrap_openai(client: Any, *, task: str | None = None, labels: Iterable[str] | None = None,
-                store: TraceStore | str | None = None, embedder: Embedder | None = None,
-                target: float = 0.95, routing: bool = True, **task_options: Any) -> Any:
+def wrap_openai(client: Any, *, task: str | None = None, **options: Any) -> Any:
     """Wrap an ``OpenAI`` or ``AsyncOpenAI`` instance; return the wrapped client.
 
     Classification-shaped calls of ``chat.completions.create`` / ``parse`` / ``stream`` and
-    ``responses.create`` are traced into ``store`` and answered locally once a router certifies
-    them. The task is ``task``, else the per-call keyword ``tracer_wrap_task="..."`` (stripped
-    before the SDK sees it), else the prompt template (model, system prompt, output format and the
-    constant text around the classified one). ``labels`` fixes the label set (an output outside it
-    is logged invalid and returned unchanged); ``routing`` is the default of each task's routing
-    switch (the store setting ``"routing"`` of a task overrides it); ``target`` and
-    ``task_options`` go to every :class:`~tracer_wrap.TracedTask` (``min_traces``,
-    ``refit_every``, ``audit_rate``, ...).
+    ``responses.create`` are traced and answered locally once a router certifies them. The task
+    is ``task``, else the per-call keyword ``tracer_wrap_task="..."`` (stripped before the SDK
+    sees it), else the prompt template (model, system prompt, output format and the constant
+    text around the classified one). ``options`` are the task options of every task
+    (:class:`~tracer_wrap.options.TaskOptions`: ``labels``, ``target``, ``store``, ``routing``,
+    ...); a label outside ``labels`` is logged invalid and returned unchanged.
 
     A local answer is a genuine SDK object with zero usage and ``system_fingerprint ==
     "tracer_wrap-local"``. SDK errors propagate unchanged and log no trace; tracer_wrap's own
     faults (store, router, embedder) are logged and the call goes to the LLM. The instance is
-    wrapped, its class never patched. Raises ConfigError for anything but an OpenAI client.
+    wrapped, its class never patched. Raises ConfigError for anything but an OpenAI client or on
+    a bad option.
     """
     if isinstance(client, TracedOpenAI):
         client = client.__wrapped__
     if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
-        raise ConfigError(f"wrap_openai needs an openai.OpenAI or AsyncOpenAI client, got {type(client)!r}")
-    tasks = Tasks(task=task, labels=labels, store=store, embedder=embedder, routing=routing,
-                  target=target, **task_options)
+        raise ConfigError(f"wrap_openai needs an openai.OpenAI or AsyncOpenAI client,"
+                          f" got {type(client)!r}")
+    tasks = Tasks(task=task, **options)
     proxy = TracedAsyncOpenAI if isinstance(client, openai.AsyncOpenAI) else TracedOpenAI
     return proxy(client, tasks)

@@ -6,7 +6,7 @@ through ``create``), ``messages.create`` / ``stream`` of anthropic (if installed
 Every classification-shaped call is logged to the store under the task of its prompt template.
 Nothing is routed until a task's routing switch is on in the store::
 
-    tracer_wrap.TraceStore().set_setting("<task>", "routing", True)   # or the CLI
+    tracer-wrap routing <task> on
 
 The launcher needs no code change at all (the way ``opentelemetry-instrument`` works)::
 
@@ -17,8 +17,10 @@ runs the program with ``PYTHONPATH`` starting with a directory whose ``sitecusto
 lists the discovered tasks. Patching is opt-in, idempotent and undone by :func:`disable`
 (also available as ``autolog.disable()``).
 
-Environment variables read by the launcher's ``sitecustomize``: :data:`ENV_AUTOLOG` (set by
-:func:`run_command`), :data:`ENV_ROUTING`; the store is ``$TRACER_WRAP_STORE``.
+Environment variables read by the launcher's ``sitecustomize``:
+:data:`~tracer_wrap.names.ENV_AUTOLOG` (set by ``tracer-wrap run``) and
+:data:`~tracer_wrap.names.ENV_AUTOLOG_ROUTING`; task options come from ``TRACER_WRAP_*`` and
+``tracer_wrap.toml`` as everywhere.
 """
 
 from __future__ import annotations
@@ -26,28 +28,23 @@ from __future__ import annotations
 import functools
 import importlib.machinery
 import importlib.util
-import json
 import os
 import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from ..model.embedder import Embedder
-from ._sdk import ApiSpec, Tasks, inside_wrapper
+from .. import names
 from ..store import Store, open_store
+from ._sdk import ApiSpec, Tasks, inside_wrapper
 
-__all__ = ["ENV_AUTOLOG", "ENV_ROUTING", "autolog", "disable", "enabled", "run_command",
-           "task_summaries", "tasks_command"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-#: Set to 1 by :func:`run_command`: the launcher's ``sitecustomize`` then calls :func:`autolog`.
-ENV_AUTOLOG = "TRACER_WRAP_AUTOLOG"
-#: Default routing switch of autolog's tasks in a launched program (1/true: route every task whose
-#: store switch is not off). Unset: route nothing until a task's switch is on.
-ENV_ROUTING = "TRACER_WRAP_AUTOLOG_ROUTING"
+    from ..options import TaskKwargs
+
+__all__ = ["autolog", "disable", "enabled", "launch_env", "task_summaries"]
 
 LAUNCHER_DIR = Path(__file__).resolve().parent / "_launcher"
 
@@ -73,9 +70,7 @@ def _patch(cls: type, name: str, spec: ApiSpec, kind: str) -> None:
             if tasks is None or inside_wrapper():
                 return original(self, *args, **kwargs)
             bound = functools.partial(original, self)
-            if kind in ("manager", "async manager"):
-                return tasks.run_manager(spec, bound, args, kwargs, kind == "async manager")
-            return tasks.run(spec, bound, args, kwargs)
+            return tasks.run(spec, bound, args, kwargs, is_async=kind == "async manager")
 
     method.__tracer_wrap_original__ = original  # type: ignore[attr-defined]
     setattr(cls, name, method)
@@ -111,25 +106,24 @@ def _targets() -> list[tuple[type, str, ApiSpec, str]]:
     return found
 
 
-def autolog(store: Store | str | None = None, routing: bool = False, *,
-            embedder: Embedder | None = None, **task_options: Any) -> Tasks:
+def autolog(*, routing: bool = False, **options: Unpack[TaskKwargs]) -> Tasks:
     """Trace every chat call of the openai (and anthropic, if installed) SDK; return the tasks.
 
     Patches the SDK classes once per process: a second call changes nothing and returns the same
     :class:`~tracer_wrap.integrations.Tasks` (call :func:`disable` first to change options).
-    Calls are grouped into tasks by prompt template and logged to ``store`` (default
-    ``$TRACER_WRAP_STORE`` or ``./.tracer_wrap``). ``routing`` is the default of every task's
-    routing switch: with False nothing is answered locally until the task's store setting
-    ``"routing"`` is True. ``embedder`` (default all-MiniLM-L6-v2, or ``hashing`` through
-    ``$TRACER_WRAP_EMBEDDER``, loaded only once a task has a router) and ``task_options`` go to
-    every task. Calls made through a client wrapped with ``wrap_openai``/``wrap_anthropic`` are
-    traced once, by the wrapper. Thread-safe.
+    Calls are grouped into tasks by prompt template and logged to the store. ``routing`` is the
+    default of every task's routing switch: with False nothing is answered locally until the
+    task's switch is on (``tracer-wrap routing TASK on``). ``options`` are the task options of
+    every task (:class:`~tracer_wrap.options.TaskOptions`; unset ones come from ``TRACER_WRAP_*``
+    and ``tracer_wrap.toml``). Calls made through a client wrapped with
+    ``wrap_openai``/``wrap_anthropic`` are traced once, by the wrapper. Thread-safe; raises
+    ConfigError on a bad option.
     """
     global _tasks
     with _lock:
         if _tasks is not None:
             return _tasks
-        tasks = Tasks(store=store, embedder=embedder, routing=routing, **task_options)
+        tasks = Tasks(routing=routing, **options)
         for cls, name, spec, kind in _targets():
             _patch(cls, name, spec, kind)
         _tasks = tasks
@@ -160,36 +154,22 @@ autolog.enabled = enabled  # type: ignore[attr-defined]
 
 def launch_env(env: dict[str, str] | None = None, *, store: str | None = None,
                routing: bool = False) -> dict[str, str]:
-    """The environment of a launched program: ``PYTHONPATH`` starts with the launcher directory
-    and :data:`ENV_AUTOLOG` is set; ``store`` sets ``$TRACER_WRAP_STORE``."""
+    """The environment of a program launched by ``tracer-wrap run``: ``PYTHONPATH`` starts with
+    the launcher directory and :data:`~tracer_wrap.names.ENV_AUTOLOG` is set; ``store`` sets
+    ``$TRACER_WRAP_STORE`` (a directory is made absolute, a URL is kept)."""
     env = dict(os.environ if env is None else env)
     paths = [str(LAUNCHER_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                    if p and p != str(LAUNCHER_DIR)]
     env["PYTHONPATH"] = os.pathsep.join(paths)
-    env[ENV_AUTOLOG] = "1"
+    env[names.ENV_AUTOLOG] = "1"
     if routing:
-        env[ENV_ROUTING] = "1"
+        env[names.ENV_AUTOLOG_ROUTING] = "1"
     if store is not None:
-        env["TRACER_WRAP_STORE"] = str(Path(store).resolve())
+        from ..store import REDIS_SCHEMES
+
+        env[names.ENV_STORE] = store if store.startswith(REDIS_SCHEMES) \
+            else str(Path(store).resolve())
     return env
-
-
-def run_command(
-    argv: Annotated[list[str], typer.Argument(help="The program and its arguments, after --.")],
-    store: Annotated[str | None, typer.Option("--store", help="Trace store directory.")] = None,
-    routing: Annotated[bool, typer.Option(
-        "--routing/--no-routing",
-        help="Route every task whose store switch is not off (default: only tasks switched on).")] = False,
-) -> None:
-    """Run a program with every openai/anthropic chat call traced: ``tracer-wrap run -- python app.py``.
-
-    Replaces the current process with ``argv`` (``os.execvpe``), with the environment of
-    :func:`launch_env`. Raises typer.BadParameter when ``argv`` is empty; OSError when the program
-    cannot be executed.
-    """
-    if not argv:
-        raise typer.BadParameter("name the program to run, e.g. tracer-wrap run -- python app.py")
-    os.execvpe(argv[0], list(argv), launch_env(store=store, routing=routing))
 
 
 # -- task discovery -------------------------------------------------------------------------------
@@ -219,7 +199,7 @@ def task_summaries(store: Store | str | None = None) -> list[dict[str, Any]]:
             else:
                 invalid += trace.count
         counters = store.counters(task)
-        calls = max(calls, counters.get("llm_calls", 0)) + counters.get("local_calls", 0)
+        calls = max(calls, counters.get(names.COUNTER_LLM, 0)) + counters.get(names.COUNTER_LOCAL, 0)
         version = store.current_version(task)
         manifest = store.manifest(task, version) if version is not None else None
         coverage = None
@@ -230,49 +210,18 @@ def task_summaries(store: Store | str | None = None) -> list[dict[str, Any]]:
             "invalid": invalid,
             "classification": (calls >= MIN_CALLS and 0 < len(outputs) <= MAX_CLASSES
                                and len(outputs) <= MAX_DISTINCT_SHARE * calls),
-            "routing": bool(store.get_setting(task, "routing", False)),
+            "routing": store.get_setting(task, names.SETTING_ROUTING),
             "version": version, "coverage": coverage,
             "top_outputs": [label for label, _ in outputs.most_common(3)],
         })
     return rows
 
 
-def tasks_command(
-    store: Annotated[str | None, typer.Option("--store", help="Trace store directory.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-) -> None:
-    """List the tasks discovered in the store: ``tracer-wrap tasks``.
-
-    Shows call counts, distinct outputs, whether each task looks like classification, whether
-    routing is on and the coverage the gate certifies today. Raises StoreError when the store
-    cannot be opened.
-    """
-    rows = task_summaries(store)
-    if as_json:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="tracer_wrap tasks")
-    for column in ("task", "calls", "distinct outputs", "classification?", "routing", "coverage",
-                   "top outputs"):
-        table.add_column(column)
-    for row in rows:
-        coverage = "-" if row["coverage"] is None else f"{row['coverage']:.1%}"
-        table.add_row(row["task"], str(row["calls"]), str(row["distinct_outputs"]),
-                      "yes" if row["classification"] else "no", "on" if row["routing"] else "off",
-                      coverage, ", ".join(row["top_outputs"]))
-    Console().print(table)
-    if rows:
-        typer.echo('Turn routing on for a task: Store().set_setting("<task>", "routing", True)')
-
-
 def _launched() -> None:
     """Called by the launcher's sitecustomize: start autolog, never break the program."""
-    if os.environ.get(ENV_AUTOLOG, "").strip().lower() not in {"1", "true", "yes", "on"}:
+    if os.environ.get(names.ENV_AUTOLOG, "").strip().lower() not in names.TRUE_WORDS:
         return
-    routing = os.environ.get(ENV_ROUTING, "").strip().lower() in {"1", "true", "yes", "on"}
+    routing = os.environ.get(names.ENV_AUTOLOG_ROUTING, "").strip().lower() in names.TRUE_WORDS
     try:
         autolog(routing=routing)
     except Exception as exc:  # a broken install must not stop the user's program

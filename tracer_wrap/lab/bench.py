@@ -129,7 +129,7 @@ def bench(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark and return its report (see the module docstring)."""
-    from ..options import make_embedder
+    from ..model.embedder import make_embedder
 
     console = console or Console(stderr=True)
     train_rows, test_rows = list(read_jsonl(train)), list(read_jsonl(test))

@@ -38,10 +38,10 @@ class DemoResult:
     queries: int
     traces: int
     llm_calls: int
-    handled: int
-    handled_agree: int
-    handled_gold: int
-    last_window_handled: int
+    local: int
+    local_agree: int
+    local_gold: int
+    last_window_local: int
     last_window: int
     refits: int
     seconds: float
@@ -83,23 +83,23 @@ def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 1000,
             embedder.embed([text for text, _ in rows[i:i + 256]])
             progress.advance(embedding, len(rows[i:i + 256]))
         streaming = progress.add_task("Classifying traffic       ", total=len(rows))
-        handled = handled_agree = handled_gold = window_handled = refits = 0
+        local = local_agree = local_gold = window_local = refits = 0
         window = min(2000, len(rows) // 4)
         last_version = None
         for i, (text, intent) in enumerate(rows):
             before = llm_calls
             label = classify(text)
             if llm_calls == before:
-                handled += 1
-                handled_agree += label == llm.label_for(text, intent)
-                handled_gold += label == intent
-                window_handled += i >= len(rows) - window
+                local += 1
+                local_agree += label == llm.label_for(text, intent)
+                local_gold += label == intent
+                window_local += i >= len(rows) - window
             version = classify.task.store.current_version(classify.task.task)
             refits += version != last_version
             last_version = version
             progress.advance(streaming)
     return DemoResult(len(rows), classify.task.store.count(classify.task.task), llm_calls,
-                      handled, handled_agree, handled_gold, window_handled, window, refits,
+                      local, local_agree, local_gold, window_local, window, refits,
                       time.perf_counter() - started)
 
 
@@ -112,13 +112,13 @@ def show(result: DemoResult, console: Console, target: float) -> None:
     rows = [
         ("traces logged", f"{result.traces:,}"),
         ("routers published", f"{result.refits}"),
-        ("answered locally (whole stream)", f"{result.handled / result.queries:.1%}"),
+        ("answered locally (whole stream)", f"{result.local / result.queries:.1%}"),
         (f"answered locally (last {result.last_window:,} queries)",
-         f"{result.last_window_handled / max(result.last_window, 1):.1%}"),
+         f"{result.last_window_local / max(result.last_window, 1):.1%}"),
         ("agreement with the LLM on local answers",
-         f"{result.handled_agree / max(result.handled, 1):.2%}"),
+         f"{result.local_agree / max(result.local, 1):.2%}"),
         ("agreement with gold labels on local answers",
-         f"{result.handled_gold / max(result.handled, 1):.2%}"),
+         f"{result.local_gold / max(result.local, 1):.2%}"),
         ("LLM calls made", f"{result.llm_calls:,}"),
         ("LLM calls avoided", f"{avoided:,}"),
         ("LLM cost without tracer_wrap", f"${result.queries * PRICE_PER_CALL:,.2f}"),

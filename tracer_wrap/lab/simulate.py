@@ -48,8 +48,8 @@ def simulate(
     """Replay ``stream_path`` and return the figures of the run.
 
     The result holds ``n`` (rows), ``llm_calls`` (calls of the teacher, audits included),
-    ``handled`` (local answers), ``handled_share``, ``handled_agreement`` (local answers equal to
-    the row's teacher label; None when nothing was handled), ``audit_calls``, ``refits``
+    ``local`` (local answers), ``local_share``, ``local_agreement`` (local answers equal to
+    the row's teacher label; None when nothing was local), ``audit_calls``, ``refits``
     (versions fitted), ``breaker_trips``, ``versions`` and ``curve``: one point per
     ``n / curve_points`` rows with the window's and the cumulative coverage and agreement, the
     number of traces and the version served. ``store`` defaults to a temporary directory removed
@@ -87,16 +87,16 @@ def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_e
     traced = classify.task
     n = len(rows)
     step = max(1, n // max(1, curve_points))
-    handled = agree = 0
-    window_handled = window_agree = window_n = 0
+    local = agree = 0
+    window_local = window_agree = window_n = 0
     curve: list[dict[str, Any]] = []
     for i, (text, label) in enumerate(rows, 1):
         answer[0] = label
         before = llm_calls[0]
         out = classify(text)
         if llm_calls[0] == before:  # the teacher was not asked: a local answer
-            handled += 1
-            window_handled += 1
+            local += 1
+            window_local += 1
             ok = out == label
             agree += ok
             window_agree += ok
@@ -104,24 +104,24 @@ def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_e
         if i % step == 0 or i == n:
             curve.append({
                 "n": i,
-                "window_coverage": window_handled / window_n,
-                "window_agreement": window_agree / window_handled if window_handled else None,
-                "coverage": handled / i,
-                "agreement": agree / handled if handled else None,
+                "window_coverage": window_local / window_n,
+                "window_agreement": window_agree / window_local if window_local else None,
+                "coverage": local / i,
+                "agreement": agree / local if local else None,
                 "traces": store.count(task),
                 "version": traced.version,
             })
-            window_handled = window_agree = window_n = 0
+            window_local = window_agree = window_n = 0
     traced.close(wait=True)  # lets a background refit still running finish
     manifests = store.versions(task)
     stats = traced.stats.as_dict()
     return {
         "n": n,
         "llm_calls": llm_calls[0],
-        "handled": handled,
-        "handled_share": handled / n,
-        "handled_agreement": agree / handled if handled else None,
-        "audit_calls": stats["audited"],
+        "local": local,
+        "local_share": local / n,
+        "local_agreement": agree / local if local else None,
+        "audit_calls": stats["audits"],
         "refits": store.counter(task, "refits"),
         "breaker_trips": store.counter(task, "breaker_trips"),
         "outliers_deferred": stats["outliers"],
@@ -165,7 +165,7 @@ def simulate_command(
     if embeddings is not None:
         chosen: Embedder | None = _precomputed(embeddings)
     elif embedder is not None:
-        from ..options import make_embedder
+        from ..model.embedder import make_embedder
 
         chosen = make_embedder(embedder)
     else:
@@ -175,9 +175,9 @@ def simulate_command(
                       min_traces=min_traces, seed=seed)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    agreement = result["handled_agreement"]
-    typer.echo(f"{result['n']} rows: {result['handled']} answered locally"
-               f" ({result['handled_share']:.1%}) at agreement "
+    agreement = result["local_agreement"]
+    typer.echo(f"{result['n']} rows: {result['local']} answered locally"
+               f" ({result['local_share']:.1%}) at agreement "
                f"{'n/a' if agreement is None else f'{agreement:.4f}'} (target {target});"
                f" {result['llm_calls']} LLM calls ({result['audit_calls']} audits),"
                f" {result['refits']} refits, {result['breaker_trips']} breaker trips")

@@ -12,7 +12,7 @@ import numpy as np
 from .. import names
 from ..errors import EmbedderError, MissingExtraError
 
-__all__ = ["Embedder"]
+__all__ = ["Embedder", "make_embedder"]
 
 EmbedFn = Callable[[list[str]], Any]
 
@@ -182,3 +182,19 @@ def _resolve_model_path(model: str) -> str:
 
 def _short_name(model: str) -> str:
     return model.rstrip("/").rsplit("/", 1)[-1]
+
+
+def make_embedder(name: str | None = None) -> Embedder:
+    """The embedder called ``name`` (default all-MiniLM-L6-v2): the one place embedders are built
+    from a name.
+
+    ``hashing`` is the tiny deterministic embedder of :mod:`tracer_wrap.model.hashing` (tests and
+    quick trials); any other name is a sentence-transformers model or a local path to one, loaded
+    on first use (the bundled offline weights for all-MiniLM-L6-v2 when installed).
+    """
+    name = (name or names.DEFAULT_EMBEDDER).strip()
+    if name.lower() == names.HASHING_EMBEDDER:
+        from .hashing import hashing_embedder  # imports scikit-learn: only when asked for
+
+        return hashing_embedder()
+    return Embedder.default(name)

@@ -1,12 +1,13 @@
 """The ``tracer-wrap`` command: look at a store's tasks and act on them without writing Python.
 
-Every command works on one trace store: ``--store DIR`` (global or per command), else
-``$TRACER_WRAP_STORE``, else ``./.tracer_wrap``. Read commands take ``--json`` and then print one
-JSON document on stdout (progress bars and messages go to stderr). Exit codes: 0 ok, 1 error
-(a tracer_wrap error prints one line, no traceback), 2 usage error.
+Every command works on one store: its own ``--store``, else the global ``--store``, else
+``$TRACER_WRAP_STORE``, else the ``store`` key of ``tracer_wrap.toml``, else ``./.tracer_wrap``
+(:func:`tracer_wrap.options.store_spec`). Read commands take ``--json`` and then print one JSON
+document on stdout (progress bars and messages go to stderr). Exit codes, the same for the same
+error in every command: 0 ok; 1 an error tracer_wrap reports (a store, a task or a file that
+cannot be used, a refusal), printed as one line without traceback; 2 a usage error.
 
-The fit and report commands embed traces with ``--embedder`` / ``$TRACER_WRAP_EMBEDDER`` (default
-all-MiniLM-L6-v2); ``hashing`` selects a tiny deterministic embedder for tests and quick trials.
+Help texts are the commands' docstrings, so they are written as plain text.
 """
 
 from __future__ import annotations
@@ -18,78 +19,84 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from typing_extensions import Annotated
 
 from .. import names
 from ..errors import ConfigError, TracerWrapError
-from ..store import REDIS_SCHEMES, Origin, Store, open_store
+from ..options import TaskOptions, store_spec
+from ..store import REDIS_SCHEMES, Store, open_store
 
-__all__ = ["app", "main", "task_status"]
+__all__ = ["app", "main"]
 
 app = typer.Typer(
     name="tracer-wrap",
-    help="Inspect and operate tracer_wrap trace stores: status, fit, versions, reports, sidecar.",
+    help="Inspect and operate tracer_wrap stores: status, fit, versions, routing, prices, "
+         "reports, the HTTP sidecar.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 StoreOpt = Annotated[
     Optional[str],
-    typer.Option("--store", help="Trace store directory or redis:// URL (default: the global "
-                                 "--store, $TRACER_WRAP_STORE or ./.tracer_wrap)."),
+    typer.Option("--store", help="Store directory or redis:// URL (default: the global --store, "
+                                 "$TRACER_WRAP_STORE, tracer_wrap.toml, ./.tracer_wrap)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 EmbedderOpt = Annotated[
     Optional[str],
     typer.Option("--embedder", help="Embedding model name, or 'hashing' (tiny, for tests and "
-                                    "trials). Default: $TRACER_WRAP_EMBEDDER or all-MiniLM-L6-v2."),
+                                    "trials). Default: $TRACER_WRAP_EMBEDDER, tracer_wrap.toml, "
+                                    "all-MiniLM-L6-v2."),
 ]
+TaskArg = Annotated[str, typer.Argument(help="Task name (tracer-wrap tasks lists them).")]
 
 
 @app.callback()
 def _root(
     ctx: typer.Context,
     store: Annotated[Optional[str], typer.Option(
-        "--store", envvar=names.ENV_STORE,
-        help="Trace store directory or redis:// URL [env: TRACER_WRAP_STORE; default"
-             " ./.tracer_wrap].")] = None,
+        "--store", help="Store directory or redis:// URL for every command (default: "
+                        "$TRACER_WRAP_STORE, tracer_wrap.toml, ./.tracer_wrap).")] = None,
 ) -> None:
     ctx.obj = {"store": store}
 
 
-def _clean_errors(fn: F) -> F:
-    """Turn tracer_wrap's own errors into one line on stderr and exit code 1."""
+def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
+    """Register a command whose tracer_wrap errors print as one line and exit with code 1."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except TracerWrapError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-        except OSError as exc:  # a file the user named cannot be read or written
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+    def register(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (TracerWrapError, OSError) as exc:
+                err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+                raise typer.Exit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+        app.command(name, **settings)(wrapper)
+        return fn
+
+    return register
 
 
-def _open_store(ctx: typer.Context, store: str | None, *, must_exist: bool = True) -> Store:
-    spec = str(store or (ctx.obj or {}).get("store") or names.DEFAULT_STORE)
-    if must_exist and not spec.startswith(REDIS_SCHEMES) and not Path(spec).is_dir():
-        raise ConfigError(f"no trace store at {spec!r} (use --store or $TRACER_WRAP_STORE)")
+def _store_of(ctx: typer.Context, store: str | None, *, must_exist: bool = True) -> Store:
+    spec = store_spec(store or (ctx.obj or {}).get("store"))
+    if isinstance(spec, str) and must_exist and not spec.startswith(REDIS_SCHEMES) \
+            and not Path(spec).is_dir():
+        raise ConfigError(f"no store at {spec!r} (use --store, $TRACER_WRAP_STORE or the store key"
+                          f" of {names.CONFIG_FILE})")
     return open_store(spec)
 
 
@@ -107,120 +114,104 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
 
 
+def _target(value: float | None) -> str:
+    """A target with every digit it has (0.999, not 1.00)."""
+    return "—" if value is None else f"{value:.4g}"
+
+
+def _money(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.2f}"
+
+
+def _when(ts: float | None) -> str:
+    return "—" if not ts else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
 # -- status ----------------------------------------------------------------------------------
 
 
-def task_status(store: Store, task: str) -> dict[str, Any]:
-    """Everything ``status`` shows about one task, as a JSON-serialisable dict.
-
-    Live agreement is the share of audit samples (traces of origin ``audit`` whose router label was
-    recorded) where the router's label equals the teacher's. Savings are ``handled`` calls times
-    the task's ``price_per_call`` setting, when both are known.
-    """
-    from ..versions import certified_coverage
-
-    traces = store.traces(task)
-    valid = sum(t.valid for t in traces)
-    audits = [t for t in traces if t.origin == Origin.AUDIT.value and t.valid
-              and t.router_label is not None]
-    agree = sum(t.router_label == t.teacher for t in audits)
-    version = store.current_version(task)
-    manifest = store.manifest(task, version) if version is not None else None
-    target = coverage = None
-    certified = False
-    if manifest is not None:
-        target = float(manifest.get("target", 0.95))
-        coverage = certified_coverage(manifest, target)
-        certified = any(c["threshold"] is not None and c["target"] >= target
-                        for c in manifest.get("certificates", []))
-    counters = store.counters(task)
-    handled, deferred = counters.get("handled"), counters.get("deferred")
-    price = store.get_setting(task, "price_per_call")
-    savings = (handled * float(price)) if handled is not None and price is not None else None
-    return {
-        "task": task,
-        "traces": len(traces),
-        "calls_logged": sum(t.count for t in traces),
-        "valid": valid,
-        "invalid": len(traces) - valid,
-        "current_version": version,
-        "versions": len(store.versions(task)),
-        "target": target,
-        "certified": certified,
-        "certified_coverage": coverage,
-        "audit_samples": len(audits),
-        "live_agreement": agree / len(audits) if audits else None,
-        "breaker": store.get_setting(task, "breaker"),
-        "handled": handled,
-        "deferred": deferred,
-        "price_per_call": price,
-        "savings": savings,
-        "counters": counters,
-    }
-
-
-@app.command()
-@_clean_errors
+@command()
 def status(
     ctx: typer.Context,
     tasks: Annotated[Optional[list[str]], typer.Argument(help="Tasks to show (default: all).")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per task: traces, current version, certified coverage, live agreement, breaker, savings."""
-    st = _open_store(ctx, store)
-    names = tasks or st.tasks()
-    for name in names:
+    """Per task: traces, served version, certified coverage, routing, live agreement, breaker,
+    calls answered locally and money saved."""
+    from .status import task_status
+
+    st = _store_of(ctx, store)
+    selected = tasks or st.tasks()
+    for name in selected:
         _known_task(st, name)
-    rows = [task_status(st, name) for name in names]
+    rows = [task_status(st, name) for name in selected]
     if as_json:
         _emit_json({"store": str(st.path), "tasks": rows})
         return
     if not rows:
         console.print(f"No tasks in {st.path} yet.")
         return
-    console.print(f"[bold]tracer_wrap store[/] {st.path}")
-    for r in rows:
-        console.print(_status_panel(r))
+    console.print(f"tracer_wrap store {st.path}", markup=False)
+    for row in rows:
+        console.print(_status_panel(row))
 
 
 def _breaker_text(breaker: Any) -> str:
-    """The drift breaker's setting (see tracer_wrap.breaker) in words."""
     if breaker is None:
         return "closed (not tripped)"
     if isinstance(breaker, dict):
-        at = breaker.get("at")
-        when = time.strftime(" at %Y-%m-%d %H:%M", time.localtime(at)) if at else ""
-        return (f"[red]tripped[/] on version {breaker.get('version', '?')}{when}: "
-                f"{breaker.get('reason', '')}")
+        return (f"tripped on version {breaker.get('version', '?')} at {_when(breaker.get('at'))}:"
+                f" {breaker.get('reason', '')}")
     return str(breaker)
+
+
+def _routing_text(value: Any) -> str:
+    if value is None:
+        return "each process's own setting (default on)"
+    return "on" if value else "off (shadow mode: nothing answered locally)"
 
 
 def _status_panel(r: dict[str, Any]) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
-    breaker = _breaker_text(r["breaker"])
     if r["current_version"] is None:
         router = "no router yet (every call goes to the LLM)"
     else:
         certified = (f"{_pct(r['certified_coverage'])} coverage certified" if r["certified"]
-                     else "[yellow]gate refused: every call goes to the LLM[/]")
-        router = f"v{r['current_version']} of {r['versions']} · target {r['target']:.2f} · {certified}"
+                     else "gate refused: every call goes to the LLM")
+        pinned = " (pinned)" if r["pinned_version"] == r["current_version"] else ""
+        router = (f"v{r['current_version']}{pinned} of {r['versions']} · target "
+                  f"{_target(r['target'])} · {certified}")
+    usage = r["usage"]
+    calls = (f"{usage['calls']:,} calls: {usage['local']:,} answered locally, {usage['llm']:,}"
+             f" LLM answers ({usage['audits']:,} audits, {usage['invalid']:,} invalid)")
+    if usage["price"] is None:
+        money = "no price set (tracer-wrap price TASK --per-call ...)"
+    else:
+        money = (f"{_money(usage['saved'])} saved on {usage['llm_calls_avoided']:,} LLM calls"
+                 f" avoided; LLM spend {_money(usage['llm_cost'])} (price "
+                 f"{_price_text(usage['price'])})")
     rows = [
-        ("traces", f"{r['traces']} distinct inputs ({r['valid']} valid, {r['invalid']} invalid),"
-                   f" {r['calls_logged']} calls logged"),
+        ("traces", f"{r['traces']:,} distinct inputs ({r['valid']:,} valid, {r['invalid']:,}"
+                   f" invalid), {r['calls_logged']:,} calls logged"),
         ("router", router),
+        ("routing", _routing_text(r["routing"])),
         ("live agreement", f"{_pct(r['live_agreement'])} on {r['audit_samples']} audit samples"),
-        ("breaker", breaker),
-        ("calls", "—" if r["handled"] is None and r["deferred"] is None
-         else f"{r['handled'] or 0} handled locally, {r['deferred'] or 0} deferred to the LLM"),
-        ("savings", "—" if r["savings"] is None
-         else f"${r['savings']:,.2f} (at ${float(r['price_per_call']):g} per call)"),
+        ("breaker", _breaker_text(r["breaker"])),
+        ("calls", calls),
+        ("savings", money),
     ]
     for key, value in rows:
         grid.add_row(key, value)
-    return Panel(grid, title=f"[bold]{r['task']}[/]", title_align="left", expand=False)
+    return Panel(grid, title=r["task"], title_align="left", expand=False)
+
+
+def _price_text(price: dict[str, float]) -> str:
+    from ..accounting import Price
+
+    return Price(**price).describe()
 
 
 # -- fit -------------------------------------------------------------------------------------
@@ -237,136 +228,147 @@ def _embed_with_progress(embedder: Any, texts: list[str], *, label: str) -> None
             progress.advance(bar, len(texts[i:i + batch]))
 
 
-def _frontier_table(manifest: dict[str, Any], title: str) -> Table:
+def _frontier_table(rows: list[dict[str, Any]], served: float | None, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for col in ("target", "threshold", "coverage", "agreement", "accepted"):
+    for col in ("target", "threshold", "coverage", "agreement", "saved / 1,000 calls"):
         table.add_column(col, no_wrap=True)
-    served = manifest.get("target")
-    for c in manifest.get("certificates", []):
-        mark = " ◀ served" if served is not None and abs(c["target"] - served) < 1e-9 else ""
+    for row in rows:
+        mark = " ◀ served" if served is not None and abs(row["target"] - served) < 1e-12 else ""
         table.add_row(
-            f"{c['target']:.2f}{mark}",
-            "refused" if c["threshold"] is None else f"{c['threshold']:.4f}",
-            _pct(c["coverage"]), _pct(c["agreement"]), str(c["n_accepted"]),
-        )
-        if mark and c["threshold"] is None and c.get("reason"):
-            table.caption = f"target {c['target']:.2f} refused: {c['reason']}"
+            f"{_target(row['target'])}{mark}",
+            "refused" if row["threshold"] is None else f"{row['threshold']:.4f}",
+            _pct(row["coverage"]), _pct(row["agreement"]), _money(row["saved_per_1000_calls"]))
+        if mark and row["threshold"] is None and row.get("reason"):
+            table.caption = f"target {_target(row['target'])} refused: {row['reason']}"
     return table
 
 
-@app.command()
-@_clean_errors
+@command()
 def fit(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task to fit.")],
-    target: Annotated[float, typer.Option(min=0.01, max=1.0,
-                                          help="Agreement to certify and serve.")] = 0.95,
-    delta: Annotated[float, typer.Option(min=0.0001, max=0.5,
-                                         help="Allowed error probability of the certificate.")] = 0.05,
-    min_traces: Annotated[int, typer.Option(min=10, help="Refuse to fit below this many valid "
-                                                         "traces.")] = 200,
+    task: TaskArg,
+    target: Annotated[Optional[float], typer.Option(
+        min=0.01, max=1.0, help="Agreement to certify and serve (default: the task's options).")]
+    = None,
+    delta: Annotated[Optional[float], typer.Option(
+        min=0.0001, max=0.5, help="Allowed error probability of the certificate.")] = None,
+    min_traces: Annotated[Optional[int], typer.Option(
+        min=10, help="Refuse to fit below this many valid traces.")] = None,
     embedder: EmbedderOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Serve the new version even if it certifies nothing, or replace a "
+                        "version fitted with another embedder.")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fit a router on the task's valid traces now and publish it if it is at least as good."""
-    from ..options import make_embedder
+    """Fit a router on the task's valid traces now. The new version is served if it certifies
+    the target (even at a lower coverage than the version it replaces); one that certifies
+    nothing, or that was fitted with another embedder than the served version, is only saved,
+    unless --force."""
     from ..engine import TracedTask
+    from .status import frontier_rows
 
-    st = _open_store(ctx, store)
+    st = _store_of(ctx, store)
     _known_task(st, task)
-    emb = make_embedder(embedder)
+    explicit = {"target": target, "delta": delta, "min_traces": min_traces,
+                "embedder": embedder, "store": st, "refit_every": None,
+                "refit_executor": "inline"}
+    traced = TracedTask(task, options=TaskOptions.resolve(task, explicit))
+    before = st.current_version(task)
+    served = st.manifest(task, before) if before is not None else None
+    if served is not None and not force and served.get("embedder") not in (
+            None, traced.embedder.name):
+        raise ConfigError(
+            f"version {before} of {task!r} was fitted with embedder {served.get('embedder')!r};"
+            f" a router fitted with {traced.embedder.name!r} cannot serve the processes that embed"
+            f" with it. Pass --embedder {served.get('embedder')} or --force.")
     texts = [t.input for t in st.iter_traces(task, valid_only=True)]
     started = time.perf_counter()
-    _embed_with_progress(emb, texts, label=f"embedding {len(texts)} traces")
-    before = st.current_version(task)
-    traced = TracedTask(task, store=st, embedder=emb, target=target, delta=delta,
-                        min_traces=min_traces, refit_every=None)
+    _embed_with_progress(traced.embedder, texts, label=f"embedding {len(texts)} traces")
     with err_console.status("fitting the router and certifying thresholds"):
         traced.refit()
-    after = st.current_version(task)
     newest = st.versions(task)[-1]
-    published = after is not None and after != before and after == newest["version"]
+    after = st.current_version(task)
+    if force and after != newest["version"]:
+        from ..versions import rollback
+
+        rollback(st, task, newest["version"])
+        after = newest["version"]
+    traced.close()
+    published = after == newest["version"] and after != before
+    from ..accounting import read_summary
+
+    rows = frontier_rows(newest, read_summary(st, task))
     result = {"task": task, "version": newest["version"], "published": published,
               "current_version": after, "seconds": round(time.perf_counter() - started, 2),
-              "n_traces": newest.get("n_traces"), "certificates": newest.get("certificates", [])}
+              "n_traces": newest.get("n_traces"), "embedder": newest.get("embedder"),
+              "target": newest.get("target"), "frontier": rows}
     if as_json:
         _emit_json(result)
         return
-    console.print(_frontier_table(newest, f"{task}: version {newest['version']} "
-                                          f"({newest.get('n_traces')} traces, calibration "
-                                          f"{newest.get('n_calibration')})"))
+    console.print(_frontier_table(rows, newest.get("target"),
+                                  f"{task}: version {newest['version']} ({newest.get('n_traces')}"
+                                  f" traces, calibration {newest.get('n_calibration')})"))
     if published:
-        console.print(f"[green]Serving version {after}.[/]")
+        console.print(f"Serving version {after}.")
     else:
-        console.print(f"[yellow]Kept version {before}: version {newest['version']} certifies "
-                      f"less coverage at target {target:.2f}.[/]")
+        console.print(f"Kept version {before}: version {newest['version']} certifies nothing at"
+                      f" target {_target(newest.get('target'))} (saved; --force serves it).")
 
 
-# -- versions and rollback -------------------------------------------------------------------
+# -- versions, rollback, pin -------------------------------------------------------------------
 
 
-@app.command()
-@_clean_errors
-def versions(
-    ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task whose router versions to list.")],
-    store: StoreOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """List the task's router versions with their certified coverage; mark the one served."""
-    from ..versions import certified_coverage
+@command()
+def versions(ctx: typer.Context, task: TaskArg, store: StoreOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """List the task's router versions: when each was fitted, on how many traces, what it
+    certified at its target; mark the one served and the pinned one."""
+    from ..versions import certified_coverage, pinned_version
 
-    st = _open_store(ctx, store)
+    st = _store_of(ctx, store)
     _known_task(st, task)
-    current = st.current_version(task)
+    current, pinned = st.current_version(task), pinned_version(st, task)
     rows = []
     for m in st.versions(task):
         target = float(m.get("target", 0.95))
         rows.append({"version": m["version"], "current": m["version"] == current,
-                     "saved_at": m.get("saved_at"), "n_traces": m.get("n_traces"),
-                     "target": target, "certified_coverage": certified_coverage(m, target),
+                     "pinned": m["version"] == pinned, "saved_at": m.get("saved_at"),
+                     "n_traces": m.get("n_traces"), "target": target,
+                     "certified_coverage": certified_coverage(m, target),
                      "embedder": m.get("embedder"), "labels": len(m.get("labels", []))})
     if as_json:
-        _emit_json({"task": task, "current_version": current, "versions": rows})
+        _emit_json({"task": task, "current_version": current, "pinned_version": pinned,
+                    "versions": rows})
         return
-    table = Table(title=f"{task}: router versions", title_justify="left")
-    for col in ("version", "saved", "traces", "labels", "target", "coverage", "embedder"):
+    table = Table(title=f"{task}: router versions", title_justify="left",
+                  caption="● served now, 📌 pinned")
+    for col in ("version", "fitted", "traces", "labels", "target", "coverage", "embedder"):
         table.add_column(col, no_wrap=col != "embedder", overflow="fold")
-    table.caption = "● served now"
     for r in rows:
-        saved = (time.strftime("%Y-%m-%d %H:%M", time.localtime(r["saved_at"]))
-                 if r["saved_at"] else "—")
-        table.add_row(f"v{r['version']}" + (" ●" if r["current"] else ""), saved,
-                      str(r["n_traces"]), str(r["labels"]), f"{r['target']:.2f}",
-                      _pct(r["certified_coverage"]), str(r["embedder"]))
+        mark = (" ●" if r["current"] else "") + (" 📌" if r["pinned"] else "")
+        table.add_row(f"v{r['version']}{mark}", _when(r["saved_at"]), str(r["n_traces"]),
+                      str(r["labels"]), _target(r["target"]), _pct(r["certified_coverage"]),
+                      str(r["embedder"]))
     console.print(table if rows else f"{task} has no router versions yet.")
 
 
-@app.command()
-@_clean_errors
+@command()
 def rollback(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task to roll back.")],
+    task: TaskArg,
     version: Annotated[int, typer.Argument(min=1, help="Version to serve from now on.")],
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Serve an earlier (or any kept) version; every process picks it up on its next call."""
-    from .. import versions as versions_mod
+    """Serve an earlier (or any kept) version; every process picks it up within a second. A
+    later certified refit replaces it; pin it to stop that."""
+    from ..versions import rollback as do_rollback
 
-    st = _open_store(ctx, store)
+    st = _store_of(ctx, store)
     _known_task(st, task)
     previous = st.current_version(task)
-    core_rollback = getattr(versions_mod, "rollback", None)
-    if core_rollback is not None:
-        core_rollback(st, task, version)
-    else:
-        if st.manifest(task, version) is None:
-            kept = ", ".join(f"v{m['version']}" for m in st.versions(task)) or "none"
-            raise ConfigError(f"{task!r} has no version {version} (kept: {kept})")
-        versions_mod.load_version(st, task, version)  # refuse a corrupt or tampered file
-        st.set_current(task, version)
+    do_rollback(st, task, version)
     if as_json:
         _emit_json({"task": task, "previous_version": previous, "current_version": version})
     else:
@@ -374,20 +376,109 @@ def rollback(
                       f"{'none' if previous is None else previous}).")
 
 
+@command()
+def pin(
+    ctx: typer.Context,
+    task: TaskArg,
+    version: Annotated[int, typer.Argument(min=1, help="Version to serve until unpinned.")],
+    store: StoreOpt = None,
+) -> None:
+    """Serve a version and keep serving it whatever refits publish, until unpin."""
+    from ..versions import pin as do_pin
+
+    st = _store_of(ctx, store)
+    _known_task(st, task)
+    do_pin(st, task, version)
+    console.print(f"{task}: version {version} is served and pinned.")
+
+
+@command()
+def unpin(ctx: typer.Context, task: TaskArg, store: StoreOpt = None) -> None:
+    """Let certified refits replace the served version again."""
+    from ..versions import unpin as do_unpin
+
+    st = _store_of(ctx, store)
+    _known_task(st, task)
+    do_unpin(st, task)
+    console.print(f"{task}: unpinned; the next certified refit is served.")
+
+
+# -- routing and price ------------------------------------------------------------------------
+
+
+@command()
+def routing(
+    ctx: typer.Context,
+    task: TaskArg,
+    switch: Annotated[str, typer.Argument(
+        help="on: answer locally where certified. off: shadow mode, every call goes to the LLM "
+             "while traces are logged and the router is scored on what it would have answered. "
+             "default: each process's own routing option.")],
+    store: StoreOpt = None,
+) -> None:
+    """Switch local answers of a task on or off for every process sharing the store (each
+    process follows within a second)."""
+    values = {"on": True, "off": False, "shadow": False, "default": None}
+    if switch not in values:
+        raise typer.BadParameter(f"expected on, off or default, got {switch!r}")
+    st = _store_of(ctx, store)
+    _known_task(st, task)
+    st.set_setting(task, names.SETTING_ROUTING, values[switch])
+    console.print(f"{task}: routing {_routing_text(values[switch])}.")
+
+
+@command()
+def price(
+    ctx: typer.Context,
+    task: TaskArg,
+    per_call: Annotated[Optional[float], typer.Option(
+        "--per-call", min=0.0, help="Cost of one LLM call.")] = None,
+    input_per_mtok: Annotated[Optional[float], typer.Option(
+        "--input-per-mtok", min=0.0, help="Cost of a million input tokens.")] = None,
+    output_per_mtok: Annotated[Optional[float], typer.Option(
+        "--output-per-mtok", min=0.0, help="Cost of a million output tokens.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove the task's price.")] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set (or show) what one LLM call of the task costs; savings are counted at this price. An
+    application that sets a price in code, the environment or tracer_wrap.toml writes its own."""
+    from ..accounting import Price, read_summary
+
+    st = _store_of(ctx, store)
+    _known_task(st, task)
+    given = {k: v for k, v in (("per_call", per_call), ("input_per_mtok", input_per_mtok),
+                               ("output_per_mtok", output_per_mtok)) if v is not None}
+    if clear and given:
+        raise typer.BadParameter("--clear takes no prices")
+    if clear:
+        st.set_setting(task, names.SETTING_PRICE, None)
+    elif given:
+        st.set_setting(task, names.SETTING_PRICE, Price(**given).as_dict())
+    usage = read_summary(st, task)
+    if as_json:
+        _emit_json(usage)
+    elif usage["price"] is None:
+        console.print(f"{task}: no price set.")
+    else:
+        console.print(f"{task}: {_price_text(usage['price'])}; saved so far"
+                      f" {_money(usage['saved'])} on {usage['llm_calls_avoided']:,} LLM calls"
+                      " avoided.")
+
+
 # -- export and import -----------------------------------------------------------------------
 
 
-@app.command("export")
-@_clean_errors
+@command("export")
 def export_cmd(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task whose traces to export.")],
+    task: TaskArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="JSONL file to write.")],
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write the task's valid traces as JSONL lines {"input": ..., "teacher": ...}."""
-    st = _open_store(ctx, store)
+    st = _store_of(ctx, store)
     _known_task(st, task)
     n = st.export_jsonl(task, output)
     if as_json:
@@ -396,8 +487,7 @@ def export_cmd(
         console.print(f"Exported {n} traces of {task} to {output}.")
 
 
-@app.command("import")
-@_clean_errors
+@command("import")
 def import_cmd(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="JSONL trace file (tracer-llm format).")],
@@ -406,7 +496,7 @@ def import_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Append a JSONL trace file to a task; a malformed line imports nothing."""
-    st = _open_store(ctx, store, must_exist=False)
+    st = _store_of(ctx, store, must_exist=False)
     if not file.is_file():
         raise ConfigError(f"no such file: {str(file)!r}")
     before = st.count(task)
@@ -418,24 +508,23 @@ def import_cmd(
         console.print(f"Imported {n} lines into {task} ({added} new distinct inputs).")
 
 
-# -- report, serve, demo ---------------------------------------------------------------------
+# -- report, serve, tasks, run --------------------------------------------------------------------
 
 
-@app.command()
-@_clean_errors
+@command()
 def report(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task to report on.")],
+    task: TaskArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path(
         "report.html"),
     embedder: EmbedderOpt = None,
     store: StoreOpt = None,
 ) -> None:
     """Write one self-contained HTML report (opens offline) about the task and its router."""
-    from ..options import make_embedder
+    from ..model.embedder import make_embedder
     from .report import render_report
 
-    st = _open_store(ctx, store)
+    st = _store_of(ctx, store)
     _known_task(st, task)
     emb = None
     version = st.current_version(task)
@@ -451,8 +540,7 @@ def report(
     console.print(f"Wrote {output} ({len(html) // 1024} KiB).")
 
 
-@app.command()
-@_clean_errors
+@command()
 def serve(
     ctx: typer.Context,
     store: StoreOpt = None,
@@ -460,71 +548,110 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")]
     = "127.0.0.1",
     token: Annotated[Optional[str], typer.Option(
-        envvar="TRACER_WRAP_TOKEN", help="Require 'Authorization: Bearer TOKEN' "
-                                         "[env: TRACER_WRAP_TOKEN].")] = None,
+        envvar=names.ENV_TOKEN, help="Require 'Authorization: Bearer TOKEN' "
+                                     "[env: TRACER_WRAP_TOKEN].")] = None,
     max_body: Annotated[int, typer.Option(min=1024, help="Largest request body in bytes.")]
     = 1_000_000,
     embedder: EmbedderOpt = None,
 ) -> None:
-    """Run the HTTP sidecar: route and log traces from applications in any language."""
+    """Run the HTTP sidecar: route inputs and log LLM answers from applications in any language,
+    through the same engine as the Python library."""
     from .server import run
 
-    st = _open_store(ctx, store, must_exist=False)
+    st = _store_of(ctx, store, must_exist=False)
     err_console.print(f"tracer_wrap sidecar on http://{host}:{port} (store {st.path}, "
-                      f"{'token required' if token else 'no token'})")
+                      f"{'token required' if token else 'no token'})", markup=False)
     run(st, host=host, port=port, token=token, max_body_bytes=max_body, embedder=embedder)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-@_clean_errors
+@command()
+def tasks(ctx: typer.Context, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """List the tasks discovered in the store: calls, distinct outputs, whether each looks like
+    classification, whether routing is on and the coverage certified today."""
+    from ..integrations.zero_code import task_summaries
+
+    st = _store_of(ctx, store)
+    rows = task_summaries(st)
+    if as_json:
+        _emit_json(rows)
+        return
+    table = Table(title="tracer_wrap tasks")
+    for column in ("task", "calls", "distinct outputs", "classification?", "routing",
+                   "coverage", "top outputs"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["task"], str(row["calls"]), str(row["distinct_outputs"]),
+                      "yes" if row["classification"] else "no",
+                      {True: "on", False: "off", None: "default"}[row["routing"]],
+                      _pct(row["coverage"]), ", ".join(row["top_outputs"]))
+    console.print(table)
+    if rows:
+        store_flag = (ctx.obj or {}).get("store")
+        prefix = f"tracer-wrap --store {store_flag}" if store_flag else "tracer-wrap"
+        console.print(f"Turn routing on for a task: {prefix} routing TASK on", markup=False)
+
+
+@command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run_cmd(
+    ctx: typer.Context,
+    argv: Annotated[list[str], typer.Argument(help="The program and its arguments, after --.")],
+    store: StoreOpt = None,
+    routing_on: Annotated[bool, typer.Option(
+        "--routing/--no-routing",
+        help="Route every task whose store switch is not off (default: only tasks switched "
+             "on).")] = False,
+) -> None:
+    """Run a program with every openai and anthropic chat call traced, no code change:
+    tracer-wrap run -- python app.py"""
+    from ..integrations.zero_code import launch_env
+
+    if not argv:
+        raise typer.BadParameter("name the program to run, e.g. tracer-wrap run -- python app.py")
+    spec = store_spec(store or (ctx.obj or {}).get("store"))
+    os.execvpe(argv[0], list(argv), launch_env(store=str(spec), routing=routing_on))
+
+
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def demo(ctx: typer.Context) -> None:
-    """Run the offline Banking77 demo; extra options go to it (see: tracer-wrap demo --help-demo)."""
-    try:
-        from ..lab.demo import main as demo_main
-    except ImportError as exc:
-        if exc.name == "tracer_wrap.lab.demo":
-            raise ConfigError("the demo is not available in this build") from None
-        raise
+    """Run the offline Banking77 demo; extra options go to it (tracer-wrap demo --help-demo)."""
+    from ..lab.demo import main as demo_main
+
     args = ["--help" if a == "--help-demo" else a for a in ctx.args]
     try:
-        result = demo_main(args)
+        demo_main(args)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         raise typer.Exit(exc.code if isinstance(exc.code, int) else 2) from None
-    if isinstance(result, int) and result:
-        raise typer.Exit(result)
+
+
+@command()
+def migrate(
+    from_: Annotated[str, typer.Option("--from", help="Source store: a directory or redis:// URL.")],
+    to: Annotated[str, typer.Option("--to", help="Destination store: a directory or redis:// URL.")],
+) -> None:
+    """Copy traces, counters, settings and router versions from one store into another. Running
+    it again copies only what is new since the last run."""
+    from ..store.migrate import migrate as do_migrate
+
+    for task, counts in do_migrate(from_, to).items():
+        console.print(f"{task}: {counts['traces']} traces, {counts['counters']} counters,"
+                      f" {counts['settings']} settings, {counts['versions']} versions copied")
+
+
+def _register_lab() -> None:
+    from ..lab.bench import bench_command
+    from ..lab.simulate import simulate_command
+
+    command("bench")(bench_command)
+    command("simulate")(simulate_command)
+
+
+_register_lab()
 
 
 def main() -> None:
     """Entry point of the ``tracer-wrap`` console script."""
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     app(prog_name="tracer-wrap")
-
-
-# ============================================================================================
-# Commands provided by other modules are registered here, below this line, one line each, e.g.
-#
-#     from .bench import bench_command           # tracer-wrap bench     (tracer_wrap/bench.py)
-#     app.command("bench")(bench_command)
-#     from .simulate import simulate_command     # tracer-wrap simulate  (tracer_wrap/simulate.py)
-#     app.command("simulate")(simulate_command)
-#     # tracer-wrap tasks / run                  (zero-code mode)
-#
-# Wrap a command in ``_clean_errors`` for the exit-code convention (TracerWrapError -> 1).
-# --- registration block: start ---
-from ..lab.bench import bench_command  # noqa: E402
-
-app.command("bench")(_clean_errors(bench_command))
-from ..store.migrate import migrate_command  # noqa: E402
-from ..lab.simulate import simulate_command  # noqa: E402
-from ..integrations.zero_code import run_command, tasks_command  # noqa: E402
-
-app.command("simulate")(_clean_errors(simulate_command))
-app.command("migrate")(_clean_errors(migrate_command))
-
-app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-    _clean_errors(run_command))
-app.command("tasks")(_clean_errors(tasks_command))
-# --- registration block: end ---
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from ..model.embedder import Embedder
 from ..errors import ConfigError
 from ..store import Origin, Store, Trace
 from ..versions import certified_coverage, load_version
+from .status import task_status
 
 __all__ = ["render_report"]
 
@@ -42,7 +43,7 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
     """The HTML report of ``task`` as a string.
 
     ``embedder`` must be the one the current router was fitted with (default: the embedder named
-    in its manifest, see :func:`tracer_wrap.options.make_embedder`). Raises ConfigError when the task
+    in its manifest, see :func:`tracer_wrap.model.embedder.make_embedder`). Raises ConfigError when the task
     has no traces and RouterLoadError when the current version cannot be loaded.
     """
     traces = store.traces(task)
@@ -58,25 +59,31 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
 
     audits = sorted((t for t in traces if t.origin == Origin.AUDIT.value and t.valid
                      and t.router_label is not None), key=lambda t: t.ts)
-    counters = store.counters(task)
-    price = store.get_setting(task, "price_per_call")
-    live = (sum(t.router_label == t.teacher for t in audits) / len(audits)) if audits else None
+    status = task_status(store, task)
+    usage = status["usage"]
+    live = status["live_agreement"]
 
     cards = [
         ("traces", f"{len(traces):,}", f"{len(valid):,} valid · {len(traces) - len(valid):,} invalid"),
         ("router", "none" if version is None else f"v{version}",
-         "every call goes to the LLM" if version is None else f"target {target:.2f}"),
+         "every call goes to the LLM" if version is None else f"target {target:.4g}"),
         ("certified coverage", _pct(certified_coverage(manifest, target) if manifest else None),
          "on calibration traces"),
+        ("answered locally", f"{usage['local']:,}",
+         f"of {usage['calls']:,} calls · {usage['llm']:,} LLM answers"),
         ("live agreement", _pct(live), f"{len(audits)} audit samples"),
-        ("saved", _money(_savings(counters, price, routed)), _savings_note(counters, price, routed)),
+        ("saved", _money(usage["saved"]), _savings_note(usage)),
     ]
     sections = [
-        _section("Coverage / target frontier", _frontier(manifest),
+        _section("Coverage / target frontier", _frontier(manifest, status["frontier"]),
                  "Share of calibration traces the router may answer at each target agreement, "
-                 "with the agreement measured there. Each certificate holds with probability "
+                 "with the agreement measured there and what that coverage would save per "
+                 "1,000 calls at the task's price. Each certificate holds with probability "
                  f"≥ 1 − δ (δ = {manifest.get('delta', 0.05) if manifest else 0.05}) under "
                  "exchangeability; a refused target answers nothing locally."),
+        _section("Version history", _history(store, task, version),
+                 "Every kept router version: when it was fitted, on how many traces, and the "
+                 "coverage its gate certified at the target it served."),
         _section("Learning curve", _learning_curve(store, task, target),
                  "Certified coverage at the served target of every kept router version."),
         _section("Live agreement over time", _live_agreement(audits, target),
@@ -91,7 +98,7 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
                  + _routed_caveat(routed, version)),
         _section("Examples", _examples(routed, examples, seed),
                  "Random inputs the current router answers locally and inputs it defers."),
-        _section("Cost", _cost(counters, price, routed), ""),
+        _section("Cost", _cost(usage), ""),
     ]
     generated = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime())
     card_html = "".join(
@@ -111,9 +118,9 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
 class _Routed:
     """Each valid trace with the current router's label, decision, score and top-two labels."""
 
-    def __init__(self, traces: list[Trace], labels: list[str], handled: np.ndarray,
+    def __init__(self, traces: list[Trace], labels: list[str], local: np.ndarray,
                  scores: np.ndarray, top2: np.ndarray, names: Sequence[str]) -> None:
-        self.traces, self.labels, self.handled, self.scores = traces, labels, handled, scores
+        self.traces, self.labels, self.local, self.scores = traces, labels, local, scores
         self.top2, self.names = top2, list(names)
 
 
@@ -121,7 +128,7 @@ def _route_all(store: Store, task: str, version: int, manifest: dict[str, Any],
                traces: list[Trace], embedder: Embedder | None) -> _Routed:
     router = load_version(store, task, version)
     if embedder is None:
-        from ..options import make_embedder
+        from ..model.embedder import make_embedder
 
         embedder = make_embedder(manifest.get("embedder"))
     vectors = embedder.embed([t.input for t in traces])
@@ -148,7 +155,7 @@ def _routed_caveat(routed: _Routed | None, version: int | None) -> str:
 # -- sections ----------------------------------------------------------------------------------
 
 
-def _frontier(manifest: dict[str, Any] | None) -> str:
+def _frontier(manifest: dict[str, Any] | None, money: list[dict[str, Any]]) -> str:
     if not manifest or not manifest.get("certificates"):
         return _empty("No router has been fitted yet.")
     certs = sorted(manifest["certificates"], key=lambda c: c["target"])
@@ -159,13 +166,36 @@ def _frontier(manifest: dict[str, Any] | None) -> str:
         [("certified coverage", coverage), ("agreement on accepted (calibration)", agreement)],
         x_label="target agreement", y_label="share of calibration traces", vline=manifest["target"],
         vline_label="served", x_fmt="{:.2f}", diagonal=True)
+    saved = {row["target"]: row["saved_per_1000_calls"] for row in money}
     rows = "".join(
-        f"<tr><td>{c['target']:.2f}</td><td>{_threshold(c['threshold'])}</td>"
+        f"<tr><td>{c['target']:.4g}</td><td>{_threshold(c['threshold'])}</td>"
         f"<td>{_pct(c['coverage'])}</td><td>{_pct(c['agreement'])}</td><td>{c['n_accepted']}</td>"
+        f"<td class='num'>{_e(_money(saved.get(c['target'])))}</td>"
         f"<td class='note'>{_e(c.get('reason') or '')}</td></tr>" for c in certs)
     return (chart + "<table><thead><tr><th>target</th><th>threshold</th><th>coverage</th>"
-            "<th>agreement</th><th>accepted</th><th>note</th></tr></thead><tbody>"
-            + rows + "</tbody></table>")
+            "<th>agreement</th><th>accepted</th><th>saved / 1,000 calls</th><th>note</th>"
+            "</tr></thead><tbody>" + rows + "</tbody></table>")
+
+
+def _history(store: Store, task: str, current: int | None) -> str:
+    versions = store.versions(task)
+    if not versions:
+        return _empty("No router versions yet.")
+    rows = []
+    for m in reversed(versions):
+        target = float(m.get("target", 0.95))
+        coverage = certified_coverage(m, target)
+        fitted = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["saved_at"])) \
+            if m.get("saved_at") else "—"
+        rows.append(
+            f"<tr><td>v{m['version']}{' (served)' if m['version'] == current else ''}</td>"
+            f"<td>{_e(fitted)}</td><td class='num'>{m.get('n_traces', '—')}</td>"
+            f"<td class='num'>{m.get('n_calibration', '—')}</td><td>{target:.4g}</td>"
+            f"<td>{_pct(coverage) if coverage else 'nothing certified'}</td>"
+            f"<td>{_e(str(m.get('embedder', '—')))}</td></tr>")
+    return ("<table><thead><tr><th>version</th><th>fitted</th><th>traces</th>"
+            "<th>calibration</th><th>target</th><th>certified coverage</th><th>embedder</th>"
+            "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
 def _learning_curve(store: Store, task: str, target: float | None) -> str:
@@ -207,7 +237,7 @@ def _per_label(routed: _Routed | None) -> str:
     rows = []
     for label, idx in by_label.items():
         ix = np.array(idx)
-        handled = routed.handled[ix]
+        handled = routed.local[ix]
         agree = np.array([routed.labels[i] == routed.traces[i].teacher for i in idx])
         cov = float(handled.mean())
         agr = float(agree[handled].mean()) if handled.any() else None
@@ -226,7 +256,7 @@ def _per_label(routed: _Routed | None) -> str:
 def _confusable(routed: _Routed | None, top: int = 15) -> str:
     if routed is None:
         return _empty("Needs a fitted router.")
-    deferred = np.flatnonzero(~routed.handled)
+    deferred = np.flatnonzero(~routed.local)
     if not len(deferred):
         return _empty("The router answers every stored trace locally.")
     pairs: Counter[tuple[str, str]] = Counter()
@@ -246,7 +276,7 @@ def _examples(routed: _Routed | None, n: int, seed: int) -> str:
         return _empty("Needs a fitted router.")
     rng = random.Random(seed)
     out = []
-    for title, mask in (("Answered locally", routed.handled), ("Deferred to the LLM", ~routed.handled)):
+    for title, mask in (("Answered locally", routed.local), ("Deferred to the LLM", ~routed.local)):
         idx = list(np.flatnonzero(mask))
         pick = sorted(rng.sample(idx, min(n, len(idx))))
         rows = "".join(
@@ -262,42 +292,28 @@ def _examples(routed: _Routed | None, n: int, seed: int) -> str:
     return "".join(out)
 
 
-def _savings(counters: dict[str, int], price: Any, routed: _Routed | None) -> float | None:
-    if price is None or "handled" not in counters:
-        return None
-    return counters["handled"] * float(price)
+def _savings_note(usage: dict[str, Any]) -> str:
+    if usage["price"] is None:
+        return "no price set: tracer-wrap price TASK --per-call ..."
+    return f"{usage['llm_calls_avoided']:,} LLM calls avoided"
 
 
-def _savings_note(counters: dict[str, int], price: Any, routed: _Routed | None) -> str:
-    if price is None:
-        return "set the task's price_per_call"
-    if "handled" not in counters:
-        return "no handled-calls counter yet"
-    return f"{counters['handled']:,} calls × ${float(price):g}"
-
-
-def _cost(counters: dict[str, int], price: Any, routed: _Routed | None) -> str:
-    handled, deferred = counters.get("handled"), counters.get("deferred")
-    lines = []
-    if handled is not None or deferred is not None:
-        total = (handled or 0) + (deferred or 0)
-        lines.append(f"Calls counted: {total:,}; answered locally {handled or 0:,} "
-                     f"({_pct((handled or 0) / total if total else None)}), "
-                     f"sent to the LLM {deferred or 0:,}.")
+def _cost(usage: dict[str, Any]) -> str:
+    local, llm, calls = usage["local"], usage["llm"], usage["calls"]
+    lines = [f"Calls: {calls:,}; answered locally {local:,} "
+             f"({_pct(usage['local_share'])} of those answered), LLM answers {llm:,} "
+             f"({usage['audits']:,} audit samples, {usage['invalid']:,} invalid)."]
+    if usage["usage_calls"]:
+        lines.append(f"Tokens reported by the provider on {usage['usage_calls']:,} LLM calls: "
+                     f"{usage['input_tokens']:,} input, {usage['output_tokens']:,} output.")
+    if usage["price"] is None:
+        lines.append("Set the task's price (<code>tracer-wrap price TASK --per-call ...</code>, "
+                     "or the <code>price</code> option) to see the money saved.")
     else:
-        lines.append("No call counters in the store yet.")
-    if price is not None:
-        p = float(price)
-        lines.append(f"Price per LLM call: ${p:g}.")
-        if handled is not None:
-            lines.append(f"Saved so far: <strong>{_e(_money(handled * p))}</strong> "
-                         f"(LLM cost without tracer_wrap {_e(_money(((handled or 0) + (deferred or 0)) * p))}).")
-        if routed is not None and len(routed.handled):
-            cov = float(routed.handled.mean())
-            lines.append(f"At the coverage measured on stored traces ({_pct(cov)}), every 1,000 "
-                         f"calls save about {_e(_money(1000 * cov * p))}.")
-    else:
-        lines.append("Set the task's <code>price_per_call</code> setting to see money saved.")
+        lines.append(f"Cost of one LLM call: {_e(_money(usage['cost_per_llm_call']))}. "
+                     f"LLM spend: {_e(_money(usage['llm_cost']))}. Saved so far: "
+                     f"<strong>{_e(_money(usage['saved']))}</strong> (LLM cost without "
+                     f"tracer_wrap {_e(_money(usage['cost_without_tracer_wrap']))}).")
     return "<p>" + "</p><p>".join(lines) + "</p>"
 
 
@@ -392,7 +408,7 @@ def _pct(value: float | None) -> str:
 
 
 def _money(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.2f}"
+    return "—" if value is None else f"{value:,.2f}"
 
 
 def _threshold(value: float | None) -> str:

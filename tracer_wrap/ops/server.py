@@ -1,46 +1,58 @@
-"""The HTTP sidecar: route inputs and log traces from applications written in any language.
+"""The HTTP sidecar: route inputs and log LLM answers from applications written in any language.
 
 Run it with ``tracer-wrap serve --store DIR --port 8000`` (extra ``server``: starlette + uvicorn).
+Every request runs the engine (:mod:`tracer_wrap.engine`), the same path as the Python
+decorator and clients: the served version with its hash check, the out-of-distribution check,
+the routing switch (shadow mode), the drift breaker, audit samples, accounting and refits.
 Endpoints (JSON in, JSON out; the OpenAPI 3.1 document is served at ``GET /openapi.json``):
 
 ``POST /v1/tasks/{task}/route``          ``{"text": ...}`` or ``{"embedding": [...]}``
-                                         -> ``{"label", "handled", "score", "version", ...}``
+                                         -> ``{"label", "local", "score", "reason", "version",
+                                         "audit", "plan"}``
 ``POST /v1/tasks/{task}/route/batch``    ``{"texts": [...]}`` or ``{"embeddings": [[...]]}``
-``POST /v1/tasks/{task}/traces``         ``{"input", "teacher"}`` (+ ``audit``, ``router_label``)
-``POST /v1/tasks/{task}/traces/batch``   ``{"traces": [{"input", "teacher"}, ...]}``
+``POST /v1/tasks/{task}/traces``         ``{"input", "teacher", "plan"}`` (+ ``usage``, ``meta``)
+``POST /v1/tasks/{task}/traces/batch``   ``{"traces": [{"input", "teacher", "plan"}, ...]}``
+``GET  /v1/tasks/{task}/status``         the figures ``tracer-wrap status`` shows
 ``GET  /healthz``                        liveness, never needs the token
 
-The caller's loop: ask ``route``; if ``handled`` use ``label``, else call the LLM and log its answer
-with ``traces``. A task without a fitted router (or whose router cannot be loaded) answers
-``handled: false``, so the caller always falls back to the LLM: the sidecar fails open.
-
-A trace logged while a router serves the task is, by default, marked not exchangeable (the LLM
-only saw the inputs the router deferred, which must not calibrate the gate); send
-``"audit": true`` with the ``router_label`` for random audit samples, which may.
+The caller's loop: ask ``route``; if ``local`` use ``label`` (counted as a call answered
+locally); else call the LLM and log its answer with ``traces``, echoing the ``plan`` string the
+route returned. The plan is signed (HMAC-SHA256 with a per-task key kept in the store), so only
+plans this engine made can mark a trace as an audit sample or as fit to calibrate the gate; a
+trace logged without a valid plan counts as an unplanned LLM answer, which calibrates only while
+no version answers locally. A task without a served router answers ``local: false``, so the
+caller always falls back to the LLM: the sidecar fails open.
 
 Errors are JSON ``{"error": {"code", "message"}}``: 400 malformed JSON, 401 missing or wrong bearer
-token (compared in constant time), 404 unknown task or path, 413 body over the size limit, 422 a
+token (compared in constant time), 404 unknown path, 413 body over the size limit, 422 a
 well-formed body with wrong fields. Bad input never causes a 500.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import hmac
 import json
 import math
+import secrets
 import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
 
-from .._log import fault, logger
+from .._log import logger
+from ..accounting import Usage
+from ..engine import MAX_INPUT_CHARS, Plan, TracedTask
 from ..errors import MissingExtraError, TracerWrapError
-from ..engine import MAX_INPUT_CHARS
-from ..model.router import Router
-from ..store import Origin, Store, open_store
-from ..versions import load_version
+from ..model.embedder import Embedder, make_embedder
+from ..model.router import Decision
+from ..options import TaskOptions
+from ..store import Store, open_store
+from .status import task_status
 
 try:
     from starlette.applications import Starlette
@@ -58,6 +70,10 @@ __all__ = ["create_app", "run"]
 MAX_BODY_BYTES = 1_000_000
 #: Most items in one batch request.
 MAX_BATCH = 1_000
+#: Tasks whose engine a sidecar keeps in memory; the least recently used one is closed beyond.
+MAX_TASKS = 1_024
+#: Store setting holding a task's key for signing plans.
+_PLAN_KEY = "sidecar_plan_key"
 
 
 class _Problem(Exception):
@@ -68,62 +84,80 @@ class _Problem(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-@dataclass
-class _Served:
-    version: int | None
-    router: Router | None
-    reason: str = ""
-
-
 class _Sidecar:
-    """The sidecar's state: the store, the routers it serves and their embedders."""
+    """The sidecar's state: the store, one engine per task (bounded) and the shared embedder."""
 
     def __init__(self, store: Store, *, token: str | None, max_body_bytes: int,
-                 embedder: str | None, max_batch: int) -> None:
+                 embedder: Embedder | str | None, max_batch: int) -> None:
         self.store = store
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
-        self.embedder_name = embedder
         self.max_batch = max_batch
-        self._served: dict[str, _Served] = {}
-        self._embedders: dict[str, Any] = {}
+        base = TaskOptions.resolve("sidecar", {"embedder": embedder})
+        self.embedder = base.embedder if isinstance(base.embedder, Embedder) \
+            else make_embedder(base.embedder)
+        self._tasks: OrderedDict[str, TracedTask] = OrderedDict()
+        self._keys: dict[str, bytes] = {}
         self._lock = threading.Lock()
 
-    # -- routers and embedders, reloaded when the store's current version changes --------------
-
-    def served(self, task: str) -> _Served:
-        version = self.store.current_version(task)
-        entry = self._served.get(task)
-        if entry is not None and entry.version == version:
-            return entry
+    def task(self, name: str) -> TracedTask:
         with self._lock:
-            entry = self._served.get(task)
-            if entry is None or entry.version != version:
-                entry = self._load(task, version)
-                self._served[task] = entry
-        return entry
+            found = self._tasks.get(name)
+            if found is not None:
+                self._tasks.move_to_end(name)
+                return found
+        created = TracedTask(name, store=self.store, embedder=self.embedder)
+        with self._lock:
+            found = self._tasks.setdefault(name, created)
+            self._tasks.move_to_end(name)
+            evicted = self._tasks.popitem(last=False)[1] if len(self._tasks) > MAX_TASKS else None
+        if evicted is not None:
+            evicted.close(wait=False)
+        return found
 
-    def _load(self, task: str, version: int | None) -> _Served:
-        if version is None:
-            if task not in self.store.tasks():
-                raise _Problem(404, "unknown_task", f"no task {task!r} in this store")
-            return _Served(None, None, "no router fitted yet")
+    def close(self) -> None:
+        with self._lock:
+            tasks, self._tasks = list(self._tasks.values()), OrderedDict()
+        for task in tasks:
+            task.close(wait=False)
+
+    # -- plans, signed -----------------------------------------------------------------------
+
+    def _key(self, task: str) -> bytes:
+        key = self._keys.get(task)
+        if key is None:
+            stored = self.store.setdefault_setting(task, _PLAN_KEY, secrets.token_hex(32))
+            key = self._keys.setdefault(task, bytes.fromhex(str(stored)))
+        return key
+
+    def sign(self, task: str, plan: Plan) -> str:
+        decision = plan.decision
+        payload = json.dumps({
+            "v": plan.version, "a": plan.audit, "x": plan.answering, "s": plan.shadow,
+            "l": None if decision is None else decision.label,
+            "c": None if decision is None else decision.local,
+        }, separators=(",", ":")).encode()
+        mac = hmac.new(self._key(task), payload, hashlib.sha256).digest()[:16]
+        return f"{_b64(payload)}.{_b64(mac)}"
+
+    def verify(self, task: str, token: Any) -> Plan | None:
+        """The plan a token stands for; None when it is absent, malformed or not signed here."""
+        if not isinstance(token, str) or "." not in token or len(token) > 1024:
+            return None
+        body, _, mac = token.partition(".")
         try:
-            return _Served(version, load_version(self.store, task, version))
-        except TracerWrapError as exc:
-            fault("sidecar router load", exc)
-            return _Served(version, None, f"router version {version} cannot be loaded")
-
-    def embed(self, router: Router, texts: list[str]) -> np.ndarray:
-        from ..options import make_embedder
-
-        name = self.embedder_name or str(router.info.get("embedder") or "") or None
-        key = name or ""
-        embedder = self._embedders.get(key)
-        if embedder is None:
-            with self._lock:
-                embedder = self._embedders.setdefault(key, make_embedder(name))
-        return embedder.embed(texts)
+            payload, given = _unb64(body), _unb64(mac)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(hmac.new(self._key(task), payload, hashlib.sha256)
+                                   .digest()[:16], given):
+            return None
+        data = json.loads(payload)
+        decision = None
+        if data["l"] is not None:
+            decision = Decision(data["l"], bool(data["c"]), math.nan, None)
+        return Plan(None, version=data["v"], decision=decision, audit=bool(data["a"]),
+                    answering=bool(data["x"]), shadow=bool(data["s"]))
 
     # -- request handling ------------------------------------------------------------------------
 
@@ -149,70 +183,52 @@ class _Sidecar:
             chunks.append(chunk)
         try:
             data = json.loads(b"".join(chunks), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise _Problem(400, "invalid_json", f"body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise _Problem(400, "invalid_json", "body must be a JSON object")
         return data
 
     def route(self, task: str, texts: list[str] | None, vectors: list[Any] | None
-              ) -> tuple[_Served, list[dict[str, Any]]]:
-        served = self.served(task)
-        n = len(texts) if texts is not None else len(vectors or [])
-        if served.router is None:
-            return served, [_deferred(served.reason)] * n
-        router = served.router
-        out: list[dict[str, Any] | None] = [None] * n
+              ) -> list[dict[str, Any]]:
+        traced = self.task(task)
+        matrix = None
         if vectors is not None:
-            matrix = _matrix(vectors, router.dim)
-            rows = list(range(n))
-        else:
-            assert texts is not None
-            rows = [i for i, t in enumerate(texts) if len(t) <= MAX_INPUT_CHARS]
-            for i in set(range(n)) - set(rows):
-                out[i] = _deferred(f"input longer than {MAX_INPUT_CHARS} characters")
-            try:
-                matrix = self.embed(router, [texts[i] for i in rows]) if rows else None
-            except TracerWrapError as exc:  # fail open: the caller asks the LLM
-                fault("sidecar embedding", exc)
-                return served, [_deferred("embedding failed")] * n
-            if matrix is not None and matrix.shape[1] != router.dim:
-                fault("sidecar embedding", ValueError("embedder dimension differs from router"))
-                return served, [_deferred("embedder does not match the router")] * n
-        if rows:
-            for i, d in zip(rows, router.route_many(None if vectors is not None else [texts[i] for i in rows], matrix)):
-                out[i] = {"label": d.label, "handled": d.local, "score": d.score,
-                          "reason": d.reason}
-        return served, out  # type: ignore[return-value]
+            router = traced.router
+            matrix = _matrix(vectors, router.dim if router is not None else None)
+        plans = traced.route_many(texts, matrix)
+        return [self.describe(task, plan) for plan in plans]
 
-    def log(self, task: str, rows: list[dict[str, Any]]) -> int:
-        serving = False
-        if self.store.current_version(task) is not None:
-            served = self.served(task)
-            serving = served.router is not None and served.router.threshold is not None
-        for row in rows:
-            audit = row["audit"]
-            self.store.append(
-                task, row["input"], row["teacher"],
-                origin=Origin.AUDIT if audit else Origin.LLM,
-                exchangeable=row["exchangeable"] if row["exchangeable"] is not None
-                else (audit or not serving),
-                router_label=row["router_label"], meta=row["meta"],
-            )
-        return len(rows)
+    def describe(self, task: str, plan: Plan) -> dict[str, Any]:
+        decision = plan.decision
+        return {
+            "label": decision.label if decision is not None else None,
+            "local": plan.local,
+            "score": decision.score if decision is not None else None,
+            "reason": "accepted" if plan.local else plan.reason,
+            "version": plan.version,
+            "audit": plan.audit,
+            "plan": self.sign(task, plan),
+        }
+
+    def log(self, task: str, rows: list[dict[str, Any]]) -> list[str | None]:
+        traced = self.task(task)
+        return [traced.record(self.verify(task, row["plan"]), row["teacher"], text=row["input"],
+                              usage=row["usage"], meta=row["meta"]) for row in rows]
 
 
 def create_app(store: Store | str, *, token: str | None = None,
-               max_body_bytes: int = MAX_BODY_BYTES, embedder: str | None = None,
+               max_body_bytes: int = MAX_BODY_BYTES, embedder: Embedder | str | None = None,
                max_batch: int = MAX_BATCH) -> Starlette:
     """The sidecar's ASGI application over ``store`` (a store, a directory or a ``redis://`` URL).
 
     ``token`` requires ``Authorization: Bearer <token>`` on every endpoint except ``/healthz``
-    and ``/openapi.json``. ``embedder`` overrides the embedder named in each router's manifest.
+    and ``/openapi.json``. ``embedder`` (an Embedder or a name) embeds texts; by default the
+    task options' (``$TRACER_WRAP_EMBEDDER``, ``tracer_wrap.toml``, all-MiniLM-L6-v2). A version
+    fitted with another embedder is not served (every call goes to the LLM).
     """
-    store = open_store(store)
-    side = _Sidecar(store, token=token, max_body_bytes=max_body_bytes, embedder=embedder,
-                    max_batch=max_batch)
+    side = _Sidecar(open_store(store), token=token, max_body_bytes=max_body_bytes,
+                    embedder=embedder, max_batch=max_batch)
 
     def endpoint(handler: Callable[[Request, dict[str, Any] | None], Any], *, auth: bool = True,
                  has_body: bool = True, status: int = 200
@@ -228,7 +244,7 @@ def create_app(store: Store | str, *, token: str | None = None,
                 return _error(p.status, p.code, p.message,
                               {"WWW-Authenticate": "Bearer"} if p.status == 401 else None)
             except TracerWrapError as exc:  # e.g. the store's disk refuses: the caller retries
-                fault("sidecar request", exc)
+                logger.warning("tracer_wrap sidecar: %s", exc)
                 return _error(503, "unavailable", str(exc))
         return run_endpoint
 
@@ -236,7 +252,7 @@ def create_app(store: Store | str, *, token: str | None = None,
         task = request.path_params["task"]
         if not task.strip() or len(task) > 200:
             raise _Problem(404, "unknown_task", "task names are 1 to 200 characters")
-        return task
+        return str(task)
 
     def route_one(request: Request, body: dict[str, Any] | None) -> dict[str, Any]:
         assert body is not None
@@ -245,10 +261,10 @@ def create_app(store: Store | str, *, token: str | None = None,
             raise _Problem(422, "invalid_body", "give exactly one of 'text' or 'embedding'")
         task = task_of(request)
         if "text" in body:
-            served, [decision] = side.route(task, [_text(body["text"], "text")], None)
+            [decision] = side.route(task, [_text(body["text"], "text")], None)
         else:
-            served, [decision] = side.route(task, None, [body["embedding"]])
-        return {**decision, "version": served.version}
+            [decision] = side.route(task, None, [body["embedding"]])
+        return decision
 
     def route_batch(request: Request, body: dict[str, Any] | None) -> dict[str, Any]:
         assert body is not None
@@ -259,16 +275,18 @@ def create_app(store: Store | str, *, token: str | None = None,
         items = _list(body[key], key, side.max_batch)
         task = task_of(request)
         if key == "texts":
-            served, decisions = side.route(
-                task, [_text(t, f"texts[{i}]") for i, t in enumerate(items)], None)
+            decisions = side.route(task, [_text(t, f"texts[{i}]") for i, t in enumerate(items)],
+                                   None)
         else:
-            served, decisions = side.route(task, None, items)
-        return {"version": served.version, "decisions": decisions}
+            decisions = side.route(task, None, items)
+        versions = {d["version"] for d in decisions}
+        return {"version": versions.pop() if len(versions) == 1 else None,
+                "decisions": decisions}
 
     def log_one(request: Request, body: dict[str, Any] | None) -> dict[str, Any]:
         assert body is not None
-        row = _trace_row(body, "body")
-        return {"logged": side.log(task_of(request), [row])}
+        [label] = side.log(task_of(request), [_trace_row(body, "body")])
+        return {"logged": 1, "label": label}
 
     def log_batch(request: Request, body: dict[str, Any] | None) -> dict[str, Any]:
         assert body is not None
@@ -277,7 +295,15 @@ def create_app(store: Store | str, *, token: str | None = None,
             raise _Problem(422, "invalid_body", "missing field 'traces'")
         items = _list(body["traces"], "traces", side.max_batch)
         rows = [_trace_row(item, f"traces[{i}]") for i, item in enumerate(items)]
-        return {"logged": side.log(task_of(request), rows)}
+        labels = side.log(task_of(request), rows)
+        return {"logged": len(rows), "labels": labels}
+
+    def status_of(request: Request, body: Any) -> dict[str, Any]:
+        task = task_of(request)
+        if task not in side.store.tasks():
+            raise _Problem(404, "unknown_task", f"no task {task!r} in this store")
+        side.task(task).flush()
+        return task_status(side.store, task)
 
     def healthz(request: Request, body: Any) -> dict[str, Any]:
         from .. import __version__
@@ -299,17 +325,26 @@ def create_app(store: Store | str, *, token: str | None = None,
         Route("/v1/tasks/{task}/route/batch", endpoint(route_batch), methods=["POST"]),
         Route("/v1/tasks/{task}/traces", endpoint(log_one, status=201), methods=["POST"]),
         Route("/v1/tasks/{task}/traces/batch", endpoint(log_batch, status=201), methods=["POST"]),
+        Route("/v1/tasks/{task}/status", endpoint(status_of, has_body=False), methods=["GET"]),
         Route("/healthz", endpoint(healthz, auth=False, has_body=False), methods=["GET"]),
         Route("/openapi.json", endpoint(openapi, auth=False, has_body=False), methods=["GET"]),
     ]
-    return Starlette(routes=routes,
-                     exception_handlers={HTTPException: not_found, Exception: not_found})
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        side.close()  # flushes every task's counters
+
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: not_found, Exception: not_found})
+    app.state.sidecar = side
+    return app
 
 
 def run(store: Store | str, *, host: str = "127.0.0.1", port: int = 8000,
         token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-        embedder: str | None = None) -> None:
-    """Serve :func:`create_app` with uvicorn until interrupted."""
+        embedder: Embedder | str | None = None) -> None:
+    """Serve :func:`create_app` with uvicorn until interrupted. Raises MissingExtraError when
+    uvicorn is not installed."""
     try:
         import uvicorn
     except ImportError as exc:
@@ -321,6 +356,17 @@ def run(store: Store | str, *, host: str = "127.0.0.1", port: int = 8000,
 # -- validation ----------------------------------------------------------------------------------
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
            ) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
@@ -329,10 +375,6 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
-
-
-def _deferred(reason: str) -> dict[str, Any]:
-    return {"label": None, "handled": False, "score": None, "reason": reason}
 
 
 def _only(body: dict[str, Any], allowed: set[str]) -> None:
@@ -356,13 +398,17 @@ def _list(value: Any, where: str, limit: int) -> list[Any]:
     return value
 
 
-def _matrix(rows: list[Any], dim: int) -> np.ndarray:
+def _matrix(rows: list[Any], dim: int | None) -> np.ndarray:
+    """The embeddings as a float32 matrix with unit rows; 422 unless every row is a list of
+    ``dim`` finite numbers (of one common length when no router fixes ``dim``)."""
+    width = dim if dim is not None else (len(rows[0]) if isinstance(rows[0], list) else -1)
     for i, row in enumerate(rows):
-        if (not isinstance(row, list) or len(row) != dim
+        if (not isinstance(row, list) or not row or len(row) != width
                 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                            and math.isfinite(x) for x in row)):
+            size = f"{width}" if width > 0 else "the same number of"
             raise _Problem(422, "invalid_embedding",
-                           f"embedding {i} must be a list of {dim} finite numbers")
+                           f"embedding {i} must be a list of {size} finite numbers")
     matrix = np.asarray(rows, dtype=np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.where(norms > 0, norms, 1.0)
@@ -371,20 +417,23 @@ def _matrix(rows: list[Any], dim: int) -> np.ndarray:
 def _trace_row(item: Any, where: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise _Problem(422, "invalid_body", f"'{where}' must be an object")
-    _only(item, {"input", "teacher", "audit", "router_label", "exchangeable", "meta"})
+    _only(item, {"input", "teacher", "plan", "usage", "meta"})
     for key in ("input", "teacher"):
         if key not in item:
             raise _Problem(422, "invalid_body", f"'{where}' is missing '{key}'")
     row = {"input": _text(item["input"], f"{where}.input"),
            "teacher": _text(item["teacher"], f"{where}.teacher"),
-           "audit": item.get("audit", False), "router_label": item.get("router_label"),
-           "exchangeable": item.get("exchangeable"), "meta": item.get("meta") or {}}
-    if not isinstance(row["audit"], bool):
-        raise _Problem(422, "invalid_body", f"'{where}.audit' must be true or false")
-    if row["exchangeable"] is not None and not isinstance(row["exchangeable"], bool):
-        raise _Problem(422, "invalid_body", f"'{where}.exchangeable' must be true or false")
-    if row["router_label"] is not None and not isinstance(row["router_label"], str):
-        raise _Problem(422, "invalid_body", f"'{where}.router_label' must be a string")
+           "plan": item.get("plan"), "usage": None, "meta": item.get("meta") or {}}
+    if row["plan"] is not None and not isinstance(row["plan"], str):
+        raise _Problem(422, "invalid_body", f"'{where}.plan' must be the string route returned")
+    usage = item.get("usage")
+    if usage is not None:
+        if (not isinstance(usage, dict) or set(usage) - {"input_tokens", "output_tokens"}
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                           for v in usage.values())):
+            raise _Problem(422, "invalid_body", f"'{where}.usage' must be an object of"
+                                                " non-negative input_tokens, output_tokens")
+        row["usage"] = Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0))
     if not isinstance(row["meta"], dict):
         raise _Problem(422, "invalid_body", f"'{where}.meta' must be an object")
     if len(row["input"]) > MAX_INPUT_CHARS:
@@ -418,24 +467,30 @@ def _post(summary: str, request: str, response: str, status: str = "200") -> dic
 
 _NUM_LIST = {"type": "array", "items": {"type": "number"}}
 _DECISION = {
-    "type": "object", "required": ["label", "handled", "score"],
-    "properties": {"label": {"type": ["string", "null"]}, "handled": {"type": "boolean"},
-                   "score": {"type": ["number", "null"]}, "reason": {"type": "string"}},
+    "type": "object", "required": ["label", "local", "score", "plan"],
+    "properties": {"label": {"type": ["string", "null"]}, "local": {"type": "boolean"},
+                   "score": {"type": ["number", "null"]}, "reason": {"type": "string"},
+                   "version": {"type": ["integer", "null"]}, "audit": {"type": "boolean"},
+                   "plan": {"type": "string", "description": "Echo it when logging the trace."}},
 }
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
-    "info": {"title": "tracer_wrap sidecar", "version": "1",
+    "info": {"title": "tracer_wrap sidecar", "version": "2",
              "description": "Route classification inputs to a certified local surrogate and log "
-                            "the LLM's labels. If 'handled' is false, call the LLM and log its "
-                            "label with /traces."},
+                            "the LLM's labels. If 'local' is false, call the LLM and log its "
+                            "label with /traces, echoing the route's 'plan'."},
     "security": [{"bearer": []}],
     "paths": {
-        "/v1/tasks/{task}/route": _post("Route one input", "RouteRequest", "RouteResponse"),
+        "/v1/tasks/{task}/route": _post("Route one input", "RouteRequest", "Decision"),
         "/v1/tasks/{task}/route/batch": _post("Route many inputs", "RouteBatchRequest",
                                               "RouteBatchResponse"),
         "/v1/tasks/{task}/traces": _post("Log one LLM label", "Trace", "Logged", "201"),
         "/v1/tasks/{task}/traces/batch": _post("Log many LLM labels", "TraceBatch", "Logged",
                                                "201"),
+        "/v1/tasks/{task}/status": {"get": {
+            "summary": "Traces, served version, calls answered locally, money saved",
+            "parameters": _TASK_PARAM,
+            "responses": {"200": {"description": "OK", **_json({"type": "object"})}, **_ERRORS}}},
         "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": {"description": "OK"}}}},
     },
@@ -445,8 +500,7 @@ OPENAPI: dict[str, Any] = {
             "RouteRequest": {"type": "object", "properties": {
                 "text": {"type": "string", "minLength": 1}, "embedding": _NUM_LIST},
                 "oneOf": [{"required": ["text"]}, {"required": ["embedding"]}]},
-            "RouteResponse": {**_DECISION, "properties": {
-                **_DECISION["properties"], "version": {"type": ["integer", "null"]}}},
+            "Decision": _DECISION,
             "RouteBatchRequest": {"type": "object", "properties": {
                 "texts": {"type": "array", "items": {"type": "string"}, "maxItems": MAX_BATCH},
                 "embeddings": {"type": "array", "items": _NUM_LIST, "maxItems": MAX_BATCH}},
@@ -456,8 +510,9 @@ OPENAPI: dict[str, Any] = {
                 "decisions": {"type": "array", "items": _DECISION}}},
             "Trace": {"type": "object", "required": ["input", "teacher"], "properties": {
                 "input": {"type": "string"}, "teacher": {"type": "string"},
-                "audit": {"type": "boolean", "default": False},
-                "router_label": {"type": "string"}, "exchangeable": {"type": "boolean"},
+                "plan": {"type": "string"},
+                "usage": {"type": "object", "properties": {
+                    "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}}},
                 "meta": {"type": "object"}}},
             "TraceBatch": {"type": "object", "required": ["traces"], "properties": {
                 "traces": {"type": "array", "items": _schema_ref("Trace"),

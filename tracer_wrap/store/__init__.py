@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from .. import names
+from ..options import store_spec
 from .base import REDIS_SCHEMES, VERSION_ARTIFACTS, Origin, Store, Trace, read_jsonl, task_id
 from .disk import TraceStore
 
@@ -24,14 +24,16 @@ __all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "Origin", "RedisStore", "Store"
 def open_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
     """The store ``spec`` names: an open store as is, a ``redis://`` URL, or a directory.
 
-    ``None`` means ``$TRACER_WRAP_STORE`` (which may itself be a Redis URL) or ``./.tracer_wrap``.
+    ``None`` means the default store (:func:`tracer_wrap.options.store_spec`:
+    ``$TRACER_WRAP_STORE``, the ``store`` key of ``tracer_wrap.toml``, else ``./.tracer_wrap``).
     Raises StoreError when the store cannot be opened, MissingExtraError when a Redis URL is given
-    and redis-py is not installed.
+    and redis-py is not installed, ConfigError for a bad configuration file.
     """
     if isinstance(spec, Store):
         return spec
-    if spec is None:
-        spec = os.environ.get(names.ENV_STORE) or names.DEFAULT_STORE
+    spec = store_spec(spec)
+    if isinstance(spec, Store):
+        return spec
     if isinstance(spec, str) and spec.startswith(REDIS_SCHEMES):
         from .redis_store import RedisStore
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import diskcache
 
-from .. import names
 from ..errors import ConfigError, StoreError
 from .base import (
     VERSION_ARTIFACTS,
@@ -49,12 +48,17 @@ _CACHE_SETTINGS: dict[str, Any] = {
 class TraceStore:
     """Traces, counters and router versions of any number of tasks, in one directory.
 
-    ``path`` defaults to ``$TRACER_WRAP_STORE`` or ``./.tracer_wrap``; it is created if needed.
+    ``path`` defaults to the default store (see :func:`tracer_wrap.store.open_store`); it is
+    created if needed.
     Raises :class:`StoreError` when the directory cannot be created or written.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else Path(os.environ.get(names.ENV_STORE) or names.DEFAULT_STORE)
+        if path is None:
+            from ..options import store_spec
+
+            path = str(store_spec())
+        self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".probe-{os.getpid()}-{threading.get_ident()}"
@@ -223,6 +227,13 @@ class TraceStore:
         _, meta_cache = self._caches()
         return int(meta_cache.incr(f"c:{task}:{counter}", delta))
 
+    def add_counters(self, task: str, deltas: Mapping[str, int]) -> None:
+        """Atomically add each delta to its counter of ``task`` (one SQLite transaction)."""
+        _, meta_cache = self._caches()
+        with meta_cache.transact():
+            for name, delta in deltas.items():
+                meta_cache.incr(f"c:{task}:{name}", int(delta))
+
     def counter(self, task: str, counter: str) -> int:
         _, meta_cache = self._caches()
         return int(meta_cache.get(f"c:{task}:{counter}", 0))
@@ -244,6 +255,14 @@ class TraceStore:
         _, meta_cache = self._caches()
         meta_cache.set(f"s:{task}:{name}", json.dumps(value))
         meta_cache.add(f"task:{task}", time.time())
+
+    def setdefault_setting(self, task: str, name: str, value: Any) -> Any:
+        """Store ``value`` under ``name`` unless a value is there; return the stored one.
+        Atomic across processes (SQLite ``INSERT`` if absent)."""
+        _, meta_cache = self._caches()
+        meta_cache.add(f"s:{task}:{name}", json.dumps(value))
+        meta_cache.add(f"task:{task}", time.time())
+        return self.get_setting(task, name)
 
     def settings(self, task: str) -> dict[str, Any]:
         """Every setting of ``task``."""

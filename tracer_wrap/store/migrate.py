@@ -2,34 +2,55 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-import typer
+from ..errors import ConfigError
+from . import REDIS_SCHEMES, VERSION_ARTIFACTS, Store, Trace, open_store
 
-from . import VERSION_ARTIFACTS, Store, Trace, open_store
+__all__ = ["migrate"]
 
-__all__ = ["migrate", "migrate_command"]
+#: Setting of the destination task recording what a migration from one source already copied.
+_MARK = "migrated_from:"
 
 
-def migrate(src: Store | str, dst: Store | str) -> dict[str, dict[str, int]]:
+def migrate(src: Store | str | os.PathLike[str],
+            dst: Store | str | os.PathLike[str]) -> dict[str, dict[str, int]]:
     """Copy every task's traces, counters, settings and versions from ``src`` into ``dst``.
 
-    Traces keep their input, labels tally, count, origin, timestamps and metadata (each is
-    replayed as appends, so merging into a store that already holds the input adds to its
-    count). Versions keep their numbers, artifacts, manifests and the current pointer; ``dst``'s
-    next reserved version comes after the copied ones. Returns per task how many traces, settings
-    and versions were copied. Raises StoreError when either store fails.
+    Idempotent and incremental: the destination records, per source, the last trace sequence
+    number and the counter values it copied, so running it again copies only traces first seen
+    since and the counters' growth (an input already copied that repeats later in the source is
+    not copied again). Traces keep their input, label tally, count, origin, timestamp and
+    metadata (replayed as appends, so an input the destination already holds adds to its count).
+    Versions keep their numbers, artifacts, manifests and the current pointer; the destination's
+    next version number comes after the copied ones. Returns per task how much was copied.
+    Raises ConfigError when ``src`` is a directory that does not exist, StoreError when either
+    store fails.
     """
+    if isinstance(src, (str, os.PathLike)) and not str(src).startswith(REDIS_SCHEMES) \
+            and not Path(src).is_dir():
+        raise ConfigError(f"no store at {str(src)!r} to migrate from")
     src_store, dst_store = open_store(src), open_store(dst)
+    source = _identity(src_store)
     summary: dict[str, dict[str, int]] = {}
     for task in src_store.tasks():
-        n = 0
-        for trace in src_store.iter_traces(task):
+        mark: dict[str, Any] = dst_store.get_setting(task, _MARK + source) or {}
+        last_seq = int(mark.get("seq", 0))
+        copied = 0
+        for trace in src_store.iter_traces(task, start=last_seq):
             _copy_trace(dst_store, task, trace)
-            n += 1
-        for name, value in src_store.counters(task).items():
-            dst_store.incr(task, name, value)
-        settings = src_store.settings(task)
+            last_seq = max(last_seq, trace.seq)
+            copied += 1
+        counters = src_store.counters(task)
+        already = mark.get("counters", {})
+        growth = {name: value - int(already.get(name, 0)) for name, value in counters.items()}
+        growth = {name: delta for name, delta in growth.items() if delta}
+        if growth:
+            dst_store.add_counters(task, growth)
+        settings = {k: v for k, v in src_store.settings(task).items()
+                    if not k.startswith(_MARK)}
         for name, value in settings.items():
             dst_store.set_setting(task, name, value)
         manifests = src_store.versions(task)
@@ -48,8 +69,17 @@ def migrate(src: Store | str, dst: Store | str) -> dict[str, dict[str, int]]:
         current = src_store.current_version(task)
         if current is not None:
             dst_store.set_current(task, current)
-        summary[task] = {"traces": n, "settings": len(settings), "versions": len(manifests)}
+        dst_store.set_setting(task, _MARK + source, {"seq": last_seq, "counters": counters})
+        summary[task] = {"traces": copied, "counters": len(growth), "settings": len(settings),
+                         "versions": len(manifests)}
     return summary
+
+
+def _identity(store: Store) -> str:
+    path = store.path
+    if isinstance(path, (str, os.PathLike)) and not str(path).startswith(REDIS_SCHEMES):
+        return str(Path(path).resolve())
+    return str(path)
 
 
 def _copy_trace(dst: Store, task: str, trace: Trace) -> None:
@@ -66,13 +96,3 @@ def _copy_trace(dst: Store, task: str, trace: Trace) -> None:
             dst.append(task, trace.input, label, **common)
     for _ in range(max(0, invalid)):
         dst.append(task, trace.input, trace.teacher, valid=False, **common)
-
-
-def migrate_command(
-    from_: str = typer.Option(..., "--from", help="Source store: a directory or redis:// URL."),
-    to: str = typer.Option(..., "--to", help="Destination store: a directory or redis:// URL."),
-) -> None:
-    """Copy traces, counters, settings and router versions from one store into another."""
-    for task, counts in migrate(from_, to).items():
-        typer.echo(f"{task}: {counts['traces']} traces, {counts['settings']} settings,"
-                   f" {counts['versions']} versions")

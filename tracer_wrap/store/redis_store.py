@@ -265,6 +265,13 @@ class RedisStore:
     def incr(self, task: str, counter: str, delta: int = 1) -> int:
         return int(self._call(self._client.hincrby, self._k(task, "ctr"), counter, delta))
 
+    def add_counters(self, task: str, deltas: Mapping[str, int]) -> None:
+        """Atomically add each delta to its counter of ``task`` (one MULTI/EXEC)."""
+        pipe = self._client.pipeline(transaction=True)
+        for name, delta in deltas.items():
+            pipe.hincrby(self._k(task, "ctr"), name, int(delta))
+        self._call(pipe.execute)
+
     def counter(self, task: str, counter: str) -> int:
         return int(self._call(self._client.hget, self._k(task, "ctr"), counter) or 0)
 
@@ -281,6 +288,16 @@ class RedisStore:
         pipe.hset(self._k(task, "s"), name, json.dumps(value))
         pipe.hsetnx(f"{self.prefix}:tasks", task, time.time())
         self._call(pipe.execute)
+
+    def setdefault_setting(self, task: str, name: str, value: Any) -> Any:
+        """Store ``value`` under ``name`` unless a value is there (``HSETNX``); return the
+        stored one."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hsetnx(self._k(task, "s"), name, json.dumps(value))
+        pipe.hsetnx(f"{self.prefix}:tasks", task, time.time())
+        pipe.hget(self._k(task, "s"), name)
+        raw = self._call(pipe.execute)[-1]
+        return json.loads(raw)
 
     def settings(self, task: str) -> dict[str, Any]:
         raw = self._call(self._client.hgetall, self._k(task, "s"))

@@ -1,0 +1,178 @@
+"""Task options: one object, validated once; arguments > TRACER_WRAP_* > tracer_wrap.toml /
+pyproject > defaults, the same for every path (decorator, TracedTask, clients, sidecar, CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tracer_wrap import Price, TracedTask, redact_pii, traced_classifier
+from tracer_wrap.errors import ConfigError
+from tracer_wrap.model.embedder import make_embedder
+from tracer_wrap.options import TaskKwargs, TaskOptions, store_spec
+from tracer_wrap.store import TraceStore
+
+TOML = """
+target = 0.9
+min_traces = 300
+store = "from-file"
+price = { per_call = 0.001 }
+
+[tasks."support"]
+target = 0.98
+routing = false
+redact = "pii"
+"""
+
+
+def resolve(task: str = "t", explicit: dict | None = None, *, env: dict | None = None,
+            cwd: Path) -> TaskOptions:
+    return TaskOptions.resolve(task, explicit, environ=env or {}, cwd=cwd)
+
+
+def test_typed_keywords_list_exactly_the_options() -> None:
+    fields = {f.name for f in dataclasses.fields(TaskOptions)} - {"sources"}
+    assert set(TaskKwargs.__annotations__) == fields
+
+
+def test_defaults_are_those_of_a_traced_task(tmp_path: Path) -> None:
+    options = resolve(cwd=tmp_path)
+    assert options == TaskOptions()
+    assert (options.target, options.delta, options.min_traces, options.refit_every,
+            options.routing, options.audit_rate) == (0.95, 0.05, 200, 500, True, 0.02)
+    assert options.store is None and store_spec(environ={}, cwd=tmp_path) == ".tracer_wrap"
+
+
+def test_precedence_argument_env_task_section_file_default(tmp_path: Path) -> None:
+    (tmp_path / "tracer_wrap.toml").write_text(TOML, encoding="utf-8")
+    env = {"TRACER_WRAP_MIN_TRACES": "400", "TRACER_WRAP_AUDIT_RATE": "0.1"}
+    options = resolve("support", {"audit_rate": 0.5, "delta": None}, env=env, cwd=tmp_path)
+    assert options.audit_rate == 0.5  # argument beats env
+    assert options.min_traces == 400  # env beats file
+    assert options.target == 0.98 and options.routing is False  # task section beats top level
+    assert options.store == "from-file" and options.price == Price(per_call=0.001)
+    assert options.redact is redact_pii
+    assert options.delta == 0.05  # None counts as not given
+    assert 0.98 in options.targets  # the served target is always certified
+    other = resolve("other", cwd=tmp_path)
+    assert other.target == 0.9 and other.routing is True and other.redact is None
+    assert store_spec(environ={}, cwd=tmp_path) == "from-file"
+    assert store_spec(environ={"TRACER_WRAP_STORE": "/x"}, cwd=tmp_path) == "/x"
+    assert store_spec("given", environ={"TRACER_WRAP_STORE": "/x"}, cwd=tmp_path) == "given"
+
+
+def test_pyproject_section_used_when_no_own_file(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n[tool.tracer_wrap]\ntarget = 0.97\n'
+        '[tool.tracer_wrap.tasks."a"]\nrefit_every = 0\n', encoding="utf-8")
+    assert resolve("a", cwd=tmp_path).target == 0.97
+    assert resolve("a", cwd=tmp_path).refit_every is None
+    (tmp_path / "tracer_wrap.toml").write_text("target = 0.85\n", encoding="utf-8")
+    assert resolve("a", cwd=tmp_path).target == 0.85
+
+
+def test_pyproject_without_section_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n', encoding="utf-8")
+    assert resolve("a", cwd=tmp_path) == TaskOptions()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TRACER_WRAP_TARGET": "high"}, "TRACER_WRAP_TARGET"),
+    ({"TRACER_WRAP_TARGET": "1.5"}, "TRACER_WRAP_TARGET"),
+    ({"TRACER_WRAP_ROUTING": "maybe"}, "TRACER_WRAP_ROUTING"),
+    ({"TRACER_WRAP_MIN_TRACES": "5"}, "TRACER_WRAP_MIN_TRACES"),
+    ({"TRACER_WRAP_STORE_INPUTS": "encrypted"}, "TRACER_WRAP_STORE_INPUTS"),
+    ({"TRACER_WRAP_PRICE_PER_CALL": "cheap"}, "TRACER_WRAP_PRICE_PER_CALL"),
+    ({"TRACER_WRAP_FIT_OPTIONS": "C=1"}, "cannot be set from the environment"),
+])
+def test_bad_environment_values_name_their_variable(tmp_path: Path, env: dict,
+                                                     message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve(env=env, cwd=tmp_path)
+
+
+def test_env_parsing(tmp_path: Path) -> None:
+    env = {"TRACER_WRAP_ROUTING": "off", "TRACER_WRAP_REFIT_EVERY": "never",
+           "TRACER_WRAP_DELTA": "0.01", "TRACER_WRAP_STORE": "/tmp/s",
+           "TRACER_WRAP_TARGETS": "0.9, 0.99", "TRACER_WRAP_OOD_QUANTILE": "none",
+           "TRACER_WRAP_EMBEDDER": "hashing", "TRACER_WRAP_BREAKER": "false",
+           "TRACER_WRAP_PRICE_INPUT_PER_MTOK": "0.15", "TRACER_WRAP_REFIT_EXECUTOR": "process"}
+    options = resolve(env=env, cwd=tmp_path)
+    assert options.routing is False and options.refit_every is None
+    assert options.delta == 0.01 and options.store == "/tmp/s"
+    assert options.targets == (0.9, 0.95, 0.99) and options.ood_quantile is None
+    assert options.embedder == "hashing" and options.breaker is False
+    assert options.price == Price(input_per_mtok=0.15) and options.refit_executor == "process"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("targt = 0.9\n", "unknown key"),
+    ("target = 'high'\n", "expected a number"),
+    ('[tasks."t"]\nmin_traces = 2.5\n', r'\[tasks."t"\]'),
+    ("routing = 1\n", "true or false"),
+    ("target = [\n", "tracer_wrap.toml"),
+    ("price = { per_cal = 1 }\n", "unknown price field"),
+    ("breaker = { margin = -1 }\n", "breaker.margin"),
+    ("refit_policy = 3\n", "only be set in code"),
+    ("redact = 'all'\n", "redact"),
+])
+def test_bad_file_values_raise(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "tracer_wrap.toml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        resolve(cwd=tmp_path)
+
+
+def test_unknown_or_invalid_arguments_raise(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown option"):
+        resolve(explicit={"tagret": 0.9}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="argument target"):
+        resolve(explicit={"target": 0}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="argument delta"):
+        TaskOptions(delta=1.0)
+    with pytest.raises(ConfigError, match="labels"):
+        TaskOptions(labels="abc")  # type: ignore[arg-type]
+
+
+def test_an_open_store_and_embedder_pass_through(tmp_path: Path) -> None:
+    store, embedder = TraceStore(tmp_path / "s"), make_embedder("hashing")
+    options = resolve(explicit={"store": store, "embedder": embedder}, cwd=tmp_path)
+    assert options.store is store and options.embedder is embedder
+
+
+def test_make_embedder_is_the_one_place_embedders_are_built() -> None:
+    emb = make_embedder("hashing")
+    assert emb.name == "hashing" and emb.embed(["a b", "c"]).shape == (2, 512)
+    assert make_embedder("all-MiniLM-L6-v2").name == "all-MiniLM-L6-v2"  # lazy: nothing loaded
+    assert make_embedder().name == "all-MiniLM-L6-v2"
+
+
+def test_the_embedder_named_in_the_environment_reaches_every_task(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TRACER_WRAP_EMBEDDER", "hashing")
+    task = TracedTask("t", store=str(tmp_path / "s"))
+    assert task.embedder.name == "hashing"
+
+
+def test_environment_and_file_fill_what_the_decorator_does_not_say(tmp_path, monkeypatch,
+                                                                   embedder):
+    (tmp_path / "tracer_wrap.toml").write_text(
+        'min_traces = 321\n[tasks."t"]\ntarget = 0.97\ndelta = 0.1\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRACER_WRAP_DELTA", "0.02")
+
+    @traced_classifier(task="t", store=str(tmp_path / "s"), embedder=embedder, min_traces=50)
+    def classify(text):
+        return "a"
+
+    options = classify.task.options
+    assert options.target == 0.97  # the task's table in the file
+    assert options.delta == 0.02  # the environment beats the file
+    assert options.min_traces == 50  # the argument beats both
+
+
+def test_a_bad_value_in_the_file_names_the_file(tmp_path, monkeypatch):
+    (tmp_path / "tracer_wrap.toml").write_text("target = 7\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="tracer_wrap.toml"):
+        traced_classifier(task="t", store=str(tmp_path / "s"))(lambda text: "a")

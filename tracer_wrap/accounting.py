@@ -1,0 +1,212 @@
+"""One accounting for every path: what the calls cost, and what answering locally saved.
+
+Counters (:data:`tracer_wrap.names.USAGE_COUNTERS`) are kept per task in the store and summed over
+every process and path (decorator, SDK clients, sidecar): ``calls``, ``local`` (answered locally),
+``llm`` (LLM answers), ``audits``, ``invalid``, the input and output tokens providers reported and
+``usage_calls`` (the LLM answers that reported them). A process adds to them through its
+:class:`Ledger`, which keeps the deltas in memory and writes them in one store transaction from a
+background thread every :data:`FLUSH_SECONDS`, at interpreter exit and on :meth:`Ledger.flush`, so
+counting never waits on the store.
+
+Money comes from one :class:`Price` per task (per call and/or per million input and output
+tokens), set in code, ``tracer_wrap.toml``, the environment or ``tracer-wrap price``, and kept in
+the store so every reader values calls alike. An LLM call costs ``per_call`` plus its tokens at the
+token prices; tokens are averaged over the LLM answers that reported usage. Each local answer saves
+one such mean LLM call: ``saved = local x cost_per_llm_call``. :func:`summary` is the one place
+that computes these figures; ``status``, the HTML report, ``savings()`` and the sidecar read it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from . import names
+from ._log import fault
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["FLUSH_SECONDS", "Ledger", "Price", "Usage", "flush_all", "read_summary", "summary"]
+
+#: How often a process writes its counter deltas to the store.
+FLUSH_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one LLM call of a task costs, in any one currency: ``per_call`` plus ``input_per_mtok``
+    and ``output_per_mtok`` per million input and output tokens."""
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("per_call", "input_per_mtok", "output_per_mtok")
+
+    per_call: float = 0.0
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_setting(cls, value: Any) -> Price | None:
+        """The price stored as a task setting; None when absent or malformed."""
+        if not isinstance(value, Mapping):
+            return None
+        try:
+            return cls(**{k: float(value[k]) for k in cls.FIELDS if k in value})
+        except (TypeError, ValueError):
+            return None
+
+    def describe(self) -> str:
+        parts = [f"{self.per_call:g} per call"] if self.per_call else []
+        if self.input_per_mtok or self.output_per_mtok:
+            parts.append(f"{self.input_per_mtok:g} / {self.output_per_mtok:g} per million input /"
+                         " output tokens")
+        return " + ".join(parts) or "free"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one LLM answer consumed, as its provider reported them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+def summary(counters: Mapping[str, int], price: Price | None) -> dict[str, Any]:
+    """The figures of a task from its counters and price (the money fields are None without a
+    price). ``local_share`` is local answers over local answers plus LLM answers."""
+    get = lambda name: int(counters.get(name, 0))  # noqa: E731 - a local shorthand
+    calls, local, llm = get(names.COUNTER_CALLS), get(names.COUNTER_LOCAL), get(names.COUNTER_LLM)
+    tokens_in, tokens_out = get(names.COUNTER_INPUT_TOKENS), get(names.COUNTER_OUTPUT_TOKENS)
+    usage_calls = get(names.COUNTER_USAGE_CALLS)
+    out: dict[str, Any] = {
+        "calls": calls, "local": local, "llm": llm, "audits": get(names.COUNTER_AUDITS),
+        "invalid": get(names.COUNTER_INVALID), "input_tokens": tokens_in,
+        "output_tokens": tokens_out, "usage_calls": usage_calls,
+        "local_share": local / (local + llm) if local + llm else None,
+        "llm_calls_avoided": local,
+        "price": None if price is None else price.as_dict(),
+        "cost_per_llm_call": None, "llm_cost": None, "saved": None,
+        "cost_without_tracer_wrap": None,
+    }
+    if price is not None:
+        token_cost = 0.0
+        if usage_calls:
+            token_cost = (tokens_in * price.input_per_mtok
+                          + tokens_out * price.output_per_mtok) / 1e6 / usage_calls
+        per_call = price.per_call + token_cost
+        out.update(cost_per_llm_call=per_call, llm_cost=llm * per_call, saved=local * per_call,
+                   cost_without_tracer_wrap=(llm + local) * per_call)
+    return out
+
+
+def read_summary(store: Store, task: str) -> dict[str, Any]:
+    """:func:`summary` of ``task`` from the store's counters and price setting, with ``task``.
+    Raises StoreError when the store cannot be read."""
+    price = Price.from_setting(store.get_setting(task, names.SETTING_PRICE))
+    return {"task": task, **summary(store.counters(task), price)}
+
+
+class Ledger:
+    """Counter deltas of one task in this process, written to the store in the background.
+
+    :meth:`add` only takes a lock and adds integers. :meth:`flush` writes every pending delta in
+    one atomic store call (``Store.add_counters``); when the store refuses, the deltas stay
+    pending (they are a handful of integers, so nothing grows) and the next flush retries. A
+    configured ``price`` is written to the store's price setting on the first successful flush.
+    Thread-safe; after ``fork`` the child starts with no pending deltas (the parent keeps and
+    writes its own).
+    """
+
+    def __init__(self, store: Callable[[], Store], task: str, price: Price | None = None) -> None:
+        self._store = store
+        self.task = task
+        self._price = price
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        _LEDGERS.add(self)
+        _ensure_flusher()
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Add ``counts`` (counter name -> delta) to the pending deltas. Never raises."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._pending = os.getpid(), {}
+                _ensure_flusher()
+            for name, delta in counts.items():
+                if delta:
+                    self._pending[name] = self._pending.get(name, 0) + int(delta)
+
+    def flush(self) -> bool:
+        """Write the pending deltas now; True when nothing is left pending. Never raises (a
+        store fault is logged and the deltas wait for the next flush)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._pending = os.getpid(), {}
+            pending, self._pending = self._pending, {}
+            price, self._price = self._price, None
+        if not pending and price is None:
+            return True
+        try:
+            store = self._store()
+            if price is not None and Price.from_setting(
+                    store.get_setting(self.task, names.SETTING_PRICE)) != price:
+                store.set_setting(self.task, names.SETTING_PRICE, price.as_dict())
+            if pending:
+                store.add_counters(self.task, pending)
+            return True
+        except Exception as exc:
+            fault("usage accounting", exc)
+            with self._lock:
+                for name, delta in pending.items():
+                    self._pending[name] = self._pending.get(name, 0) + delta
+                if price is not None and self._price is None:
+                    self._price = price
+            return False
+
+    @property
+    def pending(self) -> dict[str, int]:
+        """A copy of the deltas not yet written."""
+        with self._lock:
+            return dict(self._pending)
+
+
+_LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
+_flusher_lock = threading.Lock()
+_flusher_pid: int | None = None
+_wake = threading.Event()
+
+
+def flush_all() -> bool:
+    """Flush every ledger of this process; True when all are empty afterwards."""
+    return all([ledger.flush() for ledger in list(_LEDGERS)])
+
+
+def _ensure_flusher() -> None:
+    """Start the flushing thread of this process (again in a forked child, where it is gone)."""
+    global _flusher_pid
+    if _flusher_pid == os.getpid():
+        return
+    with _flusher_lock:
+        if _flusher_pid == os.getpid():
+            return
+        _flusher_pid = os.getpid()
+        threading.Thread(target=_flush_forever, name="tracer_wrap-accounting",
+                         daemon=True).start()
+
+
+def _flush_forever() -> None:
+    while True:
+        _wake.wait(FLUSH_SECONDS)
+        _wake.clear()
+        flush_all()
+
+
+atexit.register(flush_all)

@@ -1,0 +1,207 @@
+"""The version a process serves for one task, and everything that may veto its local answers.
+
+One :class:`Serving` per task and process, used by every path of a call (decorator, SDK clients,
+sidecar) through :mod:`tracer_wrap.engine`:
+
+* **the version**: the store's current version, re-read at most every ``refresh_seconds`` (at once
+  after this process publishes), loaded with its hash check (:func:`~tracer_wrap.versions.load_version`),
+  swapped as a whole (:class:`Served`) so a call never mixes two versions. A version that fails
+  to load, or that was fitted with another embedder than this process's, is refused once (the
+  fault is logged) and the process answers nothing locally until another version is current;
+* its **out-of-distribution** scorer: an input the router accepts but that lies far from every
+  training trace is deferred;
+* the **routing switch**: the store setting every process reads (shadow mode when off), else the
+  task's ``routing`` option;
+* the **drift breaker** (:mod:`tracer_wrap.breaker`): while tripped, nothing is answered locally;
+* the **audit rate**: the share of would-be local answers sent to the LLM anyway.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from . import names
+from ._log import fault
+from .breaker import DriftBreaker
+from .errors import RouterLoadError
+from .model.ood import OODScorer
+from .model.router import Decision, Router
+from .versions import load_ood, load_version
+
+if TYPE_CHECKING:
+    from .model.embedder import Embedder
+    from .options import TaskOptions
+    from .store import Store
+
+__all__ = ["AUDIT_FLOOR_SHARE", "AUDIT_REFERENCE", "Served", "Serving"]
+
+#: The audit rate starts falling once the served router was calibrated on this many traces: it
+#: scales with ``sqrt(AUDIT_REFERENCE / n_calibration)``, down to a quarter of ``audit_rate``.
+AUDIT_REFERENCE = 1000
+AUDIT_FLOOR_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class Served:
+    """A version as this process serves it: router and OOD scorer, or why there is none."""
+
+    version: int | None
+    router: Router | None = None
+    ood: OODScorer | None = None
+    reason: str = "no router fitted yet"
+
+    @property
+    def certified(self) -> bool:
+        """Whether the router certifies the served target (it may answer some calls locally)."""
+        return self.router is not None and self.router.threshold is not None
+
+    @property
+    def n_calibration(self) -> int:
+        return 0 if self.router is None else int(self.router.info.get("n_calibration", 0))
+
+
+class Serving:
+    """What one task serves in this process; see the module docstring.
+
+    ``store`` and ``embedder`` are getters (both open lazily). Reads of the store are cached for
+    ``options.refresh_seconds`` of ``options.monotonic``. Thread-safe; :meth:`after_fork` gives a
+    forked child fresh locks.
+    """
+
+    def __init__(self, task: str, options: TaskOptions, store: Callable[[], Store],
+                 embedder: Callable[[], Embedder]) -> None:
+        self.task = task
+        self.options = options
+        self._store = store
+        self._embedder = embedder
+        self._lock = threading.Lock()
+        self._served = Served(None)
+        self._checked_at = -math.inf
+        self._refused: int | None = None
+        self._routing: tuple[bool, float] | None = None
+        self._breaker: DriftBreaker | None = None
+
+    # -- the version ---------------------------------------------------------------------------
+
+    def served(self) -> Served:
+        """The version to serve now. Raises StoreError when the store cannot be read."""
+        now = self.options.monotonic()
+        served = self._served
+        if now - self._checked_at < self.options.refresh_seconds:
+            return served
+        version = self._store().current_version(self.task)
+        if version != served.version and version != self._refused:
+            with self._lock:
+                if version != self._served.version:
+                    self._served = self._load(version)
+                served = self._served
+        self._checked_at = now
+        return served
+
+    def invalidate(self) -> None:
+        """Re-read the store on the next call (this process just published or rolled back)."""
+        self._checked_at = -math.inf
+        self._routing = None
+
+    def _load(self, version: int | None) -> Served:
+        if version is None:
+            return Served(None)
+        store = self._store()
+        try:
+            router = load_version(store, self.task, version)
+            embedder = self._embedder()
+            fitted_with = router.info.get("embedder")
+            if fitted_with is not None and fitted_with != embedder.name:
+                raise RouterLoadError(
+                    f"version {version} of {self.task!r} was fitted with embedder {fitted_with!r};"
+                    f" this process embeds with {embedder.name!r}")
+            router.target = self.options.target
+            ood = load_ood(store, self.task, version) if self.options.ood_quantile is not None \
+                else None
+        except RouterLoadError as exc:
+            self._refused = version
+            fault("router load", exc)
+            return Served(version, reason=f"version {version} cannot be served: {exc}")
+        self._refused = None
+        return Served(version, router, ood, reason="")
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def decide(self, served: Served, texts: Sequence[str] | None, vectors: np.ndarray
+               ) -> list[tuple[Decision, bool]]:
+        """The router's decision for each input, vetoed when out of distribution; each with
+        whether the OOD check vetoed it. ``texts`` may be None (route by embedding).
+        Raises ConfigError when the vectors do not have the router's dimension."""
+        router = served.router
+        if router is None:
+            raise ValueError("no router is served")
+        if vectors.ndim != 2 or vectors.shape[1] != router.dim:
+            from .errors import ConfigError
+
+            raise ConfigError(f"embeddings of dimension {vectors.shape[-1]} do not fit version"
+                              f" {served.version} of {self.task!r} ({router.dim} dimensions)")
+        decisions = router.route_many(texts, vectors)
+        out: list[tuple[Decision, bool]] = []
+        scores = served.ood.scores(vectors) if served.ood is not None else None
+        for i, decision in enumerate(decisions):
+            if decision.local and scores is not None and served.ood is not None \
+                    and scores[i] < served.ood.cut:
+                out.append((replace(decision, local=False, reason=(
+                    f"out of distribution: similarity {scores[i]:.3f} to the nearest training"
+                    f" prototype is below {served.ood.cut:.3f}")), True))
+            else:
+                out.append((decision, False))
+        return out
+
+    # -- switches --------------------------------------------------------------------------------
+
+    def routing_on(self) -> bool:
+        """The routing switch: the store's setting if set, else the ``routing`` option."""
+        now = self.options.monotonic()
+        cached = self._routing
+        if cached is not None and now - cached[1] < self.options.refresh_seconds:
+            return cached[0]
+        value = self._store().get_setting(self.task, names.SETTING_ROUTING)
+        enabled = self.options.routing if value is None else bool(value)
+        self._routing = (enabled, now)
+        return enabled
+
+    @property
+    def breaker(self) -> DriftBreaker | None:
+        """The drift breaker of this task (None when the ``breaker`` option turns it off)."""
+        if self._breaker is None and self.options.breaker is not False:
+            with self._lock:
+                if self._breaker is None:
+                    extra = dict(self.options.breaker) if not isinstance(
+                        self.options.breaker, bool) else {}
+                    self._breaker = DriftBreaker(
+                        self._store(), self.task, target=self.options.target,
+                        clock=self.options.monotonic,
+                        **{"refresh_seconds": self.options.refresh_seconds, **extra})
+        return self._breaker
+
+    def tripped(self) -> bool:
+        """Whether the drift breaker is tripped (cached like the other store reads)."""
+        breaker = self.breaker
+        return breaker is not None and breaker.tripped()
+
+    def audit_rate(self, served: Served) -> float:
+        """The audit rate for ``served``: ``audit_rate`` falling with its calibration size."""
+        rate = self.options.audit_rate
+        n = served.n_calibration
+        if callable(rate):
+            return float(rate(n))
+        return rate * max(AUDIT_FLOOR_SHARE, math.sqrt(AUDIT_REFERENCE / max(n, AUDIT_REFERENCE)))
+
+    def after_fork(self) -> None:
+        # A child of fork inherits a lock perhaps held by a parent thread that does not exist in
+        # the child: start afresh.
+        self._lock = threading.Lock()
+        if self._breaker is not None:
+            self._breaker._lock = threading.Lock()
