@@ -25,9 +25,9 @@ import numpy as np
 
 from tracer_wrap.lab.bench import embed_cached, evaluate
 from tracer_wrap.lab.datasets import banking77_ambiguity, load_banking77
+from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
 from tracer_wrap.model.embedder import Embedder
 from tracer_wrap.model.fit import fit_router
-from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
 
 TARGETS = (0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
 HERE = Path(__file__).resolve().parent

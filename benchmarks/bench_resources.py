@@ -9,7 +9,6 @@ subprocess so its RSS is its own. Run: python benchmarks/bench_resources.py [N_S
 from __future__ import annotations
 
 import json
-import os
 import resource
 import shutil
 import subprocess

@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tracer_wrap.model.hashing import hashing_embedder  # noqa: E402
 from tracer_wrap.engine import TracedTask  # noqa: E402
+from tracer_wrap.model.hashing import hashing_embedder  # noqa: E402
 from tracer_wrap.store import TraceStore  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "banking77" / "train.csv"

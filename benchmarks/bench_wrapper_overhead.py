@@ -21,8 +21,8 @@ import openai
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from llm_server import serve_llm  # noqa: E402
 
-from tracer_wrap.model.embedder import Embedder  # noqa: E402
 from tracer_wrap.integrations import wrap_openai  # noqa: E402
+from tracer_wrap.model.embedder import Embedder  # noqa: E402
 from tracer_wrap.store import TraceStore  # noqa: E402
 
 SYSTEM = {"role": "system", "content": "Classify the sentiment. Answer positive or negative."}

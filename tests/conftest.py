@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.model.embedder import Embedder
+from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.store import TraceStore
 
 

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracer_wrap import TracedTask, TraceStore
-from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.errors import ConfigError
 from tracer_wrap.labels import LabelSet, _key
+from tracer_wrap.model.hashing import hashing_embedder
 
 NAMES = sorted(LABELS)
 FAST = settings(max_examples=150, deadline=None,

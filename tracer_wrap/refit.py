@@ -30,9 +30,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import names
 from ._log import fault, logger

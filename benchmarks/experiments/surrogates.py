@@ -26,8 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tracer_wrap.model.gate import certify, threshold_grid  # noqa: E402
 from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours  # noqa: E402
+from tracer_wrap.model.gate import certify, threshold_grid  # noqa: E402
 
 torch.set_num_threads(1)  # the shared 2-core box is oversubscribed; 1 thread is faster here
 TARGETS = (0.90, 0.95, 0.98)
@@ -278,7 +278,7 @@ def load() -> dict:
     D["cent_fn"] = cent_fn
 
     def tfidf_builder(fit, spec):
-        from scipy.sparse import hstack, csr_matrix
+        from scipy.sparse import csr_matrix, hstack
         from sklearn.feature_extraction.text import TfidfVectorizer
         kind, maxf, w = spec
         if kind == "word":

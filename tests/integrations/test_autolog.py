@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
-from typer.testing import CliRunner
 from _support import TASK_OPTIONS, LLMServer, easy_texts, fill_store, serve_llm, teacher
+from typer.testing import CliRunner
 
 import tracer_wrap.integrations.zero_code as autolog_module
+from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.integrations.zero_code import autolog, task_summaries
 from tracer_wrap.ops.cli import app
-from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.store import TraceStore
 
 SYSTEM = {"role": "system", "content": "Classify the banking request. Answer with the label only."}

@@ -11,8 +11,8 @@ import pytest
 from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
 from anthropic.types import Message
 
-from tracer_wrap.errors import MissingExtraError
 from tracer_wrap.accounting import flush_all
+from tracer_wrap.errors import MissingExtraError
 from tracer_wrap.integrations import is_local_message, wrap_anthropic
 
 LABELS = ["card_lost", "exchange_rate", "refund", "top_up"]

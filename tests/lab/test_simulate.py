@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from tracer_wrap import Embedder
 from tracer_wrap.lab.simulate import simulate, simulate_command
 
+
 def stream(tmp_path: Path, d: dict, n: int, n_labels: int) -> tuple[Path, dict]:
     """``n`` shuffled rows of the first ``n_labels`` intents (fewer intents: faster fits)."""
     keep = np.isin(d["y"], sorted(set(d["y"].tolist()))[:n_labels])

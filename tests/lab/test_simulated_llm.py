@@ -13,7 +13,6 @@ from tracer_wrap.lab.datasets import load_banking77
 from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
 
 
-
 @pytest.fixture(scope="module")
 def neighbours() -> dict[str, list[str]]:
     return load_banking77_neighbours()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _synthetic import fill_store
 from typer.testing import CliRunner
 
-from _synthetic import fill_store
 from tracer_wrap.ops.cli import app
 from tracer_wrap.store import TraceStore
 

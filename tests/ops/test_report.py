@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from _synthetic import fill_store
-from tracer_wrap.model.hashing import hashing_embedder
-from tracer_wrap.errors import ConfigError
+
 from tracer_wrap.engine import TracedTask
+from tracer_wrap.errors import ConfigError
+from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.ops.report import render_report
 from tracer_wrap.store import TraceStore
 

@@ -16,8 +16,9 @@ pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
 from _synthetic import fill_store, make_traces  # noqa: E402
-from tracer_wrap.model.hashing import hashing_embedder  # noqa: E402
+
 from tracer_wrap.engine import TracedTask  # noqa: E402
+from tracer_wrap.model.hashing import hashing_embedder  # noqa: E402
 from tracer_wrap.ops.server import create_app  # noqa: E402
 from tracer_wrap.store import TraceStore  # noqa: E402
 

@@ -8,8 +8,8 @@ import pytest
 from _redis_server import REDIS_SERVER, RedisServer
 
 from tracer_wrap.errors import RouterLoadError
-from tracer_wrap.store.redis_store import RedisStore
 from tracer_wrap.store import TraceStore
+from tracer_wrap.store.redis_store import RedisStore
 from tracer_wrap.versions import load_version
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None,

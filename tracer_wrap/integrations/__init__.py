@@ -22,7 +22,6 @@ import importlib
 from typing import Any
 
 from ..errors import MissingExtraError
-from ._sdk import TASK_OPTION, Tasks
 from ._prompt import (
     LABEL_FIELD_NAMES,
     OutputShape,
@@ -38,6 +37,7 @@ from ._prompt import (
     openai_responses_view,
     usage_of,
 )
+from ._sdk import TASK_OPTION, Tasks
 
 _LAZY: dict[str, tuple[str, str]] = {
     # openai takes about a second to import: only users of the OpenAI wrapper pay for it.

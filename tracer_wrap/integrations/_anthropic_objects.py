@@ -58,7 +58,7 @@ LOCAL_ID_PREFIX = "msg_tracerwrap_"
 LOCAL_HEADER = "x-tracer-wrap"
 
 # The SDK's HTTP library (httpx, or its fork httpx2 in newer releases), for a synthetic response.
-_http: Any = getattr(anthropic._streaming, "httpx2", None) or getattr(anthropic._streaming, "httpx")
+_http: Any = getattr(anthropic._streaming, "httpx2", None) or anthropic._streaming.httpx
 
 
 def label_from_message(message: Message) -> str | None:

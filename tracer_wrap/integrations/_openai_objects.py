@@ -17,10 +17,19 @@ from typing import Any
 
 import openai
 from openai.lib.streaming.chat import AsyncChatCompletionStreamManager, ChatCompletionStreamManager
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage, ParsedChatCompletion
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ParsedChatCompletion,
+)
 from openai.types.chat.chat_completion import Choice
 from openai.types.chat.chat_completion_chunk import Choice as ChunkChoice
-from openai.types.chat.chat_completion_chunk import ChoiceDelta, ChoiceDeltaToolCall, ChoiceDeltaToolCallFunction
+from openai.types.chat.chat_completion_chunk import (
+    ChoiceDelta,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+)
 from openai.types.chat.chat_completion_message_function_tool_call import (
     ChatCompletionMessageFunctionToolCall,
     Function,
@@ -60,7 +69,7 @@ LOCAL_FINGERPRINT = "tracer_wrap-local"
 LOCAL_HEADER = "x-tracer-wrap"
 
 # The SDK's HTTP library (httpx, or its fork httpx2 in newer releases), for a synthetic response.
-_http: Any = getattr(openai._streaming, "httpx2", None) or getattr(openai._streaming, "httpx")
+_http: Any = getattr(openai._streaming, "httpx2", None) or openai._streaming.httpx
 
 
 # -- reading labels -------------------------------------------------------------------------------

@@ -21,9 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .datasets import banking77_ambiguity, load_banking77
 from ..decorator import traced_classifier
 from ..model.embedder import Embedder
+from .datasets import banking77_ambiguity, load_banking77
 from .simulated_llm import SimulatedLLM, load_banking77_neighbours
 
 __all__ = ["DemoResult", "main", "run"]

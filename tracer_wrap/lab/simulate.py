@@ -14,15 +14,14 @@ import json
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import typer
-from typing_extensions import Annotated
 
 from ..decorator import traced_classifier
-from ..model.embedder import Embedder
 from ..errors import ConfigError
+from ..model.embedder import Embedder
 from ..refit import refit_after_traces
 from ..store import Store, open_store, read_jsonl
 
@@ -147,15 +146,15 @@ def simulate_command(
     target: Annotated[float, typer.Option(min=0.01, max=1.0, help="Target agreement.")] = 0.95,
     refit_every: Annotated[int, typer.Option("--refit-every", min=1,
                                              help="Refit after this many new traces.")] = 500,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
     background: Annotated[bool, typer.Option("--background",
                                              help="Refit in a worker thread, as in production.")] = False,
-    embeddings: Annotated[Optional[Path], typer.Option(
+    embeddings: Annotated[Path | None, typer.Option(
         "--embeddings", exists=True, dir_okay=False,
         help="npz with arrays X (vectors) and texts, instead of embedding with a model.")] = None,
-    embedder: Annotated[Optional[str], typer.Option(
+    embedder: Annotated[str | None, typer.Option(
         "--embedder", help="Embedding model name or 'hashing' (default all-MiniLM-L6-v2).")] = None,
-    store: Annotated[Optional[Path], typer.Option(
+    store: Annotated[Path | None, typer.Option(
         "--store", help="Keep the run's store here (default: a temporary directory).")] = None,
     audit_rate: Annotated[float, typer.Option("--audit-rate", min=0.0, max=1.0)] = 0.02,
     min_traces: Annotated[int, typer.Option("--min-traces", min=10)] = 200,

@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -49,13 +49,13 @@ err_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 StoreOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--store", help="Store directory or redis:// URL (default: the global --store, "
                                  "$TRACER_WRAP_STORE, tracer_wrap.toml, ./.tracer_wrap)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 EmbedderOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--embedder", help="Embedding model name, or 'hashing' (tiny, for tests and "
                                     "trials). Default: $TRACER_WRAP_EMBEDDER, tracer_wrap.toml, "
                                     "all-MiniLM-L6-v2."),
@@ -66,7 +66,7 @@ TaskArg = Annotated[str, typer.Argument(help="Task name (tracer-wrap tasks lists
 @app.callback()
 def _root(
     ctx: typer.Context,
-    store: Annotated[Optional[str], typer.Option(
+    store: Annotated[str | None, typer.Option(
         "--store", help="Store directory or redis:// URL for every command (default: "
                         "$TRACER_WRAP_STORE, tracer_wrap.toml, ./.tracer_wrap).")] = None,
 ) -> None:
@@ -133,7 +133,7 @@ def _when(ts: float | None) -> str:
 @command()
 def status(
     ctx: typer.Context,
-    tasks: Annotated[Optional[list[str]], typer.Argument(help="Tasks to show (default: all).")] = None,
+    tasks: Annotated[list[str] | None, typer.Argument(help="Tasks to show (default: all).")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -247,12 +247,12 @@ def _frontier_table(rows: list[dict[str, Any]], served: float | None, title: str
 def fit(
     ctx: typer.Context,
     task: TaskArg,
-    target: Annotated[Optional[float], typer.Option(
+    target: Annotated[float | None, typer.Option(
         min=0.01, max=1.0, help="Agreement to certify and serve (default: the task's options).")]
     = None,
-    delta: Annotated[Optional[float], typer.Option(
+    delta: Annotated[float | None, typer.Option(
         min=0.0001, max=0.5, help="Allowed error probability of the certificate.")] = None,
-    min_traces: Annotated[Optional[int], typer.Option(
+    min_traces: Annotated[int | None, typer.Option(
         min=10, help="Refuse to fit below this many valid traces.")] = None,
     embedder: EmbedderOpt = None,
     force: Annotated[bool, typer.Option(
@@ -431,11 +431,11 @@ def routing(
 def price(
     ctx: typer.Context,
     task: TaskArg,
-    per_call: Annotated[Optional[float], typer.Option(
+    per_call: Annotated[float | None, typer.Option(
         "--per-call", min=0.0, help="Cost of one LLM call.")] = None,
-    input_per_mtok: Annotated[Optional[float], typer.Option(
+    input_per_mtok: Annotated[float | None, typer.Option(
         "--input-per-mtok", min=0.0, help="Cost of a million input tokens.")] = None,
-    output_per_mtok: Annotated[Optional[float], typer.Option(
+    output_per_mtok: Annotated[float | None, typer.Option(
         "--output-per-mtok", min=0.0, help="Cost of a million output tokens.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the task's price.")] = False,
     store: StoreOpt = None,
@@ -547,7 +547,7 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")]
     = "127.0.0.1",
-    token: Annotated[Optional[str], typer.Option(
+    token: Annotated[str | None, typer.Option(
         envvar=names.ENV_TOKEN, help="Require 'Authorization: Bearer TOKEN' "
                                      "[env: TRACER_WRAP_TOKEN].")] = None,
     max_body: Annotated[int, typer.Option(min=1024, help="Largest request body in bytes.")]

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..model.embedder import Embedder
 from ..errors import ConfigError
+from ..model.embedder import Embedder
 from ..store import Origin, Store, Trace
 from ..versions import certified_coverage, load_version
 from .status import task_status

@@ -35,7 +35,6 @@ from typing import Any
 
 from .. import names
 from ..errors import ConfigError, MissingExtraError, StoreError
-
 from .base import (
     VERSION_ARTIFACTS,
     Origin,
