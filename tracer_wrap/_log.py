@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger("tracer_wrap")
 
@@ -13,7 +14,8 @@ _last: dict[tuple[str, str], tuple[float, int]] = {}
 _lock = threading.Lock()
 
 
-def fault(step: str, exc: BaseException, *, clock=time.monotonic) -> None:
+def fault(step: str, exc: BaseException, *,
+          clock: Callable[[], float] = time.monotonic) -> None:
     """Log that ``step`` failed with ``exc`` and the call went on without tracer_wrap.
 
     The same step and exception type are logged at most once a minute, with the number of

@@ -81,7 +81,9 @@ class Usage:
 def summary(counters: Mapping[str, int], price: Price | None) -> dict[str, Any]:
     """The figures of a task from its counters and price (the money fields are None without a
     price). ``local_share`` is local answers over local answers plus LLM answers."""
-    get = lambda name: int(counters.get(name, 0))  # noqa: E731 - a local shorthand
+    def get(name: str) -> int:
+        return int(counters.get(name, 0))
+
     calls, local, llm = get(names.COUNTER_CALLS), get(names.COUNTER_LOCAL), get(names.COUNTER_LLM)
     tokens_in, tokens_out = get(names.COUNTER_INPUT_TOKENS), get(names.COUNTER_OUTPUT_TOKENS)
     usage_calls = get(names.COUNTER_USAGE_CALLS)

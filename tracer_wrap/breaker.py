@@ -95,7 +95,8 @@ class DriftBreaker:
     # -- feeding the test ------------------------------------------------------------------------
 
     def observe(self, agree: bool, version: int | None = None) -> BreakerStatus:
-        """Add one audit sample (``version`` served it); trip (once per epoch) when the test says so.
+        """Add one audit sample (``version`` served it); trip (once per epoch) when the test
+        says so.
 
         Counts are atomic store counters. A trip records the reason in the store (every process
         stops answering locally) and logs a warning; the returned status has ``tripped`` set.

@@ -22,7 +22,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[misc]
+class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[type-arg]
     """The decorated function: call it like the original; it also exposes its task.
 
     ``router`` is the router being served (None before the first fit), ``stats`` this process's
@@ -111,17 +111,17 @@ def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | No
         reply: Reply[Any] = Reply(label_of=label_of or (lambda result: result),
                                   build=answer or (lambda label: label))
 
-        if inspect.iscoroutinefunction(func):
-            async def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                              kwargs: dict[str, Any]) -> Any:
-                return await traced.acall(text_of(instance, args, kwargs),
-                                          lambda: wrapped(*args, **kwargs), reply)
-        else:
-            def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
-                        kwargs: dict[str, Any]) -> Any:
-                return traced.call(text_of(instance, args, kwargs),
-                                   lambda: wrapped(*args, **kwargs), reply)
+        async def async_wrapper(wrapped: Callable[..., Any], instance: Any,
+                                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return await traced.acall(text_of(instance, args, kwargs),
+                                      lambda: wrapped(*args, **kwargs), reply)
 
-        return TracedClassifier(func, wrapper, traced)
+        def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+            return traced.call(text_of(instance, args, kwargs),
+                               lambda: wrapped(*args, **kwargs), reply)
+
+        chosen = async_wrapper if inspect.iscoroutinefunction(func) else wrapper
+        return TracedClassifier(func, chosen, traced)
 
     return decorate if fn is None else decorate(fn)

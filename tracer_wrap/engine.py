@@ -37,7 +37,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import numpy as np
 
@@ -235,7 +235,7 @@ class TracedTask:
         if plan.local and reply.build is not None:
             local = self._answer(plan, reply.build)
             if local is not _LOCAL_FAILED:
-                return local  # type: ignore[return-value]
+                return cast(R, local)
         return self._after_llm(plan, llm(), reply)
 
     async def acall(self, text: object, llm: Callable[[], Awaitable[R]],
@@ -246,7 +246,7 @@ class TracedTask:
         if plan.local and reply.build is not None:
             local = self._answer(plan, reply.build)
             if local is not _LOCAL_FAILED:
-                return local  # type: ignore[return-value]
+                return cast(R, local)
         return self._after_llm(plan, await llm(), reply)
 
     def route(self, text: str | None = None, *, vector: np.ndarray | None = None) -> Plan:
@@ -278,7 +278,8 @@ class TracedTask:
         plan token): it may calibrate only while no version answers locally. ``text`` is the
         input when the plan does not carry it (route by embedding). An audit sample feeds the
         drift breaker (a trip schedules a refit); in shadow mode the router's would-be answer is
-        scored. ``meta`` is stored with the trace. Never raises: a fault is logged and the caller still has the LLM's answer.
+        scored. ``meta`` is stored with the trace. Never raises: a fault is logged and the caller
+        still has the LLM's answer.
         """
         if plan is None:
             plan = self._unplanned()
@@ -337,7 +338,7 @@ class TracedTask:
 
     def _plan(self, text: object, vector: np.ndarray | None) -> Plan:
         """Embed and route one input; never raises (a fault plans an LLM call)."""
-        return self._plan_many(None if text is None else [text],  # type: ignore[list-item]
+        return self._plan_many(None if text is None else [text],
                                None if vector is None else np.asarray(vector)[None, :], 1)[0]
 
     def _plan_many(self, texts: Sequence[object] | None, vectors: np.ndarray | None,
@@ -523,7 +524,8 @@ class TracedTask:
         return self.refitter.run()
 
     def refit_in_background(self) -> Future[Router | None] | None:
-        """Start a refit off the request path; see :meth:`tracer_wrap.refit.Refitter.in_background`."""
+        """Start a refit off the request path; see
+        :meth:`tracer_wrap.refit.Refitter.in_background`."""
         return self.refitter.in_background()
 
     def close(self, wait: bool = True) -> None:

@@ -43,8 +43,9 @@ def _json_label(text: str) -> str | None:
         return None
     fields = {k.casefold(): v for k, v in value.items() if isinstance(k, str)}
     for name in _JSON_FIELDS:
-        if isinstance(fields.get(name), str):
-            return fields[name]
+        found = fields.get(name)
+        if isinstance(found, str):
+            return found
     return None
 
 

@@ -388,7 +388,8 @@ def _delta(value: Any, where: str) -> float:
 def _positive(value: Any, where: str, *, zero_ok: bool = False) -> float:
     number = _number(value, where)
     if not (number >= 0 if zero_ok else number > 0):
-        raise ConfigError(f"{where}: must be a number {'>= 0' if zero_ok else '> 0'}, got {value!r}")
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ConfigError(f"{where}: must be a number {bound}, got {value!r}")
     return number
 
 

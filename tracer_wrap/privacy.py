@@ -32,7 +32,8 @@ _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 # A run of 13-19 digits, optionally split by single spaces or hyphens (how cards are written).
 _CARD = re.compile(r"(?<![\d])\d(?:[ \-]?\d){12,18}(?![\d])")
 # International or national phone numbers: optional +country, 7-15 digits with separators.
-_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{1,4}\)[\s.\-]?)?\d{2,4}(?:[\s.\-]?\d{2,4}){2,4}(?![\w])")
+_PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.\-]?)?(?:\(\d{1,4}\)[\s.\-]?)?"
+                    r"\d{2,4}(?:[\s.\-]?\d{2,4}){2,4}(?![\w])")
 
 _DATE = re.compile(r"\d{4}[\-./]\d{1,2}[\-./]\d{1,2}|\d{1,2}[\-./]\d{1,2}[\-./]\d{4}")
 

@@ -156,7 +156,8 @@ class RefitRunner:
 
     def __init__(self, kind: ExecutorKind = "thread") -> None:
         if kind not in ("inline", "thread", "process"):
-            raise ConfigError(f"refit executor must be 'inline', 'thread' or 'process', got {kind!r}")
+            raise ConfigError(f"refit executor must be 'inline', 'thread' or 'process',"
+                              f" got {kind!r}")
         self.kind: ExecutorKind = kind
         self._lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None

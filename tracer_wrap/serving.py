@@ -4,7 +4,8 @@ One :class:`Serving` per task and process, used by every path of a call (decorat
 sidecar) through :mod:`tracer_wrap.engine`:
 
 * **the version**: the store's current version, re-read at most every ``refresh_seconds`` (at once
-  after this process publishes), loaded with its hash check (:func:`~tracer_wrap.versions.load_version`),
+  after this process publishes), loaded with its hash check
+  (:func:`~tracer_wrap.versions.load_version`),
   swapped as a whole (:class:`Served`) so a call never mixes two versions. A version that fails
   to load, or that was fitted with another embedder than this process's, is refused once (the
   fault is logged) and the process answers nothing locally until another version is current;

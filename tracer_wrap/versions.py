@@ -7,8 +7,9 @@ when its gate certifies the served target, even at a lower coverage than the cur
 whichever version certified the most would keep the luckiest calibration draw, whose guarantee is
 the likeliest to fail; see BENCHMARKS.md). A version that certifies nothing never replaces one
 that certifies the served target, unless the current one tripped the drift breaker (it is known
-to be wrong on live traffic) or the caller forces it. A *pinned* version stays current whatever is published
-until :func:`unpin`. Only the newest ``keep`` versions are kept, plus the current and the pinned one.
+to be wrong on live traffic) or the caller forces it. A *pinned* version stays current whatever is
+published until :func:`unpin`. Only the newest ``keep`` versions are kept, plus the current and the
+pinned one.
 """
 
 from __future__ import annotations

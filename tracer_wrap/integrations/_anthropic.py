@@ -8,6 +8,7 @@ imports this module on first use and names the pip extra when the SDK is missing
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, overload
 
 import anthropic
@@ -24,16 +25,14 @@ if TYPE_CHECKING:
 
 __all__ = ["TracedAnthropic", "TracedAsyncAnthropic", "wrap_anthropic"]
 
-_messages = dict(view=anthropic_messages_view, label=objects.label_from_message, stream_kind="anthropic")
-MESSAGES_CREATE = ApiSpec("anthropic.messages.create", build=objects.build_message,
-                          build_stream=objects.build_message_stream, **_messages)
-ASYNC_MESSAGES_CREATE = ApiSpec("anthropic.messages.create", build=objects.build_message,
-                                build_stream=objects.build_async_message_stream, **_messages)
-MESSAGES_STREAM = ApiSpec("anthropic.messages.stream", build=objects.build_message_stream_manager,
-                          manager=True, **_messages)
-ASYNC_MESSAGES_STREAM = ApiSpec("anthropic.messages.stream",
-                                build=objects.build_async_message_stream_manager, manager=True,
-                                **_messages)
+_MESSAGES = ApiSpec("anthropic.messages.create", view=anthropic_messages_view,
+                    build=objects.build_message, label=objects.label_from_message,
+                    stream_kind="anthropic")
+MESSAGES_CREATE = replace(_MESSAGES, build_stream=objects.build_message_stream)
+ASYNC_MESSAGES_CREATE = replace(_MESSAGES, build_stream=objects.build_async_message_stream)
+MESSAGES_STREAM = replace(_MESSAGES, name="anthropic.messages.stream",
+                          build=objects.build_message_stream_manager, manager=True)
+ASYNC_MESSAGES_STREAM = replace(MESSAGES_STREAM, build=objects.build_async_message_stream_manager)
 
 
 class _RawMessages(Resource):
@@ -63,7 +62,8 @@ class _Messages(Resource):
 
 class _AsyncMessages(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args, kwargs)
+        return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args,
+                                           kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(ASYNC_MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs,
@@ -134,5 +134,6 @@ def wrap_anthropic(client: Any, *, task: str | None = None, **options: Any) -> A
         raise ConfigError(f"wrap_anthropic needs an anthropic.Anthropic or AsyncAnthropic client,"
                           f" got {type(client)!r}")
     tasks = Tasks(task=task, **options)
-    proxy = TracedAsyncAnthropic if isinstance(client, anthropic.AsyncAnthropic) else TracedAnthropic
+    proxy = (TracedAsyncAnthropic if isinstance(client, anthropic.AsyncAnthropic)
+             else TracedAnthropic)
     return proxy(client, tasks)

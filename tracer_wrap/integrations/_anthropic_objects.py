@@ -58,7 +58,8 @@ LOCAL_ID_PREFIX = "msg_tracerwrap_"
 LOCAL_HEADER = "x-tracer-wrap"
 
 # The SDK's HTTP library (httpx, or its fork httpx2 in newer releases), for a synthetic response.
-_http: Any = getattr(anthropic._streaming, "httpx2", None) or anthropic._streaming.httpx
+_http: Any = (getattr(anthropic._streaming, "httpx2", None)
+             or anthropic._streaming.httpx)  # type: ignore[attr-defined]
 
 
 def label_from_message(message: Message) -> str | None:
@@ -195,7 +196,8 @@ class AsyncLocalMessageStream(anthropic.AsyncStream[RawMessageStreamEvent]):
         self._closed = False
         self._iterator = self._replay(list(events))  # type: ignore[misc]
 
-    async def _replay(self, events: list[RawMessageStreamEvent]) -> AsyncIterator[RawMessageStreamEvent]:
+    async def _replay(self, events: list[RawMessageStreamEvent]
+                      ) -> AsyncIterator[RawMessageStreamEvent]:
         for event in events:
             if self._closed:
                 return
@@ -222,7 +224,8 @@ def build_async_message_stream(label: str, request: Mapping[str, Any]) -> AsyncL
     return AsyncLocalMessageStream(_events(label, request))
 
 
-def build_message_stream_manager(label: str, request: Mapping[str, Any]) -> MessageStreamManager[Any]:
+def build_message_stream_manager(label: str, request: Mapping[str, Any]
+                                 ) -> MessageStreamManager[Any]:
     """What ``messages.stream(**request)`` returns when the LLM answers ``label``: the SDK's own
     manager over a local stream, so ``text_stream`` and ``get_final_message()`` work."""
     stream = build_message_stream(label, request)
@@ -230,7 +233,8 @@ def build_message_stream_manager(label: str, request: Mapping[str, Any]) -> Mess
 
 
 def build_async_message_stream_manager(label: str,
-                                       request: Mapping[str, Any]) -> AsyncMessageStreamManager[Any]:
+                                       request: Mapping[str, Any]
+                                       ) -> AsyncMessageStreamManager[Any]:
     """The ``AsyncAnthropic`` twin of :func:`build_message_stream_manager`."""
     stream = build_async_message_stream(label, request)
 

@@ -10,6 +10,7 @@ tasks, store and embedder.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, overload
 
 import openai
@@ -26,25 +27,25 @@ if TYPE_CHECKING:
 
 __all__ = ["TracedAsyncOpenAI", "TracedOpenAI", "wrap_openai"]
 
-_chat = dict(view=openai_chat_view, label=objects.label_from_chat_completion)
-CHAT_CREATE = ApiSpec("openai.chat.create", build=objects.build_chat_completion,
-                      build_stream=objects.build_chat_completion_stream, **_chat)
-ASYNC_CHAT_CREATE = ApiSpec("openai.chat.create", build=objects.build_chat_completion,
-                            build_stream=objects.build_async_chat_completion_stream, **_chat)
-CHAT_PARSE = ApiSpec("openai.chat.parse", build=objects.build_parsed_chat_completion, **_chat)
-CHAT_STREAM = ApiSpec("openai.chat.stream", build=objects.build_chat_stream_manager, manager=True,
-                      **_chat)
-ASYNC_CHAT_STREAM = ApiSpec("openai.chat.stream", build=objects.build_async_chat_stream_manager,
-                            manager=True, **_chat)
+_CHAT = ApiSpec("openai.chat.create", view=openai_chat_view, build=objects.build_chat_completion,
+                label=objects.label_from_chat_completion)
+CHAT_CREATE = replace(_CHAT, build_stream=objects.build_chat_completion_stream)
+ASYNC_CHAT_CREATE = replace(_CHAT, build_stream=objects.build_async_chat_completion_stream)
+CHAT_PARSE = replace(_CHAT, name="openai.chat.parse", build=objects.build_parsed_chat_completion)
+CHAT_STREAM = replace(_CHAT, name="openai.chat.stream", build=objects.build_chat_stream_manager,
+                      manager=True)
+ASYNC_CHAT_STREAM = replace(CHAT_STREAM, build=objects.build_async_chat_stream_manager)
 RESPONSES_CREATE = ApiSpec("openai.responses.create", view=openai_responses_view,
                            build=objects.build_response, label=objects.label_from_response)
 
 class _RawCompletions(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_CREATE, self.__wrapped__.create, args, with_raw_header(kwargs))
+        return self._self_tasks.run(CHAT_CREATE, self.__wrapped__.create, args,
+                                    with_raw_header(kwargs))
 
     def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_PARSE, self.__wrapped__.parse, args, with_raw_header(kwargs))
+        return self._self_tasks.run(CHAT_PARSE, self.__wrapped__.parse, args,
+                                    with_raw_header(kwargs))
 
 
 class _AsyncRawCompletions(Resource):

@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import openai
 from openai.lib.streaming.chat import AsyncChatCompletionStreamManager, ChatCompletionStreamManager
@@ -69,7 +69,8 @@ LOCAL_FINGERPRINT = "tracer_wrap-local"
 LOCAL_HEADER = "x-tracer-wrap"
 
 # The SDK's HTTP library (httpx, or its fork httpx2 in newer releases), for a synthetic response.
-_http: Any = getattr(openai._streaming, "httpx2", None) or openai._streaming.httpx
+_http: Any = (getattr(openai._streaming, "httpx2", None)
+             or openai._streaming.httpx)  # type: ignore[attr-defined]
 
 
 # -- reading labels -------------------------------------------------------------------------------
@@ -121,7 +122,8 @@ def is_local(obj: Any) -> bool:
 
 
 def _shape(request: Mapping[str, Any], responses_api: bool = False) -> OutputShape:
-    shape = openai_responses_output_shape(request) if responses_api else openai_chat_output_shape(request)
+    shape = (openai_responses_output_shape(request) if responses_api
+             else openai_chat_output_shape(request))
     if shape is None:
         raise ValueError("the request's output cannot be a single label (free tool choice, or a "
                          "response format without one string field); it must go to the LLM")
@@ -162,7 +164,7 @@ def build_chat_completion(label: str, request: Mapping[str, Any]) -> ChatComplet
             id=call_id, type="function",
             function=Function(name=str(shape.tool_name), arguments=_arguments(shape, label)))]
     message = ChatCompletionMessage(role="assistant", content=_content(shape, label), refusal=None,
-                                    tool_calls=tool_calls)
+                                    tool_calls=cast(Any, tool_calls))
     return ChatCompletion(
         id=completion_id, object="chat.completion", created=int(time.time()),
         model=str(request.get("model", "")), system_fingerprint=LOCAL_FINGERPRINT,
@@ -181,7 +183,8 @@ def _parse_as(fmt: Any, data: dict[str, str]) -> Any:
     return pydantic.TypeAdapter(fmt).validate_python(data)
 
 
-def build_parsed_chat_completion(label: str, request: Mapping[str, Any]) -> ParsedChatCompletion[Any]:
+def build_parsed_chat_completion(label: str, request: Mapping[str, Any]
+                                 ) -> ParsedChatCompletion[Any]:
     """The ``ParsedChatCompletion`` that ``chat.completions.parse(**request)`` returns when the LLM
     answers ``label``: ``.parsed`` is an instance of the request's ``response_format`` type, and a
     forced ``pydantic_function_tool`` / strict function call carries ``parsed_arguments``.
@@ -198,7 +201,8 @@ def build_parsed_chat_completion(label: str, request: Mapping[str, Any]) -> Pars
     tool_calls = None
     if shape.kind == "tool":
         function = next(t["function"] for t in request.get("tools") or ()
-                        if t.get("type") == "function" and t["function"].get("name") == shape.tool_name)
+                        if t.get("type") == "function"
+                        and t["function"].get("name") == shape.tool_name)
         model = getattr(function, "model", None)  # set by openai.pydantic_function_tool()
         if model is not None:
             parsed_arguments: Any = _parse_as(model, data)
@@ -228,12 +232,14 @@ def _chunks(label: str, request: Mapping[str, Any]) -> list[ChatCompletionChunk]
 
     def chunk(delta: ChoiceDelta | None, finish: Any = None) -> ChatCompletionChunk:
         choices = [] if delta is None else [ChunkChoice(index=0, delta=delta, finish_reason=finish)]
-        return ChatCompletionChunk(id=completion_id, object="chat.completion.chunk", created=created,
-                                   model=model, system_fingerprint=LOCAL_FINGERPRINT, choices=choices)
+        return ChatCompletionChunk(id=completion_id, object="chat.completion.chunk",
+                                   created=created, model=model,
+                                   system_fingerprint=LOCAL_FINGERPRINT, choices=choices)
 
     if shape.kind == "tool":
-        call = ChoiceDeltaToolCall(index=0, id=call_id, type="function", function=ChoiceDeltaToolCallFunction(
-            name=shape.tool_name, arguments=_arguments(shape, label)))
+        call = ChoiceDeltaToolCall(index=0, id=call_id, type="function",
+                                   function=ChoiceDeltaToolCallFunction(
+                                       name=shape.tool_name, arguments=_arguments(shape, label)))
         chunks = [chunk(ChoiceDelta(role="assistant")), chunk(ChoiceDelta(tool_calls=[call])),
                   chunk(ChoiceDelta(), "tool_calls")]
     else:
@@ -293,7 +299,8 @@ class AsyncLocalChatStream(openai.AsyncStream[ChatCompletionChunk]):
         self._closed = False
         self._iterator = self._replay(list(chunks))
 
-    async def _replay(self, chunks: list[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+    async def _replay(self, chunks: list[ChatCompletionChunk]
+                      ) -> AsyncIterator[ChatCompletionChunk]:
         for chunk in chunks:
             if self._closed:
                 return
@@ -312,28 +319,34 @@ def build_chat_completion_stream(label: str, request: Mapping[str, Any]) -> Loca
     return LocalChatStream(_chunks(label, request))
 
 
-def build_async_chat_completion_stream(label: str, request: Mapping[str, Any]) -> AsyncLocalChatStream:
+def build_async_chat_completion_stream(label: str, request: Mapping[str, Any]
+                                       ) -> AsyncLocalChatStream:
     """The ``AsyncOpenAI`` twin of :func:`build_chat_completion_stream`."""
     return AsyncLocalChatStream(_chunks(label, request))
 
 
-def build_chat_stream_manager(label: str, request: Mapping[str, Any]) -> ChatCompletionStreamManager[Any]:
+def build_chat_stream_manager(label: str, request: Mapping[str, Any]
+                              ) -> ChatCompletionStreamManager[Any]:
     """What ``chat.completions.stream(**request)`` returns when the LLM answers ``label``: the SDK's
     own manager over a local stream, so events, ``get_final_completion()`` and ``.parsed`` work."""
     stream = build_chat_completion_stream(label, request)
-    return ChatCompletionStreamManager(lambda: stream, response_format=request.get("response_format", openai.omit),
+    return ChatCompletionStreamManager(lambda: stream,
+                                       response_format=request.get("response_format", openai.omit),
                                        input_tools=request.get("tools", openai.omit))
 
 
 def build_async_chat_stream_manager(label: str,
-                                    request: Mapping[str, Any]) -> AsyncChatCompletionStreamManager[Any]:
+                                    request: Mapping[str, Any]
+                                    ) -> AsyncChatCompletionStreamManager[Any]:
     """The ``AsyncOpenAI`` twin of :func:`build_chat_stream_manager`."""
     stream = build_async_chat_completion_stream(label, request)
 
     async def api_request() -> openai.AsyncStream[ChatCompletionChunk]:
         return stream
 
-    return AsyncChatCompletionStreamManager(api_request(), response_format=request.get("response_format", openai.omit),
+    return AsyncChatCompletionStreamManager(api_request(),
+                                            response_format=request.get("response_format",
+                                                                        openai.omit),
                                             input_tools=request.get("tools", openai.omit))
 
 
@@ -355,7 +368,8 @@ def build_response(label: str, request: Mapping[str, Any]) -> Response:
     else:
         item = {"type": "message", "id": f"msg_tracerwrap_{hex_[:20]}", "role": "assistant",
                 "status": "completed",
-                "content": [{"type": "output_text", "text": _content(shape, label), "annotations": []}]}
+                "content": [{"type": "output_text", "text": _content(shape, label),
+                             "annotations": []}]}
     metadata = dict(request.get("metadata") or {})
     metadata[LOCAL_HEADER] = "local"
     return Response.construct(

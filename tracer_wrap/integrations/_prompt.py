@@ -47,7 +47,8 @@ LABEL_FIELD_NAMES: tuple[str, ...] = ("label", "category", "class", "intent")
 
 @dataclass(frozen=True)
 class PromptView:
-    """A classification call: ``task_key`` names its prompt template, ``text`` is what it classifies."""
+    """A classification call: ``task_key`` names its prompt template, ``text`` is what it
+    classifies."""
 
     task_key: str
     text: str
@@ -57,7 +58,8 @@ class PromptView:
 class OutputShape:
     """How a request wants its single label delivered.
 
-    ``kind="text"``: the assistant's text is the label. ``kind="json"``: a JSON object whose ``field``
+    ``kind="text"``: the assistant's text is the label. ``kind="json"``: a JSON object whose
+    ``field``
     is the label (``response_format`` / structured outputs). ``kind="tool"``: a forced call of tool
     ``tool_name`` whose argument ``field`` is the label.
     """
@@ -334,18 +336,18 @@ class TemplateLearner:
                 text = template.middle(message)
                 if text is not None:
                     return template.prefix, text, template.suffix
-            template = self._learn(message, pool)
-            if template is None:
+            learned = self._learn(message, pool)
+            if learned is None:
                 pool.append(message)
                 return "", message, ""
-            templates.insert(0, template)
+            templates.insert(0, learned)
             del templates[self.max_templates:]
             # The messages it explains are no evidence for another template.
-            kept = [m for m in pool if template.middle(m) is None]
+            kept = [m for m in pool if learned.middle(m) is None]
             pool.clear()
             pool.extend(kept)
-            text = template.middle(message)
-            return template.prefix, text if text is not None else message, template.suffix
+            text = learned.middle(message)
+            return learned.prefix, text if text is not None else message, learned.suffix
 
     def templates(self, group: str) -> list[tuple[str, str]]:
         """The learned ``(prefix, suffix)`` pairs of ``group``, most recent first."""
@@ -373,8 +375,10 @@ class TemplateLearner:
         prefixes, suffixes = _affix_candidates(message)
         if not prefixes and not suffixes:
             return None  # the common case for untemplated traffic
-        supported_prefixes = [""] + [p for p in prefixes if sum(m.startswith(p) for m in pool) >= need]
-        supported_suffixes = [""] + [s for s in suffixes if sum(m.endswith(s) for m in pool) >= need]
+        supported_prefixes = [""] + [p for p in prefixes
+                                     if sum(m.startswith(p) for m in pool) >= need]
+        supported_suffixes = [""] + [s for s in suffixes
+                                     if sum(m.endswith(s) for m in pool) >= need]
         best: _Template | None = None
         for prefix in supported_prefixes:
             for suffix in supported_suffixes:
@@ -383,7 +387,8 @@ class TemplateLearner:
                 candidate = _Template(prefix, suffix)
                 if candidate.middle(message) is None:
                     continue
-                if best is not None and len(prefix) + len(suffix) <= len(best.prefix) + len(best.suffix):
+                if (best is not None
+                        and len(prefix) + len(suffix) <= len(best.prefix) + len(best.suffix)):
                     continue
                 if sum(candidate.middle(m) is not None for m in pool) >= need:
                     best = candidate
@@ -432,7 +437,8 @@ def _content_text(content: Any, text_types: frozenset[str]) -> str | None:
     texts: list[str] = []
     for part in content:
         part = _as_dict(part)
-        if part is None or part.get("type") not in text_types or not isinstance(part.get("text"), str):
+        if (part is None or part.get("type") not in text_types
+                or not isinstance(part.get("text"), str)):
             return None  # an image, audio or file input is not a text classification
         texts.append(part["text"])
     return "\n".join(texts)
@@ -443,7 +449,8 @@ def _view(api: str, context: Mapping[str, Any], message: str | None,
     if message is None or not message.strip():
         return None
     group = _digest({"api": api, **context})
-    prefix, text, suffix = learner.split(group, message) if learner is not None else ("", message, "")
+    prefix, text, suffix = (learner.split(group, message) if learner is not None
+                            else ("", message, ""))
     task_key = f"{api}:{_digest({'group': group, 'prefix': prefix, 'suffix': suffix})}"
     return PromptView(task_key=task_key, text=text.strip())
 
@@ -452,7 +459,8 @@ _CHAT_TEXT = frozenset({"text"})
 _RESPONSES_TEXT = frozenset({"input_text"})
 
 
-def openai_chat_view(kwargs: Mapping[str, Any], learner: TemplateLearner | None = None) -> PromptView | None:
+def openai_chat_view(kwargs: Mapping[str, Any], learner: TemplateLearner | None = None
+                     ) -> PromptView | None:
     """The view of a ``chat.completions.create``/``parse`` call, or None if it is not a
     classification: no final user message, a non-text part, ``n > 1``, tools without a forced
     function, or an output format that cannot hold one label. Never raises on odd input."""
@@ -481,9 +489,11 @@ def openai_chat_view(kwargs: Mapping[str, Any], learner: TemplateLearner | None 
 def openai_responses_view(kwargs: Mapping[str, Any],
                           learner: TemplateLearner | None = None) -> PromptView | None:
     """The view of a ``responses.create`` call, or None if it is not a classification (also when it
-    depends on server-side state: ``previous_response_id``, ``conversation``, a stored ``prompt``)."""
+    depends on server-side state: ``previous_response_id``, ``conversation``, a stored
+    ``prompt``)."""
     try:
-        if any(kwargs.get(k) is not None for k in ("previous_response_id", "conversation", "prompt")):
+        if any(kwargs.get(k) is not None
+               for k in ("previous_response_id", "conversation", "prompt")):
             return None
         if openai_responses_output_shape(kwargs) is None:
             return None
@@ -548,7 +558,8 @@ def usage_of(response: Any) -> dict[str, int]:
 
     Returns ``{"input_tokens", "output_tokens"}`` plus ``"cached_input_tokens"`` when the provider
     reports cache reads. Works on OpenAI ``ChatCompletion`` / usage-bearing ``ChatCompletionChunk``
-    (``prompt_tokens`` / ``completion_tokens``), Responses API ``Response`` and anthropic ``Message``
+    (``prompt_tokens`` / ``completion_tokens``), Responses API ``Response`` and anthropic
+    ``Message``
     (``input_tokens`` / ``output_tokens``), and anthropic ``message_start`` / ``message_delta``
     stream events. Returns ``{}`` when the object carries no usage (a chunk without it), so
     "unknown" is never mistaken for "free".
@@ -560,7 +571,8 @@ def usage_of(response: Any) -> dict[str, int]:
     if usage is None:
         return {}
     if getattr(usage, "prompt_tokens", None) is not None:
-        counts = {"input_tokens": int(usage.prompt_tokens), "output_tokens": int(usage.completion_tokens or 0)}
+        counts = {"input_tokens": int(usage.prompt_tokens),
+                  "output_tokens": int(usage.completion_tokens or 0)}
         cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None)
     else:
         counts = {"input_tokens": int(getattr(usage, "input_tokens", None) or 0),

@@ -188,22 +188,22 @@ def _reply(spec: ApiSpec, kwargs: Mapping[str, Any], is_async: bool) -> Reply[An
     def local(label: str) -> Any:
         return build(label, kwargs)  # type: ignore[misc]
 
-    later = None
-    if spec.manager:
-        def later(manager: Any, done: Done) -> Any:
-            def tap(stream: Any) -> None:
-                tap_stream(stream, spec.stream_kind, done, is_async=is_async)
-            if is_async:
-                return AsyncTappedManager(manager, tap, _aenter)
-            return TappedManager(manager, tap, _enter)
-    elif streaming:
-        def later(stream: Any, done: Done) -> Any:
+    def tapped_manager(manager: Any, done: Done) -> Any:
+        def tap(stream: Any) -> None:
             tap_stream(stream, spec.stream_kind, done, is_async=is_async)
-            return stream
+        if is_async:
+            return AsyncTappedManager(manager, tap, _aenter)
+        return TappedManager(manager, tap, _enter)
+
+    def tapped_stream(stream: Any, done: Done) -> Any:
+        tap_stream(stream, spec.stream_kind, done, is_async=is_async)
+        return stream
+
+    later = tapped_manager if spec.manager else tapped_stream if streaming else None
     return Reply(label_of=spec.label, build=local, usage_of=_usage, later=later)
 
 
-class Resource(wrapt.ObjectProxy):  # type: ignore[misc]
+class Resource(wrapt.ObjectProxy):  # type: ignore[type-arg]
     """A proxy of an SDK client or resource; proxy-owned state lives in ``_self_*`` attributes."""
 
     def __init__(self, wrapped: Any, tasks: Tasks) -> None:

@@ -139,7 +139,7 @@ async def _atap(inner: AsyncIterator[Any], add: Callable[[Any], None],
         done()
 
 
-class TappedManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class TappedManager(wrapt.ObjectProxy):  # type: ignore[type-arg]
     """An SDK stream manager (``.stream()``) whose stream is tapped once entered.
 
     ``enter`` wraps the manager's own ``__enter__`` (the request is sent there); ``tap`` is
@@ -163,7 +163,7 @@ class TappedManager(wrapt.ObjectProxy):  # type: ignore[misc]
         return self.__wrapped__.__exit__(*exc_info)
 
 
-class AsyncTappedManager(wrapt.ObjectProxy):  # type: ignore[misc]
+class AsyncTappedManager(wrapt.ObjectProxy):  # type: ignore[type-arg]
     """The async twin of :class:`TappedManager`; ``enter`` wraps the awaited ``__aenter__``."""
 
     def __init__(self, manager: Any, tap: Callable[[Any], None],

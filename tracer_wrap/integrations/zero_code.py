@@ -106,7 +106,7 @@ def _targets() -> list[tuple[type, str, ApiSpec, str]]:
     return found
 
 
-def autolog(*, routing: bool = False, **options: Unpack[TaskKwargs]) -> Tasks:
+def autolog(**options: Unpack[TaskKwargs]) -> Tasks:
     """Trace every chat call of the openai (and anthropic, if installed) SDK; return the tasks.
 
     Patches the SDK classes once per process: a second call changes nothing and returns the same
@@ -123,7 +123,8 @@ def autolog(*, routing: bool = False, **options: Unpack[TaskKwargs]) -> Tasks:
     with _lock:
         if _tasks is not None:
             return _tasks
-        tasks = Tasks(routing=routing, **options)
+        options.setdefault("routing", False)
+        tasks = Tasks(**options)
         for cls, name, spec, kind in _targets():
             _patch(cls, name, spec, kind)
         _tasks = tasks
@@ -199,14 +200,16 @@ def task_summaries(store: Store | str | None = None) -> list[dict[str, Any]]:
             else:
                 invalid += trace.count
         counters = store.counters(task)
-        calls = max(calls, counters.get(names.COUNTER_LLM, 0)) + counters.get(names.COUNTER_LOCAL, 0)
+        calls = (max(calls, counters.get(names.COUNTER_LLM, 0))
+                 + counters.get(names.COUNTER_LOCAL, 0))
         version = store.current_version(task)
         manifest = store.manifest(task, version) if version is not None else None
         coverage = None
         if manifest is not None:
             coverage = certified_coverage(manifest, float(manifest.get("target", 0.95)))
         rows.append({
-            "task": task, "calls": calls, "inputs": store.count(task), "distinct_outputs": len(outputs),
+            "task": task, "calls": calls, "inputs": store.count(task),
+            "distinct_outputs": len(outputs),
             "invalid": invalid,
             "classification": (calls >= MIN_CALLS and 0 < len(outputs) <= MAX_CLASSES
                                and len(outputs) <= MAX_DISTINCT_SHARE * calls),

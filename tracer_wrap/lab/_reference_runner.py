@@ -30,7 +30,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -46,7 +46,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def load_data(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read and check the npz contract: float32 2-D ``X_*``, 1-D string ``y_*`` of matching length."""
+    """Read and check the npz contract: float32 2-D ``X_*``, 1-D string ``y_*`` of matching
+    length."""
     with np.load(path, allow_pickle=False) as npz:
         missing = [k for k in DATA_KEYS if k not in npz.files]
         if missing:
@@ -264,7 +265,7 @@ def run(data: dict[str, np.ndarray], cfg: dict[str, Any]) -> dict[str, Any]:
             headline["throughput_no_ood_rows_per_s"] if headline else None
         ),
     }
-    return _nan_to_none(report)
+    return cast(dict[str, Any], _nan_to_none(report))
 
 
 def main(argv: list[str] | None = None) -> int:

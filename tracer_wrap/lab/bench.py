@@ -51,7 +51,8 @@ def evaluate(router: Router, X_test: np.ndarray, y_test: np.ndarray,
             "certified": cert.certified,
             "threshold": cert.threshold,
             "coverage": n_handled / len(y_test),
-            "agreement": float((predicted[handled] == y_test[handled]).mean()) if n_handled else None,
+            "agreement": (float((predicted[handled] == y_test[handled]).mean())
+                          if n_handled else None),
             "calibration_coverage": cert.coverage,
             "n_test": int(len(y_test)),
             # How surely the test rows show agreement below target: P(Binomial(n, target) <= k).
@@ -85,7 +86,8 @@ def text_latency(router: Router, embedder_factory: Callable[[], Embedder], texts
     """Milliseconds from text to decision with a fresh embedder: first sight, then a repeat."""
     embedder = embedder_factory()
     embedder.embed_one("warm the model up")
-    first, repeat = [], []
+    first: list[float] = []
+    repeat: list[float] = []
     for sink in (first, repeat):
         for text in texts:
             started = time.perf_counter()
@@ -102,8 +104,9 @@ def embed_cached(embedder: Embedder, texts: list[str], cache: Path | None,
     key = hashlib.sha256("\n".join([embedder.name, *texts]).encode()).hexdigest()[:24]
     path = cache / f"{key}.npy" if cache else None
     if path is not None and path.exists():
-        return np.load(path, allow_pickle=False)
-    task = progress.add_task(f"Embedding {len(texts):,} texts", total=len(texts)) if progress else None
+        return np.asarray(np.load(path, allow_pickle=False))
+    task = (progress.add_task(f"Embedding {len(texts):,} texts", total=len(texts))
+            if progress else None)
     parts = []
     for i in range(0, len(texts), 256):
         parts.append(embedder.embed(texts[i:i + 256]))
@@ -144,7 +147,7 @@ def bench(
     all_targets = tuple(sorted(set(targets)))
 
     started = time.perf_counter()
-    router = fit_router(X_train, y_train, targets=all_targets, seed=seed)
+    router = fit_router(X_train, y_train.tolist(), targets=all_targets, seed=seed)
     fit_seconds = time.perf_counter() - started
     ours: dict[str, Any] = {
         "library": "tracer_wrap",
@@ -182,7 +185,7 @@ def _resplits(X: np.ndarray, y: np.ndarray, n_train: int, targets: Sequence[floa
     for r in range(n):
         order = np.random.default_rng(seed + 1000 + r).permutation(len(y))
         tr, te = order[:n_train], order[n_train:]
-        router = fit_router(X[tr], y[tr], targets=targets, seed=seed + r)
+        router = fit_router(X[tr], y[tr].tolist(), targets=targets, seed=seed + r)
         runs["tracer_wrap"].append(evaluate(router, X[te], y[te], targets))
         if with_reference:
             from .reference import run_reference

@@ -1,8 +1,8 @@
 """The offline demo: Banking77 traffic through ``@traced_classifier`` around a simulated LLM.
 
 The simulated LLM answers each query with its Banking77 intent, except on 15% of queries where,
-like a real LLM, it picks a neighbouring intent (mostly on ambiguous queries); each call costs simulated dollars and
-latency (nothing sleeps). tracer_wrap logs every answer, refits in the background as traces
+like a real LLM, it picks a neighbouring intent (mostly on ambiguous queries); each call costs
+simulated dollars and latency (nothing sleeps). tracer_wrap logs every answer, refits as traces
 accumulate, and answers locally where the gate certifies 95% agreement with the LLM.
 
 Run it with ``tracer-wrap demo`` or ``python -m tracer_wrap.lab.demo``.
@@ -106,7 +106,8 @@ def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 1000,
 def show(result: DemoResult, console: Console, target: float) -> None:
     """Print the demo's outcome as a table."""
     avoided = result.queries - result.llm_calls
-    table = Table(title=f"tracer_wrap on {result.queries:,} Banking77 queries (target {target:.0%})")
+    table = Table(title=f"tracer_wrap on {result.queries:,} Banking77 queries"
+                        f" (target {target:.0%})")
     table.add_column("figure")
     table.add_column("value", justify="right")
     rows = [

@@ -100,7 +100,8 @@ def _run_step(cmd: Sequence[str | os.PathLike[str]], what: str, timeout: float) 
             [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired as exc:
-        raise ReferenceRunError(f"{what} timed out after {timeout:.0f} s:\n{_tail(exc.stderr)}") from exc
+        raise ReferenceRunError(
+            f"{what} timed out after {timeout:.0f} s:\n{_tail(exc.stderr)}") from exc
     except OSError as exc:
         raise ReferenceRunError(f"{what} failed: {exc}") from exc
     if proc.returncode != 0:

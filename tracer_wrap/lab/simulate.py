@@ -22,6 +22,7 @@ import typer
 from ..decorator import traced_classifier
 from ..errors import ConfigError
 from ..model.embedder import Embedder
+from ..options import TaskKwargs
 from ..refit import refit_after_traces
 from ..store import Store, open_store, read_jsonl
 
@@ -42,7 +43,7 @@ def simulate(
     seed: int = 0,
     curve_points: int = 20,
     labels: list[str] | None = None,
-    task_options: dict[str, Any] | None = None,
+    task_options: TaskKwargs | None = None,
 ) -> dict[str, Any]:
     """Replay ``stream_path`` and return the figures of the run.
 
@@ -63,13 +64,13 @@ def simulate(
                        background=background, embedder=embedder, task=task,
                        min_traces=min_traces, audit_rate=audit_rate, seed=seed,
                        curve_points=curve_points, labels=labels,
-                       task_options=dict(task_options or {}))
+                       task_options=task_options or {})
 
 
 def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_every: int,
             background: bool, embedder: Embedder | None, task: str, min_traces: int,
             audit_rate: float, seed: int, curve_points: int, labels: list[str] | None,
-            task_options: dict[str, Any]) -> dict[str, Any]:
+            task_options: TaskKwargs) -> dict[str, Any]:
     answer: list[str] = [""]
     llm_calls = [0]
 
@@ -77,12 +78,14 @@ def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_e
         llm_calls[0] += 1
         return answer[0]
 
-    options: dict[str, Any] = {"keep_versions": 10_000, **task_options}
-    classify = traced_classifier(
-        teacher, task=task, labels=labels, target=target, store=store,
-        embedder=embedder or Embedder.default(), min_traces=min_traces,
-        refit_policy=refit_after_traces(refit_every), audit_rate=audit_rate,
-        refit_executor="thread" if background else "inline", rng=random.Random(seed), **options)
+    options: TaskKwargs = {
+        "labels": labels, "target": target, "store": store,
+        "embedder": embedder or Embedder.default(), "min_traces": min_traces,
+        "refit_policy": refit_after_traces(refit_every), "audit_rate": audit_rate,
+        "refit_executor": "thread" if background else "inline", "rng": random.Random(seed),
+        "keep_versions": 10_000}
+    options.update(task_options)
+    classify = traced_classifier(task=task, **options)(teacher)
     traced = classify.task
     n = len(rows)
     step = max(1, n // max(1, curve_points))
@@ -147,8 +150,8 @@ def simulate_command(
     refit_every: Annotated[int, typer.Option("--refit-every", min=1,
                                              help="Refit after this many new traces.")] = 500,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the result here.")] = None,
-    background: Annotated[bool, typer.Option("--background",
-                                             help="Refit in a worker thread, as in production.")] = False,
+    background: Annotated[bool, typer.Option(
+        "--background", help="Refit in a worker thread, as in production.")] = False,
     embeddings: Annotated[Path | None, typer.Option(
         "--embeddings", exists=True, dir_okay=False,
         help="npz with arrays X (vectors) and texts, instead of embedding with a model.")] = None,

@@ -1,4 +1,5 @@
-"""A simulated LLM teacher for benchmarks and tests: mostly right, wrong between neighbouring intents.
+"""A simulated LLM teacher for benchmarks and tests: mostly right, wrong between neighbouring
+intents.
 
 A real LLM labelling Banking77 is wrong on 10-25% of queries and its mistakes are confusions
 between neighbouring intents (``get_physical_card`` vs ``change_pin``), not uniform noise.
@@ -91,7 +92,8 @@ class SimulatedLLM:
         u_err, u_pick = _uniforms(self.seed, text)
         if u_err >= self.error_probability(text):
             return gold
-        weights = [NEIGHBOUR_WEIGHTS[i] if i < len(NEIGHBOUR_WEIGHTS) else 0.0 for i in range(len(options))]
+        weights = [NEIGHBOUR_WEIGHTS[i] if i < len(NEIGHBOUR_WEIGHTS) else 0.0
+                   for i in range(len(options))]
         if sum(weights) <= 0:
             weights = [1.0] * len(options)
         total = sum(weights)
@@ -110,7 +112,8 @@ class SimulatedLLM:
 
 
 def _calibrate(ambiguity: Mapping[str, float], rate: float) -> dict[str, float]:
-    """Per-text error probabilities ``min(1, s * a)`` whose mean is ``rate`` (bisection on ``s``)."""
+    """Per-text error probabilities ``min(1, s * a)`` whose mean is ``rate`` (bisection on
+    ``s``)."""
     scores = {t: max(0.0, float(a)) for t, a in ambiguity.items()}
     values = list(scores.values())
     if rate <= 0.0 or not any(values):

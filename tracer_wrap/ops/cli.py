@@ -625,8 +625,10 @@ def demo(ctx: typer.Context) -> None:
 
 @command()
 def migrate(
-    from_: Annotated[str, typer.Option("--from", help="Source store: a directory or redis:// URL.")],
-    to: Annotated[str, typer.Option("--to", help="Destination store: a directory or redis:// URL.")],
+    from_: Annotated[str, typer.Option(
+        "--from", help="Source store: a directory or redis:// URL.")],
+    to: Annotated[str, typer.Option(
+        "--to", help="Destination store: a directory or redis:// URL.")],
 ) -> None:
     """Copy traces, counters, settings and router versions from one store into another. Running
     it again copies only what is new since the last run."""

@@ -43,7 +43,8 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
     """The HTML report of ``task`` as a string.
 
     ``embedder`` must be the one the current router was fitted with (default: the embedder named
-    in its manifest, see :func:`tracer_wrap.model.embedder.make_embedder`). Raises ConfigError when the task
+    in its manifest, see :func:`tracer_wrap.model.embedder.make_embedder`). Raises ConfigError
+    when the task
     has no traces and RouterLoadError when the current version cannot be loaded.
     """
     traces = store.traces(task)
@@ -64,10 +65,12 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
     live = status["live_agreement"]
 
     cards = [
-        ("traces", f"{len(traces):,}", f"{len(valid):,} valid · {len(traces) - len(valid):,} invalid"),
+        ("traces", f"{len(traces):,}",
+         f"{len(valid):,} valid · {len(traces) - len(valid):,} invalid"),
         ("router", "none" if version is None else f"v{version}",
          "every call goes to the LLM" if version is None else f"target {target:.4g}"),
-        ("certified coverage", _pct(certified_coverage(manifest, target) if manifest else None),
+        ("certified coverage", _pct(certified_coverage(manifest, target)
+                                    if manifest and target is not None else None),
          "on calibration traces"),
         ("answered locally", f"{usage['local']:,}",
          f"of {usage['calls']:,} calls · {usage['llm']:,} LLM answers"),
@@ -216,7 +219,8 @@ def _live_agreement(audits: list[Trace], target: float | None) -> str:
                       "(audit_rate of the calls it would answer).")
     groups = min(12, max(1, len(audits) // 20))
     bounds = np.linspace(0, len(audits), groups + 1).astype(int)
-    points, ticks = [], {}
+    points: list[tuple[float, float]] = []
+    ticks: dict[float, str] = {}
     for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
         chunk = audits[a:b]
         points.append((i + 1, sum(t.router_label == t.teacher for t in chunk) / len(chunk)))
@@ -261,8 +265,8 @@ def _confusable(routed: _Routed | None, top: int = 15) -> str:
         return _empty("The router answers every stored trace locally.")
     pairs: Counter[tuple[str, str]] = Counter()
     for i in deferred:
-        a, b = (routed.names[j] for j in routed.top2[i])
-        pairs[tuple(sorted((a, b)))] += 1  # type: ignore[index]
+        a, b = sorted(routed.names[j] for j in routed.top2[i])
+        pairs[(a, b)] += 1
     rows = "".join(
         f"<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class='num'>{n}</td>"
         f"<td>{_bar(n / len(deferred))}</td></tr>" for (a, b), n in pairs.most_common(top))
@@ -441,27 +445,39 @@ _PAGE = """<!DOCTYPE html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy"
+      content="default-src 'none'; style-src 'unsafe-inline'; img-src data:">
 <title>{title}</title>
 <style>
 :root {{ --fg:#1f2937; --muted:#6b7280; --line:#e5e7eb; --accent:#2563eb; --bg:#f8fafc; }}
 * {{ box-sizing: border-box; }}
-body {{ margin:0; font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg); background:var(--bg); }}
+body {{
+  margin:0; font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif; color:var(--fg);
+  background:var(--bg);
+}}
 header {{ background:#0f172a; color:#f8fafc; padding:20px 32px; }}
 header h1 {{ margin:0 0 4px; font-size:22px; font-weight:600; }}
 header p {{ margin:0; color:#cbd5e1; font-size:13px; }}
 main {{ max-width:1100px; margin:0 auto; padding:24px 32px 48px; }}
-.cards {{ display:grid; grid-template-columns:repeat(auto-fit,minmax(170px,1fr)); gap:12px; margin-bottom:8px; }}
+.cards {{
+  display:grid; grid-template-columns:repeat(auto-fit,minmax(170px,1fr)); gap:12px;
+  margin-bottom:8px;
+}}
 .card {{ background:#fff; border:1px solid var(--line); border-radius:10px; padding:12px 16px; }}
 .card .k {{ color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }}
 .card .v {{ font-size:24px; font-weight:600; }}
 .card .s {{ color:var(--muted); font-size:12px; }}
-section {{ background:#fff; border:1px solid var(--line); border-radius:10px; padding:16px 20px; margin-top:16px; }}
+section {{
+  background:#fff; border:1px solid var(--line); border-radius:10px; padding:16px 20px;
+  margin-top:16px;
+}}
 h2 {{ margin:0 0 4px; font-size:17px; }}
 h3 {{ font-size:14px; margin:16px 0 6px; }}
 .muted, .note {{ color:var(--muted); font-size:12.5px; }}
 table {{ border-collapse:collapse; width:100%; margin-top:8px; }}
-th, td {{ text-align:left; padding:5px 8px; border-bottom:1px solid var(--line); vertical-align:top; }}
+th, td {{
+  text-align:left; padding:5px 8px; border-bottom:1px solid var(--line); vertical-align:top;
+}}
 th {{ font-size:12px; color:var(--muted); font-weight:600; }}
 td.num {{ text-align:right; font-variant-numeric:tabular-nums; }}
 td.text {{ max-width:520px; word-break:break-word; }}
@@ -469,7 +485,9 @@ td.text {{ max-width:520px; word-break:break-word; }}
 .bar {{ position:relative; background:#eef2ff; border-radius:4px; height:18px; min-width:120px; }}
 .bar i {{ position:absolute; left:0; top:0; bottom:0; background:#93c5fd; border-radius:4px; }}
 .bar.warn i {{ background:#fca5a5; }}
-.bar span {{ position:relative; padding-left:6px; font-size:12px; font-variant-numeric:tabular-nums; }}
+.bar span {{
+  position:relative; padding-left:6px; font-size:12px; font-variant-numeric:tabular-nums;
+}}
 .bad {{ color:#dc2626; font-weight:700; }}
 figure {{ margin:8px 0; }}
 svg.chart {{ width:100%; max-width:720px; height:auto; display:block; }}
@@ -482,7 +500,10 @@ svg .ref {{ stroke:#9ca3af; stroke-dasharray:4 4; }}
 svg .series {{ fill:none; stroke-width:2.2; }}
 figcaption {{ font-size:12.5px; color:var(--muted); }}
 .key {{ margin-right:18px; }}
-.key i {{ display:inline-block; width:12px; height:12px; border-radius:3px; margin-right:6px; vertical-align:-1px; }}
+.key i {{
+  display:inline-block; width:12px; height:12px; border-radius:3px; margin-right:6px;
+  vertical-align:-1px;
+}}
 code {{ background:#f1f5f9; padding:1px 4px; border-radius:4px; }}
 </style>
 </head>

@@ -166,7 +166,8 @@ class _Sidecar:
             return
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(),
+                                                                 self.token):
             raise _Problem(401, "unauthorized", "missing or wrong bearer token")
 
     async def body(self, request: Request) -> dict[str, Any]:
@@ -436,7 +437,7 @@ def _trace_row(item: Any, where: str) -> dict[str, Any]:
         row["usage"] = Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0))
     if not isinstance(row["meta"], dict):
         raise _Problem(422, "invalid_body", f"'{where}.meta' must be an object")
-    if len(row["input"]) > MAX_INPUT_CHARS:
+    if len(item["input"]) > MAX_INPUT_CHARS:
         raise _Problem(422, "invalid_body", f"'{where}.input' is over {MAX_INPUT_CHARS} characters")
     return row
 

@@ -20,7 +20,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 
-__all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "Origin", "Store", "Trace", "read_jsonl", "task_id"]
+__all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "Origin", "Store", "Trace", "read_jsonl",
+           "task_id"]
 
 #: URL schemes :func:`open_store` hands to :class:`~tracer_wrap.store.redis_store.RedisStore`.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -166,7 +167,8 @@ def _prune_victims(traces: Iterator[Trace], max_traces: int | None,
     if max_age_seconds is not None and not max_age_seconds >= 0:
         raise ConfigError(f"max_age_seconds must be non-negative, got {max_age_seconds!r}")
     rows = sorted((t.seq, t.ts, t.input) for t in traces)
-    cutoff = None if max_age_seconds is None else (time.time() if now is None else now) - max_age_seconds
+    now = time.time() if now is None else now
+    cutoff = None if max_age_seconds is None else now - max_age_seconds
     excess = 0 if max_traces is None else max(0, len(rows) - max_traces)
     return [(seq, text) for i, (seq, ts, text) in enumerate(rows)
             if i < excess or (cutoff is not None and ts < cutoff)]

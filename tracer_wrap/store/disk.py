@@ -157,7 +157,8 @@ class TraceStore:
         traces, _ = self._caches()
         return int(traces.get(f"n:{task}", 0))
 
-    def iter_traces(self, task: str, *, valid_only: bool = False, start: int = 0) -> Iterator[Trace]:
+    def iter_traces(self, task: str, *, valid_only: bool = False, start: int = 0
+                    ) -> Iterator[Trace]:
         """Traces of ``task`` in the order they were first seen, from sequence number ``start``."""
         traces, _ = self._caches()
         for seq in range(start + 1, self.count(task) + 1):
