@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m tracer_wrap.lab.demo
 
-test: $(STAMP)
+# Lint and types first: they take seconds and fail fast.
+check: $(STAMP)
+	$(PY) -m ruff check tracer_wrap tests benchmarks
+	$(PY) -m mypy
+
+test: check
 	bash scripts/system-deps.sh
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 

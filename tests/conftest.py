@@ -31,6 +31,16 @@ def _fresh_fault_log():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _forget_ledgers():
+    """Tasks of a finished test must not keep flushing counters into their (deleted) stores from
+    the background thread, logging faults into the next test."""
+    yield
+    from tracer_wrap import accounting
+
+    accounting._LEDGERS.clear()
+
+
 @pytest.fixture(scope="session")
 def banking77_train(request):
     """The packaged Banking77 train split embedded with the real MiniLM (bundled weights).

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -122,8 +123,8 @@ class Ledger:
     one atomic store call (``Store.add_counters``); when the store refuses, the deltas stay
     pending (they are a handful of integers, so nothing grows) and the next flush retries. A
     configured ``price`` is written to the store's price setting on the first successful flush.
-    Thread-safe; after ``fork`` the child starts with no pending deltas (the parent keeps and
-    writes its own).
+    Thread-safe; after ``fork`` the child starts with no pending deltas and its own flushing
+    thread (the parent keeps and writes its own deltas).
     """
 
     def __init__(self, store: Callable[[], Store], task: str, price: Price | None = None) -> None:
@@ -132,26 +133,29 @@ class Ledger:
         self._price = price
         self._pending: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        # Held for a whole flush, so a flush that returns has seen every earlier delta written
+        # (a background flush may have taken them a moment before).
+        self._flushing = threading.Lock()
         _LEDGERS.add(self)
         _ensure_flusher()
 
     def add(self, counts: Mapping[str, int]) -> None:
         """Add ``counts`` (counter name -> delta) to the pending deltas. Never raises."""
+        if _flusher_pid != os.getpid():
+            _ensure_flusher()  # a forked child starts its own flushing thread
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._pending = os.getpid(), {}
-                _ensure_flusher()
             for name, delta in counts.items():
                 if delta:
                     self._pending[name] = self._pending.get(name, 0) + int(delta)
 
     def flush(self) -> bool:
-        """Write the pending deltas now; True when nothing is left pending. Never raises (a
-        store fault is logged and the deltas wait for the next flush)."""
+        """Write the pending deltas now; True when every delta added before the call is in the
+        store. Never raises (a store fault is logged and the deltas wait for the next flush)."""
+        with self._flushing:
+            return self._flush()
+
+    def _flush(self) -> bool:
         with self._lock:
-            if self._pid != os.getpid():
-                self._pid, self._pending = os.getpid(), {}
             pending, self._pending = self._pending, {}
             price, self._price = self._price, None
         if not pending and price is None:
@@ -173,6 +177,13 @@ class Ledger:
                     self._price = price
             return False
 
+    def _after_fork(self) -> None:
+        # The parent keeps and writes its own pending deltas; a lock a parent thread held at the
+        # fork would never be released in the child.
+        self._pending = {}
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+
     @property
     def pending(self) -> dict[str, int]:
         """A copy of the deltas not yet written."""
@@ -183,7 +194,6 @@ class Ledger:
 _LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
 _flusher_lock = threading.Lock()
 _flusher_pid: int | None = None
-_wake = threading.Event()
 
 
 def flush_all() -> bool:
@@ -206,9 +216,17 @@ def _ensure_flusher() -> None:
 
 def _flush_forever() -> None:
     while True:
-        _wake.wait(FLUSH_SECONDS)
-        _wake.clear()
+        time.sleep(FLUSH_SECONDS)
         flush_all()
 
 
+def _reset_after_fork() -> None:
+    global _flusher_lock
+    _flusher_lock = threading.Lock()
+    for ledger in list(_LEDGERS):
+        ledger._after_fork()
+
+
 atexit.register(flush_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

@@ -49,10 +49,10 @@ DEFAULT_KEEP = 10
 def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = None,
             force: bool = False, keep: int = DEFAULT_KEEP,
             extra: dict[str, Any] | None = None) -> int | None:
-    """Save ``router`` (and ``ood``) as a new version of ``task``; make it current by the publish
-    rule (module docstring): when it certifies the served target, when the current version
-    certifies nothing at it (or there is none), or when ``force`` (the caller passes it after a
-    drift-breaker trip); never while another version is pinned.
+    """Save ``router`` (and ``ood``) as a new version of ``task``; make it current by the
+    publish rule (module docstring): when it certifies its target, when the current version
+    certifies nothing at the target it serves (or there is none), or when ``force`` (the caller
+    passes it after a drift-breaker trip); never while another version is pinned.
 
     Returns the new version number if it became current, else None (its files and manifest are
     kept either way, up to ``keep`` versions). ``extra`` is merged into the manifest. Making a
@@ -76,7 +76,7 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
         logger.info("tracer_wrap kept pinned version %s of %r; version %s is saved", pinned, task,
                     version)
         became_current = None
-    elif router.threshold is None and not force and _certifies(store, task, router.target):
+    elif router.threshold is None and not force and _serving_certified(store, task):
         logger.info("tracer_wrap kept the current version of %r: version %s certifies nothing at"
                     " target %g", task, version, router.target)
         became_current = None
@@ -86,11 +86,12 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
     return became_current
 
 
-def _certifies(store: Store, task: str, target: float) -> bool:
-    """Whether the current version of ``task`` certifies ``target``."""
+def _serving_certified(store: Store, task: str) -> bool:
+    """Whether the current version of ``task`` certifies the target it serves."""
     current = store.current_version(task)
     manifest = store.manifest(task, current) if current is not None else None
-    return manifest is not None and certified_coverage(manifest, target) > 0
+    return manifest is not None and certified_coverage(
+        manifest, float(manifest.get("target", 1.0))) > 0
 
 
 def certified_coverage(manifest: dict[str, Any], target: float) -> float:

@@ -1,7 +1,8 @@
 // The tracer_wrap loop from Node (18+, built-in fetch, no npm packages):
 //   1. ask the sidecar to route the input;
-//   2. if it is handled, use the local label (no LLM call);
-//   3. otherwise call the LLM and log its label as a trace, so the next refit learns from it.
+//   2. if it answers locally, use its label (no LLM call);
+//   3. otherwise call the LLM and log its label as a trace with the route's plan, so the next
+//      refit learns from it (and audit samples reach the drift breaker).
 // Any sidecar failure falls back to the LLM: tracer_wrap must never break a call.
 //
 //   tracer-wrap serve --store ./.tracer_wrap --port 8000 [--token T]
@@ -38,15 +39,17 @@ export async function classify(text) {
   try {
     decision = await sidecar("/route", { text });
   } catch (err) {
-    // 404 before the first trace of the task, sidecar down, timeout: use the LLM.
+    // Sidecar down, timeout, bad token: use the LLM.
     console.warn(`tracer_wrap route failed, using the LLM: ${err.message}`);
   }
-  if (decision?.handled) {
+  if (decision?.local) {
     return { label: decision.label, source: `local v${decision.version}` };
   }
   const label = await callLLM(text);
   try {
-    await sidecar("/traces", { input: text, teacher: label });
+    // Echo the plan: it says whether this call was an audit sample and whether its trace may
+    // calibrate the gate (the sidecar signed it, so it cannot be forged).
+    await sidecar("/traces", { input: text, teacher: label, plan: decision?.plan });
   } catch (err) {
     console.warn(`tracer_wrap trace logging failed: ${err.message}`);
   }

@@ -1,0 +1,143 @@
+"""Operating a store from the command line: routing, pins, prices, guarded fits, migrations, and
+help and errors that read cleanly."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from _synthetic import fill_store
+from typer.testing import CliRunner
+
+import tracer_wrap.names as n
+from tracer_wrap.ops.cli import app
+from tracer_wrap.store import TraceStore
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACER_WRAP_EMBEDDER", "hashing")
+    monkeypatch.delenv("TRACER_WRAP_STORE", raising=False)
+
+
+@pytest.fixture()
+def store_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "store"
+    fill_store(TraceStore(path), "intent", 800)
+    return path
+
+
+def cli(*args: str) -> object:
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def fit(store_dir: Path, *extra: str) -> dict:
+    result = cli("--store", str(store_dir), "fit", "intent", "--min-traces", "50", "--json", *extra)
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    return json.loads(result.stdout)  # type: ignore[attr-defined]
+
+
+def test_routing_switch_on_off_default(store_dir: Path) -> None:
+    store = TraceStore(store_dir)
+    for switch, value in (("off", False), ("on", True), ("default", None), ("shadow", False)):
+        result = cli("--store", str(store_dir), "routing", "intent", switch)
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+        assert store.get_setting("intent", n.SETTING_ROUTING) is value
+    assert cli("--store", str(store_dir), "routing", "intent", "maybe").exit_code == 2  # type: ignore[attr-defined]
+
+
+def test_pin_keeps_a_version_through_refits_until_unpinned(store_dir: Path) -> None:
+    fit(store_dir)
+    assert cli("--store", str(store_dir), "pin", "intent", "1").exit_code == 0  # type: ignore[attr-defined]
+    data = fit(store_dir)
+    assert data["version"] == 2 and data["current_version"] == 1 and not data["published"]
+    versions = json.loads(cli("--store", str(store_dir), "versions", "intent", "--json").stdout)  # type: ignore[attr-defined]
+    assert versions["pinned_version"] == 1
+    assert cli("--store", str(store_dir), "unpin", "intent").exit_code == 0  # type: ignore[attr-defined]
+    assert fit(store_dir)["current_version"] == 3
+
+
+def test_price_is_set_shown_and_cleared(store_dir: Path) -> None:
+    result = cli("--store", str(store_dir), "price", "intent", "--per-call", "0.0004",
+                 "--input-per-mtok", "0.15", "--json")
+    data = json.loads(result.stdout)  # type: ignore[attr-defined]
+    assert data["price"] == {"per_call": 0.0004, "input_per_mtok": 0.15, "output_per_mtok": 0.0}
+    shown = cli("--store", str(store_dir), "price", "intent").stdout  # type: ignore[attr-defined]
+    assert "0.0004 per call" in shown
+    cli("--store", str(store_dir), "price", "intent", "--clear")
+    assert TraceStore(store_dir).get_setting("intent", n.SETTING_PRICE) is None
+    both = cli("--store", str(store_dir), "price", "intent", "--clear", "--per-call", "1")
+    assert both.exit_code == 2  # type: ignore[attr-defined]
+
+
+def test_fit_never_serves_a_router_that_certifies_nothing_unless_forced(store_dir: Path) -> None:
+    assert fit(store_dir)["current_version"] == 1
+    # 0.999 cannot be certified from 800 traces: the version is saved, not served.
+    strict = fit(store_dir, "--target", "0.999")
+    assert strict["version"] == 2 and strict["current_version"] == 1 and not strict["published"]
+    table = cli("--store", str(store_dir), "fit", "intent", "--min-traces", "50",
+                "--target", "0.999").stdout  # type: ignore[attr-defined]
+    assert "0.999" in table and "1.00" not in table  # targets keep their digits
+    assert "Kept version 1" in table
+    forced = fit(store_dir, "--target", "0.999", "--force")
+    assert forced["current_version"] == forced["version"] == 4 and forced["published"]
+
+
+def test_fit_refuses_another_embedder_than_the_served_one_unless_forced(
+        store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fit(store_dir)
+    result = cli("--store", str(store_dir), "fit", "intent", "--min-traces", "50",
+                 "--embedder", "all-MiniLM-L6-v2")
+    assert result.exit_code == 1  # type: ignore[attr-defined]
+    assert "fitted with embedder 'hashing'" in result.stderr  # type: ignore[attr-defined]
+    assert TraceStore(store_dir).current_version("intent") == 1
+
+
+def test_migrate_refuses_a_missing_source_and_runs_again_without_doubling(
+        store_dir: Path, tmp_path: Path) -> None:
+    missing = cli("migrate", "--from", str(tmp_path / "nowhere"), "--to", str(tmp_path / "dst"))
+    assert missing.exit_code == 1 and "no store at" in missing.stderr  # type: ignore[attr-defined]
+    assert not (tmp_path / "dst").exists()
+    source = TraceStore(store_dir)
+    fit(store_dir)
+    source.add_counters("intent", {"calls": 10, "local": 7})
+    for _ in range(2):
+        result = cli("migrate", "--from", str(store_dir), "--to", str(tmp_path / "dst"))
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    dst = TraceStore(tmp_path / "dst")
+    assert dst.count("intent") == 800 and sum(t.count for t in dst.traces("intent")) == 800
+    assert dst.counter("intent", "local") == 7 and dst.counter("intent", "calls") == 10
+    assert dst.current_version("intent") == 1
+    # Incremental: what the source gained since is copied, once.
+    source.append("intent", "a new input after the first migration", "refund")
+    source.add_counters("intent", {"local": 3})
+    cli("migrate", "--from", str(store_dir), "--to", str(tmp_path / "dst"))
+    assert dst.count("intent") == 801 and dst.counter("intent", "local") == 10
+
+
+COMMANDS = ["status", "fit", "versions", "rollback", "pin", "unpin", "routing", "price",
+            "export", "import", "report", "serve", "tasks", "run", "demo", "migrate", "bench",
+            "simulate"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_texts_show_no_docstring_markup(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert not re.search(r"``|:func:|:class:|:meth:|:mod:|:data:", text), text
+
+
+def test_the_same_error_exits_1_in_every_command(store_dir: Path, tmp_path: Path) -> None:
+    for args in (["status", "nope"], ["versions", "nope"], ["fit", "nope"],
+                 ["rollback", "nope", "1"], ["pin", "nope", "1"], ["unpin", "nope"],
+                 ["routing", "nope", "on"], ["price", "nope"],
+                 ["export", "nope", "-o", str(tmp_path / "x")],
+                 ["report", "nope", "-o", str(tmp_path / "r.html")]):
+        result = runner.invoke(app, ["--store", str(store_dir), *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.startswith("error: no task 'nope'"), args

@@ -1,0 +1,313 @@
+"""The heart of the library: the path of one call through the engine, step by step.
+
+A small vector task keeps every decision controlled: texts ``c<k> ...`` embed near centre ``k``
+(label ``l<k>``), so a fitted router answers them confidently, and ``ood <a> <b>`` embeds along
+centre ``a`` minus twice centre ``b``, where the linear surrogate is confident (label ``l<a>``)
+but no training trace lies: the out-of-distribution check must veto it, so those calls always
+reach the LLM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tracer_wrap.names as n
+from tracer_wrap import Embedder, Plan, Price, Reply, TracedTask, TraceStore, Usage
+from tracer_wrap.accounting import flush_all
+
+DIM, CLASSES = 16, 4
+CENTRES = np.random.default_rng(0).standard_normal((CLASSES, DIM))
+CENTRES /= np.linalg.norm(CENTRES, axis=1, keepdims=True)
+
+
+def vector_of(text: str) -> np.ndarray:
+    words = text.split()
+    if words[0] == "ood":
+        return CENTRES[int(words[1])] - 2 * CENTRES[int(words[2])]
+    seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    return CENTRES[int(words[0][1:])] + 0.15 * np.random.default_rng(seed).standard_normal(DIM)
+
+
+def embed(texts: list[str]) -> np.ndarray:
+    return np.array([vector_of(t) for t in texts])
+
+
+EMBEDDER = Embedder.from_callable(embed, name="centres")
+
+
+def label_of_text(text: str) -> str:
+    words = text.split()
+    return f"l{words[1]}" if words[0] == "ood" else f"l{words[0][1:]}"
+
+
+def new_task(tmp_path: Path, **options: object) -> TracedTask:
+    settings: dict = dict(embedder=EMBEDDER, target=0.9, min_traces=100, refit_every=None,
+                          audit_rate=0.0, refresh_seconds=0, labels=[f"l{k}" for k in range(4)])
+    settings.update(options)
+    return TracedTask("t", store=TraceStore(tmp_path / "store"), **settings)
+
+
+def fitted_task(tmp_path: Path, **options: object) -> TracedTask:
+    """A task whose store holds 600 traces and a certified router, with fresh statistics."""
+    trainer = new_task(tmp_path, **options)
+    for i in range(600):
+        trainer.record(trainer.route(f"c{i % CLASSES} train {i}"), f"l{i % CLASSES}")
+    trainer.refit()
+    trainer.close()
+    task = new_task(tmp_path, **options)
+    assert task.router is not None and task.router.threshold is not None
+    return task
+
+
+def never(label: str = "") -> str:
+    raise AssertionError("the LLM must not be called")
+
+
+def counters(task: TracedTask) -> dict[str, int]:
+    task.flush()
+    return task.store.counters(task.task)
+
+
+# -- plans -----------------------------------------------------------------------------------
+
+
+def test_without_a_router_every_call_goes_to_the_llm_and_becomes_a_calibrating_trace(tmp_path):
+    task = new_task(tmp_path)
+    plan = task.route("c1 first")
+    assert (plan.local, plan.traced, plan.answering, plan.reason) == (
+        False, True, False, "no router fitted yet")
+    assert task.record(plan, "l1") == "l1"
+    (trace,) = task.store.traces("t")
+    assert trace.exchangeable and trace.origin == "llm" and trace.router_label is None
+    assert counters(task) == {"calls": 1, "llm": 1, "new_valid_traces": 1}
+
+
+def test_a_local_answer_skips_the_llm_and_is_counted_once(tmp_path):
+    task = fitted_task(tmp_path)
+    before = task.store.count("t")
+    assert task.call("c2 fresh input", never) == "l2"
+    assert task.stats.local == 1 and task.stats.llm == 0
+    assert task.store.count("t") == before  # a local answer is no trace
+    assert counters(task)["local"] == 1
+
+
+def test_deferred_calls_while_a_router_answers_never_calibrate(tmp_path):
+    task = fitted_task(tmp_path)
+    # Halfway between two centres: the surrogate is unsure, so the call goes to the LLM.
+    plans = [task.route(vector=(CENTRES[0] + CENTRES[1]) / 2 + 0.01 * k * CENTRES[2])
+             for k in range(3)]
+    plan = next(p for p in plans if not p.local)
+    assert plan.answering and plan.decision is not None and not plan.decision.local
+    task.record(plan, "l0", text="between zero and one")
+    trace = next(t for t in task.store.traces("t") if t.input == "between zero and one")
+    assert not trace.exchangeable and trace.router_label == plan.decision.label
+
+
+def test_out_of_distribution_inputs_are_deferred_although_the_surrogate_is_confident(tmp_path):
+    task = fitted_task(tmp_path)
+    router, ood = task.router, task.serving.served().ood
+    assert router is not None and ood is not None
+    # Directions away from every centre on which the surrogate alone would answer locally.
+    candidates = [CENTRES[a] - s * CENTRES[b] for a in range(4) for b in range(4) if a != b
+                  for s in (0.5, 1.0, 1.5, 2.0)]
+    confident = [v / np.linalg.norm(v) for v in candidates
+                 if router.route(None, v / np.linalg.norm(v)).local]
+    far = [v for v in confident if ood.score(v) < ood.cut]
+    assert far, "no confident out-of-distribution direction to test with"
+    plans = [task.route(vector=v) for v in far]
+    assert not any(p.local for p in plans)
+    assert all(p.reason.startswith("out of distribution") for p in plans)
+    assert task.stats.outliers == len(far)
+
+
+def test_shadow_mode_answers_nothing_and_scores_what_it_would_have_answered(tmp_path):
+    task = fitted_task(tmp_path, routing=False)
+    calls = [task.call(f"c{i % 4} shadow {i}", lambda i=i: f"l{i % 4}") for i in range(20)]
+    assert calls == [f"l{i % 4}" for i in range(20)] and task.stats.local == 0
+    report = task.shadow_report()
+    assert report["calls"] == 20 and report["would_answer_locally"] >= 15
+    assert report["agreement"] == 1.0
+    # Routing is off: every call reached the LLM, so its traces are an unbiased sample.
+    assert all(t.exchangeable for t in task.store.traces("t"))
+
+
+def test_a_tripped_breaker_stops_local_answers_until_reset(tmp_path):
+    task = fitted_task(tmp_path)
+    task.store.set_setting("t", n.SETTING_BREAKER, {"version": 1, "reason": "test", "at": 0})
+    plan = task.route("c1 while tripped")
+    assert not plan.local and plan.reason.startswith("the drift breaker tripped")
+    assert not plan.answering and task.stats.breaker == 1
+    breaker = task.serving.breaker
+    assert breaker is not None
+    breaker.reset()
+    assert task.route("c1 after reset").local
+
+
+def test_audit_samples_go_to_the_llm_calibrate_and_feed_the_breaker(tmp_path):
+    task = fitted_task(tmp_path, audit_rate=1.0)
+    plan = task.route("c3 audited")
+    assert plan.audit and not plan.local and plan.reason == "audit sample"
+    assert task.record(plan, "l3") == "l3"
+    trace = next(t for t in task.store.traces("t") if t.input == "c3 audited")
+    assert trace.origin == "audit" and trace.exchangeable and trace.router_label == "l3"
+    assert task.store.counter("t", n.counter_breaker(0, "n")) == 1
+    assert counters(task)["audits"] == 1
+
+
+def test_untraceable_inputs_go_to_the_llm_untraced(tmp_path):
+    task = fitted_task(tmp_path)
+    before = task.store.count("t")
+    for bad in (None, 42, "", "   ", "x" * 20_001):
+        assert task.call(bad, lambda: "l0") == "l0"
+    assert task.store.count("t") == before and task.stats.skipped == 5
+    assert task.route(None).reason == "the input is not text (NoneType)"
+
+
+def test_disabled_by_the_environment(tmp_path, monkeypatch):
+    task = fitted_task(tmp_path)
+    monkeypatch.setenv("TRACER_WRAP_DISABLE", "1")
+    before = task.store.count("t")
+    assert task.call("c1 disabled", lambda: "l1") == "l1"
+    assert task.store.count("t") == before
+
+
+# -- replies: how each path reads and builds its results -------------------------------------
+
+
+def test_reply_builds_local_answers_and_reads_labels_and_usage(tmp_path):
+    task = fitted_task(tmp_path)
+    reply: Reply[dict] = Reply(label_of=lambda r: r["label"], build=lambda label: {"local": label},
+                               usage_of=lambda r: Usage(r["in"], r["out"]))
+    assert task.call("c0 built", never, reply) == {"local": "l0"}
+    answer = {"label": "l1", "in": 30, "out": 2}
+    assert task.call("ood 1 0", lambda: answer, reply) is answer
+    c = counters(task)
+    assert (c["local"], c["llm"], c["input_tokens"], c["output_tokens"], c["usage_calls"]) == (
+        1, 601, 30, 2, 1)  # 600 of the LLM answers trained the router
+
+
+def test_a_reply_that_cannot_build_sends_the_call_to_the_llm(tmp_path, caplog):
+    task = fitted_task(tmp_path)
+    raw = Reply(build=None)  # a raw HTTP response can never be answered locally
+    assert task.call("c0 raw", lambda: "l0", raw) == "l0"
+
+    def broken(label: str) -> str:
+        raise ValueError("cannot build")
+
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+        assert task.call("c0 broken build", lambda: "l0", Reply(build=broken)) == "l0"
+    assert task.stats.errors == 1 and task.stats.local == 0 and task.stats.llm == 2
+    assert any("local answer failed" in r.getMessage() for r in caplog.records)
+
+
+def test_results_whose_label_arrives_later_are_traced_when_it_does(tmp_path):
+    task = fitted_task(tmp_path)
+    pending: list = []
+
+    def later(result: str, done) -> str:
+        pending.append(done)
+        return f"stream of {result}"
+
+    reply: Reply[str] = Reply(later=later)
+    assert task.call("ood 0 1 streamed", lambda: "chunks", reply) == "stream of chunks"
+    assert task.call("ood 0 2 abandoned", lambda: "chunks", reply) == "stream of chunks"
+    count = task.store.count("t")
+    pending[0]("l0", Usage(5, 1))  # the first stream was read to the end; the second never is
+    assert task.store.count("t") == count + 1 and task.stats.llm == 1
+    assert counters(task)["input_tokens"] == 5
+
+
+def test_llm_errors_propagate_unchanged_and_trace_nothing(tmp_path):
+    task = fitted_task(tmp_path)
+    before = task.store.count("t")
+
+    def failing() -> str:
+        raise TimeoutError("the LLM timed out")
+
+    with pytest.raises(TimeoutError, match="timed out"):
+        task.call("ood 0 3", failing)
+    assert task.store.count("t") == before and task.stats.llm == 0 and task.stats.errors == 0
+
+
+async def _acall(task: TracedTask, text: str) -> str:
+    async def llm() -> str:
+        return label_of_text(text)
+    return await task.acall(text, llm)
+
+
+def test_async_calls_take_the_same_path(tmp_path):
+    import asyncio
+
+    task = fitted_task(tmp_path)
+    assert asyncio.run(_acall(task, "c1 async")) == "l1"
+    assert asyncio.run(_acall(task, "ood 2 3")) == "l2"
+    assert (task.stats.local, task.stats.llm) == (1, 1)
+
+
+# -- the served version ------------------------------------------------------------------------
+
+
+def test_other_processes_versions_are_picked_up_within_refresh_seconds(tmp_path):
+    now = [0.0]
+    clock = {"monotonic": lambda: now[0], "refresh_seconds": 1.0}
+    publisher = fitted_task(tmp_path, **clock)
+    follower = new_task(tmp_path, **clock)
+    assert follower.version == publisher.version == 1
+    publisher.refit()
+    assert publisher.version == 2  # the publishing process serves it at once
+    assert follower.version == 1  # others within refresh_seconds
+    now[0] += 1.5
+    assert follower.version == 2
+
+
+def test_a_version_fitted_with_another_embedder_is_not_served(tmp_path, caplog):
+    fitted_task(tmp_path)
+    other = new_task(tmp_path, embedder=Embedder.from_callable(embed, name="another"))
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+        plans = [other.route(f"c1 other {i}") for i in range(5)]
+    assert other.router is None and not any(p.local for p in plans)
+    assert "fitted with embedder 'centres'" in plans[0].reason
+    assert sum("router load failed" in r.getMessage() for r in caplog.records) == 1
+
+
+# -- accounting ------------------------------------------------------------------------------
+
+
+def test_counters_reach_the_store_in_the_background(tmp_path):
+    task = fitted_task(tmp_path, price=0.01)
+    for i in range(10):
+        task.call(f"c{i % 4} counted {i}", never)
+    deadline = time.monotonic() + 60
+    while task.store.counter("t", "local") < 10:  # written by the flushing thread, not by us
+        assert time.monotonic() < deadline, "counters never reached the store"
+        time.sleep(0.05)
+    assert task.store.get_setting("t", n.SETTING_PRICE) == Price(per_call=0.01).as_dict()
+
+
+def test_savings_are_local_answers_at_the_mean_llm_cost(tmp_path):
+    from tracer_wrap import savings
+
+    task = fitted_task(tmp_path, price={"per_call": 0.001, "input_per_mtok": 1000.0})
+    for i in range(8):
+        task.call(f"c{i % 4} saving {i}", never)
+    reply: Reply[str] = Reply(usage_of=lambda r: Usage(100, 0))
+    task.call("ood 0 1 paid", lambda: "l0", reply)
+    flush_all()
+    report = savings(task.store, "t")
+    per_call = 0.001 + 100 * 1000.0 / 1e6
+    assert report["cost_per_llm_call"] == pytest.approx(per_call)
+    assert report["saved"] == pytest.approx(8 * per_call)
+    assert report["llm_cost"] == pytest.approx(601 * per_call)  # 600 training answers + 1
+
+
+def test_a_plan_is_immutable_data(tmp_path):
+    plan = new_task(tmp_path).route("c0 x")
+    assert isinstance(plan, Plan)
+    with pytest.raises(AttributeError):
+        plan.local = True  # type: ignore[misc]
