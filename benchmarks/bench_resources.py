@@ -98,7 +98,8 @@ def part_store(store_dir: str, n: int) -> dict:
     traces = store.traces("t", valid_only=True)
     read_s = time.perf_counter() - started
     size = sum(f.stat().st_size for f in Path(store_dir).rglob("*") if f.is_file())
-    return {"traces": len(traces), "appends": n + n // 10, "append_ms": 1000 * append_s / (n + n // 10),
+    return {"traces": len(traces), "appends": n + n // 10,
+            "append_ms": 1000 * append_s / (n + n // 10),
             "read_all_s": read_s, "bytes_per_trace": size / n, "store_mb": size / 2**20,
             "peak_rss_mb": peak_mb()}
 
@@ -114,8 +115,8 @@ def part_fit(n: int) -> dict:
     router = fit_router(X, y, serve_target=0.9, max_train=50_000)
     cert = router.certificate_for(0.9)
     return {"n": n, "fit_s": time.perf_counter() - started, "vectors_mb": data_mb,
-            "rss_before_fit_mb": rss_before, "peak_rss_mb": peak_mb(), "coverage_at_0.9": cert.coverage,
-            "n_calibration": router.info.get("n_calibration")}
+            "rss_before_fit_mb": rss_before, "peak_rss_mb": peak_mb(),
+            "coverage_at_0.9": cert.coverage, "n_calibration": router.info.get("n_calibration")}
 
 
 def run(part: str, *args: str) -> dict:
@@ -142,13 +143,16 @@ def main() -> None:
         print(f"store: {store['traces']:,} traces ({store['appends']:,} appends) in"
               f" {store['store_mb']:.0f} MB = {store['bytes_per_trace']:.0f} B/trace ->"
               f" {per_million:.2f} GB per 1M traces; append {store['append_ms']:.3f} ms;"
-              f" reading all back {store['read_all_s']:.1f} s (-> ~{store['read_all_s'] * 1e6 / n_store:.0f} s at 1M);"
+              f" reading all back {store['read_all_s']:.1f} s"
+              f" (-> ~{store['read_all_s'] * 1e6 / n_store:.0f} s at 1M);"
               f" peak RSS {store['peak_rss_mb']:.0f} MB")
         fit = run("fit", str(n_fit))
         print(f"fit at {fit['n']:,} traces (train capped at 50k): {fit['fit_s']:.1f} s,"
-              f" vectors {fit['vectors_mb']:.0f} MB, RSS {fit['rss_before_fit_mb']:.0f} MB before the fit,"
+              f" vectors {fit['vectors_mb']:.0f} MB,"
+              f" RSS {fit['rss_before_fit_mb']:.0f} MB before the fit,"
               f" peak {fit['peak_rss_mb']:.0f} MB,"
-              f" coverage at 0.9 {fit['coverage_at_0.9']:.3f}, {fit['n_calibration']:,} calibration")
+              f" coverage at 0.9 {fit['coverage_at_0.9']:.3f},"
+              f" {fit['n_calibration']:,} calibration")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -156,7 +160,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--part":
         name, rest = sys.argv[2], sys.argv[3:]
-        fn = {"publish": part_publish, "serve": part_serve, "store": part_store, "fit": part_fit}[name]
+        fn = {"publish": part_publish, "serve": part_serve, "store": part_store,
+              "fit": part_fit}[name]
         converted = [int(a) if a.isdigit() else a for a in rest]
         print(json.dumps(fn(*converted)))
     else:

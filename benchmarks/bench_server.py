@@ -53,7 +53,8 @@ def free_port() -> int:
 
 def drive(base: str, path: str, bodies: list[dict], *, requests: int, seconds: float,
           concurrency: int) -> tuple[int, float, list[float], int]:
-    """Send up to ``requests`` POSTs (or for ``seconds``); return count, elapsed, latencies, errors."""
+    """Send up to ``requests`` POSTs (or for ``seconds``); return count, elapsed, latencies,
+    errors."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -122,11 +123,13 @@ def main() -> None:
             ("route batch of 32 texts", "/v1/tasks/b77/route/batch",
              [{"texts": sample[i:i + 32]} for i in range(0, 480, 32)]),
             ("log trace", "/v1/tasks/b77/traces",
-             [{"input": f"bench {i} {t}", "teacher": "card_arrival"} for i, t in enumerate(sample)]),
+             [{"input": f"bench {i} {t}", "teacher": "card_arrival"}
+              for i, t in enumerate(sample)]),
         ]
         print(f"sidecar on loopback, client in a second process, {args.concurrency} keep-alive "
               f"connections, {len(rows)} traces, hashing embedder, {os.cpu_count()} CPUs")
-        print(f"{'scenario':26} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+        print(f"{'scenario':26} {'requests':>8} {'req/s':>8} {'p50 ms':>8}"
+              f" {'p99 ms':>8} {'errors':>6}")
         for name, path, bodies in scenarios:
             drive(base, path, bodies[:20], requests=40, seconds=5, concurrency=2)  # warm-up
             n, elapsed, lat, errors = drive(base, path, bodies, requests=args.requests,

@@ -62,12 +62,13 @@ def main() -> None:
             print(f"\n== teacher: {teacher}  ({r['n']} rows, {r['seconds']} s)")
             agreement = r["local_agreement"]
             print(f"local {r['local']} ({r['local_share']:.1%}), agreement"
-                  f" {'-' if agreement is None else f'{agreement:.4f}'} (target {target}); LLM calls"
-                  f" {r['llm_calls']} (audits {r['audit_calls']}); refits {r['refits']};"
+                  f" {'-' if agreement is None else f'{agreement:.4f}'} (target {target});"
+                  f" LLM calls {r['llm_calls']} (audits {r['audit_calls']}); refits {r['refits']};"
                   f" breaker trips {r['breaker_trips']}; OOD deferrals {r['outliers_deferred']}")
             print("  rows   window-coverage  window-agreement  cumulative  traces  version")
             for p in r["curve"]:
-                agreement = "   -  " if p["window_agreement"] is None else f"{p['window_agreement']:.4f}"
+                agreement = ("   -  " if p["window_agreement"] is None
+                             else f"{p['window_agreement']:.4f}")
                 print(f"  {p['n']:>5}  {p['window_coverage']:>14.1%}  {agreement:>16}"
                       f"  {p['coverage']:>10.1%}  {p['traces']:>6}  {p['version']}")
     if args.json:

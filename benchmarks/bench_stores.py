@@ -5,7 +5,7 @@ Each process appends ``--n`` distinct traces, then reads the current version ``-
 figures are operations per second per process (median over processes).
 
     python benchmarks/bench_stores.py [--n 3000]
-"""
+"""  # noqa: E501 - the first line is the --help description, kept whole
 
 from __future__ import annotations
 

@@ -29,13 +29,15 @@ SYSTEM = {"role": "system", "content": "Classify the sentiment. Answer positive 
 
 
 def main(n: int = 600) -> None:
-    cheap = Embedder.from_callable(lambda texts: np.ones((len(texts), 8), dtype=np.float32), name="const")
+    cheap = Embedder.from_callable(lambda texts: np.ones((len(texts), 8), dtype=np.float32),
+                                   name="const")
     with serve_llm(lambda text: "positive" if "good" in text else "negative") as server, \
             tempfile.TemporaryDirectory() as tmp:
         plain = openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0)
-        wrapped = wrap_openai(openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0),
-                              store=TraceStore(tmp), embedder=cheap, labels=["positive", "negative"],
-                              refit_every=None)
+        wrapped = wrap_openai(openai.OpenAI(base_url=server.base_url_openai, api_key="t",
+                                            max_retries=0),
+                              store=TraceStore(tmp), embedder=cheap,
+                              labels=["positive", "negative"], refit_every=None)
         times: dict[str, list[float]] = {"plain": [], "wrapped": []}
         for i in range(n + 50):
             for name, client in (("plain", plain), ("wrapped", wrapped)) if i % 2 else (

@@ -1,4 +1,5 @@
-"""A local HTTP server that speaks the OpenAI and Anthropic wire protocols and plays the LLM teacher.
+"""A local HTTP server that speaks the OpenAI and Anthropic wire protocols and plays the LLM
+teacher.
 
 Tests point the real ``openai`` / ``anthropic`` SDKs at it, so wire compatibility is proven over
 real HTTP instead of assumed. The server labels the classified text (the text of the last user
@@ -92,7 +93,8 @@ def _all_text(body: JSONDict) -> str:
 
 
 def _string_field(schema: Any) -> str:
-    """The property a single-label JSON answer goes into: the single string/enum field, else 'label'."""
+    """The property a single-label JSON answer goes into: the single string/enum field, else
+    'label'."""
     if not isinstance(schema, dict):
         return "label"
     properties = schema.get("properties") or {}
@@ -135,7 +137,8 @@ class LLMServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.02},
                                         name="llm-server", daemon=True)
         self._thread.start()
         return self
@@ -273,7 +276,8 @@ class LLMServer:
                                                  "function": {"name": call["function"]["name"],
                                                               "arguments": ""}}]}))
             for piece in _halves(output):
-                chunks.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+                chunks.append(chunk({"tool_calls": [{"index": 0,
+                                                     "function": {"arguments": piece}}]}))
         else:
             # Two pieces, so clients are proven to reassemble deltas.
             chunks.extend(chunk({"content": piece}) for piece in _halves(output))
@@ -331,7 +335,8 @@ class LLMServer:
                                "name": name, "input": tool_input}
             stop_reason = "tool_use"
         else:
-            output_format = (body.get("output_config") or {}).get("format") or body.get("output_format")
+            output_format = ((body.get("output_config") or {}).get("format")
+                             or body.get("output_format"))
             if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
                 output = json.dumps({_string_field(output_format.get("schema")): label})
             else:
@@ -403,7 +408,8 @@ def _forced_responses_tool(body: JSONDict) -> tuple[str, Any] | None:
     tools = {t["name"]: t.get("parameters") for t in body.get("tools") or []
              if t.get("type") == "function"}
     choice = body.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == "function" and choice.get("name") in tools:
+    if isinstance(choice, dict) and choice.get("type") == "function" \
+            and choice.get("name") in tools:
         return choice["name"], tools[choice["name"]]
     if choice == "required" and len(tools) == 1:
         return next(iter(tools.items()))
@@ -457,7 +463,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif endpoint == "responses":
             if body.get("stream"):
                 self._send_json(400, {"error": {"message": "streaming responses not supported by "
-                                                           "the test server", "type": "invalid_request"}})
+                                                           "the test server",
+                                                "type": "invalid_request"}})
             else:
                 self._send_json(200, self.llm.response(body))
         else:
@@ -479,9 +486,11 @@ class _Handler(BaseHTTPRequestHandler):
         status = 429 if fault.kind == "429" else 500
         kind = {429: "rate_limit_error", 500: "api_error"}[status]
         if anthropic:
-            error: JSONDict = {"type": "error", "error": {"type": kind, "message": f"injected {status}"}}
+            error: JSONDict = {"type": "error",
+                               "error": {"type": kind, "message": f"injected {status}"}}
         else:
-            error = {"error": {"message": f"injected {status}", "type": kind, "code": None, "param": None}}
+            error = {"error": {"message": f"injected {status}", "type": kind, "code": None,
+                               "param": None}}
         self._send_json(status, error, extra_headers={"retry-after": "0"})
         return True
 
@@ -505,7 +514,8 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client gave up (timeout test); nothing to answer
 
     def _send_sse(self, events: list[tuple[str | None, JSONDict]], done: bool) -> None:
-        """Send ``events`` as server-sent events, one HTTP chunk each (chunked transfer encoding)."""
+        """Send ``events`` as server-sent events, one HTTP chunk each (chunked transfer
+        encoding)."""
         try:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream; charset=utf-8")

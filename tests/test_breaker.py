@@ -14,7 +14,8 @@ from tracer_wrap.breaker import DriftBreaker
 from tracer_wrap.lab.simulate import simulate
 
 
-def feed(breaker: DriftBreaker, version: int, agreement: float, n: int, seed: int = 0) -> int | None:
+def feed(breaker: DriftBreaker, version: int, agreement: float, n: int,
+         seed: int = 0) -> int | None:
     """Feed ``n`` audit samples; return how many it took to trip (None: no trip)."""
     rng = random.Random(seed)
     for i in range(1, n + 1):

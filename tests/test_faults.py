@@ -34,7 +34,8 @@ OPTIONS = {"min_traces": 50, "refit_every": None, "audit_rate": 0.0, "breaker": 
 
 def teacher(text: str) -> str:
     lowered = text.lower()
-    hits = [(lowered.find(w), label) for label, words in LABELS.items() for w in words if w in lowered]
+    hits = [(lowered.find(w), label) for label, words in LABELS.items()
+            for w in words if w in lowered]
     return min(hits)[1] if hits else "refund"
 
 
@@ -64,7 +65,8 @@ def _openai(server, store, embedder, wrapped):
                          **OPTIONS) if wrapped else raw
 
     def ask(text):
-        resp = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}])
+        resp = client.chat.completions.create(model="m",
+                                              messages=[{"role": "user", "content": text}])
         return resp.choices[0].message.content
 
     return ask
@@ -93,7 +95,8 @@ def _outcome(ask, text):
 
 @pytest.mark.parametrize("sdk", [_openai, _anthropic], ids=["openai", "anthropic"])
 @pytest.mark.parametrize("kind", ["429", "500", "timeout", "garbage"])
-def test_llm_faults_give_the_same_outcome_as_without_tracer_wrap(server, store, embedder, sdk, kind):
+def test_llm_faults_give_the_same_outcome_as_without_tracer_wrap(
+        server, store, embedder, sdk, kind):
     plain, traced = sdk(server, store, embedder, False), sdk(server, store, embedder, True)
     server.fail(kind, times=None, delay=1.0)
     without = [_outcome(plain, f"refund please #{i}") for i in range(3)]
@@ -176,7 +179,8 @@ for text, label in rows[2000:2010]:
     task.call(text, lambda label=label: label)
 print(ok, errors > 0, task.store.count("t") - before)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True", "10"]
     assert out.stderr.count("tracer_wrap trace store failed") <= 1
@@ -201,7 +205,8 @@ def test_a_read_only_mount_fails_open_and_recovers_when_writable(tmp_path, embed
     try:
         task = TracedTask("t", store=str(target / "store"), embedder=embedder, **OPTIONS)
         with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
-            assert [task.call(f"refund #{i}", lambda: "refund") for i in range(50)] == ["refund"] * 50
+            assert [task.call(f"refund #{i}", lambda: "refund") for i in range(50)] == \
+                ["refund"] * 50
         assert len(warnings(caplog, "failed")) == 1
         subprocess.run(["umount", str(target)], check=True)
         assert _bind_mount(source, target)  # the operator fixes the mount
@@ -218,7 +223,8 @@ def test_a_read_only_mount_fails_open_and_recovers_when_writable(tmp_path, embed
 # -- the embedder ------------------------------------------------------------------------------
 
 
-def test_an_embedder_that_fails_to_load_fails_open_then_recovers(store, embedder, monkeypatch, caplog):
+def test_an_embedder_that_fails_to_load_fails_open_then_recovers(
+        store, embedder, monkeypatch, caplog):
     fitter = TracedTask("t", labels=NAMES, store=store, embedder=embedder, **OPTIONS)
     rows = feed(fitter, 800)
     fitter.refit()

@@ -97,7 +97,8 @@ def test_thousands_of_labels():
     labels = [f"intent_{i}_{chr(0x4E00 + i % 500)}" for i in range(5000)]
     label_set = LabelSet(labels)
     assert all(label_set.normalise(f" {label.upper()} ") == label for label in labels[::50])
-    assert label_set.normalise("intent_4999_" + chr(0x4E00 + 4999 % 500) + " - because") == labels[4999]
+    assert label_set.normalise("intent_4999_" + chr(0x4E00 + 4999 % 500) + " - because") == \
+        labels[4999]
     assert label_set.normalise("no such intent") is None
 
 
@@ -142,7 +143,8 @@ def test_real_llm_outputs(output, expected):
     st.binary(), st.none(), st.integers(), st.recursive(st.none(), st.lists)))
 def test_any_llm_output_normalises_to_a_label_or_none(output):
     assert FIXED.normalise(output) in (None, *FIXED.labels)
-    assert LabelSet(None).normalise(output) is None or isinstance(LabelSet(None).normalise(output), str)
+    assert (LabelSet(None).normalise(output) is None
+            or isinstance(LabelSet(None).normalise(output), str))
 
 
 def test_deeply_nested_json_is_not_a_crash():

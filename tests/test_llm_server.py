@@ -16,7 +16,8 @@ from llm_server import LLMServer, serve_llm
 
 
 def teacher(text: str) -> str:
-    return "positive" if any(word in text.lower() for word in ("good", "great", "love")) else "negative"
+    return ("positive" if any(word in text.lower() for word in ("good", "great", "love"))
+            else "negative")
 
 
 class Sentiment(enum.Enum):
@@ -32,8 +33,9 @@ CLASSIFY_TOOL = {
     "type": "function",
     "function": {
         "name": "classify",
-        "parameters": {"type": "object", "properties": {"label": {"type": "string",
-                                                                   "enum": ["positive", "negative"]}},
+        "parameters": {"type": "object",
+                       "properties": {"label": {"type": "string",
+                                                "enum": ["positive", "negative"]}},
                        "required": ["label"]},
     },
 }
@@ -53,12 +55,14 @@ def oai(server: LLMServer) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 def claude(server: LLMServer) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="test", max_retries=0) as client:
+    with anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="test",
+                             max_retries=0) as client:
         yield client
 
 
 def user(text: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": "Classify the sentiment."}, {"role": "user", "content": text}]
+    return [{"role": "system", "content": "Classify the sentiment."},
+            {"role": "user", "content": text}]
 
 
 # -- OpenAI chat completions ---------------------------------------------------------------------
@@ -85,7 +89,8 @@ def test_chat_stream_iterates_chunks_with_usage(oai: openai.OpenAI) -> None:
     chunks = list(stream)
     assert all(isinstance(c, openai.types.chat.ChatCompletionChunk) for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "positive"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert (chunks[-1].choices == [] and chunks[-1].usage is not None
+            and chunks[-1].usage.total_tokens > 0)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 
@@ -93,7 +98,8 @@ def test_chat_stream_as_context_manager_and_helper(oai: openai.OpenAI) -> None:
     with oai.chat.completions.create(model="m", messages=user("bad"), stream=True) as stream:
         first = next(stream)
         assert first.choices[0].delta.role == "assistant"
-    with oai.chat.completions.stream(model="m", messages=user("good"), response_format=Verdict) as helper:
+    with oai.chat.completions.stream(model="m", messages=user("good"),
+                                     response_format=Verdict) as helper:
         for _ in helper:
             pass
         final = helper.get_final_completion()
@@ -102,11 +108,14 @@ def test_chat_stream_as_context_manager_and_helper(oai: openai.OpenAI) -> None:
 
 def test_async_chat_create_and_stream() -> None:
     async def run(server: LLMServer) -> tuple[str | None, str]:
-        async with openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="test", max_retries=0) as client:
+        async with openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="test",
+                                      max_retries=0) as client:
             completion = await client.chat.completions.create(model="m", messages=user("good"))
-            stream = await client.chat.completions.create(model="m", messages=user("bad"), stream=True)
+            stream = await client.chat.completions.create(model="m", messages=user("bad"),
+                                                          stream=True)
             async with stream:
-                text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+                text = "".join([c.choices[0].delta.content or ""
+                                async for c in stream if c.choices])
             return completion.choices[0].message.content, text
 
     with serve_llm(teacher) as server:
@@ -114,8 +123,10 @@ def test_async_chat_create_and_stream() -> None:
         assert server.calls["chat.completions"] == 2
 
 
-def test_parse_with_pydantic_model_returns_parsed_enum(oai: openai.OpenAI, server: LLMServer) -> None:
-    completion = oai.chat.completions.parse(model="m", messages=user("bad"), response_format=Verdict)
+def test_parse_with_pydantic_model_returns_parsed_enum(oai: openai.OpenAI,
+                                                       server: LLMServer) -> None:
+    completion = oai.chat.completions.parse(model="m", messages=user("bad"),
+                                            response_format=Verdict)
     assert completion.choices[0].message.parsed == Verdict(sentiment=Sentiment.negative)
     body = server.requests[-1][1]
     assert body["response_format"]["type"] == "json_schema"
@@ -139,7 +150,8 @@ def test_forced_tool_call_streams_as_tool_call_deltas(oai: openai.OpenAI) -> Non
 
 
 def test_free_text_without_forced_tool_is_plain_content(oai: openai.OpenAI) -> None:
-    completion = oai.chat.completions.create(model="m", messages=user("good"), tools=[CLASSIFY_TOOL])
+    completion = oai.chat.completions.create(model="m", messages=user("good"),
+                                             tools=[CLASSIFY_TOOL])
     assert completion.choices[0].message.content == "positive"
     assert completion.choices[0].message.tool_calls is None
 
@@ -174,9 +186,9 @@ def test_anthropic_create_and_stream(claude: anthropic.Anthropic, server: LLMSer
     assert message.content[0].text == "positive" and message.usage.input_tokens > 0
     events = list(claude.messages.create(model="claude-test", max_tokens=8, stream=True,
                                          messages=[{"role": "user", "content": "bad"}]))
-    assert [e.type for e in events] == ["message_start", "content_block_start", "content_block_delta",
-                                        "content_block_delta", "content_block_stop", "message_delta",
-                                        "message_stop"]
+    assert [e.type for e in events] == ["message_start", "content_block_start",
+                                        "content_block_delta", "content_block_delta",
+                                        "content_block_stop", "message_delta", "message_stop"]
     with claude.messages.stream(model="claude-test", max_tokens=8,
                                 messages=[{"role": "user", "content": "great"}]) as stream:
         assert "".join(stream.text_stream) == "positive"
@@ -199,7 +211,8 @@ def test_async_anthropic_stream() -> None:
         async with anthropic.AsyncAnthropic(base_url=server.base_url_anthropic, api_key="test",
                                             max_retries=0) as client:
             async with client.messages.stream(model="c", max_tokens=8,
-                                              messages=[{"role": "user", "content": "good"}]) as stream:
+                                              messages=[{"role": "user",
+                                                         "content": "good"}]) as stream:
                 return "".join([text async for text in stream.text_stream])
 
     with serve_llm(teacher) as server:
@@ -225,7 +238,8 @@ def test_faults_surface_as_the_sdks_own_errors(oai: openai.OpenAI, server: LLMSe
     server.fail("garbage")
     with pytest.raises(json.JSONDecodeError):
         oai.chat.completions.create(model="m", messages=user("good"))
-    assert oai.chat.completions.create(model="m", messages=user("good")).choices[0].message.content == "positive"
+    assert oai.chat.completions.create(
+        model="m", messages=user("good")).choices[0].message.content == "positive"
     assert server.calls["chat.completions"] == 5
 
 
@@ -234,9 +248,11 @@ def test_fault_lasts_n_calls_or_until_cleared(oai: openai.OpenAI, claude: anthro
     server.fail("500", times=2)
     for _ in range(2):
         with pytest.raises(anthropic.InternalServerError):
-            claude.messages.create(model="c", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+            claude.messages.create(model="c", max_tokens=8,
+                                   messages=[{"role": "user", "content": "x"}])
     assert claude.messages.create(model="c", max_tokens=8,
-                                  messages=[{"role": "user", "content": "x"}]).content[0].text == "negative"
+                                  messages=[{"role": "user", "content": "x"}]).content[0].text == \
+        "negative"
     server.fail("429", times=None)
     for _ in range(3):
         with pytest.raises(openai.RateLimitError):

@@ -1,4 +1,5 @@
-"""Shadow mode: routing off logs and fits, reports what it would have done; one setting turns it on."""
+"""Shadow mode: routing off logs and fits, reports what it would have done; one setting turns it
+on."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ def test_shadow_report_and_switch(tmp_path: Path) -> None:
     shadow = make_task(str(tmp_path), routing=False, refit_executor="inline", refit_every=300,
                        monotonic=lambda: now[0], refresh_seconds=1.0)
     for i in range(450):  # v1 is fitted at 300 traces, then shadows 150 calls
-        assert shadow.call(f"c{i % CLASSES} {i}", lambda i=i: f"l{i % CLASSES}") == f"l{i % CLASSES}"
+        assert shadow.call(f"c{i % CLASSES} {i}", lambda i=i: f"l{i % CLASSES}") == \
+            f"l{i % CLASSES}"
     assert shadow.stats.local == 0 and shadow.version is not None
     report = shadow.shadow_report()
     assert report["routing"] is False and report["calls"] > 0

@@ -82,7 +82,8 @@ def serve(task: TracedTask, name: str, root: Path) -> dict:
             failures.append("thread deadlocked")
     task.close(wait=True)
     refitted_here = [m for m in task.store.versions("t") if m.get("refit_pid") == os.getpid()]
-    report = {"name": name, "pid": os.getpid(), "refits": len(refitted_here), "llm_calls": sum(llm_calls), "failures": failures,
+    report = {"name": name, "pid": os.getpid(), "refits": len(refitted_here),
+              "llm_calls": sum(llm_calls), "failures": failures,
               "errors": task.stats.errors, "local": task.stats.local}
     (root / f"done-{name}.json").write_text(json.dumps(report))
     wait_for(root / "final")

@@ -34,7 +34,8 @@ def teacher(text: str) -> str:
 def easy_texts(n: int = 40, seed: int = 7) -> list[str]:
     """Fresh single-label inputs (not in the store) that a fitted router answers confidently."""
     names = sorted(LABELS)
-    return [f"hello {LABELS[names[i % 4]][i % 4]} please {LABELS[names[i % 4]][(i + 1) % 4]} #{seed}-{i}"
+    return [f"hello {LABELS[names[i % 4]][i % 4]}"
+            f" please {LABELS[names[i % 4]][(i + 1) % 4]} #{seed}-{i}"
             for i in range(n)]
 
 

@@ -52,13 +52,16 @@ def server() -> Iterator[LLMServer]:
 
 @pytest.fixture
 def client(server: LLMServer) -> Iterator[anthropic.Anthropic]:
-    with anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="test", max_retries=0) as claude:
+    with anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="test",
+                             max_retries=0) as claude:
         yield claude
 
 
-@pytest.mark.parametrize("extra", [{}, {"tools": [TOOL], "tool_choice": {"type": "tool", "name": "file_ticket"}},
-                                   {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}}],
-                         ids=["text", "forced_tool", "json_schema"])
+@pytest.mark.parametrize("extra", [
+    {},
+    {"tools": [TOOL], "tool_choice": {"type": "tool", "name": "file_ticket"}},
+    {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+], ids=["text", "forced_tool", "json_schema"])
 def test_local_message_matches_what_the_llm_sends(client: anthropic.Anthropic, server: LLMServer,
                                                   extra: dict[str, Any]) -> None:
     kwargs = request(**extra)
@@ -75,14 +78,16 @@ def test_local_message_matches_what_the_llm_sends(client: anthropic.Anthropic, s
     if isinstance(block, TextBlock):
         assert block.text == real_block.text
     else:
-        assert isinstance(block, ToolUseBlock) and (block.name, block.input) == (real_block.name, real_block.input)
+        assert (isinstance(block, ToolUseBlock)
+                and (block.name, block.input) == (real_block.name, real_block.input))
     assert usage_of(local) == {"input_tokens": 0, "output_tokens": 0}
     assert usage_of(real)["input_tokens"] > 0 and usage_of(real)["output_tokens"] > 0
     assert Message.model_validate_json(local.model_dump_json()) == local
 
 
 def test_local_event_stream_matches_real_event_sequence(client: anthropic.Anthropic) -> None:
-    real_types = [e.type for e in client.messages.create(**request(), stream=True) if e.type != "ping"]
+    real_types = [e.type for e in client.messages.create(**request(), stream=True)
+                  if e.type != "ping"]
     stream = build_message_stream("bug", request(stream=True))
     assert isinstance(stream, anthropic.Stream) and is_local_message(stream)
     with stream as entered:
@@ -90,8 +95,10 @@ def test_local_event_stream_matches_real_event_sequence(client: anthropic.Anthro
         events = list(stream)
     # The server splits the text into two deltas, the local stream sends one.
     assert [e.type for e in events] == [t for i, t in enumerate(real_types)
-                                        if not (t == "content_block_delta" and real_types[i - 1] == t)]
-    assert isinstance(events[0], RawMessageStartEvent) and events[0].message.id.startswith(LOCAL_ID_PREFIX)
+                                        if not (t == "content_block_delta"
+                                                and real_types[i - 1] == t)]
+    assert (isinstance(events[0], RawMessageStartEvent)
+            and events[0].message.id.startswith(LOCAL_ID_PREFIX))
     assert usage_of(events[0]) == {"input_tokens": 0, "output_tokens": 0}
     closing = build_message_stream("bug", request(stream=True))
     next(closing)
@@ -99,7 +106,8 @@ def test_local_event_stream_matches_real_event_sequence(client: anthropic.Anthro
     assert list(closing) == []
 
 
-def test_stream_manager_accumulates_local_events_like_real_ones(client: anthropic.Anthropic) -> None:
+def test_stream_manager_accumulates_local_events_like_real_ones(
+        client: anthropic.Anthropic) -> None:
     tool_kwargs = request(tools=[TOOL], tool_choice={"type": "tool", "name": "file_ticket"})
     with client.messages.stream(**tool_kwargs) as real_stream:
         real = real_stream.get_final_message()
@@ -135,14 +143,17 @@ def test_view_and_builder_refuse_a_free_tool_choice() -> None:
 
 def test_label_from_message_reads_json_text_and_leaves_fake_json() -> None:
     def message(text: str) -> Message:
-        return build_message("x", request()).model_copy(update={"content": [TextBlock(type="text", text=text)]})
+        return build_message("x", request()).model_copy(
+            update={"content": [TextBlock(type="text", text=text)]})
 
-    assert label_from_message(message(json.dumps({"category": "bug", "why": "it crashed"}))) == "bug"
+    assert label_from_message(message(json.dumps({"category": "bug",
+                                                  "why": "it crashed"}))) == "bug"
     assert label_from_message(message("{oops}")) == "{oops}"
     assert label_from_message(message("  ")) is None
 
 
-def test_faults_from_the_server_are_the_sdks_errors(client: anthropic.Anthropic, server: LLMServer) -> None:
+def test_faults_from_the_server_are_the_sdks_errors(client: anthropic.Anthropic,
+                                                    server: LLMServer) -> None:
     server.fail("429")
     with pytest.raises(anthropic.RateLimitError):
         client.messages.create(**request())

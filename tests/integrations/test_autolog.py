@@ -53,12 +53,15 @@ def test_autolog_is_idempotent_and_undone(store, embedder):
     assert not autolog_module.enabled()
 
 
-def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(logging_on, server, store):
+def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(
+        logging_on, server, store):
     oai = openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0)
     claude = anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="t", max_retries=0)
     for i in range(3):
-        assert oai.chat.completions.create(model="m", messages=ask(f"refund #{i}")).choices[0].message.content == "refund"
-        claude.messages.create(model="c", max_tokens=8, messages=[{"role": "user", "content": f"top up #{i}"}])
+        assert oai.chat.completions.create(
+            model="m", messages=ask(f"refund #{i}")).choices[0].message.content == "refund"
+        claude.messages.create(model="c", max_tokens=8,
+                               messages=[{"role": "user", "content": f"top up #{i}"}])
     with oai.chat.completions.stream(model="m", messages=ask("fx fee #s")) as s:
         assert s.get_final_completion().choices[0].message.content == "exchange_rate"
     names = sorted(logging_on.tasks())
@@ -66,7 +69,8 @@ def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(lo
     chat = next(n for n in names if n.startswith("openai.chat"))
     assert [t.teacher for t in store.traces(chat)] == ["refund"] * 3 + ["exchange_rate"]
     # A wrapped client under autolog is traced once, by the wrapper.
-    wrapped = wrap_openai(oai, task="wrapped", store=store, embedder=logging_on.embedder, **TASK_OPTIONS)
+    wrapped = wrap_openai(oai, task="wrapped", store=store, embedder=logging_on.embedder,
+                          **TASK_OPTIONS)
     wrapped.chat.completions.create(model="m", messages=ask("refund #w"))
     assert store.count("wrapped") == 1 and store.count(chat) == 4
 
@@ -91,11 +95,13 @@ def test_launcher_traces_a_plain_program_in_a_subprocess(server, tmp_path):
     app = tmp_path / "app.py"
     app.write_text(textwrap.dedent(f"""
         import os, openai
-        assert os.environ.get("USER_SITE_RAN") == "1", "the program's own sitecustomize must still run"
+        assert os.environ.get("USER_SITE_RAN") == "1", (
+            "the program's own sitecustomize must still run")
         client = openai.OpenAI(base_url={server.base_url_openai!r}, api_key="t", max_retries=0)
         for i in range(5):
             r = client.chat.completions.create(model="m", messages=[
-                {{"role": "system", "content": "Classify."}}, {{"role": "user", "content": f"refund #{{i}}"}}])
+                {{"role": "system", "content": "Classify."}},
+                {{"role": "user", "content": f"refund #{{i}}"}}])
             assert r.choices[0].message.content == "refund"
         print("app done")
     """))

@@ -101,9 +101,11 @@ def test_local_parsed_completion_equals_sdk_parse(client: openai.OpenAI) -> None
     real = client.chat.completions.parse(**kwargs)
     local = build_parsed_chat_completion("refund", kwargs)
     assert isinstance(local, ParsedChatCompletion) and isinstance(local, ChatCompletion)
-    assert local.choices[0].message.parsed == real.choices[0].message.parsed == IntentAnswer(intent=Intent.refund)
+    assert local.choices[0].message.parsed == real.choices[0].message.parsed == IntentAnswer(
+        intent=Intent.refund)
     assert isinstance(local.choices[0].message.parsed, IntentAnswer)
-    assert json.loads(local.choices[0].message.content) == json.loads(real.choices[0].message.content)
+    assert json.loads(local.choices[0].message.content) == json.loads(
+        real.choices[0].message.content)
     assert label_from_chat_completion(real) == "refund"
     with pytest.raises(pydantic.ValidationError):
         build_parsed_chat_completion("not-an-intent", kwargs)
@@ -124,17 +126,19 @@ def test_local_parsed_tool_call_carries_parsed_arguments(client: openai.OpenAI) 
 
 def test_local_stream_is_a_real_stream_and_reassembles_like_the_llms(client: openai.OpenAI) -> None:
     kwargs = request(stream=True, stream_options={"include_usage": True})
-    real_text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**kwargs)
-                        if c.choices)
+    real_text = "".join(c.choices[0].delta.content or ""
+                        for c in client.chat.completions.create(**kwargs) if c.choices)
     stream = build_chat_completion_stream(real_text, kwargs)
     assert isinstance(stream, openai.Stream) and is_local(stream)
     assert stream.response.headers["x-tracer-wrap"] == "local"
     with stream as entered:
         assert entered is stream
         chunks = list(stream)
-    assert all(type(c) is ChatCompletionChunk and c.system_fingerprint == LOCAL_FINGERPRINT for c in chunks)
+    assert all(type(c) is ChatCompletionChunk and c.system_fingerprint == LOCAL_FINGERPRINT
+               for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "refund"
-    assert chunks[-1].choices == [] and usage_of(chunks[-1]) == {"input_tokens": 0, "output_tokens": 0}
+    assert (chunks[-1].choices == []
+            and usage_of(chunks[-1]) == {"input_tokens": 0, "output_tokens": 0})
 
 
 def test_local_stream_next_and_close_stop_iteration() -> None:
@@ -142,9 +146,12 @@ def test_local_stream_next_and_close_stop_iteration() -> None:
     assert next(stream).choices[0].delta.role == "assistant"
     stream.close()
     assert list(stream) == []
-    tools = build_chat_completion_stream("other", request(stream=True, tools=[TOOL], tool_choice="required"))
-    calls = [c.choices[0].delta.tool_calls[0] for c in tools if c.choices and c.choices[0].delta.tool_calls]
-    assert calls[0].function.name == "route" and json.loads(calls[0].function.arguments) == {"intent": "other"}
+    tools = build_chat_completion_stream("other", request(stream=True, tools=[TOOL],
+                                                          tool_choice="required"))
+    calls = [c.choices[0].delta.tool_calls[0] for c in tools
+             if c.choices and c.choices[0].delta.tool_calls]
+    assert (calls[0].function.name == "route"
+            and json.loads(calls[0].function.arguments) == {"intent": "other"})
 
 
 def test_async_local_stream() -> None:
@@ -183,8 +190,10 @@ def test_responses_labels_and_local_response(client: openai.OpenAI, server: LLMS
     for kwargs in ({"model": "m", "input": "money please"},
                    {"model": "m", "input": "money please",
                     "text": {"format": {"type": "json_schema", "name": "a", "schema": schema}}},
-                   {"model": "m", "input": "money please", "tool_choice": {"type": "function", "name": "route"},
-                    "tools": [{"type": "function", "name": "route", "parameters": TOOL["function"]["parameters"]}]}):
+                   {"model": "m", "input": "money please",
+                    "tool_choice": {"type": "function", "name": "route"},
+                    "tools": [{"type": "function", "name": "route",
+                               "parameters": TOOL["function"]["parameters"]}]}):
         real = client.responses.create(**kwargs)
         local = build_response(label_from_response(real), kwargs)
         assert isinstance(local, Response) and is_local(local) and not is_local(real)

@@ -28,7 +28,8 @@ REVIEWS = ["The plot was thin but the actors shine", "Terrible sound, left early
            "A warm, funny film", "I want my money back", "Best thing I saw this year"]
 
 
-def chat(text: str, system: str = "You label sentiment.", model: str = "gpt-test", **extra: Any) -> dict[str, Any]:
+def chat(text: str, system: str = "You label sentiment.", model: str = "gpt-test",
+         **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "system", "content": system},
                                          {"role": "user", "content": text}], **extra}
 
@@ -75,17 +76,20 @@ def test_chat_view_reads_text_parts_and_skips_non_classifications() -> None:
         {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}
     assert openai_chat_view(image) is None
     assert openai_chat_view(chat("x", n=3)) is None
-    assert openai_chat_view({"model": "m", "messages": [{"role": "system", "content": "hi"}]}) is None
+    assert openai_chat_view({"model": "m",
+                             "messages": [{"role": "system", "content": "hi"}]}) is None
     assert openai_chat_view({"model": "m", "messages": []}) is None
     assert openai_chat_view(chat("   ")) is None
-    free_tools = chat("x", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    free_tools = chat("x", tools=[{"type": "function",
+                                   "function": {"name": "f", "parameters": {}}}])
     assert openai_chat_view(free_tools) is None
     assert openai_chat_view(chat("x", response_format=TwoStrings)) is None
     assert openai_chat_view({"messages": "not a list of messages"}) is None
 
 
 def test_conversation_history_is_part_of_the_key() -> None:
-    history = [{"role": "user", "content": "example: good"}, {"role": "assistant", "content": "positive"}]
+    history = [{"role": "user", "content": "example: good"},
+               {"role": "assistant", "content": "positive"}]
     with_history = {"model": "m", "messages": [*history, {"role": "user", "content": "bad"}]}
     other_history = {"model": "m", "messages": [history[0], {"role": "assistant", "content": "neg"},
                                                 {"role": "user", "content": "bad"}]}
@@ -98,7 +102,8 @@ def test_responses_view() -> None:
         {"role": "user", "content": [{"type": "input_text", "text": "awful"}]}]})
     assert (a.text, b.text) == ("great", "awful")
     assert a.task_key.startswith("openai.responses:")
-    assert openai_responses_view({"model": "m", "input": "x", "previous_response_id": "resp_1"}) is None
+    assert openai_responses_view({"model": "m", "input": "x",
+                                  "previous_response_id": "resp_1"}) is None
     assert openai_responses_view({"model": "m", "input": [
         {"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}) is None
 
@@ -113,23 +118,31 @@ def test_anthropic_view() -> None:
     assert (a.text, b.text) == ("great", "awful") and a.task_key == b.task_key
     assert a.task_key.startswith("anthropic.messages:")
     assert anthropic_messages_view(req([{"type": "image", "source": {}}])) is None
-    tool = {"name": "classify", "input_schema": {"type": "object", "properties": {"label": {"type": "string"}}}}
+    tool = {"name": "classify",
+            "input_schema": {"type": "object", "properties": {"label": {"type": "string"}}}}
     assert anthropic_messages_view(req("x", tools=[tool])) is None  # the model may not call it
-    forced = anthropic_messages_view(req("x", tools=[tool], tool_choice={"type": "tool", "name": "classify"}))
+    forced = anthropic_messages_view(req("x", tools=[tool],
+                                         tool_choice={"type": "tool", "name": "classify"}))
     assert forced is not None and forced.task_key != a.task_key
 
 
-# -- output shapes -----------------------------------------------------------------------------------
+# -- output shapes ---------------------------------------------------------------------------------
 
 
 def test_output_shapes() -> None:
     assert openai_chat_output_shape(chat("x")) == OutputShape("text")
-    assert openai_chat_output_shape(chat("x", response_format=MoodAnswer)) == OutputShape("json", "mood")
-    assert openai_chat_output_shape(chat("x", response_format=Detailed)) == OutputShape("json", "category")
-    assert openai_chat_output_shape(chat("x", response_format={"type": "json_object"})) == OutputShape("json", "label")
-    tool = {"type": "function", "function": {"name": "pick", "parameters": MoodAnswer.model_json_schema()}}
-    assert openai_chat_output_shape(chat("x", tools=[tool], tool_choice="required")) == OutputShape("tool", "mood", "pick")
-    assert openai_chat_output_shape(chat("x", tools=[tool], tool_choice="none")) == OutputShape("text")
+    assert openai_chat_output_shape(chat("x", response_format=MoodAnswer)) == \
+        OutputShape("json", "mood")
+    assert openai_chat_output_shape(chat("x", response_format=Detailed)) == \
+        OutputShape("json", "category")
+    assert openai_chat_output_shape(chat("x", response_format={"type": "json_object"})) == \
+        OutputShape("json", "label")
+    tool = {"type": "function",
+            "function": {"name": "pick", "parameters": MoodAnswer.model_json_schema()}}
+    assert openai_chat_output_shape(chat("x", tools=[tool], tool_choice="required")) == \
+        OutputShape("tool", "mood", "pick")
+    assert openai_chat_output_shape(chat("x", tools=[tool], tool_choice="none")) == \
+        OutputShape("text")
 
 
 def test_label_field_of_schema_and_label_from_json() -> None:
@@ -142,7 +155,7 @@ def test_label_field_of_schema_and_label_from_json() -> None:
     assert label_from_json(["positive"]) is None
 
 
-# -- template learning -------------------------------------------------------------------------------
+# -- template learning -----------------------------------------------------------------------------
 
 
 def test_template_learner_strips_prefix_and_suffix_and_stabilises_the_key() -> None:
@@ -225,7 +238,7 @@ def _only_group(learner: TemplateLearner) -> str:
     return group
 
 
-# -- usage -------------------------------------------------------------------------------------------
+# -- usage -----------------------------------------------------------------------------------------
 
 
 def test_usage_of_duck_types_and_reports_unknown_as_empty() -> None:
@@ -234,7 +247,8 @@ def test_usage_of_duck_types_and_reports_unknown_as_empty() -> None:
 
     usage = CompletionUsage(prompt_tokens=10, completion_tokens=2, total_tokens=12,
                             prompt_tokens_details=PromptTokensDetails(cached_tokens=4))
-    chunk = ChatCompletionChunk(id="c", object="chat.completion.chunk", created=0, model="m", choices=[])
+    chunk = ChatCompletionChunk(id="c", object="chat.completion.chunk", created=0, model="m",
+                                choices=[])
     assert usage_of(chunk) == {}
     chunk.usage = usage
     assert usage_of(chunk) == {"input_tokens": 10, "output_tokens": 2, "cached_input_tokens": 4}

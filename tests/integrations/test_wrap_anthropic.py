@@ -70,8 +70,8 @@ def test_async_client(server, store, embedder):
     async def main() -> None:
         async with anthropic.AsyncAnthropic(base_url=server.base_url_anthropic, api_key="t",
                                             max_retries=0) as raw:
-            client = wrap_anthropic(raw, task="intent", labels=LABELS, store=store, embedder=embedder,
-                                    **TASK_OPTIONS)
+            client = wrap_anthropic(raw, task="intent", labels=LABELS, store=store,
+                                    embedder=embedder, **TASK_OPTIONS)
             assert isinstance(client, anthropic.AsyncAnthropic)
             message = await client.messages.create(**ask("refund #a1"))
             assert message.content[0].text == "refund"
@@ -80,7 +80,8 @@ def test_async_client(server, store, embedder):
             stream = await client.messages.create(**ask("fx fee #a3"), stream=True)
             async with stream:
                 assert [e.type async for e in stream][-1] == "message_stop"
-            assert [t.teacher for t in store.traces("intent")] == ["refund", "top_up", "exchange_rate"]
+            assert [t.teacher for t in store.traces("intent")] == \
+                ["refund", "top_up", "exchange_rate"]
             fitted(store, client.tracer_wrap_tasks, "intent")
             calls = server.calls["messages"]
             text = easy_texts(1)[0]

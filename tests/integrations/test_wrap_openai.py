@@ -45,7 +45,8 @@ def raw(server: LLMServer) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 def client(raw: openai.OpenAI, store: TraceStore, embedder) -> openai.OpenAI:
-    return wrap_openai(raw, task="intent", labels=LABELS, store=store, embedder=embedder, **TASK_OPTIONS)
+    return wrap_openai(raw, task="intent", labels=LABELS, store=store, embedder=embedder,
+                       **TASK_OPTIONS)
 
 
 def test_plain_sdk_code_runs_and_every_llm_call_is_traced_with_usage(client, server, store):
@@ -88,8 +89,8 @@ def test_handled_calls_never_reach_the_server(client, server, store):
 
 def test_streams_parse_and_stream_manager_on_both_paths(client, server, store):
     # LLM path: the stream is the SDK's own; the trace is logged once it is read to the end.
-    stream = client.chat.completions.create(model="gpt-test", messages=ask("my lost card #s1"), stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(model="gpt-test", messages=ask("my lost card #s1"),
+                                            stream=True, stream_options={"include_usage": True})
     assert isinstance(stream, openai.Stream)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     stream.close()
@@ -97,12 +98,16 @@ def test_streams_parse_and_stream_manager_on_both_paths(client, server, store):
     flush_all()
     assert store.counters("intent")["input_tokens"] > 0
     # Closed early: nothing is logged (a partial output is no label).
-    with client.chat.completions.create(model="gpt-test", messages=ask("refund now #s2"), stream=True) as s:
+    with client.chat.completions.create(model="gpt-test", messages=ask("refund now #s2"),
+                                        stream=True) as s:
         next(iter(s))
     assert store.count("intent") == 1
-    parsed = client.chat.completions.parse(model="gpt-test", messages=ask("top up #p1"), response_format=Intent)
-    assert isinstance(parsed, ParsedChatCompletion) and parsed.choices[0].message.parsed.label == "top_up"
-    with client.chat.completions.stream(model="gpt-test", messages=ask("fx fee #m1"), response_format=Intent) as s:
+    parsed = client.chat.completions.parse(model="gpt-test", messages=ask("top up #p1"),
+                                           response_format=Intent)
+    assert (isinstance(parsed, ParsedChatCompletion)
+            and parsed.choices[0].message.parsed.label == "top_up")
+    with client.chat.completions.stream(model="gpt-test", messages=ask("fx fee #m1"),
+                                        response_format=Intent) as s:
         for _ in s:
             pass
         assert s.get_final_completion().choices[0].message.parsed.label == "exchange_rate"
@@ -115,22 +120,27 @@ def test_streams_parse_and_stream_manager_on_both_paths(client, server, store):
         chunks = list(s)
     assert all(isinstance(c, ChatCompletionChunk) for c in chunks) and is_local(s)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == teacher(text)
-    parsed = client.chat.completions.parse(model="gpt-test", messages=ask(text), response_format=Intent)
+    parsed = client.chat.completions.parse(model="gpt-test", messages=ask(text),
+                                           response_format=Intent)
     assert is_local(parsed) and parsed.choices[0].message.parsed == Intent(label=teacher(text))
-    with client.chat.completions.stream(model="gpt-test", messages=ask(text), response_format=Intent) as s:
+    with client.chat.completions.stream(model="gpt-test", messages=ask(text),
+                                        response_format=Intent) as s:
         assert s.get_final_completion().choices[0].message.parsed == Intent(label=teacher(text))
     assert server.calls["chat.completions"] == calls
 
 
 def test_async_client_create_stream_and_local_answers(raw, server, store, embedder):
     async def main() -> None:
-        async with openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0) as inner:
-            client = wrap_openai(inner, task="intent", labels=LABELS, store=store, embedder=embedder,
-                                 **TASK_OPTIONS)
+        async with openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="t",
+                                      max_retries=0) as inner:
+            client = wrap_openai(inner, task="intent", labels=LABELS, store=store,
+                                 embedder=embedder, **TASK_OPTIONS)
             assert isinstance(client, openai.AsyncOpenAI)
-            resp = await client.chat.completions.create(model="m", messages=ask("refund please #a1"))
+            resp = await client.chat.completions.create(model="m",
+                                                        messages=ask("refund please #a1"))
             assert resp.choices[0].message.content == "refund"
-            stream = await client.chat.completions.create(model="m", messages=ask("top up #a2"), stream=True)
+            stream = await client.chat.completions.create(model="m", messages=ask("top up #a2"),
+                                                          stream=True)
             async with stream:
                 assert isinstance(stream, openai.AsyncStream)
                 pieces = [c.choices[0].delta.content async for c in stream if c.choices]
@@ -138,13 +148,15 @@ def test_async_client_create_stream_and_local_answers(raw, server, store, embedd
             async with client.chat.completions.stream(model="m", messages=ask("fx fee #a3")) as s:
                 final = await s.get_final_completion()
             assert final.choices[0].message.content == "exchange_rate"
-            assert [t.teacher for t in store.traces("intent")] == ["refund", "top_up", "exchange_rate"]
+            assert [t.teacher for t in store.traces("intent")] == \
+                ["refund", "top_up", "exchange_rate"]
             fitted(store, client.tracer_wrap_tasks, "intent")
             calls = server.calls["chat.completions"]
             text = easy_texts(1, seed=9)[0]
             resp = await client.chat.completions.create(model="m", messages=ask(text))
             assert is_local(resp) and resp.choices[0].message.content == teacher(text)
-            stream = await client.chat.completions.create(model="m", messages=ask(text), stream=True)
+            stream = await client.chat.completions.create(model="m", messages=ask(text),
+                                                          stream=True)
             async with stream:
                 chunks = [c async for c in stream]
             assert chunks and server.calls["chat.completions"] == calls
@@ -156,17 +168,20 @@ def test_async_client_create_stream_and_local_answers(raw, server, store, embedd
                                           ("500", openai.InternalServerError),
                                           ("timeout", openai.APITimeoutError),
                                           ("garbage", json.JSONDecodeError)])
-def test_sdk_errors_reach_the_caller_unchanged_and_log_no_trace(client, server, store, fault, error):
+def test_sdk_errors_reach_the_caller_unchanged_and_log_no_trace(
+        client, server, store, fault, error):
     server.fail(fault, delay=1.0)
     with pytest.raises(error) as caught:
-        client.with_options(timeout=0.3).chat.completions.create(model="m", messages=ask("refund #e1"))
+        client.with_options(timeout=0.3).chat.completions.create(model="m",
+                                                                 messages=ask("refund #e1"))
     assert type(caught.value) is error
     flush_all()
     # The call reached tracer_wrap (counted) but no LLM answer did: nothing else is counted.
     assert store.count("intent") == 0 and store.counters("intent") == {"calls": 1}
 
 
-def test_output_outside_the_label_set_is_logged_invalid_and_returned_unchanged(raw, server, store, embedder):
+def test_output_outside_the_label_set_is_logged_invalid_and_returned_unchanged(
+        raw, server, store, embedder):
     server.teacher = lambda text: "banana"
     client = wrap_openai(raw, task="intent", labels=LABELS, store=store, embedder=embedder)
     resp = client.chat.completions.create(model="m", messages=ask("refund #i1"))
@@ -192,8 +207,8 @@ def test_a_corrupted_router_never_breaks_a_call(client, server, store):
     fitted(store, client.tracer_wrap_tasks, "intent")
     for path in store.router_dir("intent").glob("*.npz"):
         path.write_bytes(b"not a router")
-    client = wrap_openai(client, task="intent", labels=LABELS, store=store,
-                         embedder=client.tracer_wrap_tasks.embedder, **TASK_OPTIONS)  # a new process
+    client = wrap_openai(client, task="intent", labels=LABELS, store=store,  # a new process
+                         embedder=client.tracer_wrap_tasks.embedder, **TASK_OPTIONS)
     text = easy_texts(1)[0]
     resp = client.chat.completions.create(model="m", messages=ask(text))
     assert not is_local(resp) and resp.choices[0].message.content == teacher(text)
@@ -205,14 +220,17 @@ def test_copies_stay_wrapped_and_raw_responses_are_traced(client, server, store)
         assert type(copy) is type(client) and isinstance(copy, openai.OpenAI)
         assert copy.tracer_wrap_tasks is client.tracer_wrap_tasks
         copy.chat.completions.create(model="m", messages=ask("refund #c1"))
-    raw_response = client.chat.completions.with_raw_response.create(model="m", messages=ask("fx fee #w1"))
-    assert raw_response.headers.get("x-request-id") and raw_response.parse().choices[0].message.content == "exchange_rate"
+    raw_response = client.chat.completions.with_raw_response.create(model="m",
+                                                                    messages=ask("fx fee #w1"))
+    assert (raw_response.headers.get("x-request-id")
+            and raw_response.parse().choices[0].message.content == "exchange_rate")
     assert [t.teacher for t in store.traces("intent")] == ["refund", "exchange_rate"]
     assert store.traces("intent")[0].count == 2
     # Handled inputs still go to the LLM through with_raw_response (it must return HTTP data).
     fitted(store, client.tracer_wrap_tasks, "intent")
     calls = server.calls["chat.completions"]
-    client.chat.completions.with_raw_response.create(model="m", messages=ask(easy_texts(1)[0])).parse()
+    client.chat.completions.with_raw_response.create(model="m",
+                                                     messages=ask(easy_texts(1)[0])).parse()
     assert server.calls["chat.completions"] == calls + 1
 
 
@@ -224,24 +242,29 @@ def test_tasks_by_option_or_by_prompt_template(raw, server, store, embedder):
     other = {"role": "system", "content": "Is this message spam? Answer yes or no."}
     for i in range(3):
         client.chat.completions.create(model="m", messages=ask(f"refund #t{i}"))
-        client.chat.completions.create(model="m", messages=[other, {"role": "user", "content": f"x {i}"}])
+        client.chat.completions.create(model="m",
+                                       messages=[other, {"role": "user", "content": f"x {i}"}])
     # A template wrapping the text in a longer message is learned and stripped.
     for i in range(6):
         client.chat.completions.create(model="m", messages=[
-            {"role": "user", "content": f"Classify this request:\n\"top up #{i}\"\nAnswer with one word."}])
+            {"role": "user", "content": f"Classify this request:\n\"top up #{i}\"\n"
+                                        "Answer with one word."}])
     names = set(client.tracer_wrap_tasks.tasks())
     assert len(names) >= 4 and "named" in names
-    templated = [n for n in names if n != "named" and any(t.input == "top up #5" for t in store.traces(n))]
+    templated = [n for n in names
+                 if n != "named" and any(t.input == "top up #5" for t in store.traces(n))]
     assert len(templated) == 1
     # A non-classification call (free tool choice) is left alone: no task, no trace.
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    tool = {"type": "function",
+            "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
     client.chat.completions.create(model="m", messages=ask("refund #t9"), tools=[tool])
     assert set(client.tracer_wrap_tasks.tasks()) == names
 
 
 def test_responses_api_on_both_paths(client, server, store):
     resp = client.responses.create(model="m", instructions=SYSTEM["content"], input="fx fee #x1")
-    assert resp.output_text == "exchange_rate" and store.traces("intent")[-1].teacher == "exchange_rate"
+    assert (resp.output_text == "exchange_rate"
+            and store.traces("intent")[-1].teacher == "exchange_rate")
     fitted(store, client.tracer_wrap_tasks, "intent")
     text = easy_texts(1)[0]
     resp = client.responses.create(model="m", instructions=SYSTEM["content"], input=text)
@@ -250,10 +273,12 @@ def test_responses_api_on_both_paths(client, server, store):
 
 
 def test_routing_switch_in_the_store_turns_routing_off_and_on(raw, server, store, embedder):
-    client = wrap_openai(raw, task="intent", store=store, embedder=embedder, routing=False, **TASK_OPTIONS)
+    client = wrap_openai(raw, task="intent", store=store, embedder=embedder, routing=False,
+                         **TASK_OPTIONS)
     fitted(store, client.tracer_wrap_tasks, "intent")
     text = easy_texts(1)[0]
     assert not is_local(client.chat.completions.create(model="m", messages=ask(text)))
     store.set_setting("intent", "routing", True)
-    client = wrap_openai(raw, task="intent", store=store, embedder=embedder, routing=False, **TASK_OPTIONS)
+    client = wrap_openai(raw, task="intent", store=store, embedder=embedder, routing=False,
+                         **TASK_OPTIONS)
     assert is_local(client.chat.completions.create(model="m", messages=ask(text)))

@@ -75,7 +75,8 @@ def test_load_config_defaults_and_checks(tmp_path: Path) -> None:
     cfg = runner.load_config(path)
     assert cfg["targets"] == [0.9, 0.95]
     assert cfg["seed"] == 0 and cfg["latency_calls"] == 500 and cfg["verbose"] is False
-    for bad in ({"targets": [], "workdir": "w"}, {"targets": [1.5], "workdir": "w"}, {"targets": [0.9]}):
+    for bad in ({"targets": [], "workdir": "w"}, {"targets": [1.5], "workdir": "w"},
+                {"targets": [0.9]}):
         path.write_text(json.dumps(bad))
         with pytest.raises(ValueError):
             runner.load_config(path)
@@ -229,7 +230,8 @@ def test_run_reference_surfaces_runner_errors(
         )
     with pytest.raises(ValueError, match="do not match"):
         reference.run_reference(
-            Xtr, ytr[:3], Xte, yte, targets=[0.9], seed=0, workdir=tmp_path / "w", venv_root=tmp_path
+            Xtr, ytr[:3], Xte, yte, targets=[0.9], seed=0, workdir=tmp_path / "w",
+            venv_root=tmp_path
         )
 
 

@@ -36,7 +36,8 @@ def test_packaged_neighbours_cover_all_intents(neighbours: dict[str, list[str]])
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.15, 0.25])
-def test_error_rate_within_tolerance(neighbours: dict[str, list[str]], rows: list[tuple[str, str]], rate: float) -> None:
+def test_error_rate_within_tolerance(neighbours: dict[str, list[str]], rows: list[tuple[str, str]],
+                                     rate: float) -> None:
     llm = SimulatedLLM(neighbours, error_rate=rate, seed=0)
     texts = {t: g for t, g in rows}  # duplicates would count once per distinct text
     wrong = sum(llm.label_for(t, g) != g for t, g in texts.items())
@@ -45,7 +46,8 @@ def test_error_rate_within_tolerance(neighbours: dict[str, list[str]], rows: lis
     assert abs(wrong / n - rate) < 4 * sd + 1e-9
 
 
-def test_errors_go_to_neighbours_weighted(neighbours: dict[str, list[str]], rows: list[tuple[str, str]]) -> None:
+def test_errors_go_to_neighbours_weighted(neighbours: dict[str, list[str]],
+                                          rows: list[tuple[str, str]]) -> None:
     llm = SimulatedLLM(neighbours, error_rate=0.5, seed=3)
     rank: Counter[int] = Counter()
     for text, gold in rows:
@@ -56,7 +58,8 @@ def test_errors_go_to_neighbours_weighted(neighbours: dict[str, list[str]], rows
     assert rank[0] > rank[1] > rank[2] > 0
 
 
-def test_deterministic_and_seed_dependent(neighbours: dict[str, list[str]], rows: list[tuple[str, str]]) -> None:
+def test_deterministic_and_seed_dependent(neighbours: dict[str, list[str]],
+                                          rows: list[tuple[str, str]]) -> None:
     a = SimulatedLLM(neighbours, seed=1).labels_for(*zip(*rows[:3000]))
     b = SimulatedLLM(neighbours, seed=1).labels_for(*zip(*rows[:3000]))
     c = SimulatedLLM(neighbours, seed=2).labels_for(*zip(*rows[:3000]))
@@ -70,8 +73,8 @@ def test_deterministic_and_seed_dependent(neighbours: dict[str, list[str]], rows
     root = Path(__file__).resolve().parents[2]
     for text, gold in rows[:20]:
         out = subprocess.run(
-            [sys.executable, "-c", code, text, gold], capture_output=True, text=True, cwd=root, check=True,
-            env={"PYTHONHASHSEED": "123", "PATH": ""},
+            [sys.executable, "-c", code, text, gold], capture_output=True, text=True, cwd=root,
+            check=True, env={"PYTHONHASHSEED": "123", "PATH": ""},
         ).stdout.strip()
         assert out == SimulatedLLM(neighbours, seed=1).label_for(text, gold)
 
@@ -86,7 +89,8 @@ def test_zero_rate_and_unknown_gold(neighbours: dict[str, list[str]]) -> None:
         SimulatedLLM(neighbours, error_rate=1.5)
 
 
-def test_ambiguity_concentrates_errors(neighbours: dict[str, list[str]], rows: list[tuple[str, str]]) -> None:
+def test_ambiguity_concentrates_errors(neighbours: dict[str, list[str]],
+                                       rows: list[tuple[str, str]]) -> None:
     texts = {t: g for t, g in rows}
     # Arbitrary but fixed ambiguity: long texts are "ambiguous".
     amb = {t: float(len(t) > 80) for t in texts}

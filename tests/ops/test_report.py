@@ -1,4 +1,5 @@
-"""The HTML report: its content, its escaping, and that a real headless browser renders it cleanly."""
+"""The HTML report: its content, its escaping, and that a real headless browser renders it
+cleanly."""
 
 from __future__ import annotations
 

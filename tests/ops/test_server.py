@@ -129,7 +129,8 @@ def test_task_without_router_defers(client: httpx.Client) -> None:
 
 
 def test_log_traces_one_and_batch(client: httpx.Client, store: TraceStore) -> None:
-    r = client.post("/v1/tasks/from-node/traces", json={"input": "where is my card", "teacher": "card_lost"})
+    r = client.post("/v1/tasks/from-node/traces",
+                    json={"input": "where is my card", "teacher": "card_lost"})
     assert r.status_code == 201 and r.json() == {"logged": 1, "label": "card_lost"}
     r = client.post("/v1/tasks/from-node/traces/batch", json={"traces": [
         {"input": "refund please", "teacher": "refund", "usage": {"input_tokens": 12}},

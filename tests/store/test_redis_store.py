@@ -13,7 +13,8 @@ from tracer_wrap.store.redis_store import RedisStore
 from tracer_wrap.versions import load_version
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None,
-                                reason="redis-server is not installed (apt-get install redis-server)")
+                                reason="redis-server is not installed"
+                                       " (apt-get install redis-server)")
 
 
 @pytest.fixture
