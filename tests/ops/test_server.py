@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
 
 import httpx
 import numpy as np
@@ -15,6 +11,7 @@ import pytest
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
+from _http import serving  # noqa: E402
 from _synthetic import fill_store, make_traces  # noqa: E402
 
 from tracer_wrap.engine import TracedTask  # noqa: E402
@@ -23,12 +20,6 @@ from tracer_wrap.ops.server import create_app  # noqa: E402
 from tracer_wrap.store import TraceStore  # noqa: E402
 
 TOKEN = "s3cret-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,25 +38,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> TraceStore:
                refit_every=None).refit()
     st.append("no-router-yet", "hello there", "greeting")
     return st
-
-
-@contextlib.contextmanager
-def serving(app):
-    """``app`` served by uvicorn on a free loopback port, in a thread."""
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("sidecar did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
