@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from _http import free_port
 from _synthetic import fill_store
 from typer.testing import CliRunner
 
@@ -180,12 +180,6 @@ def test_demo_calls_the_demo_module_with_extra_arguments(monkeypatch: pytest.Mon
     assert result.exit_code == 0 and seen == [["--queries", "50"]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_console_script_entry_point_exit_codes(store_dir: Path) -> None:
     """The real entry point in a subprocess: one-line errors, exit codes 0/1/2."""
     env = {**os.environ, "TRACER_WRAP_EMBEDDER": "hashing", "TRACER_WRAP_STORE": str(store_dir)}
@@ -203,7 +197,7 @@ def test_console_script_entry_point_exit_codes(store_dir: Path) -> None:
 
 def test_serve_runs_the_sidecar(store_dir: Path) -> None:
     fitted(store_dir)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "TRACER_WRAP_EMBEDDER": "hashing"}
     proc = subprocess.Popen([sys.executable, "-m", "tracer_wrap.ops.cli", "serve", "--store",
                              str(store_dir), "--port", str(port), "--token", "tok"],
