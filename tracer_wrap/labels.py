@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["LabelSet"]
+__all__ = ["LABEL_FIELD_NAMES", "LabelSet", "json_label", "label_from_json", "label_from_text"]
 
 _QUOTES = "\"'`“”‘’«»"
 _SPACE = re.compile(r"[\s_\-]+")
 #: Fields of a JSON object answer that name the label (``{"label": "refund"}``), in this order.
-_JSON_FIELDS = ("label", "category", "class", "intent")
+LABEL_FIELD_NAMES: tuple[str, ...] = ("label", "category", "class", "intent")
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
 #: JSON answers longer than this are not parsed (an output that long is no label).
 _MAX_JSON_CHARS = 10_000
@@ -27,26 +27,48 @@ def _key(text: str) -> str:
     return _SPACE.sub(" ", text.casefold()).strip()
 
 
-def _json_label(text: str) -> str | None:
-    """The label field of a JSON object answer (optionally in a Markdown code fence), else None."""
+def label_from_json(payload: object, *, single_field: bool = True) -> str | None:
+    """The label in a decoded JSON object: its label/category/class/intent field (any case) when
+    that is a string, else (with ``single_field``: structured outputs, whose schema made the
+    object) its single string field; None when there is none or it is ambiguous."""
+    if not isinstance(payload, Mapping):
+        return None
+    fields = {k.casefold(): v for k, v in payload.items() if isinstance(k, str)}
+    for name in LABEL_FIELD_NAMES:
+        found = fields.get(name)
+        if isinstance(found, str):
+            return found
+    if not single_field:
+        return None
+    strings = [value for value in payload.values() if isinstance(value, str)]
+    return strings[0] if len(strings) == 1 else None
+
+
+def json_label(text: str, *, single_field: bool = True) -> str | None:
+    """The label of an answer that is a JSON object (optionally in a Markdown code fence), else
+    None: the text is not such an object, or the object names no label (see
+    :func:`label_from_json`)."""
     stripped = text.strip()
     fenced = _FENCE.match(stripped)
     if fenced:
         stripped = fenced.group(1)
-    if not stripped.startswith("{") or len(stripped) > _MAX_JSON_CHARS:
+    if not (stripped.startswith("{") and stripped.endswith("}")) or len(stripped) > _MAX_JSON_CHARS:
         return None
     try:
-        value = json.loads(stripped)
+        return label_from_json(json.loads(stripped), single_field=single_field)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(value, dict):
+
+
+def label_from_text(text: str | None) -> str | None:
+    """The raw label in an assistant's text: the label of a JSON object answer, else the
+    stripped text (None when empty)."""
+    if text is None:
         return None
-    fields = {k.casefold(): v for k, v in value.items() if isinstance(k, str)}
-    for name in _JSON_FIELDS:
-        found = fields.get(name)
-        if isinstance(found, str):
-            return found
-    return None
+    from_json = json_label(text)
+    if from_json is not None:
+        return from_json
+    return text.strip() or None
 
 
 class LabelSet:
@@ -95,7 +117,9 @@ class LabelSet:
         """The label ``output`` names, or ``None`` when it is not a valid label. Never raises."""
         if not isinstance(output, str):
             return None
-        from_json = _json_label(output) if "{" in output[:16] else None
+        # Free text that happens to be JSON names its label in a label field, never in some
+        # other lone string ({"reason": "refund"} is no answer).
+        from_json = json_label(output, single_field=False) if "{" in output[:16] else None
         if from_json is not None:
             output = from_json
         key = _key(output)

@@ -44,6 +44,9 @@ ENV_AUTOLOG = "TRACER_WRAP_AUTOLOG"
 #: store switch is not off). Unset: route nothing until a task's switch is on.
 ENV_AUTOLOG_ROUTING = "TRACER_WRAP_AUTOLOG_ROUTING"
 
+#: Where the lab keeps the virtual environments of reference libraries (tracer-llm) it runs.
+ENV_REFERENCE_VENVS = "TRACER_WRAP_REFERENCE_VENVS"
+
 #: The configuration file looked up in the working directory (else ``[tool.tracer_wrap]`` of
 #: ``pyproject.toml``).
 CONFIG_FILE = "tracer_wrap.toml"

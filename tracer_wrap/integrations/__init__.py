@@ -22,15 +22,14 @@ import importlib
 from typing import Any
 
 from ..errors import MissingExtraError
+from ..labels import LABEL_FIELD_NAMES, label_from_json
 from ._prompt import (
-    LABEL_FIELD_NAMES,
     OutputShape,
     PromptView,
     TemplateLearner,
     anthropic_messages_view,
     anthropic_output_shape,
     label_field_of_schema,
-    label_from_json,
     openai_chat_output_shape,
     openai_chat_view,
     openai_responses_output_shape,

@@ -38,7 +38,8 @@ from anthropic.types import (
 from anthropic.types.input_json_delta import InputJSONDelta
 from anthropic.types.raw_message_delta_event import Delta
 
-from ._prompt import OutputShape, anthropic_output_shape, label_from_json
+from ..labels import label_from_json, label_from_text
+from ._prompt import OutputShape, anthropic_output_shape
 
 __all__ = [
     "LOCAL_ID_PREFIX",
@@ -72,13 +73,7 @@ def label_from_message(message: Message) -> str | None:
             return label_from_json(block.input)
         if block.type == "text":
             texts.append(block.text)
-    text = "".join(texts).strip()
-    if text.startswith("{") and text.endswith("}"):
-        try:
-            return label_from_json(json.loads(text))
-        except json.JSONDecodeError:
-            pass  # text that merely looks like JSON is still the label
-    return text or None
+    return label_from_text("".join(texts))
 
 
 def is_local_message(obj: Any) -> bool:

@@ -39,10 +39,9 @@ from openai.types.chat.parsed_function_tool_call import ParsedFunction, ParsedFu
 from openai.types.completion_usage import CompletionUsage
 from openai.types.responses import Response
 
+from ..labels import label_from_json, label_from_text
 from ._prompt import (
     OutputShape,
-    label_from_json,
-    label_from_text,
     openai_chat_output_shape,
     openai_responses_output_shape,
 )

@@ -25,24 +25,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ..labels import LABEL_FIELD_NAMES
+
 __all__ = [
-    "LABEL_FIELD_NAMES",
     "OutputShape",
     "PromptView",
     "TemplateLearner",
     "anthropic_messages_view",
     "anthropic_output_shape",
     "label_field_of_schema",
-    "label_from_json",
     "openai_chat_output_shape",
     "openai_chat_view",
     "openai_responses_output_shape",
     "openai_responses_view",
     "usage_of",
 ]
-
-#: Field names that hold the label in a JSON / structured / tool output, in order of preference.
-LABEL_FIELD_NAMES: tuple[str, ...] = ("label", "category", "class", "intent")
 
 
 @dataclass(frozen=True)
@@ -69,33 +66,7 @@ class OutputShape:
     tool_name: str | None = None
 
 
-# -- label fields of JSON payloads -------------------------------------------------------------
-
-
-def label_from_json(payload: Any) -> str | None:
-    """The label in a decoded JSON object: the field named label/category/class/intent if it is a
-    string, else the single string field; None when there is none or it is ambiguous."""
-    if not isinstance(payload, Mapping):
-        return None
-    for name in LABEL_FIELD_NAMES:
-        if isinstance(payload.get(name), str):
-            return str(payload[name])
-    strings = [value for value in payload.values() if isinstance(value, str)]
-    return strings[0] if len(strings) == 1 else None
-
-
-def label_from_text(text: str | None) -> str | None:
-    """The label in an assistant's text: the label field when the text is a JSON object, else
-    the stripped text (None when empty)."""
-    if text is None:
-        return None
-    stripped = text.strip()
-    if stripped.startswith("{") and stripped.endswith("}"):
-        try:
-            return label_from_json(json.loads(stripped))
-        except json.JSONDecodeError:
-            pass  # text that merely looks like JSON is still the label
-    return stripped or None
+# -- label fields of JSON schemas ------------------------------------------------------------
 
 
 def label_field_of_schema(schema: Any) -> str | None:

@@ -17,7 +17,8 @@ import wrapt
 
 from .._log import fault
 from ..accounting import Usage
-from ._prompt import label_from_json, label_from_text, usage_of
+from ..labels import label_from_json, label_from_text
+from ._prompt import usage_of
 
 __all__ = ["Done", "TappedManager", "AsyncTappedManager", "tap_stream"]
 

@@ -56,7 +56,7 @@ class ReferenceRunError(TracerWrapError, RuntimeError):
 
 def default_venv_root() -> Path:
     """``$TRACER_WRAP_REFERENCE_VENVS``, else ``$XDG_CACHE_HOME/tracer_wrap/venvs`` (~/.cache)."""
-    explicit = os.environ.get("TRACER_WRAP_REFERENCE_VENVS")
+    explicit = os.environ.get(names.ENV_REFERENCE_VENVS)
     if explicit:
         return Path(explicit)
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
