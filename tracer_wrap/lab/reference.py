@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tracer_wrap import names
 from tracer_wrap.errors import TracerWrapError
 
 __all__ = [
