@@ -1,20 +1,22 @@
 """tracer_wrap's own cost on the request path, before and after a change, measured side by side.
 
-    python benchmarks/bench_overhead.py [--before REV] [--rounds 6] [--calls 300] [--json OUT]
+    python benchmarks/bench_overhead.py [--before REV] [--rounds 8] [--calls 1000] [--json OUT]
 
-Two scenarios through ``wrap_openai`` and the real openai SDK over loopback HTTP to the local test
-LLM server (``tests/llm_server.py``), with the tiny hashing embedder (the same code in both
-versions, so the difference is tracer_wrap's own path):
+Two paths, each in two scenarios, with the tiny hashing embedder and its cache warmed (the same
+code in both versions), so what is timed is tracer_wrap's own path:
 
-* **deferred**: the served router certifies nothing, so every call goes to the LLM: the cost is
-  the view of the request, embedding, routing, the trace write and the accounting. Measured as the
-  paired difference between a wrapped call and a plain-client call made right after it;
-* **local**: the router answers locally: the cost is the whole wrapped call (no HTTP at all).
+* **decorator**: a ``@traced_classifier`` function that returns at once. *deferred*: the served
+  router certifies nothing, so every call runs the function: routing, the trace write and the
+  accounting. *local*: the router answers, the function is not called;
+* **openai**: ``wrap_openai`` around the real openai SDK whose HTTP transport answers in process
+  (``httpx.MockTransport``: no sockets, so the network's noise is out of the figure).
+  *deferred*: the paired difference between a wrapped call and a plain-client call made right after
+  it; *local*: the whole wrapped call (the plain call it replaces is reported beside it).
 
-``--before REV`` (default: the commit before the one-engine redesign) is checked out into a
-temporary worktree; rounds alternate between that tree and this one, each round in a fresh
-process, so load on the machine hits both alike. Reported: the median over rounds of each round's
-median, per version and scenario, and the after/before ratio.
+``--before REV`` (default: main before the one-engine redesign) is checked out into a temporary
+worktree; rounds alternate between that tree and this one, each round in a fresh process, so load
+on the machine hits both alike. Reported: the median over rounds of each round's median, in
+microseconds, and the after/before ratio per figure.
 """
 
 from __future__ import annotations
@@ -32,16 +34,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE = "c835329"  # main before the one-engine redesign
 SYSTEM = {"role": "system", "content": "Classify the customer's intent. Answer with the label."}
+FIGURES = ("decorator_deferred", "decorator_local", "openai_deferred", "openai_local",
+           "openai_plain")
 
 
 def worker(calls: int, out: Path) -> None:
-    """Measure both scenarios with the tracer_wrap found on sys.path; write the samples."""
-    import numpy as np
+    """Measure every figure with the tracer_wrap found on sys.path; write the samples."""
+    import httpx
     import openai
 
     sys.path.insert(0, str(ROOT / "tests"))
     from _synthetic import LABELS, fill_store, make_traces
-    from llm_server import serve_llm
 
     import tracer_wrap
     from tracer_wrap.store import TraceStore
@@ -51,43 +54,60 @@ def worker(calls: int, out: Path) -> None:
     except ImportError:  # the layout before the redesign
         from tracer_wrap._hashing_embedder import hashing_embedder  # type: ignore[no-redef]
 
-    def teacher(text: str) -> str:
-        lowered = text.lower()
-        hits = [(lowered.find(w), label) for label, ws in LABELS.items() for w in ws
-                if w in lowered]
-        return min(hits)[1] if hits else "refund"
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None, "message": {
+                "role": "assistant", "content": "refund", "refusal": None}}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21}})
 
-    samples: dict[str, list[float]] = {"deferred": [], "local": [], "plain": []}
-    with serve_llm(teacher) as server, tempfile.TemporaryDirectory() as tmp:
-        plain = openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0)
-        embedder = hashing_embedder()
+    def sdk() -> openai.OpenAI:
+        return openai.OpenAI(base_url="http://llm.invalid/v1", api_key="t", max_retries=0,
+                             http_client=httpx.Client(transport=httpx.MockTransport(answer)))
+
+    texts = [t for t, _ in make_traces(calls + 100, seed=11, hard_share=0.0)]
+    embedder = hashing_embedder()
+    embedder.embed(texts)
+    samples: dict[str, list[float]] = {name: [] for name in FIGURES}
+    plain = sdk()
+    with tempfile.TemporaryDirectory() as tmp:
         for scenario, target in (("deferred", 0.999), ("local", 0.9)):
-            store = TraceStore(Path(tmp) / scenario)
+            options = dict(labels=sorted(LABELS), embedder=embedder, refit_every=None,
+                           audit_rate=0.0, target=target, min_traces=50)
+            store = TraceStore(Path(tmp) / f"decorator-{scenario}")
             fill_store(store, "intent", 800)
-            client = tracer_wrap.wrap_openai(
-                openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0),
-                task="intent", labels=sorted(LABELS), store=store, embedder=embedder,
-                refit_every=None, audit_rate=0.0, target=target, min_traces=50)
+
+            @tracer_wrap.traced_classifier(task="intent", store=store, **options)
+            def classify(text: str) -> str:
+                return "refund"
+
+            classify.refit()
+            store = TraceStore(Path(tmp) / f"openai-{scenario}")
+            fill_store(store, "intent", 800)
+            client = tracer_wrap.wrap_openai(sdk(), task="intent", store=store, **options)
             client.tracer_wrap_tasks.task("intent").refit()
-            texts = [t for t, _ in make_traces(calls + 50, seed=11, hard_share=0.0)]
             for i, text in enumerate(texts):
+                started = time.perf_counter()
+                classify(text)
+                decorated = time.perf_counter() - started
                 messages = [SYSTEM, {"role": "user", "content": text}]
                 started = time.perf_counter()
                 reply = client.chat.completions.create(model="m", messages=messages)
                 wrapped = time.perf_counter() - started
                 local = getattr(reply, "system_fingerprint", None) == "tracer_wrap-local"
+                started = time.perf_counter()
+                plain.chat.completions.create(model="m", messages=messages)
+                plain_s = time.perf_counter() - started
+                if i < 100:  # warm-up: imports, SQLite pages, the SDK's first-call caches
+                    continue
+                samples[f"decorator_{scenario}"].append(decorated)
+                samples["openai_plain"].append(plain_s)
                 if scenario == "deferred":
                     assert not local, "the deferred scenario answered locally"
-                    started = time.perf_counter()
-                    plain.chat.completions.create(model="m", messages=messages)
-                    plain_s = time.perf_counter() - started
-                    if i >= 50:  # warm-up: connections, imports, SQLite pages
-                        samples["deferred"].append(wrapped - plain_s)
-                        samples["plain"].append(plain_s)
-                elif local and i >= 50:
-                    samples["local"].append(wrapped)
-    out.write_text(json.dumps({k: [float(x) for x in np.asarray(v)] for k, v in
-                               samples.items()}), encoding="utf-8")
+                    samples["openai_deferred"].append(wrapped - plain_s)
+                elif local:
+                    samples["openai_local"].append(wrapped)
+    out.write_text(json.dumps(samples), encoding="utf-8")
 
 
 def run_round(tree: Path, calls: int) -> dict[str, list[float]]:
@@ -104,8 +124,8 @@ def run_round(tree: Path, calls: int) -> dict[str, list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default=BEFORE)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None, help=argparse.SUPPRESS)
@@ -129,15 +149,11 @@ def main() -> None:
                             str(before)], check=False, capture_output=True)
     report: dict[str, dict[str, float]] = {}
     for name, runs in rounds.items():
-        report[name] = {
-            f"{scenario}_ms": 1e3 * statistics.median(statistics.median(run[scenario])
-                                                     for run in runs)
-            for scenario in ("deferred", "local", "plain")}
-        report[name]["deferred_p99_ms"] = 1e3 * statistics.median(
-            sorted(run["deferred"])[int(0.99 * len(run["deferred"]))] for run in runs)
-    for scenario in ("deferred", "local"):
-        ratio = report["after"][f"{scenario}_ms"] / report["before"][f"{scenario}_ms"]
-        report.setdefault("ratio_after_over_before", {})[scenario] = ratio
+        report[name] = {f"{figure}_us": 1e6 * statistics.median(
+            statistics.median(run[figure]) for run in runs) for figure in FIGURES}
+    report["ratio_after_over_before"] = {
+        figure: report["after"][f"{figure}_us"] / report["before"][f"{figure}_us"]
+        for figure in FIGURES}
     load = os.getloadavg()
     report["machine"] = {"load_average": list(load), "cpus": os.cpu_count() or 0,
                          "rounds": args.rounds, "calls_per_round": args.calls,

@@ -55,11 +55,18 @@ def _text_getter(fn: Callable[..., Any], text_arg: str | int
                  ) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], object]:
     """A function finding the text argument of a call; position 0 skips a method's ``self``."""
     signature = inspect.signature(fn)
-    params = list(signature.parameters)
+    params = list(signature.parameters.values())
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
     def text_of(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
         # wrapt passes a method's instance apart from ``args``; bind it back where it belongs.
-        bound_self = instance is not None and bool(params) and params[0] in ("self", "cls")
+        bound_self = instance is not None and bool(params) and params[0].name in ("self", "cls")
+        if isinstance(text_arg, int):
+            # The common case, without binding the whole signature: the text passed by position.
+            index = text_arg + (1 if bound_self else 0)
+            if (text_arg < len(args) and index < len(params)
+                    and all(p.kind in plain for p in params[:index + 1])):
+                return args[text_arg]
         try:
             arguments = signature.bind_partial(*((instance,) if bound_self else ()), *args,
                                                **kwargs).arguments
@@ -68,7 +75,7 @@ def _text_getter(fn: Callable[..., Any], text_arg: str | int
         if isinstance(text_arg, str):
             return arguments.get(text_arg)
         position = text_arg + (1 if bound_self else 0)
-        return arguments.get(params[position]) if position < len(params) else None
+        return arguments.get(params[position].name) if position < len(params) else None
 
     return text_of
 

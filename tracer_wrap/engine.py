@@ -367,11 +367,11 @@ class TracedTask:
 
     def _decide(self, texts: list[str] | None, vectors: np.ndarray | None) -> list[Plan]:
         n = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
-        blank = [Plan(t) for t in (texts or [None] * n)]  # type: ignore[list-item]
+        inputs: list[str | None] = list(texts) if texts is not None else [None] * n
         try:
             served = self.serving.served()
             if served.router is None:
-                return [replace(p, version=served.version, reason=served.reason) for p in blank]
+                return [Plan(t, served.version, reason=served.reason) for t in inputs]
             if vectors is None:
                 assert texts is not None
                 vectors = (self.embedder.embed(texts) if n > 1
@@ -379,32 +379,34 @@ class TracedTask:
             routing = self.serving.routing_on()
             tripped = self.serving.tripped()
             answering = served.certified and routing and not tripped
-            return [self._veto(p, served, decision, outlier, routing, tripped, answering)
-                    for p, (decision, outlier) in zip(
-                        blank, self.serving.decide(served, texts, vectors))]
+            return [self._veto(text, served, decision, outlier, routing, tripped, answering)
+                    for text, (decision, outlier) in zip(
+                        inputs, self.serving.decide(served, texts, vectors))]
         except Exception as exc:
             self._fault("routing", exc)
-            return [replace(p, reason=f"tracer_wrap fault while routing ({type(exc).__name__});"
-                                      " see the log") for p in blank]
+            why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
+            return [Plan(t, reason=why) for t in inputs]
 
-    def _veto(self, plan: Plan, served: Served, decision: Decision, outlier: bool,
+    def _veto(self, text: str | None, served: Served, decision: Decision, outlier: bool,
               routing: bool, tripped: bool, answering: bool) -> Plan:
         """The plan of one routed input: local unless a veto or an audit draw sends it on."""
-        plan = replace(plan, version=served.version, decision=decision, answering=answering,
-                       shadow=not routing)
+        local = audit = False
         if outlier:
             self.stats.add(outliers=1)
         if not decision.local:
-            return replace(plan, reason=decision.reason)
-        if not routing:
-            return replace(plan, reason="shadow mode: routing is off for this task")
-        if tripped:
+            reason = decision.reason
+        elif not routing:
+            reason = "shadow mode: routing is off for this task"
+        elif tripped:
             self.stats.add(breaker=1)
-            return replace(plan, decision=replace(decision, local=False),
-                           reason="the drift breaker tripped: live agreement is below target")
-        if self._rng.random() < self.serving.audit_rate(served):
-            return replace(plan, audit=True, reason="audit sample")
-        return replace(plan, local=True)
+            decision = replace(decision, local=False)
+            reason = "the drift breaker tripped: live agreement is below target"
+        elif self._rng.random() < self.serving.audit_rate(served):
+            audit, reason = True, "audit sample"
+        else:
+            local, reason = True, ""
+        return Plan(text, served.version, decision, local=local, audit=audit,
+                    answering=answering, shadow=not routing, reason=reason)
 
     def _answer(self, plan: Plan, build: Callable[[str], Any]) -> Any:
         """The local answer of a plan, or _LOCAL_FAILED (logged) when it cannot be built."""

@@ -68,6 +68,7 @@ class TraceStore:
             raise StoreError(f"trace store {str(self.path)!r} is not writable: {exc}") from exc
         self._pid = -1
         self._open_lock = threading.Lock()
+        self._registered: set[str] = set()  # tasks this object knows are listed in meta
         self._open()
 
     # -- connections -------------------------------------------------------------------------
@@ -140,8 +141,9 @@ class TraceStore:
                         trace.valid = True
                     new = False
                 traces.set(f"t:{task}:{seq}", trace.to_json())
-            if new:
+            if new and task not in self._registered:
                 meta_cache.add(f"task:{task}", now)
+                self._registered.add(task)
         except diskcache.Timeout as exc:
             raise StoreError(f"trace store busy: {exc}") from exc
         except OSError as exc:
