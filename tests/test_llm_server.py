@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-import time
 from collections.abc import Iterator
 
 import anthropic
@@ -230,10 +229,8 @@ def test_faults_surface_as_the_sdks_own_errors(oai: openai.OpenAI, server: LLMSe
     with pytest.raises(openai.InternalServerError):
         oai.chat.completions.create(model="m", messages=user("good"))
     server.fail("timeout", delay=2.0)
-    started = time.monotonic()
     with pytest.raises(openai.APITimeoutError):
         oai.with_options(timeout=0.2).chat.completions.create(model="m", messages=user("good"))
-    assert time.monotonic() - started < 1.5
     # The SDK does not wrap an unparseable 200 body; the JSON error reaches the caller as is.
     server.fail("garbage")
     with pytest.raises(json.JSONDecodeError):

@@ -138,15 +138,16 @@ def serve_worker(store_path: str, worker: int, n: int, barrier: object, out: obj
         llm_calls += 1
         return label
 
-    # At least n calls, then on until this process has served two versions (refits run in
-    # background threads, so how many calls that takes depends on the machine's load).
-    for i in range(20 * n):
+    # At least n calls, then on until this process has served two versions and answered locally
+    # (refits run in background threads, so how many calls that takes depends on the load).
+    for i in range(40 * n):
         try:
             task.call(f"c{i % CLASSES} w{worker} {i}", lambda i=i: llm(f"l{i % CLASSES}"))
         except Exception:
             failures += 1
         seen.append(task.version)
-        if i >= n and len({v for v in seen if v is not None}) >= 2:
+        if (i >= n and len({v for v in seen if v is not None}) >= 2
+                and task.stats.local > 0):
             break
     task.close(wait=True)
     barrier.wait(timeout=120)  # type: ignore[attr-defined]

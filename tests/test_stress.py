@@ -25,7 +25,7 @@ from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.store import Store, open_store
 
 NAMES = sorted(LABELS)
-SECONDS = 3.0
+CALLS = 150  # per thread: a fixed workload, however slow the machine is
 THREADS = 4
 OPTIONS = dict(labels=NAMES, min_traces=100, refit_every=150, audit_rate=0.2, breaker=False,
                refresh_seconds=0.1)
@@ -50,16 +50,15 @@ def wait_for(path: Path, timeout: float = 120.0) -> None:
 
 
 def serve(task: TracedTask, name: str, root: Path) -> dict:
-    """Call from THREADS threads for SECONDS, then report; then end on the final version."""
+    """Call CALLS times from each of THREADS threads, then report; then end on the final
+    version."""
     (root / f"ready-{name}").write_text("")
     wait_for(root / "go")
     llm_calls = [0] * THREADS
     failures: list[str] = []
 
     def work(thread: int) -> None:
-        stop = time.monotonic() + SECONDS
-        i = 0
-        while time.monotonic() < stop:
+        for i in range(CALLS):
             text, label = text_for(f"{name}t{thread}", i)
 
             def llm(label: str = label) -> str:
@@ -71,7 +70,6 @@ def serve(task: TracedTask, name: str, root: Path) -> dict:
                     failures.append(f"bad result {result!r}")
             except Exception as exc:  # must never happen
                 failures.append(repr(exc))
-            i += 1
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(THREADS)]
     for thread in threads:
