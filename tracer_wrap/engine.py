@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import numpy as np
 
-from . import names
+from . import names, telemetry
 from ._log import fault
 from .accounting import Ledger, Usage
 from .errors import ConfigError, StoreError
@@ -137,12 +137,15 @@ class Reply(Generic[R]):
     ``usage_of(result)`` reads its token usage (None: not reported); ``later(result, done)``, for
     results whose label is only known later (streams), returns what the caller gets and calls
     ``done(raw_label, usage)`` once the label is known (never, if the caller abandons it).
+    ``attributes`` describe the call to telemetry (:mod:`tracer_wrap.telemetry`:
+    ``gen_ai.system``, ``gen_ai.request.model``, ...).
     """
 
     label_of: Callable[[R], object] = _identity
     build: Callable[[str], R] | None = _identity
     usage_of: Callable[[R], Usage | None] | None = None
     later: Callable[[R, Callable[[object, Usage | None], None]], R] | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 _LOCAL_FAILED = object()
@@ -231,33 +234,48 @@ class TracedTask:
         of ``llm`` propagate unchanged and log no trace; tracer_wrap's own never reach the caller.
         """
         reply = reply or Reply()
+        span = telemetry.start_call(self.task, self.options, reply.attributes)
         plan = self._plan(text, None)
+        span.planned(plan)
         if plan.local and reply.build is not None:
-            local = self._answer(plan, reply.build)
+            local = self._answer(plan, reply.build, span)
             if local is not _LOCAL_FAILED:
                 return cast(R, local)
-        return self._after_llm(plan, llm(), reply)
+        try:
+            result = llm()
+        except BaseException as exc:
+            span.failed(exc)
+            span.end()
+            raise
+        return self._after_llm(plan, result, reply, span)
 
     async def acall(self, text: object, llm: Callable[[], Awaitable[R]],
                     reply: Reply[R] | None = None) -> R:
         """:meth:`call` for a coroutine ``llm``; the only difference is the ``await``."""
         reply = reply or Reply()
+        span = telemetry.start_call(self.task, self.options, reply.attributes)
         plan = self._plan(text, None)
+        span.planned(plan)
         if plan.local and reply.build is not None:
-            local = self._answer(plan, reply.build)
+            local = self._answer(plan, reply.build, span)
             if local is not _LOCAL_FAILED:
                 return cast(R, local)
-        return self._after_llm(plan, await llm(), reply)
+        try:
+            result = await llm()
+        except BaseException as exc:
+            span.failed(exc)
+            span.end()
+            raise
+        return self._after_llm(plan, result, reply, span)
 
     def route(self, text: str | None = None, *, vector: np.ndarray | None = None) -> Plan:
         """The plan of one call whose caller asks the LLM itself (the sidecar): when
         ``plan.local`` the caller uses ``plan.decision.label`` (counted as answered locally);
         otherwise it asks the LLM and passes the answer to :meth:`record` with this plan.
         ``vector`` routes a precomputed embedding (``text`` may then be None). Never raises."""
-        plan = self._plan(text, vector)
-        if plan.local:
-            self._count_local()
-        return plan
+        if vector is None:
+            return self.route_many([text])[0]  # type: ignore[list-item]
+        return self.route_many(None if text is None else [text], np.asarray(vector)[None, :])[0]
 
     def route_many(self, texts: Sequence[str] | None, vectors: np.ndarray | None = None
                    ) -> list[Plan]:
@@ -265,12 +283,18 @@ class TracedTask:
         n = len(texts) if texts is not None else len(vectors if vectors is not None else ())
         plans = self._plan_many(texts, vectors, n)
         for plan in plans:
+            span = telemetry.start_call(self.task, self.options, {})
+            span.planned(plan)
             if plan.local:
+                assert plan.decision is not None and plan.decision.label is not None
                 self._count_local()
+                span.answered_locally(plan.decision.label)
+            span.end()
         return plans
 
     def record(self, plan: Plan | None, raw: object, *, text: str | None = None,
-               usage: Usage | None = None, meta: Mapping[str, Any] | None = None) -> str | None:
+               usage: Usage | None = None, meta: Mapping[str, Any] | None = None,
+               span: telemetry.CallSpan | None = None) -> str | None:
         """Log the LLM's answer ``raw`` to a planned call; return its label (None: invalid or not
         traced).
 
@@ -278,8 +302,9 @@ class TracedTask:
         plan token): it may calibrate only while no version answers locally. ``text`` is the
         input when the plan does not carry it (route by embedding). An audit sample feeds the
         drift breaker (a trip schedules a refit); in shadow mode the router's would-be answer is
-        scored. ``meta`` is stored with the trace. Never raises: a fault is logged and the caller
-        still has the LLM's answer.
+        scored. ``meta`` is stored with the trace; ``span`` (the call's telemetry) is told the
+        answer and ended. Never raises: a fault is logged and the caller still has the LLM's
+        answer.
         """
         if plan is None:
             plan = self._unplanned()
@@ -296,6 +321,8 @@ class TracedTask:
                 counts[names.COUNTER_INVALID] = 1
                 self.stats.add(invalid=1)
             self.ledger.add(counts)
+            if span is not None:
+                span.answered_by_llm(label, usage)
             text = plan.text if text is None else text
             if not plan.traced or text is None:
                 return label
@@ -333,6 +360,9 @@ class TracedTask:
         except Exception as exc:
             self._fault("trace logging", exc)
             return label
+        finally:
+            if span is not None:
+                span.end()
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -408,7 +438,7 @@ class TracedTask:
         return Plan(text, served.version, decision, local=local, audit=audit,
                     answering=answering, shadow=not routing, reason=reason)
 
-    def _answer(self, plan: Plan, build: Callable[[str], Any]) -> Any:
+    def _answer(self, plan: Plan, build: Callable[[str], Any], span: telemetry.CallSpan) -> Any:
         """The local answer of a plan, or _LOCAL_FAILED (logged) when it cannot be built."""
         assert plan.decision is not None and plan.decision.label is not None
         try:
@@ -417,29 +447,33 @@ class TracedTask:
             self._fault("local answer", exc)
             return _LOCAL_FAILED
         self._count_local()
+        span.answered_locally(plan.decision.label)
+        span.end()
         return result
 
     def _count_local(self) -> None:
         self.stats.add(local=1)
         self.ledger.add({names.COUNTER_LOCAL: 1})
 
-    def _after_llm(self, plan: Plan, result: R, reply: Reply[R]) -> R:
+    def _after_llm(self, plan: Plan, result: R, reply: Reply[R], span: telemetry.CallSpan) -> R:
         """Trace the LLM's result (now, or when its stream ends); return what the caller gets."""
         try:
             if reply.later is not None:
                 return reply.later(result, lambda raw, usage: self._record_quietly(
-                    plan, raw, usage))
+                    plan, raw, usage, span))
             raw = reply.label_of(result)
             usage = reply.usage_of(result) if reply.usage_of is not None else None
         except Exception as exc:
             self._fault("trace logging", exc)
+            span.end()
             return result
-        self.record(plan, raw, usage=usage)
+        self.record(plan, raw, usage=usage, span=span)
         return result
 
-    def _record_quietly(self, plan: Plan, raw: object, usage: Usage | None) -> None:
+    def _record_quietly(self, plan: Plan, raw: object, usage: Usage | None,
+                        span: telemetry.CallSpan) -> None:
         try:
-            self.record(plan, raw, usage=usage)
+            self.record(plan, raw, usage=usage, span=span)
         except Exception as exc:  # a stream's end must never raise into the caller's loop
             self._fault("trace logging", exc)
 
