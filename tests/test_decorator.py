@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from _synthetic import LABELS, make_traces
 
-from tracer_wrap import ConfigError, Embedder, traced_classifier
+from tracer_wrap import ConfigError, Embedder, flush, traced_classifier
 from tracer_wrap.errors import EmbedderError
 
 
@@ -45,6 +45,7 @@ def test_calls_go_to_the_llm_until_a_router_is_fitted_then_easy_ones_are_answere
     stats = classify.stats
     assert (stats.calls, stats.local, stats.llm) == (1600, local, 800 + len(calls))
     # Every call that went to the LLM became a trace; local answers did not.
+    flush()
     assert store.count("intents") == 800 + len(calls)
 
 
@@ -57,6 +58,7 @@ def test_llm_outputs_are_normalised_and_invalid_ones_never_trained_on(store, emb
 
     results = [classify(f"text {i}") for i in range(4)]
     assert results[2] == "I'm sorry, I can't help with that"  # returned unchanged
+    flush()
     traces = store.traces("t")
     assert [(t.teacher, t.valid) for t in traces] == [
         ("refund", True), ("top_up", True), ("I'm sorry, I can't help with that", False),
@@ -82,6 +84,7 @@ def test_async_functions_and_methods_are_supported(store, embedder):
     c = Classifier()
     assert c.classify("banana", hint="x") == "a"
     assert c.seen == ["banana"]
+    flush()
     assert store.traces("method")[0].input == "banana"
     assert inspect.iscoroutinefunction(aclassify)
     assert asyncio.run(aclassify("hello")) == "yes"
@@ -98,6 +101,7 @@ def test_bare_decorator_names_the_task_after_the_function(tmp_path, monkeypatch,
 
     sentiment.task._embedder = embedder
     assert sentiment("great") == "positive"
+    flush()
     assert sentiment.task.store.tasks() == [f"{__name__}.test_bare_decorator_names_the_task_after"
                                             "_the_function.<locals>.sentiment"]
 
@@ -197,6 +201,7 @@ def test_the_decorated_function_is_transparent(store, embedder):
     assert classify.__doc__ == "Docs."
     assert list(inspect.signature(classify).parameters) == ["text", "temperature"]
     assert classify(text="by keyword") == "a"
+    flush()
     assert store.traces("t")[0].input == "by keyword"
 
 

@@ -18,8 +18,17 @@ import numpy as np
 import pytest
 
 import tracer_wrap.names as n
-from tracer_wrap import Embedder, Plan, Price, Reply, TracedTask, TraceStore, Usage
-from tracer_wrap.accounting import flush_all
+from tracer_wrap import (
+    Embedder,
+    Plan,
+    Price,
+    Reply,
+    TracedTask,
+    TraceStore,
+    Usage,
+    background,
+    flush,
+)
 
 DIM, CLASSES = 16, 4
 CENTRES = np.random.default_rng(0).standard_normal((CLASSES, DIM))
@@ -83,6 +92,8 @@ def test_without_a_router_every_call_goes_to_the_llm_and_becomes_a_calibrating_t
     assert (plan.local, plan.traced, plan.answering, plan.reason) == (
         False, True, False, "no router fitted yet")
     assert task.record(plan, "l1") == "l1"
+    assert task.store.count("t") == 0  # written by the background worker, not by the call
+    task.flush()
     (trace,) = task.store.traces("t")
     assert trace.exchangeable and trace.origin == "llm" and trace.router_label is None
     assert counters(task) == {"calls": 1, "llm": 1, "new_valid_traces": 1}
@@ -105,6 +116,7 @@ def test_deferred_calls_while_a_router_answers_never_calibrate(tmp_path):
     plan = next(p for p in plans if not p.local)
     assert plan.answering and plan.decision is not None and not plan.decision.local
     task.record(plan, "l0", text="between zero and one")
+    task.flush()
     trace = next(t for t in task.store.traces("t") if t.input == "between zero and one")
     assert not trace.exchangeable and trace.router_label == plan.decision.label
 
@@ -154,6 +166,7 @@ def test_audit_samples_go_to_the_llm_calibrate_and_feed_the_breaker(tmp_path):
     plan = task.route("c3 audited")
     assert plan.audit and not plan.local and plan.reason == "audit sample"
     assert task.record(plan, "l3") == "l3"
+    task.flush()
     trace = next(t for t in task.store.traces("t") if t.input == "c3 audited")
     assert trace.origin == "audit" and trace.exchangeable and trace.router_label == "l3"
     assert task.store.counter("t", n.counter_breaker(0, "n")) == 1
@@ -219,6 +232,7 @@ def test_results_whose_label_arrives_later_are_traced_when_it_does(tmp_path):
     assert task.call("ood 0 2 abandoned", lambda: "chunks", reply) == "stream of chunks"
     count = task.store.count("t")
     pending[0]("l0", Usage(5, 1))  # the first stream was read to the end; the second never is
+    task.flush()
     assert task.store.count("t") == count + 1 and task.stats.llm == 1
     assert counters(task)["input_tokens"] == 5
 
@@ -263,7 +277,11 @@ def test_other_processes_versions_are_picked_up_within_refresh_seconds(tmp_path)
     assert publisher.version == 2  # the publishing process serves it at once
     assert follower.version == 1  # others within refresh_seconds
     now[0] += 1.5
-    assert follower.version == 2
+    background.wake()  # the background worker refreshes the follower's snapshot
+    deadline = time.monotonic() + 60
+    while follower.version != 2:
+        assert time.monotonic() < deadline, "the follower never picked up version 2"
+        time.sleep(0.01)
 
 
 def test_a_version_fitted_with_another_embedder_is_not_served(tmp_path, caplog):
@@ -298,7 +316,7 @@ def test_savings_are_local_answers_at_the_mean_llm_cost(tmp_path):
         task.call(f"c{i % 4} saving {i}", never)
     reply: Reply[str] = Reply(usage_of=lambda r: Usage(100, 0))
     task.call("ood 0 1 paid", lambda: "l0", reply)
-    flush_all()
+    flush()
     report = savings(task.store, "t")
     per_call = 0.001 + 100 * 1000.0 / 1e6
     assert report["cost_per_llm_call"] == pytest.approx(per_call)

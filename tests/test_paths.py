@@ -19,8 +19,7 @@ from test_engine import CENTRES, EMBEDDER, label_of_text
 from typer.testing import CliRunner
 
 import tracer_wrap.names as n
-from tracer_wrap import TracedTask, TraceStore, traced_classifier, wrap_openai
-from tracer_wrap.accounting import flush_all
+from tracer_wrap import TracedTask, TraceStore, flush, traced_classifier, wrap_openai
 from tracer_wrap.integrations import is_local
 from tracer_wrap.ops.cli import app
 from tracer_wrap.ops.report import render_report
@@ -148,7 +147,7 @@ def test_status_and_report_show_what_each_path_counted(tmp_path: Path) -> None:
                     "input": text, "teacher": label_of_text(text), "plan": plan["plan"],
                     "usage": {"input_tokens": 20, "output_tokens": 2}})
         sidecar_status = httpx.get(f"{url}/v1/tasks/side/status").json()
-    flush_all()
+    flush()
     stats = {"deco": classify.stats, "client": client.tracer_wrap_tasks.task("client").stats}
     result = CliRunner().invoke(app, ["--store", str(store.path), "status", "--json"])
     assert result.exit_code == 0, result.output

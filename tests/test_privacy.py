@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from _synthetic import make_traces
 
-from tracer_wrap import GateRefused, TracedTask, traced_classifier
+from tracer_wrap import Embedder, GateRefused, TracedTask, flush, traced_classifier
 from tracer_wrap.errors import ConfigError
 from tracer_wrap.privacy import hash_input, redact_pii
 
@@ -26,15 +26,9 @@ def test_redact_pii(text, expected):
 def test_redacted_text_is_stored_and_the_router_sees_the_raw_text(store, embedder):
     seen: list[str] = []
 
-    class Spy:
-        name = embedder.name
-
-        def embed_one(self, text):
-            seen.append(text)
-            return embedder.embed_one(text)
-
-        def embed(self, texts):
-            return embedder.embed(texts)
+    def spy(texts):
+        seen.extend(texts)
+        return embedder.embed(texts)
 
     gold = {f"{text} from a@b.com": label for text, label in make_traces(40)}
 
@@ -45,9 +39,10 @@ def test_redacted_text_is_stored_and_the_router_sees_the_raw_text(store, embedde
 
     for text in gold:
         classify(text)
+    flush()
     assert all("a@b.com" not in t.input and "<EMAIL>" in t.input for t in store.traces("t"))
     classify.refit()
-    classify.task._embedder = Spy()
+    classify.task._embedder = Embedder.from_callable(spy, name=embedder.name)
     classify("refund please, I am x@y.org")
     assert seen == ["refund please, I am x@y.org"]
 
@@ -59,7 +54,8 @@ def test_a_failing_redact_stores_nothing_and_never_breaks_the_call(store, embedd
     for redact in (broken, lambda text: None):
         task = TracedTask("t", store=store, embedder=embedder, redact=redact)
         assert task.call("my card 4111111111111111", lambda: "refund") == "refund"
-        assert task.stats.errors == 1
+        task.flush()  # the redact hook runs when the trace is written, off the call
+        assert task.stats.errors == 1 and len(task.poisoned) == 1
     assert store.count("t") == 0
 
 
@@ -69,6 +65,7 @@ def test_hash_only_tasks_keep_labels_not_text_and_cannot_be_fitted(store, embedd
     rows = make_traces(30)
     for text, label in rows + rows[:5]:
         assert task.call(text, lambda label=label: label) == label
+    flush()
     traces = store.traces("audit")
     assert len(traces) == 30 and sum(t.count for t in traces) == 35
     assert [t.input for t in traces] == [hash_input(text) for text, _ in rows]
@@ -117,6 +114,7 @@ def test_retention_on_the_real_store(store, embedder):
     task.refit()
     assert [t.input for t in store.traces("t")] == [text for text, _ in rows[-50:]]
     task.call("refund after pruning", lambda: "refund")  # logging goes on after a prune
+    flush()
     assert store.traces("t")[-1].input == "refund after pruning"
 
 

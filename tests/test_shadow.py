@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from _wait import until
 from test_refit import CLASSES, make_task
 
 
@@ -26,5 +27,6 @@ def test_shadow_report_and_switch(tmp_path: Path) -> None:
     assert other.routing_enabled()
     assert not shadow.routing_enabled()  # cached for refresh_seconds
     now[0] += 2
+    until(shadow.routing_enabled, "the background refresh")
     shadow.call("c1 after", lambda: "l1")
-    assert shadow.routing_enabled() and shadow.stats.local + shadow.stats.audits == 1
+    assert shadow.stats.local + shadow.stats.audits == 1

@@ -15,6 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .accounting import Price, Usage
+from .background import flush
 from .decorator import TracedClassifier, traced_classifier
 from .engine import Plan, Reply, Stats, TracedTask
 from .errors import (
@@ -67,6 +68,7 @@ __all__ = [
     "Usage",
     "autolog",
     "fit_router",
+    "flush",
     "open_store",
     "pin",
     "redact_pii",

@@ -3,10 +3,10 @@
 Counters (:data:`tracer_wrap.names.USAGE_COUNTERS`) are kept per task in the store and summed over
 every process and path (decorator, SDK clients, sidecar): ``calls``, ``local`` (answered locally),
 ``llm`` (LLM answers), ``audits``, ``invalid``, the input and output tokens providers reported and
-``usage_calls`` (the LLM answers that reported them). A process adds to them through its
-:class:`Ledger`, which keeps the deltas in memory and writes them in one store transaction from a
-background thread every :data:`FLUSH_SECONDS`, at interpreter exit and on :meth:`Ledger.flush`, so
-counting never waits on the store.
+``usage_calls`` (the LLM answers that reported them), and the traces ``dropped`` or ``poisoned``
+on their way to the store. A process adds to them through its :class:`Ledger`, which keeps the
+deltas in memory; the background worker (:mod:`tracer_wrap.background`) writes them in one store
+transaction a few times a second and at interpreter exit, so counting never waits on the store.
 
 Money comes from one :class:`Price` per task (per call and/or per million input and output
 tokens), set in code, ``tracer_wrap.toml``, the environment or ``tracer-wrap price``, and kept in
@@ -18,10 +18,8 @@ that computes these figures; ``status``, the HTML report, ``savings()`` and the 
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -29,14 +27,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import names
 from ._log import fault
+from .errors import StoreError
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["FLUSH_SECONDS", "Ledger", "Price", "Usage", "flush_all", "read_summary", "summary"]
-
-#: How often a process writes its counter deltas to the store.
-FLUSH_SECONDS = 0.5
+__all__ = ["Ledger", "Price", "Usage", "flush_all", "read_summary", "summary"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +86,8 @@ def summary(counters: Mapping[str, int], price: Price | None) -> dict[str, Any]:
     usage_calls = get(names.COUNTER_USAGE_CALLS)
     out: dict[str, Any] = {
         "calls": calls, "local": local, "llm": llm, "audits": get(names.COUNTER_AUDITS),
-        "invalid": get(names.COUNTER_INVALID), "input_tokens": tokens_in,
+        "invalid": get(names.COUNTER_INVALID), "dropped": get(names.COUNTER_DROPPED),
+        "poisoned": get(names.COUNTER_POISONED), "input_tokens": tokens_in,
         "output_tokens": tokens_out, "usage_calls": usage_calls,
         "local_share": local / (local + llm) if local + llm else None,
         "llm_calls_avoided": local,
@@ -123,8 +120,8 @@ class Ledger:
     one atomic store call (``Store.add_counters``); when the store refuses, the deltas stay
     pending (they are a handful of integers, so nothing grows) and the next flush retries. A
     configured ``price`` is written to the store's price setting on the first successful flush.
-    Thread-safe; after ``fork`` the child starts with no pending deltas and its own flushing
-    thread (the parent keeps and writes its own deltas).
+    Thread-safe; after ``fork`` the child starts with no pending deltas (the parent keeps and
+    writes its own).
     """
 
     def __init__(self, store: Callable[[], Store], task: str, price: Price | None = None) -> None:
@@ -137,12 +134,9 @@ class Ledger:
         # (a background flush may have taken them a moment before).
         self._flushing = threading.Lock()
         _LEDGERS.add(self)
-        _ensure_flusher()
 
     def add(self, counts: Mapping[str, int]) -> None:
         """Add ``counts`` (counter name -> delta) to the pending deltas. Never raises."""
-        if _flusher_pid != os.getpid():
-            _ensure_flusher()  # a forked child starts its own flushing thread
         with self._lock:
             for name, delta in counts.items():
                 if delta:
@@ -169,7 +163,8 @@ class Ledger:
                 store.add_counters(self.task, pending)
             return True
         except Exception as exc:
-            fault("usage accounting", exc)
+            # A broken store fails every step that touches it: one fault for the storm.
+            fault("trace store" if isinstance(exc, StoreError) else "usage accounting", exc)
             with self._lock:
                 for name, delta in pending.items():
                     self._pending[name] = self._pending.get(name, 0) + delta
@@ -192,41 +187,17 @@ class Ledger:
 
 
 _LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
-_flusher_lock = threading.Lock()
-_flusher_pid: int | None = None
 
 
 def flush_all() -> bool:
-    """Flush every ledger of this process; True when all are empty afterwards."""
+    """Flush every ledger of this process now; True when all are empty afterwards."""
     return all([ledger.flush() for ledger in list(_LEDGERS)])
 
 
-def _ensure_flusher() -> None:
-    """Start the flushing thread of this process (again in a forked child, where it is gone)."""
-    global _flusher_pid
-    if _flusher_pid == os.getpid():
-        return
-    with _flusher_lock:
-        if _flusher_pid == os.getpid():
-            return
-        _flusher_pid = os.getpid()
-        threading.Thread(target=_flush_forever, name="tracer_wrap-accounting",
-                         daemon=True).start()
-
-
-def _flush_forever() -> None:
-    while True:
-        time.sleep(FLUSH_SECONDS)
-        flush_all()
-
-
 def _reset_after_fork() -> None:
-    global _flusher_lock
-    _flusher_lock = threading.Lock()
     for ledger in list(_LEDGERS):
         ledger._after_fork()
 
 
-atexit.register(flush_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)

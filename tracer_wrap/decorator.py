@@ -26,8 +26,9 @@ class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[ty
     """The decorated function: call it like the original; it also exposes its task.
 
     ``router`` is the router being served (None before the first fit), ``stats`` this process's
-    counts, ``refit()`` fits now, ``task`` the underlying :class:`TracedTask`. ``isinstance``,
-    ``inspect.iscoroutinefunction``, the name and the signature are the original function's.
+    counts, ``refit()`` fits now, ``flush()`` writes buffered traces now, ``task`` the underlying
+    :class:`TracedTask`. ``isinstance``, ``inspect.iscoroutinefunction``, the name and the
+    signature are the original function's.
     """
 
     def __init__(self, fn: Callable[P, R], wrapper: Callable[..., Any], task: TracedTask) -> None:
@@ -49,6 +50,10 @@ class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[ty
     def refit(self) -> Router:
         """Fit on every trace now and publish the router (see :meth:`TracedTask.refit`)."""
         return self._self_task.refit()
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Write the buffered traces and counters now (see :meth:`TracedTask.flush`)."""
+        return self._self_task.flush(timeout)
 
 
 def _text_getter(fn: Callable[..., Any], text_arg: str | int

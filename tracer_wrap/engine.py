@@ -30,10 +30,13 @@ the served version and its vetoes in :mod:`tracer_wrap.serving`, the accounting 
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import threading
+import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
@@ -41,10 +44,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import numpy as np
 
-from . import names, telemetry
+from . import background, names, telemetry
 from ._log import fault
 from .accounting import Ledger, Usage
-from .errors import ConfigError, StoreError
+from .embedding import EmbeddingService, service_for
+from .errors import ConfigError, StoreError, TraceRefused
 from .labels import LabelSet
 from .model.embedder import Embedder, make_embedder
 from .model.router import Decision, Router
@@ -52,7 +56,7 @@ from .options import TaskOptions
 from .privacy import hash_input
 from .refit import Refitter
 from .serving import Served, Serving
-from .store import Origin, Store, open_store
+from .store import NewTrace, Origin, Store, open_store
 from .versions import certified_coverage
 
 if TYPE_CHECKING:
@@ -64,6 +68,11 @@ __all__ = ["MAX_INPUT_CHARS", "Plan", "Reply", "Stats", "TracedTask"]
 
 R = TypeVar("R")
 
+#: Traces written to the store in one transaction by the background worker.
+WRITE_BATCH = 256
+#: Transactions a background step writes before it refreshes the snapshot and checks refits.
+STEP_BATCHES = 4
+
 #: Longest input tracer_wrap embeds; longer inputs go to the LLM untouched (the embedder truncates
 #: long inputs anyway, so a local answer for them would rest on a part of the text).
 MAX_INPUT_CHARS = 20_000
@@ -74,7 +83,8 @@ class Stats:
     """Counts of this process's calls of one task (the store's counters sum every process).
 
     ``calls`` reached tracer_wrap; ``local`` were answered locally; ``llm`` LLM answers were
-    logged, ``audits`` of them random audit samples and ``invalid`` matching no label; ``skipped``
+    logged, ``audits`` of them random audit samples and ``invalid`` matching no label; ``dropped``
+    answers found the buffer full (their trace is lost, see :class:`TracedTask`); ``skipped``
     inputs were not traceable (not text, empty or too long); ``outliers`` were deferred as out of
     distribution and ``breaker`` because the drift breaker tripped; ``errors`` are tracer_wrap
     faults (the call went to the LLM).
@@ -85,6 +95,7 @@ class Stats:
     llm: int = 0
     audits: int = 0
     invalid: int = 0
+    dropped: int = 0
     skipped: int = 0
     outliers: int = 0
     breaker: int = 0
@@ -151,6 +162,21 @@ class Reply(Generic[R]):
 _LOCAL_FAILED = object()
 
 
+@dataclass
+class _Answer:
+    """An LLM answer waiting in the buffer for its trace to be written (by the background
+    worker). ``written`` is set once the trace is in the store, so a retry never writes it twice;
+    ``refused`` once the store refused it for good."""
+
+    plan: Plan
+    text: str
+    label: str | None
+    raw: object
+    meta: Mapping[str, Any] | None
+    written: bool = False
+    refused: bool = False
+
+
 class TracedTask:
     """One classification task: its traces, the version it serves and the path of every call.
 
@@ -158,6 +184,14 @@ class TracedTask:
     (or as ``options=``); those not given come from ``TRACER_WRAP_*`` variables, then
     ``tracer_wrap.toml``, then the defaults. Raises ConfigError on a bad option. The store and
     the embedder open on first use, so a broken disk or model fails open at call time.
+
+    A call never touches the store: the version it serves is this process's snapshot, and an LLM
+    answer's trace joins a bounded in-memory buffer that the background worker
+    (:mod:`tracer_wrap.background`) writes to the store within a fraction of a second, in order,
+    retrying while the store is unreachable. When the buffer is full (``buffer_size``) the newest
+    answer is dropped and counted (``dropped``); an answer the store refuses for good (not a
+    connection fault) is set aside, logged and counted (``poisoned``). :meth:`flush` writes
+    everything now.
     """
 
     def __init__(self, task: str, *, options: TaskOptions | None = None,
@@ -171,16 +205,26 @@ class TracedTask:
         self.label_set = LabelSet(self.options.labels)
         self.stats = Stats()
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._buffer: deque[_Answer] = deque()
+        self._taken = 0  # answers ever taken out of the buffer (written or set aside)
+        #: The last answers the store refused for good, kept for inspection.
+        self.poisoned: deque[tuple[_Answer, BaseException]] = deque(maxlen=100)
         self._store: Store | None = None
         self._embedder: Embedder | None = None
         self._rng = self.options.rng or random.Random()
+        self._new_traces = False
+        # Everything in the calling thread, unbounded, so a run is the same on any machine load.
+        self._inline = self.options.refit_executor == "inline"
         self.serving = Serving(task, self.options, self._get_store, self._get_embedder)
         self.ledger = Ledger(self._get_store, task, self.options.price)
         self.refitter = Refitter(task, self.options, store=self._get_store,
                                  embedder=self._get_embedder,
-                                 breaker=lambda: self.serving.breaker,
-                                 published=self.serving.invalidate, on_fault=self._fault)
+                                 embed=lambda texts: self.embedding.embed(texts),
+                                 breaker=lambda: self.serving.breaker, flush=self.flush,
+                                 published=self.serving.install, on_fault=self._fault)
         _LIVE.add(self)
+        background.register(self)
 
     # -- building blocks, opened on first use ------------------------------------------------
 
@@ -211,6 +255,11 @@ class TracedTask:
         return self._get_embedder()
 
     @property
+    def embedding(self) -> EmbeddingService:
+        """The worker that embeds this task's inputs (shared by every task of the embedder)."""
+        return service_for(self._get_embedder())
+
+    @property
     def target(self) -> float:
         return self.options.target
 
@@ -232,10 +281,11 @@ class TracedTask:
 
         ``reply`` says how to read and build results (default: the result is the label). Errors
         of ``llm`` propagate unchanged and log no trace; tracer_wrap's own never reach the caller.
+        tracer_wrap waits on nothing but the embedding of ``text``, at most ``embed_timeout``.
         """
         reply = reply or Reply()
         span = telemetry.start_call(self.task, self.options, reply.attributes)
-        plan = self._plan(text, None)
+        plan = self._plan_many([text], None, 1)[0]
         span.planned(plan)
         if plan.local and reply.build is not None:
             local = self._answer(plan, reply.build, span)
@@ -251,10 +301,12 @@ class TracedTask:
 
     async def acall(self, text: object, llm: Callable[[], Awaitable[R]],
                     reply: Reply[R] | None = None) -> R:
-        """:meth:`call` for a coroutine ``llm``; the only difference is the ``await``."""
+        """:meth:`call` for a coroutine ``llm``. Nothing of tracer_wrap's blocks the event loop:
+        the embedding is awaited (at most ``embed_timeout``), traces are written in the
+        background, and the store is never read on the loop (unless ``refresh_seconds=0``)."""
         reply = reply or Reply()
         span = telemetry.start_call(self.task, self.options, reply.attributes)
-        plan = self._plan(text, None)
+        plan = await self._aplan(text)
         span.planned(plan)
         if plan.local and reply.build is not None:
             local = self._answer(plan, reply.build, span)
@@ -295,89 +347,108 @@ class TracedTask:
     def record(self, plan: Plan | None, raw: object, *, text: str | None = None,
                usage: Usage | None = None, meta: Mapping[str, Any] | None = None,
                span: telemetry.CallSpan | None = None) -> str | None:
-        """Log the LLM's answer ``raw`` to a planned call; return its label (None: invalid or not
-        traced).
+        """Take the LLM's answer ``raw`` to a planned call; return its label (None: invalid).
 
-        ``plan`` None records an answer no plan was made for (the sidecar's traces without a
-        plan token): it may calibrate only while no version answers locally. ``text`` is the
-        input when the plan does not carry it (route by embedding). An audit sample feeds the
-        drift breaker (a trip schedules a refit); in shadow mode the router's would-be answer is
-        scored. ``meta`` is stored with the trace; ``span`` (the call's telemetry) is told the
-        answer and ended. Never raises: a fault is logged and the caller still has the LLM's
-        answer.
+        The answer is counted at once and its trace is buffered for the background worker (see
+        the class docstring). ``plan`` None records an answer no plan was made for (the sidecar's
+        traces without a plan): it may calibrate only while no version answers locally. ``text``
+        is the input when the plan does not carry it (route by embedding). An audit sample feeds
+        the drift breaker; in shadow mode the router's would-be answer is scored; ``meta`` is
+        stored with the trace; ``span`` (the call's telemetry) is told the answer and ended.
+        Never raises and never waits.
         """
-        if plan is None:
-            plan = self._unplanned()
-        counts = {names.COUNTER_LLM: 1, names.COUNTER_AUDITS: int(plan.audit)}
-        if usage is not None:
-            counts.update({names.COUNTER_INPUT_TOKENS: usage.input_tokens,
-                           names.COUNTER_OUTPUT_TOKENS: usage.output_tokens,
-                           names.COUNTER_USAGE_CALLS: 1})
-        self.stats.add(llm=1, audits=int(plan.audit))
         label: str | None = None
         try:
+            if plan is None:
+                plan = self._unplanned()
+            counts = {names.COUNTER_LLM: 1, names.COUNTER_AUDITS: int(plan.audit)}
+            if usage is not None:
+                counts.update({names.COUNTER_INPUT_TOKENS: usage.input_tokens,
+                               names.COUNTER_OUTPUT_TOKENS: usage.output_tokens,
+                               names.COUNTER_USAGE_CALLS: 1})
+            self.stats.add(llm=1, audits=int(plan.audit))
             label = self.label_set.normalise(raw)
             if label is None:
                 counts[names.COUNTER_INVALID] = 1
                 self.stats.add(invalid=1)
-            self.ledger.add(counts)
             if span is not None:
                 span.answered_by_llm(label, usage)
             text = plan.text if text is None else text
-            if not plan.traced or text is None:
-                return label
-            decision = plan.decision
-            self.store.append(
-                self.task, self._stored_input(text),
-                label if label is not None else _printable(raw),
-                valid=label is not None,
-                origin=Origin.AUDIT if plan.audit else Origin.LLM,
-                # While a router answers some calls, the LLM only sees the hard ones: those traces
-                # must not calibrate. Audit samples are drawn at random, so they may.
-                exchangeable=plan.audit or not plan.answering,
-                router_label=decision.label if decision is not None else None,
-                meta=meta,
-            )
-            if label is None:
-                return None
-            if decision is not None and plan.version is not None:
-                agree = decision.label == label
-                breaker = self.serving.breaker
-                if plan.audit and breaker is not None:
-                    if breaker.observe(agree, plan.version).tripped:
-                        self.serving.invalidate()
-                        self.refit_in_background()
-                elif plan.shadow:
-                    self.ledger.add({
-                        names.counter_shadow(plan.version, "calls"): 1,
-                        names.counter_shadow(plan.version, "local"): int(decision.local),
-                        names.counter_shadow(plan.version, "agree"): int(decision.local and agree),
-                    })
-            fresh = self.store.incr(self.task, names.COUNTER_NEW_TRACES)
-            if self.refitter.due(fresh):
-                self.refit_in_background()
-            return label
+            if plan.traced and text is not None and not names.disabled():
+                if len(self._buffer) >= self.options.buffer_size:
+                    counts[names.COUNTER_DROPPED] = 1
+                    self.stats.add(dropped=1)
+                else:
+                    self._buffer.append(_Answer(plan, text, label, raw, meta))
+                    background.wake()
+            self.ledger.add(counts)
+            if self._inline:
+                # Inline means everything in the calling thread, reproducibly (simulations):
+                # the trace is written and a due refit runs before the call returns.
+                self._write()
+                self.ledger.flush()
+                self._refit_if_due()
         except Exception as exc:
             self._fault("trace logging", exc)
-            return label
         finally:
             if span is not None:
                 span.end()
+        return label
 
-    # -- the steps ---------------------------------------------------------------------------
-
-    def _plan(self, text: object, vector: np.ndarray | None) -> Plan:
-        """Embed and route one input; never raises (a fault plans an LLM call)."""
-        return self._plan_many(None if text is None else [text],
-                               None if vector is None else np.asarray(vector)[None, :], 1)[0]
+    # -- planning ----------------------------------------------------------------------------
 
     def _plan_many(self, texts: Sequence[object] | None, vectors: np.ndarray | None,
                    n: int) -> list[Plan]:
+        """Embed and route inputs (synchronous callers); never raises (a fault plans an LLM
+        call). Waits on nothing but the embedding, at most ``embed_timeout``."""
+        plans, rows = self._admit(texts, vectors, n)
+        if not rows:
+            return plans  # type: ignore[return-value]
+        inputs = [texts[i] if texts is not None else None for i in rows]
+        try:
+            served = self.serving.served()
+            if served.router is None:
+                decided = [Plan(t, served.version, reason=served.reason)  # type: ignore[arg-type]
+                           for t in inputs]
+            else:
+                if vectors is not None:
+                    matrix = vectors[rows]
+                elif self._inline:
+                    matrix = self.embedder.embed(inputs)  # type: ignore[arg-type]
+                else:
+                    matrix = self.embedding.embed_many(inputs,  # type: ignore[arg-type]
+                                                       self.options.embed_timeout)
+                decided = self._decide(inputs, matrix, served)  # type: ignore[arg-type]
+        except Exception as exc:
+            decided = self._fault_plans(inputs, exc)  # type: ignore[arg-type]
+        for i, plan in zip(rows, decided):
+            plans[i] = plan
+        return plans  # type: ignore[return-value]
+
+    async def _aplan(self, text: object) -> Plan:
+        """:meth:`_plan_many` for one input of an async caller: the embedding is awaited."""
+        plans, rows = self._admit([text], None, 1)
+        if not rows:
+            return plans[0]  # type: ignore[return-value]
+        assert isinstance(text, str)
+        try:
+            served = self.serving.served(wait=False)
+            if served.router is None:
+                return Plan(text, served.version, reason=served.reason)
+            vector = await self.embedding.aembed_one(text, self.options.embed_timeout)
+            return self._decide([text], vector[None, :], served)[0]
+        except Exception as exc:
+            return self._fault_plans([text], exc)[0]
+
+    def _admit(self, texts: Sequence[object] | None, vectors: np.ndarray | None, n: int
+               ) -> tuple[list[Plan | None], list[int]]:
+        """Count the calls; plan the ones tracer_wrap stays out of (disabled, not traceable);
+        return the plans so far and the rows still to route."""
         self.stats.add(calls=n)
         self.ledger.add({names.COUNTER_CALLS: n})
         if names.disabled():
-            return [Plan(None, traced=False, reason="tracer_wrap is disabled"
-                         f" (${names.ENV_DISABLE})")] * n
+            why = f"tracer_wrap is disabled (${names.ENV_DISABLE})"
+            return [Plan(None, traced=False, reason=why) for _ in range(n)], []
         plans: list[Plan | None] = [None] * n
         rows: list[int] = []
         for i in range(n):
@@ -388,34 +459,21 @@ class TracedTask:
                 plans[i] = Plan(None, traced=False, reason=why)
             else:
                 rows.append(i)
-        if rows:
-            for i, plan in zip(rows, self._decide(
-                    [texts[i] for i in rows] if texts is not None else None,  # type: ignore[misc]
-                    vectors[rows] if vectors is not None else None)):
-                plans[i] = plan
-        return plans  # type: ignore[return-value]
+        return plans, rows
 
-    def _decide(self, texts: list[str] | None, vectors: np.ndarray | None) -> list[Plan]:
-        n = len(texts) if texts is not None else len(vectors)  # type: ignore[arg-type]
-        inputs: list[str | None] = list(texts) if texts is not None else [None] * n
-        try:
-            served = self.serving.served()
-            if served.router is None:
-                return [Plan(t, served.version, reason=served.reason) for t in inputs]
-            if vectors is None:
-                assert texts is not None
-                vectors = (self.embedder.embed(texts) if n > 1
-                           else self.embedder.embed_one(texts[0])[None, :])
-            routing = self.serving.routing_on()
-            tripped = self.serving.tripped()
-            answering = served.certified and routing and not tripped
-            return [self._veto(text, served, decision, outlier, routing, tripped, answering)
-                    for text, (decision, outlier) in zip(
-                        inputs, self.serving.decide(served, texts, vectors))]
-        except Exception as exc:
-            self._fault("routing", exc)
-            why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
-            return [Plan(t, reason=why) for t in inputs]
+    def _fault_plans(self, texts: list[str | None], exc: Exception) -> list[Plan]:
+        self._fault("routing", exc)
+        why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
+        return [Plan(t, reason=why) for t in texts]
+
+    def _decide(self, texts: list[str | None], vectors: np.ndarray, served: Served) -> list[Plan]:
+        routing = self.serving.routing_on()
+        tripped = self.serving.tripped()
+        answering = served.certified and routing and not tripped
+        known = None if any(t is None for t in texts) else texts
+        return [self._veto(text, served, decision, outlier, routing, tripped, answering)
+                for text, (decision, outlier) in zip(
+                    texts, self.serving.decide(served, known, vectors))]  # type: ignore[arg-type]
 
     def _veto(self, text: str | None, served: Served, decision: Decision, outlier: bool,
               routing: bool, tripped: bool, answering: bool) -> Plan:
@@ -438,6 +496,8 @@ class TracedTask:
         return Plan(text, served.version, decision, local=local, audit=audit,
                     answering=answering, shadow=not routing, reason=reason)
 
+    # -- answering ---------------------------------------------------------------------------
+
     def _answer(self, plan: Plan, build: Callable[[str], Any], span: telemetry.CallSpan) -> Any:
         """The local answer of a plan, or _LOCAL_FAILED (logged) when it cannot be built."""
         assert plan.decision is not None and plan.decision.label is not None
@@ -459,8 +519,10 @@ class TracedTask:
         """Trace the LLM's result (now, or when its stream ends); return what the caller gets."""
         try:
             if reply.later is not None:
-                return reply.later(result, lambda raw, usage: self._record_quietly(
-                    plan, raw, usage, span))
+                def done(raw: object, usage: Usage | None) -> None:
+                    self.record(plan, raw, usage=usage, span=span)
+
+                return reply.later(result, done)
             raw = reply.label_of(result)
             usage = reply.usage_of(result) if reply.usage_of is not None else None
         except Exception as exc:
@@ -470,51 +532,183 @@ class TracedTask:
         self.record(plan, raw, usage=usage, span=span)
         return result
 
-    def _record_quietly(self, plan: Plan, raw: object, usage: Usage | None,
-                        span: telemetry.CallSpan) -> None:
-        try:
-            self.record(plan, raw, usage=usage, span=span)
-        except Exception as exc:  # a stream's end must never raise into the caller's loop
-            self._fault("trace logging", exc)
-
     def _unplanned(self) -> Plan:
         """A plan for an LLM answer no plan was made for."""
-        try:
-            served = self.serving.served()
-            answering = (served.certified and self.serving.routing_on()
-                         and not self.serving.tripped())
-            return Plan(None, version=served.version, answering=answering)
-        except Exception as exc:
-            self._fault("routing", exc)
-            return Plan(None, answering=True)  # unknown: never let it calibrate
+        served = self.serving.served(wait=False)
+        answering = (served.certified and self.serving.routing_on()
+                     and not self.serving.tripped())
+        return Plan(None, version=served.version, answering=answering)
 
-    def _stored_input(self, text: str) -> str:
-        """What the store keeps of ``text``: redacted, or only its hash (see :mod:`.privacy`)."""
+    def _fault(self, step: str, exc: BaseException) -> None:
+        self.stats.add(errors=1)
+        # A broken store fails every step that touches it: report it as one fault, so a storm of
+        # calls logs it once.
+        fault("trace store" if isinstance(exc, StoreError) else step, exc)
+
+    # -- the background job (tracer_wrap.background): writing, refreshing, refitting -----------
+
+    def step(self) -> None:
+        """Write buffered traces and counters, refresh the served snapshot, start a refit when
+        one is due. Runs on the background worker; a store fault is logged and retried."""
+        try:
+            # A bounded share of the buffer per step: under a flood of calls the snapshot must
+            # still be refreshed and refits still started.
+            self._write(max_answers=STEP_BATCHES * WRITE_BATCH)
+            self.ledger.flush()
+            if self.serving.due():
+                self.serving.refresh()
+            self._refit_if_due()
+        except StoreError as exc:
+            self._fault("trace store", exc)
+
+    def _refit_if_due(self) -> None:
+        """Start a refit when new valid traces were written and the policy says it is due."""
+        if self._new_traces:
+            self._new_traces = False
+            if self.refitter.due(self.store.counter(self.task, names.COUNTER_NEW_TRACES)):
+                self.refit_in_background()
+
+    def drain(self, timeout: float) -> bool:
+        """Write every trace and counter buffered at the call, retrying store faults for up to
+        ``timeout`` seconds; True when they are all written (answers that arrive meanwhile are
+        left to the worker)."""
+        deadline = time.monotonic() + timeout
+        goal = self._taken + len(self._buffer)
+        while self._taken < goal:
+            try:
+                if not self._write(timeout=max(0.0, deadline - time.monotonic()),
+                                   max_answers=goal - self._taken):
+                    return False  # another thread is writing and did not finish in time
+            except StoreError as exc:
+                if time.monotonic() >= deadline:
+                    self._fault("trace store", exc)
+                    return False
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        written = self.ledger.flush()
+        if written:
+            try:
+                self._refit_if_due()
+            except StoreError as exc:
+                self._fault("trace store", exc)
+        return written
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Write this task's buffered traces and counters to the store now, waiting up to
+        ``timeout`` seconds for an unreachable store; True when nothing is left pending."""
+        return self.drain(timeout)
+
+    def _write(self, timeout: float | None = None, max_answers: int | None = None) -> bool:
+        """Write the oldest ``max_answers`` buffered answers (None: as many as are buffered
+        now, not those that arrive meanwhile) to the store in order, :data:`WRITE_BATCH` per
+        transaction; False when another thread held the writer longer than ``timeout`` (None:
+        wait). Raises StoreError (keeping the rest) when the store cannot be written; sets aside
+        an answer the store refuses for good."""
+        if not self._drain_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        left = len(self._buffer) if max_answers is None else max_answers
+        try:
+            while self._buffer and left > 0:
+                batch = list(itertools.islice(self._buffer, min(WRITE_BATCH, left)))
+                owners, rows = [], []
+                for answer in batch:
+                    if answer.written or answer.refused:
+                        continue
+                    try:
+                        rows.append(self._row(answer))
+                        owners.append(answer)
+                    except Exception as exc:  # the redact hook failed on this answer
+                        self._poison(answer, exc)
+                if rows:
+                    try:
+                        self.store.append_many(self.task, rows)
+                    except TraceRefused as exc:
+                        for answer in owners[:exc.index]:
+                            answer.written = True
+                        self._poison(owners[exc.index], exc)
+                        continue  # the rest of the batch, again
+                    for answer in owners:
+                        answer.written = True
+                for answer in batch:
+                    if answer.written:
+                        self._after_write(answer)
+                    self._buffer.popleft()
+                    self._taken += 1
+                left -= len(batch)
+        finally:
+            self._drain_lock.release()
+        return True
+
+    def _row(self, answer: _Answer) -> NewTrace:
+        plan, label, decision = answer.plan, answer.label, answer.plan.decision
+        return NewTrace(
+            self._stored(answer.text),
+            label if label is not None else self._stored(_printable(answer.raw)),
+            valid=label is not None,
+            origin=(Origin.AUDIT if plan.audit else Origin.LLM).value,
+            # While a router answers some calls, the LLM only sees the hard ones: those traces
+            # must not calibrate. Audit samples are drawn at random, so they may.
+            exchangeable=plan.audit or not plan.answering,
+            router_label=decision.label if decision is not None else None,
+            meta=answer.meta)
+
+    def _poison(self, answer: _Answer, exc: BaseException) -> None:
+        answer.refused = True
+        self.poisoned.append((answer, exc))
+        self.ledger.add({names.COUNTER_POISONED: 1})
+        self._fault("trace logging", exc)
+
+    def _after_write(self, answer: _Answer) -> None:
+        """What a written valid trace feeds: the refit counter, the breaker, the shadow score.
+        Best effort: a store fault here is logged, the trace stays written."""
+        plan, label = answer.plan, answer.label
+        if label is None:
+            return
+        self.ledger.add({names.COUNTER_NEW_TRACES: 1})
+        self._new_traces = True
+        decision = plan.decision
+        if decision is None or plan.version is None:
+            return
+        agree = decision.label == label
+        breaker = self.serving.breaker
+        try:
+            if plan.audit and breaker is not None:
+                if breaker.observe(agree, plan.version).tripped:
+                    self.serving.note_trip()
+                    self.refit_in_background()
+            elif plan.shadow:
+                self.ledger.add({
+                    names.counter_shadow(plan.version, "calls"): 1,
+                    names.counter_shadow(plan.version, "local"): int(decision.local),
+                    names.counter_shadow(plan.version, "agree"): int(decision.local and agree),
+                })
+        except StoreError as exc:
+            self._fault("trace store", exc)
+
+    def _stored(self, text: str) -> str:
+        """What the store keeps of a string from a call (the input, or an invalid answer that may
+        quote it): redacted, or only its keyed hash (see :mod:`.privacy`)."""
         if self.options.redact is not None:
             text = self.options.redact(text)
             if not isinstance(text, str):
                 raise ConfigError(f"redact must return a string, got {type(text).__name__}")
         return hash_input(text) if self.options.store_inputs == "hash" else text
 
-    def _fault(self, step: str, exc: BaseException) -> None:
-        self.stats.add(errors=1)
-        # A broken store fails every step that touches it (routing reads the version, logging
-        # writes the trace): report it as one fault, so a storm of calls logs it once.
-        fault("trace store" if isinstance(exc, StoreError) else step, exc)
-
     # -- switches, shadow mode and accounting ----------------------------------------------------
 
     def routing_enabled(self) -> bool:
-        """Whether routing is on: the store's switch if set, else the ``routing`` option.
-        Re-read from the store at most every ``refresh_seconds``."""
+        """Whether routing is on: the store's switch if set, else the ``routing`` option (as of
+        this process's last refresh)."""
+        self.serving.served()
         return self.serving.routing_on()
 
     def set_routing(self, enabled: bool | None) -> None:
         """Switch routing on or off for every process sharing the store (None: back to each
-        process's ``routing`` option). Other processes follow within ``refresh_seconds``."""
+        process's ``routing`` option). Other processes follow within ``refresh_seconds``.
+        Raises StoreError when the store cannot be written."""
         self.store.set_setting(self.task, names.SETTING_ROUTING,
                                None if enabled is None else bool(enabled))
         self.serving.invalidate()
+        self.serving.refresh()
 
     def current_audit_rate(self) -> float:
         """The audit rate of the version served now."""
@@ -523,10 +717,10 @@ class TracedTask:
     def shadow_report(self, version: int | None = None) -> dict[str, Any]:
         """What ``version`` (default: current) would have done on calls made with routing off.
 
-        Counts over every process sharing the store (flushed ones): ``calls`` routed in shadow
-        mode, ``would_answer_locally`` of them, ``coverage``, and ``agreement`` of those would-be
-        answers with the LLM (None before any), next to the ``target`` and the coverage the
-        version's certificate promises. Switch routing on with :meth:`set_routing`.
+        Counts over every process sharing the store (this one's are flushed first): ``calls``
+        routed in shadow mode, ``would_answer_locally`` of them, ``coverage``, and ``agreement``
+        of those would-be answers with the LLM (None before any), next to the ``target`` and the
+        coverage the version's certificate promises. Switch routing on with :meth:`set_routing`.
         """
         self.flush()
         store = self.store
@@ -548,11 +742,6 @@ class TracedTask:
             "target": self.options.target, "certified_coverage": certified,
         }
 
-    def flush(self) -> bool:
-        """Write this process's pending counters to the store now (they are otherwise written
-        in the background every fraction of a second). True when nothing is left pending."""
-        return self.ledger.flush()
-
     # -- fitting ---------------------------------------------------------------------------------
 
     def refit(self) -> Router:
@@ -565,14 +754,18 @@ class TracedTask:
         return self.refitter.in_background()
 
     def close(self, wait: bool = True) -> None:
-        """Flush counters and stop the refit worker (after a running refit when ``wait``)."""
-        self.flush()
+        """Write what is buffered and stop the refit worker (after a running refit when
+        ``wait``)."""
+        self.flush(timeout=5.0)
         self.refitter.runner.shutdown(wait=wait)
 
     def _after_fork(self) -> None:
         # A child of fork (gunicorn --preload, celery prefork) inherits locks perhaps held by a
-        # parent thread that does not exist in the child: start them afresh.
+        # parent thread that does not exist in the child: start them afresh. The buffered
+        # answers are the parent's to write.
         self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._buffer = deque()
         self.stats._lock = threading.Lock()
         self.serving.after_fork()
         self.refitter.after_fork()

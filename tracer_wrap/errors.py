@@ -6,6 +6,8 @@ open); they reach the caller only from explicit API use (fitting, loading, confi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = [
     "ConfigError",
     "EmbedderError",
@@ -13,6 +15,7 @@ __all__ = [
     "MissingExtraError",
     "RouterLoadError",
     "StoreError",
+    "TraceRefused",
     "TracerWrapError",
 ]
 
@@ -27,6 +30,19 @@ class ConfigError(TracerWrapError, ValueError):
 
 class StoreError(TracerWrapError, OSError):
     """The trace store cannot be opened, read or written."""
+
+
+class TraceRefused(TracerWrapError):
+    """The store refused a trace for good (retrying cannot help); it is set aside.
+
+    ``index`` is the refused row of an ``append_many``; ``written`` the traces of the rows before
+    it, which were stored."""
+
+    def __init__(self, message: str, *, index: int = 0,
+                 written: Sequence[object] | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.written = list(written or [])
 
 
 class EmbedderError(TracerWrapError):

@@ -109,6 +109,10 @@ COUNTER_INVALID = "invalid"
 COUNTER_INPUT_TOKENS = "input_tokens"
 COUNTER_OUTPUT_TOKENS = "output_tokens"
 COUNTER_USAGE_CALLS = "usage_calls"
+#: LLM answers whose trace was lost: the buffer was full (the store was unreachable too long).
+COUNTER_DROPPED = "dropped"
+#: LLM answers whose trace the store refused for good (set aside and logged, not retried).
+COUNTER_POISONED = "poisoned"
 #: Valid traces logged since the last refit started (the refit policy reads it).
 COUNTER_NEW_TRACES = "new_valid_traces"
 COUNTER_REFITS = "refits"
@@ -118,7 +122,8 @@ COUNTER_BREAKER_TRIPS = "breaker_trips"
 #: The counters of one call's outcome, summed over every process: what ``status``, the report,
 #: ``savings()`` and the sidecar show.
 USAGE_COUNTERS = (COUNTER_CALLS, COUNTER_LOCAL, COUNTER_LLM, COUNTER_AUDITS, COUNTER_INVALID,
-                  COUNTER_INPUT_TOKENS, COUNTER_OUTPUT_TOKENS, COUNTER_USAGE_CALLS)
+                  COUNTER_INPUT_TOKENS, COUNTER_OUTPUT_TOKENS, COUNTER_USAGE_CALLS,
+                  COUNTER_DROPPED, COUNTER_POISONED)
 
 
 def counter_breaker(epoch: int, name: str) -> str:

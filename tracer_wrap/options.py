@@ -98,7 +98,9 @@ class TaskOptions:
     ``min_traces``, ``refit_every``, ``refit_policy``, ``refit_executor``, ``refit_claim_ttl``
         No router before ``min_traces`` valid traces; refit after ``refit_every`` new valid
         traces (``None``: only on ``refit()``) unless a ``refit_policy`` says otherwise; where the
-        fit runs (``"thread"``, ``"process"``, ``"inline"``); when a dead refit's claim lapses.
+        fit runs (``"thread"``, ``"process"``, or ``"inline"``: embedding, trace writing and
+        refits all in the calling thread without a bound, reproducible for simulations, never for
+        serving); when a dead refit's claim lapses.
     ``keep_versions``
         Router versions kept in the store besides the current and the pinned one.
     ``routing``
@@ -117,7 +119,14 @@ class TaskOptions:
         Extra keyword arguments of :func:`tracer_wrap.model.fit.fit_router`.
     ``refresh_seconds``
         How stale this process's view of the store's current version, routing switch and breaker
-        may be.
+        may be: a background thread re-reads them this often. ``0`` reads the store on every call
+        instead (for tests and diagnostics: the call then waits on the store).
+    ``embed_timeout``
+        Longest a call waits for the embedding of its input, in seconds; past it the call goes to
+        the LLM (and its trace is still logged).
+    ``buffer_size``
+        LLM answers held in memory while their traces wait to be written (a slow or unreachable
+        store); beyond it the newest are dropped and counted.
     ``redact``, ``store_inputs``, ``retention``
         Privacy (:mod:`tracer_wrap.privacy`): a function applied to inputs before they are stored
         (``"pii"``: :func:`~tracer_wrap.privacy.redact_pii`); ``"hash"`` stores only input hashes;
@@ -147,6 +156,8 @@ class TaskOptions:
     ood_quantile: float | None = DEFAULT_QUANTILE
     fit_options: Mapping[str, Any] = field(default_factory=dict)
     refresh_seconds: float = 1.0
+    embed_timeout: float = 1.0
+    buffer_size: int = 10_000
     redact: Redactor | None = None
     store_inputs: StoreInputs = "raw"
     retention: Mapping[str, float] | None = None
@@ -232,6 +243,8 @@ class TaskKwargs(TypedDict, total=False):
     ood_quantile: float | None
     fit_options: Mapping[str, Any]
     refresh_seconds: float
+    embed_timeout: float
+    buffer_size: int
     redact: Redactor | Literal["pii"] | None
     store_inputs: StoreInputs
     retention: Mapping[str, float] | None
@@ -602,6 +615,8 @@ _SPECS: dict[str, _Spec] = {spec.name: spec for spec in (
     _Spec("ood_quantile", _ood, _none_or(_float_text), nullable=True),
     _Spec("fit_options", _mapping),
     _Spec("refresh_seconds", lambda v, w: _positive(v, w, zero_ok=True), _float_text),
+    _Spec("embed_timeout", _positive, _float_text),
+    _Spec("buffer_size", lambda v, w: _count(v, w, minimum=1), _int_text),
     _Spec("redact", _redact, lambda raw, where: raw, nullable=True),
     _Spec("store_inputs", _store_inputs, lambda raw, where: raw),
     _Spec("retention", _retention, nullable=True),

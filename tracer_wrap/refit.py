@@ -39,7 +39,7 @@ from ._log import fault, logger
 from .errors import ConfigError, GateRefused
 from .labels import LabelSet
 from .model.fit import fit_router
-from .model.ood import fit_ood
+from .model.ood import OODScorer, fit_ood
 from .model.router import Router
 from .versions import publish
 
@@ -228,21 +228,27 @@ class RefitRunner:
 class Refitter:
     """The refit of one task: when it is due, and the refit itself (see the module docstring).
 
-    ``store``, ``embedder`` and ``breaker`` are getters; ``published`` is called after this
-    process made a new version current (so it serves it at once); ``on_fault(step, exc)``
-    reports the failures of background refits and of retention. Refits run on a
-    :class:`RefitRunner` of ``options.refit_executor``.
+    ``store``, ``embedder`` and ``breaker`` are getters; ``embed(texts)`` embeds the traces (as
+    bulk work that never holds a call's embedding for long); ``flush()`` writes this process's
+    buffered traces first; ``published(version, router, ood)`` is called after this process made
+    a new version current (so it serves it at once); ``on_fault(step, exc)`` reports the failures
+    of background refits and of retention. Refits run on a :class:`RefitRunner` of
+    ``options.refit_executor``.
     """
 
     def __init__(self, task: str, options: TaskOptions, *, store: Callable[[], Store],
-                 embedder: Callable[[], Embedder], breaker: Callable[[], DriftBreaker | None],
-                 published: Callable[[], None],
+                 embedder: Callable[[], Embedder], embed: Callable[[list[str]], np.ndarray],
+                 breaker: Callable[[], DriftBreaker | None],
+                 flush: Callable[[], object],
+                 published: Callable[[int, Router, OODScorer | None], None],
                  on_fault: Callable[[str, BaseException], None] = fault) -> None:
         self.task = task
         self.options = options
         self._store = store
         self._embedder = embedder
+        self._embed = embed
         self._breaker = breaker
+        self._flush = flush
         self._published = published
         self._fault = on_fault
         self.label_set = LabelSet(options.labels)
@@ -279,6 +285,7 @@ class Refitter:
         if options.store_inputs == "hash":
             raise GateRefused(f"task {self.task!r} stores only hashes of its inputs"
                               " (store_inputs='hash'); it is audit-only and cannot be fitted")
+        self._flush()
         store = self._store()
         if not store.claim(self.task, names.CLAIM_REFIT, ttl=options.refit_claim_ttl):
             raise GateRefused(f"a refit of {self.task!r} is already running")
@@ -297,7 +304,7 @@ class Refitter:
             tripped = breaker is not None and breaker.last_trip() is not None
             after_seq = int(store.get_setting(self.task, names.SETTING_CALIBRATE_AFTER, 0) or 0)
             embedder = self._embedder()
-            vectors = embedder.embed([t.input for t in traces])
+            vectors = self._embed([t.input for t in traces])
             labels = [t.teacher for t in traces]
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, targets=options.targets,
@@ -317,7 +324,7 @@ class Refitter:
             if published is not None:
                 if tripped and breaker is not None:
                     breaker.reset()
-                self._published()
+                self._published(published, router, ood)
             self._apply_retention(store)
             return router
         finally:

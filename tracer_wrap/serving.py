@@ -1,14 +1,18 @@
 """The version a process serves for one task, and everything that may veto its local answers.
 
 One :class:`Serving` per task and process, used by every path of a call (decorator, SDK clients,
-sidecar) through :mod:`tracer_wrap.engine`:
+sidecar) through :mod:`tracer_wrap.engine`. A call reads only this process's snapshot: the
+background worker (:mod:`tracer_wrap.background`) re-reads the store every ``refresh_seconds``
+(:meth:`Serving.refresh`), so a slow, locked or unreachable store never holds a call, and during
+an outage the last snapshot keeps serving. ``refresh_seconds=0`` reads the store on every call
+instead (tests, diagnostics).
 
-* **the version**: the store's current version, re-read at most every ``refresh_seconds`` (at once
-  after this process publishes), loaded with its hash check
-  (:func:`~tracer_wrap.versions.load_version`),
-  swapped as a whole (:class:`Served`) so a call never mixes two versions. A version that fails
-  to load, or that was fitted with another embedder than this process's, is refused once (the
-  fault is logged) and the process answers nothing locally until another version is current;
+* **the version**: the store's current version, loaded with its hash check
+  (:func:`~tracer_wrap.versions.load_version`), swapped as a whole (:class:`Served`) so a call
+  never mixes two versions; this process serves a version it publishes at once
+  (:meth:`Serving.install`). A version that fails to load, or that was fitted with another
+  embedder than this process's, is refused once (the fault is logged) and the process answers
+  nothing locally until another version is current;
 * its **out-of-distribution** scorer: an input the router accepts but that lies far from every
   training trace is deferred;
 * the **routing switch**: the store setting every process reads (shadow mode when off), else the
@@ -27,10 +31,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import names
+from . import background, names
 from ._log import fault
 from .breaker import DriftBreaker
-from .errors import RouterLoadError
+from .errors import ConfigError, RouterLoadError
 from .model.ood import OODScorer
 from .model.router import Decision, Router
 from .versions import load_ood, load_version
@@ -67,12 +71,15 @@ class Served:
         return 0 if self.router is None else int(self.router.info.get("n_calibration", 0))
 
 
+#: How long the first call of a task waits for the first read of the store (sync paths only).
+FIRST_LOAD_SECONDS = 0.1
+
+
 class Serving:
     """What one task serves in this process; see the module docstring.
 
-    ``store`` and ``embedder`` are getters (both open lazily). Reads of the store are cached for
-    ``options.refresh_seconds`` of ``options.monotonic``. Thread-safe; :meth:`after_fork` gives a
-    forked child fresh locks.
+    ``store`` and ``embedder`` are getters (both open lazily). Thread-safe; :meth:`after_fork`
+    gives a forked child fresh locks.
     """
 
     def __init__(self, task: str, options: TaskOptions, store: Callable[[], Store],
@@ -82,33 +89,85 @@ class Serving:
         self._store = store
         self._embedder = embedder
         self._lock = threading.Lock()
+        self._loaded = threading.Event()
         self._served = Served(None)
-        self._checked_at = -math.inf
         self._refused: int | None = None
-        self._routing: tuple[bool, float] | None = None
+        self._routing = options.routing
+        self._tripped = False
+        self._refreshed_at = -math.inf
         self._breaker: DriftBreaker | None = None
 
-    # -- the version ---------------------------------------------------------------------------
+    # -- what a call reads -----------------------------------------------------------------------
 
-    def served(self) -> Served:
-        """The version to serve now. Raises StoreError when the store cannot be read."""
-        now = self.options.monotonic()
-        served = self._served
-        if now - self._checked_at < self.options.refresh_seconds:
-            return served
-        version = self._store().current_version(self.task)
-        if version != served.version and version != self._refused:
+    def served(self, *, wait: bool = True) -> Served:
+        """The version to serve now. With ``wait``, the first call of a task waits up to
+        :data:`FIRST_LOAD_SECONDS` for the first read of the store; never longer. Raises
+        StoreError only with ``refresh_seconds=0`` (then it reads the store itself)."""
+        if self.options.refresh_seconds == 0:
+            self.refresh()
+        elif wait and not self._loaded.is_set():
+            background.wake()
+            self._loaded.wait(FIRST_LOAD_SECONDS)
+        return self._served
+
+    def routing_on(self) -> bool:
+        """The routing switch: the store's setting if set, else the ``routing`` option."""
+        return self._routing
+
+    def tripped(self) -> bool:
+        """Whether the drift breaker is tripped."""
+        return self._tripped
+
+    def audit_rate(self, served: Served) -> float:
+        """The audit rate for ``served``: ``audit_rate`` falling with its calibration size."""
+        rate = self.options.audit_rate
+        n = served.n_calibration
+        if callable(rate):
+            return float(rate(n))
+        return rate * max(AUDIT_FLOOR_SHARE, math.sqrt(AUDIT_REFERENCE / max(n, AUDIT_REFERENCE)))
+
+    # -- keeping the snapshot fresh ----------------------------------------------------------------
+
+    def due(self) -> bool:
+        """Whether the background worker should refresh the snapshot: it is older than
+        ``refresh_seconds`` (never with ``refresh_seconds=0``, where every call reads the store)."""
+        refresh = self.options.refresh_seconds
+        return refresh > 0 and self.options.monotonic() - self._refreshed_at >= refresh
+
+    def refresh(self) -> None:
+        """Re-read the version, routing switch and breaker from the store; load a new version.
+        Raises StoreError when the store cannot be read (the snapshot is kept)."""
+        store = self._store()
+        version = store.current_version(self.task)
+        routing = store.get_setting(self.task, names.SETTING_ROUTING)
+        trip = store.get_setting(self.task, names.SETTING_BREAKER)
+        if version != self._served.version and version != self._refused:
+            served = self._load(version)
             with self._lock:
-                if version != self._served.version:
-                    self._served = self._load(version)
-                served = self._served
-        self._checked_at = now
-        return served
+                self._served = served
+        self._routing = self.options.routing if routing is None else bool(routing)
+        self._tripped = isinstance(trip, dict) and self.options.breaker is not False
+        self._refreshed_at = self.options.monotonic()
+        self._loaded.set()
 
     def invalidate(self) -> None:
-        """Re-read the store on the next call (this process just published or rolled back)."""
-        self._checked_at = -math.inf
-        self._routing = None
+        """Re-read the store at the next refresh (the routing switch or breaker changed here)."""
+        self._refreshed_at = -math.inf
+
+    def install(self, version: int, router: Router, ood: OODScorer | None) -> None:
+        """Serve ``version`` now: this process just published it (its bytes were just written,
+        so they are not read back)."""
+        router.target = self.options.target
+        with self._lock:
+            self._served = Served(version, router,
+                                  ood if self.options.ood_quantile is not None else None, "")
+            self._refused = None
+            self._tripped = False
+        self._loaded.set()
+
+    def note_trip(self) -> None:
+        """The breaker tripped in this process: stop answering locally at once."""
+        self._tripped = True
 
     def _load(self, version: int | None) -> Served:
         if version is None:
@@ -143,8 +202,6 @@ class Serving:
         if router is None:
             raise ValueError("no router is served")
         if vectors.ndim != 2 or vectors.shape[1] != router.dim:
-            from .errors import ConfigError
-
             raise ConfigError(f"embeddings of dimension {vectors.shape[-1]} do not fit version"
                               f" {served.version} of {self.task!r} ({router.dim} dimensions)")
         decisions = router.route_many(texts, vectors)
@@ -160,19 +217,6 @@ class Serving:
                 out.append((decision, False))
         return out
 
-    # -- switches --------------------------------------------------------------------------------
-
-    def routing_on(self) -> bool:
-        """The routing switch: the store's setting if set, else the ``routing`` option."""
-        now = self.options.monotonic()
-        cached = self._routing
-        if cached is not None and now - cached[1] < self.options.refresh_seconds:
-            return cached[0]
-        value = self._store().get_setting(self.task, names.SETTING_ROUTING)
-        enabled = self.options.routing if value is None else bool(value)
-        self._routing = (enabled, now)
-        return enabled
-
     @property
     def breaker(self) -> DriftBreaker | None:
         """The drift breaker of this task (None when the ``breaker`` option turns it off)."""
@@ -186,19 +230,6 @@ class Serving:
                         clock=self.options.monotonic,
                         **{"refresh_seconds": self.options.refresh_seconds, **extra})
         return self._breaker
-
-    def tripped(self) -> bool:
-        """Whether the drift breaker is tripped (cached like the other store reads)."""
-        breaker = self.breaker
-        return breaker is not None and breaker.tripped()
-
-    def audit_rate(self, served: Served) -> float:
-        """The audit rate for ``served``: ``audit_rate`` falling with its calibration size."""
-        rate = self.options.audit_rate
-        n = served.n_calibration
-        if callable(rate):
-            return float(rate(n))
-        return rate * max(AUDIT_FLOOR_SHARE, math.sqrt(AUDIT_REFERENCE / max(n, AUDIT_REFERENCE)))
 
     def after_fork(self) -> None:
         # A child of fork inherits a lock perhaps held by a parent thread that does not exist in

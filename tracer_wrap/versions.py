@@ -101,18 +101,22 @@ def certified_coverage(manifest: dict[str, Any], target: float) -> float:
 
 
 def load_version(store: Store, task: str, version: int) -> Router:
-    """Load a published version, checking its file against the hash the store recorded."""
+    """Load a published version: its labels, thresholds and embedder from the manifest the store
+    recorded at publish time, its arrays from the artifact file, whose SHA-256 must match that
+    manifest. The ``v<N>.json`` copy beside the arrays (for people and for copies of the files)
+    is never read: whoever can write the artifact files alone (a shared directory) cannot change
+    an answer. Raises RouterLoadError when anything is missing or does not match."""
     manifest = store.manifest(task, version)
     if manifest is None:
         raise RouterLoadError(f"version {version} of {task!r} is not in the store")
     source = f"{task}/v{version}.npz"
+    if not manifest.get("sha256"):
+        raise RouterLoadError(f"{source}: the store recorded no hash for it, refusing to load")
     try:
         data = store.read_artifact(task, f"v{version}.npz")
-        file_manifest = json.loads(store.read_artifact(task, f"v{version}.json"))
-    except Exception as exc:  # missing artifact, unreadable store, malformed manifest file
+    except Exception as exc:  # missing artifact, unreadable store
         raise RouterLoadError(f"cannot load router {source!r}: {exc}") from exc
-    return Router.from_bytes(data, file_manifest, expected_sha256=manifest.get("sha256"),
-                             source=source)
+    return Router.from_bytes(data, manifest, expected_sha256=manifest["sha256"], source=source)
 
 
 def load_ood(store: Store, task: str, version: int) -> OODScorer | None:

@@ -15,6 +15,7 @@ from _support import TASK_OPTIONS, LLMServer, easy_texts, fill_store, serve_llm,
 from typer.testing import CliRunner
 
 import tracer_wrap.integrations.zero_code as autolog_module
+from tracer_wrap import flush
 from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.integrations.zero_code import autolog, task_summaries
 from tracer_wrap.ops.cli import app
@@ -67,11 +68,13 @@ def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(
     names = sorted(logging_on.tasks())
     assert len(names) == 2
     chat = next(n for n in names if n.startswith("openai.chat"))
+    flush()
     assert [t.teacher for t in store.traces(chat)] == ["refund"] * 3 + ["exchange_rate"]
     # A wrapped client under autolog is traced once, by the wrapper.
     wrapped = wrap_openai(oai, task="wrapped", store=store, embedder=logging_on.embedder,
                           **TASK_OPTIONS)
     wrapped.chat.completions.create(model="m", messages=ask("refund #w"))
+    flush()
     assert store.count("wrapped") == 1 and store.count(chat) == 4
 
     # A router exists, but routing stays off until the task's switch is on.
@@ -80,11 +83,12 @@ def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(
     text = easy_texts(1)[0]
     assert not is_local(oai.chat.completions.create(model="m", messages=ask(text)))
     store.set_setting(chat, "routing", True)
-    logging_on.task(chat).serving.invalidate()  # skip the switch's refresh interval
+    logging_on.task(chat).serving.refresh()  # now, rather than within refresh_seconds
     calls = server.calls["chat.completions"]
     assert is_local(oai.chat.completions.create(model="m", messages=ask(text)))
     assert server.calls["chat.completions"] == calls
 
+    flush()
     rows = {row["task"]: row for row in task_summaries(store)}
     assert rows[chat]["classification"] and rows[chat]["routing"] and rows[chat]["coverage"] > 0.5
     assert rows[chat]["distinct_outputs"] == 4 and not rows["wrapped"]["classification"]
@@ -113,6 +117,7 @@ def test_launcher_traces_a_plain_program_in_a_subprocess(server, tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "app done" in done.stdout
+    flush()
     rows = task_summaries(TraceStore(store))
     assert len(rows) == 1 and rows[0]["calls"] == 5 and rows[0]["top_outputs"] == ["refund"]
     assert server.calls["chat.completions"] == 5

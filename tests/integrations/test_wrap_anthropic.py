@@ -11,7 +11,7 @@ import pytest
 from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
 from anthropic.types import Message
 
-from tracer_wrap.accounting import flush_all
+from tracer_wrap import flush
 from tracer_wrap.errors import MissingExtraError
 from tracer_wrap.integrations import is_local_message, wrap_anthropic
 
@@ -47,8 +47,10 @@ def test_create_stream_and_manager_are_traced_then_answered_locally(client, serv
     assert events[-1].type == "message_stop"
     with client.messages.stream(**ask("fx fee #3")) as stream:
         assert "".join(stream.text_stream) == "exchange_rate"
+    flush()
     assert [t.teacher for t in store.traces("intent")] == ["refund", "top_up", "exchange_rate"]
-    flush_all()
+    flush()
+    flush()
     counters = store.counters("intent")
     assert counters["llm"] == 3 and counters["input_tokens"] > 0 and counters["output_tokens"] > 0
 
@@ -80,6 +82,7 @@ def test_async_client(server, store, embedder):
             stream = await client.messages.create(**ask("fx fee #a3"), stream=True)
             async with stream:
                 assert [e.type async for e in stream][-1] == "message_stop"
+            flush()
             assert [t.teacher for t in store.traces("intent")] == \
                 ["refund", "top_up", "exchange_rate"]
             fitted(store, client.tracer_wrap_tasks, "intent")
@@ -100,12 +103,14 @@ def test_sdk_errors_pass_through_and_log_no_trace(client, server, store, fault, 
     server.fail(fault, delay=1.0)
     with pytest.raises(error) as caught:
         client.with_options(timeout=0.3).messages.create(**ask("refund #e"))
+    flush()
     assert type(caught.value) is error and store.count("intent") == 0
 
 
 def test_invalid_output_is_logged_invalid_and_returned(client, server, store):
     server.teacher = lambda text: "banana"
     assert client.messages.create(**ask("refund #i")).content[0].text == "banana"
+    flush()
     (trace,) = store.traces("intent")
     assert not trace.valid
 

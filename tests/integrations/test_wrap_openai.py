@@ -14,8 +14,7 @@ import pytest
 from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
-from tracer_wrap import savings
-from tracer_wrap.accounting import flush_all
+from tracer_wrap import flush, savings
 from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.store import TraceStore
 
@@ -58,9 +57,12 @@ def test_plain_sdk_code_runs_and_every_llm_call_is_traced_with_usage(client, ser
         assert isinstance(resp, ChatCompletion) and not is_local(resp)
         assert resp.choices[0].message.content == teacher(text)
     assert server.calls["chat.completions"] == 6
+    flush()
     assert [t.input for t in store.traces("intent")] == texts
+    flush()
     assert [t.teacher for t in store.traces("intent")] == [teacher(t) for t in texts]
-    flush_all()
+    flush()
+    flush()
     counters = store.counters("intent")
     assert counters["llm"] == 6 and counters["input_tokens"] > 0 and counters["output_tokens"] > 0
     assert "local" not in counters
@@ -77,7 +79,8 @@ def test_handled_calls_never_reach_the_server(client, server, store):
         assert isinstance(resp, ChatCompletion)
         assert resp.choices[0].message.content == teacher(text)
     assert all(r.usage.total_tokens == 0 for r in local)
-    flush_all()
+    flush()
+    flush()
     assert store.counters("intent")["local"] == len(local)
     report = savings(store, "intent")
     assert report["saved"] is None and report["local"] == len(local)
@@ -94,13 +97,16 @@ def test_streams_parse_and_stream_manager_on_both_paths(client, server, store):
     assert isinstance(stream, openai.Stream)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     stream.close()
+    flush()
     assert text == "card_lost" and store.traces("intent")[-1].teacher == "card_lost"
-    flush_all()
+    flush()
+    flush()
     assert store.counters("intent")["input_tokens"] > 0
     # Closed early: nothing is logged (a partial output is no label).
     with client.chat.completions.create(model="gpt-test", messages=ask("refund now #s2"),
                                         stream=True) as s:
         next(iter(s))
+    flush()
     assert store.count("intent") == 1
     parsed = client.chat.completions.parse(model="gpt-test", messages=ask("top up #p1"),
                                            response_format=Intent)
@@ -111,6 +117,7 @@ def test_streams_parse_and_stream_manager_on_both_paths(client, server, store):
         for _ in s:
             pass
         assert s.get_final_completion().choices[0].message.parsed.label == "exchange_rate"
+    flush()
     assert [t.teacher for t in store.traces("intent")] == ["card_lost", "top_up", "exchange_rate"]
     calls = server.calls["chat.completions"]
 
@@ -148,6 +155,7 @@ def test_async_client_create_stream_and_local_answers(raw, server, store, embedd
             async with client.chat.completions.stream(model="m", messages=ask("fx fee #a3")) as s:
                 final = await s.get_final_completion()
             assert final.choices[0].message.content == "exchange_rate"
+            flush()
             assert [t.teacher for t in store.traces("intent")] == \
                 ["refund", "top_up", "exchange_rate"]
             fitted(store, client.tracer_wrap_tasks, "intent")
@@ -175,8 +183,9 @@ def test_sdk_errors_reach_the_caller_unchanged_and_log_no_trace(
         client.with_options(timeout=0.3).chat.completions.create(model="m",
                                                                  messages=ask("refund #e1"))
     assert type(caught.value) is error
-    flush_all()
+    flush()
     # The call reached tracer_wrap (counted) but no LLM answer did: nothing else is counted.
+    flush()
     assert store.count("intent") == 0 and store.counters("intent") == {"calls": 1}
 
 
@@ -186,8 +195,10 @@ def test_output_outside_the_label_set_is_logged_invalid_and_returned_unchanged(
     client = wrap_openai(raw, task="intent", labels=LABELS, store=store, embedder=embedder)
     resp = client.chat.completions.create(model="m", messages=ask("refund #i1"))
     assert resp.choices[0].message.content == "banana"
+    flush()
     (trace,) = store.traces("intent")
     assert not trace.valid and trace.teacher == "banana"
+    flush()
     assert store.traces("intent", valid_only=True) == []
 
 
@@ -224,7 +235,9 @@ def test_copies_stay_wrapped_and_raw_responses_are_traced(client, server, store)
                                                                     messages=ask("fx fee #w1"))
     assert (raw_response.headers.get("x-request-id")
             and raw_response.parse().choices[0].message.content == "exchange_rate")
+    flush()
     assert [t.teacher for t in store.traces("intent")] == ["refund", "exchange_rate"]
+    flush()
     assert store.traces("intent")[0].count == 2
     # Handled inputs still go to the LLM through with_raw_response (it must return HTTP data).
     fitted(store, client.tracer_wrap_tasks, "intent")
@@ -238,6 +251,7 @@ def test_tasks_by_option_or_by_prompt_template(raw, server, store, embedder):
     client = wrap_openai(raw, store=store, embedder=embedder, **TASK_OPTIONS)
     client.chat.completions.create(model="m", messages=ask("refund #t1"), tracer_wrap_task="named")
     assert "tracer_wrap_task" not in server.requests[-1][1]
+    flush()
     assert store.count("named") == 1
     other = {"role": "system", "content": "Is this message spam? Answer yes or no."}
     for i in range(3):
@@ -251,6 +265,7 @@ def test_tasks_by_option_or_by_prompt_template(raw, server, store, embedder):
                                         "Answer with one word."}])
     names = set(client.tracer_wrap_tasks.tasks())
     assert len(names) >= 4 and "named" in names
+    flush()
     templated = [n for n in names
                  if n != "named" and any(t.input == "top up #5" for t in store.traces(n))]
     assert len(templated) == 1
@@ -263,6 +278,7 @@ def test_tasks_by_option_or_by_prompt_template(raw, server, store, embedder):
 
 def test_responses_api_on_both_paths(client, server, store):
     resp = client.responses.create(model="m", instructions=SYSTEM["content"], input="fx fee #x1")
+    flush()
     assert (resp.output_text == "exchange_rate"
             and store.traces("intent")[-1].teacher == "exchange_rate")
     fitted(store, client.tracer_wrap_tasks, "intent")

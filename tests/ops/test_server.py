@@ -8,6 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
+from tracer_wrap import flush
+
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -108,6 +110,7 @@ def test_log_traces_one_and_batch(client: httpx.Client, store: TraceStore) -> No
         {"input": "refund please", "teacher": "refund", "usage": {"input_tokens": 12}},
         {"input": "fx fee?", "teacher": "exchange_rate", "meta": {"source": "node"}}]})
     assert r.status_code == 201 and r.json() == {"logged": 2, "labels": ["refund", "exchange_rate"]}
+    flush()
     traces = {t.input: t for t in store.traces("from-node")}
     assert traces["fx fee?"].meta == {"source": "node"}
     assert traces["refund please"].exchangeable  # no router serves from-node: may calibrate
@@ -123,6 +126,7 @@ def test_plans_decide_exchangeability_and_forged_plans_count_for_nothing(
     forged = deferred["plan"][:-2] + ("AA" if not deferred["plan"].endswith("AA") else "BB")
     client.post("/v1/tasks/intent/traces", json={"input": "a forged one", "teacher": "refund",
                                                  "plan": forged})
+    flush()
     traces = {t.input: t for t in store.traces("intent")}
     # A router answers for this task, so what reaches the LLM is the hard share: never calibrates.
     for text in ("a planned deferred one", "an unplanned one", "a forged one"):

@@ -63,40 +63,6 @@ def test_claims_are_exclusive_across_processes(server):
     assert sorted(results) == [False, False, False, True]
 
 
-def test_an_outage_buffers_appends_and_flushes_them_after(server, monkeypatch):
-    import tracer_wrap.store.redis_store as rs
-
-    monkeypatch.setattr(rs, "_RETRY_SECONDS", 0.0)
-    store = RedisStore(server.url, socket_timeout=0.5)
-    store.append("t", "before", "l")
-    server.stop()
-    for i in range(50):
-        assert store.append("t", f"during{i}", "l").input == f"during{i}"
-    assert store.buffered == 50
-    from tracer_wrap.errors import StoreError
-
-    with pytest.raises(StoreError):  # reads fail, so the flow fails open to the LLM
-        store.current_version("t")
-    server.start()
-    store.append("t", "after", "l")
-    assert store.buffered == 0
-    assert [t.input for t in store.traces("t")] == (
-        ["before"] + [f"during{i}" for i in range(50)] + ["after"])
-
-
-def test_a_full_buffer_counts_its_drops(server, monkeypatch):
-    import tracer_wrap.store.redis_store as rs
-
-    monkeypatch.setattr(rs, "_RETRY_SECONDS", 0.0)
-    store = RedisStore(server.url, buffer=3, socket_timeout=0.5)
-    server.stop()
-    for i in range(5):
-        store.append("t", f"x{i}", "l")
-    assert (store.buffered, store.dropped) == (3, 2)
-    server.start()
-    assert store.flush() and store.count("t") == 3
-
-
 def test_migrate_copies_traces_settings_and_versions(server, tmp_path):
     import numpy as np
     from test_store_contract import _router

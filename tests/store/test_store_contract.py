@@ -151,4 +151,5 @@ def test_traced_classifier_runs_unchanged_on_both_stores(backend, tmp_path, requ
     answers = [classify(text) for text in texts[600:]]
     assert len(calls) < 300  # most calls never reached the function
     assert sum(a == gold[t] for a, t in zip(answers, texts[600:])) / 600 >= 0.95
+    classify.flush()
     assert classify.task.store.count("intents") == 600 + len(calls)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -35,6 +38,7 @@ class Embedder:
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        _EMBEDDERS.add(self)
 
     @classmethod
     def default(cls, model: str | None = None, *, cache_size: int = 100_000,
@@ -99,6 +103,11 @@ class Embedder:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack(out)  # type: ignore[arg-type]
 
+    def lookup(self, text: str) -> np.ndarray | None:
+        """The cached vector of ``text``, or None when it was not embedded (never computes)."""
+        with self._lock:
+            return self._cache.get(text)
+
     def embed_one(self, text: str) -> np.ndarray:
         """The vector of one text, shape ``(dim,)``."""
         with self._lock:
@@ -126,7 +135,12 @@ class Embedder:
 
 
 class _LazySentenceTransformer:
-    """Loads the sentence-transformers model on first call, once, across threads."""
+    """Loads the sentence-transformers model on first call, once, across threads.
+
+    After ``fork`` the child embeds with one torch thread: torch's OpenMP thread pool does not
+    survive a fork, and a child that asks it for more threads than one hangs (measured: a
+    gunicorn-style child of a parent that had embedded blocked forever).
+    """
 
     def __init__(self, model: str, threads: int | None) -> None:
         self.model = model
@@ -134,6 +148,12 @@ class _LazySentenceTransformer:
         self._st: Any = None
         self._lock = threading.Lock()
         self.__name__ = _short_name(model)
+        _LOADERS.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        if self.threads is not None:
+            self.threads = 1
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         if self._st is None:
@@ -167,6 +187,25 @@ class _LazySentenceTransformer:
             return SentenceTransformer(_resolve_model_path(self.model), device="cpu")
         except Exception as exc:
             raise EmbedderError(f"cannot load embedding model {self.model!r}: {exc}") from exc
+
+
+_LOADERS: weakref.WeakSet[_LazySentenceTransformer] = weakref.WeakSet()
+_EMBEDDERS: weakref.WeakSet[Embedder] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A lock a parent thread held at the fork would never be released in the child.
+    for embedder in list(_EMBEDDERS):
+        embedder._lock = threading.Lock()
+    for loader in list(_LOADERS):
+        loader._after_fork_in_child()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _resolve_model_path(model: str) -> str:

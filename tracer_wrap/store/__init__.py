@@ -11,14 +11,23 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ..options import store_spec
-from .base import REDIS_SCHEMES, VERSION_ARTIFACTS, Origin, Store, Trace, read_jsonl, task_id
+from .base import (
+    REDIS_SCHEMES,
+    VERSION_ARTIFACTS,
+    NewTrace,
+    Origin,
+    Store,
+    Trace,
+    read_jsonl,
+    task_id,
+)
 from .disk import TraceStore
 
 if TYPE_CHECKING:
     from .redis_store import RedisStore
 
-__all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "Origin", "RedisStore", "Store", "Trace",
-           "TraceStore", "open_store", "read_jsonl", "task_id"]
+__all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "NewTrace", "Origin", "RedisStore", "Store",
+           "Trace", "TraceStore", "open_store", "read_jsonl", "task_id"]
 
 
 def open_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:

@@ -13,15 +13,15 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
 
-__all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "Origin", "Store", "Trace", "read_jsonl",
-           "task_id"]
+__all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "NewTrace", "Origin", "Store", "Trace",
+           "check_new_traces", "read_jsonl", "task_id"]
 
 #: URL schemes :func:`open_store` hands to :class:`~tracer_wrap.store.redis_store.RedisStore`.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -69,6 +69,38 @@ class Trace:
         return cls(**json.loads(raw))
 
 
+@dataclass(frozen=True)
+class NewTrace:
+    """One teacher answer to record, as :meth:`Store.append_many` takes it (the arguments of
+    :meth:`Store.append`)."""
+
+    text: str
+    teacher: str
+    valid: bool = True
+    origin: str = Origin.LLM.value
+    exchangeable: bool = True
+    router_label: str | None = None
+    meta: Mapping[str, Any] | None = None
+    ts: float | None = None
+
+
+def check_new_traces(rows: Sequence[NewTrace]) -> int | None:
+    """Index of the first row a store must refuse for good (not text, or text that cannot be
+    encoded, such as a lone surrogate), or None when every row can be written."""
+    for i, row in enumerate(rows):
+        if not isinstance(row.text, str) or not isinstance(row.teacher, str):
+            return i
+        try:
+            row.text.encode("utf-8")
+            row.teacher.encode("utf-8")
+            if row.router_label is not None:
+                row.router_label.encode("utf-8")
+            Origin(row.origin)
+        except (UnicodeError, ValueError):
+            return i
+    return None
+
+
 @runtime_checkable
 class Store(Protocol):
     """What tracer_wrap needs from a store; :class:`TraceStore` and ``RedisStore`` implement it.
@@ -87,6 +119,7 @@ class Store(Protocol):
                origin: Origin | str = Origin.LLM, exchangeable: bool = True,
                router_label: str | None = None, meta: Mapping[str, Any] | None = None,
                ts: float | None = None) -> Trace: ...
+    def append_many(self, task: str, rows: Sequence[NewTrace]) -> list[Trace]: ...
     def count(self, task: str) -> int: ...
     def iter_traces(self, task: str, *, valid_only: bool = False,
                     start: int = 0) -> Iterator[Trace]: ...

@@ -6,9 +6,14 @@ Layout under the store directory (diskcache over SQLite)::
     meta/     diskcache of tasks, counters, settings, refit claims and router versions
     routers/  saved routers, ``<task-id>/v<N>.npz`` with ``v<N>.json`` manifests
 
-Every key is a string and every value a string or integer, so reading the store never unpickles
-anything. SQLite transactions make appends, counters and claims atomic across threads and
-processes; a store object survives ``fork`` (the child reopens its connections).
+Every key is a string and every value a string or integer, and a row or file that asks to be
+unpickled (diskcache honours a row's storage mode) is refused with StoreError, so reading a store
+never runs code, whatever was written into its files. SQLite runs with a rollback journal and no
+memory-mapped I/O: a damaged or truncated file then gives read and write errors, never the SIGBUS
+that a memory-mapped WAL index gives, which would kill the host process. SQLite transactions make
+appends, counters and claims atomic across threads and processes; a store object survives
+``fork`` (the child reopens its connections). The directories it creates are readable by their
+owner only (mode 0700): they hold prompts.
 """
 
 from __future__ import annotations
@@ -17,21 +22,23 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import diskcache
 
-from ..errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError, TraceRefused
 from .base import (
     VERSION_ARTIFACTS,
+    NewTrace,
     Origin,
     Trace,
     _check_artifact_name,
     _check_task,
     _digest,
     _prune_victims,
+    check_new_traces,
     read_jsonl,
     task_id,
 )
@@ -42,7 +49,32 @@ _CACHE_SETTINGS: dict[str, Any] = {
     "eviction_policy": "none",  # traces are data, never a cache to evict
     "size_limit": 2**62,
     "statistics": 0,
+    # No memory-mapped file anywhere: a truncated database or WAL index read through a mapping
+    # raises SIGBUS, which no exception handler can catch.
+    "sqlite_journal_mode": "truncate",
+    "sqlite_mmap_size": 0,
 }
+#: Owner-only: a store holds the text of every call.
+_DIRECTORY_MODE = 0o700
+
+
+class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
+    """diskcache's Disk that never unpickles: keys and values are text, bytes or numbers."""
+
+    def get(self, key: Any, raw: bool) -> Any:
+        if not raw:
+            raise StoreError("refusing to unpickle a key of the trace store (tampered file?)")
+        return super().get(key, raw)
+
+    def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        if mode == diskcache.core.MODE_PICKLE:
+            raise StoreError("refusing to unpickle a value of the trace store (tampered file?)")
+        return super().fetch(mode, filename, value, read)
+
+    def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
+        if not isinstance(value, (str, bytes, int, float)) and not read:
+            raise ConfigError(f"the trace store keeps text and numbers, not {type(value).__name__}")
+        return super().store(value, read, key=key)
 
 
 class TraceStore:
@@ -60,7 +92,12 @@ class TraceStore:
             path = str(store_spec())
         self.path = Path(path)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(mode=_DIRECTORY_MODE, parents=True, exist_ok=True)
+            for part in ("traces", "meta", "routers"):
+                sub = self.path / part
+                sub.mkdir(mode=_DIRECTORY_MODE, exist_ok=True)
+                if sub.stat().st_uid == os.getuid():
+                    sub.chmod(_DIRECTORY_MODE)
             probe = self.path / f".probe-{os.getpid()}-{threading.get_ident()}"
             probe.write_bytes(b"")
             probe.unlink()
@@ -75,8 +112,10 @@ class TraceStore:
 
     def _open(self) -> None:
         try:
-            self._traces = diskcache.Cache(str(self.path / "traces"), **_CACHE_SETTINGS)
-            self._meta = diskcache.Cache(str(self.path / "meta"), **_CACHE_SETTINGS)
+            self._traces = diskcache.Cache(str(self.path / "traces"), disk=_PlainDisk,
+                                           **_CACHE_SETTINGS)
+            self._meta = diskcache.Cache(str(self.path / "meta"), disk=_PlainDisk,
+                                         **_CACHE_SETTINGS)
         except Exception as exc:  # sqlite3 errors, permissions, a corrupt database
             raise StoreError(f"cannot open trace store {str(self.path)!r}: {exc}") from exc
         self._pid = os.getpid()
@@ -96,53 +135,51 @@ class TraceStore:
 
     # -- traces ------------------------------------------------------------------------------
 
-    def append(
-        self,
-        task: str,
-        text: str,
-        teacher: str,
-        *,
-        valid: bool = True,
-        origin: Origin | str = Origin.LLM,
-        exchangeable: bool = True,
-        router_label: str | None = None,
-        meta: Mapping[str, Any] | None = None,
-        ts: float | None = None,
-    ) -> Trace:
+    def append(self, task: str, text: str, teacher: str, *, valid: bool = True,
+               origin: Origin | str = Origin.LLM, exchangeable: bool = True,
+               router_label: str | None = None, meta: Mapping[str, Any] | None = None,
+               ts: float | None = None) -> Trace:
         """Record that the teacher answered ``teacher`` for ``text``; return the stored trace.
 
         A repeat of an input already stored increments its ``count`` and label tally instead of
         adding a row. The read-modify-write runs in one SQLite transaction, so concurrent appends
-        from threads and processes are never lost. Raises StoreError when the disk refuses.
+        from threads and processes are never lost. Raises StoreError when the disk refuses,
+        ConfigError when the input or label is not text that can be stored.
         """
-        _check_task(task)
         if not isinstance(text, str) or not isinstance(teacher, str):
             raise ConfigError("a trace needs a string input and a string teacher label")
-        origin = Origin(origin).value
+        row = NewTrace(text, teacher, valid, Origin(origin).value, exchangeable, router_label,
+                       meta, ts)
+        try:
+            return self.append_many(task, [row])[0]
+        except TraceRefused as exc:
+            raise ConfigError(str(exc)) from None
+
+    def append_many(self, task: str, rows: Sequence[NewTrace]) -> list[Trace]:
+        """Record many answers in one SQLite transaction (all or none); see :meth:`append`.
+
+        Raises StoreError when the disk refuses (nothing is written), TraceRefused (with the
+        ``index`` of the row) when a row can never be stored: the rows before it are written.
+        """
+        _check_task(task)
+        refused = check_new_traces(rows)
+        if refused is not None:
+            if refused:
+                written = self.append_many(task, rows[:refused])
+            else:
+                written = []
+            raise TraceRefused(f"row {refused} is not text that can be stored", index=refused,
+                               written=written)
+        if not rows:
+            return []
         traces, meta_cache = self._caches()
-        index_key = f"h:{task}:{_digest(text)}"
-        now = time.time() if ts is None else ts
+        out: list[Trace] = []
         try:
             with traces.transact():
-                seq = traces.get(index_key)
-                if seq is None:
-                    seq = traces.incr(f"n:{task}")
-                    trace = Trace(text, teacher, valid, origin, now, 1, exchangeable,
-                                  {teacher: 1} if valid else {}, router_label, dict(meta or {}),
-                                  seq)
-                    traces.set(index_key, seq)
-                    new = True
-                else:
-                    trace = Trace.from_json(traces[f"t:{task}:{seq}"])
-                    trace.count += 1
-                    if valid:
-                        trace.labels[teacher] = trace.labels.get(teacher, 0) + 1
-                        trace.teacher = max(trace.labels, key=trace.labels.__getitem__)
-                        trace.valid = True
-                    new = False
-                traces.set(f"t:{task}:{seq}", trace.to_json())
-            if new and task not in self._registered:
-                meta_cache.add(f"task:{task}", now)
+                for row in rows:
+                    out.append(self._append_in_transaction(traces, task, row))
+            if task not in self._registered:
+                meta_cache.add(f"task:{task}", time.time())
                 self._registered.add(task)
         except diskcache.Timeout as exc:
             raise StoreError(f"trace store busy: {exc}") from exc
@@ -152,6 +189,27 @@ class TraceStore:
             if type(exc).__module__ == "sqlite3":
                 raise StoreError(f"cannot write trace store {str(self.path)!r}: {exc}") from exc
             raise
+        return out
+
+    @staticmethod
+    def _append_in_transaction(traces: diskcache.Cache, task: str, row: NewTrace) -> Trace:
+        index_key = f"h:{task}:{_digest(row.text)}"
+        seq = traces.get(index_key)
+        if seq is None:
+            seq = traces.incr(f"n:{task}")
+            trace = Trace(row.text, row.teacher, row.valid, row.origin,
+                          time.time() if row.ts is None else row.ts, 1, row.exchangeable,
+                          {row.teacher: 1} if row.valid else {}, row.router_label,
+                          dict(row.meta or {}), seq)
+            traces.set(index_key, seq)
+        else:
+            trace = Trace.from_json(traces[f"t:{task}:{seq}"])
+            trace.count += 1
+            if row.valid:
+                trace.labels[row.teacher] = trace.labels.get(row.teacher, 0) + 1
+                trace.teacher = max(trace.labels, key=trace.labels.__getitem__)
+                trace.valid = True
+        traces.set(f"t:{task}:{seq}", trace.to_json())
         return trace
 
     def count(self, task: str) -> int:

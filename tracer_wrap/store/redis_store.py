@@ -16,42 +16,38 @@ Keys (``{p}`` is the prefix, ``{t}`` the task's :func:`~tracer_wrap.store.task_i
                               on ``{p}:versions`` as ``<task>\\t<version>``
     {p}:{t}:a          hash   artifact name -> bytes
 
-An append is one Lua script (atomic: dedup, seq, count and tally together). When Redis cannot be
-reached, :meth:`RedisStore.append` buffers the trace in memory (bounded; overflow is counted in
-``dropped``) and returns it, so the call goes on; the buffer is replayed, in order, on the next
-append or :meth:`RedisStore.flush` once Redis answers. Every other method raises StoreError.
+An append is one Lua script (atomic: dedup, seq, count and tally together). Every method raises
+StoreError when Redis cannot be reached in ``socket_timeout`` seconds; the engine keeps the
+traces of calls in its own bounded buffer meanwhile (:class:`tracer_wrap.engine.TracedTask`), so
+the store itself holds nothing in memory.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import names
-from ..errors import ConfigError, MissingExtraError, StoreError
+from ..errors import ConfigError, MissingExtraError, StoreError, TraceRefused
 from .base import (
     VERSION_ARTIFACTS,
+    NewTrace,
     Origin,
     Trace,
     _check_artifact_name,
     _check_task,
     _digest,
     _prune_victims,
+    check_new_traces,
     read_jsonl,
     task_id,
 )
 
-__all__ = ["DEFAULT_BUFFER", "RedisStore"]
-
-#: Traces a process buffers while Redis is unreachable.
-DEFAULT_BUFFER = 10_000
-_RETRY_SECONDS = 1.0  # while Redis is down, appends buffer without reconnecting for this long
+__all__ = ["RedisStore"]
 
 _APPEND = """
 local seq = redis.call('HGET', KEYS[1], ARGV[1])
@@ -95,25 +91,18 @@ class RedisStore:
     Raises MissingExtraError when redis-py is not installed.
     """
 
-    def __init__(self, url: str, *, prefix: str = "tw", buffer: int = DEFAULT_BUFFER,
-                 socket_timeout: float = 2.0,
+    def __init__(self, url: str, *, prefix: str = "tw", socket_timeout: float = 2.0,
                  artifacts: str | os.PathLike[str] | None = None) -> None:
         redis = _redis()
         self.path = url
         artifacts = artifacts or os.environ.get(names.ENV_ARTIFACTS) or None
         self.artifacts = Path(artifacts) if artifacts is not None else None
         self.prefix = prefix
-        self._errors = (redis.ConnectionError, redis.TimeoutError)
+        self._unreachable = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
         self._redis_error = redis.RedisError
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
                                             socket_connect_timeout=socket_timeout)
         self._append_script = self._client.register_script(_APPEND)
-        self._buffer: deque[tuple[str, str]] = deque()
-        self._buffer_max = int(buffer)
-        self._lock = threading.Lock()
-        self._down_until = 0.0
-        self._pid = os.getpid()
-        self.dropped = 0  #: traces lost because the buffer was full (this process)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -127,16 +116,8 @@ class RedisStore:
             raise StoreError(f"redis store {self.path!r}: {exc}") from exc
 
     def close(self) -> None:
-        """Flush what can be flushed and close this process's connections."""
-        try:
-            self.flush()
-        finally:
-            self._client.close()
-
-    @property
-    def buffered(self) -> int:
-        """Traces waiting in this process's buffer for Redis to return."""
-        return len(self._buffer)
+        """Close this process's connections (they reopen on next use)."""
+        self._client.close()
 
     # -- traces ------------------------------------------------------------------------------
 
@@ -144,56 +125,60 @@ class RedisStore:
                origin: Origin | str = Origin.LLM, exchangeable: bool = True,
                router_label: str | None = None, meta: Mapping[str, Any] | None = None,
                ts: float | None = None) -> Trace:
-        """Record a teacher answer atomically (see :meth:`TraceStore.append`).
-
-        When Redis is unreachable the trace is buffered and returned with ``seq`` 0; a full
-        buffer drops the newest trace and counts it in :attr:`dropped`. Never raises for a lost
-        connection; raises StoreError for other Redis errors.
-        """
-        _check_task(task)
+        """Record a teacher answer atomically (see :meth:`TraceStore.append`). Raises
+        StoreError when Redis cannot be reached, ConfigError for text that cannot be stored."""
         if not isinstance(text, str) or not isinstance(teacher, str):
             raise ConfigError("a trace needs a string input and a string teacher label")
-        trace = Trace(text, teacher, valid, Origin(origin).value,
-                      time.time() if ts is None else ts, 1, exchangeable,
-                      {teacher: 1} if valid else {}, router_label, dict(meta or {}), 0)
-        if self._pid != os.getpid():  # a forked child must not replay its parent's buffer
-            self._pid, self._buffer, self.dropped = os.getpid(), deque(), 0
-        if time.monotonic() < self._down_until or (self._buffer and not self.flush()):
-            return self._hold(task, trace)
+        row = NewTrace(text, teacher, valid, Origin(origin).value, exchangeable, router_label,
+                       meta, ts)
         try:
-            return self._send(task, trace)
-        except self._errors:
-            self._down_until = time.monotonic() + _RETRY_SECONDS
-            return self._hold(task, trace)
+            return self.append_many(task, [row])[0]
+        except TraceRefused as exc:
+            raise ConfigError(str(exc)) from None
 
-    def _hold(self, task: str, trace: Trace) -> Trace:
-        with self._lock:
-            if len(self._buffer) >= self._buffer_max:
-                self.dropped += 1
-            else:
-                self._buffer.append((task, trace.to_json()))
-        return trace
+    def append_many(self, task: str, rows: Sequence[NewTrace]) -> list[Trace]:
+        """Record many answers in one MULTI/EXEC (all or none), one round trip.
 
-    def flush(self) -> bool:
-        """Send buffered traces in order; True when the buffer is empty afterwards."""
-        with self._lock:
-            while self._buffer:
-                task, raw = self._buffer[0]
-                try:
-                    self._send(task, Trace.from_json(raw))
-                except self._errors:
-                    self._down_until = time.monotonic() + _RETRY_SECONDS
-                    return False
-                self._buffer.popleft()
-        return True
+        Raises StoreError when Redis cannot be reached in ``socket_timeout`` (nothing is written;
+        should the connection drop after Redis ran the transaction, a retry counts those inputs
+        twice), TraceRefused (with the ``index`` of the row) when a row can never be stored: the
+        rows before it are written.
+        """
+        _check_task(task)
+        refused = check_new_traces(rows)
+        if refused is not None:
+            written = self.append_many(task, rows[:refused]) if refused else []
+            raise TraceRefused(f"row {refused} is not text that can be stored", index=refused,
+                               written=written)
+        if not rows:
+            return []
+        traces = [Trace(row.text, row.teacher, row.valid, row.origin,
+                        time.time() if row.ts is None else row.ts, 1, row.exchangeable,
+                        {row.teacher: 1} if row.valid else {}, row.router_label,
+                        dict(row.meta or {}), 0) for row in rows]
+        pipe = self._client.pipeline(transaction=True)
+        for trace in traces:
+            self._send(task, trace, client=pipe)
+        try:
+            replies = pipe.execute()
+        except self._unreachable as exc:
+            raise StoreError(f"redis store {self.path!r}: {exc}") from exc
+        except self._redis_error as exc:
+            raise TraceRefused(f"redis store {self.path!r} refused traces: {exc}",
+                               index=0) from exc
+        return [self._appended(trace, reply) for trace, reply in zip(traces, replies)]
 
-    def _send(self, task: str, trace: Trace) -> Trace:
+    def _send(self, task: str, trace: Trace, client: Any) -> Any:
         base = Trace(**{**trace.__dict__, "labels": {}, "seq": 0})
-        new, seq, count, raw, labels = self._append_script(
+        return self._append_script(
             keys=[self._k(task, "h"), self._k(task, "t"), self._k(task, "c"), self._k(task, "n"),
                   self._k(task, "o"), f"{self.prefix}:tasks"],
             args=[_digest(trace.input), base.to_json(), trace.teacher, int(trace.valid), task,
-                  trace.ts, self._k(task, "l", "")])
+                  trace.ts, self._k(task, "l", "")], client=client)
+
+    @staticmethod
+    def _appended(trace: Trace, reply: Any) -> Trace:
+        new, seq, count, raw, labels = reply
         if new:
             trace.seq = int(seq)
             return trace

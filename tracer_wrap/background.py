@@ -1,0 +1,142 @@
+"""The background worker: what tracer_wrap does off the request path, on one thread per process.
+
+Each :class:`~tracer_wrap.engine.TracedTask` registers a :class:`Job`; the worker calls every job's
+:meth:`Job.step` at least every :data:`TICK` seconds, and at once after :func:`wake` (a call that
+queued a trace wakes it). A step writes the task's buffered traces and counters to the store,
+refreshes the version it serves, and schedules refits: store reads and writes, model loads and
+waits on locks all happen here, never in a caller's thread.
+
+A step that raises is logged (once per storm) and the worker goes on. The worker is a daemon
+thread started on first use; a forked child starts its own (the parent's does not exist in it).
+Every job gets a last :meth:`Job.drain`, bounded by :data:`EXIT_SECONDS` in all (an unreachable
+store cannot hang the exit), at interpreter exit and at the exit of a ``multiprocessing`` child,
+which ends with ``os._exit`` and so skips ``atexit``; and before a fork, bounded by
+:data:`FORK_SECONDS`, since the child does not inherit what the parent has buffered.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing.util
+import os
+import threading
+import time
+import weakref
+from typing import Protocol
+
+from ._log import fault
+
+__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "flush", "register", "wake"]
+
+#: Longest the worker sleeps between two steps of every job.
+TICK = 0.1
+#: Longest the last drain at interpreter exit may take, over every job.
+EXIT_SECONDS = 5.0
+#: Longest a fork waits for buffered traces to be written first (the child does not inherit them).
+FORK_SECONDS = 1.0
+
+
+class Job(Protocol):
+    """What the worker runs for one task."""
+
+    def step(self) -> None:
+        """Do the background work that is due (write buffers, refresh, refit). May raise."""
+
+    def drain(self, timeout: float) -> bool:
+        """Write everything buffered within ``timeout`` seconds; True when nothing is left."""
+
+
+_jobs: weakref.WeakSet[Job] = weakref.WeakSet()
+_lock = threading.Lock()
+_wake = threading.Event()
+_pid: int | None = None
+
+
+def register(job: Job) -> None:
+    """Run ``job`` on this process's worker from now on (as long as ``job`` is alive)."""
+    with _lock:
+        _jobs.add(job)
+    _ensure_thread()
+    wake()
+
+
+def wake() -> None:
+    """Have the worker run its jobs now rather than at the next tick."""
+    if _pid != os.getpid():
+        _ensure_thread()
+    _wake.set()
+
+
+def _ensure_thread() -> None:
+    global _pid
+    if _pid == os.getpid():
+        return
+    with _lock:
+        if _pid == os.getpid():
+            return
+        _pid = os.getpid()
+        threading.Thread(target=_run, name="tracer_wrap-background", daemon=True).start()
+
+
+def _run() -> None:
+    while True:
+        _wake.wait(TICK)
+        _wake.clear()
+        with _lock:
+            jobs = list(_jobs)
+        for job in jobs:
+            try:
+                job.step()
+            except Exception as exc:  # the worker must outlive any job's fault
+                fault("background work", exc)
+
+
+def flush(timeout: float = 30.0) -> bool:
+    """Write everything every task of this process has buffered (traces and counters) now,
+    waiting up to ``timeout`` seconds in all for an unreachable store; True when nothing is left.
+    The worker does this within a fraction of a second anyway; call it before reading the store
+    right after calls, or before a process ends by other means than a normal exit."""
+    deadline = time.monotonic() + timeout
+    with _lock:
+        jobs = list(_jobs)
+    done = True
+    for job in jobs:
+        try:
+            done = job.drain(max(0.0, deadline - time.monotonic())) and done
+        except Exception as exc:
+            fault("background work", exc)
+            done = False
+    return done
+
+
+def _drain_at_exit() -> None:
+    flush(EXIT_SECONDS)
+
+
+def _drain_before_fork() -> None:
+    # What the parent buffered is the parent's to write: write it before the child copies it.
+    flush(FORK_SECONDS)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's worker thread and any lock it held do not exist in the child.
+    global _lock, _wake, _pid
+    _lock, _wake, _pid = threading.Lock(), threading.Event(), None
+
+
+class _ExitHook:
+    """Keeps the multiprocessing exit drain registered in every child (see below)."""
+
+    def register(self) -> None:
+        multiprocessing.util.Finalize(None, _drain_at_exit, exitpriority=10)
+
+
+atexit.register(_drain_at_exit)
+# A multiprocessing child (fork or spawn) ends with os._exit after running multiprocessing's
+# finalizers, skipping atexit; and it clears the finalizers it inherited or registered while
+# importing its target before it runs: register the drain again after that clearing.
+_EXIT_HOOK = _ExitHook()
+_EXIT_HOOK.register()
+multiprocessing.util.register_after_fork(_EXIT_HOOK, _ExitHook.register)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
