@@ -52,3 +52,8 @@ def test_foreign_parameters_or_malformed_arrays_are_refused():
         NgramFeatures.from_arrays(features.params(), arrays)
     with pytest.raises(ConfigError):
         NgramFeatures.fit([])
+
+
+def test_fit_transform_is_fit_then_transform():
+    features, matrix = NgramFeatures.fit_transform(TEXTS)
+    np.testing.assert_array_equal(matrix.toarray(), features.transform(TEXTS).toarray())

@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp  # type: ignore[import-untyped]
+
+from .softmax import fit_softmax
 
 __all__ = ["Acceptor"]
 
@@ -61,15 +64,16 @@ class Acceptor:
         agree = np.asarray(agree, dtype=bool)
         if agree.all() or not agree.any():
             return cls()
-        from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
-
         labels = np.asarray(labels)
-        design = np.zeros((len(labels), n_labels + 1))
-        design[:, 0] = _logit(prob)
-        design[np.arange(len(labels)), 1 + labels] = 1.0
-        model = LogisticRegression(C=C, max_iter=1000).fit(design, agree)
-        slope = float(model.coef_[0, 0])
+        n = len(labels)
+        design = sp.hstack([sp.csr_matrix(_logit(prob).astype(np.float32)[:, None]),
+                            sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), labels)),
+                                          shape=(n, n_labels))], format="csr")
+        # A two-class softmax with both rows penalised is the logistic regression with half the
+        # penalty; this solver takes ~40 ms here where scikit-learn's lbfgs took ~0.5 s.
+        (w,), b = fit_softmax([design], agree.astype(int), 2, C=C / 2, tol=1e-6)
+        coef, intercept = w[:, 1] - w[:, 0], float(b[1] - b[0])
+        slope = float(coef[0])
         if slope <= 0:  # a score that falls as the probability rises would be no acceptor
             return cls()
-        intercepts = (model.intercept_[0] + model.coef_[0, 1:]).astype(np.float64)
-        return cls(intercepts, slope)
+        return cls((intercept + coef[1:]).astype(np.float64), slope)

@@ -69,18 +69,29 @@ class NgramFeatures:
         IDF is scikit-learn's smoothed ``ln((1 + n) / (1 + df)) + 1``. Raises ConfigError when
         ``texts`` is empty.
         """
+        return cls.fit_transform(texts, min_df=min_df, word_ngrams=word_ngrams,
+                                 char_ngrams=char_ngrams)[0]
+
+    @classmethod
+    def fit_transform(cls, texts: Sequence[str], *, min_df: int = 2,
+                      word_ngrams: tuple[int, int] = WORD_NGRAMS,
+                      char_ngrams: tuple[int, int] = CHAR_NGRAMS
+                      ) -> tuple[NgramFeatures, sp.csr_matrix]:
+        """:meth:`fit` and the matrix of the same ``texts``, hashing them only once."""
         if len(texts) == 0:
             raise ConfigError("cannot fit n-gram features on no texts")
-        blocks = []
+        blocks, parts = [], []
         for vectorizer in _vectorizers(word_ngrams, char_ngrams):
             counts = vectorizer.transform(texts).tocsr()
             counts.sum_duplicates()
             df = np.bincount(counts.indices, minlength=N_HASHED)
-            columns = np.flatnonzero(df >= min_df)
-            idf = np.log((1.0 + len(texts)) / (1.0 + df[columns])) + 1.0
-            blocks.append((columns.astype(np.int32), idf.astype(np.float32)))
+            columns = np.flatnonzero(df >= min_df).astype(np.int32)
+            idf = (np.log((1.0 + len(texts)) / (1.0 + df[columns])) + 1.0).astype(np.float32)
+            blocks.append((columns, idf))
+            parts.append(_tfidf(counts, columns, idf))
         (wc, wi), (cc, ci) = blocks
-        return cls(wc, wi, cc, ci, _pair(word_ngrams), _pair(char_ngrams))
+        features = cls(wc, wi, cc, ci, _pair(word_ngrams), _pair(char_ngrams))
+        return features, sp.hstack(parts, format="csr", dtype=np.float32)
 
     @property
     def n_features(self) -> int:

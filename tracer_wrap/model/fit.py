@@ -2,34 +2,37 @@
 
 1. The traces are split at random into a training part and a calibration part. Only traces that
    are exchangeable with live traffic may calibrate; all the others train.
-2. The training part is cut into ``folds``; for each fold, softmax regressions are fitted on the
-   other folds: on the embedding alone and, when the texts are given, on word and character
-   n-grams fused with the embedding (:mod:`tracer_wrap.model.features`), each for a short path of
-   regularisation strengths (warm-started one from the other). Their out-of-fold predictions
-   choose everything the gate must not choose from calibration data: the regularisation strength,
-   whether the acceptor score is global or per label (:mod:`tracer_wrap.model.acceptor`), the
-   threshold grid and where the test starts. The served surrogate averages the fold models'
-   weights (still one linear model, so serving is as cheap as a single fit).
+2. The training part is cut into ``folds``; for each fold, softmax regressions
+   (:mod:`tracer_wrap.model.softmax`) are fitted on the other folds: on the embedding alone, for
+   a short path of regularisation strengths (warm-started one from the other), then, when the
+   texts are given, on word and character n-grams fused with the embedding
+   (:mod:`tracer_wrap.model.features`), warm-started from the fold's embedding model. Their
+   out-of-fold predictions choose everything the gate must not choose from calibration data: the
+   regularisation strength, whether the acceptor score is global or per label
+   (:mod:`tracer_wrap.model.acceptor`), the threshold grids and where the tests start. The served
+   surrogate averages the fold models' weights (still one linear model, so serving is as cheap as
+   a single fit; refitting on the whole training part instead certified no more, measured on 10
+   Banking77 resplits).
 3. On the calibration part, which no model saw, the gate (:mod:`tracer_wrap.model.gate`)
    certifies thresholds for every target of the frontier at once, separately for the fused and the
    embedding-only surrogate, so the guarantee holds on both routing paths.
 
 Why a path of strengths: the best one depends on the teacher. On Banking77 with gold labels weak
-regularisation (C = 30) certifies the most; against a simulated LLM teacher that is wrong on 15%
-of queries, stronger regularisation (C = 3) certified ~4 points more coverage at 0.95 (20
-resplits, ``benchmarks/bench_surrogate.py``), because a model that fits the teacher's mistakes is
-confidently wrong. Choosing on out-of-fold data costs fitting time but no statistical validity.
+regularisation (C = 100, 30 for the fused model) certifies the most; against a simulated LLM
+teacher that is wrong on 15% of queries, strong regularisation (C = 3, 1 fused) certified ~6
+points more coverage at 0.95 (mean of 12 resplits), because a model that fits the teacher's
+mistakes is confidently wrong. Choosing on out-of-fold data costs fitting time but no validity.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse as sp  # type: ignore[import-untyped]
 
 from ..errors import ConfigError, GateRefused
 from . import gate
@@ -41,13 +44,19 @@ from .softmax import fit_softmax, logits
 __all__ = ["DEFAULT_TARGETS", "fit_router"]
 
 DEFAULT_TARGETS: tuple[float, ...] = (0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
-#: Regularisation strengths tried for the fused surrogate (chosen per fit on out-of-fold data).
-TEXT_C: tuple[float, ...] = (3.0, 10.0, 30.0)
+#: Inverse regularisation strengths tried for the embedding surrogate, chosen per fit on
+#: out-of-fold data: 100 certifies the most on clean labels, 3 against a teacher that is often wrong.
+EMBEDDING_C: tuple[float, ...] = (3.0, 100.0)
+#: The fused surrogate's strength is this times the embedding one chosen (100 -> 30, 3 -> 0.9),
+#: the best pairs measured on Banking77 with gold labels and with the simulated LLM teacher; one
+#: fused fit per fold instead of a path keeps a 10k-trace fit near 10 s on two cores.
+TEXT_C_RATIO = 0.3
 #: The embedding is multiplied by this in the fused model, so that its 384 dense features are
 #: regularised less than the tens of thousands of sparse n-grams (measured on Banking77: 2 beats
 #: 1 by ~1 point of coverage at 0.98 and 3 adds nothing).
 EMBEDDING_SCALE = 2.0
 Guarantee = Literal["average", "per_label"]
+AcceptorChoice = Literal["auto", "global", "per_label"]
 
 
 def fit_router(
@@ -60,14 +69,15 @@ def fit_router(
     calibration_fraction: float | None = None,
     calibration_eligible: np.ndarray | None = None,
     folds: int = 3,
-    C: float | Sequence[float] = 100.0,
+    C: float | Sequence[float] = EMBEDDING_C,
     max_train: int | None = 50_000,
     seed: int = 0,
     n_jobs: int = 2,
     info: dict[str, Any] | None = None,
     texts: Sequence[str] | None = None,
     guarantee: Guarantee = "average",
-    text_C: Sequence[float] = TEXT_C,
+    text_C: float | Sequence[float] | None = None,
+    acceptor: AcceptorChoice = "auto",
 ) -> Router:
     """Fit a router on embedded traces and certify thresholds for each target.
 
@@ -75,10 +85,12 @@ def fit_router(
     given) the raw inputs aligned with them: then the fused surrogate (n-grams plus embedding) is
     fitted too and serves every input whose text is known, while the embedding-only surrogate,
     certified separately, serves route-by-embedding. ``C`` is the embedding surrogate's inverse
-    regularisation strength (or several, chosen on out-of-fold data), ``text_C`` the fused one's.
+    regularisation strength, or several to choose from on out-of-fold data; ``text_C`` the fused
+    one's (default: ``TEXT_C_RATIO`` times the embedding one chosen).
 
-    ``guarantee="average"`` certifies agreement on all local answers together (with a per-label
-    acceptor when out-of-fold data predicts it certifies more); ``"per_label"`` certifies it on
+    ``guarantee="average"`` certifies agreement on all local answers together, with a per-label
+    acceptor when out-of-fold data predicts it certifies more (``acceptor="auto"``) or as forced
+    by ``acceptor="global"`` / ``"per_label"``; ``"per_label"`` certifies it on
     the local answers of every label (see :mod:`tracer_wrap.model.gate`; it needs far more
     calibration traces per label).
 
@@ -102,8 +114,10 @@ def fit_router(
         raise ConfigError(f"{len(texts)} texts do not match {len(y)} labels")
     if guarantee not in ("average", "per_label"):
         raise ConfigError(f"guarantee must be 'average' or 'per_label', got {guarantee!r}")
+    if acceptor not in ("auto", "global", "per_label"):
+        raise ConfigError(f"acceptor must be 'auto', 'global' or 'per_label', got {acceptor!r}")
     emb_C = _strengths(C, "C")
-    txt_C = _strengths(text_C, "text_C")
+    txt_C = () if text_C is None else _strengths(text_C, "text_C")
     eligible = (np.ones(len(y), dtype=bool) if calibration_eligible is None
                 else np.asarray(calibration_eligible, dtype=bool))
     rng = np.random.default_rng(seed)
@@ -125,50 +139,58 @@ def fit_router(
     train_idx = np.flatnonzero(train_mask)
 
     emb_train, emb_cal = X[train_idx], X[cal_idx]
-    features = None
-    ngrams_train = ngrams_cal = None
-    if texts is not None:
-        train_texts = [texts[i] for i in train_idx.tolist()]
-        features = NgramFeatures.fit(train_texts)
-        ngrams_train = features.transform(train_texts)
-        ngrams_cal = features.transform([texts[i] for i in cal_idx.tolist()])
-
-    # Imported here: joblib and threadpoolctl come with scikit-learn, which serving never needs.
-    from joblib import Parallel, delayed  # type: ignore[import-untyped]
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
-
     splits = _folds(y_index, folds, seed)
-    # Folds run in parallel threads, each with single-threaded BLAS: multi-threaded BLAS on these
-    # small matrices is up to 30x slower when another process holds a core (measured here).
-    with threadpool_limits(1):
-        fitted: list[_FoldModels] = Parallel(n_jobs=min(n_jobs, len(splits)), prefer="threads")(
-            delayed(_fit_fold)(emb_train, ngrams_train, y_index, tr, len(classes), emb_C,
-                               txt_C if features is not None else ())
-            for tr, _ in splits
-        )
-
     y_cal = y[cal_idx]
     heads: dict[str, _Chosen] = {}
-    certificates = {}
-    served: dict[str, tuple[list[np.ndarray], np.ndarray]] = {}
-    for name, strengths in (("embedding", emb_C), ("text", txt_C if features else ())):
-        if not strengths:
-            continue
-        blocks = [emb_train] if name == "embedding" else [ngrams_train, emb_train]
-        candidates = []
-        for c in strengths:
-            candidates.extend(_candidates([f.models[(name, c)] for f in fitted], c, splits,
-                                          blocks, y_index, len(classes), targets, serve_target,
-                                          delta, n_cal, guarantee))
-        chosen = heads[name] = max(candidates, key=lambda cand: cand.predicted)
-        weights, bias = _average([f.models[(name, chosen.C)] for f in fitted])
-        if name == "text":
-            # Stored as float16 (half the file): certify exactly what is stored and served.
-            weights[0] = weights[0].astype(np.float16).astype(np.float32)
-        served[name] = (weights, bias)
-        cal_blocks = [emb_cal] if name == "embedding" else [ngrams_cal, emb_cal]
-        certificates[name] = _certify(chosen, logits(cal_blocks, weights, bias), classes, y_cal,
-                                      targets, delta, guarantee)
+    certificates: dict[str, dict[float, gate.Certificate]] = {}
+    served: dict[str, _Model] = {}
+    fitted: list[dict[tuple[str, float], _Model]] = [{} for _ in splits]
+    features = None
+    ngrams_train = ngrams_cal = None
+
+    # Imported here: threadpoolctl comes with scikit-learn, which serving never needs.
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    # Folds run in parallel threads, each with single-threaded BLAS: multi-threaded BLAS on these
+    # small matrices is up to 30x slower when another process holds a core (measured here). While
+    # they run, this thread hashes the texts (pure Python, so it fills a core the folds leave idle
+    # when there are more folds than workers).
+    with threadpool_limits(1), ThreadPoolExecutor(max(1, min(n_jobs, len(splits)))) as pool:
+        for name in ("embedding", "text"):
+            blocks: list[Any]
+            if name == "embedding":
+                strengths, blocks = emb_C, [emb_train]
+                jobs = [pool.submit(_fit_path, name, blocks, y_index, tr, len(classes), strengths,
+                                    None) for tr, _ in splits]
+                if texts is not None:
+                    features, ngrams_train = NgramFeatures.fit_transform(
+                        [texts[i] for i in train_idx.tolist()])
+            elif features is not None:
+                strengths = txt_C or (TEXT_C_RATIO * heads["embedding"].C,)
+                blocks = [ngrams_train, emb_train]
+                jobs = [pool.submit(_fit_path, name, blocks, y_index, tr, len(classes), strengths,
+                                    fold[("embedding", heads["embedding"].C)])
+                        for fold, (tr, _) in zip(fitted, splits)]
+                ngrams_cal = features.transform([texts[i] for i in cal_idx.tolist()]
+                                                if texts is not None else [])
+            else:
+                break
+            for fold, job in zip(fitted, jobs):
+                fold.update(job.result())
+            candidates = []
+            for c in strengths:
+                candidates.extend(_candidates([fold[(name, c)] for fold in fitted], c, splits,
+                                              blocks, y_index, len(classes), targets,
+                                              serve_target, delta, n_cal, guarantee, acceptor))
+            chosen = heads[name] = max(candidates, key=lambda cand: cand.predicted)
+            weights, bias = _average([fold[(name, chosen.C)] for fold in fitted])
+            if name == "text":
+                # Stored as float16 (half the file): certify exactly what is stored and served.
+                weights[0] = weights[0].astype(np.float16).astype(np.float32)
+            served[name] = (weights, bias)
+            cal_blocks = [emb_cal] if name == "embedding" else [ngrams_cal, emb_cal]
+            certificates[name] = _certify(chosen, logits(cal_blocks, weights, bias), classes,
+                                          y_cal, targets, delta, guarantee)
 
     text_model = None
     if features is not None:
@@ -210,11 +232,8 @@ _CLAIMS = {
 }
 
 
-@dataclass
-class _FoldModels:
-    """One fold's fitted models: ``(weights, bias)`` by head name and strength."""
-
-    models: dict[tuple[str, float], tuple[list[np.ndarray], np.ndarray]]
+#: A fitted linear model: one weight block per feature block, and the bias.
+_Model = tuple[list[np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -229,34 +248,39 @@ class _Chosen:
     predicted: tuple[float, float]
 
 
-def _fit_fold(emb: np.ndarray, ngrams: sp.csr_matrix | None, y: np.ndarray, rows: np.ndarray,
-              n_classes: int, emb_C: Sequence[float], txt_C: Sequence[float]) -> _FoldModels:
-    """The fold's models along each path of strengths, weakest regularisation last (warm starts).
+def _fit_path(name: str, blocks: list[Any], y: np.ndarray, rows: np.ndarray, n_classes: int,
+              strengths: Sequence[float], start: _Model | None
+              ) -> dict[tuple[str, float], _Model]:
+    """One fold's models of one surrogate along its strengths, weakest regularisation last, each
+    warm-started from the previous (the first fused one from the fold's embedding model).
 
     The fused model sees the embedding times ``EMBEDDING_SCALE``; its stored embedding weights
-    include that factor, so every model here applies to the raw embedding.
+    include that factor, so every model returned applies to the raw embedding.
     """
-    models: dict[tuple[str, float], tuple[list[np.ndarray], np.ndarray]] = {}
-    init: tuple[list[np.ndarray], np.ndarray] | None = None
-    for c in sorted(emb_C):
-        init = fit_softmax([emb[rows]], y[rows], n_classes, C=c, init=init)
-        models[("embedding", c)] = init
-    if txt_C and ngrams is not None and init is not None:
-        sparse, dense = ngrams[rows], emb[rows] * EMBEDDING_SCALE
-        (w_emb,), b_emb = init
-        start = ([np.zeros((sparse.shape[1], n_classes), dtype=np.float32),
+    models: dict[tuple[str, float], _Model] = {}
+    if name == "embedding":
+        init = start
+        for c in sorted(strengths):
+            init = fit_softmax([blocks[0][rows]], y[rows], n_classes, C=c, init=init)
+            models[(name, c)] = init
+        return models
+    sparse, dense = blocks[0][rows], blocks[1][rows] * EMBEDDING_SCALE
+    fused: _Model | None = None
+    if start is not None:
+        (w_emb,), b_emb = start
+        fused = ([np.zeros((sparse.shape[1], n_classes), dtype=np.float32),
                   w_emb / EMBEDDING_SCALE], b_emb)
-        for c in sorted(txt_C):
-            start = fit_softmax([sparse, dense], y[rows], n_classes, C=c, init=start)
-            (w_ngrams, w_dense), bias = start
-            models[("text", c)] = ([w_ngrams, w_dense * EMBEDDING_SCALE], bias)
-    return _FoldModels(models)
+    for c in sorted(strengths):
+        fused = fit_softmax([sparse, dense], y[rows], n_classes, C=c, init=fused)
+        (w_ngrams, w_dense), bias = fused
+        models[(name, c)] = ([w_ngrams, w_dense * EMBEDDING_SCALE], bias)
+    return models
 
 
-def _candidates(models: list[tuple[list[np.ndarray], np.ndarray]], c: float,
+def _candidates(models: list[_Model], c: float,
                 splits: list[tuple[np.ndarray, np.ndarray]], blocks: list[Any], y: np.ndarray,
                 n_classes: int, targets: Sequence[float], serve_target: float, delta: float,
-                n_cal: int, guarantee: Guarantee) -> list[_Chosen]:
+                n_cal: int, guarantee: Guarantee, choice: AcceptorChoice) -> list[_Chosen]:
     """The global and the per-label acceptor of one fitted strength, each with its prediction."""
     oof = np.empty((len(y), n_classes), dtype=np.float32)
     for (weights, bias), (_, held) in zip(models, splits):
@@ -264,10 +288,12 @@ def _candidates(models: list[tuple[list[np.ndarray], np.ndarray]], c: float,
     top = oof.argmax(axis=1)
     prob = _top_prob(oof, top)
     agree = top == y
-    out = [_Chosen(c, Acceptor(), prob, agree, top,
-                   _predict(prob, agree, top, n_classes, targets, serve_target, delta, n_cal,
-                            guarantee))]
-    if guarantee == "average":
+    out = []
+    if choice != "per_label" or guarantee == "per_label":
+        out.append(_Chosen(c, Acceptor(), prob, agree, top,
+                           _predict(prob, agree, top, n_classes, targets, serve_target, delta,
+                                    n_cal, guarantee)))
+    if guarantee == "average" and choice != "global":
         # Within a label the per-label score is monotone in the probability, so it only matters
         # for the average guarantee. Its reference scores are cross-fitted within the
         # out-of-fold data, so the acceptor's own fit does not flatter the prediction that
@@ -277,7 +303,7 @@ def _candidates(models: list[tuple[list[np.ndarray], np.ndarray]], c: float,
             part = Acceptor.fit(top[fit_rows], prob[fit_rows], agree[fit_rows], n_classes)
             scores[held] = part.score(top[held], prob[held])
         acceptor = Acceptor.fit(top, prob, agree, n_classes)
-        if acceptor.per_label:
+        if acceptor.per_label or not out:
             out.append(_Chosen(c, acceptor, scores, agree, top,
                                _predict(scores, agree, top, n_classes, targets, serve_target,
                                         delta, n_cal, guarantee)))
@@ -318,8 +344,7 @@ def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal
             for t in targets}
 
 
-def _average(models: list[tuple[list[np.ndarray], np.ndarray]]
-             ) -> tuple[list[np.ndarray], np.ndarray]:
+def _average(models: list[_Model]) -> _Model:
     """The fold models' mean weights and bias: one linear model, as cheap to serve as one fit."""
     weights = [np.mean([m[0][j] for m in models], axis=0) for j in range(len(models[0][0]))]
     # A class absent from some fold has bias -1e4 there: averaged, it stays unlikely unless the

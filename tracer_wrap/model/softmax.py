@@ -110,10 +110,10 @@ def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.nd
     s_hist: deque[np.ndarray] = deque(maxlen=history)
     y_hist: deque[np.ndarray] = deque(maxlen=history)
     rho_hist: deque[float] = deque(maxlen=history)
-    for iteration in range(max_iter):
+    for _ in range(max_iter):
         if float(np.abs(g).max()) <= tol:
             break
-        q = g.astype(np.float32, copy=True)
+        q = g.copy()
         alphas = []
         for s, yv, rho in zip(reversed(s_hist), reversed(y_hist), reversed(rho_hist)):
             a = rho * float(np.dot(s, q))
@@ -125,7 +125,7 @@ def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.nd
             q *= min(1.0, 1.0 / float(np.abs(g).sum()))
         for (s, yv, rho), a in zip(zip(s_hist, y_hist, rho_hist), reversed(alphas)):
             q += (a - rho * float(np.dot(yv, q))) * s
-        direction = -q
+        direction = np.negative(q, out=q)
         slope = float(np.dot(g, direction))
         if slope >= 0:  # numerical trouble: restart from steepest descent
             s_hist.clear()
@@ -147,8 +147,8 @@ def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x: np.nd
             s_hist.append(s_vec)
             y_hist.append(y_vec)
             rho_hist.append(1.0 / curvature)
-        if f - f_new <= 1e-12 * max(1.0, abs(f)):
-            x, f, g = x_new, f_new, g_new
-            break
+        decrease = f - f_new
         x, f, g = x_new, f_new, g_new
+        if decrease <= 1e-12 * max(1.0, abs(f)):
+            break
     return x
