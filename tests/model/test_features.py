@@ -57,3 +57,11 @@ def test_foreign_parameters_or_malformed_arrays_are_refused():
 def test_fit_transform_is_fit_then_transform():
     features, matrix = NgramFeatures.fit_transform(TEXTS)
     np.testing.assert_array_equal(matrix.toarray(), features.transform(TEXTS).toarray())
+
+
+def test_dot_of_one_text_is_the_matrix_product():
+    features = NgramFeatures.fit(TEXTS)
+    weights = np.random.default_rng(0).normal(size=(features.n_features, 3)).astype(np.float32)
+    for text in ["where is my card", "zzqx", "", "pin card pin"]:
+        expected = features.transform([text]) @ weights
+        np.testing.assert_allclose(features.dot(text, weights), expected[0], rtol=1e-5, atol=1e-6)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,9 @@ WORD_NGRAMS = (1, 2)
 CHAR_NGRAMS = (3, 5)
 
 
+@lru_cache(maxsize=8)
 def _vectorizers(word: tuple[int, int], char: tuple[int, int]) -> tuple[HashingVectorizer, ...]:
+    """The two hashing vectorizers (stateless, so shared by every router and thread)."""
     common: dict[str, Any] = {"n_features": N_HASHED, "alternate_sign": False, "norm": None,
                               "lowercase": True, "dtype": np.float32}
     return (HashingVectorizer(analyzer="word", ngram_range=word, token_pattern=TOKEN_PATTERN,
@@ -100,11 +103,34 @@ class NgramFeatures:
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The ``(len(texts), n_features)`` float32 CSR matrix of ``texts``."""
         parts = []
-        for vectorizer, columns, idf in zip(_vectorizers(self.word_ngrams, self.char_ngrams),
-                                            (self.word_columns, self.char_columns),
-                                            (self.word_idf, self.char_idf)):
+        for vectorizer, columns, idf in self._blocks():
             parts.append(_tfidf(vectorizer.transform(texts).tocsr(), columns, idf))
         return sp.hstack(parts, format="csr", dtype=np.float32)
+
+    def dot(self, text: str, weights: np.ndarray) -> np.ndarray:
+        """``transform([text]) @ weights`` for one text, without building sparse matrices.
+
+        Routing one text is what every call does; scipy's matrix construction alone cost more
+        than the arithmetic (~0.4 ms of ~0.7, measured here).
+        """
+        out = np.zeros(weights.shape[1], dtype=np.float32)
+        offset = 0
+        for vectorizer, columns, idf in self._blocks():
+            counts = vectorizer.transform([text])
+            counts.sum_duplicates()
+            if columns.size and counts.nnz:
+                position = np.minimum(np.searchsorted(columns, counts.indices), columns.size - 1)
+                kept = columns[position] == counts.indices
+                value = np.log1p(counts.data[kept]) * idf[position[kept]]
+                norm = float(np.sqrt(np.dot(value, value)))
+                if norm > 0:
+                    out += (value / norm) @ weights[offset + position[kept]]
+            offset += columns.size
+        return out
+
+    def _blocks(self) -> list[tuple[HashingVectorizer, np.ndarray, np.ndarray]]:
+        return list(zip(_vectorizers(self.word_ngrams, self.char_ngrams),
+                        (self.word_columns, self.char_columns), (self.word_idf, self.char_idf)))
 
     # -- persistence (arrays in the router's .npz, parameters in its JSON manifest) ---------------
 

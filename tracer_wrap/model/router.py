@@ -92,7 +92,10 @@ class _Head:
     def logits(self, texts: Sequence[str] | None, vectors: np.ndarray) -> np.ndarray:
         z = np.asarray(vectors, dtype=np.float32) @ self.weights.T + self.bias
         if self.ngram_weights is not None and self.features is not None and texts is not None:
-            z += np.asarray(self.features.transform(texts) @ self.ngram_weights)
+            if len(texts) == 1:
+                z[0] += self.features.dot(texts[0], self.ngram_weights)
+            else:
+                z += np.asarray(self.features.transform(texts) @ self.ngram_weights)
         return np.asarray(z, dtype=np.float32)
 
 
