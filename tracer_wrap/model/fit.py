@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -140,13 +140,9 @@ def fit_router(
 
     emb_train, emb_cal = X[train_idx], X[cal_idx]
     splits = _folds(y_index, folds, seed)
-    y_cal = y[cal_idx]
-    heads: dict[str, _Chosen] = {}
-    certificates: dict[str, dict[float, gate.Certificate]] = {}
-    served: dict[str, _Model] = {}
-    fitted: list[dict[tuple[str, float], _Model]] = [{} for _ in splits]
+    task = _Task(y_index, splits, classes, y[cal_idx], targets, serve_target, delta, n_cal,
+                 guarantee, acceptor)
     features = None
-    ngrams_train = ngrams_cal = None
 
     # Imported here: threadpoolctl comes with scikit-learn, which serving never needs.
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
@@ -156,53 +152,31 @@ def fit_router(
     # they run, this thread hashes the texts (pure Python, so it fills a core the folds leave idle
     # when there are more folds than workers).
     with threadpool_limits(1), ThreadPoolExecutor(max(1, min(n_jobs, len(splits)))) as pool:
-        for name in ("embedding", "text"):
-            blocks: list[Any]
-            if name == "embedding":
-                strengths, blocks = emb_C, [emb_train]
-                jobs = [pool.submit(_fit_path, name, blocks, y_index, tr, len(classes), strengths,
-                                    None) for tr, _ in splits]
-                if texts is not None:
-                    features, ngrams_train = NgramFeatures.fit_transform(
-                        [texts[i] for i in train_idx.tolist()])
-            elif features is not None:
-                strengths = txt_C or (TEXT_C_RATIO * heads["embedding"].C,)
-                blocks = [ngrams_train, emb_train]
-                jobs = [pool.submit(_fit_path, name, blocks, y_index, tr, len(classes), strengths,
-                                    fold[("embedding", heads["embedding"].C)])
-                        for fold, (tr, _) in zip(fitted, splits)]
-                ngrams_cal = features.transform([texts[i] for i in cal_idx.tolist()]
-                                                if texts is not None else [])
-            else:
-                break
-            for fold, job in zip(fitted, jobs):
-                fold.update(job.result())
-            candidates = []
-            for c in strengths:
-                candidates.extend(_candidates([fold[(name, c)] for fold in fitted], c, splits,
-                                              blocks, y_index, len(classes), targets,
-                                              serve_target, delta, n_cal, guarantee, acceptor))
-            chosen = heads[name] = max(candidates, key=lambda cand: cand.predicted)
-            weights, bias = _average([fold[(name, chosen.C)] for fold in fitted])
-            if name == "text":
-                # Stored as float16 (half the file): certify exactly what is stored and served.
-                weights[0] = weights[0].astype(np.float16).astype(np.float32)
-            served[name] = (weights, bias)
-            cal_blocks = [emb_cal] if name == "embedding" else [ngrams_cal, emb_cal]
-            certificates[name] = _certify(chosen, logits(cal_blocks, weights, bias), classes,
-                                          y_cal, targets, delta, guarantee)
+        jobs = task.submit(pool, "embedding", [emb_train], emb_C, None)
+        if texts is not None:
+            features, ngrams_train = NgramFeatures.fit_transform(
+                [texts[i] for i in train_idx.tolist()])
+        emb = task.collect(jobs, "embedding", [emb_train], emb_C, [emb_cal])
+        text = None
+        if features is not None and texts is not None:
+            strengths = txt_C or (TEXT_C_RATIO * emb.chosen.C,)
+            starts = [fold[emb.chosen.C] for fold in emb.folds]
+            jobs = task.submit(pool, "text", [ngrams_train, emb_train], strengths, starts)
+            ngrams_cal = features.transform([texts[i] for i in cal_idx.tolist()])
+            text = task.collect(jobs, "text", [ngrams_train, emb_train], strengths,
+                                [ngrams_cal, emb_cal])
 
-    text_model = None
     # The fused surrogate serves texts only where out-of-fold data predicts it certifies more than
     # the embedding one: against a teacher that is often wrong, the n-grams can fit its mistakes
     # (measured on Banking77 with the simulated LLM teacher); the embedding surrogate then serves
     # every path, texts included.
-    use_text = features is not None and heads["text"].predicted > heads["embedding"].predicted
-    if features is not None and use_text:
-        (ngram_w, emb_w), text_b = served["text"]
-        text_model = TextModel(features, ngram_w, emb_w.T, text_b, certificates["text"],
-                               heads["text"].acceptor)
-    (emb_w,), emb_b = served["embedding"]
+    use_text = text is not None and text.chosen.predicted > emb.chosen.predicted
+    text_model = None
+    if text is not None and features is not None and use_text:
+        (ngram_w, emb_w), text_b = text.model
+        text_model = TextModel(features, ngram_w, emb_w.T, text_b, text.certificates,
+                               text.chosen.acceptor)
+    heads = {"embedding": emb} if text is None else {"embedding": emb, "text": text}
     fit_info = {
         "delta": delta,
         "n_traces": len(y),
@@ -210,13 +184,13 @@ def fit_router(
         "n_calibration": len(cal_idx),
         "calibration_fraction": calibration_fraction,
         "folds": len(splits),
-        "C": heads["embedding"].C,
-        "text_C": heads["text"].C if "text" in heads else None,
+        "C": emb.chosen.C,
+        "text_C": text.chosen.C if text is not None else None,
         "text_path": "fused" if use_text else "embedding",
         "embedding_scale": EMBEDDING_SCALE if features is not None else None,
         "n_ngram_features": features.n_features if features is not None else 0,
-        "per_label_acceptor": {name: chosen.acceptor.per_label for name, chosen in heads.items()},
-        "predicted_coverage": {name: chosen.predicted[0] for name, chosen in heads.items()},
+        "per_label_acceptor": {name: h.chosen.acceptor.per_label for name, h in heads.items()},
+        "predicted_coverage": {name: h.chosen.predicted[0] for name, h in heads.items()},
         "max_train": max_train,
         "seed": seed,
         "guarantee": guarantee,
@@ -224,8 +198,9 @@ def fit_router(
         "fit_seconds": time.perf_counter() - started,
         **(info or {}),
     }
-    return Router(emb_w.T, emb_b, [str(c) for c in classes], certificates["embedding"],
-                  target=serve_target, info=fit_info, acceptor=heads["embedding"].acceptor,
+    (emb_w,), emb_b = emb.model
+    return Router(emb_w.T, emb_b, [str(c) for c in classes], emb.certificates,
+                  target=serve_target, info=fit_info, acceptor=emb.chosen.acceptor,
                   text_model=text_model)
 
 
@@ -254,21 +229,73 @@ class _Chosen:
     predicted: tuple[float, float]
 
 
+@dataclass
+class _Surrogate:
+    """One surrogate as fitted: fold models by strength, the choice, the served model, its gate."""
+
+    folds: list[dict[float, _Model]]
+    chosen: _Chosen
+    model: _Model
+    certificates: dict[float, gate.Certificate]
+
+
+@dataclass
+class _Task:
+    """What every surrogate of one fit shares: labels, folds, calibration labels, gate settings."""
+
+    y: np.ndarray
+    splits: list[tuple[np.ndarray, np.ndarray]]
+    classes: np.ndarray
+    y_cal: np.ndarray
+    targets: Sequence[float]
+    serve_target: float
+    delta: float
+    n_cal: int
+    guarantee: Guarantee
+    acceptor: AcceptorChoice
+
+    def submit(self, pool: ThreadPoolExecutor, name: str, blocks: list[Any],
+               strengths: Sequence[float], starts: list[_Model] | None
+               ) -> list[Future[dict[float, _Model]]]:
+        """Start fitting every fold's models of one surrogate (see :func:`_fit_path`)."""
+        return [pool.submit(_fit_path, name, blocks, self.y, rows, len(self.classes), strengths,
+                            None if starts is None else starts[i])
+                for i, (rows, _) in enumerate(self.splits)]
+
+    def collect(self, jobs: list[Future[dict[float, _Model]]], name: str, blocks: list[Any],
+                strengths: Sequence[float], cal_blocks: list[Any]) -> _Surrogate:
+        """Wait for the fold models, choose strength and acceptor out-of-fold, certify."""
+        folds = [job.result() for job in jobs]
+        candidates = []
+        for c in strengths:
+            candidates.extend(_candidates(
+                [fold[c] for fold in folds], c, self.splits, blocks, self.y, len(self.classes),
+                self.targets, self.serve_target, self.delta, self.n_cal, self.guarantee,
+                self.acceptor))
+        chosen = max(candidates, key=lambda cand: cand.predicted)
+        weights, bias = _average([fold[chosen.C] for fold in folds])
+        if name == "text":
+            # Stored as float16 (half the file): certify exactly what is stored and served.
+            weights[0] = weights[0].astype(np.float16).astype(np.float32)
+        certificates = _certify(chosen, logits(cal_blocks, weights, bias), self.classes,
+                                self.y_cal, self.targets, self.delta, self.guarantee)
+        return _Surrogate(folds, chosen, (weights, bias), certificates)
+
+
 def _fit_path(name: str, blocks: list[Any], y: np.ndarray, rows: np.ndarray, n_classes: int,
-              strengths: Sequence[float], start: _Model | None
-              ) -> dict[tuple[str, float], _Model]:
+              strengths: Sequence[float], start: _Model | None) -> dict[float, _Model]:
     """One fold's models of one surrogate along its strengths, weakest regularisation last, each
     warm-started from the previous (the first fused one from the fold's embedding model).
 
     The fused model sees the embedding times ``EMBEDDING_SCALE``; its stored embedding weights
     include that factor, so every model returned applies to the raw embedding.
     """
-    models: dict[tuple[str, float], _Model] = {}
+    models: dict[float, _Model] = {}
     if name == "embedding":
         init = start
         for c in sorted(strengths):
             init = fit_softmax([blocks[0][rows]], y[rows], n_classes, C=c, init=init)
-            models[(name, c)] = init
+            models[c] = init
         return models
     sparse, dense = blocks[0][rows], blocks[1][rows] * EMBEDDING_SCALE
     fused: _Model | None = None
@@ -279,7 +306,7 @@ def _fit_path(name: str, blocks: list[Any], y: np.ndarray, rows: np.ndarray, n_c
     for c in sorted(strengths):
         fused = fit_softmax([sparse, dense], y[rows], n_classes, C=c, init=fused)
         (w_ngrams, w_dense), bias = fused
-        models[(name, c)] = ([w_ngrams, w_dense * EMBEDDING_SCALE], bias)
+        models[c] = ([w_ngrams, w_dense * EMBEDDING_SCALE], bias)
     return models
 
 
