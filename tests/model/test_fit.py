@@ -154,6 +154,14 @@ def test_per_label_guarantee_keeps_an_unreliable_label_off_the_local_path():
     assert per_label.info["guarantee"] == "per_label"
 
 
+def test_the_fused_surrogate_trains_on_at_most_max_text_train_traces():
+    texts, X, y = keyword_task(2000)
+    router = fit_router(X, y, texts=texts, targets=(0.9,), max_text_train=500)
+    assert router.info["n_text_train"] == 500 and router.info["n_train"] == 1200
+    decisions = router.route_many(texts[:200], X[:200])
+    assert np.mean([d.label == t for d, t in zip(decisions, y[:200])]) > 0.9
+
+
 def test_text_and_guarantee_settings_are_checked():
     texts, X, y = keyword_task(200)
     with pytest.raises(ConfigError, match="texts"):

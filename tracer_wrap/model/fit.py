@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -78,6 +78,7 @@ def fit_router(
     guarantee: Guarantee = "average",
     text_C: float | Sequence[float] | None = None,
     acceptor: AcceptorChoice = "auto",
+    max_text_train: int | None = 20_000,
 ) -> Router:
     """Fit a router on embedded traces and certify thresholds for each target.
 
@@ -98,8 +99,10 @@ def fit_router(
     ``calibration_fraction`` defaults to ``1200 / n`` clipped to [0.3, 0.4]: small task histories
     need a larger share for the test to have power (measured on Banking77: at 2k traces, 0.4
     certifies 72% coverage at 0.95 where 0.3 certifies 64%). At most ``max_train`` traces, drawn at
-    random, train the surrogate (fit time grows with them, coverage hardly after ~50k); the
-    calibration part is not capped, since scoring it is cheap and more of it tightens the gate.
+    random, train the surrogate (fit time grows with them, coverage hardly after ~50k), and at most
+    ``max_text_train`` of those the fused one (its fit costs ~4x the embedding one per trace, and
+    its n-gram vocabulary, hence its file, grows with them); the calibration part is not capped,
+    since scoring it is cheap and more of it tightens the gate.
     Pure computation: never touches a store. Raises ConfigError on malformed input and GateRefused
     when there is too little data to fit at all; a fit that certifies no target returns a router
     whose certificates say why (it defers every input).
@@ -153,18 +156,27 @@ def fit_router(
     # when there are more folds than workers).
     with threadpool_limits(1), ThreadPoolExecutor(max(1, min(n_jobs, len(splits)))) as pool:
         jobs = task.submit(pool, "embedding", [emb_train], emb_C, None)
+        text_rows = np.arange(len(train_idx))
         if texts is not None:
+            if max_text_train is not None and len(train_idx) > max_text_train:
+                text_rows = np.sort(rng.choice(len(train_idx), max_text_train, replace=False))
             features, ngrams_train = NgramFeatures.fit_transform(
-                [texts[i] for i in train_idx.tolist()])
+                [texts[i] for i in train_idx[text_rows].tolist()])
         emb = task.collect(jobs, "embedding", [emb_train], emb_C, [emb_cal])
         text = None
         if features is not None and texts is not None:
             strengths = txt_C or (TEXT_C_RATIO * emb.chosen.C,)
-            starts = [fold[emb.chosen.C] for fold in emb.folds]
-            jobs = task.submit(pool, "text", [ngrams_train, emb_train], strengths, starts)
+            text_task, starts = task, [fold[emb.chosen.C] for fold in emb.folds]
+            blocks = [ngrams_train, emb_train]
+            if len(text_rows) < len(train_idx):
+                # Folds of the subset; every fold starts from the averaged embedding model.
+                text_task = replace(task, y=y_index[text_rows],
+                                    splits=_folds(y_index[text_rows], folds, seed))
+                starts = [emb.model] * len(text_task.splits)
+                blocks = [ngrams_train, emb_train[text_rows]]
+            jobs = text_task.submit(pool, "text", blocks, strengths, starts)
             ngrams_cal = features.transform([texts[i] for i in cal_idx.tolist()])
-            text = task.collect(jobs, "text", [ngrams_train, emb_train], strengths,
-                                [ngrams_cal, emb_cal])
+            text = text_task.collect(jobs, "text", blocks, strengths, [ngrams_cal, emb_cal])
 
     # The fused surrogate serves texts only where out-of-fold data predicts it certifies more than
     # the embedding one: against a teacher that is often wrong, the n-grams can fit its mistakes
@@ -181,6 +193,7 @@ def fit_router(
         "delta": delta,
         "n_traces": len(y),
         "n_train": int(train_mask.sum()),
+        "n_text_train": len(text_rows) if text is not None else 0,
         "n_calibration": len(cal_idx),
         "calibration_fraction": calibration_fraction,
         "folds": len(splits),
