@@ -154,6 +154,30 @@ def test_per_label_guarantee_keeps_an_unreliable_label_off_the_local_path():
     assert per_label.info["guarantee"] == "per_label"
 
 
+def test_the_served_router_is_exactly_the_certified_one():
+    # Calibration = exactly the eligible rows (fewer than the calibration share asks for): the
+    # router's own decisions on them, from text and from vectors, reproduce the certificates.
+    texts, X, y = keyword_task(1500)
+    eligible = np.zeros(len(y), dtype=bool)
+    eligible[:400] = True
+    targets = (0.9, 0.95, 0.99)
+    router = fit_router(X, y, texts=texts, targets=targets, calibration_eligible=eligible,
+                        calibration_fraction=0.35)
+    assert router.has_text_model and router.info["n_calibration"] == 400
+    assert router.certificate_for(0.9).certified
+    assert router.certificate_for(0.9, text=False).certified
+    for by_text in (True, False):
+        for target in targets:
+            router.target = target
+            cert = router.certificate_for(target, text=by_text)
+            one_by_one = [router.route(texts[i] if by_text else None, X[i]) for i in range(400)]
+            local = np.array([d.local for d in one_by_one])
+            assert local.mean() == pytest.approx(cert.coverage)
+            if cert.certified:
+                agree = np.array([d.label for d in one_by_one]) == y[:400]
+                assert agree[local].mean() == pytest.approx(cert.agreement)
+
+
 def test_the_fused_surrogate_trains_on_at_most_max_text_train_traces():
     texts, X, y = keyword_task(2000)
     router = fit_router(X, y, texts=texts, targets=(0.9,), max_text_train=500)

@@ -66,6 +66,9 @@ class TextModel:
     """The fused surrogate: ``logits = ngrams(text) @ ngram_weights + embedding @ weights.T + bias``.
 
     ``ngram_weights`` is ``(features.n_features, n_labels)``, ``weights`` ``(n_labels, dim)``.
+    The n-gram weights are kept and saved as float16 (half the memory and file);
+    :func:`~tracer_wrap.model.fit.fit_router` rounds them so before certifying, so the model
+    served is exactly the one certified.
     """
 
     features: NgramFeatures
@@ -131,7 +134,7 @@ class Router:
             self._text = _Head(np.ascontiguousarray(text_model.weights, dtype=np.float32),
                                np.ascontiguousarray(text_model.bias, dtype=np.float32),
                                dict(text_model.certificates), text_model.acceptor,
-                               np.ascontiguousarray(text_model.ngram_weights, dtype=np.float32),
+                               np.ascontiguousarray(text_model.ngram_weights, dtype=np.float16),
                                text_model.features)
         for head in self._heads():
             if head.weights.ndim != 2 or head.weights.shape[0] != k or head.bias.shape != (k,):
@@ -330,7 +333,7 @@ class Router:
         text = self._text
         if text is not None and text.features is not None and text.ngram_weights is not None:
             out.update(text_weights=text.weights, text_bias=text.bias,
-                       text_ngram_weights=text.ngram_weights.astype(np.float16),
+                       text_ngram_weights=text.ngram_weights,
                        **text.features.arrays())
             if text.acceptor.intercepts is not None:
                 out["text_acceptor_intercepts"] = text.acceptor.intercepts
