@@ -147,9 +147,12 @@ class Router:
                     head.features is None
                     or head.ngram_weights.shape != (head.features.n_features, k)):
                 raise ConfigError("n-gram weights and features disagree in size")
+        for head in self._heads():
+            for cert in head.certificates.values():
+                if cert.label_thresholds is not None and len(cert.label_thresholds) != k:
+                    raise ConfigError("per-label thresholds and labels disagree in size")
         self.info = dict(info or {})
         self.target = target
-        self._labels_array = np.array(self.labels, dtype=object)
 
     def _heads(self) -> list[_Head]:
         return [self._embedding] if self._text is None else [self._embedding, self._text]
