@@ -59,6 +59,10 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000, help="synthetic per-label draws")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--cache", type=Path, default=HERE / "out" / "embeddings")
+    parser.add_argument("--timing-repeats", type=int, default=3,
+                        help="fits of each model at 10k traces, for the fit time (min and median)")
+    parser.add_argument("--only-timing", action="store_true",
+                        help="measure only the fit time and add it to an existing surrogate.json")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -72,7 +76,12 @@ def main() -> None:
                 "simulated_llm": np.array([llm.label_for(t, y) for t, y in train + test],
                                           dtype=object)}
     n_train = len(train)
-    report: dict[str, Any] = {"machine": _machine(), "targets": TARGETS}
+    if args.only_timing:
+        report = json.loads((args.out / "surrogate.json").read_text())
+        report["timing"] = timing(X, teachers["gold"], texts, n_train, args.timing_repeats)
+        (args.out / "surrogate.json").write_text(json.dumps(report, indent=1, default=float))
+        return
+    report = {"machine": _machine(), "targets": TARGETS}
     for name, y in teachers.items():
         print(f"\n== teacher: {name} (agrees with gold on {np.mean(y == gold):.1%}) ==", flush=True)
         tr, te = np.arange(n_train), np.arange(n_train, len(y))
@@ -97,6 +106,7 @@ def main() -> None:
                         "resplits": resplits(X, y, texts, n_train, args.resplits)}
         (args.out / "surrogate.json").write_text(json.dumps(report, indent=1, default=float))
     report["per_label_validity"] = per_label_validity(args.draws)
+    report["timing"] = timing(X, teachers["gold"], texts, n_train, args.timing_repeats)
     report["machine_after"] = _machine()
     (args.out / "surrogate.json").write_text(json.dumps(report, indent=1, default=float))
 
@@ -114,6 +124,34 @@ def _fit(model: str, X: np.ndarray, y: np.ndarray, texts: list[str], rows: np.nd
     router = fit_router(X[rows], y[rows], **kwargs)
     return router, {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
                     "load_average": os.getloadavg()[0]}
+
+
+def timing(X: np.ndarray, y: np.ndarray, texts: list[str], n_train: int, repeats: int
+           ) -> dict[str, Any]:
+    """Fit today's and the new model ``repeats`` times each on the 10,003 training queries
+    (interleaved; gold labels): wall and CPU seconds, their minimum (the least disturbed run on a
+    shared machine) and median, the load average at each fit; then the routing latency of the
+    last two routers on the test queries."""
+    rows = np.arange(n_train)
+    out: dict[str, Any] = {"traces": n_train, "repeats": repeats}
+    runs: dict[str, list[dict[str, float]]] = {"today": [], "new": []}
+    routers: dict[str, Router] = {}
+    for _ in range(repeats):
+        for model, seconds in runs.items():
+            routers[model], measured = _fit(model, X, y, texts, rows, seed=0)
+            seconds.append(measured)
+    for model, seconds in runs.items():
+        walls = [s["wall"] for s in seconds]
+        cpus = [s["cpu"] for s in seconds]
+        out[model] = {"wall_min": min(walls), "wall_median": statistics.median(walls),
+                      "cpu_min": min(cpus), "cpu_median": statistics.median(cpus),
+                      "load_average": [s["load_average"] for s in seconds]}
+        print(f"fit at {n_train:,} traces, {model}: wall min {min(walls):.1f} s (median"
+              f" {statistics.median(walls):.1f}), CPU min {min(cpus):.1f} s", flush=True)
+    out["latency"] = latency(routers["today"], routers["new"], texts, X,
+                             np.arange(n_train, len(y)))
+    out["machine"] = _machine()
+    return out
 
 
 def evaluate(router: Router, texts: list[str], X: np.ndarray, y: np.ndarray, rows: np.ndarray,
