@@ -213,7 +213,7 @@ def test_per_label_guarantee_holds_for_every_label_over_many_draws():
 
 def test_per_label_refuses_labels_without_enough_traces_and_says_why():
     rng = np.random.default_rng(0)
-    ref_s, ref_a, ref_l = draw_labelled(rng, 600)  # ~50 per label: < 143 needed at 0.95
+    ref_s, ref_a, ref_l = draw_labelled(rng, 600)  # ~50 per label: 107 needed at 0.95
     cal_s, cal_a, cal_l = draw_labelled(rng, 600)
     cert = certify_per_label(cal_s, cal_a, cal_l, reference_scores=ref_s, reference_agree=ref_a,
                              reference_labels=ref_l, n_labels=len(BASES), target=0.95,

@@ -14,9 +14,10 @@ calibration set:
 
 Assumptions: calibration traces and future traffic are independent draws from the same
 distribution; the calibration traces were not used to train the surrogate or its acceptor score,
-nor to choose anything the test depends on (the acceptor, the threshold grids, where each sequence
-starts, which labels are tested). Every such choice is made from out-of-fold predictions on the
-*training* part. Each target's claim holds on its own (one test per target), not simultaneously
+nor to choose anything the test depends on (which surrogate answers and its regularisation, the
+acceptor, the threshold grids, where each sequence starts, which labels are tested). Every such
+choice is made from out-of-fold predictions on the *training* part
+(:func:`tracer_wrap.model.fit.fit_router`). Each target's claim holds on its own (one test per target), not simultaneously
 for all targets of a frontier.
 
 Proof sketch. Fix a selection rule ``R`` (a set of inputs answered locally) chosen without the
@@ -37,12 +38,12 @@ Under the null ``A(R) < t`` that is stochastically smaller than Binomial(n, t), 
   with the *whole* selection rule as each hypothesis, and the accepted set's overall agreement is
   what is certified.
 * Per-label claim: the family is the set ``F`` of labels that out-of-fold data predicts can pass
-  at all. For each ``k`` in ``F``, the rules ``{label = k, score >= threshold}`` are tested by their
+  at level ``delta / (number of labels)``. For each ``k`` in ``F``, the rules ``{label = k, score >= threshold}`` are tested by their
   own fixed sequence at level ``delta / |F|`` on the calibration traces the surrogate labels ``k``.
   Each sequence falsely certifies with probability at most ``delta / |F|``; by the union bound
   (Bonferroni, no independence needed) some label is falsely certified with probability at most
   ``delta``. Labels outside ``F`` are never answered locally. The price is power: a label needs
-  ``log(delta / |F|) / log(t)`` calibration traces of its own even if all agree (143 at t = 0.95,
+  ``log(delta / |F|) / log(t)`` calibration traces of its own even if all agree (144 at t = 0.95,
   77 labels, delta = 0.05), so this claim needs long task histories.
 
 A test that accepts too few inputs can never reject (``0.95 ** 30 > 0.05``), so each sequence
