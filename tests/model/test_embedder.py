@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracer_wrap.errors import EmbedderError
 from tracer_wrap.model.embedder import Embedder
+from tracer_wrap.errors import EmbedderError
 
 
 def counting_embedder():
