@@ -91,3 +91,106 @@ def test_bad_vectors_are_clear_errors():
     X[3, 2] = np.nan
     with pytest.raises(ConfigError, match="NaN"):
         fit_router(X, y)
+
+
+# -- the fused surrogate and the per-label guarantee ----------------------------------------------
+
+
+def keyword_task(n: int, k: int = 6, seed: int = 0, noisy_label: int | None = None,
+                 dim: int = 64):
+    """Texts whose label is given by keywords, embedded by a hashing embedder of ``dim`` buckets;
+    at 64 it is deliberately weak, so word and character n-grams carry what it loses."""
+    from tracer_wrap.model.hashing import hashing_embedder
+
+    rng = np.random.default_rng(seed)
+    keywords = [[f"kw{i}x{j}" for j in range(12)] for i in range(k)]
+    filler = [f"f{j}" for j in range(60)]
+    y = rng.integers(0, k, n)
+    texts = [" ".join([*rng.choice(keywords[i], 2), *rng.choice(filler, 5)]) for i in y]
+    labels = np.array([f"label{i}" for i in y], dtype=object)
+    if noisy_label is not None:
+        # The teacher is unreliable on one label: 35% of its texts get a random other label.
+        flip = (y == noisy_label) & (rng.random(n) < 0.35)
+        labels[flip] = [f"label{(noisy_label + 1 + j) % k}" for j in rng.integers(0, k - 1, flip.sum())]
+    return texts, hashing_embedder(dim).embed(texts), labels
+
+
+def test_text_model_serves_texts_and_the_embedding_model_serves_vectors():
+    texts, X, y = keyword_task(3000)
+    router = fit_router(X[:2000], y[:2000], texts=texts[:2000], targets=(0.9, 0.95))
+    assert router.has_text_model and router.info["n_ngram_features"] > 0
+    by_text = router.route_many(texts[2000:], X[2000:])
+    by_vector = router.route_many(None, X[2000:])
+    for one, many in ((router.route(texts[2000], X[2000]), by_text[0]),
+                      (router.route(None, X[2000]), by_vector[0])):
+        assert (one.label, one.local, one.threshold) == (many.label, many.local, many.threshold)
+        assert one.score == pytest.approx(many.score, rel=1e-5)
+    assert by_text[0].score != pytest.approx(by_vector[0].score, rel=1e-3)  # two surrogates
+    for decisions, cert in ((by_text, router.certificate_for(0.95)),
+                            (by_vector, router.certificate_for(0.95, text=False))):
+        local = np.array([d.local for d in decisions])
+        agree = np.array([d.label for d in decisions]) == y[2000:]
+        assert cert.certified and local.any()
+        assert agree[local].mean() >= 0.95
+    # The n-grams see what the 16-d embedding loses: more is answered locally from text.
+    assert router.certificate_for(0.95).coverage > router.certificate_for(0.95, text=False).coverage
+    assert np.mean([d.local for d in by_text]) > np.mean([d.local for d in by_vector])
+
+
+def test_per_label_guarantee_keeps_an_unreliable_label_off_the_local_path():
+    _, X, y = keyword_task(6000, noisy_label=2, seed=1, dim=256)
+    kwargs = {"targets": (0.95,), "calibration_fraction": 0.4, "C": 10.0}
+    average = fit_router(X, y, **kwargs)
+    per_label = fit_router(X, y, guarantee="per_label", **kwargs)
+    cert = per_label.certificate_for(0.95)
+    assert cert.guarantee == "per_label" and cert.certified
+    thresholds = dict(zip(per_label.labels, cert.label_thresholds))
+    assert thresholds["label2"] is None  # its answers agree ~65%: never answered locally
+    assert sum(t is not None for t in thresholds.values()) >= 4
+    # The average guarantee answers label2 locally, its errors hidden by the other labels.
+    decisions = average.route_many(None, X)
+    assert any(d.local and d.label == "label2" for d in decisions)
+    assert not any(d.local and d.label == "label2" for d in per_label.route_many(None, X))
+    assert per_label.info["guarantee"] == "per_label"
+
+
+def test_the_served_router_is_exactly_the_certified_one():
+    # Calibration = exactly the eligible rows (fewer than the calibration share asks for): the
+    # router's own decisions on them, from text and from vectors, reproduce the certificates.
+    texts, X, y = keyword_task(1500)
+    eligible = np.zeros(len(y), dtype=bool)
+    eligible[:400] = True
+    targets = (0.9, 0.95, 0.99)
+    router = fit_router(X, y, texts=texts, targets=targets, calibration_eligible=eligible,
+                        calibration_fraction=0.35)
+    assert router.has_text_model and router.info["n_calibration"] == 400
+    assert router.certificate_for(0.9).certified
+    assert router.certificate_for(0.9, text=False).certified
+    for by_text in (True, False):
+        for target in targets:
+            router.target = target
+            cert = router.certificate_for(target, text=by_text)
+            one_by_one = [router.route(texts[i] if by_text else None, X[i]) for i in range(400)]
+            local = np.array([d.local for d in one_by_one])
+            assert local.mean() == pytest.approx(cert.coverage)
+            if cert.certified:
+                agree = np.array([d.label for d in one_by_one]) == y[:400]
+                assert agree[local].mean() == pytest.approx(cert.agreement)
+
+
+def test_the_fused_surrogate_trains_on_at_most_max_text_train_traces():
+    texts, X, y = keyword_task(2000)
+    router = fit_router(X, y, texts=texts, targets=(0.9,), max_text_train=500)
+    assert router.info["n_text_train"] == 500 and router.info["n_train"] == 1200
+    decisions = router.route_many(texts[:200], X[:200])
+    assert np.mean([d.label == t for d, t in zip(decisions, y[:200])]) > 0.9
+
+
+def test_text_and_guarantee_settings_are_checked():
+    texts, X, y = keyword_task(200)
+    with pytest.raises(ConfigError, match="texts"):
+        fit_router(X, y, texts=texts[:-1])
+    with pytest.raises(ConfigError, match="guarantee"):
+        fit_router(X, y, guarantee="everywhere")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="C"):
+        fit_router(X, y, C=())

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracer_wrap.model.gate import binomial_pvalue, certify, min_accepted, threshold_grid
+from tracer_wrap.model.acceptor import Acceptor
+from tracer_wrap.model.gate import (
+    binomial_pvalue,
+    certify,
+    certify_per_label,
+    min_accepted,
+    threshold_grid,
+)
 
 
 def agree_prob(scores: np.ndarray) -> np.ndarray:
@@ -100,3 +107,116 @@ def test_refuses_when_agreement_is_below_target_everywhere():
                    reference_scores=reference, target=0.95, delta=0.05)
     assert not cert.certified
     assert "not credibly above 0.95" in cert.reason
+
+
+# -- per-label thresholds and the per-label guarantee, on a task with known truth ----------------
+#
+# Twelve labels answered equally often; the surrogate's probability s is U(0, 1) and the teacher
+# agrees with a label-k answer of probability s with chance BASES[k] + (1 - BASES[k]) * sqrt(s),
+# so labels differ in how far the teacher can be trusted and every agreement is known exactly.
+
+BASES = np.linspace(0.5, 0.9, 12)
+
+
+def draw_labelled(rng: np.random.Generator, n: int):
+    labels = rng.integers(0, len(BASES), n)
+    scores = rng.random(n)
+    agree = rng.random(n) < BASES[labels] + (1 - BASES[labels]) * np.sqrt(scores)
+    return scores, agree, labels
+
+
+def label_tail(k: int, tau: float) -> tuple[float, float]:
+    """Integral of the agreement over s in [tau, 1] for label k, and the mass of that interval."""
+    tau = min(max(tau, 0.0), 1.0)
+    return BASES[k] * (1 - tau) + (1 - BASES[k]) * (2 / 3) * (1 - tau**1.5), 1 - tau
+
+
+def label_agreement(k: int, tau: float) -> float:
+    hits, mass = label_tail(k, tau)
+    return hits / mass if mass > 0 else 1.0
+
+
+def rule_agreement(acceptor: Acceptor, threshold: float) -> float:
+    """True agreement on {acceptor score >= threshold}: per-label cut-offs on s, mixed."""
+    hits = mass = 0.0
+    for k in range(len(BASES)):
+        if acceptor.per_label:
+            z = (np.log(threshold / (1 - threshold)) - acceptor.intercepts[k]) / acceptor.slope
+            tau = float(1 / (1 + np.exp(-z)))
+        else:
+            tau = threshold
+        h, m = label_tail(k, tau)
+        hits, mass = hits + h, mass + m
+    return hits / mass if mass > 0 else 1.0
+
+
+def test_per_label_acceptor_keeps_the_average_guarantee_and_certifies_more():
+    rng = np.random.default_rng(11)
+    delta, target, draws = 0.1, 0.93, 100
+    violations = broken = 0
+    coverage = {True: [], False: []}
+    for _ in range(draws):
+        ref_s, ref_a, ref_l = draw_labelled(rng, 2000)
+        cal_s, cal_a, cal_l = draw_labelled(rng, 2000)
+        for per_label in (True, False):
+            acceptor = Acceptor.fit(ref_l, ref_s, ref_a, len(BASES)) if per_label else Acceptor()
+            ref, cal = acceptor.score(ref_l, ref_s), acceptor.score(cal_l, cal_s)
+            cert = certify(cal, cal_a, grid=threshold_grid(ref), reference_scores=ref,
+                           reference_agree=ref_a, target=target, delta=delta)
+            coverage[per_label].append(cert.coverage)
+            if per_label and cert.certified:
+                violations += rule_agreement(acceptor, cert.threshold) < target
+            if per_label:
+                # A broken gate: the most lenient threshold whose calibration agreement reaches
+                # the target, no test. The check below must be able to catch it.
+                order = np.argsort(-cal)
+                running = np.cumsum(cal_a[order]) / np.arange(1, len(cal) + 1)
+                ok = np.flatnonzero(running >= target)
+                naive = cal[order][ok.max()] if len(ok) else 1.0
+                broken += rule_agreement(acceptor, naive) < target
+    tolerance = delta + 3 * np.sqrt(delta * (1 - delta) / draws)
+    assert violations / draws <= tolerance
+    assert broken / draws > tolerance
+    assert np.mean(coverage[True]) > np.mean(coverage[False]) + 0.02
+
+
+def test_per_label_guarantee_holds_for_every_label_over_many_draws():
+    rng = np.random.default_rng(5)
+    delta, target, draws = 0.1, 0.9, 200
+    violations = naive_violations = certified = 0
+    for _ in range(draws):
+        ref_s, ref_a, ref_l = draw_labelled(rng, 3000)
+        cal_s, cal_a, cal_l = draw_labelled(rng, 3000)
+        cert = certify_per_label(cal_s, cal_a, cal_l, reference_scores=ref_s,
+                                 reference_agree=ref_a, reference_labels=ref_l,
+                                 n_labels=len(BASES), target=target, delta=delta)
+        assert cert.label_thresholds is not None
+        if cert.certified:
+            certified += 1
+            violations += any(t is not None and label_agreement(k, t) < target
+                              for k, t in enumerate(cert.label_thresholds))
+        # Without multiplicity control (each label at level delta) some label fails far more
+        # often than delta: the check below can tell the difference.
+        naive_bad = False
+        for k in range(len(BASES)):
+            ref_k, cal_k = ref_l == k, cal_l == k
+            one = certify(cal_s[cal_k], cal_a[cal_k], grid=threshold_grid(ref_s[ref_k], 50),
+                          reference_scores=ref_s[ref_k], reference_agree=ref_a[ref_k],
+                          target=target, delta=delta, power_factor=1.0)
+            naive_bad |= one.certified and label_agreement(k, one.threshold) < target
+        naive_violations += naive_bad
+    tolerance = delta + 3 * np.sqrt(delta * (1 - delta) / draws)
+    assert certified > 0.9 * draws
+    assert violations / draws <= tolerance
+    assert naive_violations / draws > tolerance
+
+
+def test_per_label_refuses_labels_without_enough_traces_and_says_why():
+    rng = np.random.default_rng(0)
+    ref_s, ref_a, ref_l = draw_labelled(rng, 600)  # ~50 per label: 107 needed at 0.95
+    cal_s, cal_a, cal_l = draw_labelled(rng, 600)
+    cert = certify_per_label(cal_s, cal_a, cal_l, reference_scores=ref_s, reference_agree=ref_a,
+                             reference_labels=ref_l, n_labels=len(BASES), target=0.95,
+                             delta=0.05)
+    assert not cert.certified and "needs at least" in cert.reason
+    assert cert.label_thresholds == (None,) * len(BASES)

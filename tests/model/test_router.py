@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -80,3 +84,64 @@ def test_pickled_arrays_are_never_loaded(tmp_path):
     np.savez(path, weights=np.array([object()], dtype=object), bias=np.zeros(3))
     with pytest.raises(RouterLoadError):
         Router.load(path)  # no expected hash given: the manifest hash and allow_pickle=False hold
+
+
+def test_per_label_thresholds_decide_label_by_label():
+    cert = Certificate(0.9, 0.6, 0.5, 0.95, 200, 0.01, guarantee="per_label",
+                       label_thresholds=(0.6, None, 0.6))
+    router = Router(np.eye(3, 4, dtype=np.float32) * 8, np.zeros(3), ["a", "b", "c"],
+                    {0.9: cert}, target=0.9)
+    a, b = router.route_many(None, np.array([[1, 0, 0, 0], [0, 1, 0, 0]], dtype=np.float32))
+    assert a.local and a.threshold == 0.6
+    assert not b.local and b.threshold is None and "'b' is not certified" in b.reason
+    assert router.threshold == 0.6
+    np.testing.assert_array_equal(router.label_thresholds(), [0.6, np.inf, 0.6])
+
+
+def fused_router() -> tuple[Router, list[str], np.ndarray]:
+    from test_fit import keyword_task
+
+    from tracer_wrap.model.fit import fit_router
+
+    texts, X, y = keyword_task(600)
+    return fit_router(X, y, texts=texts, targets=(0.8, 0.9)), texts, X
+
+
+def test_a_fused_router_round_trips_with_both_surrogates(tmp_path):
+    router, texts, X = fused_router()
+    manifest = router.save(tmp_path / "v2.npz")
+    loaded = Router.load(tmp_path / "v2.npz", expected_sha256=manifest["sha256"])
+    assert loaded.has_text_model and manifest["surrogate"] == "fused"
+    assert loaded.frontier() == router.frontier()
+    assert loaded.frontier(text=False) == router.frontier(text=False)
+    for batch in (texts[:50], None):
+        assert loaded.route_many(batch, X[:50]) == router.route_many(batch, X[:50])
+    with np.load(tmp_path / "v2.npz", allow_pickle=False) as arrays:
+        assert arrays["text_ngram_weights"].dtype == np.float16
+    assert json.loads((tmp_path / "v2.json").read_text())["features"]["kind"] == "hashed-tfidf"
+
+
+def test_a_router_of_the_earlier_format_still_loads(tmp_path):
+    buf = io.BytesIO()
+    np.savez(buf, weights=np.eye(3, 4, dtype=np.float32) * 8, bias=np.zeros(3, np.float32))
+    data = buf.getvalue()
+    manifest = {"format": "tracer_wrap.linear-softmax.v1", "labels": ["a", "b", "c"],
+                "target": 0.9, "sha256": hashlib.sha256(data).hexdigest(), "delta": 0.05,
+                "certificates": [{"target": 0.9, "threshold": 0.6, "coverage": 0.8,
+                                  "agreement": 0.93, "n_accepted": 400, "p_value": 0.01,
+                                  "reason": ""}]}
+    router = Router.from_bytes(data, manifest)
+    assert not router.has_text_model and router.threshold == 0.6
+    assert router.route("any text", np.array([1, 0, 0, 0], dtype=np.float32)).local
+    assert router.info["delta"] == 0.05
+
+
+def test_fused_arrays_with_pickles_are_refused(tmp_path):
+    router, _, _ = fused_router()
+    path = tmp_path / "v2.npz"
+    router.save(path)
+    arrays = dict(np.load(path, allow_pickle=False))
+    arrays["text_bias"] = np.array([object()], dtype=object)
+    np.savez(path, **arrays)
+    with pytest.raises(RouterLoadError):
+        Router.load(path)

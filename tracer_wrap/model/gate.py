@@ -1,24 +1,55 @@
 """The parity gate's statistics: Learn-then-Test thresholds with a finite-sample guarantee.
 
-The claim, for one target agreement ``t`` and error level ``delta``:
+The claims, for one target agreement ``t`` and error level ``delta``, over the draw of the
+calibration set:
 
-    With probability at least ``1 - delta`` over the draw of the calibration set, the surrogate's
-    agreement with the teacher on the inputs whose acceptor score is at least the certified
-    threshold is at least ``t``.
+* ``average`` (:func:`certify`): with probability at least ``1 - delta``, the surrogate's
+  agreement with the teacher on the inputs it answers locally (acceptor score at least the
+  certified threshold) is at least ``t``.
+* ``per_label`` (:func:`certify_per_label`): with probability at least ``1 - delta``, for *every*
+  label ``k`` the surrogate answers locally, its agreement with the teacher on the inputs it
+  answers ``k`` locally is at least ``t``. The answer is the surrogate's label, so this bounds
+  how often each local answer is wrong; it implies the average claim, since the local answers are
+  a mixture of the per-label ones.
 
-Assumptions: calibration traces and future traffic are exchangeable (drawn from the same
-distribution), and the calibration traces were not used to train the surrogate or the acceptor,
-nor to choose the threshold grid or its order. The claim holds for each target on its own (one
-fixed-sequence test per target), not simultaneously for all targets of a frontier.
+Assumptions: calibration traces and future traffic are independent draws from the same
+distribution; the calibration traces were not used to train the surrogate or its acceptor score,
+nor to choose anything the test depends on (which surrogate answers and its regularisation, the
+acceptor, the threshold grids, where each sequence starts, which labels are tested). Every such
+choice is made from out-of-fold predictions on the *training* part
+(:func:`tracer_wrap.model.fit.fit_router`). Each target's claim holds on its own (one test per target), not simultaneously
+for all targets of a frontier.
 
-Method (Angelopoulos et al. 2021, "Learn then Test"): for each threshold the null hypothesis is
-"agreement on accepted inputs < t"; conditional on the number ``n`` of accepted calibration inputs,
-the number that agree is Binomial(n, agreement), so the exact binomial tail gives a valid p-value.
-Thresholds are tested in a fixed order from strict to lenient and the sequence stops at the first
-p-value above ``delta`` (fixed-sequence testing controls the family-wise error at ``delta``). A test
-that accepts too few inputs can never reject (``0.95 ** 30 > 0.05``), so the sequence starts at the
-strictest threshold expected to accept enough inputs, judged from out-of-fold scores on the
-*training* part, never from the calibration data.
+Proof sketch. Fix a selection rule ``R`` (a set of inputs answered locally) chosen without the
+calibration data, and let ``A(R)`` be the teacher's agreement with the surrogate on ``R``. The
+calibration traces are i.i.d., so given that ``n`` of them fall in ``R``, those ``n`` are i.i.d.
+draws from the traffic restricted to ``R`` and the number ``K`` that agree is Binomial(n, A(R)).
+Under the null ``A(R) < t`` that is stochastically smaller than Binomial(n, t), so the exact tail
+``p = P(Binomial(n, t) >= K)`` satisfies ``P(p <= u) <= u``: a valid p-value, for every ``n``.
+
+* Fixed-sequence testing (Learn then Test, Angelopoulos et al. 2021): rules ``R_1, R_2, ...`` in
+  an order fixed in advance are tested one by one; the sequence stops at the first
+  ``p > delta`` and the last rule rejected is certified. A false certification needs the first
+  true null of the order to be rejected, which happens with probability at most ``delta``;
+  monotonicity is not needed. The rules are ``{score >= threshold}`` for a grid of thresholds,
+  strict to lenient. The acceptor score may itself be per-label (``sigmoid(a[label] + b *
+  logit(p))``, fitted out-of-fold): one global threshold on it is a set of per-label thresholds on
+  the surrogate's probability, so per-label thresholds for the average claim are the same test
+  with the *whole* selection rule as each hypothesis, and the accepted set's overall agreement is
+  what is certified.
+* Per-label claim: the family is the set ``F`` of labels that out-of-fold data predicts can pass
+  at level ``delta / (number of labels)``. For each ``k`` in ``F``, the rules ``{label = k, score >= threshold}`` are tested by their
+  own fixed sequence at level ``delta / |F|`` on the calibration traces the surrogate labels ``k``.
+  Each sequence falsely certifies with probability at most ``delta / |F|``; by the union bound
+  (Bonferroni, no independence needed) some label is falsely certified with probability at most
+  ``delta``. Labels outside ``F`` are never answered locally. The price is power: a label needs
+  ``log(delta / |F|) / log(t)`` calibration traces of its own even if all agree (144 at t = 0.95,
+  77 labels, delta = 0.05), so this claim needs long task histories.
+
+A test that accepts too few inputs can never reject (``0.95 ** 30 > 0.05``), so each sequence
+starts at the threshold whose test is predicted, from out-of-fold data, to pass most surely.
+Traces whose teacher label the surrogate never saw count as disagreements, which only makes the
+test conservative.
 """
 
 from __future__ import annotations
@@ -28,7 +59,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Certificate", "binomial_pvalue", "certify", "min_accepted", "threshold_grid"]
+__all__ = ["Certificate", "binomial_pvalue", "certify", "certify_per_label", "expected_coverage",
+           "expected_coverage_per_label",
+           "min_accepted", "threshold_grid"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +70,9 @@ class Certificate:
 
     ``threshold`` is ``None`` when the gate refuses (no threshold passed); ``reason`` then says why.
     ``coverage`` and ``agreement`` are measured on the calibration set at the certified threshold.
+    For a per-label certificate, ``label_thresholds`` holds one threshold per label (``None``: that
+    label is never answered locally), ``threshold`` is the smallest of them and ``p_value`` the
+    largest p-value among the labels certified (each below its share of ``delta``).
     """
 
     target: float
@@ -46,6 +82,8 @@ class Certificate:
     n_accepted: int
     p_value: float | None
     reason: str = ""
+    guarantee: str = "average"
+    label_thresholds: tuple[float | None, ...] | None = None
 
     @property
     def certified(self) -> bool:
@@ -56,7 +94,7 @@ def binomial_pvalue(successes: int, n: int, target: float) -> float:
     """P(Binomial(n, target) >= successes): small when the agreement is credibly above target."""
     if n <= 0:
         return 1.0
-    from scipy.stats import binom  # scipy.stats takes ~1 s to import; only fitting needs it
+    from scipy.stats import binom  # type: ignore[import-untyped]  # scipy.stats takes ~1 s to import; only fitting needs it
 
     return float(binom.sf(successes - 1, n, target))
 
@@ -102,7 +140,7 @@ def certify(
     """
     cal_scores = np.asarray(cal_scores, dtype=np.float64)
     cal_agree = np.asarray(cal_agree, dtype=bool)
-    ref = np.sort(np.asarray(reference_scores, dtype=np.float64))
+    ref = np.asarray(reference_scores, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
     n_cal = cal_scores.size
     need = power_factor * min_accepted(target, delta)
@@ -113,25 +151,10 @@ def certify(
         return replace(
             refused, reason=f"{n_cal} calibration traces; target {target} needs at least {math.ceil(need)}"
         )
-    start = _start(grid, ref, reference_scores, reference_agree, n_cal, need, target)
-
-    # Cumulative counts over calibration scores sorted from high to low make every test O(log n).
-    order = np.argsort(-cal_scores, kind="stable")
-    sorted_scores = cal_scores[order]
-    cum_agree = np.concatenate([[0], np.cumsum(cal_agree[order])])
-    best: Certificate | None = None
-    last_p: float | None = None
-    for threshold in grid[start:]:
-        n_acc = int(np.searchsorted(-sorted_scores, -threshold, side="right"))
-        k = int(cum_agree[n_acc])
-        p = binomial_pvalue(k, n_acc, target)
-        last_p = p
-        if p > delta:
-            break
-        best = Certificate(
-            target, float(threshold), n_acc / n_cal, k / n_acc if n_acc else None, n_acc, p
-        )
-    if best is None:
+    start = _start(grid, ref, reference_agree, n_cal, need, target)
+    threshold, n_acc, k, p, last_p = _fixed_sequence(cal_scores, cal_agree, grid[start:], target,
+                                                     delta)
+    if threshold is None:
         why = (
             f"agreement on calibration traces is not credibly above {target} at any threshold"
             f" (first test p={last_p:.3g} > delta={delta})"
@@ -139,29 +162,189 @@ def certify(
             else "the grid has no threshold that accepts enough traces"
         )
         return replace(refused, reason=why)
-    return best
+    return Certificate(target, threshold, n_acc / n_cal, k / n_acc if n_acc else None, n_acc, p)
 
 
+def certify_per_label(
+    cal_scores: np.ndarray,
+    cal_agree: np.ndarray,
+    cal_labels: np.ndarray,
+    *,
+    reference_scores: np.ndarray,
+    reference_agree: np.ndarray,
+    reference_labels: np.ndarray,
+    n_labels: int,
+    target: float,
+    delta: float,
+    grid_size: int = 50,
+) -> Certificate:
+    """Certify one threshold per label so that *every* label's local answers agree ``>= target``.
 
-def _start(grid: np.ndarray, ref_sorted: np.ndarray, ref_scores: np.ndarray,
-           ref_agree: np.ndarray | None, n_cal: int, need: float, target: float) -> int:
-    """Index of the first grid threshold to test, from reference data only."""
+    ``cal_labels`` and ``reference_labels`` are the surrogate's label index of each trace. The
+    family (labels predicted by the reference data to pass at level ``delta / n_labels``), each
+    label's grid (quantiles of its reference scores) and each sequence's start come from the
+    reference data alone; each label in the family is then tested by fixed sequence at level
+    ``delta / |family|`` on its own calibration traces (see the module docstring).
+    """
+    cal_scores = np.asarray(cal_scores, dtype=np.float64)
+    cal_agree = np.asarray(cal_agree, dtype=bool)
+    cal_labels = np.asarray(cal_labels)
+    ref_scores = np.asarray(reference_scores, dtype=np.float64)
+    ref_agree = np.asarray(reference_agree, dtype=bool)
+    ref_labels = np.asarray(reference_labels)
+    n_cal = cal_scores.size
+    refused = Certificate(target, None, 0.0, None, 0, None, guarantee="per_label",
+                          label_thresholds=(None,) * n_labels)
+    if n_cal == 0 or ref_scores.size == 0:
+        return replace(refused, reason="no calibration traces")
+    plans = _per_label_plans(ref_scores, ref_agree, ref_labels, n_labels, n_cal, target, delta,
+                             grid_size)
+    if not plans:
+        need = min_accepted(target, delta / n_labels)
+        return replace(refused, reason=(
+            f"no label is predicted to pass: each needs at least {need} calibration traces of its"
+            f" own with agreement credibly above {target} (delta={delta} shared by {n_labels}"
+            " labels)"))
+    level = delta / len(plans)
+    thresholds: list[float | None] = [None] * n_labels
+    accepted = np.zeros(n_cal, dtype=bool)
+    p_values = []
+    for k, grid, mine, expected_n in plans:
+        on_label = cal_labels == k
+        need = min_accepted(target, level)
+        start = _start(grid, ref_scores[mine], ref_agree[mine], max(round(expected_n), 1),
+                       need, target)
+        threshold, _, _, p, _ = _fixed_sequence(cal_scores[on_label], cal_agree[on_label],
+                                                grid[start:], target, level)
+        if threshold is not None:
+            thresholds[k] = threshold
+            accepted |= on_label & (cal_scores >= threshold)
+            p_values.append(p)
+    certified = [t for t in thresholds if t is not None]
+    if not certified:
+        return replace(refused, reason=(
+            f"no label's agreement on calibration traces is credibly above {target}"
+            f" ({len(plans)} labels tested, each at level {level:.3g})"))
+    n_acc = int(accepted.sum())
+    return Certificate(target, min(certified), n_acc / n_cal,
+                       float(cal_agree[accepted].mean()) if n_acc else None, n_acc,
+                       max(p for p in p_values if p is not None), guarantee="per_label",
+                       label_thresholds=tuple(thresholds))
+
+
+def expected_coverage_per_label(reference_scores: np.ndarray, reference_agree: np.ndarray,
+                                reference_labels: np.ndarray, *, n_labels: int, n_cal: float,
+                                target: float, delta: float, grid_size: int = 50) -> float:
+    """Share of traffic :func:`certify_per_label` is predicted to certify, from reference data."""
+    ref_scores = np.asarray(reference_scores, dtype=np.float64)
+    ref_agree = np.asarray(reference_agree, dtype=bool)
+    ref_labels = np.asarray(reference_labels)
+    plans = _per_label_plans(ref_scores, ref_agree, ref_labels, n_labels, n_cal, target, delta,
+                             grid_size)
+    level = delta / max(len(plans), 1)
+    total = 0.0
+    for _, grid, mine, expected_n in plans:
+        total += mine.mean() * expected_coverage(ref_scores[mine], ref_agree[mine], grid=grid,
+                                                 n_cal=expected_n, target=target, delta=level,
+                                                 power_factor=1.0)
+    return total
+
+
+def _per_label_plans(ref_scores: np.ndarray, ref_agree: np.ndarray, ref_labels: np.ndarray,
+                     n_labels: int, n_cal: float, target: float, delta: float, grid_size: int
+                     ) -> list[tuple[int, np.ndarray, np.ndarray, float]]:
+    """The per-label family: labels predicted to pass at level ``delta / n_labels``, each with
+    its grid, its reference rows and its expected number of calibration traces."""
+    plans = []
+    for k in range(n_labels):
+        mine = ref_labels == k
+        if not mine.any():
+            continue
+        expected_n = n_cal * mine.mean()
+        grid = threshold_grid(ref_scores[mine], grid_size)
+        predicted = expected_coverage(ref_scores[mine], ref_agree[mine], grid=grid,
+                                      n_cal=expected_n, target=target, delta=delta / n_labels,
+                                      power_factor=1.0)
+        if predicted > 0:
+            plans.append((k, grid, mine, expected_n))
+    return plans
+
+
+def expected_coverage(reference_scores: np.ndarray, reference_agree: np.ndarray, *,
+                      grid: np.ndarray, n_cal: float, target: float, delta: float,
+                      power_factor: float = 3.0) -> float:
+    """Share of traffic the fixed-sequence test is predicted to certify at ``target``.
+
+    The prediction assumes calibration traces behave like the reference (out-of-fold) ones: the
+    sequence starts where :func:`certify` would and continues while the p-value expected from the
+    reference agreement at ``n_cal`` calibration traces stays at most ``delta``. It uses no
+    calibration data, so choices made with it (the acceptor, the family) keep the guarantee.
+    """
+    ref = np.asarray(reference_scores, dtype=np.float64)
+    grid = np.asarray(grid, dtype=np.float64)
+    need = power_factor * min_accepted(target, delta)
+    if ref.size == 0 or grid.size == 0 or n_cal < need:
+        return 0.0
+    predicted, share = _predicted_pvalues(grid, ref, np.asarray(reference_agree, dtype=bool),
+                                          n_cal, need, target)
+    start = int(np.argmin(predicted))
+    passing = predicted[start:] <= delta
+    if not passing[0]:
+        return 0.0
+    last = start + (int(np.argmin(passing)) - 1 if not passing.all() else len(passing) - 1)
+    return float(share[last])
+
+
+def _fixed_sequence(scores: np.ndarray, agree: np.ndarray, grid: np.ndarray, target: float,
+                    level: float) -> tuple[float | None, int, int, float | None, float | None]:
+    """Test ``grid`` thresholds in order until one fails; the last passing one and its counts."""
+    # Cumulative counts over scores sorted from high to low make every test O(log n).
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    cum_agree = np.concatenate([[0], np.cumsum(agree[order])])
+    best: tuple[float | None, int, int, float | None] = (None, 0, 0, None)
+    last_p: float | None = None
+    for threshold in grid:
+        n_acc = int(np.searchsorted(-sorted_scores, -threshold, side="right"))
+        k = int(cum_agree[n_acc])
+        p = binomial_pvalue(k, n_acc, target)
+        last_p = p
+        if p > level:
+            break
+        best = (float(threshold), n_acc, k, p)
+    return (*best, last_p)
+
+
+def _predicted_pvalues(grid: np.ndarray, ref_scores: np.ndarray, ref_agree: np.ndarray,
+                       n_cal: float, need: float, target: float) -> tuple[np.ndarray, np.ndarray]:
+    """P-value expected at each grid threshold if calibration behaves like the reference data
+    (``inf`` where too few traces are expected), and the reference share accepted there."""
+    from scipy.stats import binom
+
+    ref_sorted = np.sort(ref_scores)
     accepted_share = (ref_sorted.size - np.searchsorted(ref_sorted, grid, side="left")) / ref_sorted.size
     expected_n = n_cal * accepted_share
     enough = expected_n >= min(need, n_cal)
-    if not np.any(enough):
-        return len(grid)
-    first_enough = int(np.argmax(enough))
-    if ref_agree is None:
-        return first_enough
-    from scipy.stats import binom
-
-    # Predicted p-value at each threshold if calibration behaves like the reference data.
-    order = np.argsort(-np.asarray(ref_scores, dtype=np.float64), kind="stable")
-    cum = np.cumsum(np.asarray(ref_agree, dtype=bool)[order])
+    order = np.argsort(-ref_scores, kind="stable")
+    cum = np.cumsum(ref_agree[order])
     n_ref = np.maximum(np.round(accepted_share * ref_sorted.size).astype(int), 1)
     agreement = cum[np.minimum(n_ref, ref_sorted.size) - 1] / n_ref
     n = np.maximum(np.round(expected_n).astype(int), 1)
     predicted = binom.sf(np.round(agreement * n) - 1, n, target)
     predicted[~enough] = np.inf
+    return predicted, accepted_share
+
+
+def _start(grid: np.ndarray, ref_scores: np.ndarray, ref_agree: np.ndarray | None, n_cal: int,
+           need: float, target: float) -> int:
+    """Index of the first grid threshold to test, from reference data only."""
+    ref_sorted = np.sort(ref_scores)
+    accepted_share = (ref_sorted.size - np.searchsorted(ref_sorted, grid, side="left")) / ref_sorted.size
+    enough = n_cal * accepted_share >= min(need, n_cal)
+    if not np.any(enough):
+        return len(grid)
+    if ref_agree is None:
+        return int(np.argmax(enough))
+    predicted, _ = _predicted_pvalues(grid, ref_scores, np.asarray(ref_agree, dtype=bool), n_cal,
+                                      need, target)
     return int(np.argmin(predicted))
