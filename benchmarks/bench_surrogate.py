@@ -30,16 +30,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # this checkout's tracer_wrap, not an installed one
-
 from scipy.stats import binom
 
 from tracer_wrap.lab.bench import embed_cached
@@ -50,6 +45,7 @@ from tracer_wrap.model.fit import fit_router
 from tracer_wrap.model.gate import certify_per_label
 from tracer_wrap.model.router import Router
 
+HERE = Path(__file__).resolve().parent
 TARGETS = (0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
 
 

@@ -111,7 +111,8 @@ def keyword_task(n: int, k: int = 6, seed: int = 0, noisy_label: int | None = No
     if noisy_label is not None:
         # The teacher is unreliable on one label: 35% of its texts get a random other label.
         flip = (y == noisy_label) & (rng.random(n) < 0.35)
-        labels[flip] = [f"label{(noisy_label + 1 + j) % k}" for j in rng.integers(0, k - 1, flip.sum())]
+        shifts = rng.integers(0, k - 1, flip.sum())
+        labels[flip] = [f"label{(noisy_label + 1 + j) % k}" for j in shifts]
     return texts, hashing_embedder(dim).embed(texts), labels
 
 

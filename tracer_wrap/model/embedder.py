@@ -61,7 +61,8 @@ class Embedder:
     def from_callable(cls, fn: EmbedFn, *, name: str | None = None, cache_size: int = 100_000
                       ) -> Embedder:
         """Wrap ``fn(texts) -> array of shape (len(texts), dim)``."""
-        return cls(fn, name=name or getattr(fn, "__name__", "callable"), cache_size=cache_size)
+        label = name or str(getattr(fn, "__name__", "callable"))
+        return cls(fn, name=label, cache_size=cache_size)
 
     @classmethod
     def precomputed(cls, vectors: Mapping[str, Any], *, name: str = "precomputed") -> Embedder:
@@ -114,7 +115,8 @@ class Embedder:
             hit = self._cache.get(text)
         if hit is not None:
             return hit
-        return self.embed([text])[0]
+        vector: np.ndarray = self.embed([text])[0]
+        return vector
 
     def _compute(self, texts: list[str]) -> list[np.ndarray]:
         try:
@@ -130,7 +132,7 @@ class Embedder:
                 " (or non-finite values)"
             )
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        matrix = matrix / np.where(norms > 0, norms, 1.0)
+        matrix = (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
         return list(matrix)
 
 
@@ -175,8 +177,9 @@ class _LazySentenceTransformer:
                 torch.set_num_threads(previous)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
-        return self._st.encode(texts, batch_size=64, show_progress_bar=False,
-                               convert_to_numpy=True)
+        vectors: np.ndarray = self._st.encode(texts, batch_size=64, show_progress_bar=False,
+                                              convert_to_numpy=True)
+        return vectors
 
     def _load(self) -> Any:
         try:

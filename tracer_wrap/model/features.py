@@ -21,8 +21,8 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp  # type: ignore[import-untyped]
-from sklearn.feature_extraction.text import HashingVectorizer  # type: ignore[import-untyped]
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import HashingVectorizer
 
 from ..errors import ConfigError
 

@@ -45,7 +45,7 @@ __all__ = ["DEFAULT_TARGETS", "fit_router"]
 
 DEFAULT_TARGETS: tuple[float, ...] = (0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
 #: Inverse regularisation strengths tried for the embedding surrogate, chosen per fit on
-#: out-of-fold data: 100 certifies the most on clean labels, 3 against a teacher that is often wrong.
+#: out-of-fold data: 100 certifies the most on clean labels, 3 against a teacher often wrong.
 EMBEDDING_C: tuple[float, ...] = (3.0, 100.0)
 #: The fused surrogate's strength is this times the embedding one chosen (100 -> 30, 3 -> 0.9),
 #: the best pairs measured on Banking77 with gold labels and with the simulated LLM teacher; one
@@ -148,7 +148,7 @@ def fit_router(
     features = None
 
     # Imported here: threadpoolctl comes with scikit-learn, which serving never needs.
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     # Folds run in parallel threads, each with single-threaded BLAS: multi-threaded BLAS on these
     # small matrices is up to 30x slower when another process holds a core (measured here). While
@@ -413,7 +413,7 @@ def _strengths(value: float | Sequence[float], name: str) -> tuple[float, ...]:
 
 
 def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import KFold  # type: ignore[import-untyped]
+    from sklearn.model_selection import KFold
 
     folds = max(2, min(folds, len(y)))
     return list(KFold(folds, shuffle=True, random_state=seed).split(y))

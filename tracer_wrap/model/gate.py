@@ -17,8 +17,8 @@ distribution; the calibration traces were not used to train the surrogate or its
 nor to choose anything the test depends on (which surrogate answers and its regularisation, the
 acceptor, the threshold grids, where each sequence starts, which labels are tested). Every such
 choice is made from out-of-fold predictions on the *training* part
-(:func:`tracer_wrap.model.fit.fit_router`). Each target's claim holds on its own (one test per target), not simultaneously
-for all targets of a frontier.
+(:func:`tracer_wrap.model.fit.fit_router`). Each target's claim holds on its own (one test per
+target), not simultaneously for all targets of a frontier.
 
 Proof sketch. Fix a selection rule ``R`` (a set of inputs answered locally) chosen without the
 calibration data, and let ``A(R)`` be the teacher's agreement with the surrogate on ``R``. The
@@ -38,8 +38,9 @@ Under the null ``A(R) < t`` that is stochastically smaller than Binomial(n, t), 
   with the *whole* selection rule as each hypothesis, and the accepted set's overall agreement is
   what is certified.
 * Per-label claim: the family is the set ``F`` of labels that out-of-fold data predicts can pass
-  at level ``delta / (number of labels)``. For each ``k`` in ``F``, the rules ``{label = k, score >= threshold}`` are tested by their
-  own fixed sequence at level ``delta / |F|`` on the calibration traces the surrogate labels ``k``.
+  at level ``delta / (number of labels)``. For each ``k`` in ``F``, the rules
+  ``{label = k, score >= threshold}`` are tested by their own fixed sequence at level
+  ``delta / |F|`` on the calibration traces the surrogate labels ``k``.
   Each sequence falsely certifies with probability at most ``delta / |F|``; by the union bound
   (Bonferroni, no independence needed) some label is falsely certified with probability at most
   ``delta``. Labels outside ``F`` are never answered locally. The price is power: a label needs
@@ -94,7 +95,8 @@ def binomial_pvalue(successes: int, n: int, target: float) -> float:
     """P(Binomial(n, target) >= successes): small when the agreement is credibly above target."""
     if n <= 0:
         return 1.0
-    from scipy.stats import binom  # type: ignore[import-untyped]  # scipy.stats takes ~1 s to import; only fitting needs it
+    # scipy.stats takes ~1 s to import; only fitting needs it.
+    from scipy.stats import binom
 
     return float(binom.sf(successes - 1, n, target))
 
@@ -149,7 +151,8 @@ def certify(
         return replace(refused, reason="no calibration traces")
     if n_cal < need:
         return replace(
-            refused, reason=f"{n_cal} calibration traces; target {target} needs at least {math.ceil(need)}"
+            refused, reason=f"{n_cal} calibration traces; target {target} needs at least"
+                            f" {math.ceil(need)}"
         )
     start = _start(grid, ref, reference_agree, n_cal, need, target)
     threshold, n_acc, k, p, last_p = _fixed_sequence(cal_scores, cal_agree, grid[start:], target,
@@ -322,7 +325,8 @@ def _predicted_pvalues(grid: np.ndarray, ref_scores: np.ndarray, ref_agree: np.n
     from scipy.stats import binom
 
     ref_sorted = np.sort(ref_scores)
-    accepted_share = (ref_sorted.size - np.searchsorted(ref_sorted, grid, side="left")) / ref_sorted.size
+    below = np.searchsorted(ref_sorted, grid, side="left")
+    accepted_share = (ref_sorted.size - below) / ref_sorted.size
     expected_n = n_cal * accepted_share
     enough = expected_n >= min(need, n_cal)
     order = np.argsort(-ref_scores, kind="stable")
@@ -339,7 +343,8 @@ def _start(grid: np.ndarray, ref_scores: np.ndarray, ref_agree: np.ndarray | Non
            need: float, target: float) -> int:
     """Index of the first grid threshold to test, from reference data only."""
     ref_sorted = np.sort(ref_scores)
-    accepted_share = (ref_sorted.size - np.searchsorted(ref_sorted, grid, side="left")) / ref_sorted.size
+    below = np.searchsorted(ref_sorted, grid, side="left")
+    accepted_share = (ref_sorted.size - below) / ref_sorted.size
     enough = n_cal * accepted_share >= min(need, n_cal)
     if not np.any(enough):
         return len(grid)

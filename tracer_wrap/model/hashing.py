@@ -34,6 +34,7 @@ def hashing_embedder(dim: int = 512) -> Embedder:
         dense = matrix[:, :dim] + matrix[:, dim:]
         # Inputs with no token at all (e.g. only punctuation) still get a unit vector.
         dense[np.linalg.norm(dense, axis=1) == 0, 0] = 1.0
-        return dense.astype(np.float32)
+        vectors: np.ndarray = dense.astype(np.float32)
+        return vectors
 
     return Embedder.from_callable(embed, name=HASHING)

@@ -41,7 +41,9 @@ class OODScorer:
         return float((self.prototypes @ np.asarray(vector, dtype=np.float32)).max())
 
     def scores(self, vectors: np.ndarray) -> np.ndarray:
-        return (np.asarray(vectors, dtype=np.float32) @ self.prototypes.T).max(axis=1)
+        similarity = np.asarray(vectors, dtype=np.float32) @ self.prototypes.T
+        nearest: np.ndarray = similarity.max(axis=1)
+        return nearest
 
     def is_outlier(self, vector: np.ndarray) -> bool:
         return self.score(vector) < self.cut

@@ -63,7 +63,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class TextModel:
-    """The fused surrogate: ``logits = ngrams(text) @ ngram_weights + embedding @ weights.T + bias``.
+    """The fused surrogate:
+    ``logits = ngrams(text) @ ngram_weights + embedding @ weights.T + bias``.
 
     ``ngram_weights`` is ``(features.n_features, n_labels)``, ``weights`` ``(n_labels, dim)``.
     The n-gram weights are kept and saved as float16 (half the memory and file);
@@ -303,7 +304,7 @@ class Router:
 
     def manifest(self) -> dict[str, Any]:
         """Everything about this router except its arrays (JSON-serialisable)."""
-        import sklearn  # type: ignore[import-untyped]
+        import sklearn
 
         out: dict[str, Any] = {
             "format": FORMAT,
