@@ -17,8 +17,9 @@ tracer provider sends spans (OTLP to Langfuse, Datadog, Honeycomb, ...). Its att
   ``gen_ai.system``), ``gen_ai.request.*``, ``gen_ai.response.model`` / ``.id`` /
   ``.finish_reasons``, ``gen_ai.usage.input_tokens`` / ``.output_tokens`` (0 for a local answer)
   and ``error.type``;
-* tracer_wrap's own: ``tracer_wrap.task``, ``tracer_wrap.answered_locally``, ``tracer_wrap.label``,
-  ``tracer_wrap.router.version``, ``tracer_wrap.router.label`` / ``.score``, ``tracer_wrap.target``,
+* tracer_wrap's own: ``tracer_wrap.task``, ``tracer_wrap.answered_locally``, ``tracer_wrap.label``
+  (and ``tracer_wrap.label_valid`` of an LLM answer), ``tracer_wrap.router.version``,
+  ``tracer_wrap.router.label`` / ``.score``, ``tracer_wrap.target``,
   ``tracer_wrap.certified_coverage``, ``tracer_wrap.audit``, ``tracer_wrap.shadow``,
   ``tracer_wrap.traced``, ``tracer_wrap.reason`` (why the call went to the LLM) and
   ``tracer_wrap.abandoned`` (a stream closed before its label was read).

@@ -36,7 +36,9 @@ __all__ = ["SETTING_PREFIX", "Spellings"]
 #: Store setting names of remembered spellings: ``spelling:<comparison key of the label>``.
 SETTING_PREFIX = "spelling:"
 #: At most this many spellings per task and process (a task of free-text answers is no label set).
-MAX_SPELLINGS = 512
+MAX_SPELLINGS = 256
+#: An answer longer than this, or of several lines, is no label to remember a spelling of.
+MAX_LABEL_CHARS = 100
 #: A label with no remembered spelling is looked up in the store again after this many seconds.
 RETRY_SECONDS = 30.0
 
@@ -63,8 +65,11 @@ class Spellings:
         if known is not None:
             return known
         try:
+            if (len(spelled) > MAX_LABEL_CHARS or "\n" in spelled
+                    or len(self._known) >= MAX_SPELLINGS):
+                return raw  # free text, not a label
             label = self._task.label_set.normalise(spelled)
-            if label is None or _key(label) != key or len(self._known) >= MAX_SPELLINGS:
+            if label is None or _key(label) != key:
                 return raw  # invalid, or a label with an explanation: not a spelling of it
             stored = self._task.store.setdefault_setting(self._task.task, SETTING_PREFIX + key,
                                                          spelled)

@@ -287,6 +287,7 @@ class StreamedResponse(wrapt.ObjectProxy):  # type: ignore[type-arg]
         self._self_span = span
         self._self_streaming = streaming
         self._self_seen = False
+        weakref.finalize(self, _abandon, span)  # never closed: the span ends when collected
 
     def _self_saw(self, parsed: Any) -> None:
         _observe(self, parsed)
@@ -342,6 +343,7 @@ class AsyncStreamedResponse(wrapt.ObjectProxy):  # type: ignore[type-arg]
         self._self_span = span
         self._self_streaming = streaming
         self._self_seen = False
+        weakref.finalize(self, _abandon, span)  # never closed: the span ends when collected
 
     def _self_saw(self, parsed: Any) -> None:
         _observe(self, parsed)
