@@ -13,8 +13,12 @@ from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
+from anthropic.lib.streaming import MessageStreamManager
+from openai.lib.streaming.chat import ChatCompletionStreamManager
+from openai.lib.streaming.responses import ResponseStreamManager
 
 from tracer_wrap.integrations import (
     LOCAL_ANSWER_BLOCKERS,
@@ -173,6 +177,62 @@ def test_the_callers_objects_are_neither_mutated_nor_reordered(plain, server, st
         snapshot = repr(request)
         client.chat.completions.create(**request)
         assert repr(request) == snapshot
+
+
+class Intent(pydantic.BaseModel):
+    label: str
+
+
+MANAGERS = (ChatCompletionStreamManager, ResponseStreamManager, MessageStreamManager)
+
+
+def _drain(result: Any) -> None:
+    """Read what a call returned to the end (a stream, a stream manager, or a plain object)."""
+    if isinstance(result, MANAGERS):
+        with result as stream:
+            for _ in stream:
+                pass
+    elif isinstance(result, (openai.Stream, anthropic.Stream)):
+        for _ in result:
+            pass
+
+
+CALLS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "chat.create": ("openai", "chat.completions.create", chat("refund #b1")),
+    "chat.create stream": ("openai", "chat.completions.create",
+                           chat("refund #b2", stream=True, stream_options={"include_usage": True})),
+    "chat.parse": ("openai", "chat.completions.parse", chat("refund #b3", response_format=Intent)),
+    "chat.stream": ("openai", "chat.completions.stream", chat("refund #b4")),
+    "responses.create": ("openai", "responses.create", responses("top up #b5")),
+    "responses.create stream": ("openai", "responses.create",
+                                responses("top up #b6", stream=True)),
+    "responses.parse": ("openai", "responses.parse", responses("top up #b7", text_format=Intent)),
+    "responses.stream": ("openai", "responses.stream", responses("top up #b8")),
+    "messages.create": ("anthropic", "messages.create", messages("fx fee #b9")),
+    "messages.create stream": ("anthropic", "messages.create", messages("fx fee #b10",
+                                                                        stream=True)),
+    "messages.parse": ("anthropic", "messages.parse", messages("fx fee #b11",
+                                                               output_format=Intent)),
+    "messages.stream": ("anthropic", "messages.stream", messages("fx fee #b12")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_every_traced_method_sends_what_a_plain_client_sends(name, plain, plain_claude, server,
+                                                             store, embedder):
+    sdk, path, request = CALLS[name]
+    unwrapped = plain if sdk == "openai" else plain_claude
+    wrapper = wrap_openai if sdk == "openai" else wrap_anthropic
+    wrapped = wrapper(unwrapped, task="intent", store=store, embedder=embedder, **TASK_OPTIONS)
+
+    def method(client: Any) -> Callable[..., Any]:
+        for part in path.split("."):
+            client = getattr(client, part)
+        return client  # type: ignore[no-any-return]
+
+    expected = last_body(server, lambda: _drain(method(unwrapped)(**request)))
+    assert last_body(server, lambda: _drain(method(wrapped)(**request))) == expected
+    assert store.count("intent") == 1  # and the LLM's answer became a trace
 
 
 # -- options a local answer cannot honour ----------------------------------------------------------
