@@ -327,3 +327,45 @@ def test_labels_are_given_for_the_plain_sdk_path(routed, server) -> None:
     """The router's answers above are the teacher's: a local answer equals the LLM's answer."""
     result = routed["openai"].chat.completions.create(**chat(routed["text"]))
     assert result.choices[0].message.content == teacher(routed["text"]) in LABELS
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+OTHER_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": {}}}
+
+# Requests that are no classification: tracer_wrap leaves them alone (no task, no trace).
+NOT_CLASSIFICATION: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
+    "tools the model may not call": ("openai.chat", lambda t: chat(t, tools=[TOOL])),
+    "two tools, any of them": ("openai.chat", lambda t: chat(t, tools=[TOOL, OTHER_TOOL],
+                                                             tool_choice="required")),
+    "legacy functions": ("openai.chat", lambda t: chat(t, functions=[TOOL["function"]])),
+    "an image": ("openai.chat", lambda t: {"model": "gpt-test", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": t}, IMAGE]}]}),
+    "two string fields": ("openai.chat", lambda t: chat(t, response_format={
+        "type": "json_schema", "json_schema": {"name": "x", "schema": {
+            "type": "object", "properties": {"a": {"type": "string"},
+                                             "b": {"type": "string"}}}}})),
+    "a conversation's state": ("openai.responses",
+                               lambda t: responses(t, previous_response_id="resp_1")),
+    "tools Claude may not call": ("anthropic.messages", lambda t: messages(t, tools=[
+        {"name": "classify", "input_schema": TOOL["function"]["parameters"]}])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_CLASSIFICATION))
+def test_a_request_that_is_no_classification_goes_to_the_llm_untouched(
+        case, routed, plain, plain_claude, server, store):
+    api, make = NOT_CLASSIFICATION[case]
+    request = make(routed["text"])
+    if api == "openai.chat":
+        calls = (lambda: plain.chat.completions.create(**request),
+                 lambda: routed["openai"].chat.completions.create(**request))
+    elif api == "openai.responses":
+        calls = (lambda: plain.responses.create(**request),
+                 lambda: routed["openai"].responses.create(**request))
+    else:
+        calls = (lambda: plain_claude.messages.create(**request),
+                 lambda: routed["anthropic"].messages.create(**request))
+    traces = store.count("intent")
+    expected = last_body(server, calls[0])
+    assert last_body(server, calls[1]) == expected
+    assert store.count("intent") == traces
