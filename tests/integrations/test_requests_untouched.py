@@ -369,3 +369,25 @@ def test_a_request_that_is_no_classification_goes_to_the_llm_untouched(
     expected = last_body(server, calls[0])
     assert last_body(server, calls[1]) == expected
     assert store.count("intent") == traces
+
+
+def test_a_parse_call_the_sdk_refuses_fails_alike_even_where_the_router_would_answer(
+        routed, plain, plain_claude, server):
+    text, calls = routed["text"], server.total_calls
+    refused = [  # (plain call, wrapped call): each one raises in the SDK, before any request
+        (lambda c: c.chat.completions.parse(**chat(text, tools=[TOOL], tool_choice=FORCED))),
+        (lambda c: c.responses.parse(**responses(text, text_format=Intent,
+                                                 text={"format": {"type": "text"}}))),
+    ]
+    for call in refused:
+        with pytest.raises((ValueError, TypeError)) as plain_error:
+            call(plain)
+        with pytest.raises(type(plain_error.value)) as wrapped_error:
+            call(routed["openai"])
+        assert str(wrapped_error.value) == str(plain_error.value)
+    with pytest.raises(TypeError) as plain_error:
+        plain_claude.messages.parse(**messages(text, output_format={"type": "json_schema"}))
+    with pytest.raises(TypeError) as wrapped_error:
+        routed["anthropic"].messages.parse(**messages(text, output_format={"type": "json_schema"}))
+    assert str(wrapped_error.value) == str(plain_error.value)
+    assert server.total_calls == calls

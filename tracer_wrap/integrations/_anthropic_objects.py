@@ -156,6 +156,9 @@ def build_parsed_message(label: str, request: Mapping[str, Any]) -> ParsedMessag
     ``label``: the SDK's own parsing of :func:`build_message`, so ``parsed_output`` is an
     instance of ``output_format``. Raises ``ValueError`` like :func:`build_message`, pydantic's
     ``ValidationError`` when ``label`` is not a valid value of the label field."""
+    fmt = request.get("output_format")
+    if fmt is not None and not isinstance(fmt, type):  # as messages.parse refuses it
+        raise TypeError("`output_format` must be a type")
     return parse_response(output_format=_output_format(request),
                           response=_new_message(label, request))
 

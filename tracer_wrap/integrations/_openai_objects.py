@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import openai
 from openai._models import construct_type
+from openai.lib._parsing._completions import parse_chat_completion, validate_input_tools
 from openai.lib._parsing._responses import parse_response, type_to_text_format_param
 from openai.lib.streaming.chat import AsyncChatCompletionStreamManager, ChatCompletionStreamManager
 from openai.lib.streaming.responses import AsyncResponseStreamManager, ResponseStreamManager
@@ -40,8 +41,6 @@ from openai.types.chat.chat_completion_message_function_tool_call import (
     ChatCompletionMessageFunctionToolCall,
     Function,
 )
-from openai.types.chat.parsed_chat_completion import ParsedChatCompletionMessage, ParsedChoice
-from openai.types.chat.parsed_function_tool_call import ParsedFunction, ParsedFunctionToolCall
 from openai.types.completion_usage import CompletionUsage
 from openai.types.responses import ParsedResponse, Response, ResponseStreamEvent
 
@@ -221,54 +220,21 @@ def build_chat_completion(label: str, request: Mapping[str, Any]) -> ChatComplet
     )
 
 
-def _parse_as(fmt: Any, data: dict[str, str]) -> Any:
-    """``data`` validated as the user's response format type (pydantic model or dataclass-like)."""
-    if hasattr(fmt, "model_validate"):
-        return fmt.model_validate(data)
-    import pydantic
-
-    return pydantic.TypeAdapter(fmt).validate_python(data)
-
-
 def build_parsed_chat_completion(label: str, request: Mapping[str, Any]
                                  ) -> ParsedChatCompletion[Any]:
     """The ``ParsedChatCompletion`` that ``chat.completions.parse(**request)`` returns when the LLM
-    answers ``label``: ``.parsed`` is an instance of the request's ``response_format`` type, and a
-    forced ``pydantic_function_tool`` / strict function call carries ``parsed_arguments``.
+    answers ``label``: the SDK's own parsing of :func:`build_chat_completion`, so ``.parsed`` is
+    an instance of the request's ``response_format`` type, and a forced
+    ``pydantic_function_tool`` / strict function call carries ``parsed_arguments``.
 
-    Raises ``ValueError`` if the request's output cannot be a single label, and pydantic's
-    ``ValidationError`` if ``label`` is not a valid value of the label field (not in its enum).
+    Raises what ``chat.completions.parse`` raises for the request (``ValueError`` for tools it
+    cannot parse), ``ValueError`` if the request's output cannot be a single label, and
+    pydantic's ``ValidationError`` if ``label`` is not a valid value of the label field.
     """
-    shape = _shape(request)
-    fmt = request.get("response_format")
-    fmt_type: Any = fmt if isinstance(fmt, type) else type(None)
-    completion_id, call_id = _ids()
-    data = {str(shape.field): label}
-    parsed = _parse_as(fmt, data) if shape.kind == "json" and isinstance(fmt, type) else None
-    tool_calls = None
-    if shape.kind == "tool":
-        function = next(t["function"] for t in request.get("tools") or ()
-                        if t.get("type") == "function"
-                        and t["function"].get("name") == shape.tool_name)
-        model = getattr(function, "model", None)  # set by openai.pydantic_function_tool()
-        if model is not None:
-            parsed_arguments: Any = _parse_as(model, data)
-        else:
-            parsed_arguments = dict(data) if function.get("strict") else None
-        tool_calls = [ParsedFunctionToolCall(
-            id=call_id, type="function",
-            function=ParsedFunction(name=str(shape.tool_name), arguments=_arguments(shape, label),
-                                    parsed_arguments=parsed_arguments))]
-    message = ParsedChatCompletionMessage[fmt_type](
-        role="assistant", content=_content(shape, label), refusal=None, parsed=parsed,
-        tool_calls=tool_calls)
-    return ParsedChatCompletion[fmt_type](
-        id=completion_id, object="chat.completion", created=int(time.time()),
-        model=str(request.get("model", "")), system_fingerprint=LOCAL_FINGERPRINT,
-        choices=[ParsedChoice[fmt_type](index=0, message=message, logprobs=None,
-                                        finish_reason="tool_calls" if tool_calls else "stop")],
-        usage=_zero_usage(),
-    )
+    tools = validate_input_tools(request.get("tools", openai.omit))
+    return parse_chat_completion(response_format=request.get("response_format", openai.omit),
+                                 input_tools=tools,
+                                 chat_completion=build_chat_completion(label, request))
 
 
 def _chunks(label: str, request: Mapping[str, Any]) -> list[ChatCompletionChunk]:
@@ -466,8 +432,13 @@ def build_parsed_response(label: str, request: Mapping[str, Any]) -> ParsedRespo
     """The ``ParsedResponse`` that ``responses.parse(**request)`` returns when the LLM answers
     ``label``: the SDK's own parsing of :func:`build_response`, so ``output_parsed`` is an
     instance of ``text_format`` and a forced strict function call carries ``parsed_arguments``.
-    Raises ``ValueError`` like :func:`build_chat_completion`, pydantic's ``ValidationError`` when
-    ``label`` is not a valid value of the label field."""
+    Raises ``TypeError`` as ``responses.parse`` does for both ``text.format`` and
+    ``text_format``, ``ValueError`` like :func:`build_chat_completion`, pydantic's
+    ``ValidationError`` when ``label`` is not a valid value of the label field."""
+    text = request.get("text")
+    if isinstance(request.get("text_format"), type) and isinstance(text, Mapping) \
+            and "format" in text:
+        raise TypeError("Cannot mix and match text.format with text_format")
     return parse_response(text_format=_text_format(request), input_tools=_input_tools(request),
                           response=build_response(label, request))
 

@@ -219,9 +219,14 @@ def anthropic_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
             return None
         field = label_field_of_schema(by_name[name].get("input_schema"))
         return OutputShape("tool", field, name) if field is not None else None
+    # The SDK's parse / stream turn an ``output_format`` type into ``output_config.format``,
+    # replacing any given there.
+    output_format = kwargs.get("output_format")
+    if isinstance(output_format, type):
+        return _format_shape(output_format)
     config = kwargs.get("output_config")
     fmt = config.get("format") if isinstance(config, Mapping) else None
-    return _format_shape(fmt if fmt is not None else kwargs.get("output_format"))
+    return _format_shape(fmt if fmt is not None else output_format)
 
 
 # -- template learning ---------------------------------------------------------------------------
