@@ -38,7 +38,7 @@ SETTING_PREFIX = "spelling:"
 #: At most this many spellings per task and process (a task of free-text answers is no label set).
 MAX_SPELLINGS = 256
 #: An answer longer than this, or of several lines, is no label to remember a spelling of.
-MAX_LABEL_CHARS = 100
+MAX_LABEL_CHARS = 64
 #: A label with no remembered spelling is looked up in the store again after this many seconds.
 RETRY_SECONDS = 30.0
 
