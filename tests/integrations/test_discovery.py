@@ -124,6 +124,27 @@ def test_chat_traffic_makes_no_task_per_conversation(raw, server, store, embedde
     assert store.tasks() == names
 
 
+def test_a_template_is_traced_from_its_second_call_or_its_first_once_in_the_store(
+        raw, server, store, embedder):
+    system = {"role": "system", "content": "Classify the banking request."}
+
+    def ask(client: Any, text: str) -> None:
+        client.chat.completions.create(model="m", messages=[system,
+                                                            {"role": "user", "content": text}])
+
+    first = wrap_openai(raw, store=store, embedder=embedder, **TASK_OPTIONS)
+    ask(first, "refund #1")
+    assert first.tracer_wrap_tasks.tasks() == {} and store.tasks() == []
+    ask(first, "refund #2")
+    (name,) = first.tracer_wrap_tasks.tasks()
+    assert [t.input for t in store.traces(name)] == ["refund #2"]
+    # Another process (a new client on the same store) traces the known template at once.
+    second = wrap_openai(raw, store=store, embedder=embedder, **TASK_OPTIONS)
+    ask(second, "refund #3")
+    assert list(second.tracer_wrap_tasks.tasks()) == [name]
+    assert [t.input for t in store.traces(name)] == ["refund #2", "refund #3"]
+
+
 # -- spellings -------------------------------------------------------------------------------------
 
 TITLE = {"card_lost": "Card Lost", "exchange_rate": "Exchange Rate", "refund": "Refund",
