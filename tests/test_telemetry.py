@@ -192,6 +192,23 @@ def test_a_stream_ends_its_span_when_read_or_abandoned(client, spans, server):
     assert wait_for_span(spans).attributes["tracer_wrap.abandoned"] is True
 
 
+def test_an_async_stream_abandoned_ends_its_span(server, store, embedder, spans):
+    async def main() -> None:
+        async with openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="t",
+                                      max_retries=0) as raw:
+            client = wrap_openai(raw, task="intent", store=store, embedder=embedder, **OPTIONS)
+            stream = await client.chat.completions.create(model="gpt-test", stream=True,
+                                                          messages=ask("refund"))
+            async with stream:
+                async for _ in stream:
+                    break
+            del stream
+
+    asyncio.run(main())  # closing the loop finalises its async generators
+    attributes = dict(wait_for_span(spans).attributes or {})
+    assert attributes["tracer_wrap.abandoned"] is True and "tracer_wrap.label" not in attributes
+
+
 def test_async_and_anthropic_calls_have_spans(server, store, embedder, spans):
     async def main() -> None:
         async with openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="t",
