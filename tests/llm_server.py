@@ -7,8 +7,14 @@ message) with ``teacher(text)``, shapes the answer the way the request asked for
 for ``response_format`` / ``text.format`` / ``output_config.format``, a tool call when a tool is
 forced), and counts every call per endpoint so a test can prove a call never reached it.
 
-Endpoints: ``POST /v1/chat/completions`` (JSON and SSE streaming), ``POST /v1/responses``
-(non-streaming) and ``POST /v1/messages`` (JSON and SSE streaming).
+Endpoints: ``POST /v1/chat/completions`` (JSON and SSE streaming), ``POST /v1/responses`` (JSON
+and SSE streaming) and ``POST /v1/messages`` (JSON and SSE streaming).
+
+Every request's JSON body is recorded (``server.requests``), so a test can prove the provider
+received exactly what a caller passed (the same call through a plain client gives the same body).
+``server.classify = "system"`` makes the teacher read the system prompt (chat: the first system
+message, responses: ``instructions``, anthropic: ``system``) instead of the last user message,
+for templates that put the text there.
 
 Faults: ``server.fail("429" | "500" | "garbage" | "timeout", times=N)`` makes the next ``N`` calls
 (or every call while ``times=None``) fail; ``server.clear_faults()`` removes them. A faulted call is
@@ -117,6 +123,7 @@ class LLMServer:
 
     def __init__(self, teacher: Callable[[str], str], model_latency: float = 0.0) -> None:
         self.teacher = teacher
+        self.classify: Literal["user", "system"] = "user"
         self.model_latency = model_latency
         self._lock = threading.Lock()
         self._calls: Counter[str] = Counter()
@@ -233,9 +240,21 @@ class LLMServer:
 
     # -- answers ---------------------------------------------------------------------------------
 
+    def _text(self, body: JSONDict, key: str) -> str:
+        """The text the teacher labels: the last user message's, or the system prompt's."""
+        if self.classify == "user":
+            return _last_user_text(body.get(key))
+        for name in ("system", "instructions"):
+            if body.get(name):
+                return _part_text(body[name])
+        messages = body.get(key)
+        first = messages[0] if isinstance(messages, list) and messages else {}
+        return _part_text(first.get("content")) if first.get("role") in ("system",
+                                                                          "developer") else ""
+
     def chat_completion(self, body: JSONDict) -> tuple[JSONDict, list[JSONDict] | None]:
         """The ChatCompletion for ``body`` and, if ``stream``, its chunks."""
-        label = self.teacher(_last_user_text(body.get("messages")))
+        label = self.teacher(self._text(body, "messages"))
         model = body.get("model", "gpt-test")
         created = int(time.time())
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
@@ -291,7 +310,7 @@ class LLMServer:
 
     def response(self, body: JSONDict) -> JSONDict:
         """The Responses API ``response`` object for ``body``."""
-        label = self.teacher(_last_user_text(body.get("input")))
+        label = self.teacher(self._text(body, "input"))
         response_id = f"resp_{uuid.uuid4().hex[:24]}"
         tool = _forced_responses_tool(body)
         if tool is not None:
@@ -322,9 +341,47 @@ class LLMServer:
                           "input_tokens_details": {"cached_tokens": 0},
                           "output_tokens_details": {"reasoning_tokens": 0}}}
 
+    def response_events(self, body: JSONDict) -> list[tuple[str, JSONDict]]:
+        """The server-sent events of a streamed Responses API ``response`` for ``body``: created,
+        in_progress, the output item with its deltas (two pieces, so clients are proven to
+        reassemble them) and done events, then completed (with usage)."""
+        final = self.response(body)
+        item = final["output"][0]
+        events: list[JSONDict] = []
+
+        def emit(kind: str, **data: Any) -> None:
+            events.append({"type": kind, "sequence_number": len(events), **data})
+
+        pending = dict(final, status="in_progress", output=[], usage=None)
+        emit("response.created", response=pending)
+        emit("response.in_progress", response=pending)
+        where = {"item_id": item["id"], "output_index": 0}
+        if item["type"] == "function_call":
+            emit("response.output_item.added", output_index=0,
+                 item=dict(item, arguments="", status="in_progress"))
+            for piece in _halves(item["arguments"]):
+                emit("response.function_call_arguments.delta", **where, delta=piece)
+            emit("response.function_call_arguments.done", **where, name=item["name"],
+                 arguments=item["arguments"])
+        else:
+            part = item["content"][0]
+            emit("response.output_item.added", output_index=0,
+                 item=dict(item, content=[], status="in_progress"))
+            emit("response.content_part.added", **where, content_index=0,
+                 part=dict(part, text=""))
+            for piece in _halves(part["text"]):
+                emit("response.output_text.delta", **where, content_index=0, delta=piece,
+                     logprobs=[])
+            emit("response.output_text.done", **where, content_index=0, text=part["text"],
+                 logprobs=[])
+            emit("response.content_part.done", **where, content_index=0, part=part)
+        emit("response.output_item.done", output_index=0, item=item)
+        emit("response.completed", response=final)
+        return [(event["type"], event) for event in events]
+
     def message(self, body: JSONDict) -> tuple[JSONDict, list[tuple[str, JSONDict]] | None]:
         """The Anthropic ``message`` for ``body`` and, if ``stream``, its ``(event, data)`` list."""
-        label = self.teacher(_last_user_text(body.get("messages")))
+        label = self.teacher(self._text(body, "messages"))
         message_id = f"msg_{uuid.uuid4().hex[:24]}"
         tool = _forced_anthropic_tool(body)
         if tool is not None:
@@ -462,9 +519,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_sse([(None, chunk) for chunk in chunks], done=True)
         elif endpoint == "responses":
             if body.get("stream"):
-                self._send_json(400, {"error": {"message": "streaming responses not supported by "
-                                                           "the test server",
-                                                "type": "invalid_request"}})
+                self._send_sse(self.llm.response_events(body), done=False)
             else:
                 self._send_json(200, self.llm.response(body))
         else:

@@ -175,6 +175,45 @@ def test_responses_create_text_json_and_tool(oai: openai.OpenAI, server: LLMServ
     assert server.calls["responses"] == 3
 
 
+def test_responses_stream_events_and_helpers(oai: openai.OpenAI, server: LLMServer) -> None:
+    events = list(oai.responses.create(model="m", input="good", stream=True))
+    assert [e.type for e in events] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.content_part.added", "response.output_text.delta", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[-1].response.output_text == "positive" and events[-1].response.usage
+    with oai.responses.stream(model="m", input="bad", text_format=Verdict) as stream:
+        final = stream.get_final_response()
+    assert final.output_parsed == Verdict(sentiment=Sentiment.negative)
+    tool = {"type": "function", "name": "classify", "strict": True,
+            "parameters": {**CLASSIFY_TOOL["function"]["parameters"],
+                           "additionalProperties": False}}
+    with oai.responses.stream(model="m", input="love", tools=[tool],
+                              tool_choice={"type": "function", "name": "classify"}) as stream:
+        assert "response.function_call_arguments.delta" in [e.type for e in stream]
+        call = stream.get_final_response().output[0]
+    assert call.parsed_arguments == {"label": "positive"}
+    parsed = oai.responses.parse(model="m", input="meh", text_format=Verdict)
+    assert parsed.output_parsed == Verdict(sentiment=Sentiment.negative)
+    assert server.calls["responses"] == 4
+
+
+def test_requests_are_recorded_and_the_system_prompt_can_be_classified(
+        oai: openai.OpenAI, claude: anthropic.Anthropic, server: LLMServer) -> None:
+    server.classify = "system"
+    chat = oai.chat.completions.create(model="m", messages=[
+        {"role": "system", "content": "Label this: great"}, {"role": "user", "content": "bad"}])
+    response = oai.responses.create(model="m", instructions="Label this: love it", input="dull")
+    message = claude.messages.create(model="c", max_tokens=8, system="Label this: good",
+                                     messages=[{"role": "user", "content": "awful"}])
+    assert (chat.choices[0].message.content, response.output_text,
+            message.content[0].text) == ("positive", "positive", "positive")
+    assert server.requests[1] == ("responses", {"model": "m", "instructions": "Label this: love it",
+                                                "input": "dull"})
+
+
 # -- Anthropic messages ---------------------------------------------------------------------------
 
 

@@ -11,13 +11,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+#: The checkout under test (a subprocess must import this copy of tracer_wrap, not another).
+REPO = ROOT.parent
 
 from _synthetic import LABELS, fill_store, make_traces  # noqa: E402
 from llm_server import LLMServer, serve_llm  # noqa: E402
 
 from tracer_wrap.store import TraceStore  # noqa: E402
 
-__all__ = ["LABELS", "LLMServer", "TASK_OPTIONS", "easy_texts", "fitted", "serve_llm", "teacher"]
+__all__ = ["LABELS", "LLMServer", "REPO", "TASK_OPTIONS", "easy_texts", "fitted", "serve_llm",
+           "teacher"]
 
 #: Options that let a task fit a router from a few hundred traces and never refit on its own.
 TASK_OPTIONS = {"min_traces": 20, "refit_every": None, "audit_rate": 0.0}

@@ -11,12 +11,14 @@ import pydantic
 import pytest
 
 from tracer_wrap.integrations import (
+    LOCAL_ANSWER_BLOCKERS,
     OutputShape,
     PromptView,
     TemplateLearner,
     anthropic_messages_view,
     label_field_of_schema,
     label_from_json,
+    local_answer_blocker,
     openai_chat_output_shape,
     openai_chat_view,
     openai_responses_view,
@@ -75,9 +77,8 @@ def test_chat_view_reads_text_parts_and_skips_non_classifications() -> None:
     image = {"model": "m", "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}
     assert openai_chat_view(image) is None
-    assert openai_chat_view(chat("x", n=3)) is None
-    assert openai_chat_view({"model": "m",
-                             "messages": [{"role": "system", "content": "hi"}]}) is None
+    assert openai_chat_view({"model": "m", "messages": [{"role": "assistant", "content": "hi"}]}) \
+        is None
     assert openai_chat_view({"model": "m", "messages": []}) is None
     assert openai_chat_view(chat("   ")) is None
     free_tools = chat("x", tools=[{"type": "function",
@@ -259,3 +260,90 @@ def test_template_learner_never_cuts_at_an_apostrophe_inside_a_word() -> None:
     learner = TemplateLearner(min_examples=2)
     learner.split("g", "I don't like it")
     assert learner.split("g", "I don't know") == ("", "I don't know", "")
+
+
+# -- where the text sits, and whether a prompt recurs ---------------------------------------------
+
+
+def in_system(text: str) -> str:
+    return f"You label sentiment.\nReview: {text}\nAnswer with one word."
+
+
+def test_the_text_in_the_system_prompt_is_found_after_a_few_calls() -> None:
+    learner = TemplateLearner(min_examples=3)
+    views = [openai_chat_view(chat("Which label?", system=in_system(r)), learner)
+             for r in REVIEWS]
+    # Two calls show nothing yet (each looks like a prompt of its own); the third shows that only
+    # the system prompt varies; with the two before it the learner knows the template at once.
+    assert [v.slot for v in views] == ["user", "user", "system", "system", "system"]
+    assert [v.recurring for v in views] == [False, False, True, True, True]
+    assert [v.text for v in views[2:]] == REVIEWS[2:]
+    assert len({v.task_key for v in views[2:]}) == 1
+    responses = [openai_responses_view({"model": "m", "instructions": in_system(r),
+                                        "input": "Which label?"}, learner) for r in REVIEWS]
+    assert [v.text for v in responses[2:]] == REVIEWS[2:]
+    claude = [anthropic_messages_view({"model": "c", "max_tokens": 5, "system": [
+        {"type": "text", "text": in_system(r)}], "messages": [
+        {"role": "user", "content": "Which label?"}]}, learner) for r in REVIEWS]
+    assert [v.text for v in claude[2:]] == REVIEWS[2:]
+    alone = [openai_chat_view({"model": "m", "messages": [
+        {"role": "system", "content": in_system(r)}]}, learner) for r in REVIEWS]
+    assert [v.slot for v in alone] == ["system"] * 5
+    assert [v.recurring for v in alone] == [False, False, True, True, True]
+    assert [v.text for v in alone[2:]] == REVIEWS[2:]
+
+
+def test_a_constant_system_prompt_keeps_the_text_in_the_user_message() -> None:
+    learner = TemplateLearner(min_examples=3)
+    views = [openai_chat_view(chat(r), learner) for r in REVIEWS * 2]
+    assert {v.slot for v in views} == {"user"} and [v.text for v in views] == REVIEWS * 2
+    assert [v.recurring for v in views] == [False] + [True] * 9
+
+
+def test_a_conversation_never_recurs() -> None:
+    learner = TemplateLearner()
+    history: list[dict[str, str]] = [{"role": "system", "content": "You are helpful."}]
+    recurring = []
+    for turn in range(6):
+        history.append({"role": "user", "content": f"question {turn}"})
+        recurring.append(openai_chat_view({"model": "m", "messages": history}, learner).recurring)
+        history.append({"role": "assistant", "content": f"answer {turn}"})
+    assert recurring == [False] * 6
+
+
+def test_text_in_the_system_prompt_is_learned_with_bounded_memory() -> None:
+    with pytest.raises(ValueError):
+        TemplateLearner(min_system_prompts=1)
+    learner = TemplateLearner(max_groups=4, min_system_prompts=2)
+    for i in range(10):
+        assert not learner.text_in_system(f"g{i}", "one prompt")
+    assert len(learner._system_candidates) == 4
+    assert not learner.text_in_system("s", "a") and learner.text_in_system("s", "b")
+    assert learner.text_in_system("s", "c") and "s" not in learner._system_candidates
+
+
+# -- options a local answer cannot honour ---------------------------------------------------------
+
+
+def test_local_answer_blocker_names_the_option_and_reads_label_texts_only_for_stops() -> None:
+    def never() -> list[str]:
+        raise AssertionError("label texts are read only for stop sequences")
+
+    assert local_answer_blocker("openai.chat", chat("x"), never) is None
+    assert local_answer_blocker("openai.chat", chat("x", logprobs=True), never) == \
+        "logprobs: a local answer has no log probabilities"
+    assert local_answer_blocker("openai.chat", chat("x", logprobs=False, n=1), never) is None
+    assert local_answer_blocker("openai.chat", chat("x", n=3), never).startswith("n: ")
+    assert local_answer_blocker("anthropic.messages", {"logprobs": True}, never) is None
+    texts = ["card_lost", "refund"]
+    assert local_answer_blocker("openai.chat", chat("x", stop="_"), lambda: texts) == \
+        "stop: a stop sequence would cut the label"
+    assert local_answer_blocker("openai.chat", chat("x", stop=["\n", "##"]), lambda: texts) is None
+    assert local_answer_blocker("anthropic.messages", {"stop_sequences": ["fun"]},
+                                lambda: texts).startswith("stop_sequences: ")
+    assert local_answer_blocker("openai.responses", {"reasoning": {"effort": "low"}}, never) \
+        is None
+    assert local_answer_blocker("anthropic.messages", {"thinking": {"type": "disabled"}}, never) \
+        is None
+    options = {(b.option, api) for b in LOCAL_ANSWER_BLOCKERS for api in b.apis}
+    assert len(options) == 15 and all(b.why for b in LOCAL_ANSWER_BLOCKERS)

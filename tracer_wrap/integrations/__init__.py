@@ -5,9 +5,12 @@ SDK object from a local label; the path of the call is the engine's (:mod:`trace
 reached through the SDK driver (:mod:`._sdk`), with streams read by the stream tap
 (:mod:`._stream`)::
 
-    _prompt      request views, template learning, output shapes, usage (SDK-free)
+    _prompt      request views, template learning, output shapes, the options a local answer
+                 cannot honour, usage (SDK-free)
     _sdk         the driver: one TracedTask per prompt template, a Reply per call
-    _stream      the stream tap (label and usage of a stream the caller consumes)
+    _spelling    the spelling the LLM answers each label in (local answers use it)
+    _stream      the stream tap (label and usage of a stream the caller consumes; stream
+                 managers and raw streamed responses)
     _openai / _openai_objects        wrap_openai, and OpenAI objects read and built
     _anthropic / _anthropic_objects  wrap_anthropic, and Anthropic objects read and built
     zero_code    autolog() and the ``tracer-wrap run`` launcher
@@ -24,12 +27,15 @@ from typing import Any
 from ..errors import MissingExtraError
 from ..labels import LABEL_FIELD_NAMES, label_from_json
 from ._prompt import (
+    LOCAL_ANSWER_BLOCKERS,
+    Blocker,
     OutputShape,
     PromptView,
     TemplateLearner,
     anthropic_messages_view,
     anthropic_output_shape,
     label_field_of_schema,
+    local_answer_blocker,
     openai_chat_output_shape,
     openai_chat_view,
     openai_responses_output_shape,
@@ -43,21 +49,26 @@ _LAZY: dict[str, tuple[str, str]] = {
     **{name: ("._openai", "openai") for name in ("TracedAsyncOpenAI", "TracedOpenAI",
                                                  "wrap_openai")},
     **{name: ("._openai_objects", "openai") for name in (
-        "LOCAL_FINGERPRINT", "AsyncLocalChatStream", "LocalChatStream",
-        "build_async_chat_completion_stream", "build_async_chat_stream_manager",
-        "build_chat_completion", "build_chat_completion_stream", "build_chat_stream_manager",
-        "build_parsed_chat_completion", "build_response", "is_local", "label_from_chat_completion",
-        "label_from_response")},
+        "LOCAL_FINGERPRINT", "AsyncLocalChatStream", "AsyncLocalResponseStream",
+        "LocalChatStream", "LocalResponseStream", "build_async_chat_completion_stream",
+        "build_async_chat_stream_manager", "build_async_response_stream",
+        "build_async_response_stream_manager", "build_chat_completion",
+        "build_chat_completion_stream", "build_chat_stream_manager",
+        "build_parsed_chat_completion", "build_parsed_response", "build_response",
+        "build_response_stream", "build_response_stream_manager", "is_local",
+        "label_from_chat_completion", "label_from_response")},
     **{name: ("._anthropic_objects", "anthropic") for name in (
         "LOCAL_ID_PREFIX", "AsyncLocalMessageStream", "LocalMessageStream",
         "build_async_message_stream", "build_async_message_stream_manager", "build_message",
-        "build_message_stream", "build_message_stream_manager", "is_local_message",
-        "label_from_message")},
+        "build_message_stream", "build_message_stream_manager", "build_parsed_message",
+        "is_local_message", "label_from_message")},
 }
 
 __all__ = [
     "TASK_OPTION",
     "LABEL_FIELD_NAMES",
+    "LOCAL_ANSWER_BLOCKERS",
+    "Blocker",
     "OutputShape",
     "PromptView",
     "TemplateLearner",
@@ -65,6 +76,7 @@ __all__ = [
     "anthropic_output_shape",
     "label_field_of_schema",
     "label_from_json",
+    "local_answer_blocker",
     "openai_chat_output_shape",
     "openai_chat_view",
     "openai_responses_output_shape",

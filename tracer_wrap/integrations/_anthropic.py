@@ -1,9 +1,11 @@
 """``wrap_anthropic``: an Anthropic / AsyncAnthropic client whose classification calls are traced.
 
 Like :mod:`._openai`: a :class:`wrapt.ObjectProxy` of the user's instance, intercepting
-``messages.create`` (including ``stream=True``) and ``messages.stream`` through
-:class:`._sdk.Tasks`. Imports ``anthropic``; :func:`tracer_wrap.integrations.wrap_anthropic`
-imports this module on first use and names the pip extra when the SDK is missing.
+``messages.create`` (including ``stream=True``), ``messages.parse`` and ``messages.stream`` (with
+``output_format`` too), and their ``with_raw_response`` / ``with_streaming_response`` twins
+(traced, always answered by the LLM), through :class:`._sdk.Tasks`. Imports ``anthropic``;
+:func:`tracer_wrap.integrations.wrap_anthropic` imports this module on first use and names the pip
+extra when the SDK is missing.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, overload
 
 import anthropic
+from anthropic import _response as anthropic_response
 
 from ..errors import ConfigError
 from . import _anthropic_objects as objects
 from ._prompt import anthropic_messages_view
-from ._sdk import ApiSpec, Resource, Tasks, with_raw_header
+from ._sdk import ApiSpec, Resource, Tasks, variant
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -25,39 +28,45 @@ if TYPE_CHECKING:
 
 __all__ = ["TracedAnthropic", "TracedAsyncAnthropic", "wrap_anthropic"]
 
-_MESSAGES = ApiSpec("anthropic.messages.create", view=anthropic_messages_view,
-                    build=objects.build_message, label=objects.label_from_message,
-                    stream_kind="anthropic")
+_MESSAGES = ApiSpec("anthropic.messages.create", api="anthropic.messages", provider="anthropic",
+                    view=anthropic_messages_view, build=objects.build_message,
+                    label=objects.label_from_message, answer_text=objects.message_answer_text,
+                    describe=objects.describe_message, stream_kind="anthropic")
 MESSAGES_CREATE = replace(_MESSAGES, build_stream=objects.build_message_stream)
 ASYNC_MESSAGES_CREATE = replace(_MESSAGES, build_stream=objects.build_async_message_stream)
+MESSAGES_PARSE = replace(_MESSAGES, name="anthropic.messages.parse",
+                         build=objects.build_parsed_message)
 MESSAGES_STREAM = replace(_MESSAGES, name="anthropic.messages.stream",
                           build=objects.build_message_stream_manager, manager=True)
 ASYNC_MESSAGES_STREAM = replace(MESSAGES_STREAM, build=objects.build_async_message_stream_manager)
 
-
-class _RawMessages(Resource):
-    def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(MESSAGES_CREATE, self.__wrapped__.create, args,
-                                    with_raw_header(kwargs))
-
-
-class _AsyncRawMessages(Resource):
-    async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args,
-                                           with_raw_header(kwargs))
+# The SDK's own wrappers: they set the raw-response header and, for with_streaming_response,
+# return the SDK's context manager whose request is sent (here: traced) when it is entered.
+_RAW = getattr(anthropic_response, "to_raw_response_wrapper", None)
+_ASYNC_RAW = getattr(anthropic_response, "async_to_raw_response_wrapper", None)
+_STREAMED = getattr(anthropic_response, "to_streamed_response_wrapper", None)
+_ASYNC_STREAMED = getattr(anthropic_response, "async_to_streamed_response_wrapper", None)
 
 
 class _Messages(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(MESSAGES_CREATE, self.__wrapped__.create, args, kwargs)
 
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(MESSAGES_PARSE, self.__wrapped__.parse, args, kwargs)
+
     def stream(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs,
-                                   is_async=False)
+                                    is_async=False)
 
     @property
     def with_raw_response(self) -> Any:
-        return _RawMessages(self.__wrapped__.with_raw_response, self._self_tasks)
+        return variant(self.__wrapped__.with_raw_response, self, _RAW, ("create", "parse"))
+
+    @property
+    def with_streaming_response(self) -> Any:
+        return variant(self.__wrapped__.with_streaming_response, self, _STREAMED,
+                       ("create", "parse"))
 
 
 class _AsyncMessages(Resource):
@@ -65,13 +74,21 @@ class _AsyncMessages(Resource):
         return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args,
                                            kwargs)
 
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._self_tasks.arun(MESSAGES_PARSE, self.__wrapped__.parse, args, kwargs)
+
     def stream(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(ASYNC_MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs,
-                                   is_async=True)
+                                    is_async=True)
 
     @property
     def with_raw_response(self) -> Any:
-        return _AsyncRawMessages(self.__wrapped__.with_raw_response, self._self_tasks)
+        return variant(self.__wrapped__.with_raw_response, self, _ASYNC_RAW, ("create", "parse"))
+
+    @property
+    def with_streaming_response(self) -> Any:
+        return variant(self.__wrapped__.with_streaming_response, self, _ASYNC_STREAMED,
+                       ("create", "parse"))
 
 
 class TracedAnthropic(Resource):
@@ -123,10 +140,10 @@ def wrap_anthropic(client: Any, *, task: str | None = None, **options: Any) -> A
     """Wrap an ``Anthropic`` or ``AsyncAnthropic`` instance; return the wrapped client.
 
     Same options and guarantees as :func:`~tracer_wrap.integrations.wrap_openai`, around
-    ``messages.create`` (also with ``stream=True``) and ``messages.stream``. A local answer is a
-    genuine ``Message`` (or stream of raw events) with zero usage whose id starts with
-    ``"msg_tracerwrap_"``. Raises ConfigError for anything but an Anthropic client or on a bad
-    option.
+    ``messages.create`` (also with ``stream=True``), ``messages.parse`` and ``messages.stream``.
+    A local answer is a genuine ``Message`` (``ParsedMessage``, or stream of raw events) with
+    zero usage whose id starts with ``"msg_tracerwrap_"``. Raises ConfigError for anything but an
+    Anthropic client or on a bad option.
     """
     if isinstance(client, TracedAnthropic):
         client = client.__wrapped__

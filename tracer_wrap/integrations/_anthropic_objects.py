@@ -1,7 +1,8 @@
 """Anthropic objects: read the label out of a real ``Message``, and build genuine ones locally.
 
-Built objects are instances of the SDK's classes (``Message``, ``anthropic.Stream`` /
-``anthropic.AsyncStream`` of raw stream events, the SDK's ``MessageStreamManager``).
+Built objects are instances of the SDK's classes (``Message``, ``ParsedMessage`` made by the
+SDK's own parsing, ``anthropic.Stream`` / ``anthropic.AsyncStream`` of raw stream events, the
+SDK's ``MessageStreamManager``, with ``output_format`` parsing as the SDK does).
 
 Marker: a ``Message`` has no system fingerprint, so a local answer is marked in its ``id``, which
 starts with :data:`LOCAL_ID_PREFIX` (``"msg_tracerwrap_"``; real ids start with ``"msg_"`` followed
@@ -19,10 +20,12 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import anthropic
+from anthropic.lib._parse._response import parse_response
 from anthropic.lib.streaming import AsyncMessageStreamManager, MessageStreamManager
 from anthropic.types import (
     Message,
     MessageDeltaUsage,
+    ParsedMessage,
     RawContentBlockDeltaEvent,
     RawContentBlockStartEvent,
     RawContentBlockStopEvent,
@@ -50,8 +53,11 @@ __all__ = [
     "build_message",
     "build_message_stream",
     "build_message_stream_manager",
+    "build_parsed_message",
+    "describe_message",
     "is_local_message",
     "label_from_message",
+    "message_answer_text",
 ]
 
 #: Prefix of the ``id`` of every ``Message`` answered locally.
@@ -74,6 +80,24 @@ def label_from_message(message: Message) -> str | None:
         if block.type == "text":
             texts.append(block.text)
     return label_from_text("".join(texts))
+
+
+def describe_message(message: Any) -> dict[str, Any]:
+    """The ``gen_ai.response.*`` attributes of a ``Message`` (empty for anything else)."""
+    if not isinstance(message, Message):
+        return {}
+    return {"gen_ai.response.id": message.id, "gen_ai.response.model": message.model,
+            "gen_ai.response.finish_reasons": [str(message.stop_reason)]
+            if message.stop_reason else None}
+
+
+def message_answer_text(label: str, request: Mapping[str, Any]) -> str:
+    """The text a local answer of ``label`` generates: the text block, or the forced tool's
+    input as JSON. Raises ``ValueError`` if the request's output cannot be a single label."""
+    block = _content(_shape(request), label, "toolu_")
+    if isinstance(block, ToolUseBlock):
+        return json.dumps(block.input, ensure_ascii=False)
+    return block.text
 
 
 def is_local_message(obj: Any) -> bool:
@@ -119,6 +143,24 @@ def build_message(label: str, request: Mapping[str, Any]) -> Message:
     Raises ``ValueError`` if the request's output cannot be a single label.
     """
     return _new_message(label, request)
+
+
+def _output_format(request: Mapping[str, Any]) -> Any:
+    """The type ``parse`` / ``stream`` parse the answer's text into (``NOT_GIVEN``: none)."""
+    fmt = request.get("output_format")
+    return fmt if isinstance(fmt, type) else anthropic.NOT_GIVEN
+
+
+def build_parsed_message(label: str, request: Mapping[str, Any]) -> ParsedMessage[Any]:
+    """The ``ParsedMessage`` that ``messages.parse(**request)`` returns when the LLM answers
+    ``label``: the SDK's own parsing of :func:`build_message`, so ``parsed_output`` is an
+    instance of ``output_format``. Raises ``ValueError`` like :func:`build_message`, pydantic's
+    ``ValidationError`` when ``label`` is not a valid value of the label field."""
+    fmt = request.get("output_format")
+    if fmt is not None and not isinstance(fmt, type):  # as messages.parse refuses it
+        raise TypeError("`output_format` must be a type")
+    return parse_response(output_format=_output_format(request),
+                          response=_new_message(label, request))
 
 
 def _events(label: str, request: Mapping[str, Any]) -> list[RawMessageStreamEvent]:
@@ -224,7 +266,7 @@ def build_message_stream_manager(label: str, request: Mapping[str, Any]
     """What ``messages.stream(**request)`` returns when the LLM answers ``label``: the SDK's own
     manager over a local stream, so ``text_stream`` and ``get_final_message()`` work."""
     stream = build_message_stream(label, request)
-    return MessageStreamManager(lambda: stream, output_format=anthropic.NOT_GIVEN)
+    return MessageStreamManager(lambda: stream, output_format=_output_format(request))
 
 
 def build_async_message_stream_manager(label: str,
@@ -236,4 +278,4 @@ def build_async_message_stream_manager(label: str,
     async def api_request() -> anthropic.AsyncStream[RawMessageStreamEvent]:
         return stream
 
-    return AsyncMessageStreamManager(api_request(), output_format=anthropic.NOT_GIVEN)
+    return AsyncMessageStreamManager(api_request(), output_format=_output_format(request))

@@ -2,10 +2,10 @@
 
 The wrapped client is a :class:`wrapt.ObjectProxy` of the user's own instance: ``isinstance``,
 every resource and every attribute work as before; the SDK classes are never patched. Only
-``chat.completions.create`` / ``parse`` / ``stream`` and ``responses.create`` (and their
-``with_raw_response`` twins, which are traced but always go to the LLM) run through
-:class:`._sdk.Tasks`. ``with_options()`` and ``copy()`` return wrapped clients sharing the same
-tasks, store and embedder.
+``chat.completions.create`` / ``parse`` / ``stream`` and ``responses.create`` / ``parse`` /
+``stream`` (and their ``with_raw_response`` and ``with_streaming_response`` twins, which are
+traced but always go to the LLM) run through :class:`._sdk.Tasks`. ``with_options()`` and
+``copy()`` return wrapped clients sharing the same tasks, store and embedder.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import openai
 from ..errors import ConfigError
 from . import _openai_objects as objects
 from ._prompt import openai_chat_view, openai_responses_view
-from ._sdk import ApiSpec, Resource, Tasks, with_raw_header
+from ._sdk import ApiSpec, Resource, Tasks, variant
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -27,35 +27,45 @@ if TYPE_CHECKING:
 
 __all__ = ["TracedAsyncOpenAI", "TracedOpenAI", "wrap_openai"]
 
-_CHAT = ApiSpec("openai.chat.create", view=openai_chat_view, build=objects.build_chat_completion,
-                label=objects.label_from_chat_completion)
+_CHAT = ApiSpec("openai.chat.create", api="openai.chat", provider="openai", view=openai_chat_view,
+                build=objects.build_chat_completion, label=objects.label_from_chat_completion,
+                answer_text=objects.chat_answer_text, describe=objects.describe_chat_completion)
 CHAT_CREATE = replace(_CHAT, build_stream=objects.build_chat_completion_stream)
 ASYNC_CHAT_CREATE = replace(_CHAT, build_stream=objects.build_async_chat_completion_stream)
 CHAT_PARSE = replace(_CHAT, name="openai.chat.parse", build=objects.build_parsed_chat_completion)
 CHAT_STREAM = replace(_CHAT, name="openai.chat.stream", build=objects.build_chat_stream_manager,
                       manager=True)
 ASYNC_CHAT_STREAM = replace(CHAT_STREAM, build=objects.build_async_chat_stream_manager)
-RESPONSES_CREATE = ApiSpec("openai.responses.create", view=openai_responses_view,
-                           build=objects.build_response, label=objects.label_from_response)
+_RESPONSES = ApiSpec("openai.responses.create", api="openai.responses", provider="openai",
+                     view=openai_responses_view, build=objects.build_response,
+                     label=objects.label_from_response, answer_text=objects.response_answer_text,
+                     describe=objects.describe_response, stream_kind="openai.responses")
+RESPONSES_CREATE = replace(_RESPONSES, build_stream=objects.build_response_stream)
+ASYNC_RESPONSES_CREATE = replace(_RESPONSES, build_stream=objects.build_async_response_stream)
+RESPONSES_PARSE = replace(_RESPONSES, name="openai.responses.parse",
+                          build=objects.build_parsed_response)
+RESPONSES_STREAM = replace(_RESPONSES, name="openai.responses.stream",
+                           build=objects.build_response_stream_manager, manager=True)
+ASYNC_RESPONSES_STREAM = replace(RESPONSES_STREAM,
+                                 build=objects.build_async_response_stream_manager)
 
-class _RawCompletions(Resource):
-    def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_CREATE, self.__wrapped__.create, args,
-                                    with_raw_header(kwargs))
 
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_PARSE, self.__wrapped__.parse, args,
-                                    with_raw_header(kwargs))
+def _sdk_wrapper(module: str, name: str) -> Any:
+    """One of the SDK's own raw/streaming response wrappers (None if this SDK has none)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"openai.{module}"), name)
+    except (ImportError, AttributeError):
+        return None
 
 
-class _AsyncRawCompletions(Resource):
-    async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(ASYNC_CHAT_CREATE, self.__wrapped__.create, args,
-                                           with_raw_header(kwargs))
-
-    async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(CHAT_PARSE, self.__wrapped__.parse, args,
-                                           with_raw_header(kwargs))
+# The SDK's own wrappers: they set the raw-response header and, for with_streaming_response,
+# return the SDK's context manager whose request is sent (here: traced) when it is entered.
+_RAW = _sdk_wrapper("_legacy_response", "to_raw_response_wrapper")
+_ASYNC_RAW = _sdk_wrapper("_legacy_response", "async_to_raw_response_wrapper")
+_STREAMED = _sdk_wrapper("_response", "to_streamed_response_wrapper")
+_ASYNC_STREAMED = _sdk_wrapper("_response", "async_to_streamed_response_wrapper")
 
 
 class _Completions(Resource):
@@ -67,57 +77,82 @@ class _Completions(Resource):
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(CHAT_STREAM, self.__wrapped__.stream, args, kwargs,
-                                   is_async=False)
+                                    is_async=False)
 
     @property
     def with_raw_response(self) -> Any:
-        return _RawCompletions(self.__wrapped__.with_raw_response, self._self_tasks)
+        return variant(self.__wrapped__.with_raw_response, self, _RAW, ("create", "parse"))
+
+    @property
+    def with_streaming_response(self) -> Any:
+        return variant(self.__wrapped__.with_streaming_response, self, _STREAMED,
+                       ("create", "parse"))
 
 
 class _AsyncCompletions(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(ASYNC_CHAT_CREATE, self.__wrapped__.create, args, kwargs)
+        return await self._self_tasks.arun(ASYNC_CHAT_CREATE, self.__wrapped__.create, args,
+                                           kwargs)
 
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(CHAT_PARSE, self.__wrapped__.parse, args, kwargs)
 
     def stream(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(ASYNC_CHAT_STREAM, self.__wrapped__.stream, args, kwargs,
-                                   is_async=True)
+                                    is_async=True)
 
     @property
     def with_raw_response(self) -> Any:
-        return _AsyncRawCompletions(self.__wrapped__.with_raw_response, self._self_tasks)
+        return variant(self.__wrapped__.with_raw_response, self, _ASYNC_RAW, ("create", "parse"))
 
-
-class _RawResponses(Resource):
-    def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(RESPONSES_CREATE, self.__wrapped__.create, args,
-                                    with_raw_header(kwargs))
-
-
-class _AsyncRawResponses(Resource):
-    async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(RESPONSES_CREATE, self.__wrapped__.create, args,
-                                           with_raw_header(kwargs))
+    @property
+    def with_streaming_response(self) -> Any:
+        return variant(self.__wrapped__.with_streaming_response, self, _ASYNC_STREAMED,
+                       ("create", "parse"))
 
 
 class _Responses(Resource):
     def create(self, *args: Any, **kwargs: Any) -> Any:
         return self._self_tasks.run(RESPONSES_CREATE, self.__wrapped__.create, args, kwargs)
 
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(RESPONSES_PARSE, self.__wrapped__.parse, args, kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(RESPONSES_STREAM, self.__wrapped__.stream, args, kwargs,
+                                    is_async=False)
+
     @property
     def with_raw_response(self) -> Any:
-        return _RawResponses(self.__wrapped__.with_raw_response, self._self_tasks)
+        return variant(self.__wrapped__.with_raw_response, self, _RAW, ("create", "parse"))
+
+    @property
+    def with_streaming_response(self) -> Any:
+        return variant(self.__wrapped__.with_streaming_response, self, _STREAMED,
+                       ("create", "parse"))
 
 
 class _AsyncResponses(Resource):
     async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(RESPONSES_CREATE, self.__wrapped__.create, args, kwargs)
+        return await self._self_tasks.arun(ASYNC_RESPONSES_CREATE, self.__wrapped__.create,
+                                           args, kwargs)
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._self_tasks.arun(RESPONSES_PARSE, self.__wrapped__.parse, args,
+                                           kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(ASYNC_RESPONSES_STREAM, self.__wrapped__.stream, args,
+                                    kwargs, is_async=True)
 
     @property
     def with_raw_response(self) -> Any:
-        return _AsyncRawResponses(self.__wrapped__.with_raw_response, self._self_tasks)
+        return variant(self.__wrapped__.with_raw_response, self, _ASYNC_RAW, ("create", "parse"))
+
+    @property
+    def with_streaming_response(self) -> Any:
+        return variant(self.__wrapped__.with_streaming_response, self, _ASYNC_STREAMED,
+                       ("create", "parse"))
 
 
 class _Chat(Resource):
@@ -188,18 +223,21 @@ def wrap_openai(client: Any, *, task: str | None = None, **options: Any) -> Any:
     """Wrap an ``OpenAI`` or ``AsyncOpenAI`` instance; return the wrapped client.
 
     Classification-shaped calls of ``chat.completions.create`` / ``parse`` / ``stream`` and
-    ``responses.create`` are traced and answered locally once a router certifies them. The task
-    is ``task``, else the per-call keyword ``tracer_wrap_task="..."`` (stripped before the SDK
-    sees it), else the prompt template (model, system prompt, output format and the constant
-    text around the classified one). ``options`` are the task options of every task
+    ``responses.create`` / ``parse`` / ``stream`` are traced and answered locally once a router
+    certifies them, unless an option of the request asks for what a local answer cannot give
+    (``logprobs``, ``n > 1``, ...: see ``LOCAL_ANSWER_BLOCKERS``). The task is ``task``, else
+    the per-call keyword ``tracer_wrap_task="..."`` (stripped before the SDK sees it), else the
+    prompt template (model, system prompt, output format and the constant text around the
+    classified one, which may sit in the last user message or in the system prompt) once it
+    recurs. ``options`` are the task options of every task
     (:class:`~tracer_wrap.options.TaskOptions`: ``labels``, ``target``, ``store``, ``routing``,
     ...); a label outside ``labels`` is logged invalid and returned unchanged.
 
     A local answer is a genuine SDK object with zero usage and ``system_fingerprint ==
-    "tracer_wrap-local"``. SDK errors propagate unchanged and log no trace; tracer_wrap's own
-    faults (store, router, embedder) are logged and the call goes to the LLM. The instance is
-    wrapped, its class never patched. Raises ConfigError for anything but an OpenAI client or on
-    a bad option.
+    "tracer_wrap-local"``, its label spelled as the LLM spells it. SDK errors propagate
+    unchanged and log no trace; tracer_wrap's own faults (store, router, embedder) are logged
+    and the call goes to the LLM. The instance is wrapped, its class never patched. Raises
+    ConfigError for anything but an OpenAI client or on a bad option.
     """
     if isinstance(client, TracedOpenAI):
         client = client.__wrapped__

@@ -1,10 +1,13 @@
 """OpenAI objects: read the label out of a real response, and build genuine ones for local answers.
 
 Everything built here is an instance of the SDK's own classes (``ChatCompletion``,
-``ParsedChatCompletion``, ``Response``, ``openai.Stream`` / ``openai.AsyncStream`` of
-``ChatCompletionChunk``) so code written for the plain SDK, including ``isinstance`` checks, runs
-unchanged. A local answer has zero usage and ``system_fingerprint == LOCAL_FINGERPRINT``; a local
-stream's ``response`` is a synthetic HTTP response with the header ``x-tracer-wrap: local``.
+``ParsedChatCompletion``, ``Response``, ``ParsedResponse``, ``openai.Stream`` /
+``openai.AsyncStream`` of ``ChatCompletionChunk`` or of Responses API events, the SDK's stream
+managers) so code written for the plain SDK, including ``isinstance`` checks, runs unchanged;
+parsed objects are made by the SDK's own parsing of the built answer. A local answer has zero
+usage and ``system_fingerprint == LOCAL_FINGERPRINT`` (a ``Response``: ``metadata["x-tracer-wrap"]
+== "local"``); a local stream's ``response`` is a synthetic HTTP response with the header
+``x-tracer-wrap: local``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import openai
+from openai._models import construct_type
+from openai.lib._parsing._completions import parse_chat_completion, validate_input_tools
+from openai.lib._parsing._responses import parse_response, type_to_text_format_param
 from openai.lib.streaming.chat import AsyncChatCompletionStreamManager, ChatCompletionStreamManager
+from openai.lib.streaming.responses import AsyncResponseStreamManager, ResponseStreamManager
 from openai.types.chat import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -34,10 +41,8 @@ from openai.types.chat.chat_completion_message_function_tool_call import (
     ChatCompletionMessageFunctionToolCall,
     Function,
 )
-from openai.types.chat.parsed_chat_completion import ParsedChatCompletionMessage, ParsedChoice
-from openai.types.chat.parsed_function_tool_call import ParsedFunction, ParsedFunctionToolCall
 from openai.types.completion_usage import CompletionUsage
-from openai.types.responses import Response
+from openai.types.responses import ParsedResponse, Response, ResponseStreamEvent
 
 from ..labels import label_from_json, label_from_text
 from ._prompt import (
@@ -49,17 +54,28 @@ from ._prompt import (
 __all__ = [
     "LOCAL_FINGERPRINT",
     "AsyncLocalChatStream",
+    "AsyncLocalResponseStream",
     "LocalChatStream",
+    "LocalResponseStream",
     "build_async_chat_completion_stream",
     "build_async_chat_stream_manager",
+    "build_async_response_stream",
+    "build_async_response_stream_manager",
     "build_chat_completion",
     "build_chat_completion_stream",
     "build_chat_stream_manager",
     "build_parsed_chat_completion",
+    "build_parsed_response",
     "build_response",
+    "build_response_stream",
+    "build_response_stream_manager",
+    "chat_answer_text",
+    "describe_chat_completion",
+    "describe_response",
     "is_local",
     "label_from_chat_completion",
     "label_from_response",
+    "response_answer_text",
 ]
 
 #: ``system_fingerprint`` of every object answered locally (and the value of the
@@ -108,9 +124,27 @@ def label_from_response(response: Response) -> str | None:
     return label_from_text(response.output_text)
 
 
+def describe_chat_completion(completion: Any) -> dict[str, Any]:
+    """The ``gen_ai.response.*`` attributes of a ``ChatCompletion`` (empty for anything else)."""
+    if not isinstance(completion, ChatCompletion):
+        return {}
+    return {"gen_ai.response.id": completion.id, "gen_ai.response.model": completion.model,
+            "gen_ai.response.finish_reasons": [str(c.finish_reason) for c in completion.choices],
+            "gen_ai.openai.response.system_fingerprint": completion.system_fingerprint}
+
+
+def describe_response(response: Any) -> dict[str, Any]:
+    """The ``gen_ai.response.*`` attributes of a Responses API ``Response``."""
+    if not isinstance(response, Response):
+        return {}
+    return {"gen_ai.response.id": response.id, "gen_ai.response.model": response.model,
+            "gen_ai.response.finish_reasons": [str(response.status)] if response.status else None}
+
+
 def is_local(obj: Any) -> bool:
     """Whether ``obj`` (completion, chunk, response or local stream) was answered by tracer_wrap."""
-    if isinstance(obj, (LocalChatStream, AsyncLocalChatStream)):
+    if isinstance(obj, (LocalChatStream, AsyncLocalChatStream, LocalResponseStream,
+                        AsyncLocalResponseStream)):
         return True
     if getattr(obj, "system_fingerprint", None) == LOCAL_FINGERPRINT:
         return True
@@ -144,6 +178,19 @@ def _ids() -> tuple[str, str]:
     return f"chatcmpl-tracerwrap-{hex_[:24]}", f"call_tracerwrap_{hex_[24:]}"
 
 
+def chat_answer_text(label: str, request: Mapping[str, Any]) -> str:
+    """The text a local answer of ``label`` to a chat request generates: the content, or the
+    forced function's arguments. Raises ``ValueError`` if the output cannot be a single label."""
+    shape = _shape(request)
+    return _content(shape, label) or _arguments(shape, label)
+
+
+def response_answer_text(label: str, request: Mapping[str, Any]) -> str:
+    """:func:`chat_answer_text` for a Responses API request."""
+    shape = _shape(request, responses_api=True)
+    return _content(shape, label) or _arguments(shape, label)
+
+
 def _zero_usage() -> CompletionUsage:
     return CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
@@ -173,54 +220,21 @@ def build_chat_completion(label: str, request: Mapping[str, Any]) -> ChatComplet
     )
 
 
-def _parse_as(fmt: Any, data: dict[str, str]) -> Any:
-    """``data`` validated as the user's response format type (pydantic model or dataclass-like)."""
-    if hasattr(fmt, "model_validate"):
-        return fmt.model_validate(data)
-    import pydantic
-
-    return pydantic.TypeAdapter(fmt).validate_python(data)
-
-
 def build_parsed_chat_completion(label: str, request: Mapping[str, Any]
                                  ) -> ParsedChatCompletion[Any]:
     """The ``ParsedChatCompletion`` that ``chat.completions.parse(**request)`` returns when the LLM
-    answers ``label``: ``.parsed`` is an instance of the request's ``response_format`` type, and a
-    forced ``pydantic_function_tool`` / strict function call carries ``parsed_arguments``.
+    answers ``label``: the SDK's own parsing of :func:`build_chat_completion`, so ``.parsed`` is
+    an instance of the request's ``response_format`` type, and a forced
+    ``pydantic_function_tool`` / strict function call carries ``parsed_arguments``.
 
-    Raises ``ValueError`` if the request's output cannot be a single label, and pydantic's
-    ``ValidationError`` if ``label`` is not a valid value of the label field (not in its enum).
+    Raises what ``chat.completions.parse`` raises for the request (``ValueError`` for tools it
+    cannot parse), ``ValueError`` if the request's output cannot be a single label, and
+    pydantic's ``ValidationError`` if ``label`` is not a valid value of the label field.
     """
-    shape = _shape(request)
-    fmt = request.get("response_format")
-    fmt_type: Any = fmt if isinstance(fmt, type) else type(None)
-    completion_id, call_id = _ids()
-    data = {str(shape.field): label}
-    parsed = _parse_as(fmt, data) if shape.kind == "json" and isinstance(fmt, type) else None
-    tool_calls = None
-    if shape.kind == "tool":
-        function = next(t["function"] for t in request.get("tools") or ()
-                        if t.get("type") == "function"
-                        and t["function"].get("name") == shape.tool_name)
-        model = getattr(function, "model", None)  # set by openai.pydantic_function_tool()
-        if model is not None:
-            parsed_arguments: Any = _parse_as(model, data)
-        else:
-            parsed_arguments = dict(data) if function.get("strict") else None
-        tool_calls = [ParsedFunctionToolCall(
-            id=call_id, type="function",
-            function=ParsedFunction(name=str(shape.tool_name), arguments=_arguments(shape, label),
-                                    parsed_arguments=parsed_arguments))]
-    message = ParsedChatCompletionMessage[fmt_type](
-        role="assistant", content=_content(shape, label), refusal=None, parsed=parsed,
-        tool_calls=tool_calls)
-    return ParsedChatCompletion[fmt_type](
-        id=completion_id, object="chat.completion", created=int(time.time()),
-        model=str(request.get("model", "")), system_fingerprint=LOCAL_FINGERPRINT,
-        choices=[ParsedChoice[fmt_type](index=0, message=message, logprobs=None,
-                                        finish_reason="tool_calls" if tool_calls else "stop")],
-        usage=_zero_usage(),
-    )
+    tools = validate_input_tools(request.get("tools", openai.omit))
+    return parse_chat_completion(response_format=request.get("response_format", openai.omit),
+                                 input_tools=tools,
+                                 chat_completion=build_chat_completion(label, request))
 
 
 def _chunks(label: str, request: Mapping[str, Any]) -> list[ChatCompletionChunk]:
@@ -377,8 +391,171 @@ def build_response(label: str, request: Mapping[str, Any]) -> Response:
         parallel_tool_calls=bool(request.get("parallel_tool_calls", True)),
         tool_choice=request.get("tool_choice", "auto"), tools=list(request.get("tools") or []),
         instructions=request.get("instructions"), metadata=metadata,
-        text=request.get("text") or {"format": {"type": "text"}},
+        text=_text_config(request),
         usage={"input_tokens": 0, "output_tokens": 0, "total_tokens": 0,
                "input_tokens_details": {"cached_tokens": 0},
                "output_tokens_details": {"reasoning_tokens": 0}},
     )
+
+
+def _text_config(request: Mapping[str, Any]) -> Any:
+    """The ``text`` configuration a response echoes: the request's, or the one ``text_format``
+    makes (as the SDK sends it)."""
+    text = request.get("text")
+    if text:
+        return text
+    text_format = request.get("text_format")
+    if isinstance(text_format, type):
+        return {"format": type_to_text_format_param(text_format)}
+    return {"format": {"type": "text"}}
+
+
+def _text_format(request: Mapping[str, Any]) -> Any:
+    """The type a ``parse`` / ``stream`` call parses the output text into (``openai.omit``:
+    none), as the SDK chooses it: ``parse_as`` when given (None: plain text), else
+    ``text_format``."""
+    parse_as = request.get("parse_as", openai.omit)
+    if parse_as is None:
+        return openai.omit
+    if isinstance(parse_as, type):
+        return parse_as
+    text_format = request.get("text_format", openai.omit)
+    return text_format if isinstance(text_format, type) else openai.omit
+
+
+def _input_tools(request: Mapping[str, Any]) -> Any:
+    tools = request.get("tools")
+    return list(tools) if isinstance(tools, Sequence) and tools else openai.omit
+
+
+def build_parsed_response(label: str, request: Mapping[str, Any]) -> ParsedResponse[Any]:
+    """The ``ParsedResponse`` that ``responses.parse(**request)`` returns when the LLM answers
+    ``label``: the SDK's own parsing of :func:`build_response`, so ``output_parsed`` is an
+    instance of ``text_format`` and a forced strict function call carries ``parsed_arguments``.
+    Raises ``TypeError`` as ``responses.parse`` does for both ``text.format`` and
+    ``text_format``, ``ValueError`` like :func:`build_chat_completion`, pydantic's
+    ``ValidationError`` when ``label`` is not a valid value of the label field."""
+    text = request.get("text")
+    if isinstance(request.get("text_format"), type) and isinstance(text, Mapping) \
+            and "format" in text:
+        raise TypeError("Cannot mix and match text.format with text_format")
+    return parse_response(text_format=_text_format(request), input_tools=_input_tools(request),
+                          response=build_response(label, request))
+
+
+def _response_events(response: Response) -> list[ResponseStreamEvent]:
+    """The events the provider streams for ``response``: created, in_progress, its one output
+    item (text part or function call, with one delta) and done events, then completed."""
+    final: dict[str, Any] = response.to_dict(mode="json")
+    item = final["output"][0]
+    events: list[dict[str, Any]] = []
+
+    def emit(kind: str, **data: Any) -> None:
+        events.append({"type": kind, "sequence_number": len(events), **data})
+
+    pending = dict(final, status="in_progress", output=[], usage=None)
+    emit("response.created", response=pending)
+    emit("response.in_progress", response=pending)
+    where = {"item_id": item["id"], "output_index": 0}
+    if item["type"] == "function_call":
+        emit("response.output_item.added", output_index=0,
+             item=dict(item, arguments="", status="in_progress"))
+        emit("response.function_call_arguments.delta", **where, delta=item["arguments"])
+        emit("response.function_call_arguments.done", **where, name=item["name"],
+             arguments=item["arguments"])
+    else:
+        part = item["content"][0]
+        emit("response.output_item.added", output_index=0,
+             item=dict(item, content=[], status="in_progress"))
+        emit("response.content_part.added", **where, content_index=0, part=dict(part, text=""))
+        emit("response.output_text.delta", **where, content_index=0, delta=part["text"],
+             logprobs=[])
+        emit("response.output_text.done", **where, content_index=0, text=part["text"],
+             logprobs=[])
+        emit("response.content_part.done", **where, content_index=0, part=part)
+    emit("response.output_item.done", output_index=0, item=item)
+    emit("response.completed", response=final)
+    # The SDK's own construction of server-sent event data.
+    return [cast(ResponseStreamEvent, construct_type(type_=ResponseStreamEvent, value=event))
+            for event in events]
+
+
+class LocalResponseStream(openai.Stream[ResponseStreamEvent]):
+    """A real ``openai.Stream`` of prepared Responses API events (see :class:`LocalChatStream`).
+    """
+
+    def __init__(self, events: Sequence[ResponseStreamEvent]) -> None:
+        self.response = _local_http_response("responses")
+        self._cast_to = ResponseStreamEvent  # type: ignore[assignment]
+        self._options = None
+        self._closed = False
+        self._iterator = self._replay(list(events))
+
+    def _replay(self, events: list[ResponseStreamEvent]) -> Iterator[ResponseStreamEvent]:
+        for event in events:
+            if self._closed:
+                return
+            yield event
+
+    def close(self) -> None:
+        """Stop the stream; later iteration yields nothing."""
+        self._closed = True
+        super().close()
+
+
+class AsyncLocalResponseStream(openai.AsyncStream[ResponseStreamEvent]):
+    """A real ``openai.AsyncStream`` of prepared Responses API events."""
+
+    def __init__(self, events: Sequence[ResponseStreamEvent]) -> None:
+        self.response = _local_http_response("responses")
+        self._cast_to = ResponseStreamEvent  # type: ignore[assignment]
+        self._options = None
+        self._closed = False
+        self._iterator = self._replay(list(events))
+
+    async def _replay(self, events: list[ResponseStreamEvent]
+                      ) -> AsyncIterator[ResponseStreamEvent]:
+        for event in events:
+            if self._closed:
+                return
+            yield event
+
+    async def close(self) -> None:
+        """Stop the stream; later iteration yields nothing."""
+        self._closed = True
+        await super().close()
+
+
+def build_response_stream(label: str, request: Mapping[str, Any]) -> LocalResponseStream:
+    """What ``responses.create(stream=True, **request)`` returns when the LLM answers ``label``:
+    the events of :func:`build_response`, ending with ``response.completed`` (zero usage).
+    Raises ``ValueError`` like :func:`build_chat_completion`."""
+    return LocalResponseStream(_response_events(build_response(label, request)))
+
+
+def build_async_response_stream(label: str, request: Mapping[str, Any]
+                                ) -> AsyncLocalResponseStream:
+    """The ``AsyncOpenAI`` twin of :func:`build_response_stream`."""
+    return AsyncLocalResponseStream(_response_events(build_response(label, request)))
+
+
+def build_response_stream_manager(label: str, request: Mapping[str, Any]
+                                  ) -> ResponseStreamManager[Any]:
+    """What ``responses.stream(**request)`` returns when the LLM answers ``label``: the SDK's own
+    manager over a local stream, so its events, ``get_final_response()`` and ``output_parsed``
+    work as with the provider."""
+    stream = build_response_stream(label, request)
+    return ResponseStreamManager(lambda: stream, text_format=_text_format(request),
+                                 input_tools=_input_tools(request), starting_after=None)
+
+
+def build_async_response_stream_manager(label: str, request: Mapping[str, Any]
+                                        ) -> AsyncResponseStreamManager[Any]:
+    """The ``AsyncOpenAI`` twin of :func:`build_response_stream_manager`."""
+    stream = build_async_response_stream(label, request)
+
+    async def api_request() -> openai.AsyncStream[ResponseStreamEvent]:
+        return stream
+
+    return AsyncResponseStreamManager(api_request(), text_format=_text_format(request),
+                                      input_tools=_input_tools(request), starting_after=None)

@@ -5,13 +5,19 @@ SDK-free: works on the plain keyword arguments of ``chat.completions.create`` / 
 
 The *task key* names the prompt template: a hash of the model, the system prompt, every message but
 the classified one, the output format (``response_format`` / ``text.format`` / ``output_config``)
-and the forced tool. The *text* is the last user message. When the template wraps the text in a
-longer user message (``"Classify this review:\\n{text}\\nAnswer with one word."``) a
-:class:`TemplateLearner` finds the constant prefix and suffix from a few calls, strips them from the
-text and puts them into the task key, so the key does not depend on the text.
+and the forced tool. The *text* is the last user message, or the system prompt when that is where
+the template puts it: a :class:`TemplateLearner` sees that once a few calls share every part of
+the request but their system prompt. When the template wraps the text in a longer message
+(``"Classify this review:\\n{text}\\nAnswer with one word."``) the learner finds the constant prefix
+and suffix from a few calls, strips them from the text and puts them into the task key, so the key
+does not depend on the text. A view says whether its prompt *recurs* (the learner met it before):
+a prompt met once (a chat turn with its own history, a prompt built around a retrieved document)
+is no template yet.
 
 The module also decides the *output shape* of a request (plain text, a JSON field, a forced tool's
-argument): a call whose answer cannot be one label is not classification-shaped and gets no view.
+argument): a call whose answer cannot be one label is not classification-shaped and gets no view;
+and it keeps the one list of request options a local answer cannot honour exactly
+(:data:`LOCAL_ANSWER_BLOCKERS`): such a call is traced, and always goes to the LLM.
 """
 
 from __future__ import annotations
@@ -21,19 +27,22 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..labels import LABEL_FIELD_NAMES
 
 __all__ = [
+    "LOCAL_ANSWER_BLOCKERS",
+    "Blocker",
     "OutputShape",
     "PromptView",
     "TemplateLearner",
     "anthropic_messages_view",
     "anthropic_output_shape",
     "label_field_of_schema",
+    "local_answer_blocker",
     "openai_chat_output_shape",
     "openai_chat_view",
     "openai_responses_output_shape",
@@ -45,10 +54,18 @@ __all__ = [
 @dataclass(frozen=True)
 class PromptView:
     """A classification call: ``task_key`` names its prompt template, ``text`` is what it
-    classifies."""
+    classifies.
+
+    ``slot`` says where the text was found (``"user"``: the last user message, ``"system"``: the
+    system prompt); ``group`` names the rest of the prompt; ``recurring`` is False when the
+    learner meets this prompt for the first time (a prompt met once is no template yet).
+    """
 
     task_key: str
     text: str
+    slot: Literal["user", "system"] = field(default="user", compare=False)
+    group: str = field(default="", compare=False)
+    recurring: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -180,7 +197,11 @@ def openai_responses_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | No
         field = label_field_of_schema(functions[name].get("parameters"))
         return OutputShape("tool", field, name) if field is not None else None
     text = kwargs.get("text")
-    return _format_shape(text.get("format") if isinstance(text, Mapping) else None)
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    text_format = kwargs.get("text_format")  # responses.parse / .stream: a type, made a schema
+    if fmt is None and isinstance(text_format, type):
+        return _format_shape(text_format)
+    return _format_shape(fmt)
 
 
 def anthropic_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
@@ -198,9 +219,14 @@ def anthropic_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
             return None
         field = label_field_of_schema(by_name[name].get("input_schema"))
         return OutputShape("tool", field, name) if field is not None else None
+    # The SDK's parse / stream turn an ``output_format`` type into ``output_config.format``,
+    # replacing any given there.
+    output_format = kwargs.get("output_format")
+    if isinstance(output_format, type):
+        return _format_shape(output_format)
     config = kwargs.get("output_config")
     fmt = config.get("format") if isinstance(config, Mapping) else None
-    return _format_shape(fmt if fmt is not None else kwargs.get("output_format"))
+    return _format_shape(fmt if fmt is not None else output_format)
 
 
 # -- template learning ---------------------------------------------------------------------------
@@ -277,24 +303,67 @@ class TemplateLearner:
     messages that match it are split without search. Until then a message is its own text with an
     empty template, so the first few calls of a wrapped template land under the plain key.
 
+    Where the text sits: :meth:`text_in_system` tells, for a prompt whose every part but the
+    system prompt is constant (its ``group``), whether ``min_system_prompts`` calls with distinct
+    system prompts were seen, i.e. the template puts the text in the system prompt. Such a
+    template is a task once its boilerplate is learned (the text must be set apart by a line
+    break or a delimiter, as above).
+
     Limits: texts that really share an opening line (``"Hi team,\n..."``) in ``min_examples``
     calls are taken for a template, which splits their task in two; raise ``min_examples`` for such
     traffic, or name the task explicitly.
 
     Thread-safe (one lock); memory is bounded by ``max_groups`` groups of at most ``pool_size``
-    recent unmatched messages and ``max_templates`` templates each.
+    recent unmatched messages and ``max_templates`` templates each, and as many groups of system
+    prompts (candidates and confirmed ones apart, so traffic of one-off prompts never evicts a
+    confirmed one).
     """
 
     def __init__(self, min_examples: int = 4, pool_size: int = 32,
-                 max_templates: int = 8, max_groups: int = 1024) -> None:
+                 max_templates: int = 8, max_groups: int = 1024,
+                 min_system_prompts: int = 3) -> None:
         if min_examples < 2:
             raise ValueError("min_examples must be >= 2: one message has no common prefix")
+        if min_system_prompts < 2:
+            raise ValueError("min_system_prompts must be >= 2: one prompt shows no variation")
         self.min_examples = min_examples
         self.pool_size = pool_size
         self.max_templates = max_templates
         self.max_groups = max_groups
+        self.min_system_prompts = min_system_prompts
         self._lock = threading.Lock()
         self._groups: OrderedDict[str, tuple[list[_Template], deque[str]]] = OrderedDict()
+        self._system_candidates: OrderedDict[str, list[str]] = OrderedDict()
+        self._system_groups: OrderedDict[str, None] = OrderedDict()
+
+    def known(self, group: str) -> bool:
+        """Whether a message of ``group`` was split before (the prompt recurs)."""
+        with self._lock:
+            return group in self._groups
+
+    def text_in_system(self, group: str, system: str) -> bool:
+        """Record that a call of ``group`` had system prompt ``system``; return whether calls of
+        ``group`` put their text in the system prompt (``min_system_prompts`` distinct ones seen;
+        the earlier ones then become the first examples of the group's template)."""
+        with self._lock:
+            if group in self._system_groups:
+                self._system_groups.move_to_end(group)
+                return True
+            seen = self._system_candidates.get(group)
+            if seen is None:
+                seen = self._system_candidates[group] = []
+                while len(self._system_candidates) > self.max_groups:
+                    self._system_candidates.popitem(last=False)
+            if system not in seen:
+                seen.append(system)
+            if len(seen) < self.min_system_prompts:
+                return False
+            del self._system_candidates[group]
+            self._system_groups[group] = None
+            while len(self._system_groups) > self.max_groups:
+                self._system_groups.popitem(last=False)
+            self._group(group)[1].extend(m for m in seen if m != system)
+            return True
 
     def split(self, group: str, message: str) -> tuple[str, str, str]:
         """Return ``(prefix, text, suffix)`` of ``message``; learns from it if no template matches.
@@ -415,15 +484,48 @@ def _content_text(content: Any, text_types: frozenset[str]) -> str | None:
     return "\n".join(texts)
 
 
-def _view(api: str, context: Mapping[str, Any], message: str | None,
+_SYSTEM_ROLES = frozenset({"system", "developer"})
+
+
+def _view(api: str, context: Mapping[str, Any], user: str | None, system: str | None,
+          without_system: Mapping[str, Any] | None,
           learner: TemplateLearner | None) -> PromptView | None:
-    if message is None or not message.strip():
+    """The view of a request whose text is the last user message ``user``, or its plain-text
+    system prompt ``system`` when the template puts it there (``context`` is every other part of
+    the prompt, ``without_system`` the same without the system prompt)."""
+    if system is not None and without_system is not None:
+        # The prompt without its system prompt: constant when the text sits in the system prompt.
+        group = _digest({"api": api, "slot": "system", **without_system, "user": user})
+        if user is None or (learner is not None and learner.text_in_system(group, system)):
+            return _split(api, "system", group, system, learner, True)
+    if user is None:
         return None
     group = _digest({"api": api, **context})
-    prefix, text, suffix = (learner.split(group, message) if learner is not None
-                            else ("", message, ""))
+    return _split(api, "user", group, user, learner, learner is None or learner.known(group))
+
+
+def _split(api: str, slot: Literal["user", "system"], group: str, message: str,
+           learner: TemplateLearner | None, recurring: bool) -> PromptView | None:
+    """The view of ``message`` split by the learner's template of ``group``. A system prompt
+    recurs once the learner knows its template: the whole prompt is no text to classify."""
+    if not message.strip():
+        return None
+    if learner is None:
+        prefix, text, suffix = "", message, ""
+    else:
+        prefix, text, suffix = learner.split(group, message)
+        if slot == "system":
+            recurring = bool(prefix or suffix)
     task_key = f"{api}:{_digest({'group': group, 'prefix': prefix, 'suffix': suffix})}"
-    return PromptView(task_key=task_key, text=text.strip())
+    return PromptView(task_key=task_key, text=text.strip(), slot=slot, group=group,
+                      recurring=recurring)
+
+
+def _system_prompt(message: Mapping[str, Any] | None, text_types: frozenset[str]) -> str | None:
+    """The text of ``message`` when it is a plain-text system (or developer) message."""
+    if message is None or message.get("role") not in _SYSTEM_ROLES:
+        return None
+    return _content_text(message.get("content"), text_types)
 
 
 _CHAT_TEXT = frozenset({"text"})
@@ -433,71 +535,101 @@ _RESPONSES_TEXT = frozenset({"input_text"})
 def openai_chat_view(kwargs: Mapping[str, Any], learner: TemplateLearner | None = None
                      ) -> PromptView | None:
     """The view of a ``chat.completions.create``/``parse`` call, or None if it is not a
-    classification: no final user message, a non-text part, ``n > 1``, tools without a forced
-    function, or an output format that cannot hold one label. Never raises on odd input."""
+    classification: no final user message (nor a lone system message), a non-text part, tools
+    without a forced function, legacy ``functions``, or an output format that cannot hold one
+    label. Never raises on odd input."""
     try:
         messages = [_as_dict(m) for m in kwargs.get("messages") or ()]
-        if not messages or any(m is None for m in messages) or kwargs.get("n") not in (None, 1):
-            return None
-        if messages[-1].get("role") != "user":  # type: ignore[union-attr]
+        if not messages or any(m is None for m in messages):
             return None
         if openai_chat_output_shape(kwargs) is None:
             return None
-        message = _content_text(messages[-1].get("content"), _CHAT_TEXT)  # type: ignore[union-attr]
+        if kwargs.get("functions") and kwargs.get("function_call") != "none":
+            return None  # legacy function calling: an answer may be a function_call, not a label
+        user, earlier = _last_user(messages, _CHAT_TEXT)  # type: ignore[arg-type]
+        if user is None and earlier is None:
+            return None
+        earlier = earlier or []
         context = {
             "model": kwargs.get("model"),
-            "messages": messages[:-1],
+            "messages": earlier,
             "response_format": kwargs.get("response_format"),
             "tools": kwargs.get("tools"),
             "tool_choice": kwargs.get("tool_choice"),
             "functions": kwargs.get("functions"),
         }
-        return _view("openai.chat", context, message, learner)
+        system = _system_prompt(earlier[0], _CHAT_TEXT) if earlier else None
+        without_system = {**context, "messages": earlier[1:]} if system is not None else None
+        return _view("openai.chat", context, user, system, without_system, learner)
     except (AttributeError, TypeError, ValueError):
         return None
 
 
+def _last_user(items: Sequence[Mapping[str, Any]], text_types: frozenset[str]
+               ) -> tuple[str | None, list[Mapping[str, Any]] | None]:
+    """``(text of the last user message, the messages before it)``; ``(None, items)`` for a lone
+    system message (the text is in it); ``(None, None)`` when the request classifies no text."""
+    last = items[-1]
+    if last.get("role") == "user" and last.get("type", "message") == "message":
+        user = _content_text(last.get("content"), text_types)
+        return (user, list(items[:-1])) if user is not None else (None, None)
+    if len(items) == 1 and last.get("role") in _SYSTEM_ROLES:
+        return None, list(items)
+    return None, None
+
+
 def openai_responses_view(kwargs: Mapping[str, Any],
                           learner: TemplateLearner | None = None) -> PromptView | None:
-    """The view of a ``responses.create`` call, or None if it is not a classification (also when it
-    depends on server-side state: ``previous_response_id``, ``conversation``, a stored
-    ``prompt``)."""
+    """The view of a ``responses.create`` / ``parse`` / ``stream`` call, or None if it is not a
+    classification (also when it depends on server-side state: ``previous_response_id``,
+    ``conversation``, a stored ``prompt``, an existing ``response_id``)."""
     try:
         if any(kwargs.get(k) is not None
-               for k in ("previous_response_id", "conversation", "prompt")):
+               for k in ("previous_response_id", "conversation", "prompt", "response_id")):
             return None
         if openai_responses_output_shape(kwargs) is None:
             return None
         raw_input = kwargs.get("input")
+        user: str | None
+        earlier: list[Mapping[str, Any]] | None
         if isinstance(raw_input, str):
-            earlier: list[Any] = []
-            message: str | None = raw_input
+            user, earlier = raw_input, []
         else:
             items = [_as_dict(item) for item in raw_input or ()]
             if not items or any(i is None for i in items):
                 return None
-            last = items[-1]
-            if last.get("role") != "user" or last.get("type", "message") != "message":  # type: ignore[union-attr]
+            user, earlier = _last_user(items, _RESPONSES_TEXT)  # type: ignore[arg-type]
+            if user is None and earlier is None:
                 return None
-            earlier = items[:-1]
-            message = _content_text(last.get("content"), _RESPONSES_TEXT)  # type: ignore[union-attr]
+            earlier = earlier or []
+        instructions = kwargs.get("instructions")
         context = {
             "model": kwargs.get("model"),
-            "instructions": kwargs.get("instructions"),
+            "instructions": instructions,
             "input": earlier,
             "text": kwargs.get("text"),
             "tools": kwargs.get("tools"),
             "tool_choice": kwargs.get("tool_choice"),
         }
-        return _view("openai.responses", context, message, learner)
+        if kwargs.get("text_format") is not None:
+            context["text_format"] = kwargs["text_format"]
+        system: str | None = None
+        without_system: dict[str, Any] | None = None
+        if isinstance(instructions, str):
+            system, without_system = instructions, {**context, "instructions": None}
+        elif instructions is None and earlier:
+            system = _system_prompt(earlier[0], _RESPONSES_TEXT | _CHAT_TEXT)
+            without_system = {**context, "input": earlier[1:]} if system is not None else None
+        return _view("openai.responses", context, user, system, without_system, learner)
     except (AttributeError, TypeError, ValueError):
         return None
 
 
 def anthropic_messages_view(kwargs: Mapping[str, Any],
                             learner: TemplateLearner | None = None) -> PromptView | None:
-    """The view of an anthropic ``messages.create`` call, or None if it is not a classification
-    (no final user message, an image/document block, tools without a forced tool)."""
+    """The view of an anthropic ``messages.create`` / ``parse`` / ``stream`` call, or None if it
+    is not a classification (no final user message, an image/document block, tools without a
+    forced tool)."""
     try:
         messages = [_as_dict(m) for m in kwargs.get("messages") or ()]
         if not messages or any(m is None for m in messages):
@@ -507,18 +639,120 @@ def anthropic_messages_view(kwargs: Mapping[str, Any],
         if anthropic_output_shape(kwargs) is None:
             return None
         message = _content_text(messages[-1].get("content"), _CHAT_TEXT)  # type: ignore[union-attr]
+        if message is None:
+            return None
+        system = kwargs.get("system")
         context = {
             "model": kwargs.get("model"),
-            "system": kwargs.get("system"),
+            "system": system,
             "messages": messages[:-1],
             "tools": kwargs.get("tools"),
             "tool_choice": kwargs.get("tool_choice"),
             "output_config": kwargs.get("output_config"),
             "output_format": kwargs.get("output_format"),
         }
-        return _view("anthropic.messages", context, message, learner)
+        system_text = _content_text(system, _CHAT_TEXT) if system is not None else None
+        without_system = {**context, "system": None} if system_text is not None else None
+        return _view("anthropic.messages", context, message, system_text, without_system,
+                     learner)
     except (AttributeError, TypeError, ValueError):
         return None
+
+
+# -- options a local answer cannot honour --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A request option a local answer cannot honour exactly; a request that sets it (as
+    ``sets(value, texts)`` judges, ``texts()`` giving the texts a local answer could generate)
+    is still traced, and always goes to the LLM."""
+
+    option: str
+    apis: frozenset[str]
+    why: str
+    sets: Callable[[Any, Callable[[], Sequence[str]]], bool]
+
+
+def _truthy(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    return bool(value)
+
+
+def _given(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    return value is not None
+
+
+def _true(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    return value is True
+
+
+def _several(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    return value not in (None, 1)
+
+
+def _cuts(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    stops = [value] if isinstance(value, str) else list(value or ())
+    stops = [s for s in stops if isinstance(s, str) and s]
+    return bool(stops) and any(stop in text for text in texts() for stop in stops)
+
+
+def _audio(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    return "audio" in (value or ())
+
+
+def _thinking(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    return isinstance(value, Mapping) and value.get("type") not in (None, "disabled")
+
+
+def _summary(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    return isinstance(value, Mapping) and bool(value.get("summary") or
+                                               value.get("generate_summary"))
+
+
+_CHAT, _RESPONSES, _MESSAGES = "openai.chat", "openai.responses", "anthropic.messages"
+
+#: Every request option a local answer cannot honour exactly, in one list: a request that sets
+#: one is traced but always goes to the LLM (a tool choice that is not one forced classification
+#: tool, or an output format without one label field, is no classification at all: untouched).
+LOCAL_ANSWER_BLOCKERS: tuple[Blocker, ...] = (
+    Blocker("logprobs", frozenset({_CHAT}), "a local answer has no log probabilities", _truthy),
+    Blocker("top_logprobs", frozenset({_CHAT, _RESPONSES}),
+            "a local answer has no log probabilities", _given),
+    Blocker("n", frozenset({_CHAT}), "a local answer is one choice", _several),
+    Blocker("stop", frozenset({_CHAT}), "a stop sequence would cut the label", _cuts),
+    Blocker("stop_sequences", frozenset({_MESSAGES}), "a stop sequence would cut the label",
+            _cuts),
+    Blocker("modalities", frozenset({_CHAT}), "a local answer has no audio", _audio),
+    Blocker("audio", frozenset({_CHAT}), "a local answer has no audio", _given),
+    Blocker("web_search_options", frozenset({_CHAT}), "a local answer searches nothing", _given),
+    Blocker("store", frozenset({_CHAT, _RESPONSES}),
+            "the provider is asked to keep the answer", _true),
+    Blocker("background", frozenset({_RESPONSES}),
+            "a background response is polled from the provider", _truthy),
+    Blocker("include", frozenset({_RESPONSES}),
+            "a local answer has none of the extra output asked for", _truthy),
+    Blocker("reasoning", frozenset({_RESPONSES}), "a local answer has no reasoning summary",
+            _summary),
+    Blocker("thinking", frozenset({_MESSAGES}), "a local answer has no thinking blocks",
+            _thinking),
+)
+
+
+def local_answer_blocker(api: str, kwargs: Mapping[str, Any],
+                         texts: Callable[[], Sequence[str]]) -> str | None:
+    """Why a local answer cannot honour the ``api`` request ``kwargs`` (``"option: why"``), or
+    None when it can. ``api`` is ``"openai.chat"``, ``"openai.responses"`` or
+    ``"anthropic.messages"``; ``texts()`` gives the texts a local answer could generate (read only
+    when a stop sequence is set). Never raises: a fault blocks the local answer."""
+    for blocker in LOCAL_ANSWER_BLOCKERS:
+        if api not in blocker.apis or kwargs.get(blocker.option) is None:
+            continue
+        try:
+            if blocker.sets(kwargs[blocker.option], texts):
+                return f"{blocker.option}: {blocker.why}"
+        except Exception:  # an odd value: the LLM honours it, whatever it is
+            return f"{blocker.option}: {blocker.why}"
+    return None
 
 
 # -- usage ---------------------------------------------------------------------------------------

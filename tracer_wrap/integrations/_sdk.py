@@ -4,38 +4,54 @@ A wrapped method (a per-instance proxy from :mod:`._openai` / :mod:`._anthropic`
 method patched by :func:`tracer_wrap.autolog`) hands its keyword arguments and the real SDK method
 to :meth:`Tasks.run` (:meth:`Tasks.arun` for the async clients)::
 
-    view of the request ──not a classification──> the SDK method, untouched
+    one-shot iterables (a generator of messages) read once; the SDK gets an iterator over them
+          │
+    view of the request ──not a classification, or a prompt met once──> the SDK method, untouched
           │
     the TracedTask of its template ──> TracedTask.call / acall (tracer_wrap.engine), with a Reply
                                        that reads the label and usage of an SDK result, builds a
-                                       genuine SDK object from a local label, and taps streams
+                                       genuine SDK object from a local label (in the LLM's own
+                                       spelling; never when an option of the request forbids it),
+                                       and taps streams and raw responses
 
 All the lifecycle (plan, local answer or LLM, record, accounting, refit) is the engine's; this
-module only says how to read and build SDK objects. tracer_wrap's own faults are logged and the
-call goes to the SDK as if tracer_wrap were not there; SDK errors propagate unchanged.
+module only says how to read and build SDK objects. What the provider receives is exactly what
+the caller passed: the arguments are never mutated or re-ordered, and a one-shot iterator is read
+once and replaced by another over the same items. tracer_wrap's own faults are logged and the call
+goes to the SDK as if tracer_wrap were not there; SDK errors propagate unchanged.
 """
 
 from __future__ import annotations
 
 import contextvars
+import inspect
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import wrapt
 
-from .. import names
+from .. import names, telemetry
 from .._log import fault
 from ..accounting import Usage
 from ..engine import Reply, TracedTask
 from ..model.embedder import Embedder, make_embedder
 from ..options import TaskOptions
 from ..store import Store, open_store
-from ._prompt import PromptView, TemplateLearner, usage_of
-from ._stream import AsyncTappedManager, Done, TappedManager, tap_stream
+from ._prompt import PromptView, TemplateLearner, local_answer_blocker, usage_of
+from ._spelling import Spellings
+from ._stream import (
+    AsyncStreamedResponse,
+    AsyncTappedManager,
+    Done,
+    StreamedResponse,
+    TappedManager,
+    tap_stream,
+)
 
-__all__ = ["TASK_OPTION", "ApiSpec", "Resource", "Tasks", "inside_wrapper", "with_raw_header"]
+__all__ = ["TASK_OPTION", "ApiSpec", "Resource", "Tasks", "Variant", "inside_wrapper"]
 
 #: Per-call keyword that names the task; it is removed before the SDK sees the arguments.
 TASK_OPTION = "tracer_wrap_task"
@@ -47,22 +63,33 @@ _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("tracer_wrap_insi
 # The SDKs' header for with_raw_response ("true") and with_streaming_response ("stream").
 _RAW_HEADER = "X-Stainless-Raw-Response"
 
+#: A task of the store is known to this process at most this many seconds after it appears.
+KNOWN_TASKS_SECONDS = 60.0
+
 
 @dataclass(frozen=True)
 class ApiSpec:
     """How to read and answer one SDK method.
 
-    ``view`` reads the request; ``build`` answers it with a label (``build_stream`` when the
-    request asks ``stream=True``; None: streams of this method always go to the LLM);
-    ``label`` reads the label of the LLM's result; ``stream_kind`` names the chunk format
-    (``"openai"`` or ``"anthropic"``); ``manager``: the method returns a stream manager
-    (``.stream()``).
+    ``api`` names the request format (``"openai.chat"``, ``"openai.responses"``,
+    ``"anthropic.messages"``: the options a local answer cannot honour depend on it) and
+    ``provider`` its provider (``gen_ai.provider.name``). ``view`` reads the request; ``build``
+    answers it with a label (``build_stream`` when the request asks ``stream=True``; None:
+    streams of this method always go to the LLM); ``label`` reads the label of the LLM's result;
+    ``answer_text`` is the text a local answer of a label generates (stop sequences act on it);
+    ``describe`` gives the ``gen_ai.response.*`` attributes of a result; ``stream_kind`` names
+    the chunk format (``"openai"``, ``"openai.responses"`` or ``"anthropic"``); ``manager``: the
+    method returns a stream manager (``.stream()``).
     """
 
     name: str
+    api: str
+    provider: str
     view: Callable[[Mapping[str, Any], TemplateLearner], PromptView | None]
     build: Callable[[str, Mapping[str, Any]], Any]
     label: Callable[[Any], object]
+    answer_text: Callable[[str, Mapping[str, Any]], str]
+    describe: Callable[[Any], Mapping[str, Any]]
     build_stream: Callable[[str, Mapping[str, Any]], Any] | None = None
     stream_kind: str = "openai"
     manager: bool = False
@@ -73,8 +100,10 @@ class Tasks:
     autolog meets, created lazily, sharing one store, one embedder and one template learner.
 
     ``task`` names one task for every call; otherwise the per-call ``tracer_wrap_task=`` keyword,
-    else the prompt template. ``options`` are the task options every task gets (the
-    ``tracer_wrap.toml`` table of each task name still applies beneath them). Thread-safe.
+    else the prompt template, which becomes a task once it recurs (its second call in this
+    process, or its first when the store already has the task): a prompt met once, such as a chat
+    turn with its own history, is left alone. ``options`` are the task options every task gets
+    (the ``tracer_wrap.toml`` table of each task name still applies beneath them). Thread-safe.
     """
 
     def __init__(self, *, task: str | None = None, learner: TemplateLearner | None = None,
@@ -87,6 +116,8 @@ class Tasks:
         self._store: Store | None = None
         self._embedder: Embedder | None = None
         self._tasks: dict[str, TracedTask] = {}
+        self._spellings: dict[str, Spellings] = {}
+        self._known: tuple[float, frozenset[str]] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -123,6 +154,7 @@ class Tasks:
                 found = TracedTask(name, **{**self._options, "store": store,
                                             "embedder": embedder})
                 self._tasks[name] = found
+                self._spellings[name] = Spellings(found)
         return found
 
     def tasks(self) -> dict[str, TracedTask]:
@@ -130,77 +162,199 @@ class Tasks:
         with self._lock:
             return dict(self._tasks)
 
-    # -- the path of a call ----------------------------------------------------------------------
+    def spellings(self, name: str) -> Spellings:
+        """The spellings the LLM answers the labels of task ``name`` in (see
+        :mod:`._spelling`). Creates the task like :meth:`task`."""
+        self.task(name)
+        return self._spellings[name]
 
-    def _task_of(self, spec: ApiSpec, kwargs: Mapping[str, Any], name: str | None
-                 ) -> tuple[TracedTask, str] | None:
-        """The task and text of a call, or None when tracer_wrap stays out of it. Never raises."""
-        if names.disabled():
-            return None
-        try:
-            raw = _raw_mode(kwargs)
-            if raw == "stream" or (raw is not None and kwargs.get("stream") is True):
-                return None  # a raw streamed HTTP body: nothing to read a label from
-            if kwargs.get("stream") is True and spec.build_stream is None and not spec.manager:
-                return None
-            view = spec.view(_given(kwargs), self.learner)
-            if view is None:
-                return None
-            return self.task(name or self.task_name or view.task_key), view.text
-        except Exception as exc:
-            fault("task lookup", exc)
-            return None
+    # -- the path of a call ----------------------------------------------------------------------
 
     def run(self, spec: ApiSpec, method: Callable[..., Any], args: tuple[Any, ...],
             kwargs: dict[str, Any], *, is_async: bool = False) -> Any:
         """Call ``method(**kwargs)`` (a sync SDK method, or any ``.stream()``, which returns a
         manager at once; ``is_async`` says the manager is an async one) the traced way."""
         name = kwargs.pop(TASK_OPTION, None)
-        found = None if args else self._task_of(spec, kwargs, name)
-        if found is None:
+        if args or names.disabled():
             return method(*args, **kwargs)
-        task, text = found
-        return task.call(text, lambda: _sdk_call(method, kwargs), _reply(spec, kwargs, is_async))
+        request, kwargs = _replayable(kwargs)
+        call = self._call(spec, request, name, is_async)
+        if call is None:
+            return method(**kwargs)
+        task, text, reply, _ = call
+        return task.call(text, lambda: _sdk_call(method, kwargs), reply)
 
     async def arun(self, spec: ApiSpec, method: Callable[..., Awaitable[Any]],
                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """:meth:`run` for an async SDK method; the only difference is the ``await``."""
         name = kwargs.pop(TASK_OPTION, None)
-        found = None if args else self._task_of(spec, kwargs, name)
-        if found is None:
+        if args or names.disabled():
             return await method(*args, **kwargs)
-        task, text = found
-        return await task.acall(text, lambda: _asdk_call(method, kwargs),
-                                _reply(spec, kwargs, True))
+        request, kwargs = _replayable(kwargs)
+        call = self._call(spec, request, name, True)
+        if call is None:
+            return await method(**kwargs)
+        task, text, reply, raw = call
+
+        async def llm() -> Any:
+            result = await _asdk_call(method, kwargs)
+            if raw is not None:
+                await raw.aload(result)  # an async raw response is parsed by awaiting
+            return result
+
+        return await task.acall(text, llm, reply)
+
+    def _call(self, spec: ApiSpec, kwargs: Mapping[str, Any], name: str | None, is_async: bool
+              ) -> tuple[TracedTask, str, Reply[Any], _RawBody | None] | None:
+        """The task, text and Reply of a call (and the reader of a raw response's body), or None
+        when tracer_wrap stays out of it. Never raises."""
+        try:
+            raw = _raw_mode(kwargs)
+            streaming = kwargs.get("stream") is True
+            if raw == "true" and streaming:
+                return None  # a raw streamed HTTP body: read by the caller alone
+            if raw is None and streaming and spec.build_stream is None and not spec.manager:
+                return None
+            given = _given(kwargs)
+            view = spec.view(given, self.learner)
+            if view is None:
+                return None
+            chosen = name or self.task_name
+            if chosen is None:
+                if not self._recurs(view):
+                    return None
+                chosen = view.task_key
+            task = self.task(chosen)
+            spellings = self._spellings[chosen]
+            body = _RawBody() if raw == "true" else None
+            return task, view.text, self._reply(spec, task, spellings, given, raw, body,
+                                                is_async), body
+        except Exception as exc:
+            fault("task lookup", exc)
+            return None
+
+    def _recurs(self, view: PromptView) -> bool:
+        """Whether the template of ``view`` is a task: its prompt recurs, or the task exists."""
+        return (view.recurring or view.task_key in self._tasks
+                or view.task_key in self._store_tasks())
+
+    def _store_tasks(self) -> frozenset[str]:
+        """The store's task names, re-read at most every :data:`KNOWN_TASKS_SECONDS`."""
+        now = time.monotonic()
+        known = self._known
+        if known is None or now - known[0] > KNOWN_TASKS_SECONDS:
+            try:
+                names_ = frozenset(self.store.tasks())
+            except Exception as exc:
+                fault("trace store", exc)
+                names_ = frozenset()
+            known = self._known = (now, names_)
+        return known[1]
+
+    def _reply(self, spec: ApiSpec, task: TracedTask, spellings: Spellings,
+               request: Mapping[str, Any], raw: str | None, body: _RawBody | None,
+               is_async: bool) -> Reply[Any]:
+        """How the engine reads and builds this call's SDK objects."""
+        attributes = _attributes(spec, request)
+        streaming = request.get("stream") is True
+
+        def label_of(result: Any) -> object:
+            telemetry.current_call().describe(spec.describe(result))
+            return spellings.learn(spec.label(result))
+
+        def learned(done: Done) -> Done:
+            return lambda label, usage: done(spellings.learn(label), usage)
+
+        if raw == "true":  # with_raw_response: the HTTP response itself, its body parsed
+            assert body is not None
+            return Reply(label_of=lambda r: label_of(body.parsed(r)), build=None,
+                         usage_of=lambda r: _usage(body.parsed(r)), attributes=attributes)
+        if raw is not None:  # with_streaming_response: read when the caller reads it
+            return Reply(label_of=label_of, build=None, usage_of=_usage,
+                         later=lambda response, done: _streamed_response(
+                             spec, response, learned(done), streaming, is_async),
+                         attributes=attributes)
+
+        build = spec.build_stream if streaming else spec.build
+        assert build is not None or spec.manager
+
+        def texts() -> list[str]:
+            router = task.router
+            return [spec.answer_text(spellings.spell(label), request)
+                    for label in (router.labels if router is not None else ())]
+
+        blocked = local_answer_blocker(spec.api, request, texts)
+        if blocked is not None:
+            attributes[telemetry.BLOCKED] = blocked
+
+        def local(label: str) -> Any:
+            result = build(spellings.spell(label), request)  # type: ignore[misc]
+            telemetry.current_call().describe(spec.describe(result))
+            return result
+
+        def tapped_manager(manager: Any, done: Done) -> Any:
+            span = telemetry.current_call()
+
+            def tap(stream: Any) -> None:
+                tap_stream(stream, spec.stream_kind, learned(done), is_async=is_async, span=span)
+            if is_async:
+                return AsyncTappedManager(manager, tap, _aenter, span)
+            return TappedManager(manager, tap, _enter, span)
+
+        def tapped_stream(stream: Any, done: Done) -> Any:
+            tap_stream(stream, spec.stream_kind, learned(done), is_async=is_async,
+                       span=telemetry.current_call())
+            return stream
+
+        later = tapped_manager if spec.manager else tapped_stream if streaming else None
+        return Reply(label_of=label_of, build=None if blocked is not None else local,
+                     usage_of=_usage, later=later, attributes=attributes)
 
 
-def _reply(spec: ApiSpec, kwargs: Mapping[str, Any], is_async: bool) -> Reply[Any]:
-    """How the engine reads and builds this call's SDK objects."""
-    raw = _raw_mode(kwargs)
-    if raw is not None:
-        # A LegacyAPIResponse caches what parse() returns: the caller's own parse() is free.
-        return Reply(label_of=lambda r: spec.label(r.parse()), build=None,
-                     usage_of=lambda r: _usage(r.parse()))
-    streaming = kwargs.get("stream") is True
-    build = spec.build_stream if streaming else spec.build
-    assert build is not None or spec.manager
+def _streamed_response(spec: ApiSpec, response: Any, done: Done, streaming: bool,
+                       is_async: bool) -> Any:
+    """The raw response of a ``with_streaming_response`` call, traced once the caller reads it."""
+    span = telemetry.current_call()
 
-    def local(label: str) -> Any:
-        return build(label, kwargs)  # type: ignore[misc]
+    def observe(parsed: Any) -> None:
+        if streaming:
+            tap_stream(parsed, spec.stream_kind, done, is_async=is_async, span=span)
+        else:
+            span.describe(spec.describe(parsed))
+            done(spec.label(parsed), _usage(parsed))
 
-    def tapped_manager(manager: Any, done: Done) -> Any:
-        def tap(stream: Any) -> None:
-            tap_stream(stream, spec.stream_kind, done, is_async=is_async)
-        if is_async:
-            return AsyncTappedManager(manager, tap, _aenter)
-        return TappedManager(manager, tap, _enter)
+    proxy = AsyncStreamedResponse if is_async else StreamedResponse
+    return proxy(response, observe, span, streaming)
 
-    def tapped_stream(stream: Any, done: Done) -> Any:
-        tap_stream(stream, spec.stream_kind, done, is_async=is_async)
-        return stream
 
-    later = tapped_manager if spec.manager else tapped_stream if streaming else None
-    return Reply(label_of=spec.label, build=local, usage_of=_usage, later=later)
+class _RawBody:
+    """The parsed body of one ``with_raw_response`` call, read for its trace. The SDK caches what
+    ``parse()`` returns, so the caller's own ``parse()`` costs nothing more."""
+
+    _UNREAD = object()
+
+    def __init__(self) -> None:
+        self._parsed: Any = self._UNREAD
+        self._error: BaseException | None = None
+
+    def parsed(self, response: Any) -> Any:
+        if self._error is not None:
+            raise self._error
+        if self._parsed is self._UNREAD:
+            if inspect.iscoroutinefunction(response.parse):
+                raise RuntimeError("an async raw response must be read with aload()")
+            self._parsed = response.parse()
+        return self._parsed
+
+    async def aload(self, response: Any) -> None:
+        """Parse an async raw response (its ``parse()`` is a coroutine); a failure is kept and
+        raised by :meth:`parsed`, where the engine logs it."""
+        if not inspect.iscoroutinefunction(getattr(response, "parse", None)):
+            return
+        try:
+            self._parsed = await response.parse()
+        except Exception as exc:
+            self._error = exc
 
 
 class Resource(wrapt.ObjectProxy):  # type: ignore[type-arg]
@@ -211,12 +365,59 @@ class Resource(wrapt.ObjectProxy):  # type: ignore[type-arg]
         self._self_tasks = tasks
 
 
-def with_raw_header(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``kwargs`` marked as a ``with_raw_response`` call: what the SDK's raw-response wrapper adds
-    itself, set here too so the engine knows the result is a raw HTTP response (never answered
-    locally, parsed for the trace)."""
-    kwargs["extra_headers"] = {**(kwargs.get("extra_headers") or {}), _RAW_HEADER: "true"}
-    return kwargs
+class Variant(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    """An SDK resource's ``with_raw_response`` / ``with_streaming_response`` whose traced methods
+    (``methods``: the SDK's own raw or streaming wrapper around the traced method) replace the
+    SDK's; every other attribute is the SDK's own."""
+
+    def __init__(self, wrapped: Any, methods: Mapping[str, Callable[..., Any]]) -> None:
+        super().__init__(wrapped)
+        self._self_methods = dict(methods)
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_self_"):
+            found = self._self_methods.get(name)
+            if found is not None:
+                return found
+        return getattr(self.__wrapped__, name)
+
+
+def variant(sdk_variant: Any, resource: Any, wrapper: Callable[[Callable[..., Any]], Any] | None,
+            methods: Sequence[str]) -> Any:
+    """``sdk_variant`` (a resource's ``with_raw_response`` or ``with_streaming_response``) whose
+    ``methods`` that it has run through the traced ``resource``, wrapped by the SDK's own
+    ``wrapper``; the SDK's own variant when the SDK has no such wrapper."""
+    if wrapper is None:
+        return sdk_variant
+    return Variant(sdk_variant, {m: wrapper(getattr(resource, m)) for m in methods
+                                 if hasattr(sdk_variant, m)})
+
+
+def _attributes(spec: ApiSpec, request: Mapping[str, Any]) -> dict[str, Any]:
+    """The OpenTelemetry GenAI attributes of a request (``gen_ai.request.*``)."""
+    max_tokens = next((request[k] for k in ("max_completion_tokens", "max_tokens",
+                                            "max_output_tokens")
+                       if isinstance(request.get(k), int)), None)
+    stop = request.get("stop", request.get("stop_sequences"))
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": spec.provider,
+        "gen_ai.system": spec.provider,
+        "gen_ai.request.model": request.get("model") if isinstance(request.get("model"), str)
+        else None,
+        "gen_ai.request.max_tokens": max_tokens,
+        "gen_ai.request.temperature": _number(request.get("temperature")),
+        "gen_ai.request.top_p": _number(request.get("top_p")),
+        "gen_ai.request.stop_sequences": [stop] if isinstance(stop, str)
+        else list(stop) if isinstance(stop, (list, tuple)) else None,
+        "gen_ai.request.stream": request.get("stream") is True or spec.manager,
+        "tracer_wrap.api": spec.name,
+    }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
 def _usage(result: Any) -> Usage | None:
@@ -224,6 +425,23 @@ def _usage(result: Any) -> Usage | None:
     if not found:
         return None
     return Usage(found.get("input_tokens", 0), found.get("output_tokens", 0))
+
+
+def _replayable(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(request, forwarded)``: ``kwargs`` with every one-shot iterator (a generator of
+    messages, tools or input items) read once, as lists for tracer_wrap to read, and as fresh
+    iterators over the same items for the SDK, which so gets what the caller passed: the same
+    items, in the same order, as a one-shot iterator (and fails alike where it takes none).
+    Every other value is passed as it is (the same object)."""
+    if not any(isinstance(v, Iterator) for v in kwargs.values()):
+        return kwargs, kwargs
+    request = {k: list(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
+    return request, {k: _replay(request[k]) if isinstance(v, Iterator) else v
+                     for k, v in kwargs.items()}
+
+
+def _replay(items: list[Any]) -> Iterator[Any]:
+    yield from items
 
 
 def _sdk_call(method: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:

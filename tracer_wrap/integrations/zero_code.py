@@ -1,9 +1,11 @@
 """Zero-code mode: trace every chat call of the openai and anthropic SDKs, route only when told.
 
 ``tracer_wrap.autolog()`` (one line at start-up) patches the SDK classes' chat methods once:
-``chat.completions.create`` / ``parse`` and ``responses.create`` of openai (``stream()`` goes
-through ``create``), ``messages.create`` / ``stream`` of anthropic (if installed), sync and async.
-Every classification-shaped call is logged to the store under the task of its prompt template.
+``chat.completions.create`` / ``parse`` and ``responses.create`` / ``parse`` of openai
+(``stream()`` goes through ``create``), ``messages.create`` / ``parse`` / ``stream`` of anthropic
+(if installed), sync and async; ``with_raw_response`` and ``with_streaming_response`` reach the
+patched methods. Every classification-shaped call is logged to the store under the task of its
+prompt template, once the template recurs (a one-off prompt, such as a chat turn, is left alone).
 Nothing is routed until a task's routing switch is on in the store::
 
     tracer-wrap routing <task> on
@@ -83,13 +85,17 @@ def _targets() -> list[tuple[type, str, ApiSpec, str]]:
 
     from . import _openai as o
 
+    # stream() of both OpenAI APIs sends its request through create(stream=True), and each
+    # with_raw_response / with_streaming_response method through the (patched) method it wraps.
     found: list[tuple[type, str, ApiSpec, str]] = [
         (Completions, "create", o.CHAT_CREATE, "sync"),
         (Completions, "parse", o.CHAT_PARSE, "sync"),
         (AsyncCompletions, "create", o.ASYNC_CHAT_CREATE, "async"),
         (AsyncCompletions, "parse", o.CHAT_PARSE, "async"),
         (Responses, "create", o.RESPONSES_CREATE, "sync"),
-        (AsyncResponses, "create", o.RESPONSES_CREATE, "async"),
+        (Responses, "parse", o.RESPONSES_PARSE, "sync"),
+        (AsyncResponses, "create", o.ASYNC_RESPONSES_CREATE, "async"),
+        (AsyncResponses, "parse", o.RESPONSES_PARSE, "async"),
     ]
     try:
         from anthropic.resources.messages import AsyncMessages, Messages
@@ -99,8 +105,10 @@ def _targets() -> list[tuple[type, str, ApiSpec, str]]:
         return found  # anthropic is an optional extra: nothing of it to patch
     found += [
         (Messages, "create", a.MESSAGES_CREATE, "sync"),
+        (Messages, "parse", a.MESSAGES_PARSE, "sync"),
         (Messages, "stream", a.MESSAGES_STREAM, "manager"),
         (AsyncMessages, "create", a.ASYNC_MESSAGES_CREATE, "async"),
+        (AsyncMessages, "parse", a.MESSAGES_PARSE, "async"),
         (AsyncMessages, "stream", a.ASYNC_MESSAGES_STREAM, "async manager"),
     ]
     return found

@@ -14,6 +14,7 @@ Endpoints (JSON in, JSON out; the OpenAPI 3.1 document is served at ``GET /opena
 ``POST /v1/tasks/{task}/traces/batch``   ``{"traces": [{"input", "teacher", "plan"}, ...]}``
 ``GET  /v1/tasks/{task}/status``         the figures ``tracer-wrap status`` shows
 ``GET  /healthz``                        liveness, never needs the token
+``GET  /metrics``                        every task's counters as Prometheus text (ops/metrics.py)
 
 The caller's loop: ask ``route``; if ``local`` use ``label`` (counted as a call answered
 locally); else call the LLM and log its answer with ``traces``, echoing the ``plan`` string the
@@ -52,6 +53,7 @@ from ..model.embedder import Embedder, make_embedder
 from ..model.router import Decision
 from ..options import TaskOptions
 from ..store import Store, open_store
+from .metrics import metrics_route
 from .status import task_status
 
 try:
@@ -329,6 +331,7 @@ def create_app(store: Store | str, *, token: str | None = None,
         Route("/v1/tasks/{task}/status", endpoint(status_of, has_body=False), methods=["GET"]),
         Route("/healthz", endpoint(healthz, auth=False, has_body=False), methods=["GET"]),
         Route("/openapi.json", endpoint(openapi, auth=False, has_body=False), methods=["GET"]),
+        metrics_route(side.store, side.check_token),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
