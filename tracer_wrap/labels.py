@@ -9,7 +9,8 @@ from collections.abc import Iterable, Mapping
 
 from .errors import ConfigError
 
-__all__ = ["LABEL_FIELD_NAMES", "LabelSet", "json_label", "label_from_json", "label_from_text"]
+__all__ = ["LABEL_FIELD_NAMES", "LabelSet", "json_label", "label_from_json", "label_from_text",
+           "label_key"]
 
 _QUOTES = "\"'`“”‘’«»"
 _SPACE = re.compile(r"[\s_\-]+")
@@ -20,7 +21,7 @@ _FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
 _MAX_JSON_CHARS = 10_000
 
 
-def _key(text: str) -> str:
+def label_key(text: str) -> str:
     """A comparison key: NFKC, casefolded, quotes and trailing punctuation stripped, one space."""
     text = unicodedata.normalize("NFKC", text).strip().strip(_QUOTES).strip()
     text = text.rstrip(".!;:").strip().strip(_QUOTES)
@@ -95,7 +96,7 @@ class LabelSet:
             for label in labels:
                 if not isinstance(label, str) or not label.strip():
                     raise ConfigError(f"labels must be non-empty strings, got {label!r}")
-                key = _key(label)
+                key = label_key(label)
                 if not key:
                     raise ConfigError(f"label {label!r} is only quotes or punctuation")
                 by_key.setdefault(key, label)
@@ -122,7 +123,7 @@ class LabelSet:
         from_json = json_label(output, single_field=False) if "{" in output[:16] else None
         if from_json is not None:
             output = from_json
-        key = _key(output)
+        key = label_key(output)
         if not key:
             return None
         if self._by_key is None:

@@ -93,6 +93,12 @@ def setting_breaker_base(epoch: int) -> str:
     return f"breaker:e{epoch}:base"
 
 
+def setting_spelling(key: str) -> str:
+    """The LLM's first spelling of the label whose comparison key is ``key``
+    (:func:`tracer_wrap.labels.label_key`), claimed once for every process."""
+    return f"spelling:{key}"
+
+
 # -- store counters (atomic integer sums per task) ----------------------------------------------
 
 #: Calls that reached tracer_wrap (every path).

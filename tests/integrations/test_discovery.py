@@ -147,6 +147,7 @@ def test_a_template_is_traced_from_its_second_call_or_its_first_once_in_the_stor
     assert [t.input for t in store.traces(name)] == ["refund #2"]
     # Another process (a new client on the same store) traces the known template at once.
     second = wrap_openai(raw, store=store, embedder=embedder, **TASK_OPTIONS)
+    flush()  # its background worker reads the store's task names (within a tick)
     ask(second, "refund #3")
     assert list(second.tracer_wrap_tasks.tasks()) == [name]
     flush()
@@ -185,6 +186,8 @@ def test_local_answers_are_spelled_as_the_llm_spells_labels_given_in_another_spe
     # Another process (a new client on the same store) answers in the same spelling.
     other = wrap_openai(raw, task="intent", labels=list(TITLE.values()), store=store,
                         embedder=embedder, **TASK_OPTIONS)
+    other.tracer_wrap_tasks.spellings("intent")
+    flush()  # its background worker reads the store's spellings (within a tick)
     text, _ = local[0]
     again = other.chat.completions.create(model="m", messages=[
         system, {"role": "user", "content": text}])

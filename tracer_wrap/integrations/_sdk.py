@@ -33,10 +33,11 @@ from typing import Any
 
 import wrapt
 
-from .. import names, telemetry
+from .. import background, names, telemetry
 from .._log import fault
 from ..accounting import Usage
 from ..engine import Reply, TracedTask
+from ..errors import StoreError
 from ..model.embedder import Embedder, make_embedder
 from ..options import TaskOptions
 from ..store import Store, open_store
@@ -104,6 +105,9 @@ class Tasks:
     process, or its first when the store already has the task): a prompt met once, such as a chat
     turn with its own history, is left alone. ``options`` are the task options every task gets
     (the ``tracer_wrap.toml`` table of each task name still applies beneath them). Thread-safe.
+
+    A call never opens or reads the store: the store's task names are read by the background
+    worker (:meth:`step`), every :data:`KNOWN_TASKS_SECONDS`, and a task opens its store there.
     """
 
     def __init__(self, *, task: str | None = None, learner: TemplateLearner | None = None,
@@ -119,6 +123,7 @@ class Tasks:
         self._spellings: dict[str, Spellings] = {}
         self._known: tuple[float, frozenset[str]] | None = None
         self._lock = threading.Lock()
+        background.register(self)
 
     @property
     def store(self) -> Store:
@@ -141,16 +146,17 @@ class Tasks:
         return self._embedder
 
     def task(self, name: str) -> TracedTask:
-        """The task named ``name``, created on first use (sharing the store and embedder).
-        Raises StoreError when the store cannot be opened, ConfigError on a bad option in the
-        task's own table of ``tracer_wrap.toml``."""
+        """The task named ``name``, created on first use (sharing the embedder, and the store
+        once it is open; a task opens a store not yet open itself, off the request path).
+        Raises ConfigError on a bad option in the task's own table of ``tracer_wrap.toml``."""
         found = self._tasks.get(name)
         if found is not None:
             return found
-        store, embedder = self.store, self.embedder
+        embedder = self.embedder
         with self._lock:
             found = self._tasks.get(name)
             if found is None:
+                store = self._store if self._store is not None else self._base.store
                 found = TracedTask(name, **{**self._options, "store": store,
                                             "embedder": embedder})
                 self._tasks[name] = found
@@ -234,22 +240,28 @@ class Tasks:
             return None
 
     def _recurs(self, view: PromptView) -> bool:
-        """Whether the template of ``view`` is a task: its prompt recurs, or the task exists."""
-        return (view.recurring or view.task_key in self._tasks
-                or view.task_key in self._store_tasks())
-
-    def _store_tasks(self) -> frozenset[str]:
-        """The store's task names, re-read at most every :data:`KNOWN_TASKS_SECONDS`."""
-        now = time.monotonic()
+        """Whether the template of ``view`` is a task: its prompt recurs, or the task exists
+        (in this process, or in the store as of the background worker's last read)."""
         known = self._known
-        if known is None or now - known[0] > KNOWN_TASKS_SECONDS:
-            try:
-                names_ = frozenset(self.store.tasks())
-            except Exception as exc:
-                fault("trace store", exc)
-                names_ = frozenset()
-            known = self._known = (now, names_)
-        return known[1]
+        return (view.recurring or view.task_key in self._tasks
+                or (known is not None and view.task_key in known[1]))
+
+    # -- the background job ----------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Open the store; read its task names when :data:`KNOWN_TASKS_SECONDS` have passed since
+        the last read. Raises StoreError."""
+        now = time.monotonic()
+        if self._known is None or now - self._known[0] > KNOWN_TASKS_SECONDS:
+            self._known = (now, frozenset(self.store.tasks()))
+
+    def drain(self, timeout: float) -> bool:
+        """Read the store's task names if due; True when done (False: the store failed)."""
+        try:
+            self.step()
+        except StoreError:
+            return False
+        return True
 
     def _reply(self, spec: ApiSpec, task: TracedTask, spellings: Spellings,
                request: Mapping[str, Any], raw: str | None, body: _RawBody | None,

@@ -16,6 +16,10 @@ itself answered it in, and:
 Each spelling is one task setting of the store (``spelling:<key>``), claimed atomically
 (``setdefault_setting``), so every process agrees on it. An answer that is not one label spelled
 differently (a label followed by an explanation, an invalid answer) teaches nothing.
+
+Neither method touches the store: both read this process's memory. The background worker
+(:mod:`tracer_wrap.background`) claims a spelling first seen here and looks up the ones another
+process claimed; until it has, a process answers in the spelling it saw first (or the router's).
 """
 
 from __future__ import annotations
@@ -25,16 +29,15 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .._log import fault
-from ..labels import _key
+from .. import background, names
+from ..errors import StoreError
+from ..labels import label_key
 
 if TYPE_CHECKING:
     from ..engine import TracedTask
 
-__all__ = ["SETTING_PREFIX", "Spellings"]
+__all__ = ["Spellings"]
 
-#: Store setting names of remembered spellings: ``spelling:<comparison key of the label>``.
-SETTING_PREFIX = "spelling:"
 #: At most this many spellings per task and process (a task of free-text answers is no label set).
 MAX_SPELLINGS = 256
 #: An answer longer than this, or of several lines, is no label to remember a spelling of.
@@ -44,63 +47,101 @@ RETRY_SECONDS = 30.0
 
 
 class Spellings:
-    """The LLM's spelling of each label of one task. Thread-safe; never raises (a store fault is
-    logged and the label keeps the spelling it came with)."""
+    """The LLM's spelling of each label of one task; see the module docstring. Thread-safe;
+    :meth:`learn` and :meth:`spell` never raise and never wait; the store work is a background
+    job (:meth:`step`, :meth:`drain`)."""
 
     def __init__(self, task: TracedTask, clock: Callable[[], float] = time.monotonic) -> None:
         self._task = task
         self._clock = clock
         self._known: dict[str, str] = {}
-        self._missing: dict[str, float] = {}  # key -> when the store last had no spelling of it
+        self._claims: dict[str, str] = {}  # key -> spelling seen here first, not yet claimed
+        self._wanted = False  # a local answer needed a spelling this process does not know
+        self._loaded_at: float | None = None  # when the store's spellings were last read
         self._lock = threading.Lock()
+        background.register(self)
 
     def learn(self, raw: object) -> object:
-        """``raw`` (an LLM's raw label) in the spelling first seen for its label; remembers it
-        when it is the first. Anything but one label spelled some way is returned unchanged."""
+        """``raw`` (an LLM's raw label) in the spelling known for its label; the first spelling
+        seen becomes the known one (and is claimed for every process in the background).
+        Anything but one label spelled some way is returned unchanged."""
         if not isinstance(raw, str):
             return raw
         spelled = raw.strip()
-        key = _key(spelled)
+        key = label_key(spelled)
         known = self._known.get(key)
         if known is not None:
             return known
         try:
-            if (len(spelled) > MAX_LABEL_CHARS or "\n" in spelled
-                    or len(self._known) >= MAX_SPELLINGS):
-                return raw  # free text, not a label
             label = self._task.label_set.normalise(spelled)
-            if label is None or _key(label) != key:
-                return raw  # invalid, or a label with an explanation: not a spelling of it
-            stored = self._task.store.setdefault_setting(self._task.task, SETTING_PREFIX + key,
-                                                         spelled)
-        except Exception as exc:
-            fault("trace store", exc)
+        except Exception:  # a label set that cannot read it: not a label
             return raw
-        known = stored if isinstance(stored, str) and _key(stored) == key else spelled
+        if (label is None or label_key(label) != key or len(spelled) > MAX_LABEL_CHARS
+                or "\n" in spelled):
+            return raw  # invalid, free text, or a label with an explanation
         with self._lock:
-            self._known[key] = known
-            self._missing.pop(key, None)
+            if key not in self._known:
+                if len(self._known) >= MAX_SPELLINGS:
+                    return raw  # a task of free-text answers is no label set
+                self._known[key] = self._claims[key] = spelled
+            known = self._known[key]
+        background.wake()
         return known
 
     def spell(self, label: str) -> str:
         """``label`` (a router's label) in the spelling the LLM answers it in; ``label`` itself
-        while no LLM answer of it was seen by any process."""
-        key = _key(label)
-        known = self._known.get(key)
+        while this process knows none (the store's spellings are read again in the background,
+        at most every :data:`RETRY_SECONDS`)."""
+        known = self._known.get(label_key(label))
         if known is not None:
             return known
-        now = self._clock()
-        missing = self._missing.get(key)
-        if missing is not None and now - missing < RETRY_SECONDS:
-            return label
-        try:
-            stored = self._task.store.get_setting(self._task.task, SETTING_PREFIX + key)
-        except Exception as exc:
-            fault("trace store", exc)
-            stored = None
-        with self._lock:
-            if isinstance(stored, str) and _key(stored) == key:
-                self._known[key] = stored
-                return stored
-            self._missing[key] = now
+        self._wanted = True
         return label
+
+    # -- the background job ----------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Claim the spellings first seen here; read every process's spellings once, and again
+        when a local answer needed an unknown one (at most every :data:`RETRY_SECONDS`). Raises
+        StoreError (what is left waits for the next step)."""
+        with self._lock:
+            claims = dict(self._claims)
+        store, task = self._task.store, self._task.task
+        for key, spelled in claims.items():
+            stored = store.setdefault_setting(task, names.setting_spelling(key), spelled)
+            with self._lock:
+                if isinstance(stored, str) and label_key(stored) == key:
+                    self._known[key] = stored  # another process claimed it first
+                self._claims.pop(key, None)
+        now = self._clock()
+        if self._loaded_at is not None and not (
+                self._wanted and now - self._loaded_at >= RETRY_SECONDS):
+            return
+        settings = store.settings(task)
+        with self._lock:
+            for name, stored in settings.items():
+                key = _spelling_key(name)
+                if (key and isinstance(stored, str) and label_key(stored) == key
+                        and key not in self._claims
+                        and (key in self._known or len(self._known) < MAX_SPELLINGS)):
+                    self._known[key] = stored
+            self._loaded_at, self._wanted = now, False
+
+    def drain(self, timeout: float) -> bool:
+        """Do the pending store work now; True when none is left. A store fault is retried
+        until ``timeout`` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.step()
+                return True
+            except StoreError:
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
+def _spelling_key(setting: str) -> str:
+    """The label key of a spelling setting's name ("" for any other setting)."""
+    prefix = names.setting_spelling("")
+    return setting[len(prefix):] if setting.startswith(prefix) else ""
