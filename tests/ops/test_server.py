@@ -65,8 +65,9 @@ def test_healthz_needs_no_token(server: str) -> None:
 def test_openapi_document_lists_every_endpoint(server: str) -> None:
     doc = httpx.get(f"{server}/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
-    assert {"/v1/tasks/{task}/route", "/v1/tasks/{task}/route/batch", "/v1/tasks/{task}/traces",
-            "/v1/tasks/{task}/traces/batch", "/healthz"} <= set(doc["paths"])
+    assert set(doc["paths"]) == {
+        "/v1/tasks/{task}/route", "/v1/tasks/{task}/route/batch", "/v1/tasks/{task}/traces",
+        "/v1/tasks/{task}/traces/batch", "/v1/tasks/{task}/status", "/metrics", "/healthz"}
 
 
 def test_route_text_matches_the_router_in_process(client: httpx.Client, store: TraceStore) -> None:

@@ -333,6 +333,7 @@ def create_app(store: Store | str, *, token: str | None = None,
         Route("/openapi.json", endpoint(openapi, auth=False, has_body=False), methods=["GET"]),
         metrics_route(side.store, side.check_token),
     ]
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -495,6 +496,11 @@ OPENAPI: dict[str, Any] = {
             "summary": "Traces, served version, calls answered locally, money saved",
             "parameters": _TASK_PARAM,
             "responses": {"200": {"description": "OK", **_json({"type": "object"})}, **_ERRORS}}},
+        "/metrics": {"get": {
+            "summary": "Every task's counters as Prometheus text",
+            "responses": {"200": {"description": "OK",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}},
+                          **_ERRORS}}},
         "/healthz": {"get": {"summary": "Liveness", "security": [],
                              "responses": {"200": {"description": "OK"}}}},
     },
