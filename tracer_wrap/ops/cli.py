@@ -565,6 +565,49 @@ def serve(
 
 
 @command()
+def gateway(
+    ctx: typer.Context,
+    store: StoreOpt = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(
+        help="Interface to bind (127.0.0.1: this machine only; any other needs --token).")]
+    = "127.0.0.1",
+    token: Annotated[str | None, typer.Option(
+        envvar=names.ENV_TOKEN, help="Require this token in the X-Tracer-Wrap-Token header of "
+                                     "every request [env: TRACER_WRAP_TOKEN].")] = None,
+    openai_upstream: Annotated[str, typer.Option(
+        "--openai-upstream", help="Base URL of the OpenAI-compatible API calls go to.")]
+    = "https://api.openai.com/v1",
+    anthropic_upstream: Annotated[str, typer.Option(
+        "--anthropic-upstream", help="Base URL of the Anthropic API calls go to.")]
+    = "https://api.anthropic.com",
+    routing_on: Annotated[bool, typer.Option(
+        "--routing/--no-routing",
+        help="Answer locally for every task whose store switch is not off (default: only tasks "
+             "switched on with tracer-wrap routing TASK on).")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds an upstream call may take.")]
+    = 600.0,
+    embedder: EmbedderOpt = None,
+) -> None:
+    """Run the OpenAI- and Anthropic-compatible gateway. Point an application at it by its base
+    URL only (OPENAI_BASE_URL=http://HOST:PORT/v1, ANTHROPIC_BASE_URL=http://HOST:PORT): every call
+    goes to the upstream with the caller's own API key, except the classification calls a
+    certified router answers locally; the others become traces, grouped into tasks by prompt
+    template (tracer-wrap tasks lists them)."""
+    from .gateway import run as run_gateway
+
+    spec = store_spec(store or (ctx.obj or {}).get("store"))
+    where = str(spec.path) if isinstance(spec, Store) else spec
+    err_console.print(f"tracer_wrap gateway on http://{host}:{port}/v1 -> {openai_upstream} and"
+                      f" http://{host}:{port} -> {anthropic_upstream} (store {where},"
+                      f" {'token required' if token else 'no token'})", markup=False)
+    run_gateway(where, host=host, port=port, token=token, workers=workers,
+                openai_upstream=openai_upstream, anthropic_upstream=anthropic_upstream,
+                routing=routing_on, embedder=embedder, timeout=timeout)
+
+
+@command()
 def tasks(ctx: typer.Context, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """List the tasks discovered in the store: calls, distinct outputs, whether each looks like
     classification, whether routing is on and the coverage certified today."""
