@@ -556,3 +556,83 @@ def test_local_answers_have_the_wire_shape_of_the_real_apis(upstream: LLMServer,
         assert extra <= {"metadata", "metadata.x-tracer-wrap", "choices.0.message.tool_calls"}
         missing = keys(theirs.json()) - keys(ours.json())
         assert not {k for k in missing if k.count(".") == 0} - {"service_tier"}, missing
+
+
+def test_a_forwarded_responses_stream_becomes_a_trace(recorder: tuple[Recorder, str],
+                                                      store: TraceStore) -> None:
+    """The Responses API's events, as its documentation shows them, tapped on the way."""
+    rec, base = recorder
+    done = {"id": "resp_1", "object": "response", "created_at": 1741290958, "status": "completed",
+            "model": "gpt-4.1", "output": [{
+                "id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": "refund", "annotations": []}]}],
+            "usage": {"input_tokens": 37, "output_tokens": 2, "total_tokens": 39}}
+    events = [("response.created", {"response": {**done, "status": "in_progress",
+                                                  "output": []}}),
+              ("response.output_text.delta", {"item_id": "msg_1", "output_index": 0,
+                                              "content_index": 0, "delta": "refund"}),
+              ("response.completed", {"response": done})]
+    frames = [f"event: {kind}\ndata: {json.dumps({'type': kind, 'sequence_number': i, **data})}"
+              f"\n\n".encode() for i, (kind, data) in enumerate(events)]
+    rec.script = lambda seen: Scripted(headers=[("content-type", "text/event-stream")],
+                                       chunks=frames)
+    with gateway(store, f"{base}/v1", base) as (url, _):
+        streamed = list(sdk(url).responses.create(model="gpt-4.1", input="money back please",
+                                                  stream=True))
+        assert [e.type for e in streamed] == [kind for kind, _ in events]
+        task = only_task(store)
+        wait_for(lambda: store.count(task) == 1, "the trace")
+    assert [(t.input, t.teacher) for t in store.traces(task)] == [("money back please",
+                                                                   "refund")]
+    assert rec.seen[0].header("accept-encoding") is None  # a traced answer must be readable
+    flush_all()
+    assert store.counters(task)["input_tokens"] == 37
+
+
+def test_the_gateway_command_serves_several_worker_processes(upstream: LLMServer,
+                                                             tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from _http import free_port
+
+    from tracer_wrap.engine import TracedTask
+    from tracer_wrap.integrations._prompt import openai_chat_view
+
+    request = {"model": "gpt-test", "messages": ask("refund")}
+    view = openai_chat_view(request)
+    assert view is not None
+    store = TraceStore(tmp_path / "store")
+    for text, label in make_traces(800):
+        store.append(view.task_key, text, label)
+    TracedTask(view.task_key, store=store, embedder=hashing_embedder(), target=0.9,
+               min_traces=20, refit_every=None).refit()
+    store.set_setting(view.task_key, "routing", True)
+    port = free_port()
+    env = {**os.environ, "TRACER_WRAP_EMBEDDER": "hashing", "TRACER_WRAP_AUDIT_RATE": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tracer_wrap.ops.cli", "--store", str(tmp_path / "store"),
+         "gateway", "--port", str(port), "--workers", "2",
+         "--openai-upstream", upstream.base_url_openai],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, proc.stderr.read().decode()  # type: ignore[union-attr]
+            try:
+                return httpx.get(f"{url}/tracer-wrap/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, "the gateway's workers started")
+        client = sdk(url)
+        replies = [client.chat.completions.create(model="gpt-test", messages=ask(t))
+                   for t in easy_texts(20)]
+        assert sum(map(is_local, replies)) >= 15
+        assert upstream.calls["chat.completions"] == 20 - sum(map(is_local, replies))
+        forwarded = httpx.post(f"{url}/v1/embeddings", json={"model": "e", "input": "x"})
+        assert forwarded.status_code == 404 and "no route" in forwarded.text  # the fake's own
+    finally:
+        proc.terminate()
+        proc.wait(60)
