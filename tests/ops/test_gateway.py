@@ -337,13 +337,15 @@ def test_forwarded_streams_and_forced_tools_become_traces_with_usage(upstream: L
 def test_free_form_calls_are_forwarded_untraced(upstream: LLMServer, store: TraceStore) -> None:
     tool = {"type": "function", "function": {"name": "search", "parameters": {
         "type": "object", "properties": {"q": {"type": "string"}}}}}
-    with through(upstream, store, routing=True) as (url, _):
+    with through(upstream, store, routing=True) as (url, application):
         client = sdk(url)
         # An agent step (free tool choice) and two answers at once: no single label.
         client.chat.completions.create(model="gpt-test", messages=ask("refund"), tools=[tool])
         client.chat.completions.create(model="gpt-test", messages=ask("refund"), n=2)
         client.chat.completions.create(model="gpt-test", messages=[
             *ask("refund"), {"role": "assistant", "content": "refund"}])
+        # A call that entered the engine would have made its task before its answer was sent.
+        assert application.state.gateway.tasks.tasks() == {}
     assert upstream.calls["chat.completions"] == 3
     assert store.tasks() == []
 
@@ -359,7 +361,7 @@ def test_free_form_requests_and_answers_pass_byte_for_byte_and_streams_are_not_b
     script = Scripted(headers=[("content-type", "text/event-stream"), ("x-request-id", "r-1"),
                                ("openai-processing-ms", "12")], chunks=frames, hold=1)
     rec.script = lambda seen: script
-    with gateway(store, f"{base}/v1", base) as (url, _), \
+    with gateway(store, f"{base}/v1", base) as (url, application), \
             httpx.Client(base_url=url, timeout=30) as client:
         with client.stream("POST", "/v1/chat/completions?trace=1", content=body,
                            headers={"Authorization": f"Bearer {KEY}",
@@ -375,6 +377,7 @@ def test_free_form_requests_and_answers_pass_byte_for_byte_and_streams_are_not_b
         assert response.status_code == 200
         assert response.headers["x-request-id"] == "r-1"
         assert response.headers["openai-processing-ms"] == "12"
+        assert application.state.gateway.tasks.tasks() == {}
     (seen,) = rec.seen
     assert (seen.method, seen.path, seen.query, seen.body) == (
         "POST", "/v1/chat/completions", "trace=1", body)
