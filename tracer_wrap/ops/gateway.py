@@ -60,10 +60,10 @@ from ..integrations._prompt import (
     anthropic_messages_view,
     openai_chat_view,
     openai_responses_view,
-    usage_of,
 )
 from ..integrations._sdk import Tasks
 from ..store import Store
+from ._answers import Answer, chat_answer, messages_answer, responses_answer
 
 try:
     import anyio
@@ -167,14 +167,14 @@ class _Tap:
     def feed(self, chunk: bytes) -> None:
         raise NotImplementedError
 
-    def result(self) -> tuple[object, Usage | None]:
+    def result(self) -> Answer:
         raise NotImplementedError
 
 
 class _JsonTap(_Tap):
     """A whole JSON answer; ``read`` turns the decoded object into ``(raw_label, usage)``."""
 
-    def __init__(self, read: Callable[[dict[str, Any]], tuple[object, Usage | None]]) -> None:
+    def __init__(self, read: Callable[[dict[str, Any]], Answer]) -> None:
         self._read = read
         self._chunks: list[bytes] = []
         self._size = 0
@@ -185,7 +185,7 @@ class _JsonTap(_Tap):
             raise ValueError(f"answer over {MAX_TAP_BYTES} bytes")
         self._chunks.append(chunk)
 
-    def result(self) -> tuple[object, Usage | None]:
+    def result(self) -> Answer:
         data = json.loads(b"".join(self._chunks))
         if not isinstance(data, dict):
             raise ValueError("the answer is not a JSON object")
@@ -196,7 +196,7 @@ class _EventTap(_Tap):
     """A stream of server-sent events; ``on_event(event, data)`` reads each decoded event."""
 
     def __init__(self, on_event: Callable[[str, dict[str, Any]], None],
-                 finish: Callable[[], tuple[object, Usage | None]]) -> None:
+                 finish: Callable[[], Answer]) -> None:
         self._sse = _SSE()
         self._on_event = on_event
         self._finish = finish
@@ -209,42 +209,8 @@ class _EventTap(_Tap):
             if isinstance(decoded, dict):
                 self._on_event(event, decoded)
 
-    def result(self) -> tuple[object, Usage | None]:
+    def result(self) -> Answer:
         return self._finish()
-
-
-def _usage(obj: Any) -> Usage | None:
-    found = usage_of(obj)
-    return Usage(found.get("input_tokens", 0), found.get("output_tokens", 0)) if found else None
-
-
-def _chat_answer(data: dict[str, Any]) -> tuple[object, Usage | None]:
-    from openai.types.chat import ChatCompletion
-
-    from ..integrations._openai_objects import label_from_chat_completion
-
-    # The SDK's own lenient construction (what it does with every response it receives): an
-    # unknown field or enum value from a newer API still reads.
-    completion = ChatCompletion.construct(**data)
-    return label_from_chat_completion(completion), _usage(completion)
-
-
-def _responses_answer(data: dict[str, Any]) -> tuple[object, Usage | None]:
-    from openai.types.responses import Response as ApiResponse
-
-    from ..integrations._openai_objects import label_from_response
-
-    response = ApiResponse.construct(**data)
-    return label_from_response(response), _usage(response)
-
-
-def _messages_answer(data: dict[str, Any]) -> tuple[object, Usage | None]:
-    from anthropic.types import Message
-
-    from ..integrations._anthropic_objects import label_from_message
-
-    message = Message.construct(**data)
-    return label_from_message(message), _usage(message)
 
 
 def _chat_stream_tap() -> _Tap:
@@ -287,7 +253,7 @@ def _messages_stream_tap() -> _Tap:
         if kind in classes:  # ping and future event types carry no label
             acc.add(classes[kind].construct(**data))
 
-    def finish() -> tuple[object, Usage | None]:
+    def finish() -> Answer:
         if not stopped:
             raise ValueError("the stream ended without message_stop")
         return acc.label(), acc.usage_seen()
@@ -302,10 +268,10 @@ def _responses_stream_tap() -> _Tap:
         if data.get("type") == "response.completed" and isinstance(data.get("response"), dict):
             completed.append(data["response"])
 
-    def finish() -> tuple[object, Usage | None]:
+    def finish() -> Answer:
         if not completed:  # failed, incomplete or cut short: no answer to learn from
             raise ValueError("the stream ended without response.completed")
-        return _responses_answer(completed[-1])
+        return responses_answer(completed[-1])
 
     return _EventTap(on_event, finish)
 
@@ -412,18 +378,18 @@ class _Api:
     name: str
     provider: str  # "openai" or "anthropic": the upstream, and the shape of the gateway's errors
     view: Callable[[Mapping[str, Any], TemplateLearner], PromptView | None]
-    answer: Callable[[dict[str, Any]], tuple[object, Usage | None]]
+    answer: Callable[[dict[str, Any]], Answer]
     stream_tap: Callable[[], _Tap]
     build: Callable[[str, Mapping[str, Any]], bytes]
     build_stream: Callable[[str, Mapping[str, Any]], list[bytes]]
     operation: str = "chat"
 
 
-_CHAT = _Api("openai.chat", "openai", openai_chat_view, _chat_answer, _chat_stream_tap,
+_CHAT = _Api("openai.chat", "openai", openai_chat_view, chat_answer, _chat_stream_tap,
              _local_chat, _local_chat_stream)
-_RESPONSES = _Api("openai.responses", "openai", openai_responses_view, _responses_answer,
+_RESPONSES = _Api("openai.responses", "openai", openai_responses_view, responses_answer,
                   _responses_stream_tap, _local_responses, _local_responses_stream)
-_MESSAGES = _Api("anthropic.messages", "anthropic", anthropic_messages_view, _messages_answer,
+_MESSAGES = _Api("anthropic.messages", "anthropic", anthropic_messages_view, messages_answer,
                  _messages_stream_tap, _local_message, _local_message_stream)
 
 
