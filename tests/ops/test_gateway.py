@@ -639,3 +639,41 @@ def test_the_gateway_command_serves_several_worker_processes(upstream: LLMServer
     finally:
         proc.terminate()
         proc.wait(60)
+
+
+# -- failing open ---------------------------------------------------------------------------
+
+
+def test_when_tracer_wrap_is_disabled_the_gateway_is_a_plain_proxy(
+        upstream: LLMServer, store: TraceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRACER_WRAP_DISABLE", "1")
+    with through(upstream, store, routing=True) as (url, application):
+        reply = sdk(url).chat.completions.create(model="gpt-test", messages=ask("refund"))
+        assert reply.choices[0].message.content == "refund"
+        assert application.state.gateway.tasks.tasks() == {}
+    assert store.tasks() == []
+
+
+def test_a_broken_store_never_fails_a_call(upstream: LLMServer, tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The store cannot even be opened (a file where its directory should be): every call is
+    forwarded and answered as if the gateway were a plain proxy; the fault is logged."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("", encoding="utf-8")
+    application = create_app(str(blocked / "store"), openai_upstream=upstream.base_url_openai,
+                             anthropic_upstream=upstream.base_url_anthropic,
+                             embedder=hashing_embedder(), routing=True, **FAST)
+    with serving(application) as url:
+        client, messages = sdk(url), claude(url)
+        for text in easy_texts(3):
+            reply = client.chat.completions.create(model="gpt-test", messages=ask(text))
+            assert reply.choices[0].message.content == teacher(text)
+            streamed = list(client.chat.completions.create(model="gpt-test", messages=ask(text),
+                                                           stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) \
+                == teacher(text)
+        message = messages.messages.create(model="claude-test", max_tokens=8,
+                                           messages=[{"role": "user", "content": "refund"}])
+        assert message.content[0].text == "refund"  # type: ignore[union-attr]
+    assert upstream.total_calls == 7
+    assert "tracer_wrap" in caplog.text and "failed" in caplog.text

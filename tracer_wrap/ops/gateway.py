@@ -1,7 +1,7 @@
 """The gateway: an OpenAI- and Anthropic-compatible base URL that answers certified calls locally.
 
-Run it with ``tracer-wrap gateway --store DIR`` (extra ``gateway``: starlette, uvicorn, httpx) and
-point any application, in any language, at it by changing its base URL only::
+Run it with ``tracer-wrap gateway --store DIR`` (``pip install 'tracer-wrap[gateway]'``) and point
+any application, in any language, at it by changing its base URL only::
 
     OPENAI_BASE_URL=http://127.0.0.1:8080/v1     ANTHROPIC_BASE_URL=http://127.0.0.1:8080
 
@@ -13,10 +13,12 @@ logged), except the classification calls a certified router answers::
         └─ the request view (tracer_wrap.integrations._prompt): not classification-shaped (free
            tools, n > 1, images, ...)? ──> forwarded untouched, not traced
         └─ the task of its prompt template (as zero-code mode finds it; the header
-           X-Tracer-Wrap-Task names one instead) ──> TracedTask.call (tracer_wrap.engine):
+           X-Tracer-Wrap-Task names one instead) ──> TracedTask.call (tracer_wrap.engine), in a
+           worker thread (it embeds):
                local answer: wire-identical JSON or SSE built with the SDKs' own types
-               else: forwarded; the response streams through chunk by chunk while a tap reads
-                     its label and usage; once complete it becomes a trace
+               else: forwarded from the event loop (no thread waits for the LLM); the answer
+                     streams through chunk by chunk while a tap reads its label and usage; once
+                     the caller has it all, it becomes a trace
     any other path (/v1/embeddings, /v1/models, files, ...) ──> forwarded untouched
 
 So the gateway runs the same engine as the Python wrappers: the same store, task discovery,
@@ -112,14 +114,6 @@ class _Problem(Exception):
     def __init__(self, status: int, kind: str, message: str) -> None:
         super().__init__(message)
         self.status, self.kind, self.message = status, kind, message
-
-
-class _UpstreamRefused(Exception):
-    """The upstream answered with an error status: relayed unchanged, never traced."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"upstream answered {response.status_code}")
-        self.response = response
 
 
 # -- reading answers: JSON bodies and server-sent events --------------------------------------
@@ -571,39 +565,44 @@ class _Gateway:
         if found is None:
             return await self.forward(request, api.provider, body)
         name, text, payload = found
-        upstream = self.upstream_request(request, api.provider, body, traced=True)
+        planned = await anyio.to_thread.run_sync(self.plan, api, name, text, payload,
+                                                 limiter=self.limiter)
+        if isinstance(planned, Response):  # answered locally
+            return planned
+        done = planned.done if isinstance(planned, _Deferred) else None
         try:
-            result: Response = await anyio.to_thread.run_sync(
-                self.call, api, name, text, payload, upstream, limiter=self.limiter)
-        except _UpstreamRefused as refused:
-            return _Relay(refused.response)
-        except httpx.HTTPError as exc:
+            response = await self.send(self.upstream_request(request, api.provider, body,
+                                                             traced=done is not None))
+        except httpx.HTTPError as exc:  # the engine's done() is never called: no trace
             return _unreachable(api.provider, exc)
-        if isinstance(result, httpx.Response):  # the engine could not wrap it: relay it as is
-            return _Relay(result)
-        return result
+        if done is None or not response.is_success:  # an upstream error logs no trace
+            return _Relay(response)
+        encoding = response.headers.get("content-encoding", "identity").lower()
+        if encoding != "identity":  # asked for identity, got something else: relay only
+            return _Relay(response)
+        try:
+            tap = api.stream_tap() if _is_event_stream(response) else _JsonTap(api.answer)
+        except Exception as exc:  # e.g. the provider's SDK is missing: relay, untraced
+            fault("trace logging", exc)
+            return _Relay(response)
+        return _Relay(response, tap, done)
 
-    def call(self, api: _Api, name: str, text: str, payload: dict[str, Any],
-             upstream: httpx.Request) -> Response:
-        """One classification call through the engine, in a worker thread (planning embeds,
-        which must not hold up the event loop). Upstream I/O runs on the event loop."""
+    def plan(self, api: _Api, name: str, text: str, payload: dict[str, Any]) -> Any:
+        """Run one classification call through the engine, in a worker thread (planning embeds,
+        which must not hold up the event loop): a local answer (a Response), or a
+        :class:`_Deferred` whose ``done`` records the upstream's answer once it is known, or
+        anything else: forward untraced.
 
-        def llm() -> httpx.Response:
-            response: httpx.Response = anyio.from_thread.run(self.send, upstream)
-            if not response.is_success:
-                raise _UpstreamRefused(response)
-            return response
-
+        The engine's "LLM" only says "go upstream": the upstream call itself runs on the event
+        loop, so no thread waits for the LLM. A call that never gets its answer (upstream error,
+        caller gone) never calls ``done``: no trace, as the engine wants for failed LLM calls.
+        """
         try:
             task = self.tasks.task(name)
         except Exception as exc:  # the store cannot be opened: a plain proxy, this time
             fault("task lookup", exc)
-            return self.relay_untraced(llm)
-        answer: Response = task.call(text, llm, self.reply(api, payload))
-        return answer
-
-    def relay_untraced(self, llm: Callable[[], httpx.Response]) -> Response:
-        return _Relay(llm())
+            return None
+        return task.call(text, _go_upstream, self.reply(api, payload))
 
     def reply(self, api: _Api, payload: dict[str, Any]) -> Reply[Any]:
         streaming = payload.get("stream") is True
@@ -617,21 +616,23 @@ class _Gateway:
             return Response(api.build(label, payload), headers=headers,
                             media_type="application/json")
 
-        def later(response: httpx.Response, done: Callable[[object, Usage | None], None]
-                  ) -> Response:
-            encoding = response.headers.get("content-encoding", "identity").lower()
-            if encoding != "identity":  # asked for identity, got something else: relay only
-                return _Relay(response)
-            try:
-                tap = api.stream_tap() if _is_event_stream(response) else _JsonTap(api.answer)
-            except Exception as exc:  # e.g. the provider's SDK is missing: relay, untraced
-                fault("trace logging", exc)
-                return _Relay(response)
-            return _Relay(response, tap, done)
+        def later(result: Any, done: Callable[[object, Usage | None], None]) -> _Deferred:
+            return _Deferred(done)
 
         attributes = {"gen_ai.system": api.provider, "gen_ai.operation.name": api.operation,
                       "gen_ai.request.model": payload.get("model")}
         return Reply(build=build, later=later, attributes=attributes)
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """A classification call the engine sent upstream; ``done(raw_label, usage)`` traces it."""
+
+    done: Callable[[object, Usage | None], None]
+
+
+def _go_upstream() -> None:
+    """The engine's LLM call for the gateway: the call is made by the caller of the engine."""
 
 
 def _is_event_stream(response: httpx.Response) -> bool:
@@ -659,7 +660,7 @@ def _unreachable(provider: str, exc: httpx.HTTPError) -> JSONResponse:
 
 def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENAI_UPSTREAM,
                anthropic_upstream: str = ANTHROPIC_UPSTREAM, token: str | None = None,
-               routing: bool = False, timeout: float = 600.0, concurrency: int = 256,
+               routing: bool = False, timeout: float = 600.0, concurrency: int = 32,
                transport: httpx.AsyncBaseTransport | None = None,
                learner: TemplateLearner | None = None, **options: Any) -> Starlette:
     """The gateway's ASGI application (see the module docstring).
@@ -671,9 +672,9 @@ def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENA
     the task options of every task (:class:`~tracer_wrap.options.TaskOptions`: ``embedder``,
     ``target``, ``audit_rate``, ...). ``token`` requires ``X-Tracer-Wrap-Token`` on every request
     but ``GET /tracer-wrap/healthz``. ``timeout`` bounds each upstream call; ``concurrency`` is
-    how many classification calls are planned or awaiting the upstream's headers at once (each
-    holds a worker thread meanwhile; more wait). ``transport`` replaces the HTTP transport
-    (tests). Raises ConfigError on a bad option.
+    how many worker threads plan classification calls at once (embedding, routing, building a
+    local answer; more wait, while upstream calls in flight hold no thread). ``transport``
+    replaces the HTTP transport (tests). Raises ConfigError on a bad option.
     """
     options["routing"] = routing
     if store is not None:
