@@ -401,9 +401,12 @@ def test_unknown_paths_are_forwarded_to_the_right_upstream(recorder: tuple[Recor
         anthropic_models = client.get("/v1/models", headers={"x-api-key": KEY,
                                                               "anthropic-version": "2023-06-01"})
         count = client.post("/v1/messages/count_tokens", json={"model": "c", "messages": []})
-    assert [r.headers["x-echo"] for r in (models, embeddings, files, anthropic_models, count)] \
+        stored = client.get("/v1/chat/completions?limit=1")  # a GET on a classification path
+    assert [r.headers["x-echo"] for r in (models, embeddings, files, anthropic_models, count,
+                                          stored)] \
         == ["/openai/v1/models", "/openai/v1/embeddings", "/openai/v1/files",
-            "/anthropic/v1/models", "/anthropic/v1/messages/count_tokens"]
+            "/anthropic/v1/models", "/anthropic/v1/messages/count_tokens",
+            "/openai/v1/chat/completions"]
     assert models.json() == {"object": "list", "data": []}
     assert rec.seen[0].query == "limit=2" and rec.seen[0].method == "GET"
     assert rec.seen[0].body == b"" and rec.seen[0].header("transfer-encoding") is None
@@ -677,3 +680,50 @@ def test_a_broken_store_never_fails_a_call(upstream: LLMServer, tmp_path: Path,
         assert message.content[0].text == "refund"  # type: ignore[union-attr]
     assert upstream.total_calls == 7
     assert "tracer_wrap" in caplog.text and "failed" in caplog.text
+
+
+# -- reading streams ------------------------------------------------------------------------
+
+
+def test_server_sent_events_are_read_whatever_the_chunk_boundaries() -> None:
+    from tracer_wrap.ops.gateway import _SSE
+
+    stream = (b"event: message_start\r\ndata: {\"a\": 1}\r\n\r\n: a comment\n\n"
+              b"data: {\"b\":\ndata: 2}\n\ndata:[DONE]\r\r")
+    expected = [("message_start", '{"a": 1}'), ("", '{"b":\n2}'), ("", "[DONE]")]
+    for size in (1, 2, 3, 7, len(stream)):
+        parser = _SSE()
+        events = [e for i in range(0, len(stream), size)
+                  for e in parser.feed(stream[i:i + size])]
+        assert events == expected, size
+    parser = _SSE()  # a multi-byte character split across chunks; a Unicode line separator
+    word = "data: {\"t\": \"caf\u00e9\u2028\"}\n\n".encode()
+    cut = word.index(b"\xc3") + 1
+    assert parser.feed(word[:cut]) + parser.feed(word[cut:]) == [
+        ("", '{"t": "caf\u00e9\u2028"}')]
+
+
+def test_a_stream_cut_at_odd_places_is_relayed_whole_and_traced(
+        recorder: tuple[Recorder, str], store: TraceStore) -> None:
+    rec, base = recorder
+    events = [{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+              for delta in ({"role": "assistant", "content": ""}, {"content": "ref"},
+                            {"content": "und"})]
+    events.append({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                   "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 1,
+                                            "total_tokens": 12}})
+    raw = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events)
+    raw += b"data: [DONE]\r\n\r\n"
+    chunks = [raw[i:i + 13] for i in range(0, len(raw), 13)]
+    rec.script = lambda seen: Scripted(headers=[("content-type", "text/event-stream")],
+                                       chunks=chunks)
+    with gateway(store, f"{base}/v1", base) as (url, _), httpx.Client(base_url=url) as client:
+        r = client.post("/v1/chat/completions", json={
+            "model": "m", "messages": ask("money back"), "stream": True})
+        assert r.content == raw
+        task = only_task(store)
+        wait_for(lambda: store.count(task) == 1, "the trace")
+    assert [(t.input, t.teacher) for t in store.traces(task)] == [("money back", "refund")]
+    flush_all()
+    assert store.counters(task)["input_tokens"] == 11

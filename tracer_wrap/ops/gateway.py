@@ -47,6 +47,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,34 +122,45 @@ class _Problem(Exception):
 
 class _SSE:
     """An incremental server-sent events parser (the WHATWG rules the SDKs follow): bytes in,
-    ``(event, data)`` pairs out."""
+    ``(event, data)`` pairs out. Lines end at CRLF, LF or CR only (never at other Unicode line
+    breaks, which JSON strings may hold)."""
+
+    _LINE_END = re.compile(r"\r\n|\r|\n")
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._pending = ""
+        self._after_cr = False
         self._event = ""
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> list[tuple[str, str]]:
-        text = self._pending + self._decoder.decode(chunk)
-        lines = text.splitlines(keepends=True)
-        # A last line without its end (or a lone \r that may precede \n) waits for more bytes.
-        self._pending = lines.pop() if lines and not lines[-1].endswith("\n") else ""
-        events = []
-        for line in lines:
-            line = line.rstrip("\r\n")
-            if not line:
-                if self._data:
-                    events.append((self._event, "\n".join(self._data)))
-                self._event, self._data = "", []
-                continue
-            field, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if field == "data":
-                self._data.append(value)
-            elif field == "event":
-                self._event = value
+        text = self._decoder.decode(chunk)
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]  # the rest of a CRLF split between two chunks
+        self._after_cr = False
+        text = self._pending + text
+        events: list[tuple[str, str]] = []
+        start = 0
+        for end in self._LINE_END.finditer(text):
+            self._line(text[start:end.start()], events)
+            start = end.end()
+            self._after_cr = end.group() == "\r" and start == len(text)
+        self._pending = text[start:]
         return events
+
+    def _line(self, line: str, events: list[tuple[str, str]]) -> None:
+        if not line:
+            if self._data:
+                events.append((self._event, "\n".join(self._data)))
+            self._event, self._data = "", []
+            return
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
 
 
 class _Tap:
