@@ -669,8 +669,9 @@ def gateway(
         help="Answer locally for every task whose store switch is not off (default: only tasks "
              "switched on with tracer-wrap routing TASK on).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
-    timeout: Annotated[float, typer.Option(min=1.0, help="Seconds an upstream call may take.")]
-    = 600.0,
+    timeout: Annotated[float, typer.Option(
+        min=1.0, help="Seconds to wait on the upstream: for each piece of an answer (and at "
+                      "most 10 to connect).")] = 600.0,
     embedder: EmbedderOpt = None,
 ) -> None:
     """Run the OpenAI- and Anthropic-compatible gateway. Point an application at it by its base

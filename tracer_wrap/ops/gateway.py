@@ -683,10 +683,11 @@ def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENA
     with False nothing is answered locally until ``tracer-wrap routing TASK on``. ``options`` are
     the task options of every task (:class:`~tracer_wrap.options.TaskOptions`: ``embedder``,
     ``target``, ``audit_rate``, ...). ``token`` requires ``X-Tracer-Wrap-Token`` on every request
-    but ``GET /tracer-wrap/healthz``. ``timeout`` bounds each upstream call; ``concurrency`` is
-    how many worker threads plan classification calls at once (embedding, routing, building a
-    local answer; more wait, while upstream calls in flight hold no thread). ``transport``
-    replaces the HTTP transport (tests). Raises ConfigError on a bad option.
+    but ``GET /tracer-wrap/healthz``. ``timeout`` is how long to wait on the upstream for each
+    piece of an answer (and at most 10 s to connect). ``concurrency`` is how many worker threads
+    plan classification calls at once (embedding, routing, building a local answer; more wait,
+    while upstream calls in flight hold no thread). ``transport`` replaces the HTTP transport
+    (tests). Raises ConfigError on a bad option.
     """
     options["routing"] = routing
     if store is not None:
