@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..accounting import Usage
-from ..integrations._prompt import usage_of
+from ..integrations import usage_of
 
 __all__ = ["Answer", "chat_answer", "message_answer", "messages_answer", "responses_answer"]
 

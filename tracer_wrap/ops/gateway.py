@@ -57,14 +57,14 @@ from .._log import fault, logger
 from ..accounting import Usage
 from ..engine import Reply
 from ..errors import ConfigError, MissingExtraError
-from ..integrations._prompt import (
+from ..integrations import (
     PromptView,
+    Tasks,
     TemplateLearner,
     anthropic_messages_view,
     openai_chat_view,
     openai_responses_view,
 )
-from ..integrations._sdk import Tasks
 from ..store import Store
 from ._answers import Answer, chat_answer, messages_answer, responses_answer
 

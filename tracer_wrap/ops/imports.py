@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..integrations._prompt import (
+from ..integrations import (
     PromptView,
     TemplateLearner,
     anthropic_messages_view,
