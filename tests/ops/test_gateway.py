@@ -485,13 +485,15 @@ def test_the_callers_key_is_forwarded_untouched_and_never_stored_or_logged(
                                        chunks=[json.dumps(answer).encode()])
     caplog.set_level(logging.DEBUG)
     with gateway(store, f"{base}/v1", base, token="gw-token") as (url, _):
-        client = sdk(url, default_headers={"X-Tracer-Wrap-Token": "gw-token"})
+        client = sdk(url, default_headers={"X-Tracer-Wrap-Token": "gw-token",
+                                           "X-Tracer-Wrap-Task": "refunds"})
         assert client.chat.completions.create(model="m", messages=ask("give me my money back")
                                               ).choices[0].message.content == "refund"
         wait_for(lambda: store.count(only_task(store)) == 1, "a trace")
     (seen,) = rec.seen
     assert seen.header("authorization") == f"Bearer {KEY}"
     assert seen.header("x-tracer-wrap-token") is None  # the gateway's secret stays here
+    assert seen.header("x-tracer-wrap-task") is None
     assert KEY not in caplog.text
     store.close()
     for path in Path(store.path).rglob("*"):
@@ -727,3 +729,14 @@ def test_a_stream_cut_at_odd_places_is_relayed_whole_and_traced(
     assert [(t.input, t.teacher) for t in store.traces(task)] == [("money back", "refund")]
     flush_all()
     assert store.counters(task)["input_tokens"] == 11
+
+
+def test_a_header_names_the_task(upstream: LLMServer,
+                                                          store: TraceStore) -> None:
+    with through(upstream, store) as (url, _):
+        client = sdk(url, default_headers={"X-Tracer-Wrap-Task": "support-intent"})
+        client.chat.completions.create(model="gpt-test", messages=ask("my card was stolen"))
+        client.chat.completions.create(model="other-model", messages=[
+            {"role": "user", "content": "Label this: refund please"}])
+        wait_for(lambda: store.count("support-intent") == 2, "two traces in the named task")
+    assert store.tasks() == ["support-intent"]
