@@ -490,22 +490,105 @@ def export_cmd(
 @command("import")
 def import_cmd(
     ctx: typer.Context,
-    file: Annotated[Path, typer.Argument(help="JSONL trace file (tracer-llm format).")],
-    task: Annotated[str, typer.Option("--task", help="Task to import into.")],
+    file: Annotated[Path, typer.Argument(help="The file of logged calls or traces.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="tracer (JSONL input/teacher), csv, openai (chat JSONL: fine-tuning "
+                         "lines or request/response pairs), langfuse, langsmith, otlp "
+                         "(OpenTelemetry GenAI spans), helicone; auto: detect.")] = "auto",
+    task: Annotated[str | None, typer.Option(
+        "--task", help="Import into this task: everything of a tracer or csv file, or the one "
+                       "task found in the others.")] = None,
+    task_keys: Annotated[list[str] | None, typer.Option(
+        "--task-key", help="Import the task found under this key (or a unique start of it); "
+                           "repeat for several.")] = None,
+    as_name: Annotated[str | None, typer.Option(
+        "--as", help="Name the one task imported (default: its key, the name live traffic of "
+                     "its template gets).")] = None,
+    import_all: Annotated[bool, typer.Option(
+        "--all", help="Import every task found, each under its key.")] = False,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Take this as every call's model (the model is part of the task key: "
+                        "give the one your application asks for).")] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Append a JSONL trace file to a task; a malformed line imports nothing."""
-    st = _store_of(ctx, store, must_exist=False)
-    if not file.is_file():
-        raise ConfigError(f"no such file: {str(file)!r}")
-    before = st.count(task)
-    n = st.import_jsonl(file, task)
-    added = st.count(task) - before
-    if as_json:
-        _emit_json({"task": task, "lines": n, "new_traces": added})
+    """Learn from calls already logged: read a file, show the classification tasks found in it
+    (grouped by prompt template, as zero-code mode does), and import only the tasks named. A
+    malformed file imports nothing."""
+    from .imports import discover, import_task
+
+    if as_name is not None and task is not None:
+        raise typer.BadParameter("give --task or --as, not both")
+    name = as_name or task
+    found = discover(file, fmt, model=model)
+    flat = found.format in ("tracer", "csv")
+    if flat and (task_keys or import_all):
+        raise typer.BadParameter(f"a {found.format} file holds one task: name it with --task")
+    if task_keys:
+        chosen = [found.select(key) for key in task_keys]
+    elif import_all:
+        chosen = list(found.tasks)
+    elif name is not None:
+        if len(found.tasks) > 1:
+            raise ConfigError(f"{file} holds {len(found.tasks)} tasks; pick one with --task-key"
+                              " (tracer-wrap import FILE lists them)")
+        chosen = list(found.tasks)
     else:
-        console.print(f"Imported {n} lines into {task} ({added} new distinct inputs).")
+        chosen = []
+    if name is not None and len(chosen) > 1:
+        raise typer.BadParameter("--as names one task: give one --task-key")
+    if flat and chosen and name is None:
+        raise typer.BadParameter(f"name the task to import this {found.format} file into with"
+                                 " --task")
+    if not chosen:
+        _show_discovery(found, file, as_json)
+        return
+    st = _store_of(ctx, store, must_exist=False)
+    results = [import_task(st, t, name or t.key) for t in chosen]
+    if as_json:
+        _emit_json(results[0] if name is not None else {"imported": results})
+        return
+    for result in results:
+        console.print(f"Imported {result['lines']} records into {result['task']}"
+                      f" ({result['new_traces']} new distinct inputs).", markup=False)
+
+
+def _clip(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[:width - 1] + "…"
+
+
+def _show_discovery(found: Any, file: Path, as_json: bool) -> None:
+    if as_json:
+        _emit_json(found.as_dict())
+        return
+    skipped = sum(found.skipped.values())
+    console.print(f"{file}: {found.format} format, {found.records} records, {skipped} skipped.",
+                  markup=False)
+    for reason, n in found.skipped.most_common():
+        console.print(f"  skipped {n}: {reason}", markup=False)
+    if not found.tasks:
+        console.print("No classification-shaped calls found: nothing to import.")
+        return
+    table = Table(title="tasks found (nothing imported yet)", title_justify="left")
+    for column in ("task key", "records", "labels", "classification?"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("top labels", overflow="fold")
+    for t in found.tasks:
+        row = t.summary()
+        table.add_row(row["task_key"] or "—", str(row["records"]), str(row["labels"]),
+                      "yes" if row["classification"] else "no",
+                      ", ".join(_clip(label, 24) for label in row["top_labels"]))
+    console.print(table)
+    for t in found.tasks:
+        model = f" ({t.model})" if t.model else ""
+        console.print(f"{t.key or 'template'}{model}: {t.template}", markup=False,
+                      highlight=False)
+    if found.format in ("tracer", "csv"):
+        console.print(f"Import it: tracer-wrap import {file} --task NAME", markup=False)
+    else:
+        console.print(f"Import one: tracer-wrap import {file} --task-key KEY [--as NAME];"
+                      " every task: --all", markup=False)
 
 
 # -- report, serve, tasks, run --------------------------------------------------------------------
@@ -562,6 +645,50 @@ def serve(
     err_console.print(f"tracer_wrap sidecar on http://{host}:{port} (store {st.path}, "
                       f"{'token required' if token else 'no token'})", markup=False)
     run(st, host=host, port=port, token=token, max_body_bytes=max_body, embedder=embedder)
+
+
+@command()
+def gateway(
+    ctx: typer.Context,
+    store: StoreOpt = None,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    host: Annotated[str, typer.Option(
+        help="Interface to bind (127.0.0.1: this machine only; any other needs --token).")]
+    = "127.0.0.1",
+    token: Annotated[str | None, typer.Option(
+        envvar=names.ENV_TOKEN, help="Require this token in the X-Tracer-Wrap-Token header of "
+                                     "every request [env: TRACER_WRAP_TOKEN].")] = None,
+    openai_upstream: Annotated[str, typer.Option(
+        "--openai-upstream", help="Base URL of the OpenAI-compatible API calls go to.")]
+    = "https://api.openai.com/v1",
+    anthropic_upstream: Annotated[str, typer.Option(
+        "--anthropic-upstream", help="Base URL of the Anthropic API calls go to.")]
+    = "https://api.anthropic.com",
+    routing_on: Annotated[bool, typer.Option(
+        "--routing/--no-routing",
+        help="Answer locally for every task whose store switch is not off (default: only tasks "
+             "switched on with tracer-wrap routing TASK on).")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    timeout: Annotated[float, typer.Option(
+        min=1.0, help="Seconds to wait on the upstream: for each piece of an answer (and at "
+                      "most 10 to connect).")] = 600.0,
+    embedder: EmbedderOpt = None,
+) -> None:
+    """Run the OpenAI- and Anthropic-compatible gateway. Point an application at it by its base
+    URL only (OPENAI_BASE_URL=http://HOST:PORT/v1, ANTHROPIC_BASE_URL=http://HOST:PORT): every call
+    goes to the upstream with the caller's own API key, except the classification calls a
+    certified router answers locally; the others become traces, grouped into tasks by prompt
+    template (tracer-wrap tasks lists them)."""
+    from .gateway import run as run_gateway
+
+    spec = store_spec(store or (ctx.obj or {}).get("store"))
+    where = str(spec.path) if isinstance(spec, Store) else spec
+    err_console.print(f"tracer_wrap gateway on http://{host}:{port}/v1 -> {openai_upstream} and"
+                      f" http://{host}:{port} -> {anthropic_upstream} (store {where},"
+                      f" {'token required' if token else 'no token'})", markup=False)
+    run_gateway(where, host=host, port=port, token=token, workers=workers,
+                openai_upstream=openai_upstream, anthropic_upstream=anthropic_upstream,
+                routing=routing_on, embedder=embedder, timeout=timeout)
 
 
 @command()
