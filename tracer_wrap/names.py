@@ -18,6 +18,7 @@ __all__ = [
     "ENV_AUTOLOG",
     "ENV_AUTOLOG_ROUTING",
     "ENV_DISABLE",
+    "ENV_GATEWAY_CONFIG",
     "ENV_PREFIX",
     "ENV_STORE",
     "ENV_TOKEN",
@@ -36,8 +37,10 @@ ENV_ARTIFACTS = "TRACER_WRAP_ARTIFACTS"
 #: Path or sentence-transformers model name of the default embedder (``hashing``: the tiny
 #: deterministic one).
 ENV_EMBEDDER = "TRACER_WRAP_EMBEDDER"
-#: The bearer token the sidecar requires.
+#: The sidecar's bearer token and the gateway's ``X-Tracer-Wrap-Token``.
 ENV_TOKEN = "TRACER_WRAP_TOKEN"
+#: The gateway's settings as JSON, handed by ``tracer-wrap gateway`` to its worker processes.
+ENV_GATEWAY_CONFIG = "TRACER_WRAP_GATEWAY_CONFIG"
 #: Set to 1 by ``tracer-wrap run``: the launcher's ``sitecustomize`` then starts autolog.
 ENV_AUTOLOG = "TRACER_WRAP_AUTOLOG"
 #: Default routing switch of autolog's tasks in a launched program (1/true: route every task whose

@@ -120,8 +120,8 @@ def test_migrate_refuses_a_missing_source_and_runs_again_without_doubling(
 
 
 COMMANDS = ["status", "fit", "versions", "rollback", "pin", "unpin", "routing", "price",
-            "export", "import", "report", "serve", "tasks", "run", "demo", "migrate", "bench",
-            "simulate"]
+            "export", "import", "report", "serve", "gateway", "tasks", "run", "demo", "migrate",
+            "bench", "simulate"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

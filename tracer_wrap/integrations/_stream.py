@@ -29,7 +29,7 @@ from ..telemetry import CallSpan
 from ._prompt import usage_of
 
 __all__ = ["AsyncStreamedResponse", "AsyncTappedManager", "Done", "StreamedResponse",
-           "TappedManager", "tap_stream"]
+           "TappedManager", "stream_accumulator", "tap_stream"]
 
 #: Called once a stream's label is known: ``done(raw_label, usage)``.
 Done = Callable[[object, "Usage | None"], None]
@@ -129,13 +129,19 @@ _ACCUMULATORS: dict[str, type[_StreamLabel]] = {"openai": _OpenAIChunks,
                                                 "anthropic": _AnthropicEvents}
 
 
+def stream_accumulator(kind: str) -> _StreamLabel:
+    """A fresh reader of one stream's chunks of format ``kind`` (see :func:`tap_stream`): feed it
+    each chunk with ``add``; ``label()`` and ``usage_seen()`` say what the stream answered."""
+    return _ACCUMULATORS[kind]()
+
+
 def tap_stream(stream: Any, kind: str, done: Done, *, is_async: bool,
                span: CallSpan | None = None) -> None:
     """Tap ``stream`` (an SDK ``Stream`` / ``AsyncStream``) in place; ``kind`` names its chunk
     format (``"openai"``, ``"openai.responses"`` or ``"anthropic"``). The stream object itself
     is left as it is. ``span`` (the call's telemetry) is ended, as abandoned, if the stream ends
     without a label: closed, dropped or broken."""
-    acc = _ACCUMULATORS[kind]()
+    acc = stream_accumulator(kind)
     span = span if span is not None else CallSpan()
 
     def finish() -> None:

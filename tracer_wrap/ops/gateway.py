@@ -98,8 +98,6 @@ LOCAL_HEADER = "x-tracer-wrap"
 MAX_INSPECT_BYTES = 256_000
 #: Longest response body kept to read a label from (a classification answer is far shorter).
 MAX_TAP_BYTES = 4_000_000
-#: Where :func:`run` hands its settings to worker processes (``--workers`` > 1).
-ENV_GATEWAY_CONFIG = "TRACER_WRAP_GATEWAY_CONFIG"
 
 # RFC 9110 section 7.6.1: meaningful for one connection only, never forwarded. Host and the
 # gateway's own headers are not forwarded either.
@@ -224,7 +222,7 @@ def _chat_stream_tap() -> _Tap:
 
     from ..integrations import _stream
 
-    acc = _stream._ACCUMULATORS["openai"]()
+    acc = _stream.stream_accumulator("openai")
 
     def on_event(event: str, data: dict[str, Any]) -> None:
         if "error" in data:
@@ -239,7 +237,7 @@ def _messages_stream_tap() -> _Tap:
 
     from ..integrations import _stream
 
-    acc = _stream._ACCUMULATORS["anthropic"]()
+    acc = _stream.stream_accumulator("anthropic")
     classes: dict[str, Any] = {
         "message_start": types.RawMessageStartEvent,
         "content_block_start": types.RawContentBlockStartEvent,
@@ -748,7 +746,7 @@ def _is_loopback(host: str) -> bool:
 def app_from_environment() -> Starlette:
     """The application of one worker process of :func:`run` (its settings come in
     ``$TRACER_WRAP_GATEWAY_CONFIG``)."""
-    settings = json.loads(os.environ[ENV_GATEWAY_CONFIG])
+    settings = json.loads(os.environ[names.ENV_GATEWAY_CONFIG])
     return create_app(**settings)
 
 
@@ -781,5 +779,5 @@ def run(store: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
     if workers <= 1:
         uvicorn.run(create_app(**settings), **common)
         return
-    os.environ[ENV_GATEWAY_CONFIG] = json.dumps(settings)  # the workers' processes inherit it
+    os.environ[names.ENV_GATEWAY_CONFIG] = json.dumps(settings)  # the workers' processes inherit it
     uvicorn.run(f"{__name__}:app_from_environment", factory=True, workers=workers, **common)
