@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tracer_wrap import TracedTask, TraceStore
 from tracer_wrap.errors import ConfigError
-from tracer_wrap.labels import LabelSet, _key
+from tracer_wrap.labels import LabelSet, label_key
 from tracer_wrap.model.hashing import hashing_embedder
 
 NAMES = sorted(LABELS)
@@ -67,7 +67,7 @@ def test_any_llm_output_is_returned_unchanged(fitted, text, output):
 
 # -- labels ------------------------------------------------------------------------------------
 
-LABEL = st.text(min_size=1, max_size=30).filter(lambda s: _key(s) != "")
+LABEL = st.text(min_size=1, max_size=30).filter(lambda s: label_key(s) != "")
 
 
 @FAST
@@ -79,11 +79,11 @@ def test_any_label_list_builds_or_raises_config_error(labels):
         return
     for label in labels:
         found = label_set.normalise(label)
-        assert found is not None and _key(found) == _key(label)
+        assert found is not None and label_key(found) == label_key(label)
 
 
 @FAST
-@given(labels=st.lists(LABEL, min_size=1, max_size=20, unique_by=_key),
+@given(labels=st.lists(LABEL, min_size=1, max_size=20, unique_by=label_key),
        pad=st.sampled_from(["", " ", "\t", "\n", "  \u00a0", "\u3000"]),
        quote=st.sampled_from(["", '"', "'", "`", "\u201c"]))
 def test_labels_match_through_whitespace_quotes_and_case(labels, pad, quote):

@@ -404,23 +404,24 @@ class TracedTask:
         plans, rows = self._admit(texts, vectors, n)
         if not rows:
             return plans  # type: ignore[return-value]
-        inputs = [texts[i] if texts is not None else None for i in rows]
+        # _admit let through texts (str) only, or None where the vector is given.
+        inputs = [cast("str | None", texts[i]) if texts is not None else None for i in rows]
         try:
             served = self.serving.served()
             if served.router is None:
-                decided = [Plan(t, served.version, reason=served.reason)  # type: ignore[arg-type]
-                           for t in inputs]
+                decided = [Plan(t, served.version, reason=served.reason) for t in inputs]
             else:
+                seen = [None if t is None else self._as_traced(t) for t in inputs]
                 if vectors is not None:
                     matrix = vectors[rows]
                 elif self._inline:
-                    matrix = self.embedder.embed(inputs)  # type: ignore[arg-type]
+                    matrix = self.embedder.embed(cast("list[str]", seen))
                 else:
-                    matrix = self.embedding.embed_many(inputs,  # type: ignore[arg-type]
+                    matrix = self.embedding.embed_many(cast("list[str]", seen),
                                                        self.options.embed_timeout)
-                decided = self._decide(inputs, matrix, served)  # type: ignore[arg-type]
+                decided = self._decide(inputs, seen, matrix, served)
         except Exception as exc:
-            decided = self._fault_plans(inputs, exc)  # type: ignore[arg-type]
+            decided = self._fault_plans(inputs, exc)
         for i, plan in zip(rows, decided):
             plans[i] = plan
         return plans  # type: ignore[return-value]
@@ -435,8 +436,9 @@ class TracedTask:
             served = self.serving.served(wait=False)
             if served.router is None:
                 return Plan(text, served.version, reason=served.reason)
-            vector = await self.embedding.aembed_one(text, self.options.embed_timeout)
-            return self._decide([text], vector[None, :], served)[0]
+            seen = self._as_traced(text)
+            vector = await self.embedding.aembed_one(seen, self.options.embed_timeout)
+            return self._decide([text], [seen], vector[None, :], served)[0]
         except Exception as exc:
             return self._fault_plans([text], exc)[0]
 
@@ -466,11 +468,24 @@ class TracedTask:
         why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
         return [Plan(t, reason=why) for t in texts]
 
-    def _decide(self, texts: list[str | None], vectors: np.ndarray, served: Served) -> list[Plan]:
+    def _as_traced(self, text: str) -> str:
+        """An input as its trace keeps it (redacted when ``redact`` is set): the router was
+        fitted and calibrated on such texts, so it must route them, not the raw ones."""
+        if self.options.redact is None:
+            return text
+        redacted = self.options.redact(text)
+        if not isinstance(redacted, str):
+            raise ConfigError(f"redact must return a string, got {type(redacted).__name__}")
+        return redacted
+
+    def _decide(self, texts: list[str | None], seen: list[str | None], vectors: np.ndarray,
+                served: Served) -> list[Plan]:
+        """Plans for ``texts`` (the calls' inputs), routed as ``seen`` (as traced) with their
+        embeddings ``vectors``."""
         routing = self.serving.routing_on()
         tripped = self.serving.tripped()
         answering = served.certified and routing and not tripped
-        known = None if any(t is None for t in texts) else texts
+        known = None if any(t is None for t in seen) else seen
         return [self._veto(text, served, decision, outlier, routing, tripped, answering)
                 for text, (decision, outlier) in zip(
                     texts, self.serving.decide(served, known, vectors))]  # type: ignore[arg-type]
@@ -687,10 +702,7 @@ class TracedTask:
     def _stored(self, text: str) -> str:
         """What the store keeps of a string from a call (the input, or an invalid answer that may
         quote it): redacted, or only its keyed hash (see :mod:`.privacy`)."""
-        if self.options.redact is not None:
-            text = self.options.redact(text)
-            if not isinstance(text, str):
-                raise ConfigError(f"redact must return a string, got {type(text).__name__}")
+        text = self._as_traced(text)
         return hash_input(text) if self.options.store_inputs == "hash" else text
 
     # -- switches, shadow mode and accounting ----------------------------------------------------

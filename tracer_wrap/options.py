@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from . import names
 from .accounting import Price
 from .errors import ConfigError
-from .model.fit import DEFAULT_TARGETS
+from .model.fit import DEFAULT_TARGETS, Guarantee
 from .model.ood import DEFAULT_QUANTILE
 from .privacy import Redactor, StoreInputs, check_retention, redact_pii
 from .refit import ExecutorKind, RefitPolicy
@@ -87,6 +87,10 @@ class TaskOptions:
     ``target``, ``delta``
         Agreement with the LLM that the router must certify on what it answers, and the allowed
         probability that the certificate is wrong (over the calibration draw).
+    ``guarantee``
+        ``"average"``: the agreement is certified over all local answers together;
+        ``"per_label"``: over the local answers of every label on its own (each label needs
+        ~150 calibration traces of its own at 0.95; see :mod:`tracer_wrap.model.gate`).
     ``targets``
         Targets certified at each fit (the frontier); ``target`` is always among them.
     ``store``
@@ -141,6 +145,7 @@ class TaskOptions:
     labels: tuple[str, ...] | None = None
     target: float = 0.95
     delta: float = 0.05
+    guarantee: Guarantee = "average"
     targets: tuple[float, ...] = DEFAULT_TARGETS
     store: Store | str | None = None
     embedder: Embedder | str | None = None
@@ -228,6 +233,7 @@ class TaskKwargs(TypedDict, total=False):
     labels: Iterable[str] | None
     target: float
     delta: float
+    guarantee: Guarantee
     targets: Sequence[float]
     store: Store | str | os.PathLike[str] | None
     embedder: Embedder | str | None
@@ -536,6 +542,12 @@ def _redact(value: Any, where: str) -> Redactor:
     raise ConfigError(f"{where}: redact must be a function str -> str or 'pii', got {value!r}")
 
 
+def _guarantee(value: Any, where: str) -> Guarantee:
+    if value not in ("average", "per_label"):
+        raise ConfigError(f"{where}: must be 'average' or 'per_label', got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
 def _store_inputs(value: Any, where: str) -> StoreInputs:
     if value not in ("raw", "hash"):
         raise ConfigError(f"{where}: store_inputs must be 'raw' or 'hash', got {value!r}")
@@ -599,6 +611,7 @@ _SPECS: dict[str, _Spec] = {spec.name: spec for spec in (
     _Spec("labels", _labels, nullable=True),
     _Spec("target", _fraction, _float_text),
     _Spec("delta", _delta, _float_text),
+    _Spec("guarantee", _guarantee, lambda raw, where: raw),
     _Spec("targets", _targets,
           lambda raw, where: tuple(_float_text(p.strip(), where) for p in raw.split(","))),
     _Spec("store", _check_store, lambda raw, where: raw, nullable=True),

@@ -304,11 +304,12 @@ class Refitter:
             tripped = breaker is not None and breaker.last_trip() is not None
             after_seq = int(store.get_setting(self.task, names.SETTING_CALIBRATE_AFTER, 0) or 0)
             embedder = self._embedder()
-            vectors = self._embed([t.input for t in traces])
+            texts = [t.input for t in traces]
+            vectors = self._embed(texts)
             labels = [t.teacher for t in traces]
             router = self.runner.run_fit(
-                fit_router, vectors=vectors, labels=labels, targets=options.targets,
-                serve_target=options.target, delta=options.delta,
+                fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
+                serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
                 calibration_eligible=np.array([t.exchangeable and t.seq > after_seq
                                                for t in traces]),
                 info={"task": self.task, "embedder": embedder.name},

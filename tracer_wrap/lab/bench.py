@@ -34,16 +34,20 @@ __all__ = ["bench", "bench_command", "evaluate"]
 
 
 def evaluate(router: Router, X_test: np.ndarray, y_test: np.ndarray,
-             targets: Sequence[float]) -> list[dict[str, Any]]:
-    """Per target: certified?, coverage of the test rows and agreement on the handled ones."""
-    top, score = router.scores(X_test)
-    predicted = np.asarray(router.labels, dtype=object)[top]
+             targets: Sequence[float], texts: Sequence[str] | None = None
+             ) -> list[dict[str, Any]]:
+    """Per target: certified?, coverage of the test rows and agreement on the handled ones, as
+    served: with ``texts`` the fused surrogate decides, without them the embedding-only one.
+    Leaves the router serving the target it served."""
     from scipy.stats import binom
 
     rows = []
+    served = router.target
     for target in targets:
-        cert = router.certificate_for(target)
-        handled = score >= cert.threshold if cert.certified else np.zeros(len(y_test), bool)
+        cert = router.certificate_for(target, text=texts is not None)
+        router.target = target
+        top, _, handled = router.decide(texts, X_test)
+        predicted = np.asarray(router.labels, dtype=object)[top]
         n_handled = int(handled.sum())
         n_agree = int((predicted[handled] == y_test[handled]).sum())
         rows.append({
@@ -60,6 +64,7 @@ def evaluate(router: Router, X_test: np.ndarray, y_test: np.ndarray,
             # now and then even when the population agreement meets it.
             "p_below_target": float(binom.cdf(n_agree, n_handled, target)) if n_handled else None,
         })
+    router.target = served
     return rows
 
 
@@ -147,12 +152,13 @@ def bench(
     all_targets = tuple(sorted(set(targets)))
 
     started = time.perf_counter()
-    router = fit_router(X_train, y_train.tolist(), targets=all_targets, seed=seed)
+    router = fit_router(X_train, y_train.tolist(), texts=texts[:n_train], targets=all_targets,
+                        seed=seed)
     fit_seconds = time.perf_counter() - started
     ours: dict[str, Any] = {
         "library": "tracer_wrap",
         "fit_seconds": fit_seconds,
-        "targets": evaluate(router, X_test, y_test, all_targets),
+        "targets": evaluate(router, X_test, y_test, all_targets, texts[n_train:]),
         "latency_ms": routing_latency(router, X_test),
     }
     test_texts = [t for t, _ in test_rows[:300]]
@@ -172,12 +178,13 @@ def bench(
     elif compare:
         raise typer.BadParameter(f"unknown --compare {compare!r}; supported: tracer-llm")
     if resplits:
-        report["resplits"] = _resplits(X_all, y_all, n_train, all_targets, resplits, seed,
+        report["resplits"] = _resplits(X_all, y_all, texts, n_train, all_targets, resplits, seed,
                                        compare == "tracer-llm", cache, console)
     return report
 
 
-def _resplits(X: np.ndarray, y: np.ndarray, n_train: int, targets: Sequence[float], n: int,
+def _resplits(X: np.ndarray, y: np.ndarray, texts: Sequence[str], n_train: int,
+              targets: Sequence[float], n: int,
               seed: int, with_reference: bool, cache: Path | None, console: Console
               ) -> dict[str, Any]:
     """Refit on ``n`` random resplits of the pooled rows (same sizes); count target misses."""
@@ -185,8 +192,10 @@ def _resplits(X: np.ndarray, y: np.ndarray, n_train: int, targets: Sequence[floa
     for r in range(n):
         order = np.random.default_rng(seed + 1000 + r).permutation(len(y))
         tr, te = order[:n_train], order[n_train:]
-        router = fit_router(X[tr], y[tr].tolist(), targets=targets, seed=seed + r)
-        runs["tracer_wrap"].append(evaluate(router, X[te], y[te], targets))
+        router = fit_router(X[tr], y[tr].tolist(), texts=[texts[i] for i in tr], targets=targets,
+                            seed=seed + r)
+        runs["tracer_wrap"].append(evaluate(router, X[te], y[te], targets,
+                                            [texts[i] for i in te]))
         if with_reference:
             from .reference import run_reference
 

@@ -240,6 +240,11 @@ class Router:
 
     # -- serving -----------------------------------------------------------------------------
 
+    def logits(self, texts: Sequence[str] | None, vectors: np.ndarray) -> np.ndarray:
+        """Label logits, shape ``(n, n_labels)``: of the fused surrogate with ``texts`` and a
+        text model, of the embedding-only one otherwise (as :meth:`scores` picks)."""
+        return self._head(texts is not None).logits(texts, vectors)
+
     def scores(self, vectors: np.ndarray, texts: Sequence[str] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted label index and acceptor score for each row.

@@ -139,8 +139,9 @@ def _route_all(store: Store, task: str, version: int, manifest: dict[str, Any],
         raise ConfigError(f"embedder {embedder.name!r} gives {vectors.shape[1]} dimensions; "
                           f"version {version} of {task!r} expects {router.dim} "
                           f"(fitted with {manifest.get('embedder')!r})")
-    decisions = router.route_many([t.input for t in traces], vectors)
-    logits = vectors @ router.weights.T + router.bias
+    texts = [t.input for t in traces]
+    decisions = router.route_many(texts, vectors)
+    logits = router.logits(texts, vectors)
     top2 = np.argsort(-logits, axis=1)[:, :2]
     return _Routed(traces, [d.label or "" for d in decisions],
                    np.array([d.local for d in decisions], dtype=bool),
