@@ -8,6 +8,7 @@ call, and every process ends on the store's newest version. The forked workers i
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -106,6 +107,9 @@ def serve(task: TracedTask, name: str, root: Path) -> dict:
     report["llm_calls"] += len(final_calls)
     report.update(final=task.version, current=task.store.current_version("t"))
     (root / f"final-{name}.json").write_text(json.dumps(report))
+    # Exiting flushes the process's traces; should that ever hang, print every thread's stack
+    # (into the test's captured stderr) and exit, so the failure says where.
+    faulthandler.dump_traceback_later(100, exit=True)
     return report
 
 

@@ -1,10 +1,12 @@
 """Privacy: what of an input reaches the trace store.
 
-The router always sees the raw input (it answers the call); only the *stored* trace is affected.
+The LLM always gets the caller's input untouched; the store and the router see it as traced.
 
 * ``redact``: a function ``str -> str`` applied to the input before it is stored, e.g.
-  :func:`redact_pii`. A redact hook that raises or returns a non-string stores nothing for that
-  call (the fault is logged) rather than risk storing the raw text.
+  :func:`redact_pii`. The router routes the redacted text too, since it was fitted and certified
+  on redacted traces (routing the raw text would measure it on inputs its guarantee never saw).
+  A redact hook that raises or returns a non-string stores nothing for that call and sends it to
+  the LLM (the fault is logged) rather than risk storing the raw text.
 * ``store_inputs="hash"``: the store keeps only the SHA-256 of each input (audit-only tasks: the
   teacher's labels and counts are kept, the text is not). Such a task cannot be fitted.
 * ``retention``: ``{"max_traces": N, "max_age_seconds": S}``, enforced on the store after each

@@ -277,7 +277,7 @@ def routed(plain, plain_claude, store: TraceStore, embedder) -> dict[str, Any]:
     claude = wrap_anthropic(plain_claude, task="intent", store=store, embedder=embedder,
                             **TASK_OPTIONS)
     fitted(store, client.tracer_wrap_tasks, "intent")
-    claude.tracer_wrap_tasks.task("intent").serving.invalidate()
+    claude.tracer_wrap_tasks.task("intent").serving.refresh()  # serve the new version now
     task = client.tracer_wrap_tasks.task("intent")
     text = next(t for t in easy_texts(20) if task.route(t).local)
     return {"openai": client, "anthropic": claude, "text": text}

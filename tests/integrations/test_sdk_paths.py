@@ -318,7 +318,7 @@ def test_autolog_traces_the_parse_helpers_of_both_sdks(server, store, embedder):
 def test_genuine_types_of_local_answers(client, claude, server, store):
     """Every local answer is an instance of the class the SDK returns for the same call."""
     fitted(store, client.tracer_wrap_tasks, "intent")
-    claude.tracer_wrap_tasks.task("intent").serving.invalidate()
+    claude.tracer_wrap_tasks.task("intent").serving.refresh()  # serve the new version now
     text = local_text(client.tracer_wrap_tasks)
     calls = server.total_calls
     assert type(client.responses.create(model="m", input=text)) is Response

@@ -49,8 +49,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     **{name: ("._openai", "openai") for name in ("TracedAsyncOpenAI", "TracedOpenAI",
                                                  "wrap_openai")},
     **{name: ("._openai_objects", "openai") for name in (
-        "LOCAL_FINGERPRINT", "AsyncLocalChatStream", "AsyncLocalResponseStream",
-        "LocalChatStream", "LocalResponseStream", "build_async_chat_completion_stream",
+        "LOCAL_FINGERPRINT", "AsyncLocalStream", "LocalStream",
+        "build_async_chat_completion_stream",
         "build_async_chat_stream_manager", "build_async_response_stream",
         "build_async_response_stream_manager", "build_chat_completion",
         "build_chat_completion_stream", "build_chat_stream_manager",

@@ -19,7 +19,7 @@ from anthropic import _response as anthropic_response
 from ..errors import ConfigError
 from . import _anthropic_objects as objects
 from ._prompt import anthropic_messages_view
-from ._sdk import ApiSpec, Resource, Tasks, variant
+from ._sdk import ApiSpec, AsyncCalls, Calls, CallSpecs, Resource, Tasks
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -40,55 +40,16 @@ MESSAGES_STREAM = replace(_MESSAGES, name="anthropic.messages.stream",
                           build=objects.build_message_stream_manager, manager=True)
 ASYNC_MESSAGES_STREAM = replace(MESSAGES_STREAM, build=objects.build_async_message_stream_manager)
 
-# The SDK's own wrappers: they set the raw-response header and, for with_streaming_response,
-# return the SDK's context manager whose request is sent (here: traced) when it is entered.
-_RAW = getattr(anthropic_response, "to_raw_response_wrapper", None)
-_ASYNC_RAW = getattr(anthropic_response, "async_to_raw_response_wrapper", None)
-_STREAMED = getattr(anthropic_response, "to_streamed_response_wrapper", None)
-_ASYNC_STREAMED = getattr(anthropic_response, "async_to_streamed_response_wrapper", None)
+class _Messages(Calls):
+    specs = CallSpecs(MESSAGES_CREATE, MESSAGES_PARSE, MESSAGES_STREAM,
+                      getattr(anthropic_response, "to_raw_response_wrapper", None),
+                      getattr(anthropic_response, "to_streamed_response_wrapper", None))
 
 
-class _Messages(Resource):
-    def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(MESSAGES_CREATE, self.__wrapped__.create, args, kwargs)
-
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(MESSAGES_PARSE, self.__wrapped__.parse, args, kwargs)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs,
-                                    is_async=False)
-
-    @property
-    def with_raw_response(self) -> Any:
-        return variant(self.__wrapped__.with_raw_response, self, _RAW, ("create", "parse"))
-
-    @property
-    def with_streaming_response(self) -> Any:
-        return variant(self.__wrapped__.with_streaming_response, self, _STREAMED,
-                       ("create", "parse"))
-
-
-class _AsyncMessages(Resource):
-    async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(ASYNC_MESSAGES_CREATE, self.__wrapped__.create, args,
-                                           kwargs)
-
-    async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(MESSAGES_PARSE, self.__wrapped__.parse, args, kwargs)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(ASYNC_MESSAGES_STREAM, self.__wrapped__.stream, args, kwargs,
-                                    is_async=True)
-
-    @property
-    def with_raw_response(self) -> Any:
-        return variant(self.__wrapped__.with_raw_response, self, _ASYNC_RAW, ("create", "parse"))
-
-    @property
-    def with_streaming_response(self) -> Any:
-        return variant(self.__wrapped__.with_streaming_response, self, _ASYNC_STREAMED,
-                       ("create", "parse"))
+class _AsyncMessages(AsyncCalls):
+    specs = CallSpecs(ASYNC_MESSAGES_CREATE, MESSAGES_PARSE, ASYNC_MESSAGES_STREAM,
+                      getattr(anthropic_response, "async_to_raw_response_wrapper", None),
+                      getattr(anthropic_response, "async_to_streamed_response_wrapper", None))
 
 
 class TracedAnthropic(Resource):

@@ -18,7 +18,7 @@ import openai
 from ..errors import ConfigError
 from . import _openai_objects as objects
 from ._prompt import openai_chat_view, openai_responses_view
-from ._sdk import ApiSpec, Resource, Tasks, variant
+from ._sdk import ApiSpec, AsyncCalls, Calls, CallSpecs, Resource, Tasks
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -60,99 +60,28 @@ def _sdk_wrapper(module: str, name: str) -> Any:
         return None
 
 
-# The SDK's own wrappers: they set the raw-response header and, for with_streaming_response,
-# return the SDK's context manager whose request is sent (here: traced) when it is entered.
 _RAW = _sdk_wrapper("_legacy_response", "to_raw_response_wrapper")
 _ASYNC_RAW = _sdk_wrapper("_legacy_response", "async_to_raw_response_wrapper")
 _STREAMED = _sdk_wrapper("_response", "to_streamed_response_wrapper")
 _ASYNC_STREAMED = _sdk_wrapper("_response", "async_to_streamed_response_wrapper")
 
 
-class _Completions(Resource):
-    def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_CREATE, self.__wrapped__.create, args, kwargs)
-
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_PARSE, self.__wrapped__.parse, args, kwargs)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(CHAT_STREAM, self.__wrapped__.stream, args, kwargs,
-                                    is_async=False)
-
-    @property
-    def with_raw_response(self) -> Any:
-        return variant(self.__wrapped__.with_raw_response, self, _RAW, ("create", "parse"))
-
-    @property
-    def with_streaming_response(self) -> Any:
-        return variant(self.__wrapped__.with_streaming_response, self, _STREAMED,
-                       ("create", "parse"))
+class _Completions(Calls):
+    specs = CallSpecs(CHAT_CREATE, CHAT_PARSE, CHAT_STREAM, _RAW, _STREAMED)
 
 
-class _AsyncCompletions(Resource):
-    async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(ASYNC_CHAT_CREATE, self.__wrapped__.create, args,
-                                           kwargs)
-
-    async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(CHAT_PARSE, self.__wrapped__.parse, args, kwargs)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(ASYNC_CHAT_STREAM, self.__wrapped__.stream, args, kwargs,
-                                    is_async=True)
-
-    @property
-    def with_raw_response(self) -> Any:
-        return variant(self.__wrapped__.with_raw_response, self, _ASYNC_RAW, ("create", "parse"))
-
-    @property
-    def with_streaming_response(self) -> Any:
-        return variant(self.__wrapped__.with_streaming_response, self, _ASYNC_STREAMED,
-                       ("create", "parse"))
+class _AsyncCompletions(AsyncCalls):
+    specs = CallSpecs(ASYNC_CHAT_CREATE, CHAT_PARSE, ASYNC_CHAT_STREAM, _ASYNC_RAW,
+                      _ASYNC_STREAMED)
 
 
-class _Responses(Resource):
-    def create(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(RESPONSES_CREATE, self.__wrapped__.create, args, kwargs)
-
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(RESPONSES_PARSE, self.__wrapped__.parse, args, kwargs)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(RESPONSES_STREAM, self.__wrapped__.stream, args, kwargs,
-                                    is_async=False)
-
-    @property
-    def with_raw_response(self) -> Any:
-        return variant(self.__wrapped__.with_raw_response, self, _RAW, ("create", "parse"))
-
-    @property
-    def with_streaming_response(self) -> Any:
-        return variant(self.__wrapped__.with_streaming_response, self, _STREAMED,
-                       ("create", "parse"))
+class _Responses(Calls):
+    specs = CallSpecs(RESPONSES_CREATE, RESPONSES_PARSE, RESPONSES_STREAM, _RAW, _STREAMED)
 
 
-class _AsyncResponses(Resource):
-    async def create(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(ASYNC_RESPONSES_CREATE, self.__wrapped__.create,
-                                           args, kwargs)
-
-    async def parse(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._self_tasks.arun(RESPONSES_PARSE, self.__wrapped__.parse, args,
-                                           kwargs)
-
-    def stream(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_tasks.run(ASYNC_RESPONSES_STREAM, self.__wrapped__.stream, args,
-                                    kwargs, is_async=True)
-
-    @property
-    def with_raw_response(self) -> Any:
-        return variant(self.__wrapped__.with_raw_response, self, _ASYNC_RAW, ("create", "parse"))
-
-    @property
-    def with_streaming_response(self) -> Any:
-        return variant(self.__wrapped__.with_streaming_response, self, _ASYNC_STREAMED,
-                       ("create", "parse"))
+class _AsyncResponses(AsyncCalls):
+    specs = CallSpecs(ASYNC_RESPONSES_CREATE, RESPONSES_PARSE, ASYNC_RESPONSES_STREAM,
+                      _ASYNC_RAW, _ASYNC_STREAMED)
 
 
 class _Chat(Resource):

@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import openai
 from openai._models import construct_type
@@ -53,10 +53,8 @@ from ._prompt import (
 
 __all__ = [
     "LOCAL_FINGERPRINT",
-    "AsyncLocalChatStream",
-    "AsyncLocalResponseStream",
-    "LocalChatStream",
-    "LocalResponseStream",
+    "AsyncLocalStream",
+    "LocalStream",
     "build_async_chat_completion_stream",
     "build_async_chat_stream_manager",
     "build_async_response_stream",
@@ -82,6 +80,9 @@ __all__ = [
 #: ``x-tracer-wrap`` header of a local stream's synthetic response is ``local``).
 LOCAL_FINGERPRINT = "tracer_wrap-local"
 LOCAL_HEADER = "x-tracer-wrap"
+
+# What a local stream yields: chat completion chunks or Responses API events.
+_Item = TypeVar("_Item")
 
 # The SDK's HTTP library (httpx, or its fork httpx2 in newer releases), for a synthetic response.
 _http: Any = (getattr(openai._streaming, "httpx2", None)
@@ -143,8 +144,7 @@ def describe_response(response: Any) -> dict[str, Any]:
 
 def is_local(obj: Any) -> bool:
     """Whether ``obj`` (completion, chunk, response or local stream) was answered by tracer_wrap."""
-    if isinstance(obj, (LocalChatStream, AsyncLocalChatStream, LocalResponseStream,
-                        AsyncLocalResponseStream)):
+    if isinstance(obj, (LocalStream, AsyncLocalStream)):
         return True
     if getattr(obj, "system_fingerprint", None) == LOCAL_FINGERPRINT:
         return True
@@ -274,26 +274,25 @@ def _local_http_response(path: str) -> Any:
     )
 
 
-class LocalChatStream(openai.Stream[ChatCompletionChunk]):
-    """A real ``openai.Stream`` of prepared chunks: iterate, ``next()``, ``with``, ``close()``.
+class LocalStream(openai.Stream[_Item]):
+    """A real ``openai.Stream`` of prepared items (chat chunks or Responses events): iterate,
+    ``next()``, ``with``, ``close()``. After ``close()`` iteration stops, as it does on a closed
+    HTTP stream."""
 
-    After ``close()`` iteration stops, as it does on a closed HTTP stream.
-    """
-
-    def __init__(self, chunks: Sequence[ChatCompletionChunk]) -> None:
+    def __init__(self, items: Sequence[_Item], cast_to: type[_Item], path: str) -> None:
         # Stream.__init__ wants a live HTTP response and client; a local answer has neither, so
         # set what the inherited methods (__next__, __iter__, __enter__, __exit__, close) read.
-        self.response = _local_http_response("chat/completions")
-        self._cast_to = ChatCompletionChunk
+        self.response = _local_http_response(path)
+        self._cast_to = cast_to
         self._options = None
         self._closed = False
-        self._iterator = self._replay(list(chunks))
+        self._iterator = self._replay(list(items))
 
-    def _replay(self, chunks: list[ChatCompletionChunk]) -> Iterator[ChatCompletionChunk]:
-        for chunk in chunks:
+    def _replay(self, items: list[_Item]) -> Iterator[_Item]:
+        for item in items:
             if self._closed:
                 return
-            yield chunk
+            yield item
 
     def close(self) -> None:
         """Stop the stream; later iteration yields nothing."""
@@ -301,23 +300,22 @@ class LocalChatStream(openai.Stream[ChatCompletionChunk]):
         super().close()
 
 
-class AsyncLocalChatStream(openai.AsyncStream[ChatCompletionChunk]):
-    """A real ``openai.AsyncStream`` of prepared chunks: ``async for``, ``async with``,
+class AsyncLocalStream(openai.AsyncStream[_Item]):
+    """A real ``openai.AsyncStream`` of prepared items: ``async for``, ``async with``,
     ``await close()`` / ``await aclose()``."""
 
-    def __init__(self, chunks: Sequence[ChatCompletionChunk]) -> None:
-        self.response = _local_http_response("chat/completions")
-        self._cast_to = ChatCompletionChunk
+    def __init__(self, items: Sequence[_Item], cast_to: type[_Item], path: str) -> None:
+        self.response = _local_http_response(path)
+        self._cast_to = cast_to
         self._options = None
         self._closed = False
-        self._iterator = self._replay(list(chunks))
+        self._iterator = self._replay(list(items))
 
-    async def _replay(self, chunks: list[ChatCompletionChunk]
-                      ) -> AsyncIterator[ChatCompletionChunk]:
-        for chunk in chunks:
+    async def _replay(self, items: list[_Item]) -> AsyncIterator[_Item]:
+        for item in items:
             if self._closed:
                 return
-            yield chunk
+            yield item
 
     async def close(self) -> None:
         """Stop the stream; later iteration yields nothing."""
@@ -325,17 +323,19 @@ class AsyncLocalChatStream(openai.AsyncStream[ChatCompletionChunk]):
         await super().close()
 
 
-def build_chat_completion_stream(label: str, request: Mapping[str, Any]) -> LocalChatStream:
+def build_chat_completion_stream(label: str, request: Mapping[str, Any]
+                                 ) -> LocalStream[ChatCompletionChunk]:
     """What ``create(stream=True, **request)`` returns when the LLM answers ``label``: a role chunk,
     the content (or tool call) chunk, a finish chunk, and a zero usage chunk if
     ``stream_options.include_usage``. Raises ``ValueError`` like :func:`build_chat_completion`."""
-    return LocalChatStream(_chunks(label, request))
+    return LocalStream(_chunks(label, request), ChatCompletionChunk, "chat/completions")
 
 
 def build_async_chat_completion_stream(label: str, request: Mapping[str, Any]
-                                       ) -> AsyncLocalChatStream:
+                                       ) -> AsyncLocalStream[ChatCompletionChunk]:
     """The ``AsyncOpenAI`` twin of :func:`build_chat_completion_stream`."""
-    return AsyncLocalChatStream(_chunks(label, request))
+    return AsyncLocalStream(_chunks(label, request), ChatCompletionChunk,
+                            "chat/completions")
 
 
 def build_chat_stream_manager(label: str, request: Mapping[str, Any]
@@ -480,63 +480,20 @@ def _response_events(response: Response) -> list[ResponseStreamEvent]:
             for event in events]
 
 
-class LocalResponseStream(openai.Stream[ResponseStreamEvent]):
-    """A real ``openai.Stream`` of prepared Responses API events (see :class:`LocalChatStream`).
-    """
-
-    def __init__(self, events: Sequence[ResponseStreamEvent]) -> None:
-        self.response = _local_http_response("responses")
-        self._cast_to = ResponseStreamEvent  # type: ignore[assignment]
-        self._options = None
-        self._closed = False
-        self._iterator = self._replay(list(events))
-
-    def _replay(self, events: list[ResponseStreamEvent]) -> Iterator[ResponseStreamEvent]:
-        for event in events:
-            if self._closed:
-                return
-            yield event
-
-    def close(self) -> None:
-        """Stop the stream; later iteration yields nothing."""
-        self._closed = True
-        super().close()
-
-
-class AsyncLocalResponseStream(openai.AsyncStream[ResponseStreamEvent]):
-    """A real ``openai.AsyncStream`` of prepared Responses API events."""
-
-    def __init__(self, events: Sequence[ResponseStreamEvent]) -> None:
-        self.response = _local_http_response("responses")
-        self._cast_to = ResponseStreamEvent  # type: ignore[assignment]
-        self._options = None
-        self._closed = False
-        self._iterator = self._replay(list(events))
-
-    async def _replay(self, events: list[ResponseStreamEvent]
-                      ) -> AsyncIterator[ResponseStreamEvent]:
-        for event in events:
-            if self._closed:
-                return
-            yield event
-
-    async def close(self) -> None:
-        """Stop the stream; later iteration yields nothing."""
-        self._closed = True
-        await super().close()
-
-
-def build_response_stream(label: str, request: Mapping[str, Any]) -> LocalResponseStream:
+def build_response_stream(label: str, request: Mapping[str, Any]
+                          ) -> LocalStream[ResponseStreamEvent]:
     """What ``responses.create(stream=True, **request)`` returns when the LLM answers ``label``:
     the events of :func:`build_response`, ending with ``response.completed`` (zero usage).
     Raises ``ValueError`` like :func:`build_chat_completion`."""
-    return LocalResponseStream(_response_events(build_response(label, request)))
+    return LocalStream(_response_events(build_response(label, request)),
+                       ResponseStreamEvent, "responses")  # type: ignore[arg-type]
 
 
 def build_async_response_stream(label: str, request: Mapping[str, Any]
-                                ) -> AsyncLocalResponseStream:
+                                ) -> AsyncLocalStream[ResponseStreamEvent]:
     """The ``AsyncOpenAI`` twin of :func:`build_response_stream`."""
-    return AsyncLocalResponseStream(_response_events(build_response(label, request)))
+    return AsyncLocalStream(_response_events(build_response(label, request)),
+                            ResponseStreamEvent, "responses")  # type: ignore[arg-type]
 
 
 def build_response_stream_manager(label: str, request: Mapping[str, Any]

@@ -52,7 +52,8 @@ from ._stream import (
     tap_stream,
 )
 
-__all__ = ["TASK_OPTION", "ApiSpec", "Resource", "Tasks", "Variant", "inside_wrapper"]
+__all__ = ["TASK_OPTION", "ApiSpec", "AsyncCalls", "CallSpecs", "Calls", "Resource", "Tasks",
+           "Variant", "inside_wrapper"]
 
 #: Per-call keyword that names the task; it is removed before the SDK sees the arguments.
 TASK_OPTION = "tracer_wrap_task"
@@ -403,6 +404,63 @@ def variant(sdk_variant: Any, resource: Any, wrapper: Callable[[Callable[..., An
         return sdk_variant
     return Variant(sdk_variant, {m: wrapper(getattr(resource, m)) for m in methods
                                  if hasattr(sdk_variant, m)})
+
+
+@dataclass(frozen=True)
+class CallSpecs:
+    """What one SDK resource's traced methods are: the :class:`ApiSpec` of ``create``, ``parse``
+    and ``stream``, and the SDK's own raw- and streaming-response wrappers (None where this SDK
+    version has none), which set the raw-response header and, for ``with_streaming_response``,
+    return the SDK's context manager whose request is sent (here: traced) when it is entered."""
+
+    create: ApiSpec
+    parse: ApiSpec
+    stream: ApiSpec
+    raw: Callable[[Callable[..., Any]], Any] | None
+    streamed: Callable[[Callable[..., Any]], Any] | None
+
+
+class Calls(Resource):
+    """A synchronous SDK resource (chat completions, responses, messages) whose ``create``,
+    ``parse`` and ``stream`` run through :class:`Tasks`; a subclass sets :attr:`specs`."""
+
+    specs: CallSpecs
+    asynchronous = False
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(self.specs.create, self.__wrapped__.create, args, kwargs)
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(self.specs.parse, self.__wrapped__.parse, args, kwargs)
+
+    def stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_tasks.run(self.specs.stream, self.__wrapped__.stream, args, kwargs,
+                                    is_async=self.asynchronous)
+
+    @property
+    def with_raw_response(self) -> Any:
+        return variant(self.__wrapped__.with_raw_response, self, self.specs.raw,
+                       ("create", "parse"))
+
+    @property
+    def with_streaming_response(self) -> Any:
+        return variant(self.__wrapped__.with_streaming_response, self, self.specs.streamed,
+                       ("create", "parse"))
+
+
+class AsyncCalls(Calls):
+    """:class:`Calls` of an async client: ``create`` and ``parse`` are coroutines; ``stream``
+    returns the SDK's async stream manager at once, as the SDK does."""
+
+    asynchronous = True
+
+    async def create(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._self_tasks.arun(self.specs.create, self.__wrapped__.create, args,
+                                           kwargs)
+
+    async def parse(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._self_tasks.arun(self.specs.parse, self.__wrapped__.parse, args,
+                                           kwargs)
 
 
 def _attributes(spec: ApiSpec, request: Mapping[str, Any]) -> dict[str, Any]:

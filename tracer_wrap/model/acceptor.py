@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 
 from .softmax import fit_softmax
 
@@ -64,6 +63,8 @@ class Acceptor:
         agree = np.asarray(agree, dtype=bool)
         if agree.all() or not agree.any():
             return cls()
+        import scipy.sparse as sp  # only fitting needs it; serving imports this module
+
         labels = np.asarray(labels)
         n = len(labels)
         design = sp.hstack([sp.csr_matrix(_logit(prob).astype(np.float32)[:, None]),

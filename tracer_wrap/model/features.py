@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import HashingVectorizer
 
 __all__ = ["NgramFeatures"]
 
@@ -39,7 +41,13 @@ CHAR_NGRAMS = (3, 5)
 
 @lru_cache(maxsize=8)
 def _vectorizers(word: tuple[int, int], char: tuple[int, int]) -> tuple[HashingVectorizer, ...]:
-    """The two hashing vectorizers (stateless, so shared by every router and thread)."""
+    """The two hashing vectorizers (stateless, so shared by every router and thread).
+
+    scikit-learn takes seconds to import: only a process that fits or serves a fused router
+    pays for it, when the features are built (off the request path), not ``import tracer_wrap``.
+    """
+    from sklearn.feature_extraction.text import HashingVectorizer
+
     common: dict[str, Any] = {"n_features": N_HASHED, "alternate_sign": False, "norm": None,
                               "lowercase": True, "dtype": np.float32}
     return (HashingVectorizer(analyzer="word", ngram_range=word, token_pattern=TOKEN_PATTERN,
@@ -62,6 +70,11 @@ class NgramFeatures:
     char_idf: np.ndarray
     word_ngrams: tuple[int, int] = WORD_NGRAMS
     char_ngrams: tuple[int, int] = CHAR_NGRAMS
+
+    def __post_init__(self) -> None:
+        # Build (and import) the vectorizers now, where the features are fitted or loaded in the
+        # background, so the first routed call does not pay for importing scikit-learn.
+        _vectorizers(self.word_ngrams, self.char_ngrams)
 
     @classmethod
     def fit(cls, texts: Sequence[str], *, min_df: int = 2,
@@ -94,6 +107,8 @@ class NgramFeatures:
             parts.append(_tfidf(counts, columns, idf))
         (wc, wi), (cc, ci) = blocks
         features = cls(wc, wi, cc, ci, _pair(word_ngrams), _pair(char_ngrams))
+        import scipy.sparse as sp
+
         return features, sp.hstack(parts, format="csr", dtype=np.float32)
 
     @property
@@ -102,6 +117,8 @@ class NgramFeatures:
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
         """The ``(len(texts), n_features)`` float32 CSR matrix of ``texts``."""
+        import scipy.sparse as sp
+
         parts = []
         for vectorizer, columns, idf in self._blocks():
             parts.append(_tfidf(vectorizer.transform(texts).tocsr(), columns, idf))
@@ -176,6 +193,8 @@ def _pair(value: Any) -> tuple[int, int]:
 
 def _tfidf(counts: sp.csr_matrix, columns: np.ndarray, idf: np.ndarray) -> sp.csr_matrix:
     """Keep ``columns`` of hashed ``counts`` (renumbered 0..len-1), weight, L2-normalise rows."""
+    import scipy.sparse as sp
+
     counts.sum_duplicates()
     if columns.size == 0:
         return sp.csr_matrix((counts.shape[0], 0), dtype=np.float32)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 __all__ = ["Block", "fit_softmax", "logits"]
 
@@ -48,6 +50,8 @@ def fit_softmax(blocks: Sequence[Block], y: np.ndarray, n_classes: int, *, C: fl
     ``(weights, bias)``. Classes absent from ``y`` get zero weights and a bias of -1e4. Stops when
     the largest gradient entry is below ``tol`` or after ``max_iter`` iterations.
     """
+    import scipy.sparse as sp  # only fitting needs it; serving imports this module
+
     y = np.asarray(y)
     present = np.unique(y)
     index = np.searchsorted(present, y)
