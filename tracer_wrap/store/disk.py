@@ -54,6 +54,39 @@ _CACHE_SETTINGS: dict[str, Any] = {
     "sqlite_journal_mode": "truncate",
     "sqlite_mmap_size": 0,
 }
+def _read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: claims then rely on the monotonic clock alone
+        return ""
+
+
+#: This boot of the machine: a claim written under another boot id is dead.
+_BOOT_ID = _read_boot_id()
+
+
+def _monotonic() -> float:
+    """Seconds on CLOCK_MONOTONIC: shared by the processes of one boot, immune to clock jumps."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def _claim_of(raw: Any) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _claim_held(raw: Any, now: float) -> bool:
+    """Whether the stored claim ``raw`` is alive at monotonic time ``now`` on this boot."""
+    holder = _claim_of(raw)
+    if holder is None or holder.get("boot_id") != _BOOT_ID:
+        return False
+    deadline = holder.get("deadline")
+    return isinstance(deadline, (int, float)) and now < deadline
+
+
 #: Owner-only: a store holds the text of every call.
 _DIRECTORY_MODE = 0o700
 
@@ -336,15 +369,35 @@ class TraceStore:
     def claim(self, task: str, name: str, *, ttl: float) -> bool:
         """Take the named claim of ``task`` if nobody holds it; it expires after ``ttl`` seconds.
 
-        Atomic across threads and processes (SQLite ``INSERT`` if absent); never waits. A holder
-        that crashes loses the claim when ``ttl`` runs out.
+        The claim is ``{"pid", "boot_id", "deadline"}`` with the deadline on CLOCK_MONOTONIC,
+        which every process of one boot shares and no wall-clock jump moves (diskcache's own
+        ``expire`` reads ``time.time()``: a +16 min jump would end a live claim, a -1 day jump
+        keep a dead one a day). It is held while the boot id (``/proc/sys/kernel/random/
+        boot_id``) is this machine's and the monotonic clock is before the deadline; a claim
+        of an earlier boot is dead. Read and write happen in one SQLite transaction, so two
+        processes never both take it. A holder that crashes loses the claim when ``ttl`` runs
+        out.
         """
         _, meta_cache = self._caches()
-        return bool(meta_cache.add(f"claim:{task}:{name}", os.getpid(), expire=ttl))
+        key = f"claim:{task}:{name}"
+        now = _monotonic()
+        with meta_cache.transact():
+            if _claim_held(meta_cache.get(key), now):
+                return False
+            meta_cache.set(key, json.dumps({"pid": os.getpid(), "boot_id": _BOOT_ID,
+                                            "deadline": now + ttl}))
+        return True
 
     def release(self, task: str, name: str) -> None:
+        """Give the claim back if this process holds it (one that lapsed and was taken by
+        another process stays theirs)."""
         _, meta_cache = self._caches()
-        meta_cache.delete(f"claim:{task}:{name}")
+        key = f"claim:{task}:{name}"
+        with meta_cache.transact():
+            holder = _claim_of(meta_cache.get(key))
+            if holder is None or (holder.get("pid") == os.getpid()
+                                  and holder.get("boot_id") == _BOOT_ID):
+                meta_cache.delete(key)
 
     # -- router versions -----------------------------------------------------------------------
 

@@ -288,7 +288,12 @@ class RedisStore:
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     def claim(self, task: str, name: str, *, ttl: float) -> bool:
-        """Take the claim if nobody holds it (``SET NX PX``); it expires after ``ttl`` seconds."""
+        """Take the claim if nobody holds it (``SET NX PX``); it expires after ``ttl`` seconds.
+
+        The expiry is counted by the Redis server (``PX`` is a duration, not a date), so no
+        jump of a client's wall clock can end a live claim early or keep a dead one alive: the
+        clients never compare times. Only the server's own clock matters, as for every Redis
+        expiry."""
         return bool(self._call(self._client.set, self._k(task, "claim", name), os.getpid(),
                                nx=True, px=max(1, int(ttl * 1000))))
 
