@@ -23,7 +23,8 @@ def test_redact_pii(text, expected):
     assert redact_pii(text) == expected
 
 
-def test_redacted_text_is_stored_and_the_router_sees_the_raw_text(store, embedder):
+def test_redacted_text_is_stored_and_routed(store, embedder):
+    """The router was fitted on redacted texts, so it routes the redacted text too."""
     seen: list[str] = []
 
     def spy(texts):
@@ -44,7 +45,7 @@ def test_redacted_text_is_stored_and_the_router_sees_the_raw_text(store, embedde
     classify.refit()
     classify.task._embedder = Embedder.from_callable(spy, name=embedder.name)
     classify("refund please, I am x@y.org")
-    assert seen == ["refund please, I am x@y.org"]
+    assert seen == ["refund please, I am <EMAIL>"]
 
 
 def test_a_failing_redact_stores_nothing_and_never_breaks_the_call(store, embedder):
@@ -90,8 +91,8 @@ def test_retention_prunes_the_store_after_each_refit(store, embedder):
     calls: list[tuple] = []
 
     class Pruning(type(store)):  # the store refactor adds prune(); this test does not need it
-        def prune(self, task, *, max_traces=None, max_age_seconds=None):
-            calls.append((task, max_traces, max_age_seconds))
+        def prune(self, task, *, max_traces=None, max_age_seconds=None, keep_after_seq=None):
+            calls.append((task, max_traces, max_age_seconds, keep_after_seq))
             return 0
 
     pruning = Pruning(store.path)
@@ -100,7 +101,7 @@ def test_retention_prunes_the_store_after_each_refit(store, embedder):
     for text, label in make_traces(60):
         task.call(text, lambda label=label: label)
     task.refit()
-    assert calls == [("t", 100, 3600.0)]
+    assert calls == [("t", 100, 3600.0, 60)]  # never beyond the 60 traces this refit saw
 
 
 def test_retention_on_the_real_store(store, embedder):

@@ -8,9 +8,10 @@ import json
 import time
 
 import pytest
+from _synthetic import make_traces
 from _wait import until
 
-from tracer_wrap import names
+from tracer_wrap import TracedTask, names
 from tracer_wrap.store import TraceStore
 
 DAY = 86_400.0
@@ -65,3 +66,37 @@ def test_release_frees_only_the_holders_claim(store: TraceStore) -> None:
     meta.set(key, json.dumps(mine))
     store.release("t", names.CLAIM_REFIT)
     assert store.claim("t", names.CLAIM_REFIT, ttl=600)
+
+
+def test_retention_never_deletes_traces_no_refit_has_seen(store: TraceStore, embedder, wall,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """While a refit fits, 20 more answers are traced and the wall clock jumps 400 days ahead:
+    age retention then finds every trace 400 days old, yet deletes only those the refit saw."""
+    task = TracedTask("t", store=store, embedder=embedder, min_traces=20, refit_every=None,
+                      audit_rate=0.0, retention={"max_age_seconds": 3600})
+    rows = make_traces(60)
+    for text, label in rows[:40]:
+        task.call(text, lambda label=label: label)
+    task.flush()
+    runner = task.refitter.runner
+    fit = runner.run_fit
+
+    def fit_during_traffic(fn, **kwargs):
+        for text, label in rows[40:]:
+            store.append("t", text, label)
+        wall(400 * DAY)
+        return fit(fn, **kwargs)
+
+    monkeypatch.setattr(runner, "run_fit", fit_during_traffic)
+    task.refit()
+    assert [t.input for t in store.traces("t")] == [text for text, _ in rows[40:]]
+
+
+def test_prune_keeps_every_trace_above_keep_after_seq(store: TraceStore, wall) -> None:
+    for i in range(10):
+        store.append("t", f"text {i}", "a")
+    wall(400 * DAY)
+    assert store.prune("t", max_age_seconds=60, keep_after_seq=6) == 6
+    assert [t.seq for t in store.traces("t")] == [7, 8, 9, 10]
+    assert store.prune("t", max_traces=1, keep_after_seq=6) == 0

@@ -126,7 +126,8 @@ class Store(Protocol):
     def traces(self, task: str, *, valid_only: bool = False) -> list[Trace]: ...
     def tasks(self) -> list[str]: ...
     def prune(self, task: str, *, max_traces: int | None = None,
-              max_age_seconds: float | None = None) -> int: ...
+              max_age_seconds: float | None = None,
+              keep_after_seq: int | None = None) -> int: ...
     def export_jsonl(self, task: str, path: str | os.PathLike[str]) -> int: ...
     def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int: ...
     def incr(self, task: str, counter: str, delta: int = 1) -> int: ...
@@ -193,9 +194,12 @@ def _check_artifact_name(name: object) -> None:
 
 
 def _prune_victims(traces: Iterator[Trace], max_traces: int | None,
-                   max_age_seconds: float | None, now: float | None = None
-                   ) -> list[tuple[int, str]]:
-    """``(seq, input)`` of the traces :meth:`Store.prune` deletes, oldest first."""
+                   max_age_seconds: float | None, keep_after_seq: int | None = None,
+                   now: float | None = None) -> list[tuple[int, str]]:
+    """``(seq, input)`` of the traces :meth:`Store.prune` deletes, oldest first: beyond the
+    newest ``max_traces`` or first seen more than ``max_age_seconds`` ago by the wall clock, but
+    never one whose ``seq`` is above ``keep_after_seq``. Retention passes the newest refit's
+    last ``seq`` there, so a wall clock that jumps ahead cannot delete what no refit has seen."""
     if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 0):
         raise ConfigError(f"max_traces must be a non-negative integer, got {max_traces!r}")
     if max_age_seconds is not None and not max_age_seconds >= 0:
@@ -205,4 +209,5 @@ def _prune_victims(traces: Iterator[Trace], max_traces: int | None,
     cutoff = None if max_age_seconds is None else now - max_age_seconds
     excess = 0 if max_traces is None else max(0, len(rows) - max_traces)
     return [(seq, text) for i, (seq, ts, text) in enumerate(rows)
-            if i < excess or (cutoff is not None and ts < cutoff)]
+            if (i < excess or (cutoff is not None and ts < cutoff))
+            and (keep_after_seq is None or seq <= keep_after_seq)]

@@ -272,14 +272,16 @@ class TraceStore:
         return sorted(key[5:] for key in meta_cache.iterkeys() if key.startswith("task:"))
 
     def prune(self, task: str, *, max_traces: int | None = None,
-              max_age_seconds: float | None = None) -> int:
+              max_age_seconds: float | None = None, keep_after_seq: int | None = None) -> int:
         """Delete the oldest traces of ``task`` beyond ``max_traces`` or older than
-        ``max_age_seconds`` (by first-seen ``ts``); return how many were deleted.
+        ``max_age_seconds`` (by first-seen ``ts``), never one whose ``seq`` is above
+        ``keep_after_seq``; return how many were deleted.
 
         Each deletion removes the trace and its dedup entry in one transaction, so a pruned input
         seen again becomes a new trace with a new ``seq``. ``count`` and ``seq`` never go back.
         """
-        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds)
+        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds,
+                                 keep_after_seq)
         traces, _ = self._caches()
         for seq, text in victims:
             with traces.transact():

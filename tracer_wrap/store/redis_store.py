@@ -217,12 +217,14 @@ class RedisStore:
         return sorted(k.decode() for k in self._call(self._client.hkeys, f"{self.prefix}:tasks"))
 
     def prune(self, task: str, *, max_traces: int | None = None,
-              max_age_seconds: float | None = None) -> int:
-        """Delete the oldest traces beyond ``max_traces`` or older than ``max_age_seconds``.
+              max_age_seconds: float | None = None, keep_after_seq: int | None = None) -> int:
+        """Delete the oldest traces beyond ``max_traces`` or older than ``max_age_seconds``, never
+        one whose ``seq`` is above ``keep_after_seq``.
 
         Each deletion (trace, count, tally, order entry and dedup entry) is one MULTI/EXEC.
         """
-        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds)
+        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds,
+                                 keep_after_seq)
         for seq, text in victims:
             pipe = self._client.pipeline(transaction=True)
             pipe.hdel(self._k(task, "t"), seq)
