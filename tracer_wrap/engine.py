@@ -53,7 +53,7 @@ from .labels import LabelSet
 from .model.embedder import Embedder, make_embedder
 from .model.router import Decision, Router
 from .options import TaskOptions
-from .privacy import hash_input
+from .privacy import hash_input, hash_key, map_strings
 from .refit import Refitter
 from .serving import Served, Serving
 from .store import NewTrace, Origin, Store, open_store
@@ -212,6 +212,7 @@ class TracedTask:
         self.poisoned: deque[tuple[_Answer, BaseException]] = deque(maxlen=100)
         self._store: Store | None = None
         self._embedder: Embedder | None = None
+        self._hash_key: bytes | None = None  # read by the writer, never on the request path
         self._rng = self.options.rng or random.Random()
         self._new_traces = False
         # Everything in the calling thread, unbounded, so a run is the same on any machine load.
@@ -630,6 +631,8 @@ class TracedTask:
             return False
         left = len(self._buffer) if max_answers is None else max_answers
         try:
+            if self.options.store_inputs == "hash" and self._buffer:
+                self._input_key()  # a StoreError here keeps every answer buffered
             while self._buffer and left > 0:
                 batch = list(itertools.islice(self._buffer, min(WRITE_BATCH, left)))
                 owners, rows = [], []
@@ -672,7 +675,7 @@ class TracedTask:
             # must not calibrate. Audit samples are drawn at random, so they may.
             exchangeable=plan.audit or not plan.answering,
             router_label=decision.label if decision is not None else None,
-            meta=answer.meta)
+            meta=map_strings(answer.meta, self._stored) if answer.meta else answer.meta)
 
     def _poison(self, answer: _Answer, exc: BaseException) -> None:
         answer.refused = True
@@ -711,7 +714,15 @@ class TracedTask:
         """What the store keeps of a string from a call (the input, or an invalid answer that may
         quote it): redacted, or only its keyed hash (see :mod:`.privacy`)."""
         text = self._as_traced(text)
-        return hash_input(text) if self.options.store_inputs == "hash" else text
+        return hash_input(text, self._input_key()) if self.options.store_inputs == "hash" \
+            else text
+
+    def _input_key(self) -> bytes:
+        """The task's key for hashing stored strings (:func:`.privacy.hash_key`), read once by
+        the writer. Raises StoreError when the store cannot give it."""
+        if self._hash_key is None:
+            self._hash_key = hash_key(self._get_store(), self.task)
+        return self._hash_key
 
     # -- switches, shadow mode and accounting ----------------------------------------------------
 

@@ -23,8 +23,8 @@ from typing import Any
 from .. import names
 from ..errors import ConfigError
 
-__all__ = ["MAX_DEPTH", "BadJson", "foreign_origin", "is_json", "is_loopback", "read_json",
-           "require_token_beyond_loopback"]
+__all__ = ["MAX_DEPTH", "BadJson", "check_json_value", "foreign_origin", "is_json",
+           "is_loopback", "read_json", "require_token_beyond_loopback"]
 
 #: Deepest nesting of arrays and objects a request body may have.
 MAX_DEPTH = 64
@@ -87,7 +87,7 @@ def read_json(body: bytes) -> Any:
         raise
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise BadJson(f"body is not valid JSON: {exc}") from None
-    _check_tree(data)
+    check_json_value(data)
     return data
 
 
@@ -111,8 +111,9 @@ def _bounded_int(text: str) -> int:
     return value
 
 
-def _check_tree(data: Any) -> None:
-    """Depth and lone surrogates, walked without recursion."""
+def check_json_value(data: Any) -> None:
+    """Raise BadJson when decoded JSON ``data`` nests deeper than :data:`MAX_DEPTH` or holds a
+    lone surrogate in a string or a key (walked without recursion)."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
