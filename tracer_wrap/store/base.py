@@ -12,10 +12,12 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
@@ -186,6 +188,29 @@ def _check_task(task: object) -> None:
     if not isinstance(task, str) or not task.strip():
         raise ConfigError(f"task must be a non-empty string, got {task!r}")
 
+
+
+#: Owner-only modes of everything a store writes to disk: it holds the text of every call.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path`` atomically (a temporary file, then a rename: readers see the old
+    content or the new, never half), readable by its owner only; missing folders are created
+    owner-only. Raises OSError when the disk refuses (the temporary file is removed)."""
+    missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):  # each missing folder owner-only, not only the last
+        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _check_artifact_name(name: object) -> None:

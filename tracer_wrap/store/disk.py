@@ -28,8 +28,10 @@ from typing import Any
 
 import diskcache
 
-from ..errors import ConfigError, StoreError, TraceRefused
+from ..errors import ConfigError, StoreError, StoreTampered, TraceRefused
 from .base import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
     VERSION_ARTIFACTS,
     NewTrace,
     Origin,
@@ -41,6 +43,7 @@ from .base import (
     check_new_traces,
     read_jsonl,
     task_id,
+    write_private,
 )
 
 __all__ = ["TraceStore"]
@@ -53,7 +56,24 @@ _CACHE_SETTINGS: dict[str, Any] = {
     # raises SIGBUS, which no exception handler can catch.
     "sqlite_journal_mode": "truncate",
     "sqlite_mmap_size": 0,
+    # Every value inside SQLite, none in a file of its own: the database file is created
+    # owner-only (below) and SQLite gives its journal the database file's mode.
+    "disk_min_file_size": 2**40,
 }
+_DIRECTORY_MODE = PRIVATE_DIR_MODE
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty and owner-only unless it exists (SQLite takes an empty file for a
+    new database); tighten one of its owner's that is not owner-only (older stores)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(PRIVATE_FILE_MODE)
+
+
 def _read_boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -87,8 +107,6 @@ def _claim_held(raw: Any, now: float) -> bool:
     return isinstance(deadline, (int, float)) and now < deadline
 
 
-#: Owner-only: a store holds the text of every call.
-_DIRECTORY_MODE = 0o700
 
 
 class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
@@ -96,18 +114,27 @@ class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
 
     def get(self, key: Any, raw: bool) -> Any:
         if not raw:
-            raise StoreError("refusing to unpickle a key of the trace store (tampered file?)")
+            raise StoreTampered("refusing to unpickle a key of the trace store (tampered file?)")
         return super().get(key, raw)
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_PICKLE:
-            raise StoreError("refusing to unpickle a value of the trace store (tampered file?)")
+            raise StoreTampered("refusing to unpickle a value of the trace store"
+                                " (tampered file?)")
         return super().fetch(mode, filename, value, read)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if not isinstance(value, (str, bytes, int, float)) and not read:
             raise ConfigError(f"the trace store keeps text and numbers, not {type(value).__name__}")
         return super().store(value, read, key=key)
+
+
+class _RowTampered(Exception):
+    """Row ``index`` of an append met a tampered stored row (:class:`StoreTampered`)."""
+
+    def __init__(self, index: int, error: StoreTampered) -> None:
+        super().__init__(str(error))
+        self.index, self.error = index, error
 
 
 class TraceStore:
@@ -145,6 +172,8 @@ class TraceStore:
 
     def _open(self) -> None:
         try:
+            for part in ("traces", "meta"):
+                _private_file(self.path / part / "cache.db")
             self._traces = diskcache.Cache(str(self.path / "traces"), disk=_PlainDisk,
                                            **_CACHE_SETTINGS)
             self._meta = diskcache.Cache(str(self.path / "meta"), disk=_PlainDisk,
@@ -209,11 +238,18 @@ class TraceStore:
         out: list[Trace] = []
         try:
             with traces.transact():
-                for row in rows:
-                    out.append(self._append_in_transaction(traces, task, row))
+                for i, row in enumerate(rows):
+                    try:
+                        out.append(self._append_in_transaction(traces, task, row))
+                    except StoreTampered as exc:
+                        raise _RowTampered(i, exc) from None
             if task not in self._registered:
                 meta_cache.add(f"task:{task}", time.time())
                 self._registered.add(task)
+        except _RowTampered as bad:  # its stored row was edited: that row never goes in
+            written = self.append_many(task, rows[:bad.index]) if bad.index else []
+            raise TraceRefused(f"row {bad.index}: {bad.error}", index=bad.index,
+                               written=written) from None
         except diskcache.Timeout as exc:
             raise StoreError(f"trace store busy: {exc}") from exc
         except OSError as exc:
@@ -407,16 +443,13 @@ class TraceStore:
         return self.path / "routers" / task_id(task)
 
     def write_artifact(self, task: str, name: str, data: bytes) -> None:
-        """Write ``data`` as file ``name`` under :meth:`router_dir` (temp file + rename: readers
-        see the old content or the new, never half). Raises StoreError when the disk refuses."""
+        """Write ``data`` as file ``name`` under :meth:`router_dir`, owner-only (temp file +
+        rename: readers see the old content or the new, never half). Raises StoreError when the
+        disk refuses."""
         path = self._artifact_path(task, name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_private(path, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write artifact {str(path)!r}: {exc}") from exc
 
     def read_artifact(self, task: str, name: str) -> bytes:

@@ -45,6 +45,7 @@ from .base import (
     check_new_traces,
     read_jsonl,
     task_id,
+    write_private,
 )
 
 __all__ = ["RedisStore"]
@@ -307,11 +308,11 @@ class RedisStore:
     def write_artifact(self, task: str, name: str, data: bytes) -> None:
         _check_artifact_name(name)
         if self.artifacts is not None:
-            folder = self.artifacts / task_id(task)
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            tmp.write_bytes(bytes(data))
-            os.replace(tmp, folder / name)  # readers on other hosts see old or new, never half
+            path = self.artifacts / task_id(task) / name
+            try:
+                write_private(path, bytes(data))  # other hosts see old or new, never half
+            except OSError as exc:
+                raise StoreError(f"cannot write artifact {str(path)!r}: {exc}") from exc
             return
         self._call(self._client.hset, self._k(task, "a"), name, bytes(data))
 
