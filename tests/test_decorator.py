@@ -88,7 +88,7 @@ def test_async_functions_and_methods_are_supported(store, embedder):
     assert store.traces("method")[0].input == "banana"
     assert inspect.iscoroutinefunction(aclassify)
     assert asyncio.run(aclassify("hello")) == "yes"
-    flush()
+    flush()  # traces are written by the background worker
     assert store.traces("async")[0].teacher == "yes"
     assert aclassify.__name__ == "aclassify"
 

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import pytest
 from _synthetic import make_traces
+from _wait import until
 
-from tracer_wrap import Embedder, GateRefused, TracedTask, flush, traced_classifier
+from tracer_wrap import (
+    Embedder,
+    GateRefused,
+    TracedTask,
+    TraceStore,
+    flush,
+    names,
+    traced_classifier,
+)
 from tracer_wrap.errors import ConfigError
-from tracer_wrap.privacy import hash_input, redact_pii
+from tracer_wrap.privacy import hash_input, hash_key, redact_pii
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -23,7 +32,8 @@ def test_redact_pii(text, expected):
     assert redact_pii(text) == expected
 
 
-def test_the_router_sees_inputs_redacted_as_it_was_fitted_on_them(store, embedder):
+def test_redacted_text_is_stored_and_routed(store, embedder):
+    """The router was fitted on redacted texts, so it routes the redacted text too."""
     seen: list[str] = []
 
     def spy(texts):
@@ -44,7 +54,6 @@ def test_the_router_sees_inputs_redacted_as_it_was_fitted_on_them(store, embedde
     classify.refit()
     classify.task._embedder = Embedder.from_callable(spy, name=embedder.name)
     classify("refund please, I am x@y.org")
-    # The router was fitted and certified on redacted texts: it must route them the same way.
     assert seen == ["refund please, I am <EMAIL>"]
 
 
@@ -69,7 +78,8 @@ def test_hash_only_tasks_keep_labels_not_text_and_cannot_be_fitted(store, embedd
     flush()
     traces = store.traces("audit")
     assert len(traces) == 30 and sum(t.count for t in traces) == 35
-    assert [t.input for t in traces] == [hash_input(text) for text, _ in rows]
+    key = hash_key(store, "audit")
+    assert [t.input for t in traces] == [hash_input(text, key) for text, _ in rows]
     assert [t.teacher for t in traces] == [label for _, label in rows]
     with pytest.raises(GateRefused, match="audit-only"):
         task.refit()
@@ -91,8 +101,8 @@ def test_retention_prunes_the_store_after_each_refit(store, embedder):
     calls: list[tuple] = []
 
     class Pruning(type(store)):  # the store refactor adds prune(); this test does not need it
-        def prune(self, task, *, max_traces=None, max_age_seconds=None):
-            calls.append((task, max_traces, max_age_seconds))
+        def prune(self, task, *, max_traces=None, max_age_seconds=None, keep_after_seq=None):
+            calls.append((task, max_traces, max_age_seconds, keep_after_seq))
             return 0
 
     pruning = Pruning(store.path)
@@ -101,7 +111,7 @@ def test_retention_prunes_the_store_after_each_refit(store, embedder):
     for text, label in make_traces(60):
         task.call(text, lambda label=label: label)
     task.refit()
-    assert calls == [("t", 100, 3600.0)]
+    assert calls == [("t", 100, 3600.0, 60)]  # never beyond the 60 traces this refit saw
 
 
 def test_retention_on_the_real_store(store, embedder):
@@ -129,3 +139,97 @@ def test_a_failing_prune_keeps_the_published_router(store, embedder):
     for text, label in make_traces(60):
         task.call(text, lambda label=label: label)
     assert task.refit() is not None and task.version == 1 and task.stats.errors == 1
+
+
+# -- keyed hashes, and the same rule for every stored string -----------------------------------
+
+
+def _hashed_task(store, embedder, task="audit", **options):
+    return TracedTask(task, store=store, embedder=embedder, store_inputs="hash",
+                      refit_every=None, audit_rate=0.0, **options)
+
+
+def test_hashes_are_keyed_so_public_texts_cannot_be_confirmed(tmp_path, embedder,
+                                                              monkeypatch):
+    """The attack of the issue: hash the public Banking77 texts and look them up. With a keyed
+    hash none matches; two stores have two keys; one input keeps one hash in its task."""
+    import hashlib
+
+    from tracer_wrap.lab.datasets import load_banking77
+
+    monkeypatch.delenv(names.ENV_HASH_KEY, raising=False)
+    texts = [text for text, _ in load_banking77("test")[:20]]
+    first, second = TraceStore(tmp_path / "one"), TraceStore(tmp_path / "two")
+    for st in (first, second):
+        task = _hashed_task(st, embedder)
+        for text in texts + texts[:5]:
+            task.call(text, lambda: "card_arrival")
+        task.flush()
+    stored = [t.input for t in first.traces("audit")]
+    assert len(stored) == 20 and sum(t.count for t in first.traces("audit")) == 25  # dedupe
+    plain = {hashlib.sha256(t.encode()).hexdigest() for t in texts}
+    assert not any(h.split(":", 1)[1] in plain for h in stored)
+    assert not plain & {h[-64:] for h in stored}
+    assert set(stored).isdisjoint(t.input for t in second.traces("audit"))  # different keys
+    assert first.get_setting("audit", names.SETTING_HASH_KEY) \
+        != second.get_setting("audit", names.SETTING_HASH_KEY)
+    # A new process of the same task finds the same key: the same input, the same trace.
+    again = _hashed_task(TraceStore(tmp_path / "one"), embedder)
+    again.call(texts[0], lambda: "card_arrival")
+    again.flush()
+    assert first.count("audit") == 20
+
+
+def test_the_hash_key_from_the_environment_replaces_the_stored_one(tmp_path, embedder,
+                                                                   monkeypatch):
+    monkeypatch.setenv(names.ENV_HASH_KEY, "operator secret")
+    stores = [TraceStore(tmp_path / "one"), TraceStore(tmp_path / "two")]
+    for st in stores:
+        task = _hashed_task(st, embedder)
+        task.call("where is my card", lambda: "card_arrival")
+        task.flush()
+        assert st.get_setting("audit", names.SETTING_HASH_KEY) is None  # not in the store
+    assert stores[0].traces("audit")[0].input == stores[1].traces("audit")[0].input \
+        == hash_input("where is my card", b"operator secret")
+
+
+def test_every_stored_string_follows_the_rule(store, embedder, monkeypatch):
+    """An invalid answer quoting the input and the strings of ``meta`` are redacted, then
+    hashed, as the input is."""
+    monkeypatch.delenv(names.ENV_HASH_KEY, raising=False)
+    text = "my card 4111 1111 1111 1111 was charged twice, mail me at jane@example.com"
+    task = _hashed_task(store, embedder, redact=redact_pii, labels=["refund", "card_lost"])
+    plan = task.route(text)
+    label = task.record(plan, f"I cannot classify '{text}'", meta={
+        "user": "jane@example.com", "nested": {"quote": [text]}, "n": 3})
+    assert label is None  # invalid: it names no label
+    task.flush()
+    [trace] = store.traces("audit")
+    key = hash_key(store, "audit")
+    assert trace.input == hash_input(redact_pii(text), key)
+    assert trace.teacher == hash_input(redact_pii(f"I cannot classify '{text}'"), key)
+    assert trace.meta == {"user": hash_input("<EMAIL>", key),
+                          "nested": {"quote": [trace.input]}, "n": 3}
+    raw = "".join(p.read_bytes().decode("latin-1") for p in store.path.rglob("*")
+                  if p.is_file())
+    assert "4111" not in raw and "jane" not in raw and "charged twice" not in raw
+
+
+def test_the_key_is_read_by_the_writer_never_on_the_request_path(tmp_path, embedder,
+                                                                 monkeypatch):
+    import threading
+
+    monkeypatch.delenv(names.ENV_HASH_KEY, raising=False)
+    reads: list[str] = []
+
+    class Watched(TraceStore):
+        def setdefault_setting(self, task, name, value):
+            reads.append(threading.current_thread().name)
+            return super().setdefault_setting(task, name, value)
+
+    store = Watched(tmp_path / "s")
+    task = _hashed_task(store, embedder)
+    for i in range(30):
+        task.call(f"hello {i}", lambda: "greeting")
+    until(lambda: store.count("audit") == 30, "the background writer to write the traces")
+    assert reads and threading.main_thread().name not in reads  # the background writer's

@@ -53,7 +53,7 @@ from .labels import LabelSet
 from .model.embedder import Embedder, make_embedder
 from .model.router import Decision, Router
 from .options import TaskOptions
-from .privacy import hash_input
+from .privacy import hash_input, hash_key, map_strings
 from .refit import Refitter
 from .serving import Served, Serving
 from .store import NewTrace, Origin, Store, open_store
@@ -212,6 +212,7 @@ class TracedTask:
         self.poisoned: deque[tuple[_Answer, BaseException]] = deque(maxlen=100)
         self._store: Store | None = None
         self._embedder: Embedder | None = None
+        self._hash_key: bytes | None = None  # read by the writer, never on the request path
         self._rng = self.options.rng or random.Random()
         self._new_traces = False
         # Everything in the calling thread, unbounded, so a run is the same on any machine load.
@@ -401,11 +402,9 @@ class TracedTask:
                    n: int) -> list[Plan]:
         """Embed and route inputs (synchronous callers); never raises (a fault plans an LLM
         call). Waits on nothing but the embedding, at most ``embed_timeout``."""
-        plans, rows = self._admit(texts, vectors, n)
+        plans, rows, inputs = self._admit(texts, vectors, n)
         if not rows:
             return plans  # type: ignore[return-value]
-        # _admit let through texts (str) only, or None where the vector is given.
-        inputs = [cast("str | None", texts[i]) if texts is not None else None for i in rows]
         try:
             served = self.serving.served()
             if served.router is None:
@@ -428,10 +427,10 @@ class TracedTask:
 
     async def _aplan(self, text: object) -> Plan:
         """:meth:`_plan_many` for one input of an async caller: the embedding is awaited."""
-        plans, rows = self._admit([text], None, 1)
-        if not rows:
+        plans, rows, inputs = self._admit([text], None, 1)
+        if not rows or inputs[0] is None:
             return plans[0]  # type: ignore[return-value]
-        assert isinstance(text, str)
+        text = inputs[0]
         try:
             served = self.serving.served(wait=False)
             if served.router is None:
@@ -443,25 +442,35 @@ class TracedTask:
             return self._fault_plans([text], exc)[0]
 
     def _admit(self, texts: Sequence[object] | None, vectors: np.ndarray | None, n: int
-               ) -> tuple[list[Plan | None], list[int]]:
+               ) -> tuple[list[Plan | None], list[int], list[str | None]]:
         """Count the calls; plan the ones tracer_wrap stays out of (disabled, not traceable);
-        return the plans so far and the rows still to route."""
+        return the plans so far, the rows still to route and their inputs as plain ``str``
+        (None where the vector is given). A ``str`` subclass is copied with ``str.__str__``
+        first, so none of its own methods ever runs; one that cannot be read is not traced."""
         self.stats.add(calls=n)
         self.ledger.add({names.COUNTER_CALLS: n})
         if names.disabled():
             why = f"tracer_wrap is disabled (${names.ENV_DISABLE})"
-            return [Plan(None, traced=False, reason=why) for _ in range(n)], []
+            return [Plan(None, traced=False, reason=why) for _ in range(n)], [], []
         plans: list[Plan | None] = [None] * n
         rows: list[int] = []
+        inputs: list[str | None] = []
         for i in range(n):
             text = texts[i] if texts is not None else None
-            why = _untraceable(text) if vectors is None or text is not None else ""
+            try:
+                if isinstance(text, str):
+                    text = str.__str__(text)
+                why = _untraceable(text) if vectors is None or text is not None else ""
+            except Exception as exc:
+                self._fault("routing", exc)
+                why = f"the input cannot be read as text ({type(exc).__name__})"
             if why:
                 self.stats.add(skipped=1)
                 plans[i] = Plan(None, traced=False, reason=why)
             else:
                 rows.append(i)
-        return plans, rows
+                inputs.append(cast("str | None", text))
+        return plans, rows, inputs
 
     def _fault_plans(self, texts: list[str | None], exc: Exception) -> list[Plan]:
         self._fault("routing", exc)
@@ -622,6 +631,8 @@ class TracedTask:
             return False
         left = len(self._buffer) if max_answers is None else max_answers
         try:
+            if self.options.store_inputs == "hash" and self._buffer:
+                self._input_key()  # a StoreError here keeps every answer buffered
             while self._buffer and left > 0:
                 batch = list(itertools.islice(self._buffer, min(WRITE_BATCH, left)))
                 owners, rows = [], []
@@ -664,7 +675,7 @@ class TracedTask:
             # must not calibrate. Audit samples are drawn at random, so they may.
             exchangeable=plan.audit or not plan.answering,
             router_label=decision.label if decision is not None else None,
-            meta=answer.meta)
+            meta=map_strings(answer.meta, self._stored) if answer.meta else answer.meta)
 
     def _poison(self, answer: _Answer, exc: BaseException) -> None:
         answer.refused = True
@@ -703,7 +714,15 @@ class TracedTask:
         """What the store keeps of a string from a call (the input, or an invalid answer that may
         quote it): redacted, or only its keyed hash (see :mod:`.privacy`)."""
         text = self._as_traced(text)
-        return hash_input(text) if self.options.store_inputs == "hash" else text
+        return hash_input(text, self._input_key()) if self.options.store_inputs == "hash" \
+            else text
+
+    def _input_key(self) -> bytes:
+        """The task's key for hashing stored strings (:func:`.privacy.hash_key`), read once by
+        the writer. Raises StoreError when the store cannot give it."""
+        if self._hash_key is None:
+            self._hash_key = hash_key(self._get_store(), self.task)
+        return self._hash_key
 
     # -- switches, shadow mode and accounting ----------------------------------------------------
 

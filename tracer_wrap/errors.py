@@ -15,6 +15,7 @@ __all__ = [
     "MissingExtraError",
     "RouterLoadError",
     "StoreError",
+    "StoreTampered",
     "TraceRefused",
     "TracerWrapError",
 ]
@@ -30,6 +31,12 @@ class ConfigError(TracerWrapError, ValueError):
 
 class StoreError(TracerWrapError, OSError):
     """The trace store cannot be opened, read or written."""
+
+
+class StoreTampered(TracerWrapError):
+    """A row of the store asks to be unpickled (nothing tracer_wrap writes does): its files were
+    edited. The row is refused, never read. Not an OSError on purpose: diskcache takes an
+    OSError while reading for a row deleted meanwhile and would quietly skip it."""
 
 
 class TraceRefused(TracerWrapError):

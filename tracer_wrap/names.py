@@ -19,6 +19,7 @@ __all__ = [
     "ENV_AUTOLOG_ROUTING",
     "ENV_DISABLE",
     "ENV_GATEWAY_CONFIG",
+    "ENV_HASH_KEY",
     "ENV_PREFIX",
     "ENV_STORE",
     "ENV_TOKEN",
@@ -39,6 +40,10 @@ ENV_ARTIFACTS = "TRACER_WRAP_ARTIFACTS"
 ENV_EMBEDDER = "TRACER_WRAP_EMBEDDER"
 #: The sidecar's bearer token and the gateway's ``X-Tracer-Wrap-Token``.
 ENV_TOKEN = "TRACER_WRAP_TOKEN"
+#: Key of the HMAC-SHA256 hashes ``store_inputs="hash"`` stores (any text), instead of the random
+#: per-task key kept in the store: set it to keep the key out of the store, or to make the hashes
+#: of two stores comparable.
+ENV_HASH_KEY = "TRACER_WRAP_HASH_KEY"
 #: The gateway's settings as JSON, handed by ``tracer-wrap gateway`` to its worker processes.
 ENV_GATEWAY_CONFIG = "TRACER_WRAP_GATEWAY_CONFIG"
 #: Set to 1 by ``tracer-wrap run``: the launcher's ``sitecustomize`` then starts autolog.
@@ -89,6 +94,9 @@ SETTING_BREAKER_LAST_TRIP = "breaker_last_trip"
 SETTING_CALIBRATE_AFTER = "calibrate_after_seq"
 #: Wall-clock time the last refit started.
 SETTING_LAST_REFIT = "last_refit_at"
+#: A task's random key (64 hex digits) for hashing inputs with ``store_inputs="hash"``, created
+#: once by whichever process first needs it.
+SETTING_HASH_KEY = "input_hash_key"
 
 
 def setting_breaker_base(epoch: int) -> str:

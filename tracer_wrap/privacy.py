@@ -7,8 +7,14 @@ The LLM always gets the caller's input untouched; the store and the router see i
   on redacted traces (routing the raw text would measure it on inputs its guarantee never saw).
   A redact hook that raises or returns a non-string stores nothing for that call and sends it to
   the LLM (the fault is logged) rather than risk storing the raw text.
-* ``store_inputs="hash"``: the store keeps only the SHA-256 of each input (audit-only tasks: the
-  teacher's labels and counts are kept, the text is not). Such a task cannot be fitted.
+* ``store_inputs="hash"``: the store keeps only a keyed hash (HMAC-SHA256) of each input
+  (audit-only tasks: the teacher's labels and counts are kept, the text is not). Such a task
+  cannot be fitted. The key is random, 32 bytes per task, created once in the store
+  (:func:`hash_key`; ``$TRACER_WRAP_HASH_KEY`` replaces it), so nobody can confirm a guessed
+  input by hashing it (public datasets, dictionaries) without the key, while one input always
+  gets the same hash within its task (repeats are counted as one trace).
+* Every string of a call the store keeps follows the same rule: the input, an invalid LLM
+  answer (it may quote the input) and every string in the trace's ``meta``.
 * ``retention``: ``{"max_traces": N, "max_age_seconds": S}``, enforced on the store after each
   refit (:meth:`TraceStore.prune`).
 """
@@ -16,19 +22,27 @@ The LLM always gets the caller's input untouched; the store and the router see i
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 import re
+import secrets
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from . import names
 from .errors import ConfigError
 
-__all__ = ["HASH_PREFIX", "StoreInputs", "check_retention", "hash_input", "redact_pii"]
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["HASH_PREFIX", "StoreInputs", "check_retention", "hash_input", "hash_key",
+           "map_strings", "redact_pii"]
 
 StoreInputs = Literal["raw", "hash"]
 Redactor = Callable[[str], str]
 
 #: Prefix of a stored hashed input, so a hashed trace is never mistaken for text.
-HASH_PREFIX = "sha256:"
+HASH_PREFIX = "hmac-sha256:"
 
 _EMAIL = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 # A run of 13-19 digits, optionally split by single spaces or hyphens (how cards are written).
@@ -76,11 +90,41 @@ def redact_pii(text: str) -> str:
     return _PHONE.sub(_phone, text)
 
 
-def hash_input(text: str) -> str:
-    """What ``store_inputs="hash"`` stores for ``text``: ``sha256:`` and the hex digest of its
-    UTF-8 bytes (lone surrogates are escaped, so any Python string hashes)."""
+def hash_key(store: Store, task: str) -> bytes:
+    """The key ``store_inputs="hash"`` hashes the inputs of ``task`` with: the UTF-8 bytes of
+    ``$TRACER_WRAP_HASH_KEY`` when set, else the task's random 32-byte key in the store, created
+    by the first process that asks (an atomic ``setdefault_setting``: every process of the task
+    gets the same key). Reads the store: call it off the request path and keep the result.
+    Raises StoreError when the store cannot be read or written."""
+    configured = os.environ.get(names.ENV_HASH_KEY)
+    if configured:
+        return configured.encode("utf-8", "surrogatepass")
+    stored = store.setdefault_setting(task, names.SETTING_HASH_KEY, secrets.token_hex(32))
+    try:
+        return bytes.fromhex(str(stored))
+    except ValueError:
+        raise ConfigError(f"setting {names.SETTING_HASH_KEY!r} of {task!r} is not a hex key"
+                          ) from None
+
+
+def hash_input(text: str, key: bytes) -> str:
+    """What ``store_inputs="hash"`` stores for ``text``: ``hmac-sha256:`` and the hex HMAC-SHA256
+    of its UTF-8 bytes under ``key`` (lone surrogates are escaped, so any Python string
+    hashes)."""
     data = text.encode("utf-8", "surrogatepass")
-    return HASH_PREFIX + hashlib.sha256(data).hexdigest()
+    return HASH_PREFIX + hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    """``value`` (JSON-like: mappings, lists, scalars) with ``fn`` applied to every string in it
+    but mapping keys; a new structure, ``value`` itself is not changed."""
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {key: map_strings(item, fn) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_strings(item, fn) for item in value]
+    return value
 
 
 def check_retention(retention: Mapping[str, Any] | None) -> dict[str, float] | None:

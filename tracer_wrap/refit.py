@@ -293,6 +293,7 @@ class Refitter:
             started = options.clock()
             store.set_setting(self.task, names.SETTING_LAST_REFIT, started)
             traces = store.traces(self.task, valid_only=True)
+            seen_seq = max((t.seq for t in traces), default=0)
             if self.label_set.fixed:
                 traces = [t for t in traces if self.label_set.normalise(t.teacher) is not None]
             if len(traces) < options.min_traces:
@@ -326,16 +327,20 @@ class Refitter:
                 if tripped and breaker is not None:
                     breaker.reset()
                 self._published(published, router, ood)
-            self._apply_retention(store)
+            self._apply_retention(store, seen_seq)
             return router
         finally:
             store.release(self.task, names.CLAIM_REFIT)
 
-    def _apply_retention(self, store: Store) -> None:
+    def _apply_retention(self, store: Store, seen_seq: int) -> None:
+        """Prune by the ``retention`` option, never a trace newer than this refit has seen
+        (``seq`` above ``seen_seq``): ages are wall-clock, and a clock that jumps ahead must not
+        delete what the next refit needs."""
         if self.options.retention is None:
             return
         try:
-            store.prune(self.task, **self.options.retention)  # type: ignore[arg-type]
+            store.prune(self.task, **self.options.retention,  # type: ignore[arg-type]
+                        keep_after_seq=seen_seq)
         except Exception as exc:  # the router is published; a failed prune must not undo that
             self._fault("retention", exc)
 

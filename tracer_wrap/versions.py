@@ -103,9 +103,11 @@ def certified_coverage(manifest: dict[str, Any], target: float) -> float:
 def load_version(store: Store, task: str, version: int) -> Router:
     """Load a published version: its labels, thresholds and embedder from the manifest the store
     recorded at publish time, its arrays from the artifact file, whose SHA-256 must match that
-    manifest. The ``v<N>.json`` copy beside the arrays (for people and for copies of the files)
-    is never read: whoever can write the artifact files alone (a shared directory) cannot change
-    an answer. Raises RouterLoadError when anything is missing or does not match."""
+    manifest. Whoever can write the artifact files alone (a shared directory) cannot change an
+    answer: the ``v<N>.json`` copy beside the arrays (for people and for copies of the files)
+    decides nothing, and one that says otherwise than the store's manifest (edited labels,
+    thresholds, embedder) is refused as tampering. Raises RouterLoadError when anything is
+    missing or does not match."""
     manifest = store.manifest(task, version)
     if manifest is None:
         raise RouterLoadError(f"version {version} of {task!r} is not in the store")
@@ -116,7 +118,35 @@ def load_version(store: Store, task: str, version: int) -> Router:
         data = store.read_artifact(task, f"v{version}.npz")
     except Exception as exc:  # missing artifact, unreadable store
         raise RouterLoadError(f"cannot load router {source!r}: {exc}") from exc
+    _check_manifest_copy(store, task, version, manifest)
     return Router.from_bytes(data, manifest, expected_sha256=manifest["sha256"], source=source)
+
+
+def _check_manifest_copy(store: Store, task: str, version: int, manifest: dict[str, Any]
+                         ) -> None:
+    """RouterLoadError when the ``v<N>.json`` beside the arrays differs from the manifest the
+    store recorded (it holds a subset of its keys, written at publish time); a missing copy is
+    fine."""
+    source = f"{task}/v{version}.json"
+    try:
+        raw = store.read_artifact(task, f"v{version}.json")
+    except FileNotFoundError:
+        return
+    except Exception as exc:
+        raise RouterLoadError(f"cannot read {source!r}: {exc}") from exc
+    try:
+        copy = json.loads(raw)
+    except ValueError:
+        copy = None
+    if not isinstance(copy, dict) or any(manifest.get(k, _MISSING) != v for k, v in copy.items()):
+        changed = sorted(k for k, v in copy.items() if manifest.get(k, _MISSING) != v) \
+            if isinstance(copy, dict) else ["(not a JSON object)"]
+        raise RouterLoadError(f"{source} differs from the manifest the store recorded"
+                              f" ({', '.join(changed)}): edited after publishing, refusing to"
+                              " load")
+
+
+_MISSING = object()
 
 
 def load_ood(store: Store, task: str, version: int) -> OODScorer | None:

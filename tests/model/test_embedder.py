@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -29,13 +31,29 @@ def test_an_exact_repeat_is_never_embedded_again():
     assert np.array_equal(first[0], first[2])
 
 
-def test_the_cache_is_bounded():
+def test_the_cache_is_bounded_by_bytes():
     seen: list[str] = []
+    one = sys.getsizeof("a") + 8 + 256  # text, two float32, overhead
     embedder = Embedder.from_callable(lambda ts: seen.extend(ts) or np.ones((len(ts), 2)),
-                                      cache_size=2)
+                                      cache_bytes=2 * one)
     embedder.embed(["a", "b", "c"])
     embedder.embed(["a"])
     assert seen == ["a", "b", "c", "a"]
+    assert embedder.cache_used <= embedder.cache_bytes
+
+
+def test_long_texts_fill_the_byte_budget_not_gigabytes():
+    """20k-character texts: the cache's own accounting stays within its budget, and that
+    accounting covers what the entries really hold (texts and vectors, not batch matrices)."""
+    embedder = Embedder.from_callable(lambda ts: np.ones((len(ts), 384)), cache_bytes=4 * 2**20)
+    for batch in range(60):
+        embedder.embed([f"{batch}-{i}-" + "x" * 20_000 for i in range(10)])
+    held = sum(sys.getsizeof(t) + v.nbytes for t, v in embedder._cache.items())
+    assert 0 < held <= embedder.cache_used <= embedder.cache_bytes
+    assert 100 < len(embedder._cache) < 600  # some of the 600 texts, evicted by bytes
+    assert all(v.base is None for v in embedder._cache.values())  # no batch kept alive by a row
+    embedder.embed(["y" * 5_000_000])  # larger than the whole budget: answered, not cached
+    assert "y" * 5_000_000 not in embedder._cache
 
 
 def test_precomputed_vectors_and_unknown_texts():

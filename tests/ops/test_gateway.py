@@ -742,3 +742,49 @@ def test_a_header_names_the_task(upstream: LLMServer,
             {"role": "user", "content": "Label this: refund please"}])
         wait_for(lambda: store.count("support-intent") == 2, "two traces in the named task")
     assert store.tasks() == ["support-intent"]
+
+
+# -- browsers and bad input --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("headers", [{"Origin": "http://evil.example"},
+                                     {"Sec-Fetch-Site": "cross-site"}])
+def test_browser_requests_from_other_origins_are_403(upstream: LLMServer, store: TraceStore,
+                                                     headers: dict[str, str]) -> None:
+    body = {"model": "m", "messages": ask("refund")}
+    with through(upstream, store) as (url, _), httpx.Client(base_url=url) as client:
+        classify = client.post("/v1/chat/completions", json=body, headers=headers)
+        plain = client.post("/v1/chat/completions", content=json.dumps(body),
+                            headers={**headers, "Content-Type": "text/plain"})
+        other = client.get("/v1/models", headers=headers)
+        own = client.post("/v1/chat/completions", json=body, headers={"Origin": url})
+    assert classify.status_code == plain.status_code == other.status_code == 403
+    assert "origin" in classify.json()["error"]["message"] or "cross-site" in \
+        classify.json()["error"]["message"]
+    assert own.status_code == 200
+    assert upstream.total_calls == 1  # only the same-origin call went out
+
+
+def test_bodies_tracer_wrap_cannot_read_are_forwarded_untouched_and_untraced(
+        upstream: LLMServer, store: TraceStore) -> None:
+    """Not JSON by its content type, a lone surrogate, nesting deeper than 64 levels, a huge
+    integer: the upstream gets the bytes as sent and answers; no trace, never a gateway 500."""
+    text_plain = json.dumps({"model": "m", "messages": ask("refund")}).encode()
+    surrogate = b'{"model": "m", "messages": [{"role": "user", "content": "refund \\ud800"}]}'
+    deep = (b'{"model": "m", "messages": [{"role": "user", "content": "refund"}], "x": '
+            + b"[" * 200 + b"]" * 200 + b"}")
+    huge = (b'{"model": "m", "messages": [{"role": "user", "content": "refund"}], "seed": '
+            + b"9" * 30 + b"}")
+    with through(upstream, store) as (url, _), httpx.Client(base_url=url, timeout=30) as client:
+        statuses = [client.post("/v1/chat/completions", content=raw,
+                                headers={"Content-Type": kind}).status_code
+                    for raw, kind in ((text_plain, "text/plain"),
+                                      (surrogate, "application/json"),
+                                      (deep, "application/json"),
+                                      (huge, "application/json"))]
+        good = client.post("/v1/chat/completions", json={"model": "m", "messages": ask("hi")})
+        assert good.status_code == 200
+        task = only_task(store)
+    assert upstream.total_calls == 5, statuses  # every body reached the upstream
+    flush_all()
+    assert store.counters(task)["llm"] == 1 and store.count(task) == 1

@@ -131,7 +131,7 @@ def test_imports_follow_the_tasks_options(tmp_path: Path, monkeypatch: pytest.Mo
     store = tmp_path / "store"
     sample = str(SAMPLES / "traces.jsonl")
     assert cli("--store", str(store), "import", sample, "--task", "hashed").exit_code == 0
-    assert all(t.input.startswith("sha256:") for t in TraceStore(store).traces("hashed"))
+    assert all(t.input.startswith("hmac-sha256:") for t in TraceStore(store).traces("hashed"))
     three = json.loads(cli("--store", str(store), "import", sample, "--task", "three",
                            "--json").stdout)
     assert three["lines"] == 18  # exchange_rate answers match no label of the task
@@ -396,3 +396,68 @@ def test_imported_traces_and_live_calls_through_the_gateway_share_a_task(tmp_pat
     # The learner needs four calls to see the template: from the fourth on, the imported task.
     assert store.count(KEY) == 24 + 3
     assert {t.input for t in store.traces(KEY)} >= {"refund number 5 please"}
+
+
+# -- a bad record on line 6 imports nothing: every format, every kind of bad -------------------
+
+
+def _sixth_input() -> str:
+    lines = (SAMPLES / "traces.jsonl").read_text(encoding="utf-8").splitlines()
+    return str(json.loads(lines[5])["input"])
+
+
+@pytest.mark.parametrize("sample", ["openai-chat.jsonl", "langfuse-observations.json",
+                                    "langsmith-runs.jsonl", "otlp-genai-spans.json",
+                                    "helicone-requests.json", "traces.jsonl"])
+def test_a_lone_surrogate_in_the_sixth_record_imports_nothing(tmp_path: Path,
+                                                              sample: str) -> None:
+    """The record parses, but its input is text no store can encode: the whole import is
+    refused with the record's place, before any row is written."""
+    text = _sixth_input()
+    raw = (SAMPLES / sample).read_text(encoding="utf-8")
+    assert text in raw
+    path = tmp_path / sample
+    path.write_text(raw.replace(text, "\\ud800" + text, 1), encoding="utf-8")
+    store = tmp_path / "store"
+    args = ["--task", "t"] if sample == "traces.jsonl" else ["--all", "--model", "gpt-4o-mini"]
+    result = cli("--store", str(store), "import", str(path), *args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.stderr
+    assert sample in result.stderr and "surrogate" in result.stderr
+    if sample.endswith(".jsonl"):
+        line = raw[:raw.index(text)].count("\n") + 1
+        assert f"{sample}:{line}" in result.stderr
+    assert not store.exists() or all(TraceStore(store).count(t) == 0
+                                     for t in TraceStore(store).tasks())
+
+
+@pytest.mark.parametrize("line6, why", [
+    ('{"input": "   ", "teacher": "refund"}', "empty"),
+    (json.dumps({"input": "x" * 20_001, "teacher": "refund"}), "longer"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    ('{"input": "a", "teacher": "refund", "n": ' + "9" * 5000 + "}", "not valid JSON"),
+    ('{"input": "a", "teacher": 7}', "not a trace line"),
+    ('{"input": "a"', "not valid JSON"),
+])
+def test_a_bad_sixth_line_imports_nothing_and_names_it(tmp_path: Path, line6: str,
+                                                       why: str) -> None:
+    lines = (SAMPLES / "traces.jsonl").read_text(encoding="utf-8").splitlines()
+    path = tmp_path / "traces.jsonl"
+    path.write_text("\n".join([*lines[:5], line6, *lines[6:]]) + "\n", encoding="utf-8")
+    store = tmp_path / "store"
+    result = cli("--store", str(store), "import", str(path), "--task", "t", "--format", "tracer")
+    assert result.exit_code == 1, result.output
+    assert "traces.jsonl:6" in result.stderr and why in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not store.exists() or TraceStore(store).count("t") == 0
+
+
+def test_a_csv_with_bytes_that_are_not_utf8_on_line_6_imports_nothing(tmp_path: Path) -> None:
+    lines = (SAMPLES / "labelled.csv").read_bytes().splitlines()
+    path = tmp_path / "labelled.csv"
+    path.write_bytes(b"\n".join([*lines[:5], b"caf\xe9 \xed\xa0\x80,refund", *lines[6:]]) + b"\n")
+    store = tmp_path / "store"
+    result = cli("--store", str(store), "import", str(path), "--task", "t")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.output
+    assert "labelled.csv:6" in result.stderr and "UTF-8" in result.stderr
+    assert not store.exists() or TraceStore(store).count("t") == 0

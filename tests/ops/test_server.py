@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import httpx
 import numpy as np
@@ -43,9 +44,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> TraceStore:
 
 
 @pytest.fixture(scope="module")
-def server(store: TraceStore):
-    app = create_app(store, token=TOKEN, max_body_bytes=64_000, max_batch=50,
-                     embedder="hashing")
+def app(store: TraceStore):
+    return create_app(store, token=TOKEN, max_body_bytes=64_000, max_batch=50,
+                      embedder="hashing")
+
+
+@pytest.fixture(scope="module")
+def server(app):
     with serving(app) as url:
         yield url
 
@@ -223,7 +228,8 @@ def test_oversize_body_is_413(client: httpx.Client) -> None:
         for _ in range(100):
             yield b" " * 1000
 
-    r = client.post("/v1/tasks/intent/route", content=chunks())
+    r = client.post("/v1/tasks/intent/route", content=chunks(),
+                    headers={"Content-Type": "application/json"})
     assert r.status_code == 413
 
 
@@ -232,3 +238,120 @@ def test_sidecar_still_serves_after_bad_requests(client: httpx.Client) -> None:
         client.post("/v1/tasks/intent/route", content=b"garbage")
     r = client.post("/v1/tasks/intent/route", json={"embedding": np.ones(512).tolist()})
     assert r.status_code == 200 and isinstance(r.json()["local"], bool)
+
+
+# -- security: media type, origins, bad input, tokens, memory ------------------------------------
+
+
+def test_a_post_that_is_not_json_is_415_and_logs_nothing(client: httpx.Client,
+                                                         store: TraceStore) -> None:
+    before = store.count("intent")
+    for content_type in ("text/plain", "application/x-www-form-urlencoded",
+                         "multipart/form-data; boundary=x", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = client.post("/v1/tasks/intent/traces", headers=headers,
+                        content=json.dumps({"input": "cross site trace", "teacher": "refund"}))
+        assert r.status_code == 415, (content_type, r.text)
+        assert r.json()["error"]["code"] == "unsupported_media_type"
+    r = client.post("/v1/tasks/intent/route", json={"text": "x"},
+                    headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+    flush()
+    assert store.count("intent") == before
+
+
+@pytest.mark.parametrize("headers", [
+    {"Origin": "http://evil.example"},
+    {"Origin": "null"},
+    {"Origin": "http://127.0.0.1:1"},  # another port of this machine is another origin
+    {"Sec-Fetch-Site": "cross-site"},
+])
+def test_browser_requests_from_other_origins_are_403(client: httpx.Client, store: TraceStore,
+                                                     headers: dict[str, str]) -> None:
+    """The simple request a web page can send to 127.0.0.1 without the browser asking first is
+    refused, whatever its content type, and logs no trace."""
+    before = store.count("intent")
+    body = {"input": "page wrote this", "teacher": "refund"}
+    r = client.post("/v1/tasks/intent/traces", json=body, headers=headers)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
+    r = client.post("/v1/tasks/intent/traces", content=json.dumps(body),
+                    headers={**headers, "Content-Type": "text/plain"})
+    assert r.status_code == 403
+    flush()
+    assert store.count("intent") == before
+
+
+def test_same_origin_and_non_browser_requests_pass(client: httpx.Client, server: str) -> None:
+    own = {"Origin": server, "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/v1/tasks/intent/route", json={"text": "x"}, headers=own
+                       ).status_code == 200
+    assert client.post("/v1/tasks/intent/route", json={"text": "x"}).status_code == 200
+
+
+DEEP = b'{"text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+@pytest.mark.parametrize("path, raw", [
+    ("route", b'{"text": "a\\ud800"}'),
+    ("route", b'{"texts": ["ok", "\\udfff b"]}'),
+    ("traces", b'{"input": "a\\ud800", "teacher": "refund"}'),
+    ("traces", b'{"input": "a", "teacher": "x\\udc00"}'),
+    ("traces", b'{"input": "a", "teacher": "x", "meta": {"\\ud800": 1}}'),
+    ("route", DEEP),
+    ("traces", b'{"input": "a", "teacher": "x", "meta": {"k": ' + b"[" * 500 + b"]" * 500
+     + b"}}"),
+    ("traces", b'{"input": "a", "teacher": "x", "usage": {"input_tokens": ' + b"9" * 4000
+     + b"}}"),
+    ("traces", b'{"input": "a", "teacher": "x", "usage": {"input_tokens": 1' + b"0" * 30
+     + b"}}"),
+    ("traces", b'{"input": "a", "teacher": "x", "meta": {"n": 1e999}}'),
+    ("route", b'{"embedding": [1e400, 1]}'),
+    ("traces", b'{"input": ["a"], "teacher": "x"}'),
+    ("traces", b'{"input": "a", "teacher": "x", "usage": {"input_tokens": 1.5}}'),
+    ("traces", b'{"input": "a", "teacher": "x", "usage": {"input_tokens": 99999999999999}}'),
+    ("traces", b'{"input": "a", "teacher": "x", "plan": "x.y"}'),
+])
+def test_every_bad_input_is_a_clear_4xx_never_a_500(client: httpx.Client, store: TraceStore,
+                                                    path: str, raw: bytes) -> None:
+    r = client.post(f"/v1/tasks/intent/{path}" + ("/batch" if b'"texts"' in raw else ""),
+                    content=raw, headers={"Content-Type": "application/json"})
+    if b'"plan": "x.y"' in raw:  # a forged plan is a valid body: logged as unplanned
+        assert r.status_code == 201
+        return
+    assert 400 <= r.status_code < 500, r.text
+    message = r.json()["error"]["message"]
+    assert message and len(r.content) < 2_000 and "Traceback" not in r.text
+
+
+def test_the_embedding_cache_is_bounded_by_bytes(client: httpx.Client, app) -> None:
+    """20k-character texts through the sidecar: the embedder's own byte accounting counts the
+    texts it holds (not just entries) and stays within its budget."""
+    embedder = app.state.sidecar.embedder
+    assert embedder.cache_bytes <= 128 * 2**20  # the default: texts and vectors together
+    embedder.cache_bytes = 200_000  # ~4 such texts, so the test sees evictions
+    try:
+        for batch in range(5):
+            texts = [f"lost card {batch} {i} " + "z" * 19_900 for i in range(2)]
+            r = client.post("/v1/tasks/intent/route/batch", json={"texts": texts})
+            assert r.status_code == 200, r.text
+            held = sum(sys.getsizeof(t) + v.nbytes for t, v in embedder._cache.items())
+            assert 20_000 <= held <= embedder.cache_used <= embedder.cache_bytes
+        assert not any(t.startswith("lost card 0 0 ") for t in embedder._cache)
+    finally:
+        embedder.cache_bytes = 64 * 2**20
+
+
+def test_beyond_loopback_the_sidecar_refuses_to_start_without_a_token(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from tracer_wrap.errors import ConfigError
+    from tracer_wrap.ops.cli import app as cli_app
+    from tracer_wrap.ops.server import run
+
+    monkeypatch.delenv("TRACER_WRAP_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="beyond loopback"):
+        run(str(tmp_path / "s"), host="0.0.0.0")
+    result = CliRunner().invoke(cli_app, ["--store", str(tmp_path / "s"), "serve",
+                                          "--host", "192.0.2.1"])
+    assert result.exit_code == 1 and "token" in result.stderr and "Traceback" not in result.stderr

@@ -19,6 +19,16 @@ __all__ = ["Embedder", "make_embedder"]
 
 EmbedFn = Callable[[list[str]], Any]
 
+#: Default memory budget of an embedder's cache: texts and vectors together.
+DEFAULT_CACHE_BYTES = 64 * 2**20
+# Per cached entry beyond the text and the vector: the dictionary slot, the linked-list node of
+# the OrderedDict and the ndarray header, rounded up.
+_ENTRY_OVERHEAD = 256
+
+
+def _entry_bytes(text: str, vector: np.ndarray) -> int:
+    return sys.getsizeof(text) + int(vector.nbytes) + _ENTRY_OVERHEAD
+
 
 class Embedder:
     """Turns texts into L2-normalised float32 vectors, caching the vectors of texts already seen.
@@ -28,20 +38,25 @@ class Embedder:
     (a fixed mapping, e.g. embeddings computed elsewhere). ``name`` identifies the embedding space:
     a router only serves inputs embedded by an embedder of the same name and dimension.
 
-    The cache is a thread-safe LRU of ``cache_size`` texts; a hit costs a dictionary look-up.
-    Errors of the underlying model are raised as :class:`EmbedderError`.
+    The cache is a thread-safe LRU bounded by bytes: at most ``cache_bytes`` of texts and vectors
+    (:attr:`cache_used` counts them: each text's and vector's size in memory plus a fixed
+    overhead per entry), so long texts hold fewer entries, never more memory. A text too large
+    for the whole budget is not cached. A hit costs a dictionary look-up. Errors of the
+    underlying model are raised as :class:`EmbedderError`.
     """
 
-    def __init__(self, fn: EmbedFn, *, name: str, cache_size: int = 100_000) -> None:
+    def __init__(self, fn: EmbedFn, *, name: str, cache_bytes: int = DEFAULT_CACHE_BYTES
+                 ) -> None:
         self._fn = fn
         self.name = name
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self.cache_used = 0
         self._lock = threading.Lock()
         _EMBEDDERS.add(self)
 
     @classmethod
-    def default(cls, model: str | None = None, *, cache_size: int = 100_000,
+    def default(cls, model: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
                 threads: int | None = 2) -> Embedder:
         """sentence-transformers ``model`` (default all-MiniLM-L6-v2), loaded lazily, offline first.
 
@@ -55,14 +70,14 @@ class Embedder:
         """
         model = model or names.DEFAULT_EMBEDDER
         loader = _LazySentenceTransformer(model, threads)
-        return cls(loader, name=_short_name(model), cache_size=cache_size)
+        return cls(loader, name=_short_name(model), cache_bytes=cache_bytes)
 
     @classmethod
-    def from_callable(cls, fn: EmbedFn, *, name: str | None = None, cache_size: int = 100_000
-                      ) -> Embedder:
+    def from_callable(cls, fn: EmbedFn, *, name: str | None = None,
+                      cache_bytes: int = DEFAULT_CACHE_BYTES) -> Embedder:
         """Wrap ``fn(texts) -> array of shape (len(texts), dim)``."""
         label = name or str(getattr(fn, "__name__", "callable"))
-        return cls(fn, name=label, cache_size=cache_size)
+        return cls(fn, name=label, cache_bytes=cache_bytes)
 
     @classmethod
     def precomputed(cls, vectors: Mapping[str, Any], *, name: str = "precomputed") -> Embedder:
@@ -75,7 +90,7 @@ class Embedder:
                 raise EmbedderError(f"no precomputed embedding for {missing[0]!r}")
             return np.stack([table[t] for t in texts])
 
-        return cls(lookup, name=name, cache_size=0)
+        return cls(lookup, name=name, cache_bytes=0)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of ``texts``, shape ``(len(texts), dim)``, rows of unit length."""
@@ -96,13 +111,23 @@ class Embedder:
                 for (text, positions), vector in zip(todo.items(), fresh):
                     for i in positions:
                         out[i] = vector
-                    if self._cache_size:
-                        self._cache[text] = vector
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                    self._remember(text, vector)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack(out)  # type: ignore[arg-type]
+
+    def _remember(self, text: str, vector: np.ndarray) -> None:
+        """Cache ``vector`` under ``text``, evicting the least recently used entries beyond
+        :attr:`cache_bytes` (the caller holds the lock)."""
+        size = _entry_bytes(text, vector)
+        if size > self.cache_bytes or text in self._cache:
+            return
+        # A row of a batch is a view that would keep the whole batch's matrix alive: copy it.
+        self._cache[text] = vector if vector.base is None else vector.copy()
+        self.cache_used += size
+        while self.cache_used > self.cache_bytes:
+            old_text, old_vector = self._cache.popitem(last=False)
+            self.cache_used -= _entry_bytes(old_text, old_vector)
 
     def lookup(self, text: str) -> np.ndarray | None:
         """The cached vector of ``text``, or None when it was not embedded (never computes)."""

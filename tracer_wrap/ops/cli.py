@@ -515,7 +515,7 @@ def import_cmd(
     """Learn from calls already logged: read a file, show the classification tasks found in it
     (grouped by prompt template, as zero-code mode does), and import only the tasks named. A
     malformed file imports nothing."""
-    from .imports import discover, import_task
+    from .imports import discover, import_tasks
 
     if as_name is not None and task is not None:
         raise typer.BadParameter("give --task or --as, not both")
@@ -544,7 +544,7 @@ def import_cmd(
         _show_discovery(found, file, as_json)
         return
     st = _store_of(ctx, store, must_exist=False)
-    results = [import_task(st, t, name or t.key) for t in chosen]
+    results = import_tasks(st, [(t, name or t.key) for t in chosen])
     if as_json:
         _emit_json(results[0] if name is not None else {"imported": results})
         return

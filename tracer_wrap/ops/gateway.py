@@ -36,7 +36,13 @@ rest to the OpenAI one, with the leading ``/v1`` of the path replaced by the ups
 
 The gateway's own token (``token``) is a different secret from the provider key: callers send it
 in ``X-Tracer-Wrap-Token`` (compared in constant time, never forwarded). :func:`run` refuses to
-listen beyond loopback without one. ``GET /tracer-wrap/healthz`` needs no token.
+listen beyond loopback without one. ``GET /tracer-wrap/healthz`` needs no token. A request a web
+page of another origin sends (``Origin`` not the gateway's own, or ``Sec-Fetch-Site:
+cross-site``) is refused with 403 on every path: a page the user visits must not reach the
+routers or the upstreams through it (the rules of :mod:`tracer_wrap.ops._http`). Only a body
+sent as ``application/json`` that reads as JSON tracer_wrap accepts (no lone surrogates, no
+nesting deeper than 64 levels, no integers beyond 64 bits) is traced; any other is forwarded
+untouched and the upstream answers it.
 """
 
 from __future__ import annotations
@@ -44,7 +50,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import hmac
-import ipaddress
 import json
 import os
 import re
@@ -56,7 +61,7 @@ from .. import names
 from .._log import fault, logger
 from ..accounting import Usage
 from ..engine import Reply
-from ..errors import ConfigError, MissingExtraError
+from ..errors import MissingExtraError
 from ..integrations import (
     PromptView,
     Tasks,
@@ -67,6 +72,7 @@ from ..integrations import (
 )
 from ..store import Store
 from ._answers import Answer, chat_answer, messages_answer, responses_answer
+from ._http import BadJson, foreign_origin, is_json, read_json, require_token_beyond_loopback
 
 try:
     import anyio
@@ -493,6 +499,10 @@ class _Gateway:
     # -- requests ------------------------------------------------------------------------
 
     def check_token(self, request: Request) -> None:
+        why = foreign_origin(request.headers, request.url.scheme)
+        if why is not None:
+            raise _Problem(403, "permission_error", f"tracer_wrap gateway: {why} is refused;"
+                                                    " call the gateway from a server")
         if self.token is None:
             return
         given = request.headers.get(TOKEN_HEADER, "").strip().encode()
@@ -552,11 +562,12 @@ class _Gateway:
              ) -> tuple[str, str, dict[str, Any]] | None:
         """``(task name, text, request)`` of a classification call, or None: forward it
         untouched. Never raises."""
-        if names.disabled() or len(body) > MAX_INSPECT_BYTES:
+        if (names.disabled() or len(body) > MAX_INSPECT_BYTES
+                or not is_json(request.headers.get("content-type"))):
             return None
         try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError):
+            payload = read_json(body)
+        except BadJson:
             return None  # the upstream says what is wrong with it
         if not isinstance(payload, dict):
             return None
@@ -734,15 +745,6 @@ def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENA
     return app
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def app_from_environment() -> Starlette:
     """The application of one worker process of :func:`run` (its settings come in
     ``$TRACER_WRAP_GATEWAY_CONFIG``)."""
@@ -760,10 +762,8 @@ def run(store: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
     gateway answers and forwards calls on its callers' keys: beyond this machine it must know
     who calls), MissingExtraError when uvicorn is not installed.
     """
-    if not _is_loopback(host) and not token:
-        raise ConfigError(f"the gateway listens on {host!r}, beyond loopback: give it a token"
-                          f" (--token or ${names.ENV_TOKEN}); callers send it in the"
-                          f" {TOKEN_HEADER} header")
+    require_token_beyond_loopback(host, token, server="gateway",
+                                  how=f"in the {TOKEN_HEADER} header")
     try:
         import uvicorn
     except ImportError as exc:

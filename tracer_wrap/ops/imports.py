@@ -36,6 +36,7 @@ line or record, and nothing is imported.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections import Counter
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine import _untraceable
 from ..errors import ConfigError
 from ..integrations import (
     PromptView,
@@ -55,11 +57,14 @@ from ..integrations import (
 from ..integrations.zero_code import MAX_CLASSES, MAX_DISTINCT_SHARE, MIN_CALLS
 from ..labels import LabelSet
 from ..options import TaskOptions
-from ..privacy import hash_input
+from ..privacy import hash_input, hash_key
 from ..store import Origin, Store
+from ..store.base import NewTrace, check_new_traces
 from ._answers import chat_answer, message_answer, messages_answer, responses_answer
+from ._http import MAX_DEPTH, check_json_value
 
-__all__ = ["FORMATS", "Discovery", "Found", "Record", "discover", "import_task", "read_records"]
+__all__ = ["FORMATS", "Discovery", "Found", "Record", "discover", "import_task", "import_tasks",
+           "read_records"]
 
 FORMATS = ("tracer", "csv", "openai", "langfuse", "langsmith", "otlp", "helicone")
 
@@ -101,6 +106,8 @@ class Found:
     model: str | None
     template: str
     rows: list[tuple[str, object]] = field(default_factory=list)
+    #: Where each row is in the file (``path:line`` or ``path, record N``), for errors.
+    wheres: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """Records, distinct inputs and answers, and whether it looks like classification."""
@@ -188,10 +195,13 @@ def read_records(path: str | Path, fmt: str = "auto") -> tuple[str, list[Record]
 
 
 def _text_of(path: Path) -> str:
+    data = path.read_bytes()
     try:
-        return path.read_text(encoding="utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text ({exc})") from None
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                          ) from None
 
 
 def _json_documents(path: Path) -> list[tuple[str, Any]]:
@@ -199,22 +209,36 @@ def _json_documents(path: Path) -> list[tuple[str, Any]]:
     (``path``), else one per non-empty line (``path:N``)."""
     text = _text_of(path)
     try:
-        return [(str(path), json.loads(text))]
-    except json.JSONDecodeError as whole:
+        return [(str(path), _loads(text))]
+    except ValueError as whole:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         if not lines:
             raise ConfigError(f"{path}: empty file") from None
         try:
-            json.loads(lines[0][1])
-        except json.JSONDecodeError:  # not JSON lines either: report the document's error
-            raise ConfigError(f"{path}:{whole.lineno}: not valid JSON ({whole.msg})") from None
+            _loads(lines[0][1])
+        except ValueError:  # not JSON lines either: report the document's error
+            at = f"{path}:{whole.lineno}" if hasattr(whole, "lineno") else str(path)
+            raise ConfigError(f"{at}: not valid JSON ({getattr(whole, 'msg', whole)})"
+                              ) from None
     documents = []
     for n, line in lines:
         try:
-            documents.append((f"{path}:{n}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            documents.append((f"{path}:{n}", _loads(line)))
+        except ValueError as exc:
+            raise ConfigError(f"{path}:{n}: not valid JSON ({getattr(exc, 'msg', exc)})"
+                              ) from None
     return documents
+
+
+def _loads(text: str) -> Any:
+    """``json.loads``, raising only ValueError: also for nesting too deep, integers too long to
+    convert and lone surrogates (:func:`~tracer_wrap.ops._http.check_json_value`)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    check_json_value(data)
+    return data
 
 
 def _detect(path: Path, documents: list[tuple[str, Any]]) -> str:
@@ -266,7 +290,7 @@ def _within(where: str, part: str) -> str:
 
 
 def _read_csv(path: Path) -> list[Record]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with io.StringIO(_text_of(path), newline="") as f:
         try:
             dialect: Any = csv.Sniffer().sniff(f.read(4096), delimiters=",;\t")
         except csv.Error:
@@ -724,7 +748,7 @@ def discover(path: str | Path, fmt: str = "auto", *, model: str | None = None) -
     usable = [r for r in records if r.skip is None]
     if fmt in ("tracer", "csv"):
         flat = Found("", "", None, "(no prompt template in this format)",
-                     [(str(r.text), r.answer) for r in usable])
+                     [(str(r.text), r.answer) for r in usable], [r.where for r in usable])
         return Discovery(str(path), fmt, len(records), [flat] if usable else [], skipped)
     requests = [dict(r.request or {}, **({"model": model} if model else {})) for r in usable]
     learner = TemplateLearner()
@@ -741,6 +765,7 @@ def discover(path: str | Path, fmt: str = "auto", *, model: str | None = None) -
             found = tasks[view.task_key] = Found(
                 view.task_key, record.api, _model_of(request), _template(request, view.text))
         found.rows.append((view.text, record.answer))
+        found.wheres.append(record.where)
     ordered = sorted(tasks.values(), key=lambda t: -len(t.rows))
     return Discovery(str(path), fmt, len(records), ordered, skipped)
 
@@ -772,25 +797,56 @@ def _template(request: Mapping[str, Any], text: str, width: int = 60) -> str:
 
 
 def import_task(store: Store, found: Found, task: str) -> dict[str, Any]:
-    """Append the rows of ``found`` to ``task`` as imported traces; return ``{"task", "lines",
-    "new_traces"}`` (records imported, new distinct inputs).
+    """Import the rows of ``found`` into ``task``; see :func:`import_tasks`."""
+    return import_tasks(store, [(found, task)])[0]
+
+
+def import_tasks(store: Store, chosen: Sequence[tuple[Found, str]]) -> list[dict[str, Any]]:
+    """Append the rows of each ``(found, task)`` to ``task`` as imported traces; return one
+    ``{"task", "lines", "new_traces"}`` per task (records imported, new distinct inputs).
 
     Answers are normalised against the task's labels and inputs stored as the task's options say
-    (``redact``, ``store_inputs``), as for live calls; an answer that names no label is not
-    imported. Raises ConfigError on a bad option, StoreError when the store refuses.
+    (``redact``, ``store_inputs``: the same rule as live calls); an answer that names no label is
+    not imported. All or nothing: every row of every task is checked first, and a row that could
+    not be traced (empty or too long an input, text no store can encode, a failing redact hook)
+    raises ConfigError naming its place in the file before anything is written; each task's rows
+    are then written in one store transaction. Raises ConfigError on a bad option, StoreError
+    when the store refuses.
     """
+    prepared = [(task, _rows_to_import(store, found, task)) for found, task in chosen]
+    results = []
+    for task, rows in prepared:
+        before = store.count(task)
+        store.append_many(task, rows)
+        results.append({"task": task, "lines": len(rows),
+                        "new_traces": store.count(task) - before})
+    return results
+
+
+def _rows_to_import(store: Store, found: Found, task: str) -> list[NewTrace]:
     options = TaskOptions.resolve(task, {"store": store})
     labels = LabelSet(options.labels)
-    before = store.count(task)
-    lines = 0
-    for text, raw in found.rows:
+    key = hash_key(store, task) if options.store_inputs == "hash" else None
+    wheres = found.wheres or [f"record {i + 1}" for i in range(len(found.rows))]
+    rows: list[NewTrace] = []
+    for (text, raw), where in zip(found.rows, wheres):
         label = labels.normalise(raw)
         if label is None:
             continue
-        if options.redact is not None:
-            text = options.redact(text)
-        if options.store_inputs == "hash":
-            text = hash_input(text)
-        store.append(task, text, label, origin=Origin.IMPORT)
-        lines += 1
-    return {"task": task, "lines": lines, "new_traces": store.count(task) - before}
+        why = _untraceable(text)
+        if not why:
+            try:
+                if options.redact is not None:
+                    text = options.redact(text)
+                    if not isinstance(text, str):
+                        raise TypeError("redact returned no string")
+            except Exception as exc:
+                why = f"the redact hook failed ({type(exc).__name__}: {exc})"
+        row = NewTrace(text if key is None else hash_input(text, key), label,
+                       origin=Origin.IMPORT.value)
+        if not why and check_new_traces([row]) is not None:
+            why = "text that cannot be stored (a lone surrogate?)"
+        if why:
+            raise ConfigError(f"{where}: {why}; nothing was imported")
+        rows.append(row)
+    return rows

@@ -24,9 +24,16 @@ trace logged without a valid plan counts as an unplanned LLM answer, which calib
 no version answers locally. A task without a served router answers ``local: false``, so the
 caller always falls back to the LLM: the sidecar fails open.
 
-Errors are JSON ``{"error": {"code", "message"}}``: 400 malformed JSON, 401 missing or wrong bearer
-token (compared in constant time), 404 unknown path, 413 body over the size limit, 422 a
-well-formed body with wrong fields. Bad input never causes a 500.
+Errors are JSON ``{"error": {"code", "message"}}``: 400 malformed JSON (also nested deeper than
+64 levels, integers beyond 64 bits, non-finite numbers, lone surrogates), 401 missing or wrong
+bearer token (compared in constant time), 403 a browser request from another origin, 404 unknown
+path, 413 body over the size limit, 415 a POST whose ``Content-Type`` is not
+``application/json``, 422 a well-formed body with wrong fields. Bad input never causes a 500.
+
+Security (the rules of :mod:`tracer_wrap.ops._http`): :func:`run` refuses to listen beyond
+loopback without a token; requests sent by a web page of another origin are refused, and a POST
+must say ``application/json`` (a page can send ``text/plain`` across origins without asking the
+browser first, never ``application/json``).
 """
 
 from __future__ import annotations
@@ -53,6 +60,13 @@ from ..model.embedder import Embedder, make_embedder
 from ..model.router import Decision
 from ..options import TaskOptions
 from ..store import Store, open_store
+from ._http import (
+    BadJson,
+    foreign_origin,
+    is_json,
+    read_json,
+    require_token_beyond_loopback,
+)
 from .metrics import metrics_route
 from .status import task_status
 
@@ -72,6 +86,8 @@ __all__ = ["create_app", "run"]
 MAX_BODY_BYTES = 1_000_000
 #: Most items in one batch request.
 MAX_BATCH = 1_000
+#: Most tokens one call's usage may report (the counters are 64-bit sums).
+MAX_TOKENS = 10**9
 #: Tasks whose engine a sidecar keeps in memory; the least recently used one is closed beyond.
 MAX_TASKS = 1_024
 #: Store setting holding a task's key for signing plans.
@@ -172,7 +188,16 @@ class _Sidecar:
                                                                  self.token):
             raise _Problem(401, "unauthorized", "missing or wrong bearer token")
 
+    def check_origin(self, request: Request) -> None:
+        why = foreign_origin(request.headers, request.url.scheme)
+        if why is not None:
+            raise _Problem(403, "cross_origin", f"{why} is refused: the sidecar serves"
+                                                " applications, not web pages")
+
     async def body(self, request: Request) -> dict[str, Any]:
+        if not is_json(request.headers.get("content-type")):
+            raise _Problem(415, "unsupported_media_type",
+                           "send the body as JSON with 'Content-Type: application/json'")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             raise _Problem(413, "body_too_large",
@@ -185,9 +210,9 @@ class _Sidecar:
                                f"request body over {self.max_body_bytes} bytes")
             chunks.append(chunk)
         try:
-            data = json.loads(b"".join(chunks), parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-            raise _Problem(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+            data = read_json(b"".join(chunks))
+        except BadJson as exc:
+            raise _Problem(400, "invalid_json", str(exc)) from None
         if not isinstance(data, dict):
             raise _Problem(400, "invalid_json", "body must be a JSON object")
         return data
@@ -238,6 +263,7 @@ def create_app(store: Store | str, *, token: str | None = None,
                  ) -> Callable[[Request], Awaitable[Response]]:
         async def run_endpoint(request: Request) -> Response:
             try:
+                side.check_origin(request)
                 if auth:
                     side.check_token(request)
                 body = await side.body(request) if has_body else None
@@ -348,8 +374,11 @@ def create_app(store: Store | str, *, token: str | None = None,
 def run(store: Store | str, *, host: str = "127.0.0.1", port: int = 8000,
         token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
         embedder: Embedder | str | None = None) -> None:
-    """Serve :func:`create_app` with uvicorn until interrupted. Raises MissingExtraError when
-    uvicorn is not installed."""
+    """Serve :func:`create_app` with uvicorn until interrupted. Raises ConfigError when ``host``
+    is beyond loopback and no ``token`` is given, MissingExtraError when uvicorn is not
+    installed."""
+    require_token_beyond_loopback(host, token, server="sidecar",
+                                  how="as 'Authorization: Bearer TOKEN'")
     try:
         import uvicorn
     except ImportError as exc:
@@ -376,10 +405,6 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
            ) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
                         headers=headers)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _only(body: dict[str, Any], allowed: set[str]) -> None:
@@ -434,10 +459,11 @@ def _trace_row(item: Any, where: str) -> dict[str, Any]:
     usage = item.get("usage")
     if usage is not None:
         if (not isinstance(usage, dict) or set(usage) - {"input_tokens", "output_tokens"}
-                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                           for v in usage.values())):
+                or not all(isinstance(v, int) and not isinstance(v, bool)
+                           and 0 <= v <= MAX_TOKENS for v in usage.values())):
             raise _Problem(422, "invalid_body", f"'{where}.usage' must be an object of"
-                                                " non-negative input_tokens, output_tokens")
+                                                " input_tokens, output_tokens from 0 to"
+                                                f" {MAX_TOKENS}")
         row["usage"] = Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0))
     if not isinstance(row["meta"], dict):
         raise _Problem(422, "invalid_body", f"'{where}.meta' must be an object")
@@ -459,7 +485,9 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
 
 _ERRORS = {str(code): {"description": text, **_json(_schema_ref("Error"))} for code, text in (
     (400, "Malformed JSON"), (401, "Missing or wrong bearer token"),
-    (404, "Unknown task"), (413, "Body over the size limit"), (422, "Invalid fields"))}
+    (403, "Browser request from another origin"), (404, "Unknown task"),
+    (413, "Body over the size limit"), (415, "Content-Type is not application/json"),
+    (422, "Invalid fields"))}
 _TASK_PARAM = [{"name": "task", "in": "path", "required": True, "schema": {"type": "string"}}]
 
 

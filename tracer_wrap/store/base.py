@@ -12,10 +12,12 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from ..errors import ConfigError
@@ -126,7 +128,8 @@ class Store(Protocol):
     def traces(self, task: str, *, valid_only: bool = False) -> list[Trace]: ...
     def tasks(self) -> list[str]: ...
     def prune(self, task: str, *, max_traces: int | None = None,
-              max_age_seconds: float | None = None) -> int: ...
+              max_age_seconds: float | None = None,
+              keep_after_seq: int | None = None) -> int: ...
     def export_jsonl(self, task: str, path: str | os.PathLike[str]) -> int: ...
     def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int: ...
     def incr(self, task: str, counter: str, delta: int = 1) -> int: ...
@@ -187,15 +190,41 @@ def _check_task(task: object) -> None:
 
 
 
+#: Owner-only modes of everything a store writes to disk: it holds the text of every call.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path`` atomically (a temporary file, then a rename: readers see the old
+    content or the new, never half), readable by its owner only; missing folders are created
+    owner-only. Raises OSError when the disk refuses (the temporary file is removed)."""
+    missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):  # each missing folder owner-only, not only the last
+        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _check_artifact_name(name: object) -> None:
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
         raise ConfigError(f"artifact name must be a plain file name, got {name!r}")
 
 
 def _prune_victims(traces: Iterator[Trace], max_traces: int | None,
-                   max_age_seconds: float | None, now: float | None = None
-                   ) -> list[tuple[int, str]]:
-    """``(seq, input)`` of the traces :meth:`Store.prune` deletes, oldest first."""
+                   max_age_seconds: float | None, keep_after_seq: int | None = None,
+                   now: float | None = None) -> list[tuple[int, str]]:
+    """``(seq, input)`` of the traces :meth:`Store.prune` deletes, oldest first: beyond the
+    newest ``max_traces`` or first seen more than ``max_age_seconds`` ago by the wall clock, but
+    never one whose ``seq`` is above ``keep_after_seq``. Retention passes the newest refit's
+    last ``seq`` there, so a wall clock that jumps ahead cannot delete what no refit has seen."""
     if max_traces is not None and (not isinstance(max_traces, int) or max_traces < 0):
         raise ConfigError(f"max_traces must be a non-negative integer, got {max_traces!r}")
     if max_age_seconds is not None and not max_age_seconds >= 0:
@@ -205,4 +234,5 @@ def _prune_victims(traces: Iterator[Trace], max_traces: int | None,
     cutoff = None if max_age_seconds is None else now - max_age_seconds
     excess = 0 if max_traces is None else max(0, len(rows) - max_traces)
     return [(seq, text) for i, (seq, ts, text) in enumerate(rows)
-            if i < excess or (cutoff is not None and ts < cutoff)]
+            if (i < excess or (cutoff is not None and ts < cutoff))
+            and (keep_after_seq is None or seq <= keep_after_seq)]

@@ -28,8 +28,10 @@ from typing import Any
 
 import diskcache
 
-from ..errors import ConfigError, StoreError, TraceRefused
+from ..errors import ConfigError, StoreError, StoreTampered, TraceRefused
 from .base import (
+    PRIVATE_DIR_MODE,
+    PRIVATE_FILE_MODE,
     VERSION_ARTIFACTS,
     NewTrace,
     Origin,
@@ -41,6 +43,7 @@ from .base import (
     check_new_traces,
     read_jsonl,
     task_id,
+    write_private,
 )
 
 __all__ = ["TraceStore"]
@@ -53,9 +56,57 @@ _CACHE_SETTINGS: dict[str, Any] = {
     # raises SIGBUS, which no exception handler can catch.
     "sqlite_journal_mode": "truncate",
     "sqlite_mmap_size": 0,
+    # Every value inside SQLite, none in a file of its own: the database file is created
+    # owner-only (below) and SQLite gives its journal the database file's mode.
+    "disk_min_file_size": 2**40,
 }
-#: Owner-only: a store holds the text of every call.
-_DIRECTORY_MODE = 0o700
+_DIRECTORY_MODE = PRIVATE_DIR_MODE
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` empty and owner-only unless it exists (SQLite takes an empty file for a
+    new database); tighten one of its owner's that is not owner-only (older stores)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & 0o077:
+            path.chmod(PRIVATE_FILE_MODE)
+
+
+def _read_boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # not Linux: claims then rely on the monotonic clock alone
+        return ""
+
+
+#: This boot of the machine: a claim written under another boot id is dead.
+_BOOT_ID = _read_boot_id()
+
+
+def _monotonic() -> float:
+    """Seconds on CLOCK_MONOTONIC: shared by the processes of one boot, immune to clock jumps."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def _claim_of(raw: Any) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
+def _claim_held(raw: Any, now: float) -> bool:
+    """Whether the stored claim ``raw`` is alive at monotonic time ``now`` on this boot."""
+    holder = _claim_of(raw)
+    if holder is None or holder.get("boot_id") != _BOOT_ID:
+        return False
+    deadline = holder.get("deadline")
+    return isinstance(deadline, (int, float)) and now < deadline
+
+
 
 
 class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
@@ -63,18 +114,27 @@ class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
 
     def get(self, key: Any, raw: bool) -> Any:
         if not raw:
-            raise StoreError("refusing to unpickle a key of the trace store (tampered file?)")
+            raise StoreTampered("refusing to unpickle a key of the trace store (tampered file?)")
         return super().get(key, raw)
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
         if mode == diskcache.core.MODE_PICKLE:
-            raise StoreError("refusing to unpickle a value of the trace store (tampered file?)")
+            raise StoreTampered("refusing to unpickle a value of the trace store"
+                                " (tampered file?)")
         return super().fetch(mode, filename, value, read)
 
     def store(self, value: Any, read: bool, key: Any = diskcache.core.UNKNOWN) -> Any:
         if not isinstance(value, (str, bytes, int, float)) and not read:
             raise ConfigError(f"the trace store keeps text and numbers, not {type(value).__name__}")
         return super().store(value, read, key=key)
+
+
+class _RowTampered(Exception):
+    """Row ``index`` of an append met a tampered stored row (:class:`StoreTampered`)."""
+
+    def __init__(self, index: int, error: StoreTampered) -> None:
+        super().__init__(str(error))
+        self.index, self.error = index, error
 
 
 class TraceStore:
@@ -112,6 +172,8 @@ class TraceStore:
 
     def _open(self) -> None:
         try:
+            for part in ("traces", "meta"):
+                _private_file(self.path / part / "cache.db")
             self._traces = diskcache.Cache(str(self.path / "traces"), disk=_PlainDisk,
                                            **_CACHE_SETTINGS)
             self._meta = diskcache.Cache(str(self.path / "meta"), disk=_PlainDisk,
@@ -176,11 +238,18 @@ class TraceStore:
         out: list[Trace] = []
         try:
             with traces.transact():
-                for row in rows:
-                    out.append(self._append_in_transaction(traces, task, row))
+                for i, row in enumerate(rows):
+                    try:
+                        out.append(self._append_in_transaction(traces, task, row))
+                    except StoreTampered as exc:
+                        raise _RowTampered(i, exc) from None
             if task not in self._registered:
                 meta_cache.add(f"task:{task}", time.time())
                 self._registered.add(task)
+        except _RowTampered as bad:  # its stored row was edited: that row never goes in
+            written = self.append_many(task, rows[:bad.index]) if bad.index else []
+            raise TraceRefused(f"row {bad.index}: {bad.error}", index=bad.index,
+                               written=written) from None
         except diskcache.Timeout as exc:
             raise StoreError(f"trace store busy: {exc}") from exc
         except OSError as exc:
@@ -239,14 +308,16 @@ class TraceStore:
         return sorted(key[5:] for key in meta_cache.iterkeys() if key.startswith("task:"))
 
     def prune(self, task: str, *, max_traces: int | None = None,
-              max_age_seconds: float | None = None) -> int:
+              max_age_seconds: float | None = None, keep_after_seq: int | None = None) -> int:
         """Delete the oldest traces of ``task`` beyond ``max_traces`` or older than
-        ``max_age_seconds`` (by first-seen ``ts``); return how many were deleted.
+        ``max_age_seconds`` (by first-seen ``ts``), never one whose ``seq`` is above
+        ``keep_after_seq``; return how many were deleted.
 
         Each deletion removes the trace and its dedup entry in one transaction, so a pruned input
         seen again becomes a new trace with a new ``seq``. ``count`` and ``seq`` never go back.
         """
-        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds)
+        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds,
+                                 keep_after_seq)
         traces, _ = self._caches()
         for seq, text in victims:
             with traces.transact():
@@ -336,15 +407,35 @@ class TraceStore:
     def claim(self, task: str, name: str, *, ttl: float) -> bool:
         """Take the named claim of ``task`` if nobody holds it; it expires after ``ttl`` seconds.
 
-        Atomic across threads and processes (SQLite ``INSERT`` if absent); never waits. A holder
-        that crashes loses the claim when ``ttl`` runs out.
+        The claim is ``{"pid", "boot_id", "deadline"}`` with the deadline on CLOCK_MONOTONIC,
+        which every process of one boot shares and no wall-clock jump moves (diskcache's own
+        ``expire`` reads ``time.time()``: a +16 min jump would end a live claim, a -1 day jump
+        keep a dead one a day). It is held while the boot id (``/proc/sys/kernel/random/
+        boot_id``) is this machine's and the monotonic clock is before the deadline; a claim
+        of an earlier boot is dead. Read and write happen in one SQLite transaction, so two
+        processes never both take it. A holder that crashes loses the claim when ``ttl`` runs
+        out.
         """
         _, meta_cache = self._caches()
-        return bool(meta_cache.add(f"claim:{task}:{name}", os.getpid(), expire=ttl))
+        key = f"claim:{task}:{name}"
+        now = _monotonic()
+        with meta_cache.transact():
+            if _claim_held(meta_cache.get(key), now):
+                return False
+            meta_cache.set(key, json.dumps({"pid": os.getpid(), "boot_id": _BOOT_ID,
+                                            "deadline": now + ttl}))
+        return True
 
     def release(self, task: str, name: str) -> None:
+        """Give the claim back if this process holds it (one that lapsed and was taken by
+        another process stays theirs)."""
         _, meta_cache = self._caches()
-        meta_cache.delete(f"claim:{task}:{name}")
+        key = f"claim:{task}:{name}"
+        with meta_cache.transact():
+            holder = _claim_of(meta_cache.get(key))
+            if holder is None or (holder.get("pid") == os.getpid()
+                                  and holder.get("boot_id") == _BOOT_ID):
+                meta_cache.delete(key)
 
     # -- router versions -----------------------------------------------------------------------
 
@@ -352,16 +443,13 @@ class TraceStore:
         return self.path / "routers" / task_id(task)
 
     def write_artifact(self, task: str, name: str, data: bytes) -> None:
-        """Write ``data`` as file ``name`` under :meth:`router_dir` (temp file + rename: readers
-        see the old content or the new, never half). Raises StoreError when the disk refuses."""
+        """Write ``data`` as file ``name`` under :meth:`router_dir`, owner-only (temp file +
+        rename: readers see the old content or the new, never half). Raises StoreError when the
+        disk refuses."""
         path = self._artifact_path(task, name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_private(path, data)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write artifact {str(path)!r}: {exc}") from exc
 
     def read_artifact(self, task: str, name: str) -> bytes:

@@ -45,6 +45,7 @@ from .base import (
     check_new_traces,
     read_jsonl,
     task_id,
+    write_private,
 )
 
 __all__ = ["RedisStore"]
@@ -217,12 +218,14 @@ class RedisStore:
         return sorted(k.decode() for k in self._call(self._client.hkeys, f"{self.prefix}:tasks"))
 
     def prune(self, task: str, *, max_traces: int | None = None,
-              max_age_seconds: float | None = None) -> int:
-        """Delete the oldest traces beyond ``max_traces`` or older than ``max_age_seconds``.
+              max_age_seconds: float | None = None, keep_after_seq: int | None = None) -> int:
+        """Delete the oldest traces beyond ``max_traces`` or older than ``max_age_seconds``, never
+        one whose ``seq`` is above ``keep_after_seq``.
 
         Each deletion (trace, count, tally, order entry and dedup entry) is one MULTI/EXEC.
         """
-        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds)
+        victims = _prune_victims(self.iter_traces(task), max_traces, max_age_seconds,
+                                 keep_after_seq)
         for seq, text in victims:
             pipe = self._client.pipeline(transaction=True)
             pipe.hdel(self._k(task, "t"), seq)
@@ -288,7 +291,12 @@ class RedisStore:
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
     def claim(self, task: str, name: str, *, ttl: float) -> bool:
-        """Take the claim if nobody holds it (``SET NX PX``); it expires after ``ttl`` seconds."""
+        """Take the claim if nobody holds it (``SET NX PX``); it expires after ``ttl`` seconds.
+
+        The expiry is counted by the Redis server (``PX`` is a duration, not a date), so no
+        jump of a client's wall clock can end a live claim early or keep a dead one alive: the
+        clients never compare times. Only the server's own clock matters, as for every Redis
+        expiry."""
         return bool(self._call(self._client.set, self._k(task, "claim", name), os.getpid(),
                                nx=True, px=max(1, int(ttl * 1000))))
 
@@ -300,11 +308,11 @@ class RedisStore:
     def write_artifact(self, task: str, name: str, data: bytes) -> None:
         _check_artifact_name(name)
         if self.artifacts is not None:
-            folder = self.artifacts / task_id(task)
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".{name}.{os.getpid()}.tmp"
-            tmp.write_bytes(bytes(data))
-            os.replace(tmp, folder / name)  # readers on other hosts see old or new, never half
+            path = self.artifacts / task_id(task) / name
+            try:
+                write_private(path, bytes(data))  # other hosts see old or new, never half
+            except OSError as exc:
+                raise StoreError(f"cannot write artifact {str(path)!r}: {exc}") from exc
             return
         self._call(self._client.hset, self._k(task, "a"), name, bytes(data))
 
