@@ -121,7 +121,9 @@ class Plan:
     call the router would have answered. ``answering``: the served version answers some calls
     locally now, so an LLM answer of this plan saw a biased share of traffic and must not
     calibrate (unless it is an audit sample). ``shadow``: routing is off; the decision is scored,
-    never used.
+    never used. ``audit_p``: the probability that this call reaches the LLM (the audit rate for
+    an audit sample, 1.0 for a call the served version defers or when none serves; None for an
+    answer recorded without a plan while a version answers, whose draw is unknown).
     """
 
     text: str | None
@@ -133,6 +135,7 @@ class Plan:
     answering: bool = False
     shadow: bool = False
     reason: str = ""
+    audit_p: float | None = 1.0
 
 
 def _identity(value: Any) -> Any:
@@ -494,6 +497,7 @@ class TracedTask:
               routing: bool, tripped: bool, answering: bool) -> Plan:
         """The plan of one routed input: local unless a veto or an audit draw sends it on."""
         local = audit = False
+        audit_p = 1.0
         if outlier:
             self.stats.add(outliers=1)
         if not decision.local:
@@ -504,12 +508,12 @@ class TracedTask:
             self.stats.add(breaker=1)
             decision = replace(decision, local=False)
             reason = "the drift breaker tripped: live agreement is below target"
-        elif self._rng.random() < self.serving.audit_rate(served):
-            audit, reason = True, "audit sample"
+        elif self._rng.random() < (rate := self.serving.audit_rate(served)):
+            audit, reason, audit_p = True, "audit sample", rate
         else:
             local, reason = True, ""
         return Plan(text, served.version, decision, local=local, audit=audit,
-                    answering=answering, shadow=not routing, reason=reason)
+                    answering=answering, shadow=not routing, reason=reason, audit_p=audit_p)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -552,7 +556,8 @@ class TracedTask:
         served = self.serving.served(wait=False)
         answering = (served.certified and self.serving.routing_on()
                      and not self.serving.tripped())
-        return Plan(None, version=served.version, answering=answering)
+        return Plan(None, version=served.version, answering=answering,
+                    audit_p=None if answering else 1.0)
 
     def _fault(self, step: str, exc: BaseException) -> None:
         self.stats.add(errors=1)
@@ -664,7 +669,9 @@ class TracedTask:
             # must not calibrate. Audit samples are drawn at random, so they may.
             exchangeable=plan.audit or not plan.answering,
             router_label=decision.label if decision is not None else None,
-            meta=answer.meta)
+            meta=answer.meta,
+            served_version=plan.version if plan.answering else None,
+            audit_p=plan.audit_p)
 
     def _poison(self, answer: _Answer, exc: BaseException) -> None:
         answer.refused = True

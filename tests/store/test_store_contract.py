@@ -10,7 +10,7 @@ from tracer_wrap.errors import ConfigError
 from tracer_wrap.model.gate import Certificate
 from tracer_wrap.model.ood import OODScorer
 from tracer_wrap.model.router import Router
-from tracer_wrap.store import Origin, Store, TraceStore, open_store
+from tracer_wrap.store import NewTrace, Origin, Store, Trace, TraceStore, open_store
 from tracer_wrap.versions import load_ood, load_version, publish
 
 
@@ -58,6 +58,19 @@ def test_dedup_seq_and_tally(any_store):
     assert [t.input for t in s.iter_traces("t", start=1)] == ["bye"]
     s.append("t", "junk", "???", valid=False)
     assert len(s.traces("t", valid_only=True)) == 2 and s.tasks() == ["t"]
+
+
+def test_served_version_and_audit_probability_round_trip(any_store):
+    s = any_store
+    s.append_many("t", [NewTrace("audited", "a", origin="audit", served_version=3, audit_p=0.02),
+                        NewTrace("plain", "b")])
+    s.append("t", "audited", "a")  # a repeat keeps what the first sighting recorded
+    audited, plain = s.traces("t")
+    assert (audited.served_version, audited.audit_p, audited.count) == (3, 0.02, 2)
+    assert (plain.served_version, plain.audit_p) == (None, None)
+    # A trace written before the fields existed loads them as None.
+    old = Trace.from_json('{"input": "x", "teacher": "y", "seq": 9}')
+    assert (old.served_version, old.audit_p) == (None, None)
 
 
 def test_counters_settings_claims(any_store):

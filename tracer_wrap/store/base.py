@@ -46,6 +46,13 @@ class Trace:
     is invalid). ``exchangeable`` is True when the input was drawn like live traffic (logged
     while every call went to the LLM, an audit sample, or imported), so it may calibrate the gate.
     ``router_label`` is what the serving router would have answered (audit samples only).
+    ``served_version`` is the version that was answering calls locally when this call was
+    routed (None when none was: no router, not certified, routing off, breaker tripped).
+    ``audit_p`` is the probability that this call reached the LLM given how it was routed: the
+    audit rate for an audit sample, 1.0 when the served version deferred it or none served, None
+    when the engine did not route it (an answer recorded without a plan while a version served).
+    Both are as of the first time the input was seen; traces written before they existed load
+    them as None.
     """
 
     input: str
@@ -59,6 +66,8 @@ class Trace:
     router_label: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    served_version: int | None = None
+    audit_p: float | None = None
 
     def to_json(self) -> str:
         # vars(), not dataclasses.asdict: asdict deep-copies every field, a third of an append.
@@ -82,6 +91,16 @@ class NewTrace:
     router_label: str | None = None
     meta: Mapping[str, Any] | None = None
     ts: float | None = None
+    served_version: int | None = None
+    audit_p: float | None = None
+
+    def first_seen(self, seq: int) -> Trace:
+        """The trace this row makes when its input is new: count 1, numbered ``seq``, stamped
+        now unless ``ts`` is given."""
+        return Trace(self.text, self.teacher, self.valid, self.origin,
+                     time.time() if self.ts is None else self.ts, 1, self.exchangeable,
+                     {self.teacher: 1} if self.valid else {}, self.router_label,
+                     dict(self.meta or {}), seq, self.served_version, self.audit_p)
 
 
 def check_new_traces(rows: Sequence[NewTrace]) -> int | None:

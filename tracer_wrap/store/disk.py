@@ -197,10 +197,7 @@ class TraceStore:
         seq = traces.get(index_key)
         if seq is None:
             seq = traces.incr(f"n:{task}")
-            trace = Trace(row.text, row.teacher, row.valid, row.origin,
-                          time.time() if row.ts is None else row.ts, 1, row.exchangeable,
-                          {row.teacher: 1} if row.valid else {}, row.router_label,
-                          dict(row.meta or {}), seq)
+            trace = row.first_seen(seq)
             traces.set(index_key, seq)
         else:
             trace = Trace.from_json(traces[f"t:{task}:{seq}"])

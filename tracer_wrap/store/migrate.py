@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import REDIS_SCHEMES, VERSION_ARTIFACTS, Store, Trace, open_store
+from . import REDIS_SCHEMES, VERSION_ARTIFACTS, NewTrace, Store, Trace, open_store
 
 __all__ = ["migrate"]
 
@@ -83,16 +83,15 @@ def _identity(store: Store) -> str:
 
 
 def _copy_trace(dst: Store, task: str, trace: Trace) -> None:
-    common: dict[str, Any] = {"origin": trace.origin, "exchangeable": trace.exchangeable,
-                              "router_label": trace.router_label, "meta": trace.meta,
-                              "ts": trace.ts}
+    def row(label: str, valid: bool = True) -> NewTrace:
+        return NewTrace(trace.input, label, valid, trace.origin, trace.exchangeable,
+                        trace.router_label, trace.meta, trace.ts, trace.served_version,
+                        trace.audit_p)
+
     if not trace.labels:  # never had a valid answer: replay the raw output ``count`` times
-        for _ in range(trace.count):
-            dst.append(task, trace.input, trace.teacher, valid=False, **common)
-        return
-    invalid = trace.count - sum(trace.labels.values())
-    for label, times in trace.labels.items():
-        for _ in range(times):
-            dst.append(task, trace.input, label, **common)
-    for _ in range(max(0, invalid)):
-        dst.append(task, trace.input, trace.teacher, valid=False, **common)
+        rows = [row(trace.teacher, valid=False)] * trace.count
+    else:
+        invalid = trace.count - sum(trace.labels.values())
+        rows = [row(label) for label, times in trace.labels.items() for _ in range(times)]
+        rows += [row(trace.teacher, valid=False)] * max(0, invalid)
+    dst.append_many(task, rows)
