@@ -56,7 +56,7 @@ from .options import TaskOptions
 from .privacy import hash_input
 from .refit import Refitter
 from .serving import Served, Serving
-from .store import NewTrace, Origin, Store, open_store
+from .store import NewTrace, Origin, Store, encode_vectors, open_store
 from .versions import certified_coverage
 
 if TYPE_CHECKING:
@@ -124,6 +124,8 @@ class Plan:
     never used. ``audit_p``: the probability that this call reaches the LLM (the audit rate for
     an audit sample, 1.0 for a call the served version defers or when none serves; None for an
     answer recorded without a plan while a version answers, whose draw is unknown).
+    ``vector``: the input's embedding when the engine computed it to route the call; stored with
+    the trace so that no refit embeds it again.
     """
 
     text: str | None
@@ -136,6 +138,7 @@ class Plan:
     shadow: bool = False
     reason: str = ""
     audit_p: float | None = 1.0
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _identity(value: Any) -> Any:
@@ -423,6 +426,9 @@ class TracedTask:
                     matrix = self.embedding.embed_many(cast("list[str]", seen),
                                                        self.options.embed_timeout)
                 decided = self._decide(inputs, seen, matrix, served)
+                if vectors is None:  # embedded here, so in the space of self.embedder
+                    decided = [p if p.local else replace(p, vector=v)
+                               for p, v in zip(decided, matrix)]
         except Exception as exc:
             decided = self._fault_plans(inputs, exc)
         for i, plan in zip(rows, decided):
@@ -441,7 +447,8 @@ class TracedTask:
                 return Plan(text, served.version, reason=served.reason)
             seen = self._as_traced(text)
             vector = await self.embedding.aembed_one(seen, self.options.embed_timeout)
-            return self._decide([text], [seen], vector[None, :], served)[0]
+            plan = self._decide([text], [seen], vector[None, :], served)[0]
+            return plan if plan.local else replace(plan, vector=vector)
         except Exception as exc:
             return self._fault_plans([text], exc)[0]
 
@@ -671,7 +678,11 @@ class TracedTask:
             router_label=decision.label if decision is not None else None,
             meta=answer.meta,
             served_version=plan.version if plan.answering else None,
-            audit_p=plan.audit_p)
+            audit_p=plan.audit_p,
+            # Only the vector of the text stored (a hash is no text to fit on).
+            vector=(encode_vectors(self.embedder.name, plan.vector[None, :])[0]
+                    if plan.vector is not None and label is not None
+                    and self.options.store_inputs != "hash" else None))
 
     def _poison(self, answer: _Answer, exc: BaseException) -> None:
         answer.refused = True
