@@ -73,6 +73,7 @@ __all__ = [
     "refit_never",
     "refit_on_doubling",
     "trace_vectors",
+    "unembedded",
 ]
 
 #: Most valid traces one refit reads, embeds and fits on. A longer history is sampled uniformly
@@ -415,6 +416,15 @@ def _sample(traces: Iterator[Trace], cap: int, seed: int) -> list[Trace]:
                 kept[j] = trace
     kept.sort(key=lambda t: t.seq)
     return kept
+
+
+def unembedded(store: Store, task: str, traces: Sequence[Trace], embedder: str) -> list[Trace]:
+    """The traces of ``traces`` that have no stored vector in the space of ``embedder`` (what
+    :func:`trace_vectors` would embed)."""
+    from .store import decode_vectors
+
+    found = decode_vectors(embedder, store.get_vectors(task, [t.seq for t in traces]))[1]
+    return [t for t, ok in zip(traces, found.tolist()) if not ok]
 
 
 def trace_vectors(store: Store, task: str, traces: Sequence[Trace], embedder: str,

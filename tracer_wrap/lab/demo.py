@@ -11,9 +11,9 @@ Run it with ``tracer-wrap demo`` or ``python -m tracer_wrap.lab.demo``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 
@@ -24,6 +24,7 @@ from rich.table import Table
 from ..decorator import traced_classifier
 from ..model.embedder import Embedder
 from .datasets import banking77_ambiguity, load_banking77
+from .simulate import scratch_store
 from .simulated_llm import SimulatedLLM, load_banking77_neighbours
 
 __all__ = ["DemoResult", "main", "run"]
@@ -47,10 +48,11 @@ class DemoResult:
     seconds: float
 
 
-def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 1000,
+def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 500,
         store: str | None = None, seed: int = 0, embedder: Embedder | None = None,
         console: Console | None = None) -> DemoResult:
-    """Stream ``queries`` shuffled Banking77 queries through a traced simulated LLM."""
+    """Stream ``queries`` shuffled Banking77 queries through a traced simulated LLM (into
+    ``store``, default a throwaway one, see :func:`~tracer_wrap.lab.simulate.scratch_store`)."""
     console = console or Console()
     started = time.perf_counter()
     rows = load_banking77()
@@ -60,14 +62,23 @@ def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 1000,
     llm = SimulatedLLM(load_banking77_neighbours(), error_rate=0.15, seed=seed,
                        ambiguity=banking77_ambiguity())
     embedder = embedder or Embedder.default()
-    store = store or tempfile.mkdtemp(prefix="tracer_wrap-demo-")
+    with contextlib.ExitStack() as scratch:
+        if store is None:
+            store = scratch.enter_context(scratch_store("tracer_wrap-demo-"))
+        return _stream(rows, gold, llm, target, refit_every, store, embedder, console, started)
+
+
+def _stream(rows: list[tuple[str, str]], gold: dict[str, str], llm: SimulatedLLM, target: float,
+            refit_every: int, store: str, embedder: Embedder, console: Console,
+            started: float) -> DemoResult:
     llm_calls = 0
 
     # Refits run inline at each trigger so the demo's figures are the same on every run; in
-    # production they run in a background thread (the default) while calls are served.
+    # production they run in a background thread (the default) while calls are served. The
+    # first comes at the default min_traces (200), then each time the history doubles.
     @traced_classifier(task="banking77-intents", labels=sorted(set(gold.values())), target=target,
-                       store=store, embedder=embedder, min_traces=refit_every,
-                       refit_every=refit_every, refit_executor="inline")
+                       store=store, embedder=embedder, refit_every=refit_every,
+                       refit_executor="inline")
     def classify(text: str) -> str:
         nonlocal llm_calls
         llm_calls += 1
@@ -98,6 +109,7 @@ def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 1000,
             refits += version != last_version
             last_version = version
             progress.advance(streaming)
+    classify.task.close()  # everything written before a throwaway store goes
     return DemoResult(len(rows), classify.task.store.count(classify.task.task), llm_calls,
                       local, local_agree, local_gold, window_local, window, refits,
                       time.perf_counter() - started)
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--refit-every", type=int, default=1000)
+    parser.add_argument("--refit-every", type=int, default=500)
     parser.add_argument("--store", default=None, help="store directory (default: a temporary one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
