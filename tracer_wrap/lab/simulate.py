@@ -38,7 +38,9 @@ def scratch_store(prefix: str) -> tempfile.TemporaryDirectory[str]:
     """A temporary directory for a replay's throwaway store (in RAM when the machine has
     ``/dev/shm``), removed when the context exits."""
     ram = _RAM_DIR if _RAM_DIR.is_dir() and os.access(_RAM_DIR, os.W_OK) else None
-    return tempfile.TemporaryDirectory(prefix=prefix, dir=ram)
+    # The background worker may still touch a closed task's store while it is removed (it
+    # reopens the cache files): that must not fail the replay.
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=ram, ignore_cleanup_errors=True)
 
 
 def simulate(
