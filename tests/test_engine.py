@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -92,10 +93,11 @@ def test_without_a_router_every_call_goes_to_the_llm_and_becomes_a_calibrating_t
     assert (plan.local, plan.traced, plan.answering, plan.reason) == (
         False, True, False, "no router fitted yet")
     assert task.record(plan, "l1") == "l1"
-    assert task.store.count("t") == 0  # written by the background worker, not by the call
     task.flush()
     (trace,) = task.store.traces("t")
     assert trace.exchangeable and trace.origin == "llm" and trace.router_label is None
+    # No version served: the call reached the LLM for sure.
+    assert trace.served_version is None and trace.audit_p == 1.0
     assert counters(task) == {"calls": 1, "llm": 1, "new_valid_traces": 1}
 
 
@@ -119,6 +121,13 @@ def test_deferred_calls_while_a_router_answers_never_calibrate(tmp_path):
     task.flush()
     trace = next(t for t in task.store.traces("t") if t.input == "between zero and one")
     assert not trace.exchangeable and trace.router_label == plan.decision.label
+    # The deferred stratum of the served version: every such call reaches the LLM.
+    assert trace.served_version == task.version == plan.version and trace.audit_p == 1.0
+    # An answer recorded without a plan while a version answers: its draw is unknown.
+    task.record(None, "l1", text="recorded without a plan")
+    task.flush()
+    trace = next(t for t in task.store.traces("t") if t.input == "recorded without a plan")
+    assert trace.served_version == task.version and trace.audit_p is None
 
 
 def test_out_of_distribution_inputs_are_deferred_although_the_surrogate_is_confident(tmp_path):
@@ -147,6 +156,8 @@ def test_shadow_mode_answers_nothing_and_scores_what_it_would_have_answered(tmp_
     assert report["agreement"] == 1.0
     # Routing is off: every call reached the LLM, so its traces are an unbiased sample.
     assert all(t.exchangeable for t in task.store.traces("t"))
+    shadowed = [t for t in task.store.traces("t") if "shadow" in t.input]
+    assert all(t.served_version is None and t.audit_p == 1.0 for t in shadowed)
 
 
 def test_a_tripped_breaker_stops_local_answers_until_reset(tmp_path):
@@ -169,8 +180,23 @@ def test_audit_samples_go_to_the_llm_calibrate_and_feed_the_breaker(tmp_path):
     task.flush()
     trace = next(t for t in task.store.traces("t") if t.input == "c3 audited")
     assert trace.origin == "audit" and trace.exchangeable and trace.router_label == "l3"
+    assert trace.served_version == task.version and trace.audit_p == plan.audit_p == 1.0
     assert task.store.counter("t", n.counter_breaker(0, "n")) == 1
     assert counters(task)["audits"] == 1
+
+
+def test_an_audit_sample_records_the_probability_it_was_drawn_with(tmp_path):
+    task = fitted_task(tmp_path, audit_rate=lambda n_calibration: 0.25,
+                       rng=random.Random(7))
+    plans = [task.route(f"c{i % 4} maybe audited {i}") for i in range(40)]
+    audited = [p for p in plans if p.audit]
+    assert audited and len(audited) < 40 and all(p.audit_p == 0.25 for p in audited)
+    for plan in audited:
+        task.record(plan, label_of_text(plan.text or ""))
+    task.flush()
+    traces = [t for t in task.store.traces("t") if "maybe audited" in t.input]
+    assert len(traces) == len(audited)
+    assert all(t.audit_p == 0.25 and t.served_version == task.version for t in traces)
 
 
 def test_untraceable_inputs_go_to_the_llm_untraced(tmp_path):

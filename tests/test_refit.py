@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _wait import until
 
 from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore
 from tracer_wrap.refit import (
@@ -19,6 +20,7 @@ from tracer_wrap.refit import (
     refit_after_delay,
     refit_after_traces,
     refit_never,
+    refit_on_doubling,
 )
 
 DIM, CLASSES = 16, 4
@@ -87,12 +89,76 @@ def test_time_policy_uses_the_injected_clock(tmp_path: Path) -> None:
 
 
 def test_inline_refit_every_n_traces_swaps_version(tmp_path: Path) -> None:
-    task = make_task(str(tmp_path), refit_every=300, refit_executor="inline")
+    task = make_task(str(tmp_path), refit_every=300, refit_executor="inline", min_traces=300)
     feed(task, 299)
     assert task.router is None
     feed(task, 1, "x")
     assert task.version == 1 and task.router is not None and task.router.threshold is not None
     assert task.stats.errors == 0
+
+
+def test_early_refits_double_the_history_then_come_every_refit_every(tmp_path: Path) -> None:
+    # Shadow mode: every call reaches the LLM, so every call is a new trace.
+    task = make_task(str(tmp_path), min_traces=200, refit_every=500, refit_executor="inline",
+                     routing=False)
+    for i in range(1850):
+        task.call(f"c{i % CLASSES} n{i}", lambda i=i: f"l{i % CLASSES}")
+    until(lambda: not task.refitter.runner.running, "the last refit to finish")
+    # The background worker may start a due refit a few traces after the calling thread would.
+    fitted_on = [m["n_traces"] for m in task.store.versions("t")]
+    assert len(fitted_on) == 5, fitted_on
+    for n, due in zip(fitted_on, (200, 400, 800, 1300, 1800)):
+        assert due <= n <= due + 25, fitted_on
+    assert task.stats.errors == 0
+
+
+def test_doubling_policy() -> None:
+    never_refitted = float("inf")
+    assert refit_on_doubling()(RefitState(1, never_refitted, 200))
+    assert not refit_on_doubling()(RefitState(199, 5.0, 400))
+    assert refit_on_doubling()(RefitState(200, 5.0, 400))
+    either = refit_after_traces(500) | refit_on_doubling()
+    assert not either(RefitState(499, 5.0, 1299)) and either(RefitState(500, 5.0, 1300))
+
+
+def test_a_refit_embeds_only_the_traces_without_a_stored_vector(tmp_path: Path) -> None:
+    embedded: list[str] = []
+
+    def counting(texts: list[str]) -> np.ndarray:
+        embedded.extend(texts)
+        return synth_embed(texts)
+
+    def task_with(name: str, **kw: object) -> TracedTask:
+        return make_task(str(tmp_path), embedder=Embedder.from_callable(counting, name=name,
+                                                                        cache_bytes=0), **kw)
+
+    task = task_with("synth")
+    feed(task, 300)
+    assert embedded == []  # no router yet: nothing needed a vector
+    task.refit()
+    assert len(embedded) == 300
+    embedded.clear()
+    # Calls routed by the served version are embedded once, when routed; their traces keep it.
+    shadow = task_with("synth", routing=False)  # routed, and every call reaches the LLM
+    feed(shadow, 40, "routed ")
+    shadow.flush()
+    assert len(embedded) == 40 and shadow.stats.llm == 40
+    embedded.clear()
+    imported = [f"c{i % CLASSES} imported {i}" for i in range(25)]
+    for i, text in enumerate(imported):
+        task.store.append("t", text, f"l{i % CLASSES}")
+    task.refit()
+    assert sorted(embedded) == sorted(imported)
+    embedded.clear()
+    task.refit()
+    assert embedded == []
+    # Another embedder: no stored vector is in its space, so every trace is embedded again.
+    valid = len(task.store.traces("t", valid_only=True))
+    task_with("synth-v2").refit()
+    assert len(embedded) == valid
+    embedded.clear()
+    task.refit()  # the first embedder's vectors were replaced: embedded once more, then kept
+    assert len(embedded) == valid
 
 
 def test_background_thread_refit_serves_meanwhile(tmp_path: Path) -> None:
@@ -199,7 +265,9 @@ def test_killed_refit_keeps_version_and_claim_lapses(tmp_path: Path) -> None:
     feed(task, 150)
     task.refit()
     assert task.version == 1
-    feed(task, 50, "more")
+    # Traces nobody embedded yet (imported), so the next refit has something to embed.
+    for i in range(50):
+        task.store.append("t", f"c{i % CLASSES} more {i}", f"l{i % CLASSES}")
     ready = tmp_path / "ready"
     proc = SPAWN.Process(target=refit_worker, args=(str(tmp_path), str(ready)))
     proc.start()

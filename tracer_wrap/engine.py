@@ -56,7 +56,7 @@ from .options import TaskOptions
 from .privacy import hash_input, hash_key, map_strings
 from .refit import Refitter
 from .serving import Served, Serving
-from .store import NewTrace, Origin, Store, open_store
+from .store import NewTrace, Origin, Store, encode_vectors, open_store
 from .versions import certified_coverage
 
 if TYPE_CHECKING:
@@ -121,7 +121,11 @@ class Plan:
     call the router would have answered. ``answering``: the served version answers some calls
     locally now, so an LLM answer of this plan saw a biased share of traffic and must not
     calibrate (unless it is an audit sample). ``shadow``: routing is off; the decision is scored,
-    never used.
+    never used. ``audit_p``: the probability that this call reaches the LLM (the audit rate for
+    an audit sample, 1.0 for a call the served version defers or when none serves; None for an
+    answer recorded without a plan while a version answers, whose draw is unknown).
+    ``vector``: the input's embedding when the engine computed it to route the call; stored with
+    the trace so that no refit embeds it again.
     """
 
     text: str | None
@@ -133,6 +137,8 @@ class Plan:
     answering: bool = False
     shadow: bool = False
     reason: str = ""
+    audit_p: float | None = 1.0
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def _identity(value: Any) -> Any:
@@ -419,6 +425,9 @@ class TracedTask:
                     matrix = self.embedding.embed_many(cast("list[str]", seen),
                                                        self.options.embed_timeout)
                 decided = self._decide(inputs, seen, matrix, served)
+                if vectors is None:  # embedded here, so in the space of self.embedder
+                    decided = [p if p.local else replace(p, vector=v)
+                               for p, v in zip(decided, matrix)]
         except Exception as exc:
             decided = self._fault_plans(inputs, exc)
         for i, plan in zip(rows, decided):
@@ -437,7 +446,8 @@ class TracedTask:
                 return Plan(text, served.version, reason=served.reason)
             seen = self._as_traced(text)
             vector = await self.embedding.aembed_one(seen, self.options.embed_timeout)
-            return self._decide([text], [seen], vector[None, :], served)[0]
+            plan = self._decide([text], [seen], vector[None, :], served)[0]
+            return plan if plan.local else replace(plan, vector=vector)
         except Exception as exc:
             return self._fault_plans([text], exc)[0]
 
@@ -503,6 +513,7 @@ class TracedTask:
               routing: bool, tripped: bool, answering: bool) -> Plan:
         """The plan of one routed input: local unless a veto or an audit draw sends it on."""
         local = audit = False
+        audit_p = 1.0
         if outlier:
             self.stats.add(outliers=1)
         if not decision.local:
@@ -513,12 +524,12 @@ class TracedTask:
             self.stats.add(breaker=1)
             decision = replace(decision, local=False)
             reason = "the drift breaker tripped: live agreement is below target"
-        elif self._rng.random() < self.serving.audit_rate(served):
-            audit, reason = True, "audit sample"
+        elif self._rng.random() < (rate := self.serving.audit_rate(served)):
+            audit, reason, audit_p = True, "audit sample", rate
         else:
             local, reason = True, ""
         return Plan(text, served.version, decision, local=local, audit=audit,
-                    answering=answering, shadow=not routing, reason=reason)
+                    answering=answering, shadow=not routing, reason=reason, audit_p=audit_p)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -561,7 +572,8 @@ class TracedTask:
         served = self.serving.served(wait=False)
         answering = (served.certified and self.serving.routing_on()
                      and not self.serving.tripped())
-        return Plan(None, version=served.version, answering=answering)
+        return Plan(None, version=served.version, answering=answering,
+                    audit_p=None if answering else 1.0)
 
     def _fault(self, step: str, exc: BaseException) -> None:
         self.stats.add(errors=1)
@@ -675,7 +687,13 @@ class TracedTask:
             # must not calibrate. Audit samples are drawn at random, so they may.
             exchangeable=plan.audit or not plan.answering,
             router_label=decision.label if decision is not None else None,
-            meta=map_strings(answer.meta, self._stored) if answer.meta else answer.meta)
+            meta=map_strings(answer.meta, self._stored) if answer.meta else answer.meta,
+            served_version=plan.version if plan.answering else None,
+            audit_p=plan.audit_p,
+            # Only the vector of the text stored (a hash is no text to fit on).
+            vector=(encode_vectors(self.embedder.name, plan.vector[None, :])[0]
+                    if plan.vector is not None and label is not None
+                    and self.options.store_inputs != "hash" else None))
 
     def _poison(self, answer: _Answer, exc: BaseException) -> None:
         answer.refused = True

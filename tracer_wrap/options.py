@@ -100,11 +100,12 @@ class TaskOptions:
         (:func:`~tracer_wrap.model.embedder.make_embedder`: a sentence-transformers model or
         ``"hashing"``). A router is only served by an embedder of the name it was fitted with.
     ``min_traces``, ``refit_every``, ``refit_policy``, ``refit_executor``, ``refit_claim_ttl``
-        No router before ``min_traces`` valid traces; refit after ``refit_every`` new valid
-        traces (``None``: only on ``refit()``) unless a ``refit_policy`` says otherwise; where the
-        fit runs (``"thread"``, ``"process"``, or ``"inline"``: embedding, trace writing and
-        refits all in the calling thread without a bound, reproducible for simulations, never for
-        serving); when a dead refit's claim lapses.
+        No router before ``min_traces`` valid traces; refit at ``min_traces``, then each time the
+        history doubles, then after every ``refit_every`` new valid traces (``None``: only on
+        ``refit()``; see :mod:`tracer_wrap.refit`) unless a ``refit_policy`` says otherwise;
+        where the fit runs (``"thread"``, ``"process"``, or ``"inline"``: embedding, trace
+        writing and refits all in the calling thread without a bound, reproducible for
+        simulations, never for serving); when a dead refit's claim lapses.
     ``keep_versions``
         Router versions kept in the store besides the current and the pinned one.
     ``routing``

@@ -1,11 +1,23 @@
 """When to refit a task, where the fit runs, and the refit itself.
 
 Policies decide *when*: :func:`refit_after_traces` (every N new valid traces),
-:func:`refit_after_delay` (some time after the last refit, once there is something new) and
-:data:`refit_never`. They compose like tenacity's stop conditions::
+:func:`refit_on_doubling` (each time the history doubled), :func:`refit_after_delay` (some time
+after the last refit, once there is something new) and :data:`refit_never`. They compose like
+tenacity's stop conditions::
 
     policy = refit_after_traces(500) | refit_after_delay(3600)   # whichever comes first
     policy = refit_after_traces(50) & refit_after_delay(600)     # both must hold
+
+The default (``refit_every=N``) is ``refit_after_traces(N) | refit_on_doubling()``: the first
+refit as soon as there are ``min_traces`` traces, then at twice, four times, ... as many, until N
+new traces come sooner than a doubling (with ``min_traces=200, refit_every=500``: at 200, 400,
+800, 1300, 1800, ... traces). Early refits are cheap (few traces) and are where the first savings
+come from; each one certifies what its data allows.
+
+Refits embed only what was never embedded: each trace's vector is stored with it (by the engine
+when the call was embedded to be routed, else by the first refit that embeds it) and read back by
+:func:`trace_vectors`. A history longer than :data:`MAX_REFIT_TRACES` valid traces is sampled
+before anything is read into memory or embedded.
 
 Executors decide *where*: ``"inline"`` (in the calling thread, reproducible: used by
 ``tracer-wrap simulate``), ``"thread"`` (a worker thread, the default) or ``"process"`` (the fit,
@@ -24,9 +36,10 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import random
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -47,7 +60,7 @@ if TYPE_CHECKING:
     from .breaker import DriftBreaker
     from .model.embedder import Embedder
     from .options import TaskOptions
-    from .store import Store
+    from .store import Store, Trace
 
 __all__ = [
     "ExecutorKind",
@@ -58,7 +71,18 @@ __all__ = [
     "refit_after_delay",
     "refit_after_traces",
     "refit_never",
+    "refit_on_doubling",
+    "trace_vectors",
+    "unembedded",
 ]
+
+#: Most valid traces one refit reads, embeds and fits on. A longer history is sampled uniformly
+#: at random (seed :data:`REFIT_SAMPLE_SEED`, so a refit of the same history is reproducible):
+#: the fit trains on at most 50,000 of them (``max_train`` of
+#: :func:`~tracer_wrap.model.fit.fit_router`; coverage hardly grows beyond) and calibrates on the
+#: share it sets aside (0.3 of 100,000), so more traces would only cost time and memory.
+MAX_REFIT_TRACES = 100_000
+REFIT_SAMPLE_SEED = 0
 
 T = TypeVar("T")
 ExecutorKind = Literal["inline", "thread", "process"]
@@ -130,6 +154,18 @@ class refit_after_delay(RefitPolicy):  # noqa: N801
 
     def __call__(self, state: RefitState) -> bool:
         return state.new_traces >= self.min_new and state.seconds_since_refit >= self.seconds
+
+
+@dataclass(frozen=True)
+class refit_on_doubling(RefitPolicy):  # noqa: N801
+    """Refit when the traces logged since the last refit at least match those before it (the
+    history doubled), and at once when the task was never refitted: with ``refit_after_traces``
+    it makes the early refits geometric (see the module docstring)."""
+
+    def __call__(self, state: RefitState) -> bool:
+        if math.isinf(state.seconds_since_refit):
+            return state.new_traces >= 1
+        return state.new_traces >= max(1, state.total_traces - state.new_traces)
 
 
 @dataclass(frozen=True)
@@ -253,7 +289,8 @@ class Refitter:
         self._fault = on_fault
         self.label_set = LabelSet(options.labels)
         self.policy: RefitPolicy = options.refit_policy or (
-            refit_never if options.refit_every is None else refit_after_traces(options.refit_every))
+            refit_never if options.refit_every is None
+            else refit_after_traces(options.refit_every) | refit_on_doubling())
         self.runner = RefitRunner(options.refit_executor)
 
     def due(self, new_traces: int) -> bool:
@@ -275,7 +312,9 @@ class Refitter:
         The new version becomes current under the publish rule of :mod:`tracer_wrap.versions`:
         when it certifies the served target (even at a lower coverage than the current one),
         when nothing is current, or when the drift breaker tripped for the current version.
-        Traces logged before the last trip train but do not calibrate. Only one refit of a task
+        Traces logged before the last trip train but do not calibrate. At most
+        :data:`MAX_REFIT_TRACES` valid traces are used (a uniform sample of a longer history);
+        only those without a stored vector are embedded (then stored). Only one refit of a task
         runs at a time across processes. Raises GateRefused when a refit is already running
         elsewhere, when there are fewer than ``min_traces`` valid traces, or for an audit-only task
         (``store_inputs="hash"``); StoreError / EmbedderError when the store or the embedder
@@ -292,10 +331,16 @@ class Refitter:
         try:
             started = options.clock()
             store.set_setting(self.task, names.SETTING_LAST_REFIT, started)
-            traces = store.traces(self.task, valid_only=True)
-            seen_seq = max((t.seq for t in traces), default=0)
-            if self.label_set.fixed:
-                traces = [t for t in traces if self.label_set.normalise(t.teacher) is not None]
+            read: list[int] = [0]  # the newest seq read, sampled or not (for retention)
+
+            def valid() -> Iterator[Trace]:
+                for t in store.iter_traces(self.task, valid_only=True):
+                    read[0] = max(read[0], t.seq)
+                    if not self.label_set.fixed or self.label_set.normalise(t.teacher) is not None:
+                        yield t
+
+            traces = _sample(valid(), MAX_REFIT_TRACES, REFIT_SAMPLE_SEED)
+            seen_seq = read[0]
             if len(traces) < options.min_traces:
                 raise GateRefused(f"{len(traces)} valid traces of {self.task!r};"
                                   f" at least {options.min_traces} are needed to fit")
@@ -306,7 +351,7 @@ class Refitter:
             after_seq = int(store.get_setting(self.task, names.SETTING_CALIBRATE_AFTER, 0) or 0)
             embedder = self._embedder()
             texts = [t.input for t in traces]
-            vectors = self._embed(texts)
+            vectors = trace_vectors(store, self.task, traces, embedder.name, self._embed)
             labels = [t.teacher for t in traces]
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
@@ -365,3 +410,63 @@ class Refitter:
     def after_fork(self) -> None:
         # The parent's refit worker thread does not exist in a forked child.
         self.runner = RefitRunner(self.runner.kind)
+
+
+def _sample(traces: Iterator[Trace], cap: int, seed: int) -> list[Trace]:
+    """At most ``cap`` of ``traces``, uniformly at random (reservoir sampling, so memory stays
+    bounded by ``cap`` whatever the history), in their original order."""
+    rng = random.Random(seed)
+    kept: list[Trace] = []
+    for i, trace in enumerate(traces):
+        if i < cap:
+            kept.append(trace)
+        else:
+            j = rng.randrange(i + 1)
+            if j < cap:
+                kept[j] = trace
+    kept.sort(key=lambda t: t.seq)
+    return kept
+
+
+def unembedded(store: Store, task: str, traces: Sequence[Trace], embedder: str) -> list[Trace]:
+    """The traces of ``traces`` that have no stored vector in the space of ``embedder`` (what
+    :func:`trace_vectors` would embed)."""
+    from .store import decode_vectors
+
+    found = decode_vectors(embedder, store.get_vectors(task, [t.seq for t in traces]))[1]
+    return [t for t, ok in zip(traces, found.tolist()) if not ok]
+
+
+def trace_vectors(store: Store, task: str, traces: Sequence[Trace], embedder: str,
+                  embed: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """The vectors of ``traces`` in the space of the embedder named ``embedder``.
+
+    Vectors stored in that space are reused; only the traces without one (never embedded, or
+    embedded by another embedder or at another dimension) are embedded, by ``embed(texts)`` in one
+    call, and their vectors stored. Every row is rounded to the stored precision (float16), so a
+    fit gives the same result whether a vector was read back or just computed. Raises
+    StoreError / EmbedderError when the store or the embedder fails.
+    """
+    # Imported here: the store package imports the options, which import this module.
+    from .store import decode_vectors, encode_vectors
+
+    if not traces:
+        return np.zeros((0, 0), dtype=np.float32)
+    raws = store.get_vectors(task, [t.seq for t in traces])
+    matrix, found = decode_vectors(embedder, raws)
+    missing = np.flatnonzero(~found).tolist()
+    if not missing:
+        return matrix
+    fresh = np.asarray(embed([traces[i].input for i in missing]), dtype=np.float32)
+    if not found.any():
+        matrix = np.zeros((len(traces), fresh.shape[1]), dtype=np.float32)
+    elif fresh.shape[1] != matrix.shape[1]:
+        # Most stored vectors have another dimension than the embedder gives now: keep only those
+        # of its dimension (embedding again what was just embedded costs a cache hit).
+        matrix, found = decode_vectors(embedder, raws, dim=fresh.shape[1])
+        missing = np.flatnonzero(~found).tolist()
+        fresh = np.asarray(embed([traces[i].input for i in missing]), dtype=np.float32)
+    encoded = encode_vectors(embedder, fresh)
+    store.put_vectors(task, {traces[i].seq: raw for i, raw in zip(missing, encoded)})
+    matrix[missing] = decode_vectors(embedder, encoded, dim=fresh.shape[1])[0]
+    return matrix

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from _synthetic import fill_store
 
+from tracer_wrap import Embedder
 from tracer_wrap.engine import TracedTask
 from tracer_wrap.errors import ConfigError
 from tracer_wrap.model.hashing import hashing_embedder
@@ -74,6 +75,28 @@ def test_report_is_self_contained(page: tuple[str, Path]) -> None:
 def test_report_without_traces_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         render_report(TraceStore(tmp_path), "empty")
+
+
+def test_report_embeds_only_traces_never_embedded(tmp_path: Path) -> None:
+    st = TraceStore(tmp_path / "store")
+    fill_store(st, "t", 400)
+    hashing = hashing_embedder()
+    embedded: list[str] = []
+
+    def counting(texts: list[str]) -> object:
+        embedded.extend(texts)
+        return hashing.embed(texts)
+
+    embedder = Embedder.from_callable(counting, name=hashing.name, cache_bytes=0)
+    TracedTask("t", store=st, embedder=embedder, min_traces=50, refit_every=None).refit()
+    assert len(embedded) == len(st.traces("t", valid_only=True))
+    embedded.clear()
+    st.append("t", "a trace nobody embedded yet about my card", "card_lost")
+    render_report(st, "t", embedder=embedder)
+    assert embedded == ["a trace nobody embedded yet about my card"]
+    embedded.clear()
+    render_report(st, "t", embedder=embedder)
+    assert embedded == []
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

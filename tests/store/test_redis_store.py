@@ -67,13 +67,18 @@ def test_migrate_copies_traces_settings_and_versions(server, tmp_path):
     import numpy as np
     from test_store_contract import _router
 
+    from tracer_wrap.store import NewTrace, encode_vectors
     from tracer_wrap.store.migrate import migrate
     from tracer_wrap.versions import load_version, publish
 
     src = TraceStore(tmp_path / "src")
+    src.append("t", "pruned", "x")
     src.append("t", "a", "x", ts=5.0)
     src.append("t", "a", "y")
     src.append("t", "b", "x", valid=False)
+    src.prune("t", max_traces=2)  # the copies' seqs differ from the source's
+    raw = encode_vectors("emb", np.ones((1, 4)) / 2)[0]
+    src.append_many("t", [NewTrace("c", "x", served_version=1, audit_p=0.5, vector=raw)])
     src.set_setting("t", "routing", True)
     src.incr("t", "calls", 3)
     router = _router(np.random.default_rng(0))
@@ -81,8 +86,10 @@ def test_migrate_copies_traces_settings_and_versions(server, tmp_path):
     publish(src, "t", router, force=True)
     summary = migrate(src, server.url)
     dst = RedisStore(server.url)
-    assert summary["t"]["traces"] == 2
+    assert summary["t"]["traces"] == 3
     got = {t.input: t for t in dst.traces("t")}
+    assert (got["c"].served_version, got["c"].audit_p) == (1, 0.5)
+    assert dst.get_vectors("t", [got["c"].seq, got["a"].seq]) == [raw, None]
     assert got["a"].count == 2 and got["a"].labels == {"x": 1, "y": 1} and got["a"].ts == 5.0
     assert not got["b"].valid
     assert dst.get_setting("t", "routing") is True and dst.counter("t", "calls") == 3

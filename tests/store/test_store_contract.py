@@ -10,7 +10,16 @@ from tracer_wrap.errors import ConfigError
 from tracer_wrap.model.gate import Certificate
 from tracer_wrap.model.ood import OODScorer
 from tracer_wrap.model.router import Router
-from tracer_wrap.store import Origin, Store, TraceStore, open_store
+from tracer_wrap.store import (
+    NewTrace,
+    Origin,
+    Store,
+    Trace,
+    TraceStore,
+    decode_vectors,
+    encode_vectors,
+    open_store,
+)
 from tracer_wrap.versions import load_ood, load_version, publish
 
 
@@ -58,6 +67,43 @@ def test_dedup_seq_and_tally(any_store):
     assert [t.input for t in s.iter_traces("t", start=1)] == ["bye"]
     s.append("t", "junk", "???", valid=False)
     assert len(s.traces("t", valid_only=True)) == 2 and s.tasks() == ["t"]
+
+
+def test_served_version_and_audit_probability_round_trip(any_store):
+    s = any_store
+    s.append_many("t", [NewTrace("audited", "a", origin="audit", served_version=3, audit_p=0.02),
+                        NewTrace("plain", "b")])
+    s.append("t", "audited", "a")  # a repeat keeps what the first sighting recorded
+    audited, plain = s.traces("t")
+    assert (audited.served_version, audited.audit_p, audited.count) == (3, 0.02, 2)
+    assert (plain.served_version, plain.audit_p) == (None, None)
+    # A trace written before the fields existed loads them as None.
+    old = Trace.from_json('{"input": "x", "teacher": "y", "seq": 9}')
+    assert (old.served_version, old.audit_p) == (None, None)
+
+
+def test_vectors_are_stored_with_their_trace_checked_and_pruned_with_it(any_store):
+    s = any_store
+    vectors = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    raws = encode_vectors("emb", vectors)
+    assert all(isinstance(raw, bytes) and len(raw) == 8 + 2 * 8 for raw in raws)  # float16
+    a, b, c = s.append_many("t", [NewTrace("a", "x", vector=raws[0]), NewTrace("b", "y"),
+                                  NewTrace("c", "x")])
+    s.put_vectors("t", {c.seq: raws[2]})
+    got = s.get_vectors("t", [a.seq, b.seq, c.seq, 99])
+    assert got[1] is None and got[3] is None
+    matrix, found = decode_vectors("emb", got)
+    assert found.tolist() == [True, False, True, False] and matrix.dtype == np.float32
+    assert np.allclose(matrix[[0, 2]], vectors[[0, 2]], atol=2e-3) and not matrix[1].any()
+    # Another embedder's name, another dimension, a truncated or altered vector: missing.
+    assert not decode_vectors("other", got)[1].any()
+    assert not decode_vectors("emb", got, dim=16)[1].any()
+    damaged = [got[0][:-2], got[0][:4] + b"\0" * (len(got[0]) - 4), got[2]]
+    assert decode_vectors("emb", damaged)[1].tolist() == [False, False, True]
+    s.prune("t", max_traces=2)  # drops "a" with its vector
+    assert s.get_vectors("t", [a.seq, c.seq])[0] is None
+    assert s.get_vectors("t", [c.seq])[0] == raws[2]
 
 
 def test_counters_settings_claims(any_store):

@@ -11,6 +11,7 @@ as in production (calls keep being served by the previous version meanwhile).
 from __future__ import annotations
 
 import json
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -23,10 +24,23 @@ from ..decorator import traced_classifier
 from ..errors import ConfigError
 from ..model.embedder import Embedder
 from ..options import TaskKwargs
-from ..refit import refit_after_traces
 from ..store import Store, open_store, read_jsonl
 
-__all__ = ["simulate", "simulate_command"]
+__all__ = ["scratch_store", "simulate", "simulate_command"]
+
+#: Where throwaway stores of replays go when the machine has it: a RAM-backed directory. A store
+#: on disk syncs every transaction (12 ms per logged call here, against 0.4 ms in RAM), which made
+#: the disk, not tracer_wrap, the cost of an inline replay.
+_RAM_DIR = Path("/dev/shm")
+
+
+def scratch_store(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A temporary directory for a replay's throwaway store (in RAM when the machine has
+    ``/dev/shm``), removed when the context exits."""
+    ram = _RAM_DIR if _RAM_DIR.is_dir() and os.access(_RAM_DIR, os.W_OK) else None
+    # The background worker may still touch a closed task's store while it is removed (it
+    # reopens the cache files): that must not fail the replay.
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=ram, ignore_cleanup_errors=True)
 
 
 def simulate(
@@ -53,12 +67,13 @@ def simulate(
     (versions fitted), ``breaker_trips``, ``versions`` and ``curve``: one point per
     ``n / curve_points`` rows with the window's and the cumulative coverage and agreement, the
     number of traces and the version served. ``store`` defaults to a temporary directory removed
-    afterwards; ``embedder`` to all-MiniLM-L6-v2. Raises ConfigError on a malformed stream.
+    afterwards (see :func:`scratch_store`); ``embedder`` to all-MiniLM-L6-v2. Raises ConfigError
+    on a malformed stream.
     """
     rows = list(read_jsonl(stream_path))
     if not rows:
         raise ConfigError(f"{stream_path}: the stream is empty")
-    with tempfile.TemporaryDirectory(prefix="tracer_wrap-simulate-") as tmp:
+    with scratch_store("tracer_wrap-simulate-") as tmp:
         trace_store = open_store(store or tmp)
         return _replay(rows, trace_store, target=target, refit_every=refit_every,
                        background=background, embedder=embedder, task=task,
@@ -81,7 +96,8 @@ def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_e
     options: TaskKwargs = {
         "labels": labels, "target": target, "store": store,
         "embedder": embedder or Embedder.default(), "min_traces": min_traces,
-        "refit_policy": refit_after_traces(refit_every), "audit_rate": audit_rate,
+        # The default policy: refits at min_traces, then each doubling, then every refit_every.
+        "refit_every": refit_every, "audit_rate": audit_rate,
         "refit_executor": "thread" if background else "inline", "rng": random.Random(seed),
         "keep_versions": 10_000}
     options.update(task_options)

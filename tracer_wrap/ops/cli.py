@@ -217,6 +217,17 @@ def _price_text(price: dict[str, float]) -> str:
 # -- fit -------------------------------------------------------------------------------------
 
 
+def _embed_missing(st: Store, task: str, embedder: Any, *, verb: str) -> None:
+    """Embed the valid traces of ``task`` that have no stored vector of ``embedder`` behind a
+    progress bar, filling the embedder's cache for the refit or report that stores them."""
+    from ..refit import unembedded
+
+    traces = list(st.iter_traces(task, valid_only=True))
+    texts = [t.input for t in unembedded(st, task, traces, embedder.name)]
+    _embed_with_progress(embedder, texts,
+                         label=f"{verb}: embedding {len(texts)} of {len(traces)} traces")
+
+
 def _embed_with_progress(embedder: Any, texts: list[str], *, label: str) -> None:
     """Embed ``texts`` in batches (filling the embedder's cache) behind a progress bar."""
     batch = 256
@@ -282,9 +293,8 @@ def fit(
             f"version {before} of {task!r} was fitted with embedder {served.get('embedder')!r};"
             f" a router fitted with {traced.embedder.name!r} cannot serve the processes that embed"
             f" with it. Pass --embedder {served.get('embedder')} or --force.")
-    texts = [t.input for t in st.iter_traces(task, valid_only=True)]
     started = time.perf_counter()
-    _embed_with_progress(traced.embedder, texts, label=f"embedding {len(texts)} traces")
+    _embed_missing(st, task, traced.embedder, verb="embedding")
     with err_console.status("fitting the router and certifying thresholds"):
         traced.refit()
     newest = st.versions(task)[-1]
@@ -614,8 +624,7 @@ def report(
     if version is not None:
         manifest = st.manifest(task, version) or {}
         emb = make_embedder(embedder or manifest.get("embedder"))
-        texts = [t.input for t in st.iter_traces(task, valid_only=True)]
-        _embed_with_progress(emb, texts, label=f"routing {len(texts)} traces")
+        _embed_missing(st, task, emb, verb="routing")
     html = render_report(st, task, embedder=emb)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     tmp.write_text(html, encoding="utf-8")

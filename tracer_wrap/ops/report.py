@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..model.embedder import Embedder
+from ..refit import trace_vectors
 from ..store import Origin, Store, Trace
 from ..versions import certified_coverage, load_version
 from .status import task_status
@@ -134,7 +135,7 @@ def _route_all(store: Store, task: str, version: int, manifest: dict[str, Any],
         from ..model.embedder import make_embedder
 
         embedder = make_embedder(manifest.get("embedder"))
-    vectors = embedder.embed([t.input for t in traces])
+    vectors = trace_vectors(store, task, traces, embedder.name, embedder.embed)
     if vectors.shape[1] != router.dim:
         raise ConfigError(f"embedder {embedder.name!r} gives {vectors.shape[1]} dimensions; "
                           f"version {version} of {task!r} expects {router.dim} "

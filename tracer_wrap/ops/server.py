@@ -152,6 +152,7 @@ class _Sidecar:
         decision = plan.decision
         payload = json.dumps({
             "v": plan.version, "a": plan.audit, "x": plan.answering, "s": plan.shadow,
+            "p": plan.audit_p,
             "l": None if decision is None else decision.label,
             "c": None if decision is None else decision.local,
         }, separators=(",", ":")).encode()
@@ -175,7 +176,7 @@ class _Sidecar:
         if data["l"] is not None:
             decision = Decision(data["l"], bool(data["c"]), math.nan, None)
         return Plan(None, version=data["v"], decision=decision, audit=bool(data["a"]),
-                    answering=bool(data["x"]), shadow=bool(data["s"]))
+                    answering=bool(data["x"]), shadow=bool(data["s"]), audit_p=data.get("p"))
 
     # -- request handling ------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from .base import (
     Origin,
     Store,
     Trace,
+    decode_vectors,
+    encode_vectors,
     read_jsonl,
     task_id,
 )
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
     from .redis_store import RedisStore
 
 __all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "NewTrace", "Origin", "RedisStore", "Store",
-           "Trace", "TraceStore", "open_store", "read_jsonl", "task_id"]
+           "Trace", "TraceStore", "decode_vectors", "encode_vectors", "open_store", "read_jsonl",
+           "task_id"]
 
 
 def open_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:

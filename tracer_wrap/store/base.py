@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,10 +21,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from ..errors import ConfigError
 
 __all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "NewTrace", "Origin", "Store", "Trace",
-           "check_new_traces", "read_jsonl", "task_id"]
+           "check_new_traces", "decode_vectors", "encode_vectors", "read_jsonl", "task_id"]
 
 #: URL schemes :func:`open_store` hands to :class:`~tracer_wrap.store.redis_store.RedisStore`.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -48,6 +51,13 @@ class Trace:
     is invalid). ``exchangeable`` is True when the input was drawn like live traffic (logged
     while every call went to the LLM, an audit sample, or imported), so it may calibrate the gate.
     ``router_label`` is what the serving router would have answered (audit samples only).
+    ``served_version`` is the version that was answering calls locally when this call was
+    routed (None when none was: no router, not certified, routing off, breaker tripped).
+    ``audit_p`` is the probability that this call reached the LLM given how it was routed: the
+    audit rate for an audit sample, 1.0 when the served version deferred it or none served, None
+    when the engine did not route it (an answer recorded without a plan while a version served).
+    Both are as of the first time the input was seen; traces written before they existed load
+    them as None.
     """
 
     input: str
@@ -61,6 +71,8 @@ class Trace:
     router_label: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    served_version: int | None = None
+    audit_p: float | None = None
 
     def to_json(self) -> str:
         # vars(), not dataclasses.asdict: asdict deep-copies every field, a third of an append.
@@ -74,7 +86,8 @@ class Trace:
 @dataclass(frozen=True)
 class NewTrace:
     """One teacher answer to record, as :meth:`Store.append_many` takes it (the arguments of
-    :meth:`Store.append`)."""
+    :meth:`Store.append`), with the input's ``vector`` (bytes of :func:`encode_vectors`) when it
+    was embedded: stored in the same transaction, replacing the trace's earlier one."""
 
     text: str
     teacher: str
@@ -84,6 +97,17 @@ class NewTrace:
     router_label: str | None = None
     meta: Mapping[str, Any] | None = None
     ts: float | None = None
+    served_version: int | None = None
+    audit_p: float | None = None
+    vector: bytes | None = None
+
+    def first_seen(self, seq: int) -> Trace:
+        """The trace this row makes when its input is new: count 1, numbered ``seq``, stamped
+        now unless ``ts`` is given."""
+        return Trace(self.text, self.teacher, self.valid, self.origin,
+                     time.time() if self.ts is None else self.ts, 1, self.exchangeable,
+                     {self.teacher: 1} if self.valid else {}, self.router_label,
+                     dict(self.meta or {}), seq, self.served_version, self.audit_p)
 
 
 def check_new_traces(rows: Sequence[NewTrace]) -> int | None:
@@ -97,6 +121,8 @@ def check_new_traces(rows: Sequence[NewTrace]) -> int | None:
             row.teacher.encode("utf-8")
             if row.router_label is not None:
                 row.router_label.encode("utf-8")
+            if row.vector is not None and not isinstance(row.vector, bytes):
+                return i
             Origin(row.origin)
         except (UnicodeError, ValueError):
             return i
@@ -111,8 +137,10 @@ class Store(Protocol):
     numbered by ``seq`` in the order first seen; ``count(task)`` is the highest ``seq`` handed out
     (the number of distinct inputs unless :meth:`prune` removed some). Counters, claims, version
     numbers and the current-version pointer are atomic across every process sharing the store.
-    Artifacts are named byte blobs per task (router and OOD files of versions). Every method
-    raises :class:`StoreError` when the backend cannot be reached or written.
+    Artifacts are named byte blobs per task (router and OOD files of versions). Each trace may
+    have one stored vector (``put_vectors`` / ``get_vectors``, keyed by ``seq``, bytes made by
+    :func:`encode_vectors`; pruning a trace deletes it). Every method raises :class:`StoreError`
+    when the backend cannot be reached or written.
     """
 
     path: Any  #: where the store lives (a directory, or a URL), for messages
@@ -130,6 +158,8 @@ class Store(Protocol):
     def prune(self, task: str, *, max_traces: int | None = None,
               max_age_seconds: float | None = None,
               keep_after_seq: int | None = None) -> int: ...
+    def put_vectors(self, task: str, vectors: Mapping[int, bytes]) -> None: ...
+    def get_vectors(self, task: str, seqs: Sequence[int]) -> list[bytes | None]: ...
     def export_jsonl(self, task: str, path: str | os.PathLike[str]) -> int: ...
     def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int: ...
     def incr(self, task: str, counter: str, delta: int = 1) -> int: ...
@@ -154,6 +184,64 @@ class Store(Protocol):
     def forget_version(self, task: str, version: int) -> None: ...
     def close(self) -> None: ...
 
+
+
+#: Bytes of a stored vector before its float16 components: a digest of the embedder's name and
+#: the dimension, so a vector is only ever read back into the space it was embedded in.
+_VECTOR_TAG_BYTES = 8
+
+
+def _vector_tag(embedder: str, dim: int) -> bytes:
+    return hashlib.blake2b(struct.pack("<I", dim) + embedder.encode("utf-8", "surrogatepass"),
+                           digest_size=_VECTOR_TAG_BYTES).digest()
+
+
+def encode_vectors(embedder: str, vectors: np.ndarray) -> list[bytes]:
+    """The stored form of each row of ``vectors`` (embedded by ``embedder``): a tag of the
+    embedder's name and the dimension, then the components as little-endian float16 (unit
+    vectors lose ~1e-3 of a component, far below what moves a route; half the bytes of
+    float32)."""
+    matrix = np.asarray(vectors)
+    tag = _vector_tag(embedder, matrix.shape[1])
+    half = matrix.astype("<f2")
+    return [tag + row.tobytes() for row in half]
+
+
+def decode_vectors(embedder: str, raws: Sequence[bytes | None], dim: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Read stored vectors back: ``(matrix, found)``, ``matrix`` float32 of shape
+    ``(len(raws), dim)`` (zero rows where not found) and ``found`` a boolean mask.
+
+    A stored vector counts only when its length matches its dimension and its tag says it was
+    embedded by ``embedder`` with ``dim`` components (when ``dim`` is None, the dimension of the
+    most stored vectors of ``embedder``): a vector of another embedder, of another dimension,
+    truncated or altered is treated as missing, never as data. Plain bytes, never unpickled.
+    """
+    tags: dict[int, bytes] = {}
+    matching: dict[int, int] = {}
+    for raw in raws:
+        if raw is None or len(raw) <= _VECTOR_TAG_BYTES or (len(raw) - _VECTOR_TAG_BYTES) % 2:
+            continue
+        size = (len(raw) - _VECTOR_TAG_BYTES) // 2
+        if size not in tags:
+            tags[size] = _vector_tag(embedder, size)
+        if raw[:_VECTOR_TAG_BYTES] == tags[size]:
+            matching[size] = matching.get(size, 0) + 1
+    if dim is None:
+        dim = max(matching, key=matching.__getitem__, default=0)
+    tag, length = _vector_tag(embedder, dim), _VECTOR_TAG_BYTES + 2 * dim
+    found = np.array([raw is not None and len(raw) == length and raw[:_VECTOR_TAG_BYTES] == tag
+                      for raw in raws], dtype=bool)
+    matrix = np.zeros((len(raws), dim), dtype=np.float32)
+    rows = np.flatnonzero(found)
+    if len(rows):
+        body = b"".join(raw[_VECTOR_TAG_BYTES:] for raw, ok in zip(raws, found)
+                        if ok and raw is not None)
+        matrix[rows] = np.frombuffer(body, dtype="<f2").reshape(len(rows), dim)
+        finite = np.isfinite(matrix[rows]).all(axis=1)
+        found[rows[~finite]] = False
+        matrix[rows[~finite]] = 0.0
+    return matrix, found
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:

@@ -2,7 +2,8 @@
 
 Layout under the store directory (diskcache over SQLite)::
 
-    traces/   diskcache of trace records, one key per distinct input of a task
+    traces/   diskcache of trace records, one key per distinct input of a task, and the stored
+              vector of each trace (``v:<task>:<seq>``, bytes of :func:`encode_vectors`)
     meta/     diskcache of tasks, counters, settings, refit claims and router versions
     routers/  saved routers, ``<task-id>/v<N>.npz`` with ``v<N>.json`` manifests
 
@@ -266,10 +267,7 @@ class TraceStore:
         seq = traces.get(index_key)
         if seq is None:
             seq = traces.incr(f"n:{task}")
-            trace = Trace(row.text, row.teacher, row.valid, row.origin,
-                          time.time() if row.ts is None else row.ts, 1, row.exchangeable,
-                          {row.teacher: 1} if row.valid else {}, row.router_label,
-                          dict(row.meta or {}), seq)
+            trace = row.first_seen(seq)
             traces.set(index_key, seq)
         else:
             trace = Trace.from_json(traces[f"t:{task}:{seq}"])
@@ -279,6 +277,8 @@ class TraceStore:
                 trace.teacher = max(trace.labels, key=trace.labels.__getitem__)
                 trace.valid = True
         traces.set(f"t:{task}:{seq}", trace.to_json())
+        if row.vector is not None:
+            traces.set(f"v:{task}:{seq}", row.vector)
         return trace
 
     def count(self, task: str) -> int:
@@ -322,10 +322,37 @@ class TraceStore:
         for seq, text in victims:
             with traces.transact():
                 traces.delete(f"t:{task}:{seq}")
+                traces.delete(f"v:{task}:{seq}")
                 index_key = f"h:{task}:{_digest(text)}"
                 if traces.get(index_key) == seq:
                     traces.delete(index_key)
         return len(victims)
+
+    # -- vectors -------------------------------------------------------------------------------
+
+    def put_vectors(self, task: str, vectors: Mapping[int, bytes]) -> None:
+        """Store the vector of each trace ``seq`` (bytes of :func:`encode_vectors`), replacing
+        any earlier one, in one SQLite transaction. Raises StoreError when the disk refuses."""
+        _check_task(task)
+        traces, _ = self._caches()
+        try:
+            with traces.transact():
+                for seq, raw in vectors.items():
+                    traces.set(f"v:{task}:{int(seq)}", bytes(raw))
+        except diskcache.Timeout as exc:
+            raise StoreError(f"trace store busy: {exc}") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot write trace store {str(self.path)!r}: {exc}") from exc
+
+    def get_vectors(self, task: str, seqs: Sequence[int]) -> list[bytes | None]:
+        """The stored vector bytes of each trace ``seq`` (None where there is none); to be read
+        with :func:`decode_vectors`, which checks each one's length and embedder."""
+        traces, _ = self._caches()
+        out: list[bytes | None] = []
+        for seq in seqs:
+            raw = traces.get(f"v:{task}:{int(seq)}")
+            out.append(raw if isinstance(raw, bytes) else None)
+        return out
 
     # -- JSONL, the format tracer-llm reads and writes ----------------------------------------
 

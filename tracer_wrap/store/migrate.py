@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from . import REDIS_SCHEMES, VERSION_ARTIFACTS, Store, Trace, open_store
+from . import REDIS_SCHEMES, VERSION_ARTIFACTS, NewTrace, Store, Trace, open_store
 
 __all__ = ["migrate"]
 
@@ -23,7 +23,8 @@ def migrate(src: Store | str | os.PathLike[str],
     number and the counter values it copied, so running it again copies only traces first seen
     since and the counters' growth (an input already copied that repeats later in the source is
     not copied again). Traces keep their input, label tally, count, origin, timestamp and
-    metadata (replayed as appends, so an input the destination already holds adds to its count).
+    metadata (replayed as appends, so an input the destination already holds adds to its count),
+    and their stored vectors.
     Versions keep their numbers, artifacts, manifests and the current pointer; the destination's
     next version number comes after the copied ones. Returns per task how much was copied.
     Raises ConfigError when ``src`` is a directory that does not exist, StoreError when either
@@ -39,10 +40,12 @@ def migrate(src: Store | str | os.PathLike[str],
         mark: dict[str, Any] = dst_store.get_setting(task, _MARK + source) or {}
         last_seq = int(mark.get("seq", 0))
         copied = 0
+        seqs: dict[int, int] = {}  # source seq -> destination seq
         for trace in src_store.iter_traces(task, start=last_seq):
-            _copy_trace(dst_store, task, trace)
+            seqs[trace.seq] = _copy_trace(dst_store, task, trace)
             last_seq = max(last_seq, trace.seq)
             copied += 1
+        _copy_vectors(src_store, dst_store, task, seqs)
         counters = src_store.counters(task)
         already = mark.get("counters", {})
         growth = {name: value - int(already.get(name, 0)) for name, value in counters.items()}
@@ -82,17 +85,28 @@ def _identity(store: Store) -> str:
     return str(path)
 
 
-def _copy_trace(dst: Store, task: str, trace: Trace) -> None:
-    common: dict[str, Any] = {"origin": trace.origin, "exchangeable": trace.exchangeable,
-                              "router_label": trace.router_label, "meta": trace.meta,
-                              "ts": trace.ts}
+def _copy_trace(dst: Store, task: str, trace: Trace) -> int:
+    """Replay ``trace`` into ``dst``; return its ``seq`` there."""
+    def row(label: str, valid: bool = True) -> NewTrace:
+        return NewTrace(trace.input, label, valid, trace.origin, trace.exchangeable,
+                        trace.router_label, trace.meta, trace.ts, trace.served_version,
+                        trace.audit_p)
+
     if not trace.labels:  # never had a valid answer: replay the raw output ``count`` times
-        for _ in range(trace.count):
-            dst.append(task, trace.input, trace.teacher, valid=False, **common)
-        return
-    invalid = trace.count - sum(trace.labels.values())
-    for label, times in trace.labels.items():
-        for _ in range(times):
-            dst.append(task, trace.input, label, **common)
-    for _ in range(max(0, invalid)):
-        dst.append(task, trace.input, trace.teacher, valid=False, **common)
+        rows = [row(trace.teacher, valid=False)] * trace.count
+    else:
+        invalid = trace.count - sum(trace.labels.values())
+        rows = [row(label) for label, times in trace.labels.items() for _ in range(times)]
+        rows += [row(trace.teacher, valid=False)] * max(0, invalid)
+    return dst.append_many(task, rows)[0].seq
+
+
+def _copy_vectors(src: Store, dst: Store, task: str, seqs: dict[int, int]) -> None:
+    """Copy the stored vectors of the copied traces (as bytes: each carries its embedder's tag)."""
+    pairs = list(seqs.items())
+    for i in range(0, len(pairs), 1000):
+        page = pairs[i:i + 1000]
+        raws = src.get_vectors(task, [s for s, _ in page])
+        found = {d: raw for (_, d), raw in zip(page, raws) if raw is not None}
+        if found:
+            dst.put_vectors(task, found)

@@ -8,6 +8,7 @@ Keys (``{p}`` is the prefix, ``{t}`` the task's :func:`~tracer_wrap.store.task_i
     {p}:{t}:c          hash   seq -> count
     {p}:{t}:l:{seq}    hash   label -> tally (valid answers only)
     {p}:{t}:o          zset   seq, scored by seq (order)
+    {p}:{t}:vec        hash   seq -> stored vector (bytes of ``encode_vectors``)
     {p}:{t}:n          string highest seq (INCR)
     {p}:{t}:ctr / :s   hash   counters (HINCRBY) / settings (JSON)
     {p}:{t}:claim:{n}  string refit claims (SET NX PX)
@@ -63,6 +64,7 @@ if not seq then
 end
 local count = redis.call('HINCRBY', KEYS[3], seq, 1)
 if ARGV[4] == '1' then redis.call('HINCRBY', ARGV[7] .. seq, ARGV[3], 1) end
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], seq, ARGV[8]) end
 local base = ''
 local labels = {}
 if new == 0 then
@@ -153,13 +155,10 @@ class RedisStore:
                                written=written)
         if not rows:
             return []
-        traces = [Trace(row.text, row.teacher, row.valid, row.origin,
-                        time.time() if row.ts is None else row.ts, 1, row.exchangeable,
-                        {row.teacher: 1} if row.valid else {}, row.router_label,
-                        dict(row.meta or {}), 0) for row in rows]
+        traces = [row.first_seen(0) for row in rows]
         pipe = self._client.pipeline(transaction=True)
-        for trace in traces:
-            self._send(task, trace, client=pipe)
+        for trace, row in zip(traces, rows):
+            self._send(task, trace, row.vector, client=pipe)
         try:
             replies = pipe.execute()
         except self._unreachable as exc:
@@ -169,13 +168,13 @@ class RedisStore:
                                index=0) from exc
         return [self._appended(trace, reply) for trace, reply in zip(traces, replies)]
 
-    def _send(self, task: str, trace: Trace, client: Any) -> Any:
+    def _send(self, task: str, trace: Trace, vector: bytes | None, client: Any) -> Any:
         base = Trace(**{**trace.__dict__, "labels": {}, "seq": 0})
         return self._append_script(
             keys=[self._k(task, "h"), self._k(task, "t"), self._k(task, "c"), self._k(task, "n"),
-                  self._k(task, "o"), f"{self.prefix}:tasks"],
+                  self._k(task, "o"), f"{self.prefix}:tasks", self._k(task, "vec")],
             args=[_digest(trace.input), base.to_json(), trace.teacher, int(trace.valid), task,
-                  trace.ts, self._k(task, "l", "")], client=client)
+                  trace.ts, self._k(task, "l", ""), vector or b""], client=client)
 
     @staticmethod
     def _appended(trace: Trace, reply: Any) -> Trace:
@@ -230,11 +229,28 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=True)
             pipe.hdel(self._k(task, "t"), seq)
             pipe.hdel(self._k(task, "c"), seq)
+            pipe.hdel(self._k(task, "vec"), seq)
             pipe.delete(self._k(task, "l", str(seq)))
             pipe.zrem(self._k(task, "o"), seq)
             pipe.hdel(self._k(task, "h"), _digest(text))
             self._call(pipe.execute)
         return len(victims)
+
+    def put_vectors(self, task: str, vectors: Mapping[int, bytes]) -> None:
+        """Store the vector of each trace ``seq`` (one HSET), replacing earlier ones."""
+        _check_task(task)
+        if vectors:
+            self._call(self._client.hset, self._k(task, "vec"),
+                       mapping={str(int(seq)): bytes(raw) for seq, raw in vectors.items()})
+
+    def get_vectors(self, task: str, seqs: Sequence[int]) -> list[bytes | None]:
+        """The stored vector bytes of each trace ``seq`` (None where there is none), read in
+        pages of 1,000 (HMGET)."""
+        out: list[bytes | None] = []
+        for i in range(0, len(seqs), 1000):
+            page = [str(int(seq)) for seq in seqs[i:i + 1000]]
+            out.extend(self._call(self._client.hmget, self._k(task, "vec"), page))
+        return out
 
     def export_jsonl(self, task: str, path: str | os.PathLike[str]) -> int:
         from .disk import TraceStore
