@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import diskcache
 
@@ -56,6 +58,77 @@ _CACHE_SETTINGS: dict[str, Any] = {
 }
 #: Owner-only: a store holds the text of every call.
 _DIRECTORY_MODE = 0o700
+
+
+#: Held by every SQLite operation of this process, and taken before a fork (see _Guarded).
+_FORK_GUARD = threading.RLock()
+#: Longest a fork waits for a running SQLite operation of this process to end.
+FORK_WAIT_SECONDS = 1.0
+
+
+@contextmanager
+def _guarded(path: str) -> Iterator[None]:
+    """Hold :data:`_FORK_GUARD`; raise the faults of SQLite as StoreError."""
+    try:
+        with _FORK_GUARD:
+            yield
+    except diskcache.Timeout as exc:
+        raise StoreError(f"trace store {path!r} busy: {exc}") from exc
+    except sqlite3.Error as exc:  # locked, disk full, read-only, a corrupt database
+        raise StoreError(f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class _Guarded:
+    """A diskcache.Cache whose every operation holds :data:`_FORK_GUARD`, so none is running
+    while the process forks, and raises StoreError for any fault of SQLite. SQLite keeps the locks
+    of every connection of a process in one table of that process: a fork while one thread held a
+    lock (a write, a read in progress) leaves the child a table saying the file is locked by a
+    connection it does not have, and every connection the child opens then finds the database
+    locked forever."""
+
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self._cache = cache
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._cache, name)
+        if not callable(attr):
+            return attr
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with _guarded(self._cache.directory):
+                return attr(*args, **kwargs)
+
+        return guarded
+
+    def __getitem__(self, key: str) -> Any:
+        with _guarded(self._cache.directory):
+            return self._cache[key]
+
+    @contextmanager
+    def transact(self) -> Iterator[None]:
+        with _guarded(self._cache.directory), self._cache.transact():
+            yield
+
+
+def _before_fork() -> None:
+    global _fork_guarded
+    _fork_guarded = _FORK_GUARD.acquire(timeout=FORK_WAIT_SECONDS)
+
+
+def _after_fork_in_parent() -> None:
+    if _fork_guarded:
+        _FORK_GUARD.release()
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_GUARD
+    _FORK_GUARD = threading.RLock()
+
+
+_fork_guarded = False
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
@@ -112,10 +185,11 @@ class TraceStore:
 
     def _open(self) -> None:
         try:
-            self._traces = diskcache.Cache(str(self.path / "traces"), disk=_PlainDisk,
-                                           **_CACHE_SETTINGS)
-            self._meta = diskcache.Cache(str(self.path / "meta"), disk=_PlainDisk,
-                                         **_CACHE_SETTINGS)
+            with _guarded(str(self.path)):
+                self._traces = cast(diskcache.Cache, _Guarded(diskcache.Cache(
+                    str(self.path / "traces"), disk=_PlainDisk, **_CACHE_SETTINGS)))
+                self._meta = cast(diskcache.Cache, _Guarded(diskcache.Cache(
+                    str(self.path / "meta"), disk=_PlainDisk, **_CACHE_SETTINGS)))
         except Exception as exc:  # sqlite3 errors, permissions, a corrupt database
             raise StoreError(f"cannot open trace store {str(self.path)!r}: {exc}") from exc
         self._pid = os.getpid()
