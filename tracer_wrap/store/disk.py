@@ -104,6 +104,10 @@ class _Guarded:
         with _guarded(self._cache.directory):
             return self._cache[key]
 
+    def __contains__(self, key: str) -> bool:
+        with _guarded(self._cache.directory):
+            return key in self._cache
+
     @contextmanager
     def transact(self) -> Iterator[None]:
         with _guarded(self._cache.directory), self._cache.transact():
