@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_async.py [--calls 40] [--latency 0.2] [--rounds 5]
                                                [--embedder minilm|hashing] [--busy 0 2]
+                                               [--embed-timeout S]
 
 A local fake LLM server (tests/llm_server.py, real HTTP, ``--latency`` seconds per answer) is
 called ``--calls`` times at once with ``asyncio.gather`` through a plain ``AsyncOpenAI`` client
@@ -92,11 +93,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--embedder", choices=["minilm", "hashing"], default="minilm")
     parser.add_argument("--busy", type=int, nargs="*", default=[0, 2])
+    parser.add_argument("--embed-timeout", type=float, default=None,
+                        help="the tasks' embed_timeout (default: the option's default)")
     args = parser.parse_args()
     embedder = Embedder.default() if args.embedder == "minilm" else hashing_embedder()
     with tempfile.TemporaryDirectory() as tmp, serve_llm(teacher, args.latency) as server:
         common = {"embedder": embedder, "labels": NAMES, "refit_every": None, "audit_rate": 0.0,
                   "breaker": False, "min_traces": 50}
+        if args.embed_timeout is not None:
+            common["embed_timeout"] = args.embed_timeout
         stores = {"no router": str(Path(tmp) / "a"), "served router": str(Path(tmp) / "b")}
         served = TracedTask("t", store=stores["served router"], **common)
         for text, label in make_traces(800, seed=99):
