@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -21,10 +22,13 @@ class RedisServer:
     """Start with :meth:`start`, stop with :meth:`stop`; restartable on the same port, keeping its
     data (append-only file in ``workdir``, written on the clean shutdown ``stop`` asks for)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, fsync_always: bool = False) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        # Every acknowledged write reaches the append-only file before the reply: a SIGKILL
+        # then loses nothing Redis acknowledged (the default fsyncs once a second).
+        self.fsync = "always" if fsync_always else "everysec"
 
     @property
     def url(self) -> str:
@@ -33,7 +37,7 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--dir", str(self.workdir)],
+             "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -46,6 +50,23 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot shut down
             self.proc.terminate()
             self.proc.wait(10)
             self.proc = None
+
+    def kill(self) -> None:
+        """End the server at once (SIGKILL): no clean shutdown."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def pause(self) -> None:
+        """Hang the server (SIGSTOP): connections open, nothing answers, until :meth:`resume`."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -117,8 +118,9 @@ class Ledger:
     """Counter deltas of one task in this process, written to the store in the background.
 
     :meth:`add` only takes a lock and adds integers. :meth:`flush` writes every pending delta in
-    one atomic store call (``Store.add_counters``); when the store refuses, the deltas stay
-    pending (they are a handful of integers, so nothing grows) and the next flush retries. A
+    one atomic store call (``Store.add_counters``) as a batch with an id; when the store fails,
+    the batch is resent unchanged, with its id, by the next flush (it is a handful of integers,
+    so nothing grows), and the store adds a batch once even if the failed call had reached it. A
     configured ``price`` is written to the store's price setting on the first successful flush.
     Thread-safe; after ``fork`` the child starts with no pending deltas (the parent keeps and
     writes its own).
@@ -129,6 +131,8 @@ class Ledger:
         self.task = task
         self._price = price
         self._pending: dict[str, int] = {}
+        # A batch the store may or may not have added (its call failed): resent as is.
+        self._unsent: tuple[str, dict[str, int]] | None = None
         self._lock = threading.Lock()
         # Held for a whole flush, so a flush that returns has seen every earlier delta written
         # (a background flush may have taken them a moment before).
@@ -150,32 +154,45 @@ class Ledger:
 
     def _flush(self) -> bool:
         with self._lock:
-            pending, self._pending = self._pending, {}
+            batches = [] if self._unsent is None else [self._unsent]
+            if self._pending:
+                batches.append((uuid.uuid4().hex, self._pending))
+                self._pending = {}
             price, self._price = self._price, None
-        if not pending and price is None:
+        if not batches and price is None:
             return True
+        sent = 0
         try:
             store = self._store()
             if price is not None and Price.from_setting(
                     store.get_setting(self.task, names.SETTING_PRICE)) != price:
                 store.set_setting(self.task, names.SETTING_PRICE, price.as_dict())
-            if pending:
-                store.add_counters(self.task, pending)
-            return True
+            for batch, deltas in batches:
+                store.add_counters(self.task, deltas, batch=batch)
+                sent += 1
         except Exception as exc:
             # A broken store fails every step that touches it: one fault for the storm.
             fault("trace store" if isinstance(exc, StoreError) else "usage accounting", exc)
             with self._lock:
-                for name, delta in pending.items():
-                    self._pending[name] = self._pending.get(name, 0) + delta
+                if sent < len(batches):
+                    # The store may have added this batch before the call failed: resend it
+                    # as is, id included; later batches were never sent, back into pending.
+                    self._unsent = batches[sent]
+                    for _, deltas in batches[sent + 1:]:
+                        for name, delta in deltas.items():
+                            self._pending[name] = self._pending.get(name, 0) + delta
                 if price is not None and self._price is None:
                     self._price = price
             return False
+        with self._lock:
+            self._unsent = None
+        return True
 
     def _after_fork(self) -> None:
         # The parent keeps and writes its own pending deltas; a lock a parent thread held at the
         # fork would never be released in the child.
         self._pending = {}
+        self._unsent = None
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
 

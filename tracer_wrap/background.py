@@ -26,7 +26,8 @@ from typing import Protocol
 
 from ._log import fault
 
-__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "flush", "register", "wake"]
+__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "flush", "register", "unregister",
+           "wake"]
 
 #: Longest the worker sleeps between two steps of every job.
 TICK = 0.1
@@ -50,6 +51,8 @@ _jobs: weakref.WeakSet[Job] = weakref.WeakSet()
 _lock = threading.Lock()
 _wake = threading.Event()
 _pid: int | None = None
+#: Held by the worker while it runs one job's step: :func:`unregister` waits on it.
+_stepping = threading.Lock()
 
 
 def register(job: Job) -> None:
@@ -58,6 +61,17 @@ def register(job: Job) -> None:
         _jobs.add(job)
     _ensure_thread()
     wake()
+
+
+def unregister(job: Job, timeout: float = 5.0) -> bool:
+    """Run ``job`` no more; wait up to ``timeout`` seconds for a step of it the worker is running
+    now. True when no step of ``job`` runs any longer."""
+    with _lock:
+        _jobs.discard(job)
+    if not _stepping.acquire(timeout=timeout):
+        return False
+    _stepping.release()
+    return True
 
 
 def wake() -> None:
@@ -85,17 +99,35 @@ def _run() -> None:
         with _lock:
             jobs = list(_jobs)
         for job in jobs:
-            try:
-                job.step()
-            except Exception as exc:  # the worker must outlive any job's fault
-                fault("background work", exc)
+            with _stepping:
+                if job not in _jobs:
+                    continue  # unregistered meanwhile
+                try:
+                    job.step()
+                except Exception as exc:  # the worker must outlive any job's fault
+                    fault("background work", exc)
 
 
 def flush(timeout: float = 30.0) -> bool:
     """Write everything every task of this process has buffered (traces and counters) now,
     waiting up to ``timeout`` seconds in all for an unreachable store; True when nothing is left.
     The worker does this within a fraction of a second anyway; call it before reading the store
-    right after calls, or before a process ends by other means than a normal exit."""
+    right after calls, or before a process ends by other means than a normal exit.
+
+    The writes run on a helper thread, so a store call that blocks past any timeout it was given
+    (SQLite waiting on a lock another process holds) cannot hold the caller past ``timeout``."""
+    done: list[bool] = []
+    helper = threading.Thread(target=lambda: done.append(_drain_all(timeout)),
+                              name="tracer_wrap-flush", daemon=True)
+    try:
+        helper.start()
+    except RuntimeError:  # the interpreter is shutting down and starts no thread: write here
+        return _drain_all(timeout)
+    helper.join(timeout + 0.5)
+    return done == [True]
+
+
+def _drain_all(timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     with _lock:
         jobs = list(_jobs)
@@ -115,13 +147,15 @@ def _drain_at_exit() -> None:
 
 def _drain_before_fork() -> None:
     # What the parent buffered is the parent's to write: write it before the child copies it.
-    flush(FORK_SECONDS)
+    # In this thread: a helper thread still writing at the fork would leave the child a store
+    # locked by a thread it does not have.
+    _drain_all(FORK_SECONDS)
 
 
 def _after_fork_in_child() -> None:
     # The parent's worker thread and any lock it held do not exist in the child.
-    global _lock, _wake, _pid
-    _lock, _wake, _pid = threading.Lock(), threading.Event(), None
+    global _lock, _wake, _pid, _stepping
+    _lock, _wake, _pid, _stepping = threading.Lock(), threading.Event(), None, threading.Lock()
 
 
 class _ExitHook:

@@ -14,12 +14,15 @@ starves a refit.
 
 A text the embedder has already embedded is answered from its cache in the caller's thread,
 without a thread hop. After ``fork`` a child gets a fresh worker and empty queues (the parent
-keeps its own).
+keeps its own). At interpreter exit the worker takes no new work and the exit waits (at most
+:data:`EXIT_SECONDS`) for the model call it is running: a thread inside torch while the
+interpreter tears down aborts the process ("terminate called without an active exception").
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import threading
 import time
@@ -34,12 +37,16 @@ import numpy as np
 from .errors import EmbedderError
 from .model.embedder import Embedder
 
-__all__ = ["BULK_CHUNK", "MAX_BATCH", "EmbedTimeout", "EmbeddingService", "service_for"]
+__all__ = ["BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "EmbedTimeout", "EmbeddingService",
+           "service_for"]
 
 #: Most request texts embedded in one model call.
 MAX_BATCH = 64
 #: Texts of bulk work (refits) embedded per model call, between request batches.
 BULK_CHUNK = 32
+#: Longest the interpreter's exit waits for a running model call (one batch of at most MAX_BATCH
+#: texts: seconds even on a busy machine; past it the process may abort as described above).
+EXIT_SECONDS = 30.0
 
 
 class EmbedTimeout(EmbedderError):
@@ -59,6 +66,8 @@ class EmbeddingService:
         self._requests: deque[tuple[str, Future[np.ndarray]]] = deque()
         self._bulk: deque[tuple[list[str], Future[np.ndarray]]] = deque()
         self._pid: int | None = None
+        self._running = False  # the worker is inside a model call
+        self._closed = False
 
     # -- callers --------------------------------------------------------------------------------
 
@@ -112,6 +121,7 @@ class EmbeddingService:
         futures = []
         with self._cond:
             self._ensure_worker()
+            self._check_open()
             for i in range(0, len(texts), BULK_CHUNK):
                 future: Future[np.ndarray] = Future()
                 self._bulk.append((texts[i:i + BULK_CHUNK], future))
@@ -123,9 +133,31 @@ class EmbeddingService:
         future: Future[np.ndarray] = Future()
         with self._cond:
             self._ensure_worker()
+            self._check_open()
             self._requests.append((text, future))
             self._cond.notify()
         return future
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EmbedderError("the interpreter is exiting: no new embedding")
+
+    def close(self, timeout: float) -> bool:
+        """Take no new work, fail what waits, and wait up to ``timeout`` seconds for the model
+        call running now; True when none runs any longer."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._closed = True
+            waiting = [f for _, f in self._requests] + [f for _, f in self._bulk]
+            self._requests.clear()
+            self._bulk.clear()
+            while self._running and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            idle = not self._running
+        for future in waiting:
+            if not future.done():
+                future.set_exception(EmbedderError("the interpreter is exiting"))
+        return idle
 
     # -- the worker ----------------------------------------------------------------------------
 
@@ -139,6 +171,8 @@ class EmbeddingService:
         last_was_bulk = False
         while True:
             with self._cond:
+                self._running = False
+                self._cond.notify_all()
                 while not self._requests and not self._bulk:
                     self._cond.wait()
                 if self._requests and (last_was_bulk or not self._bulk):
@@ -148,6 +182,7 @@ class EmbeddingService:
                 else:
                     bulk = self._bulk.popleft()
                 last_was_bulk = bulk is not None
+                self._running = True
             if bulk is not None:
                 self._run(bulk[0], [bulk[1]], whole=True)
             else:
@@ -192,5 +227,12 @@ def _after_fork_in_child() -> None:
         service._reset()
 
 
+def _close_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_SECONDS
+    for service in list(_SERVICES):
+        service.close(max(0.0, deadline - time.monotonic()))
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_at_exit)

@@ -199,3 +199,30 @@ def test_traced_classifier_runs_unchanged_on_both_stores(backend, tmp_path, requ
     assert sum(a == gold[t] for a, t in zip(answers, texts[600:])) / 600 >= 0.95
     classify.flush()
     assert classify.task.store.count("intents") == 600 + len(calls)
+
+
+def test_a_counter_batch_resent_after_a_lost_reply_counts_once(any_store):
+    from tracer_wrap.accounting import Ledger
+    from tracer_wrap.errors import StoreError
+
+    class LostReply:
+        """The store adds the first batch, then the reply is lost (a dropped connection)."""
+
+        lost = 1
+
+        def __getattr__(self, name):
+            return getattr(any_store, name)
+
+        def add_counters(self, task, deltas, *, batch=None):
+            any_store.add_counters(task, deltas, batch=batch)
+            if self.lost:
+                self.lost -= 1
+                raise StoreError("connection lost after the store ran the call")
+
+    store = LostReply()
+    ledger = Ledger(lambda: store, "t")
+    ledger.add({"calls": 3, "llm": 2})
+    assert not ledger.flush()  # the caller cannot know the store added it
+    ledger.add({"calls": 1})
+    assert ledger.flush()
+    assert any_store.counters("t") == {"calls": 4, "llm": 2}

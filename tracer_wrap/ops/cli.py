@@ -201,6 +201,8 @@ def _status_panel(r: dict[str, Any]) -> Panel:
         ("live agreement", f"{_pct(r['live_agreement'])} on {r['audit_samples']} audit samples"),
         ("breaker", _breaker_text(r["breaker"])),
         ("calls", calls),
+        ("lost traces", f"{usage['dropped']:,} dropped (a process's buffer was full),"
+                        f" {usage['poisoned']:,} poisoned (refused by the store)"),
         ("savings", money),
     ]
     for key, value in rows:

@@ -44,6 +44,8 @@ COUNTERS: tuple[tuple[str, str], ...] = (
     ("input_tokens", "Input tokens the provider reported for LLM answers."),
     ("output_tokens", "Output tokens the provider reported for LLM answers."),
     ("usage_calls", "LLM answers that reported token usage."),
+    ("dropped", "LLM answers whose trace was dropped: a process's trace buffer was full."),
+    ("poisoned", "LLM answers whose trace the store refused for good (set aside)."),
 )
 _GAUGES: tuple[tuple[str, str, str], ...] = (
     ("local_share", "local_share", "Local answers over local answers plus LLM answers."),

