@@ -16,10 +16,12 @@ from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore
 from tracer_wrap.refit import (
     RefitRunner,
     RefitState,
+    calibration_weights,
     refit_after_delay,
     refit_after_traces,
     refit_never,
 )
+from tracer_wrap.store import Trace
 
 DIM, CLASSES = 16, 4
 _CENTERS = np.random.default_rng(0).standard_normal((CLASSES, DIM))
@@ -71,6 +73,24 @@ def test_policies_compose_like_tenacity() -> None:
     assert not both(fresh) and not both(stale) and both(RefitState(600, 7200.0, 1000))
     assert not refit_after_delay(10)(RefitState(0, 1e9, 10))  # nothing new: nothing to learn
     assert not refit_never(fresh)
+
+
+def test_calibration_weights_follow_the_stratified_design() -> None:
+    def trace(seq: int, **kw: object) -> Trace:
+        return Trace(f"x{seq}", "a", seq=seq, **kw)  # type: ignore[arg-type]
+
+    traces = [
+        trace(1),                                                   # nothing answered: 1
+        trace(2, origin="audit", served_version=3, audit_p=0.04),   # audit of v3: 1
+        trace(3, origin="audit", served_version=3, audit_p=0.02),   # the smaller rate: 1
+        trace(4, exchangeable=False, served_version=3),             # deferred by v3: 0.02
+        trace(5, exchangeable=False, served_version=4),             # v4 had no audit: 0
+        trace(6, exchangeable=False),                               # no version recorded: 0
+        trace(7, origin="audit"),                                   # audit, rate unknown: 0
+    ]
+    assert calibration_weights(traces).tolist() == [1.0, 0.5, 1.0, 0.02, 0.0, 0.0, 0.0]
+    # Traces logged before the last breaker trip only train.
+    assert calibration_weights(traces, after_seq=3).tolist() == [0, 0, 0, 0.02, 0, 0, 0]
 
 
 def test_time_policy_uses_the_injected_clock(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .breaker import DriftBreaker
     from .model.embedder import Embedder
     from .options import TaskOptions
-    from .store import Store
+    from .store import Store, Trace
 
 __all__ = [
     "ExecutorKind",
@@ -55,6 +55,7 @@ __all__ = [
     "RefitPolicy",
     "RefitRunner",
     "RefitState",
+    "calibration_weights",
     "refit_after_delay",
     "refit_after_traces",
     "refit_never",
@@ -225,6 +226,37 @@ class RefitRunner:
 
 
 
+def calibration_weights(traces: list[Trace], after_seq: int = 0) -> np.ndarray:
+    """Each trace's weight in the gate's stratified test (:mod:`tracer_wrap.model.gate`).
+
+    1 for a trace logged while no version answered locally; for the traces of a period where
+    version ``v`` answered, 1 for its audit samples and its audit rate ``a_v`` for the inputs it
+    deferred (every one of which reached the LLM). ``a_v`` is the smallest audit probability
+    recorded with ``v``'s audit samples (a smaller stake is always valid); a period with no audit
+    sample, traces that recorded no version, and traces logged before the last breaker trip
+    (``seq <= after_seq``) weigh 0: they train but do not calibrate. A period is kept or dropped
+    as a whole, never trace by trace, as the test requires.
+    """
+    from .store import Origin  # the store package imports options, which imports this module
+
+    rates: dict[int, float] = {}
+    for t in traces:
+        if t.origin == Origin.AUDIT.value and t.served_version is not None and t.audit_p:
+            rates[t.served_version] = min(rates.get(t.served_version, 1.0), float(t.audit_p))
+    weights = np.zeros(len(traces))
+    for i, t in enumerate(traces):
+        rate = rates.get(t.served_version) if t.served_version is not None else None
+        if t.seq <= after_seq:
+            continue
+        if t.origin == Origin.AUDIT.value:
+            weights[i] = 0.0 if rate is None or not t.audit_p else min(1.0, rate / t.audit_p)
+        elif t.exchangeable:
+            weights[i] = 1.0
+        elif rate is not None:
+            weights[i] = rate
+    return weights
+
+
 class Refitter:
     """The refit of one task: when it is due, and the refit itself (see the module docstring).
 
@@ -310,8 +342,7 @@ class Refitter:
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
                 serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
-                calibration_eligible=np.array([t.exchangeable and t.seq > after_seq
-                                               for t in traces]),
+                calibration_weights=calibration_weights(traces, after_seq),
                 info={"task": self.task, "embedder": embedder.name},
                 **options.fit_options,
             )

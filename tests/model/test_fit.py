@@ -25,7 +25,8 @@ def test_certifies_every_target_of_the_frontier_in_one_fit():
     assert all(c["threshold"] is not None for c in router.frontier())
     coverages = [router.certificate_for(t).coverage for t in (0.9, 0.95, 0.99)]
     assert coverages == sorted(coverages, reverse=True)
-    assert router.info["n_calibration"] == 1200  # the automatic share: 1200 / 3000 = 0.4
+    # The automatic share, 1200 / 3000 = 0.4, one coin per trace: 1200 +- 4 standard deviations.
+    assert abs(router.info["n_calibration"] - 1200) < 4 * np.sqrt(3000 * 0.4 * 0.6)
 
 
 def test_held_out_agreement_meets_the_target():
@@ -51,12 +52,29 @@ def test_labels_unseen_in_training_count_as_disagreement():
     assert not cert.certified or cert.coverage < 0.85
 
 
-def test_calibration_only_uses_eligible_traces():
+def test_calibration_only_uses_eligible_traces_and_leaves_training_its_share_of_them():
     X, y = blobs(1000)
     eligible = np.zeros(1000, dtype=bool)
     eligible[:100] = True
-    router = fit_router(X, y, calibration_eligible=eligible)
-    assert router.info["n_calibration"] == 100
+    router = fit_router(X, y, calibration_eligible=eligible, calibration_fraction=0.4)
+    # Fewer eligible traces than the share asks for: still only ~40% of them calibrate, so the
+    # training part is never only the traces that may not calibrate (the hard, deferred ones).
+    assert 20 <= router.info["n_calibration"] <= 60
+    assert router.info["n_calibration"] == router.info["calibration_weight"]
+
+
+def test_calibration_weights_are_checked_and_weight_zero_only_trains():
+    X, y = blobs(1000)
+    weights = np.where(np.arange(1000) < 500, 1.0, 0.0)
+    weights[:100] = 0.02
+    router = fit_router(X, y, calibration_weights=weights, calibration_fraction=0.4)
+    assert router.info["n_calibration"] <= 500  # weight 0: trains only
+    assert router.info["calibration_weight"] < router.info["n_calibration"]
+    for bad in (np.full(1000, 2.0), np.ones(10)):
+        with pytest.raises(ConfigError, match="calibration_weights"):
+            fit_router(X, y, calibration_weights=bad)
+    with pytest.raises(ConfigError, match="not both"):
+        fit_router(X, y, calibration_weights=weights, calibration_eligible=weights > 0)
 
 
 def test_too_little_data_refuses():
@@ -156,33 +174,36 @@ def test_per_label_guarantee_keeps_an_unreliable_label_off_the_local_path():
 
 
 def test_the_served_router_is_exactly_the_certified_one():
-    # Calibration = exactly the eligible rows (fewer than the calibration share asks for): the
-    # router's own decisions on them, from text and from vectors, reproduce the certificates.
+    # The calibration rows, as fit_router draws them (the first draw of its seeded generator: one
+    # coin per trace, eligible ones only): the router's own decisions on them, from text and from
+    # vectors, reproduce the certificates.
     texts, X, y = keyword_task(1500)
     eligible = np.zeros(len(y), dtype=bool)
-    eligible[:400] = True
+    eligible[:1000] = True
     targets = (0.9, 0.95, 0.99)
     router = fit_router(X, y, texts=texts, targets=targets, calibration_eligible=eligible,
                         calibration_fraction=0.35)
-    assert router.has_text_model and router.info["n_calibration"] == 400
+    rows = np.flatnonzero(eligible & (np.random.default_rng(0).random(len(y)) < 0.35))
+    assert router.has_text_model and router.info["n_calibration"] == len(rows)
     assert router.certificate_for(0.9).certified
     assert router.certificate_for(0.9, text=False).certified
     for by_text in (True, False):
         for target in targets:
             router.target = target
             cert = router.certificate_for(target, text=by_text)
-            one_by_one = [router.route(texts[i] if by_text else None, X[i]) for i in range(400)]
+            one_by_one = [router.route(texts[i] if by_text else None, X[i]) for i in rows]
             local = np.array([d.local for d in one_by_one])
             assert local.mean() == pytest.approx(cert.coverage)
             if cert.certified:
-                agree = np.array([d.label for d in one_by_one]) == y[:400]
+                agree = np.array([d.label for d in one_by_one]) == y[rows]
                 assert agree[local].mean() == pytest.approx(cert.agreement)
 
 
 def test_the_fused_surrogate_trains_on_at_most_max_text_train_traces():
     texts, X, y = keyword_task(2000)
     router = fit_router(X, y, texts=texts, targets=(0.9,), max_text_train=500)
-    assert router.info["n_text_train"] == 500 and router.info["n_train"] == 1200
+    assert router.info["n_text_train"] == 500
+    assert router.info["n_train"] == 2000 - router.info["n_calibration"]
     decisions = router.route_many(texts[:200], X[:200])
     assert np.mean([d.label == t for d, t in zip(decisions, y[:200])]) > 0.9
 

@@ -1,7 +1,11 @@
 """Fitting a router from traces: cross-fitted linear surrogates, then the gate on held-out traces.
 
-1. The traces are split at random into a training part and a calibration part. Only traces that
-   are exchangeable with live traffic may calibrate; all the others train.
+1. The traces are split at random into a training part and a calibration part: each trace that
+   may calibrate does so with chance ``calibration_fraction`` (an independent coin), all the others
+   train, so the training part always holds its share of every kind of trace. A trace calibrates
+   with its weight of the stratified design (:mod:`tracer_wrap.model.gate`): 1 when it was traced
+   while no version answered locally or as an audit sample, the audit rate then in force when a
+   version answering locally deferred it, 0 (trains only) when that is not known.
 2. The training part is cut into ``folds``; for each fold, softmax regressions
    (:mod:`tracer_wrap.model.softmax`) are fitted on the other folds: on the embedding alone, for
    a short path of regularisation strengths (warm-started one from the other), then, when the
@@ -68,6 +72,7 @@ def fit_router(
     delta: float = 0.05,
     calibration_fraction: float | None = None,
     calibration_eligible: np.ndarray | None = None,
+    calibration_weights: np.ndarray | None = None,
     folds: int = 3,
     C: float | Sequence[float] = EMBEDDING_C,
     max_train: int | None = 50_000,
@@ -95,10 +100,13 @@ def fit_router(
     the local answers of every label (see :mod:`tracer_wrap.model.gate`; it needs far more
     calibration traces per label).
 
-    ``calibration_eligible`` marks the traces that may calibrate (default: all).
-    ``calibration_fraction`` defaults to ``1200 / n`` clipped to [0.3, 0.4]: small task histories
-    need a larger share for the test to have power (measured on Banking77: at 2k traces, 0.4
-    certifies 72% coverage at 0.95 where 0.3 certifies 64%). At most ``max_train`` traces, drawn at
+    ``calibration_weights`` are the traces' weights in the gate's stratified test (each in
+    [0, 1]; 0: the trace only trains; see :mod:`tracer_wrap.model.gate`); ``calibration_eligible``
+    is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1). Each
+    trace of positive weight calibrates with chance ``calibration_fraction``, which defaults to
+    ``1200 / n`` clipped to [0.3, 0.4]: small task histories need a larger share for the test to
+    have power (measured on Banking77: at 2k traces, 0.4 certifies 72% coverage at 0.95 where 0.3
+    certifies 64%). At most ``max_train`` traces, drawn at
     random, train the surrogate (fit time grows with them, coverage hardly after ~50k), and at most
     ``max_text_train`` of those the fused one (its fit costs ~4x the embedding one per trace, and
     its n-gram vocabulary, hence its file, grows with them); the calibration part is not capped,
@@ -121,13 +129,12 @@ def fit_router(
         raise ConfigError(f"acceptor must be 'auto', 'global' or 'per_label', got {acceptor!r}")
     emb_C = _strengths(C, "C")
     txt_C = () if text_C is None else _strengths(text_C, "text_C")
-    eligible = (np.ones(len(y), dtype=bool) if calibration_eligible is None
-                else np.asarray(calibration_eligible, dtype=bool))
+    weights = _calibration_weights(calibration_weights, calibration_eligible, len(y))
     rng = np.random.default_rng(seed)
-    eligible_idx = np.flatnonzero(eligible)
-    n_cal = round(calibration_fraction * len(y))
-    n_cal = min(n_cal, len(eligible_idx))
-    cal_idx = np.sort(rng.choice(eligible_idx, size=n_cal, replace=False))
+    # An independent coin per trace (not a subset of fixed size): the weighted test's proof needs
+    # each trace's chance of calibrating fixed before its call (gate module docstring).
+    cal_idx = np.flatnonzero((weights > 0) & (rng.random(len(y)) < calibration_fraction))
+    cal_weights = weights[cal_idx]
     train_mask = np.ones(len(y), dtype=bool)
     train_mask[cal_idx] = False
     if max_train is not None and train_mask.sum() > max_train:
@@ -143,8 +150,10 @@ def fit_router(
 
     emb_train, emb_cal = X[train_idx], X[cal_idx]
     splits = _folds(y_index, folds, seed)
-    task = _Task(y_index, splits, classes, y[cal_idx], targets, serve_target, delta, n_cal,
-                 guarantee, acceptor)
+    # Predictions from out-of-fold data count calibration traces by their weight: a deferred
+    # trace of weight 0.02 is worth that share of one traced while nothing answered.
+    task = _Task(y_index, splits, classes, y[cal_idx], cal_weights, targets, serve_target, delta,
+                 int(cal_weights.sum()), guarantee, acceptor)
     features = None
 
     # Imported here: threadpoolctl comes with scikit-learn, which serving never needs.
@@ -195,6 +204,7 @@ def fit_router(
         "n_train": int(train_mask.sum()),
         "n_text_train": len(text_rows) if text is not None else 0,
         "n_calibration": len(cal_idx),
+        "calibration_weight": float(cal_weights.sum()),
         "calibration_fraction": calibration_fraction,
         "folds": len(splits),
         "C": emb.chosen.C,
@@ -219,10 +229,12 @@ def fit_router(
 
 _CLAIMS = {
     "average": "P(agreement on accepted inputs >= target) >= 1 - delta over the calibration draw,"
-               " per target, assuming calibration traces are exchangeable with traffic",
+               " per target, assuming traces are drawn from traffic as recorded (every input"
+               " deferred, audit samples at their recorded rate)",
     "per_label": "P(for every label, agreement on the inputs answered locally with that label >="
-                 " target) >= 1 - delta over the calibration draw, per target, assuming"
-                 " calibration traces are exchangeable with traffic",
+                 " target) >= 1 - delta over the calibration draw, per target, assuming traces are"
+                 " drawn from traffic as recorded (every input deferred, audit samples at their"
+                 " recorded rate)",
 }
 
 
@@ -260,6 +272,7 @@ class _Task:
     splits: list[tuple[np.ndarray, np.ndarray]]
     classes: np.ndarray
     y_cal: np.ndarray
+    cal_weights: np.ndarray
     targets: Sequence[float]
     serve_target: float
     delta: float
@@ -291,7 +304,8 @@ class _Task:
             # Stored as float16 (half the file): certify exactly what is stored and served.
             weights[0] = weights[0].astype(np.float16).astype(np.float32)
         certificates = _certify(chosen, logits(cal_blocks, weights, bias), self.classes,
-                                self.y_cal, self.targets, self.delta, self.guarantee)
+                                self.y_cal, self.cal_weights, self.targets, self.delta,
+                                self.guarantee)
         return _Surrogate(folds, chosen, (weights, bias), certificates)
 
 
@@ -374,8 +388,8 @@ def _predict(scores: np.ndarray, agree: np.ndarray, top: np.ndarray, n_classes: 
 
 
 def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal: np.ndarray,
-             targets: Sequence[float], delta: float, guarantee: Guarantee
-             ) -> dict[float, gate.Certificate]:
+             cal_weights: np.ndarray, targets: Sequence[float], delta: float,
+             guarantee: Guarantee) -> dict[float, gate.Certificate]:
     """The gate on calibration traces, for every target, with the chosen acceptor."""
     top = cal_logits.argmax(axis=1) if len(y_cal) else np.zeros(0, dtype=int)
     scores = chosen.acceptor.score(top, _top_prob(cal_logits, top)) if len(y_cal) else np.zeros(0)
@@ -384,10 +398,12 @@ def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal
         return {float(t): gate.certify_per_label(
             scores, agree, top, reference_scores=chosen.oof_scores,
             reference_agree=chosen.oof_agree, reference_labels=chosen.oof_labels,
-            n_labels=len(classes), target=float(t), delta=delta) for t in targets}
+            n_labels=len(classes), target=float(t), delta=delta, cal_weights=cal_weights)
+            for t in targets}
     grid = gate.threshold_grid(chosen.oof_scores)
     return {float(t): gate.certify(scores, agree, grid=grid, reference_scores=chosen.oof_scores,
-                                   reference_agree=chosen.oof_agree, target=float(t), delta=delta)
+                                   reference_agree=chosen.oof_agree, target=float(t), delta=delta,
+                                   cal_weights=cal_weights)
             for t in targets}
 
 
@@ -417,6 +433,20 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.nd
 
     folds = max(2, min(folds, len(y)))
     return list(KFold(folds, shuffle=True, random_state=seed).split(y))
+
+
+def _calibration_weights(weights: np.ndarray | None, eligible: np.ndarray | None, n: int
+                         ) -> np.ndarray:
+    """Each trace's weight in the gate's test (see :func:`fit_router`); ConfigError if malformed."""
+    if weights is not None and eligible is not None:
+        raise ConfigError("give calibration_weights or calibration_eligible, not both")
+    if weights is None:
+        return (np.ones(n) if eligible is None
+                else np.asarray(eligible, dtype=bool).astype(np.float64))
+    out = np.asarray(weights, dtype=np.float64)
+    if out.shape != (n,) or not np.all((out >= 0) & (out <= 1)):
+        raise ConfigError(f"calibration_weights must be {n} numbers in [0, 1]")
+    return out
 
 
 def _check(X: np.ndarray, y: np.ndarray, targets: Sequence[float], serve_target: float,

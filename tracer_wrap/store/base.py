@@ -46,6 +46,9 @@ class Trace:
     is invalid). ``exchangeable`` is True when the input was drawn like live traffic (logged
     while every call went to the LLM, an audit sample, or imported), so it may calibrate the gate.
     ``router_label`` is what the serving router would have answered (audit samples only).
+    ``served_version`` is the version that served when the call was routed (None when no router
+    served) and ``audit_p`` the chance the call was sent to the LLM as an audit sample although
+    that version could answer it (1.0 or None when no router served or it deferred the call).
     """
 
     input: str
@@ -59,6 +62,8 @@ class Trace:
     router_label: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     seq: int = 0
+    served_version: int | None = None
+    audit_p: float | None = None
 
     def to_json(self) -> str:
         # vars(), not dataclasses.asdict: asdict deep-copies every field, a third of an append.
@@ -82,6 +87,8 @@ class NewTrace:
     router_label: str | None = None
     meta: Mapping[str, Any] | None = None
     ts: float | None = None
+    served_version: int | None = None
+    audit_p: float | None = None
 
 
 def check_new_traces(rows: Sequence[NewTrace]) -> int | None:
