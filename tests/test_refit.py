@@ -115,6 +115,23 @@ def test_inline_refit_every_n_traces_swaps_version(tmp_path: Path) -> None:
     assert task.stats.errors == 0
 
 
+def test_a_refit_contests_the_served_version_on_fresh_traces(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path), routing=False)  # every call traced, so every trace calibrates
+    feed(task, 300)
+    first = task.refit()
+    assert "publish" not in first.info and first.info["delta"] == task.options.delta
+    feed(task, 600, "later")
+    task.refit()
+    manifest = task.store.manifest("t", task.store.current_version("t"))
+    assert manifest is not None
+    record = manifest["publish"]
+    assert record["incumbent_version"] == 1 and record["delta_each"] == task.options.delta / 2
+    assert record["served"] in ("candidate", "incumbent") and record["incumbent_calibration"] > 0
+    # Only traces logged after version 1 read its traces may re-certify it.
+    assert record["incumbent_calibration"] <= 600
+    task.close()
+
+
 def test_background_thread_refit_serves_meanwhile(tmp_path: Path) -> None:
     task = make_task(str(tmp_path))
     feed(task, 200)

@@ -36,12 +36,12 @@ import numpy as np
 
 from . import names
 from ._log import fault, logger
-from .errors import ConfigError, GateRefused
+from .errors import ConfigError, GateRefused, RouterLoadError
 from .labels import LabelSet
 from .model.fit import fit_router
 from .model.ood import OODScorer, fit_ood
 from .model.router import Router
-from .versions import publish
+from .versions import load_version, publish
 
 if TYPE_CHECKING:
     from .breaker import DriftBreaker
@@ -305,8 +305,9 @@ class Refitter:
         """Fit a router on every valid trace of the task now, publish it, and return it.
 
         The new version becomes current under the publish rule of :mod:`tracer_wrap.versions`:
-        when it certifies the served target (even at a lower coverage than the current one),
-        when nothing is current, or when the drift breaker tripped for the current version.
+        the new fit and the version served now (unless the drift breaker tripped it) are
+        certified on the same fresh calibration traces at ``delta / 2`` each and the one that
+        certifies more coverage is published; with no rival the fit is certified at ``delta``.
         Traces logged before the last trip train but do not calibrate. Only one refit of a task
         runs at a time across processes. Raises GateRefused when a refit is already running
         elsewhere, when there are fewer than ``min_traces`` valid traces, or for an audit-only task
@@ -339,11 +340,17 @@ class Refitter:
             texts = [t.input for t in traces]
             vectors = self._embed(texts)
             labels = [t.teacher for t in traces]
+            seqs = np.array([t.seq for t in traces])
+            incumbent = None if tripped else self._incumbent(store, embedder.name)
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
                 serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
                 calibration_weights=calibration_weights(traces, after_seq),
-                info={"task": self.task, "embedder": embedder.name},
+                incumbent=incumbent,
+                incumbent_fresh=None if incumbent is None
+                else seqs > int(incumbent.info["max_seq"]),
+                info={"task": self.task, "embedder": embedder.name,
+                      "max_seq": int(seqs.max())},
                 **options.fit_options,
             )
             ood = (fit_ood(vectors, labels, quantile=options.ood_quantile)
@@ -361,6 +368,26 @@ class Refitter:
             return router
         finally:
             store.release(self.task, names.CLAIM_REFIT)
+
+    def _incumbent(self, store: Store, embedder: str) -> Router | None:
+        """The version served now, as the publish rule's rival (None when there is none, it does
+        not load, was fitted with another embedder, or does not record which traces it saw)."""
+        current = store.current_version(self.task)
+        if current is None:
+            return None
+        try:
+            router = load_version(store, self.task, current)
+        except RouterLoadError as exc:
+            logger.info("tracer_wrap refit of %r: version %s does not load (%s); no rival",
+                        self.task, current, exc)
+            return None
+        if router.info.get("embedder") != embedder or "max_seq" not in router.info:
+            return None
+        # What the store recorded about that version's files must not follow its arrays into a
+        # new version (they would point at the old version's OOD file, hash, ...).
+        router.info = {k: v for k, v in router.info.items()
+                       if k not in ("ood", "sha256", "saved_at", "versions")}
+        return router
 
     def _apply_retention(self, store: Store) -> None:
         if self.options.retention is None:

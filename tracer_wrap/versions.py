@@ -2,14 +2,22 @@
 
 Every refit is saved as a numbered version (router ``.npz`` + ``.json`` manifest, and the OOD
 prototypes ``.ood.npz`` when fitted) with its manifest in the store. The store's *current* version
-is what every process serves. **The publish rule** (:func:`publish`): a new version becomes current
-when its gate certifies the served target, even at a lower coverage than the current one (keeping
-whichever version certified the most would keep the luckiest calibration draw, whose guarantee is
-the likeliest to fail; see BENCHMARKS.md). A version that certifies nothing never replaces one
-that certifies the served target, unless the current one tripped the drift breaker (it is known
-to be wrong on live traffic) or the caller forces it. A *pinned* version stays current whatever is
-published until :func:`unpin`. Only the newest ``keep`` versions are kept, plus the current and the
-pinned one.
+is what every process serves. **The publish rule**: a refit is a contest between the version
+served now (the incumbent) and the new fit (the candidate), decided by
+:func:`~tracer_wrap.model.fit.fit_router` before :func:`publish` runs: both are certified on the
+same calibration traces, fresh to both (the incumbent never saw them), each at ``delta / 2``, and
+the one that certifies more coverage at the served target is published, the incumbent with its
+new certificates (the candidate on a tie). By the union bound both certificates hold together with
+probability at least ``1 - delta``, so the version served keeps its claim at ``delta`` although it
+was chosen by what it certified; keeping whichever version certified the most on *different*
+draws would instead keep the luckiest draw, and always replacing would publish regressions. With
+no incumbent (none served, it tripped the drift breaker, it was fitted with another embedder or
+before versions recorded their traces) the candidate is certified at ``delta`` and published when
+it certifies the served target. :func:`publish` then makes the version current unless it
+certifies nothing while the current one certifies the served target, unless the current one
+tripped the drift breaker (it is known to be wrong on live traffic) or the caller forces it. A
+*pinned* version stays current whatever is published until :func:`unpin`. Only the newest ``keep``
+versions are kept, plus the current and the pinned one.
 """
 
 from __future__ import annotations

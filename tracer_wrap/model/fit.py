@@ -84,6 +84,8 @@ def fit_router(
     text_C: float | Sequence[float] | None = None,
     acceptor: AcceptorChoice = "auto",
     max_text_train: int | None = 20_000,
+    incumbent: Router | None = None,
+    incumbent_fresh: np.ndarray | None = None,
 ) -> Router:
     """Fit a router on embedded traces and certify thresholds for each target.
 
@@ -111,6 +113,16 @@ def fit_router(
     ``max_text_train`` of those the fused one (its fit costs ~4x the embedding one per trace, and
     its n-gram vocabulary, hence its file, grows with them); the calibration part is not capped,
     since scoring it is cheap and more of it tightens the gate.
+
+    **The publish rule** (``incumbent``, the version served now, and ``incumbent_fresh``, the
+    traces it was not fitted on): the candidate is certified at ``delta / 2`` and the incumbent
+    re-certified at ``delta / 2`` on the calibration traces among the fresh ones (the same draw;
+    its reference data are training traces, fresh ones when there are enough); the one that
+    certifies more coverage at ``serve_target`` is returned (the candidate on a tie), the
+    incumbent as :meth:`Router.with_certificates` with its new certificates. By the union bound
+    both certificates hold together with probability at least ``1 - delta``, so the one returned
+    holds its claim at ``delta`` although it was chosen by what it certified; ``info["publish"]``
+    records the comparison. An incumbent of another label set or dimension is ignored.
     Pure computation: never touches a store. Raises ConfigError on malformed input and GateRefused
     when there is too little data to fit at all; a fit that certifies no target returns a router
     whose certificates say why (it defers every input).
@@ -152,7 +164,9 @@ def fit_router(
     splits = _folds(y_index, folds, seed)
     # Predictions from out-of-fold data count calibration traces by their weight: a deferred
     # trace of weight 0.02 is worth that share of one traced while nothing answered.
-    task = _Task(y_index, splits, classes, y[cal_idx], cal_weights, targets, serve_target, delta,
+    rivals = incumbent is not None and incumbent_fresh is not None and incumbent.dim == X.shape[1]
+    level = delta / 2 if rivals else delta
+    task = _Task(y_index, splits, classes, y[cal_idx], cal_weights, targets, serve_target, level,
                  int(cal_weights.sum()), guarantee, acceptor)
     features = None
 
@@ -199,7 +213,7 @@ def fit_router(
                                text.chosen.acceptor)
     heads = {"embedding": emb} if text is None else {"embedding": emb, "text": text}
     fit_info = {
-        "delta": delta,
+        "delta": level,
         "n_traces": len(y),
         "n_train": int(train_mask.sum()),
         "n_text_train": len(text_rows) if text is not None else 0,
@@ -222,9 +236,36 @@ def fit_router(
         **(info or {}),
     }
     (emb_w,), emb_b = emb.model
-    return Router(emb_w.T, emb_b, [str(c) for c in classes], emb.certificates,
-                  target=serve_target, info=fit_info, acceptor=emb.chosen.acceptor,
-                  text_model=text_model)
+    candidate = Router(emb_w.T, emb_b, [str(c) for c in classes], emb.certificates,
+                       target=serve_target, info=fit_info, acceptor=emb.chosen.acceptor,
+                       text_model=text_model)
+    if not rivals:
+        return candidate
+    assert incumbent is not None and incumbent_fresh is not None
+    fresh = np.asarray(incumbent_fresh, dtype=bool)
+    rows = cal_idx[fresh[cal_idx]]
+    ref_rows = train_idx[fresh[train_idx]]
+    if len(ref_rows) < 200:  # too few to place a grid: any training trace is independent too
+        ref_rows = train_idx
+    rival = _recertify(incumbent, X, y, texts, rows, weights[rows], ref_rows, targets, level,
+                       guarantee)
+    covered = {name: r.certificate_for(serve_target).coverage
+               if r.certificate_for(serve_target).certified else 0.0
+               for name, r in (("candidate", candidate), ("incumbent", rival))}
+    winner = "incumbent" if covered["incumbent"] > covered["candidate"] else "candidate"
+    record = {"served": winner, "delta_each": level, "coverage": covered,
+              "incumbent_calibration": len(rows), "incumbent_version":
+              incumbent.info.get("version")}
+    candidate.info["publish"] = record
+    if winner == "candidate":
+        return candidate
+    return rival.with_certificates(rival.embedding_certificates,
+                                   rival.certificates if rival.has_text_model else None,
+                                   # Its own fit's record (what it was fitted on) stays.
+                                   info={**(info or {}), **incumbent.info, "delta": level,
+                                         "n_calibration": len(rows),
+                                         "calibration_weight": float(weights[rows].sum()),
+                                         "publish": record})
 
 
 _CLAIMS = {
@@ -387,6 +428,30 @@ def _predict(scores: np.ndarray, agree: np.ndarray, top: np.ndarray, n_classes: 
     return at(serve_target), float(np.mean([at(t) for t in targets]))
 
 
+def _recertify(router: Router, X: np.ndarray, y: np.ndarray, texts: Sequence[str] | None,
+               rows: np.ndarray, weights: np.ndarray, ref_rows: np.ndarray,
+               targets: Sequence[float], delta: float, guarantee: Guarantee) -> Router:
+    """``router`` with both paths' certificates recomputed on the calibration ``rows``, its grids
+    and starts placed by its scores on ``ref_rows``."""
+    classes = np.array(router.labels, dtype=object)
+    paths = [False, True] if router.has_text_model and texts is not None else [False]
+    certs: dict[bool, dict[float, gate.Certificate]] = {}
+    for by_text in paths:
+        def scored(idx: np.ndarray, by_text: bool = by_text) -> tuple[np.ndarray, ...]:
+            if not len(idx):
+                return np.zeros(0, dtype=int), np.zeros(0), np.zeros(0, dtype=bool)
+            chosen_texts = [texts[i] for i in idx.tolist()] if by_text and texts else None
+            top, score = router.scores(X[idx], chosen_texts)
+            return top, score, classes[top] == y[idx]
+
+        ref_top, ref_score, ref_agree = scored(ref_rows)
+        top, score, agree = scored(rows)
+        reference = _Chosen(0.0, Acceptor(), ref_score, ref_agree, ref_top, (0.0, 0.0))
+        certs[by_text] = _gate(reference, score, agree, top, len(classes), weights, targets,
+                               delta, guarantee)
+    return router.with_certificates(certs[False], certs.get(True))
+
+
 def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal: np.ndarray,
              cal_weights: np.ndarray, targets: Sequence[float], delta: float,
              guarantee: Guarantee) -> dict[float, gate.Certificate]:
@@ -394,11 +459,19 @@ def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal
     top = cal_logits.argmax(axis=1) if len(y_cal) else np.zeros(0, dtype=int)
     scores = chosen.acceptor.score(top, _top_prob(cal_logits, top)) if len(y_cal) else np.zeros(0)
     agree = classes[top] == y_cal if len(y_cal) else np.zeros(0, dtype=bool)
+    return _gate(chosen, scores, agree, top, len(classes), cal_weights, targets, delta, guarantee)
+
+
+def _gate(chosen: _Chosen, scores: np.ndarray, agree: np.ndarray, top: np.ndarray,
+          n_labels: int, cal_weights: np.ndarray, targets: Sequence[float], delta: float,
+          guarantee: Guarantee) -> dict[float, gate.Certificate]:
+    """Certificates for every target from calibration scores, agreement flags and labels, with
+    the reference (out-of-fold) data of ``chosen``."""
     if guarantee == "per_label":
         return {float(t): gate.certify_per_label(
             scores, agree, top, reference_scores=chosen.oof_scores,
             reference_agree=chosen.oof_agree, reference_labels=chosen.oof_labels,
-            n_labels=len(classes), target=float(t), delta=delta, cal_weights=cal_weights)
+            n_labels=n_labels, target=float(t), delta=delta, cal_weights=cal_weights)
             for t in targets}
     grid = gate.threshold_grid(chosen.oof_scores)
     return {float(t): gate.certify(scores, agree, grid=grid, reference_scores=chosen.oof_scores,
