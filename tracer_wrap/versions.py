@@ -23,11 +23,8 @@ versions are kept, plus the current and the pinned one.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from . import names
 from ._log import logger
@@ -72,7 +69,7 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
     store.write_artifact(task, f"v{version}.npz", data)
     store.write_artifact(task, f"v{version}.json", json.dumps(manifest, indent=1).encode())
     if ood is not None:
-        ood_data = _ood_to_bytes(ood)
+        ood_data = ood.to_bytes()
         store.write_artifact(task, f"v{version}.ood.npz", ood_data)
         manifest["ood"] = {"sha256": hashlib.sha256(ood_data).hexdigest(), "cut": ood.cut,
                            "prototypes": len(ood.prototypes)}
@@ -141,11 +138,7 @@ def load_ood(store: Store, task: str, version: int) -> OODScorer | None:
     expected = info.get("sha256")
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise RouterLoadError(f"{source}: content hash mismatch, refusing to load")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            return OODScorer(arrays["prototypes"], float(arrays["cut"]))
-    except Exception as exc:
-        raise RouterLoadError(f"cannot load OOD prototypes {source!r}: {exc}") from exc
+    return OODScorer.from_bytes(data, source=source)
 
 
 def rollback(store: Store, task: str, version: int) -> None:
@@ -197,9 +190,3 @@ def _prune(store: Store, task: str, keep: int) -> None:
             except ConfigError:  # became current in another process meanwhile
                 continue
 
-
-def _ood_to_bytes(ood: OODScorer) -> bytes:
-    """The same ``.npz`` bytes :meth:`OODScorer.save` writes (prototypes and cut, no pickle)."""
-    buf = io.BytesIO()
-    np.savez(buf, prototypes=ood.prototypes, cut=np.float64(ood.cut))
-    return buf.getvalue()
