@@ -9,7 +9,8 @@
                           │
                           ▼
       normalise its label ─> trace ─> drift breaker, shadow score ─> accounting
-                                   ─> enough new traces? refit in the background
+                                   ─> enough new traces, or a label the served version
+                                      never saw? refit in the background
 
 :class:`TracedTask` runs this path for every caller:
 
@@ -54,7 +55,7 @@ from .model.embedder import Embedder, make_embedder
 from .model.router import Decision, Router
 from .options import TaskOptions
 from .privacy import hash_input
-from .refit import Refitter
+from .refit import Refitter, refit_never
 from .serving import Served, Serving
 from .store import NewTrace, Origin, Store, open_store
 from .versions import certified_coverage
@@ -121,7 +122,7 @@ class Plan:
     call the router would have answered. ``answering``: the served version answers some calls
     locally now, so an LLM answer of this plan saw a biased share of traffic and must not
     calibrate (unless it is an audit sample). ``shadow``: routing is off; the decision is scored,
-    never used.
+    never used. ``audit_p``: the chance this call was drawn as an audit sample (audits only).
     """
 
     text: str | None
@@ -133,6 +134,7 @@ class Plan:
     answering: bool = False
     shadow: bool = False
     reason: str = ""
+    audit_p: float | None = None
 
 
 def _identity(value: Any) -> Any:
@@ -214,6 +216,12 @@ class TracedTask:
         self._embedder: Embedder | None = None
         self._rng = self.options.rng or random.Random()
         self._new_traces = False
+        # A label the served version never saw asks for a refit now (see _note_unseen_label);
+        # the labels already acted on: each starts one refit in this process, never a loop of
+        # them (a refit whose rival, not knowing the label, keeps serving would be followed by
+        # another at the label's next answer).
+        self._refit_now = False
+        self._unseen: set[str] = set()
         # Everything in the calling thread, unbounded, so a run is the same on any machine load.
         self._inline = self.options.refit_executor == "inline"
         self.serving = Serving(task, self.options, self._get_store, self._get_embedder)
@@ -504,9 +512,12 @@ class TracedTask:
             self.stats.add(breaker=1)
             decision = replace(decision, local=False)
             reason = "the drift breaker tripped: live agreement is below target"
-        elif self._rng.random() < self.serving.audit_rate(served):
-            audit, reason = True, "audit sample"
         else:
+            rate = self.serving.audit_rate(served)
+            if self._rng.random() < rate:
+                audit, reason = True, "audit sample"
+                return Plan(text, served.version, decision, audit=True, answering=answering,
+                            reason=reason, audit_p=rate)
             local, reason = True, ""
         return Plan(text, served.version, decision, local=local, audit=audit,
                     answering=answering, shadow=not routing, reason=reason)
@@ -578,6 +589,9 @@ class TracedTask:
 
     def _refit_if_due(self) -> None:
         """Start a refit when new valid traces were written and the policy says it is due."""
+        if self._refit_now and not self.refitter.runner.running:
+            self._refit_now = self._new_traces = False
+            self.refit_in_background()
         if self._new_traces:
             self._new_traces = False
             if self.refitter.due(self.store.counter(self.task, names.COUNTER_NEW_TRACES)):
@@ -664,7 +678,10 @@ class TracedTask:
             # must not calibrate. Audit samples are drawn at random, so they may.
             exchangeable=plan.audit or not plan.answering,
             router_label=decision.label if decision is not None else None,
-            meta=answer.meta)
+            meta=answer.meta,
+            # The sampling design of the gate's stratified test (tracer_wrap.model.gate).
+            served_version=plan.version if decision is not None else None,
+            audit_p=plan.audit_p)
 
     def _poison(self, answer: _Answer, exc: BaseException) -> None:
         answer.refused = True
@@ -680,6 +697,7 @@ class TracedTask:
             return
         self.ledger.add({names.COUNTER_NEW_TRACES: 1})
         self._new_traces = True
+        self._note_unseen_label(plan, label)
         decision = plan.decision
         if decision is None or plan.version is None:
             return
@@ -698,6 +716,20 @@ class TracedTask:
                 })
         except StoreError as exc:
             self._fault("trace store", exc)
+
+    def _note_unseen_label(self, plan: Plan, label: str) -> None:
+        """An LLM answer naming a label the served version was never trained on is a drift
+        signal: inputs of a new intent are arriving, and until a refit learns it the router
+        answers some of them locally with a neighbouring label (the OOD check defers only a part
+        of them, BENCHMARKS.md). Count it and ask for a refit at once (the next background
+        step starts it), once per label, unless refits are explicit only."""
+        router = self.serving.served(wait=False).router
+        if router is None or plan.version is None or label in router.labels:
+            return
+        self.ledger.add({names.COUNTER_UNSEEN_LABELS: 1})
+        if label not in self._unseen and self.refitter.policy is not refit_never:
+            self._unseen.add(label)
+            self._refit_now = True
 
     def _stored(self, text: str) -> str:
         """What the store keeps of a string from a call (the input, or an invalid answer that may

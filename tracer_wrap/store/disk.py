@@ -200,7 +200,8 @@ class TraceStore:
             trace = Trace(row.text, row.teacher, row.valid, row.origin,
                           time.time() if row.ts is None else row.ts, 1, row.exchangeable,
                           {row.teacher: 1} if row.valid else {}, row.router_label,
-                          dict(row.meta or {}), seq)
+                          dict(row.meta or {}), seq,
+                          served_version=row.served_version, audit_p=row.audit_p)
             traces.set(index_key, seq)
         else:
             trace = Trace.from_json(traces[f"t:{task}:{seq}"])

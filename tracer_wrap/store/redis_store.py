@@ -155,7 +155,8 @@ class RedisStore:
         traces = [Trace(row.text, row.teacher, row.valid, row.origin,
                         time.time() if row.ts is None else row.ts, 1, row.exchangeable,
                         {row.teacher: 1} if row.valid else {}, row.router_label,
-                        dict(row.meta or {}), 0) for row in rows]
+                        dict(row.meta or {}), 0, served_version=row.served_version,
+                        audit_p=row.audit_p) for row in rows]
         pipe = self._client.pipeline(transaction=True)
         for trace in traces:
             self._send(task, trace, client=pipe)
