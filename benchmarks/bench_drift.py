@@ -3,8 +3,9 @@
 Banking77 train split (MiniLM embeddings, cached in ``--cache``): 50 intents drawn at random
 make up the first 3,000 rows; then 3,000 rows mix those intents with the 27 never seen, half and
 half, replayed by `tracer-wrap simulate` (refit every 500 traces, inline). Run twice: as shipped (an
-LLM label the served version never saw starts a refit at once) and with that signal switched off
-(only the every-500 policy and the drift breaker react). Prints, per window of 300 rows, the
+LLM label the served version never saw starts a refit at once and counts as a disagreement for the
+drift breaker when the version deferred the input) and with that signal switched off (only the
+every-500 policy and audit samples feed the breaker). Prints, per window of 300 rows, the
 coverage, the agreement of local answers and the version served.
 
     .venv/bin/python benchmarks/bench_drift.py [--audit-rate 0.02]
@@ -53,7 +54,7 @@ def main() -> None:
                                   for i in rows))
         for name, signal in (("unseen label refits at once", True), ("signal off", False)):
             TracedTask._note_unseen_label = note if signal else (  # type: ignore[method-assign]
-                lambda self, plan, label: None)
+                lambda self, plan, label: False)
             r = simulate(stream, target=0.95, refit_every=500, embedder=emb,
                          audit_rate=args.audit_rate, curve_points=20,
                          store=Path(tmp) / name.replace(" ", "-"))

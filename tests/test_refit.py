@@ -88,9 +88,11 @@ def test_calibration_weights_follow_the_stratified_design() -> None:
         trace(6, exchangeable=False),                               # no version recorded: 0
         trace(7, origin="audit"),                                   # audit, rate unknown: 0
     ]
-    assert calibration_weights(traces).tolist() == [1.0, 0.5, 1.0, 0.02, 0.0, 0.0, 0.0]
+    weights, complete = calibration_weights(traces)
+    assert weights.tolist() == [1.0, 0.5, 1.0, 0.02, 0.0, 0.0, 0.0]
+    assert complete.tolist() == [True] + [False] * 6  # plain traffic: tested exactly too
     # Traces logged before the last breaker trip only train.
-    assert calibration_weights(traces, after_seq=3).tolist() == [0, 0, 0, 0.02, 0, 0, 0]
+    assert calibration_weights(traces, after_seq=3)[0].tolist() == [0, 0, 0, 0.02, 0, 0, 0]
 
 
 def test_time_policy_uses_the_injected_clock(tmp_path: Path) -> None:

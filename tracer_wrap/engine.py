@@ -697,7 +697,7 @@ class TracedTask:
             return
         self.ledger.add({names.COUNTER_NEW_TRACES: 1})
         self._new_traces = True
-        self._note_unseen_label(plan, label)
+        unseen = self._note_unseen_label(plan, label)
         decision = plan.decision
         if decision is None or plan.version is None:
             return
@@ -708,6 +708,15 @@ class TracedTask:
                 if breaker.observe(agree, plan.version).tripped:
                     self.serving.note_trip()
                     self.refit_in_background()
+            elif unseen and plan.answering and breaker is not None:
+                # A deferred input the LLM answered with a label the version never saw: its
+                # neighbours of the same new intent are being answered locally, wrongly, and
+                # audits alone (2%, falling) take thousands of calls to show it
+                # (BENCHMARKS.md). It counts as one disagreement; without new labels it never
+                # fires, so the false-trip rate at target is unchanged.
+                if breaker.observe(False, plan.version).tripped:
+                    self.serving.note_trip()
+                    self._refit_now = True
             elif plan.shadow:
                 self.ledger.add({
                     names.counter_shadow(plan.version, "calls"): 1,
@@ -717,19 +726,21 @@ class TracedTask:
         except StoreError as exc:
             self._fault("trace store", exc)
 
-    def _note_unseen_label(self, plan: Plan, label: str) -> None:
+    def _note_unseen_label(self, plan: Plan, label: str) -> bool:
         """An LLM answer naming a label the served version was never trained on is a drift
         signal: inputs of a new intent are arriving, and until a refit learns it the router
         answers some of them locally with a neighbouring label (the OOD check defers only a part
         of them, BENCHMARKS.md). Count it and ask for a refit at once (the next background
-        step starts it), once per label, unless refits are explicit only."""
+        step starts it), once per label, unless refits are explicit only. Returns whether the
+        label is unseen."""
         router = self.serving.served(wait=False).router
         if router is None or plan.version is None or label in router.labels:
-            return
+            return False
         self.ledger.add({names.COUNTER_UNSEEN_LABELS: 1})
         if label not in self._unseen and self.refitter.policy is not refit_never:
             self._unseen.add(label)
             self._refit_now = True
+        return True
 
     def _stored(self, text: str) -> str:
         """What the store keeps of a string from a call (the input, or an invalid answer that may

@@ -226,8 +226,10 @@ class RefitRunner:
 
 
 
-def calibration_weights(traces: list[Trace], after_seq: int = 0) -> np.ndarray:
-    """Each trace's weight in the gate's stratified test (:mod:`tracer_wrap.model.gate`).
+def calibration_weights(traces: list[Trace], after_seq: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Each trace's weight in the gate's stratified test (:mod:`tracer_wrap.model.gate`), and
+    whether it was drawn as plain traffic (weight 1, not an audit sample).
 
     1 for a trace logged while no version answered locally; for the traces of a period where
     version ``v`` answered, 1 for its audit samples and its audit rate ``a_v`` for the inputs it
@@ -244,6 +246,7 @@ def calibration_weights(traces: list[Trace], after_seq: int = 0) -> np.ndarray:
         if t.origin == Origin.AUDIT.value and t.served_version is not None and t.audit_p:
             rates[t.served_version] = min(rates.get(t.served_version, 1.0), float(t.audit_p))
     weights = np.zeros(len(traces))
+    complete = np.zeros(len(traces), dtype=bool)
     for i, t in enumerate(traces):
         rate = rates.get(t.served_version) if t.served_version is not None else None
         if t.seq <= after_seq:
@@ -252,9 +255,10 @@ def calibration_weights(traces: list[Trace], after_seq: int = 0) -> np.ndarray:
             weights[i] = 0.0 if rate is None or not t.audit_p else min(1.0, rate / t.audit_p)
         elif t.exchangeable:
             weights[i] = 1.0
+            complete[i] = True
         elif rate is not None:
             weights[i] = rate
-    return weights
+    return weights, complete
 
 
 class Refitter:
@@ -341,11 +345,12 @@ class Refitter:
             vectors = self._embed(texts)
             labels = [t.teacher for t in traces]
             seqs = np.array([t.seq for t in traces])
+            weights, complete = calibration_weights(traces, after_seq)
             incumbent = None if tripped else self._incumbent(store, embedder.name)
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
                 serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
-                calibration_weights=calibration_weights(traces, after_seq),
+                calibration_weights=weights, calibration_complete=complete,
                 incumbent=incumbent,
                 incumbent_fresh=None if incumbent is None
                 else seqs > int(incumbent.info["max_seq"]),

@@ -73,6 +73,7 @@ def fit_router(
     calibration_fraction: float | None = None,
     calibration_eligible: np.ndarray | None = None,
     calibration_weights: np.ndarray | None = None,
+    calibration_complete: np.ndarray | None = None,
     folds: int = 3,
     C: float | Sequence[float] = EMBEDDING_C,
     max_train: int | None = 50_000,
@@ -104,7 +105,9 @@ def fit_router(
 
     ``calibration_weights`` are the traces' weights in the gate's stratified test (each in
     [0, 1]; 0: the trace only trains; see :mod:`tracer_wrap.model.gate`); ``calibration_eligible``
-    is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1). Each
+    is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1).
+    ``calibration_complete`` marks, among traces of weight 1, those drawn as plain traffic (not
+    audit samples): the gate also tests them exactly when weights differ. Each
     trace of positive weight calibrates with chance ``calibration_fraction``, which defaults to
     ``1200 / n`` clipped to [0.3, 0.4]: small task histories need a larger share for the test to
     have power (measured on Banking77: at 2k traces, 0.4 certifies 72% coverage at 0.95 where 0.3
@@ -147,6 +150,8 @@ def fit_router(
     # each trace's chance of calibrating fixed before its call (gate module docstring).
     cal_idx = np.flatnonzero((weights > 0) & (rng.random(len(y)) < calibration_fraction))
     cal_weights = weights[cal_idx]
+    cal_complete = (None if calibration_complete is None
+                    else np.asarray(calibration_complete, dtype=bool)[cal_idx])
     train_mask = np.ones(len(y), dtype=bool)
     train_mask[cal_idx] = False
     if max_train is not None and train_mask.sum() > max_train:
@@ -166,8 +171,8 @@ def fit_router(
     # trace of weight 0.02 is worth that share of one traced while nothing answered.
     rivals = incumbent is not None and incumbent_fresh is not None and incumbent.dim == X.shape[1]
     level = delta / 2 if rivals else delta
-    task = _Task(y_index, splits, classes, y[cal_idx], cal_weights, targets, serve_target, level,
-                 int(cal_weights.sum()), guarantee, acceptor)
+    task = _Task(y_index, splits, classes, y[cal_idx], cal_weights, cal_complete, targets,
+                 serve_target, level, int(cal_weights.sum()), guarantee, acceptor)
     features = None
 
     # Imported here: threadpoolctl comes with scikit-learn, which serving never needs.
@@ -247,8 +252,10 @@ def fit_router(
     ref_rows = train_idx[fresh[train_idx]]
     if len(ref_rows) < 200:  # too few to place a grid: any training trace is independent too
         ref_rows = train_idx
-    rival = _recertify(incumbent, X, y, texts, rows, weights[rows], ref_rows, targets, level,
-                       guarantee)
+    complete = (None if calibration_complete is None
+                else np.asarray(calibration_complete, dtype=bool)[rows])
+    rival = _recertify(incumbent, X, y, texts, rows, weights[rows], complete, ref_rows, targets,
+                       level, guarantee)
     covered = {name: r.certificate_for(serve_target).coverage
                if r.certificate_for(serve_target).certified else 0.0
                for name, r in (("candidate", candidate), ("incumbent", rival))}
@@ -314,6 +321,7 @@ class _Task:
     classes: np.ndarray
     y_cal: np.ndarray
     cal_weights: np.ndarray
+    cal_complete: np.ndarray | None
     targets: Sequence[float]
     serve_target: float
     delta: float
@@ -345,8 +353,8 @@ class _Task:
             # Stored as float16 (half the file): certify exactly what is stored and served.
             weights[0] = weights[0].astype(np.float16).astype(np.float32)
         certificates = _certify(chosen, logits(cal_blocks, weights, bias), self.classes,
-                                self.y_cal, self.cal_weights, self.targets, self.delta,
-                                self.guarantee)
+                                self.y_cal, self.cal_weights, self.cal_complete,
+                                self.targets, self.delta, self.guarantee)
         return _Surrogate(folds, chosen, (weights, bias), certificates)
 
 
@@ -429,8 +437,9 @@ def _predict(scores: np.ndarray, agree: np.ndarray, top: np.ndarray, n_classes: 
 
 
 def _recertify(router: Router, X: np.ndarray, y: np.ndarray, texts: Sequence[str] | None,
-               rows: np.ndarray, weights: np.ndarray, ref_rows: np.ndarray,
-               targets: Sequence[float], delta: float, guarantee: Guarantee) -> Router:
+               rows: np.ndarray, weights: np.ndarray, complete: np.ndarray | None,
+               ref_rows: np.ndarray, targets: Sequence[float], delta: float,
+               guarantee: Guarantee) -> Router:
     """``router`` with both paths' certificates recomputed on the calibration ``rows``, its grids
     and starts placed by its scores on ``ref_rows``."""
     classes = np.array(router.labels, dtype=object)
@@ -447,36 +456,39 @@ def _recertify(router: Router, X: np.ndarray, y: np.ndarray, texts: Sequence[str
         ref_top, ref_score, ref_agree = scored(ref_rows)
         top, score, agree = scored(rows)
         reference = _Chosen(0.0, Acceptor(), ref_score, ref_agree, ref_top, (0.0, 0.0))
-        certs[by_text] = _gate(reference, score, agree, top, len(classes), weights, targets,
-                               delta, guarantee)
+        certs[by_text] = _gate(reference, score, agree, top, len(classes), weights, complete,
+                               targets, delta, guarantee)
     return router.with_certificates(certs[False], certs.get(True))
 
 
 def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal: np.ndarray,
-             cal_weights: np.ndarray, targets: Sequence[float], delta: float,
-             guarantee: Guarantee) -> dict[float, gate.Certificate]:
+             cal_weights: np.ndarray, cal_complete: np.ndarray | None,
+             targets: Sequence[float], delta: float, guarantee: Guarantee
+             ) -> dict[float, gate.Certificate]:
     """The gate on calibration traces, for every target, with the chosen acceptor."""
     top = cal_logits.argmax(axis=1) if len(y_cal) else np.zeros(0, dtype=int)
     scores = chosen.acceptor.score(top, _top_prob(cal_logits, top)) if len(y_cal) else np.zeros(0)
     agree = classes[top] == y_cal if len(y_cal) else np.zeros(0, dtype=bool)
-    return _gate(chosen, scores, agree, top, len(classes), cal_weights, targets, delta, guarantee)
+    return _gate(chosen, scores, agree, top, len(classes), cal_weights, cal_complete, targets,
+                 delta, guarantee)
 
 
 def _gate(chosen: _Chosen, scores: np.ndarray, agree: np.ndarray, top: np.ndarray,
-          n_labels: int, cal_weights: np.ndarray, targets: Sequence[float], delta: float,
-          guarantee: Guarantee) -> dict[float, gate.Certificate]:
+          n_labels: int, cal_weights: np.ndarray, cal_complete: np.ndarray | None,
+          targets: Sequence[float], delta: float, guarantee: Guarantee
+          ) -> dict[float, gate.Certificate]:
     """Certificates for every target from calibration scores, agreement flags and labels, with
     the reference (out-of-fold) data of ``chosen``."""
     if guarantee == "per_label":
         return {float(t): gate.certify_per_label(
             scores, agree, top, reference_scores=chosen.oof_scores,
             reference_agree=chosen.oof_agree, reference_labels=chosen.oof_labels,
-            n_labels=n_labels, target=float(t), delta=delta, cal_weights=cal_weights)
-            for t in targets}
+            n_labels=n_labels, target=float(t), delta=delta, cal_weights=cal_weights,
+            cal_complete=cal_complete) for t in targets}
     grid = gate.threshold_grid(chosen.oof_scores)
     return {float(t): gate.certify(scores, agree, grid=grid, reference_scores=chosen.oof_scores,
                                    reference_agree=chosen.oof_agree, target=float(t), delta=delta,
-                                   cal_weights=cal_weights)
+                                   cal_weights=cal_weights, cal_complete=cal_complete)
             for t in targets}
 
 

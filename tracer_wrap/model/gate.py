@@ -79,14 +79,20 @@ unobserved calls never appear. A trace must not be dropped for what its own inpu
 either calibrates with all its traces (its deferred ones at ``a_v``, its audits at 1) or with
 none, which is how :func:`tracer_wrap.model.fit.fit_router` takes them (weight 0: trains only).
 When every weight is 1 (no version answered while the traces were logged) the exact binomial
-tail above is used instead: the same claim, with more power. What is assumed beyond the above:
-the rule ``R`` and the grid were chosen without the calibration traces (a random split), and the
-observation probabilities recorded with each trace are the true ones (an audit whose call could
-never be answered locally, or a lost trace, breaks that; a repeated input is one trace, as in the
-exact test). One dependence is not covered by the argument: which versions served, and hence
-which training traces were observed, was itself shaped by earlier calibration traces (their
-certified thresholds); the argument treats ``R`` as fixed given that history, and the stream
-replays of BENCHMARKS.md measure the guarantee with this feedback in place.
+tail above is used instead: the same claim, with more power. With a mix, the traces drawn as plain
+traffic (logged while no version answered: ``complete``) also give the exact binomial p-value on
+their own, and the test uses ``min(1, 2 * min(p_binomial, p_weighted))`` (Bonferroni: valid
+whatever the dependence), so a history that was mostly plain traffic keeps nearly the exact test's
+power (the betting test needs ~100 agreeing traces where the exact one needs 59 at t = 0.95) and
+one where versions long answered locally is tested by its weighted evidence. What is assumed
+beyond the above: the rule ``R`` and the grid were chosen without the calibration traces (a
+random split), and the observation probabilities recorded with each trace are the true ones (an
+audit whose call could never be answered locally, or a lost trace, breaks that; a repeated input
+is one trace, as in the exact test). One dependence is not covered by the argument: which
+versions served, and hence which training traces were observed, was itself shaped by earlier
+calibration traces (their certified thresholds); the argument treats ``R`` as fixed given that
+history, and the stream replays of BENCHMARKS.md measure the guarantee with this feedback in
+place.
 
 A test that accepts too few inputs can never reject (``0.95 ** 30 > 0.05``), so each sequence
 starts at the threshold whose test is predicted, from out-of-fold data, to pass most surely.
@@ -203,12 +209,15 @@ def certify(
     delta: float,
     power_factor: float = 3.0,
     cal_weights: np.ndarray | None = None,
+    cal_complete: np.ndarray | None = None,
 ) -> Certificate:
     """Run the fixed-sequence test for one ``target`` and return its certificate.
 
     ``cal_weights`` (default: all 1) are the calibration traces' weights of the stratified design
     (module docstring); with any weight below 1 the p-values are the weighted test's, and the
-    traces count as their total weight wherever the gate needs a number of traces.
+    traces count as their total weight wherever the gate needs a number of traces, and
+    ``cal_complete`` marks those drawn as plain traffic (weight 1, not audit samples), which are
+    also tested exactly (Bonferroni, module docstring).
 
     Where the sequence starts is decided from the reference (out-of-fold) data alone: with
     ``reference_agree``, at the threshold whose test is predicted to pass most surely (smallest
@@ -234,7 +243,8 @@ def certify(
     start = _start(grid, ref, reference_agree, n_cal, need, target)
     threshold, n_acc, k, p, last_p = _fixed_sequence(
         cal_scores, cal_agree, grid[start:], target, delta, weights,
-        None if weights is None else _bets(grid[start:], ref, reference_agree, target))
+        None if weights is None else _bets(grid[start:], ref, reference_agree, target),
+        _complete(cal_complete, weights))
     if threshold is None:
         why = (
             f"agreement on calibration traces is not credibly above {target} at any threshold"
@@ -260,6 +270,7 @@ def certify_per_label(
     delta: float,
     grid_size: int = 50,
     cal_weights: np.ndarray | None = None,
+    cal_complete: np.ndarray | None = None,
 ) -> Certificate:
     """Certify one threshold per label so that *every* label's local answers agree ``>= target``.
 
@@ -268,7 +279,7 @@ def certify_per_label(
     label's grid (quantiles of its reference scores) and each sequence's start come from the
     reference data alone; each label in the family is then tested by fixed sequence at level
     ``delta / |family|`` on its own calibration traces (see the module docstring), weighted by
-    ``cal_weights`` as in :func:`certify`.
+    ``cal_weights`` (``cal_complete`` marking plain traffic) as in :func:`certify`.
     """
     cal_scores = np.asarray(cal_scores, dtype=np.float64)
     cal_agree = np.asarray(cal_agree, dtype=bool)
@@ -277,6 +288,7 @@ def certify_per_label(
     ref_agree = np.asarray(reference_agree, dtype=bool)
     ref_labels = np.asarray(reference_labels)
     weights = _weights(cal_weights, cal_scores.size)
+    complete = _complete(cal_complete, weights)
     n_cal = cal_scores.size if weights is None else int(weights.sum())
     refused = Certificate(target, None, 0.0, None, 0, None, guarantee="per_label",
                           label_thresholds=(None,) * n_labels)
@@ -303,7 +315,8 @@ def certify_per_label(
             cal_scores[on_label], cal_agree[on_label], grid[start:], target, level,
             None if weights is None else weights[on_label],
             None if weights is None else _bets(grid[start:], ref_scores[mine], ref_agree[mine],
-                                               target))
+                                               target),
+            None if complete is None else complete[on_label])
         if threshold is not None:
             thresholds[k] = threshold
             accepted |= on_label & (cal_scores >= threshold)
@@ -393,25 +406,47 @@ def _weights(cal_weights: np.ndarray | None, n: int) -> np.ndarray | None:
     return None if np.all(weights == 1.0) else weights
 
 
+def _complete(cal_complete: np.ndarray | None, weights: np.ndarray | None
+              ) -> np.ndarray | None:
+    """The plain-traffic mask when the weighted test runs and some trace is plain traffic."""
+    if weights is None or cal_complete is None:
+        return None
+    complete = np.asarray(cal_complete, dtype=bool)
+    if complete.shape != weights.shape or np.any(complete & (weights != 1.0)):
+        raise ConfigError("cal_complete must mark traces of weight 1 only, one flag per trace")
+    return complete if complete.any() else None
+
+
 def _fixed_sequence(scores: np.ndarray, agree: np.ndarray, grid: np.ndarray, target: float,
                     level: float, weights: np.ndarray | None = None,
-                    bets: list[tuple[float, ...]] | None = None
+                    bets: list[tuple[float, ...]] | None = None,
+                    complete: np.ndarray | None = None
                     ) -> tuple[float | None, int, int, float | None, float | None]:
     """Test ``grid`` thresholds in order until one fails; the last passing one and its counts.
     With ``weights`` the p-values are :func:`weighted_pvalue`'s (``bets[j]`` at ``grid[j]``),
-    else the exact binomial's."""
+    combined by Bonferroni with the exact binomial's on the ``complete`` traces when there are
+    any; without, the exact binomial's."""
     # Cumulative counts over scores sorted from high to low make every test O(log n).
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
     cum_agree = np.concatenate([[0], np.cumsum(agree[order])])
+    if complete is not None:
+        cum_complete = np.concatenate([[0], np.cumsum(complete[order])])
+        cum_complete_agree = np.concatenate([[0], np.cumsum((complete & agree)[order])])
     best: tuple[float | None, int, int, float | None] = (None, 0, 0, None)
     last_p: float | None = None
     for j, threshold in enumerate(grid):
         n_acc = int(np.searchsorted(-sorted_scores, -threshold, side="right"))
         k = int(cum_agree[n_acc])
-        p = (binomial_pvalue(k, n_acc, target) if weights is None else
-             weighted_pvalue(agree[order][:n_acc], weights[order][:n_acc], target,
-                             BETS if bets is None else bets[j]))
+        if weights is None:
+            p = binomial_pvalue(k, n_acc, target)
+        else:
+            p = weighted_pvalue(agree[order][:n_acc], weights[order][:n_acc], target,
+                                BETS if bets is None else bets[j])
+            if complete is not None:
+                exact = binomial_pvalue(int(cum_complete_agree[n_acc]), int(cum_complete[n_acc]),
+                                        target)
+                p = min(1.0, 2 * min(p, exact))
         last_p = p
         if p > level:
             break
