@@ -296,7 +296,7 @@ def test_every_deferred_trace_calibrates_and_the_guarantee_holds_over_many_draws
     tolerance = delta + 3 * np.sqrt(delta * (1 - delta) / draws)
     # 100 traces traced while nothing answered could not certify alone (0.9 needs 3 x 29): the
     # deferred traces and audit samples make the difference.
-    assert certified > 0.3 * 2 * draws
+    assert certified > 0.2 * 2 * draws
     assert violations / (2 * draws) <= delta + 3 * np.sqrt(delta * (1 - delta) / (2 * draws))
     assert broken / draws > tolerance
 

@@ -203,7 +203,10 @@ def fit_router(
                 starts = [emb.model] * len(text_task.splits)
                 blocks = [ngrams_train, emb_train[text_rows]]
             jobs = text_task.submit(pool, "text", blocks, strengths, starts)
-            ngrams_cal = features.transform([texts[i] for i in cal_idx.tolist()])
+            # No calibration trace (all traces weigh 0, e.g. just after a breaker trip): an
+            # empty block, since the vectorizer refuses an empty batch.
+            ngrams_cal = (features.transform([texts[i] for i in cal_idx.tolist()])
+                          if len(cal_idx) else ngrams_train[:0])
             text = text_task.collect(jobs, "text", blocks, strengths, [ngrams_cal, emb_cal])
 
     # The fused surrogate serves texts only where out-of-fold data predicts it certifies more than

@@ -81,10 +81,11 @@ none, which is how :func:`tracer_wrap.model.fit.fit_router` takes them (weight 0
 When every weight is 1 (no version answered while the traces were logged) the exact binomial
 tail above is used instead: the same claim, with more power. With a mix, the traces drawn as plain
 traffic (logged while no version answered: ``complete``) also give the exact binomial p-value on
-their own, and the test uses ``min(1, 2 * min(p_binomial, p_weighted))`` (Bonferroni: valid
-whatever the dependence), so a history that was mostly plain traffic keeps nearly the exact test's
-power (the betting test needs ~100 agreeing traces where the exact one needs 59 at t = 0.95) and
-one where versions long answered locally is tested by its weighted evidence. What is assumed
+their own, and the test uses ``min(1, p_binomial / 0.8, p_weighted / 0.2)`` (a weighted
+Bonferroni: ``P(p_b <= 0.8 u) + P(p_w <= 0.2 u) <= u`` whatever the dependence), so a history
+that was mostly plain traffic keeps nearly the exact test's power (the betting test needs ~100
+agreeing traces where the exact one needs 59 at t = 0.95) and one where versions long answered
+locally is still tested by its weighted evidence. What is assumed
 beyond the above: the rule ``R`` and the grid were chosen without the calibration traces (a
 random split), and the observation probabilities recorded with each trace are the true ones (an
 audit whose call could never be answered locally, or a lost trace, breaks that; a repeated input
@@ -109,7 +110,7 @@ import numpy as np
 
 from ..errors import ConfigError
 
-__all__ = ["BETS", "Certificate", "binomial_pvalue", "certify", "certify_per_label",
+__all__ = ["BETS", "EXACT_SHARE", "Certificate", "binomial_pvalue", "certify", "certify_per_label",
            "expected_coverage", "expected_coverage_per_label", "min_accepted", "threshold_grid",
            "weighted_pvalue"]
 
@@ -117,6 +118,10 @@ __all__ = ["BETS", "Certificate", "binomial_pvalue", "certify", "certify_per_lab
 #: a bet near the top wins fastest when nearly every accepted trace agrees, and loses everything
 #: when agreement is only a little above target; the mixture costs ``log(len(BETS))`` of evidence.
 BETS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
+#: Share of the level given to the exact test on plain traffic when it is combined with the
+#: weighted test (module docstring): most histories are mostly plain traffic early on, and the
+#: weighted evidence of a long-served version is strong enough to pass at a fifth of the level.
+EXACT_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -424,8 +429,8 @@ def _fixed_sequence(scores: np.ndarray, agree: np.ndarray, grid: np.ndarray, tar
                     ) -> tuple[float | None, int, int, float | None, float | None]:
     """Test ``grid`` thresholds in order until one fails; the last passing one and its counts.
     With ``weights`` the p-values are :func:`weighted_pvalue`'s (``bets[j]`` at ``grid[j]``),
-    combined by Bonferroni with the exact binomial's on the ``complete`` traces when there are
-    any; without, the exact binomial's."""
+    combined (weighted Bonferroni) with the exact binomial's on the ``complete`` traces when
+    there are any; without, the exact binomial's."""
     # Cumulative counts over scores sorted from high to low make every test O(log n).
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
@@ -446,7 +451,7 @@ def _fixed_sequence(scores: np.ndarray, agree: np.ndarray, grid: np.ndarray, tar
             if complete is not None:
                 exact = binomial_pvalue(int(cum_complete_agree[n_acc]), int(cum_complete[n_acc]),
                                         target)
-                p = min(1.0, 2 * min(p, exact))
+                p = min(1.0, exact / EXACT_SHARE, p / (1.0 - EXACT_SHARE))
         last_p = p
         if p > level:
             break
