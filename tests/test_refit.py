@@ -17,11 +17,13 @@ from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore
 from tracer_wrap.refit import (
     RefitRunner,
     RefitState,
+    calibration_weights,
     refit_after_delay,
     refit_after_traces,
     refit_never,
     refit_on_doubling,
 )
+from tracer_wrap.store import Trace
 
 DIM, CLASSES = 16, 4
 _CENTERS = np.random.default_rng(0).standard_normal((CLASSES, DIM))
@@ -73,6 +75,26 @@ def test_policies_compose_like_tenacity() -> None:
     assert not both(fresh) and not both(stale) and both(RefitState(600, 7200.0, 1000))
     assert not refit_after_delay(10)(RefitState(0, 1e9, 10))  # nothing new: nothing to learn
     assert not refit_never(fresh)
+
+
+def test_calibration_weights_follow_the_stratified_design() -> None:
+    def trace(seq: int, **kw: object) -> Trace:
+        return Trace(f"x{seq}", "a", seq=seq, **kw)  # type: ignore[arg-type]
+
+    traces = [
+        trace(1),                                                   # nothing answered: 1
+        trace(2, origin="audit", served_version=3, audit_p=0.04),   # audit of v3: 1
+        trace(3, origin="audit", served_version=3, audit_p=0.02),   # the smaller rate: 1
+        trace(4, exchangeable=False, served_version=3),             # deferred by v3: 0.02
+        trace(5, exchangeable=False, served_version=4),             # v4 had no audit: 0
+        trace(6, exchangeable=False),                               # no version recorded: 0
+        trace(7, origin="audit"),                                   # audit, rate unknown: 0
+    ]
+    weights, complete = calibration_weights(traces)
+    assert weights.tolist() == [1.0, 0.5, 1.0, 0.02, 0.0, 0.0, 0.0]
+    assert complete.tolist() == [True] + [False] * 6  # plain traffic: tested exactly too
+    # Traces logged before the last breaker trip only train.
+    assert calibration_weights(traces, after_seq=3)[0].tolist() == [0, 0, 0, 0.02, 0, 0, 0]
 
 
 def test_time_policy_uses_the_injected_clock(tmp_path: Path) -> None:
@@ -159,6 +181,47 @@ def test_a_refit_embeds_only_the_traces_without_a_stored_vector(tmp_path: Path) 
     embedded.clear()
     task.refit()  # the first embedder's vectors were replaced: embedded once more, then kept
     assert len(embedded) == valid
+def test_a_refit_contests_the_served_version_on_fresh_traces(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path), routing=False)  # every call traced, so every trace calibrates
+    feed(task, 300)
+    first = task.refit()
+    assert "publish" not in first.info and first.info["delta"] == task.options.delta
+    feed(task, 600, "later")
+    task.refit()
+    manifest = task.store.manifest("t", task.store.current_version("t"))
+    assert manifest is not None
+    record = manifest["publish"]
+    assert record["incumbent_version"] == 1 and record["delta_each"] == task.options.delta / 2
+    assert record["served"] in ("candidate", "incumbent") and record["incumbent_calibration"] > 0
+    # Only traces logged after version 1 read its traces may re-certify it.
+    assert record["incumbent_calibration"] <= 600
+    task.close()
+
+
+def test_a_label_never_seen_refits_at_once_and_feeds_the_breaker(tmp_path: Path) -> None:
+    # ood_quantile=0.99: nearly every input is deferred as out of distribution, so the LLM
+    # answers it while the version answers locally elsewhere (a deferred call).
+    task = make_task(str(tmp_path), refit_policy=refit_after_traces(100_000),
+                     refit_executor="inline", breaker=True,
+                     ood_quantile=0.99)
+    feed(task, 300)
+    task.refit()
+    assert task.version == 1 and task.router is not None and task.router.threshold is not None
+    refits = task.store.counter("t", "refits")
+    task.call("c0 the first of a new intent", lambda: "brand_new")
+    task.flush()
+    # One answer: no trip yet, but a refit already ran (inline), not waiting for 100,000 traces.
+    assert task.store.counter("t", "breaker_trips") == 0
+    assert task.store.counter("t", "refits") == refits + 1
+    calls = 1
+    while task.store.counter("t", "breaker_trips") == 0 and calls < 40:
+        task.call(f"c{calls % CLASSES} new intent {calls}", lambda: "brand_new")
+        calls += 1
+    task.flush()
+    assert task.store.counter("t", "unseen_labels") >= 1
+    # Each deferred answer naming the new label counted as a disagreement: a few trip it.
+    assert task.store.counter("t", "breaker_trips") == 1 and calls <= 10
+    task.close()
 
 
 def test_background_thread_refit_serves_meanwhile(tmp_path: Path) -> None:

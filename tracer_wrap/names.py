@@ -132,6 +132,8 @@ COUNTER_DROPPED = "dropped"
 COUNTER_POISONED = "poisoned"
 #: Valid traces logged since the last refit started (the refit policy reads it).
 COUNTER_NEW_TRACES = "new_valid_traces"
+#: LLM answers naming a label the version serving them was not trained on (a drift signal).
+COUNTER_UNSEEN_LABELS = "unseen_labels"
 COUNTER_REFITS = "refits"
 COUNTER_BREAKER_EPOCH = "breaker_epoch"
 COUNTER_BREAKER_TRIPS = "breaker_trips"

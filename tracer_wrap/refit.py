@@ -49,12 +49,12 @@ import numpy as np
 
 from . import names
 from ._log import fault, logger
-from .errors import ConfigError, GateRefused
+from .errors import ConfigError, GateRefused, RouterLoadError, StoreTampered
 from .labels import LabelSet
 from .model.fit import fit_router
 from .model.ood import OODScorer, fit_ood
 from .model.router import Router
-from .versions import publish
+from .versions import load_version, publish
 
 if TYPE_CHECKING:
     from .breaker import DriftBreaker
@@ -68,6 +68,7 @@ __all__ = [
     "RefitPolicy",
     "RefitRunner",
     "RefitState",
+    "calibration_weights",
     "refit_after_delay",
     "refit_after_traces",
     "refit_never",
@@ -261,6 +262,41 @@ class RefitRunner:
 
 
 
+def calibration_weights(traces: list[Trace], after_seq: int = 0
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Each trace's weight in the gate's stratified test (:mod:`tracer_wrap.model.gate`), and
+    whether it was drawn as plain traffic (weight 1, not an audit sample).
+
+    1 for a trace logged while no version answered locally; for the traces of a period where
+    version ``v`` answered, 1 for its audit samples and its audit rate ``a_v`` for the inputs it
+    deferred (every one of which reached the LLM). ``a_v`` is the smallest audit probability
+    recorded with ``v``'s audit samples (a smaller stake is always valid); a period with no audit
+    sample, traces that recorded no version, and traces logged before the last breaker trip
+    (``seq <= after_seq``) weigh 0: they train but do not calibrate. A period is kept or dropped
+    as a whole, never trace by trace, as the test requires.
+    """
+    from .store import Origin  # the store package imports options, which imports this module
+
+    rates: dict[int, float] = {}
+    for t in traces:
+        if t.origin == Origin.AUDIT.value and t.served_version is not None and t.audit_p:
+            rates[t.served_version] = min(rates.get(t.served_version, 1.0), float(t.audit_p))
+    weights = np.zeros(len(traces))
+    complete = np.zeros(len(traces), dtype=bool)
+    for i, t in enumerate(traces):
+        rate = rates.get(t.served_version) if t.served_version is not None else None
+        if t.seq <= after_seq:
+            continue
+        if t.origin == Origin.AUDIT.value:
+            weights[i] = 0.0 if rate is None or not t.audit_p else min(1.0, rate / t.audit_p)
+        elif t.exchangeable:
+            weights[i] = 1.0
+            complete[i] = True
+        elif rate is not None:
+            weights[i] = rate
+    return weights, complete
+
+
 class Refitter:
     """The refit of one task: when it is due, and the refit itself (see the module docstring).
 
@@ -310,8 +346,9 @@ class Refitter:
         """Fit a router on every valid trace of the task now, publish it, and return it.
 
         The new version becomes current under the publish rule of :mod:`tracer_wrap.versions`:
-        when it certifies the served target (even at a lower coverage than the current one),
-        when nothing is current, or when the drift breaker tripped for the current version.
+        the new fit and the version served now (unless the drift breaker tripped it) are
+        certified on the same fresh calibration traces at ``delta / 2`` each and the one that
+        certifies more coverage is published; with no rival the fit is certified at ``delta``.
         Traces logged before the last trip train but do not calibrate. At most
         :data:`MAX_REFIT_TRACES` valid traces are used (a uniform sample of a longer history);
         only those without a stored vector are embedded (then stored). Only one refit of a task
@@ -353,12 +390,18 @@ class Refitter:
             texts = [t.input for t in traces]
             vectors = trace_vectors(store, self.task, traces, embedder.name, self._embed)
             labels = [t.teacher for t in traces]
+            seqs = np.array([t.seq for t in traces])
+            weights, complete = calibration_weights(traces, after_seq)
+            incumbent = None if tripped else self._incumbent(store, embedder.name)
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
                 serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
-                calibration_eligible=np.array([t.exchangeable and t.seq > after_seq
-                                               for t in traces]),
-                info={"task": self.task, "embedder": embedder.name},
+                calibration_weights=weights, calibration_complete=complete,
+                incumbent=incumbent,
+                incumbent_fresh=None if incumbent is None
+                else seqs > int(incumbent.info["max_seq"]),
+                info={"task": self.task, "embedder": embedder.name,
+                      "max_seq": int(seqs.max())},
                 **options.fit_options,
             )
             ood = (fit_ood(vectors, labels, quantile=options.ood_quantile)
@@ -376,6 +419,27 @@ class Refitter:
             return router
         finally:
             store.release(self.task, names.CLAIM_REFIT)
+
+    def _incumbent(self, store: Store, embedder: str) -> Router | None:
+        """The version served now, as the publish rule's rival (None when there is none, it does
+        not load, was fitted with another embedder, or does not record which traces it saw; or
+        the pointer to it was tampered with, which the new version then replaces)."""
+        try:
+            current = store.current_version(self.task)
+            if current is None:
+                return None
+            router = load_version(store, self.task, current)
+        except (RouterLoadError, StoreTampered) as exc:
+            logger.info("tracer_wrap refit of %r: the served version does not load (%s);"
+                        " no rival", self.task, exc)
+            return None
+        if router.info.get("embedder") != embedder or "max_seq" not in router.info:
+            return None
+        # What the store recorded about that version's files must not follow its arrays into a
+        # new version (they would point at the old version's OOD file, hash, ...).
+        router.info = {k: v for k, v in router.info.items()
+                       if k not in ("ood", "sha256", "saved_at", "versions")}
+        return router
 
     def _apply_retention(self, store: Store, seen_seq: int) -> None:
         """Prune by the ``retention`` option, never a trace newer than this refit has seen

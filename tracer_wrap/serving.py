@@ -206,13 +206,14 @@ class Serving:
                               f" {served.version} of {self.task!r} ({router.dim} dimensions)")
         decisions = router.route_many(texts, vectors)
         out: list[tuple[Decision, bool]] = []
-        scores = served.ood.scores(vectors) if served.ood is not None else None
+        scores = (served.ood.scores(vectors, [d.label for d in decisions])
+                  if served.ood is not None else None)
         for i, decision in enumerate(decisions):
             if decision.local and scores is not None and served.ood is not None \
                     and scores[i] < served.ood.cut:
                 out.append((replace(decision, local=False, reason=(
                     f"out of distribution: similarity {scores[i]:.3f} to the nearest training"
-                    f" prototype is below {served.ood.cut:.3f}")), True))
+                    f" prototype of {decision.label!r} is below {served.ood.cut:.3f}")), True))
             else:
                 out.append((decision, False))
         return out

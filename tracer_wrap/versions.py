@@ -2,24 +2,29 @@
 
 Every refit is saved as a numbered version (router ``.npz`` + ``.json`` manifest, and the OOD
 prototypes ``.ood.npz`` when fitted) with its manifest in the store. The store's *current* version
-is what every process serves. **The publish rule** (:func:`publish`): a new version becomes current
-when its gate certifies the served target, even at a lower coverage than the current one (keeping
-whichever version certified the most would keep the luckiest calibration draw, whose guarantee is
-the likeliest to fail; see BENCHMARKS.md). A version that certifies nothing never replaces one
-that certifies the served target, unless the current one tripped the drift breaker (it is known
-to be wrong on live traffic) or the caller forces it. A *pinned* version stays current whatever is
-published until :func:`unpin`. Only the newest ``keep`` versions are kept, plus the current and the
-pinned one.
+is what every process serves. **The publish rule**: a refit is a contest between the version
+served now (the incumbent) and the new fit (the candidate), decided by
+:func:`~tracer_wrap.model.fit.fit_router` before :func:`publish` runs: both are certified on the
+same calibration traces, fresh to both (the incumbent never saw them), each at ``delta / 2``, and
+the one that certifies more coverage at the served target is published, the incumbent with its
+new certificates (the candidate on a tie). By the union bound both certificates hold together with
+probability at least ``1 - delta``, so the version served keeps its claim at ``delta`` although it
+was chosen by what it certified; keeping whichever version certified the most on *different*
+draws would instead keep the luckiest draw, and always replacing would publish regressions. With
+no incumbent (none served, it tripped the drift breaker, it was fitted with another embedder or
+before versions recorded their traces) the candidate is certified at ``delta`` and published when
+it certifies the served target. :func:`publish` then makes the version current unless it
+certifies nothing while the current one certifies the served target, unless the current one
+tripped the drift breaker (it is known to be wrong on live traffic) or the caller forces it. A
+*pinned* version stays current whatever is published until :func:`unpin`. Only the newest ``keep``
+versions are kept, plus the current and the pinned one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from . import names
 from ._log import logger
@@ -64,7 +69,7 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
     store.write_artifact(task, f"v{version}.npz", data)
     store.write_artifact(task, f"v{version}.json", json.dumps(manifest, indent=1).encode())
     if ood is not None:
-        ood_data = _ood_to_bytes(ood)
+        ood_data = ood.to_bytes()
         store.write_artifact(task, f"v{version}.ood.npz", ood_data)
         manifest["ood"] = {"sha256": hashlib.sha256(ood_data).hexdigest(), "cut": ood.cut,
                            "prototypes": len(ood.prototypes)}
@@ -163,11 +168,7 @@ def load_ood(store: Store, task: str, version: int) -> OODScorer | None:
     expected = info.get("sha256")
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise RouterLoadError(f"{source}: content hash mismatch, refusing to load")
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            return OODScorer(arrays["prototypes"], float(arrays["cut"]))
-    except Exception as exc:
-        raise RouterLoadError(f"cannot load OOD prototypes {source!r}: {exc}") from exc
+    return OODScorer.from_bytes(data, source=source)
 
 
 def rollback(store: Store, task: str, version: int) -> None:
@@ -219,9 +220,3 @@ def _prune(store: Store, task: str, keep: int) -> None:
             except ConfigError:  # became current in another process meanwhile
                 continue
 
-
-def _ood_to_bytes(ood: OODScorer) -> bytes:
-    """The same ``.npz`` bytes :meth:`OODScorer.save` writes (prototypes and cut, no pickle)."""
-    buf = io.BytesIO()
-    np.savez(buf, prototypes=ood.prototypes, cut=np.float64(ood.cut))
-    return buf.getvalue()

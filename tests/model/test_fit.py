@@ -25,7 +25,8 @@ def test_certifies_every_target_of_the_frontier_in_one_fit():
     assert all(c["threshold"] is not None for c in router.frontier())
     coverages = [router.certificate_for(t).coverage for t in (0.9, 0.95, 0.99)]
     assert coverages == sorted(coverages, reverse=True)
-    assert router.info["n_calibration"] == 1200  # the automatic share: 1200 / 3000 = 0.4
+    # The automatic share, 1200 / 3000 = 0.4, one coin per trace: 1200 +- 4 standard deviations.
+    assert abs(router.info["n_calibration"] - 1200) < 4 * np.sqrt(3000 * 0.4 * 0.6)
 
 
 def test_held_out_agreement_meets_the_target():
@@ -51,12 +52,29 @@ def test_labels_unseen_in_training_count_as_disagreement():
     assert not cert.certified or cert.coverage < 0.85
 
 
-def test_calibration_only_uses_eligible_traces():
+def test_calibration_only_uses_eligible_traces_and_leaves_training_its_share_of_them():
     X, y = blobs(1000)
     eligible = np.zeros(1000, dtype=bool)
     eligible[:100] = True
-    router = fit_router(X, y, calibration_eligible=eligible)
-    assert router.info["n_calibration"] == 100
+    router = fit_router(X, y, calibration_eligible=eligible, calibration_fraction=0.4)
+    # Fewer eligible traces than the share asks for: still only ~40% of them calibrate, so the
+    # training part is never only the traces that may not calibrate (the hard, deferred ones).
+    assert 20 <= router.info["n_calibration"] <= 60
+    assert router.info["n_calibration"] == router.info["calibration_weight"]
+
+
+def test_calibration_weights_are_checked_and_weight_zero_only_trains():
+    X, y = blobs(1000)
+    weights = np.where(np.arange(1000) < 500, 1.0, 0.0)
+    weights[:100] = 0.02
+    router = fit_router(X, y, calibration_weights=weights, calibration_fraction=0.4)
+    assert router.info["n_calibration"] <= 500  # weight 0: trains only
+    assert router.info["calibration_weight"] < router.info["n_calibration"]
+    for bad in (np.full(1000, 2.0), np.ones(10)):
+        with pytest.raises(ConfigError, match="calibration_weights"):
+            fit_router(X, y, calibration_weights=bad)
+    with pytest.raises(ConfigError, match="not both"):
+        fit_router(X, y, calibration_weights=weights, calibration_eligible=weights > 0)
 
 
 def test_too_little_data_refuses():
@@ -156,33 +174,36 @@ def test_per_label_guarantee_keeps_an_unreliable_label_off_the_local_path():
 
 
 def test_the_served_router_is_exactly_the_certified_one():
-    # Calibration = exactly the eligible rows (fewer than the calibration share asks for): the
-    # router's own decisions on them, from text and from vectors, reproduce the certificates.
+    # The calibration rows, as fit_router draws them (the first draw of its seeded generator: one
+    # coin per trace, eligible ones only): the router's own decisions on them, from text and from
+    # vectors, reproduce the certificates.
     texts, X, y = keyword_task(1500)
     eligible = np.zeros(len(y), dtype=bool)
-    eligible[:400] = True
+    eligible[:1000] = True
     targets = (0.9, 0.95, 0.99)
     router = fit_router(X, y, texts=texts, targets=targets, calibration_eligible=eligible,
                         calibration_fraction=0.35)
-    assert router.has_text_model and router.info["n_calibration"] == 400
+    rows = np.flatnonzero(eligible & (np.random.default_rng(0).random(len(y)) < 0.35))
+    assert router.has_text_model and router.info["n_calibration"] == len(rows)
     assert router.certificate_for(0.9).certified
     assert router.certificate_for(0.9, text=False).certified
     for by_text in (True, False):
         for target in targets:
             router.target = target
             cert = router.certificate_for(target, text=by_text)
-            one_by_one = [router.route(texts[i] if by_text else None, X[i]) for i in range(400)]
+            one_by_one = [router.route(texts[i] if by_text else None, X[i]) for i in rows]
             local = np.array([d.local for d in one_by_one])
             assert local.mean() == pytest.approx(cert.coverage)
             if cert.certified:
-                agree = np.array([d.label for d in one_by_one]) == y[:400]
+                agree = np.array([d.label for d in one_by_one]) == y[rows]
                 assert agree[local].mean() == pytest.approx(cert.agreement)
 
 
 def test_the_fused_surrogate_trains_on_at_most_max_text_train_traces():
     texts, X, y = keyword_task(2000)
     router = fit_router(X, y, texts=texts, targets=(0.9,), max_text_train=500)
-    assert router.info["n_text_train"] == 500 and router.info["n_train"] == 1200
+    assert router.info["n_text_train"] == 500
+    assert router.info["n_train"] == 2000 - router.info["n_calibration"]
     decisions = router.route_many(texts[:200], X[:200])
     assert np.mean([d.label == t for d, t in zip(decisions, y[:200])]) > 0.9
 
@@ -195,3 +216,63 @@ def test_text_and_guarantee_settings_are_checked():
         fit_router(X, y, guarantee="everywhere")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="C"):
         fit_router(X, y, C=())
+
+
+# -- the publish rule: incumbent and candidate certified on the same fresh draw at delta / 2 -------
+
+def noisy_task(n: int, seed: int, k: int = 6, dim: int = 16):
+    """Blobs whose teacher answers a random label 5% of the time (agreement tops out near 0.96)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(k, dim))
+    c = rng.integers(0, k, n)
+    X = centres[c] + 0.8 * rng.normal(size=(n, dim))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = np.where(rng.random(n) < 0.05, rng.integers(0, k, n), c)
+    return X.astype(np.float32), np.array([f"label{i}" for i in y])
+
+
+def served_agreement(router, X, y):
+    decisions = router.route_many(None, X)
+    local = np.array([d.local for d in decisions])
+    agree = np.array([d.label for d in decisions]) == y
+    return agree[local].mean() if local.any() else 1.0
+
+
+def test_a_worse_candidate_is_not_published_and_a_better_one_is():
+    X, y = noisy_task(6000, 1)
+    kwargs = {"targets": (0.93,), "serve_target": 0.93, "C": 10.0}
+    strong = fit_router(X[:3000], y[:3000], **kwargs)
+    # A candidate trained on 60 traces against the incumbent fitted on 3000 (every later trace
+    # is fresh to it): the incumbent, re-certified, keeps serving.
+    kept = fit_router(X, y, max_train=60, incumbent=strong,
+                      incumbent_fresh=np.arange(6000) >= 3000, **kwargs)
+    assert kept.info["publish"]["served"] == "incumbent"
+    assert np.array_equal(kept.weights, strong.weights) and kept.info["delta"] == 0.025
+    assert kept.certificate_for(0.93).certified
+    weak = fit_router(X[:300], y[:300], max_train=60, **kwargs)
+    replaced = fit_router(X, y, incumbent=weak, incumbent_fresh=np.arange(6000) >= 300, **kwargs)
+    record = replaced.info["publish"]
+    assert record["served"] == "candidate"
+    assert record["coverage"]["candidate"] > record["coverage"]["incumbent"]
+    assert not np.array_equal(replaced.weights, weak.weights)
+
+
+def test_the_served_version_keeps_its_guarantee_at_delta_over_many_draws():
+    delta, target, draws = 0.1, 0.92, 60
+    X_truth, y_truth = noisy_task(100_000, 12345)
+    incumbent = fit_router(*noisy_task(3000, 7), targets=(target,), serve_target=target, C=10.0)
+    rng = np.random.default_rng(0)
+    violations = certified = 0
+    winners = {"candidate": 0, "incumbent": 0}
+    for draw in range(draws):
+        X, y = noisy_task(2000, 1000 + draw)
+        # Candidates of varied quality, so either side wins in some draws.
+        served = fit_router(X, y, targets=(target,), serve_target=target, delta=delta, C=10.0,
+                            max_train=int(rng.choice([40, 200, 2000])), seed=draw,
+                            incumbent=incumbent, incumbent_fresh=np.ones(len(y), dtype=bool))
+        if served.certificate_for(target).certified:
+            certified += 1
+            winners[served.info["publish"]["served"]] += 1
+            violations += served_agreement(served, X_truth, y_truth) < target
+    assert certified > 0.8 * draws and min(winners.values()) >= 10  # both sides win, often
+    assert violations / draws <= delta + 3 * np.sqrt(delta * (1 - delta) / draws)

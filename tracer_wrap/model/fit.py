@@ -1,7 +1,11 @@
 """Fitting a router from traces: cross-fitted linear surrogates, then the gate on held-out traces.
 
-1. The traces are split at random into a training part and a calibration part. Only traces that
-   are exchangeable with live traffic may calibrate; all the others train.
+1. The traces are split at random into a training part and a calibration part: each trace that
+   may calibrate does so with chance ``calibration_fraction`` (an independent coin), all the others
+   train, so the training part always holds its share of every kind of trace. A trace calibrates
+   with its weight of the stratified design (:mod:`tracer_wrap.model.gate`): 1 when it was traced
+   while no version answered locally or as an audit sample, the audit rate then in force when a
+   version answering locally deferred it, 0 (trains only) when that is not known.
 2. The training part is cut into ``folds``; for each fold, softmax regressions
    (:mod:`tracer_wrap.model.softmax`) are fitted on the other folds: on the embedding alone, for
    a short path of regularisation strengths (warm-started one from the other), then, when the
@@ -68,6 +72,8 @@ def fit_router(
     delta: float = 0.05,
     calibration_fraction: float | None = None,
     calibration_eligible: np.ndarray | None = None,
+    calibration_weights: np.ndarray | None = None,
+    calibration_complete: np.ndarray | None = None,
     folds: int = 3,
     C: float | Sequence[float] = EMBEDDING_C,
     max_train: int | None = 50_000,
@@ -79,6 +85,8 @@ def fit_router(
     text_C: float | Sequence[float] | None = None,
     acceptor: AcceptorChoice = "auto",
     max_text_train: int | None = 20_000,
+    incumbent: Router | None = None,
+    incumbent_fresh: np.ndarray | None = None,
 ) -> Router:
     """Fit a router on embedded traces and certify thresholds for each target.
 
@@ -95,14 +103,29 @@ def fit_router(
     the local answers of every label (see :mod:`tracer_wrap.model.gate`; it needs far more
     calibration traces per label).
 
-    ``calibration_eligible`` marks the traces that may calibrate (default: all).
-    ``calibration_fraction`` defaults to ``1200 / n`` clipped to [0.3, 0.4]: small task histories
-    need a larger share for the test to have power (measured on Banking77: at 2k traces, 0.4
-    certifies 72% coverage at 0.95 where 0.3 certifies 64%). At most ``max_train`` traces, drawn at
+    ``calibration_weights`` are the traces' weights in the gate's stratified test (each in
+    [0, 1]; 0: the trace only trains; see :mod:`tracer_wrap.model.gate`); ``calibration_eligible``
+    is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1).
+    ``calibration_complete`` marks, among traces of weight 1, those drawn as plain traffic (not
+    audit samples): the gate also tests them exactly when weights differ. Each
+    trace of positive weight calibrates with chance ``calibration_fraction``, which defaults to
+    ``1200 / n`` clipped to [0.3, 0.4]: small task histories need a larger share for the test to
+    have power (measured on Banking77: at 2k traces, 0.4 certifies 72% coverage at 0.95 where 0.3
+    certifies 64%). At most ``max_train`` traces, drawn at
     random, train the surrogate (fit time grows with them, coverage hardly after ~50k), and at most
     ``max_text_train`` of those the fused one (its fit costs ~4x the embedding one per trace, and
     its n-gram vocabulary, hence its file, grows with them); the calibration part is not capped,
     since scoring it is cheap and more of it tightens the gate.
+
+    **The publish rule** (``incumbent``, the version served now, and ``incumbent_fresh``, the
+    traces it was not fitted on): the candidate is certified at ``delta / 2`` and the incumbent
+    re-certified at ``delta / 2`` on the calibration traces among the fresh ones (the same draw;
+    its reference data are training traces, fresh ones when there are enough); the one that
+    certifies more coverage at ``serve_target`` is returned (the candidate on a tie), the
+    incumbent as :meth:`Router.with_certificates` with its new certificates. By the union bound
+    both certificates hold together with probability at least ``1 - delta``, so the one returned
+    holds its claim at ``delta`` although it was chosen by what it certified; ``info["publish"]``
+    records the comparison. An incumbent of another label set or dimension is ignored.
     Pure computation: never touches a store. Raises ConfigError on malformed input and GateRefused
     when there is too little data to fit at all; a fit that certifies no target returns a router
     whose certificates say why (it defers every input).
@@ -121,13 +144,14 @@ def fit_router(
         raise ConfigError(f"acceptor must be 'auto', 'global' or 'per_label', got {acceptor!r}")
     emb_C = _strengths(C, "C")
     txt_C = () if text_C is None else _strengths(text_C, "text_C")
-    eligible = (np.ones(len(y), dtype=bool) if calibration_eligible is None
-                else np.asarray(calibration_eligible, dtype=bool))
+    weights = _calibration_weights(calibration_weights, calibration_eligible, len(y))
     rng = np.random.default_rng(seed)
-    eligible_idx = np.flatnonzero(eligible)
-    n_cal = round(calibration_fraction * len(y))
-    n_cal = min(n_cal, len(eligible_idx))
-    cal_idx = np.sort(rng.choice(eligible_idx, size=n_cal, replace=False))
+    # An independent coin per trace (not a subset of fixed size): the weighted test's proof needs
+    # each trace's chance of calibrating fixed before its call (gate module docstring).
+    cal_idx = np.flatnonzero((weights > 0) & (rng.random(len(y)) < calibration_fraction))
+    cal_weights = weights[cal_idx]
+    cal_complete = (None if calibration_complete is None
+                    else np.asarray(calibration_complete, dtype=bool)[cal_idx])
     train_mask = np.ones(len(y), dtype=bool)
     train_mask[cal_idx] = False
     if max_train is not None and train_mask.sum() > max_train:
@@ -143,8 +167,12 @@ def fit_router(
 
     emb_train, emb_cal = X[train_idx], X[cal_idx]
     splits = _folds(y_index, folds, seed)
-    task = _Task(y_index, splits, classes, y[cal_idx], targets, serve_target, delta, n_cal,
-                 guarantee, acceptor)
+    # Predictions from out-of-fold data count calibration traces by their weight: a deferred
+    # trace of weight 0.02 is worth that share of one traced while nothing answered.
+    rivals = incumbent is not None and incumbent_fresh is not None and incumbent.dim == X.shape[1]
+    level = delta / 2 if rivals else delta
+    task = _Task(y_index, splits, classes, y[cal_idx], cal_weights, cal_complete, targets,
+                 serve_target, level, int(cal_weights.sum()), guarantee, acceptor)
     features = None
 
     # Imported here: threadpoolctl comes with scikit-learn, which serving never needs.
@@ -175,7 +203,10 @@ def fit_router(
                 starts = [emb.model] * len(text_task.splits)
                 blocks = [ngrams_train, emb_train[text_rows]]
             jobs = text_task.submit(pool, "text", blocks, strengths, starts)
-            ngrams_cal = features.transform([texts[i] for i in cal_idx.tolist()])
+            # No calibration trace (all traces weigh 0, e.g. just after a breaker trip): an
+            # empty block, since the vectorizer refuses an empty batch.
+            ngrams_cal = (features.transform([texts[i] for i in cal_idx.tolist()])
+                          if len(cal_idx) else ngrams_train[:0])
             text = text_task.collect(jobs, "text", blocks, strengths, [ngrams_cal, emb_cal])
 
     # The fused surrogate serves texts only where out-of-fold data predicts it certifies more than
@@ -190,11 +221,12 @@ def fit_router(
                                text.chosen.acceptor)
     heads = {"embedding": emb} if text is None else {"embedding": emb, "text": text}
     fit_info = {
-        "delta": delta,
+        "delta": level,
         "n_traces": len(y),
         "n_train": int(train_mask.sum()),
         "n_text_train": len(text_rows) if text is not None else 0,
         "n_calibration": len(cal_idx),
+        "calibration_weight": float(cal_weights.sum()),
         "calibration_fraction": calibration_fraction,
         "folds": len(splits),
         "C": emb.chosen.C,
@@ -212,17 +244,48 @@ def fit_router(
         **(info or {}),
     }
     (emb_w,), emb_b = emb.model
-    return Router(emb_w.T, emb_b, [str(c) for c in classes], emb.certificates,
-                  target=serve_target, info=fit_info, acceptor=emb.chosen.acceptor,
-                  text_model=text_model)
+    candidate = Router(emb_w.T, emb_b, [str(c) for c in classes], emb.certificates,
+                       target=serve_target, info=fit_info, acceptor=emb.chosen.acceptor,
+                       text_model=text_model)
+    if not rivals:
+        return candidate
+    assert incumbent is not None and incumbent_fresh is not None
+    fresh = np.asarray(incumbent_fresh, dtype=bool)
+    rows = cal_idx[fresh[cal_idx]]
+    ref_rows = train_idx[fresh[train_idx]]
+    if len(ref_rows) < 200:  # too few to place a grid: any training trace is independent too
+        ref_rows = train_idx
+    complete = (None if calibration_complete is None
+                else np.asarray(calibration_complete, dtype=bool)[rows])
+    rival = _recertify(incumbent, X, y, texts, rows, weights[rows], complete, ref_rows, targets,
+                       level, guarantee)
+    covered = {name: r.certificate_for(serve_target).coverage
+               if r.certificate_for(serve_target).certified else 0.0
+               for name, r in (("candidate", candidate), ("incumbent", rival))}
+    winner = "incumbent" if covered["incumbent"] > covered["candidate"] else "candidate"
+    record = {"served": winner, "delta_each": level, "coverage": covered,
+              "incumbent_calibration": len(rows), "incumbent_version":
+              incumbent.info.get("version")}
+    candidate.info["publish"] = record
+    if winner == "candidate":
+        return candidate
+    return rival.with_certificates(rival.embedding_certificates,
+                                   rival.certificates if rival.has_text_model else None,
+                                   # Its own fit's record (what it was fitted on) stays.
+                                   info={**(info or {}), **incumbent.info, "delta": level,
+                                         "n_calibration": len(rows),
+                                         "calibration_weight": float(weights[rows].sum()),
+                                         "publish": record})
 
 
 _CLAIMS = {
     "average": "P(agreement on accepted inputs >= target) >= 1 - delta over the calibration draw,"
-               " per target, assuming calibration traces are exchangeable with traffic",
+               " per target, assuming traces are drawn from traffic as recorded (every input"
+               " deferred, audit samples at their recorded rate)",
     "per_label": "P(for every label, agreement on the inputs answered locally with that label >="
-                 " target) >= 1 - delta over the calibration draw, per target, assuming"
-                 " calibration traces are exchangeable with traffic",
+                 " target) >= 1 - delta over the calibration draw, per target, assuming traces are"
+                 " drawn from traffic as recorded (every input deferred, audit samples at their"
+                 " recorded rate)",
 }
 
 
@@ -260,6 +323,8 @@ class _Task:
     splits: list[tuple[np.ndarray, np.ndarray]]
     classes: np.ndarray
     y_cal: np.ndarray
+    cal_weights: np.ndarray
+    cal_complete: np.ndarray | None
     targets: Sequence[float]
     serve_target: float
     delta: float
@@ -291,7 +356,8 @@ class _Task:
             # Stored as float16 (half the file): certify exactly what is stored and served.
             weights[0] = weights[0].astype(np.float16).astype(np.float32)
         certificates = _certify(chosen, logits(cal_blocks, weights, bias), self.classes,
-                                self.y_cal, self.targets, self.delta, self.guarantee)
+                                self.y_cal, self.cal_weights, self.cal_complete,
+                                self.targets, self.delta, self.guarantee)
         return _Surrogate(folds, chosen, (weights, bias), certificates)
 
 
@@ -373,21 +439,59 @@ def _predict(scores: np.ndarray, agree: np.ndarray, top: np.ndarray, n_classes: 
     return at(serve_target), float(np.mean([at(t) for t in targets]))
 
 
+def _recertify(router: Router, X: np.ndarray, y: np.ndarray, texts: Sequence[str] | None,
+               rows: np.ndarray, weights: np.ndarray, complete: np.ndarray | None,
+               ref_rows: np.ndarray, targets: Sequence[float], delta: float,
+               guarantee: Guarantee) -> Router:
+    """``router`` with both paths' certificates recomputed on the calibration ``rows``, its grids
+    and starts placed by its scores on ``ref_rows``."""
+    classes = np.array(router.labels, dtype=object)
+    paths = [False, True] if router.has_text_model and texts is not None else [False]
+    certs: dict[bool, dict[float, gate.Certificate]] = {}
+    for by_text in paths:
+        def scored(idx: np.ndarray, by_text: bool = by_text) -> tuple[np.ndarray, ...]:
+            if not len(idx):
+                return np.zeros(0, dtype=int), np.zeros(0), np.zeros(0, dtype=bool)
+            chosen_texts = [texts[i] for i in idx.tolist()] if by_text and texts else None
+            top, score = router.scores(X[idx], chosen_texts)
+            return top, score, classes[top] == y[idx]
+
+        ref_top, ref_score, ref_agree = scored(ref_rows)
+        top, score, agree = scored(rows)
+        reference = _Chosen(0.0, Acceptor(), ref_score, ref_agree, ref_top, (0.0, 0.0))
+        certs[by_text] = _gate(reference, score, agree, top, len(classes), weights, complete,
+                               targets, delta, guarantee)
+    return router.with_certificates(certs[False], certs.get(True))
+
+
 def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal: np.ndarray,
+             cal_weights: np.ndarray, cal_complete: np.ndarray | None,
              targets: Sequence[float], delta: float, guarantee: Guarantee
              ) -> dict[float, gate.Certificate]:
     """The gate on calibration traces, for every target, with the chosen acceptor."""
     top = cal_logits.argmax(axis=1) if len(y_cal) else np.zeros(0, dtype=int)
     scores = chosen.acceptor.score(top, _top_prob(cal_logits, top)) if len(y_cal) else np.zeros(0)
     agree = classes[top] == y_cal if len(y_cal) else np.zeros(0, dtype=bool)
+    return _gate(chosen, scores, agree, top, len(classes), cal_weights, cal_complete, targets,
+                 delta, guarantee)
+
+
+def _gate(chosen: _Chosen, scores: np.ndarray, agree: np.ndarray, top: np.ndarray,
+          n_labels: int, cal_weights: np.ndarray, cal_complete: np.ndarray | None,
+          targets: Sequence[float], delta: float, guarantee: Guarantee
+          ) -> dict[float, gate.Certificate]:
+    """Certificates for every target from calibration scores, agreement flags and labels, with
+    the reference (out-of-fold) data of ``chosen``."""
     if guarantee == "per_label":
         return {float(t): gate.certify_per_label(
             scores, agree, top, reference_scores=chosen.oof_scores,
             reference_agree=chosen.oof_agree, reference_labels=chosen.oof_labels,
-            n_labels=len(classes), target=float(t), delta=delta) for t in targets}
+            n_labels=n_labels, target=float(t), delta=delta, cal_weights=cal_weights,
+            cal_complete=cal_complete) for t in targets}
     grid = gate.threshold_grid(chosen.oof_scores)
     return {float(t): gate.certify(scores, agree, grid=grid, reference_scores=chosen.oof_scores,
-                                   reference_agree=chosen.oof_agree, target=float(t), delta=delta)
+                                   reference_agree=chosen.oof_agree, target=float(t), delta=delta,
+                                   cal_weights=cal_weights, cal_complete=cal_complete)
             for t in targets}
 
 
@@ -417,6 +521,20 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.nd
 
     folds = max(2, min(folds, len(y)))
     return list(KFold(folds, shuffle=True, random_state=seed).split(y))
+
+
+def _calibration_weights(weights: np.ndarray | None, eligible: np.ndarray | None, n: int
+                         ) -> np.ndarray:
+    """Each trace's weight in the gate's test (see :func:`fit_router`); ConfigError if malformed."""
+    if weights is not None and eligible is not None:
+        raise ConfigError("give calibration_weights or calibration_eligible, not both")
+    if weights is None:
+        return (np.ones(n) if eligible is None
+                else np.asarray(eligible, dtype=bool).astype(np.float64))
+    out = np.asarray(weights, dtype=np.float64)
+    if out.shape != (n,) or not np.all((out >= 0) & (out <= 1)):
+        raise ConfigError(f"calibration_weights must be {n} numbers in [0, 1]")
+    return out
 
 
 def _check(X: np.ndarray, y: np.ndarray, targets: Sequence[float], serve_target: float,

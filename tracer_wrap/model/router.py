@@ -155,6 +155,23 @@ class Router:
         self.info = dict(info or {})
         self.target = target
 
+    def with_certificates(self, certificates: Mapping[float, Certificate],
+                          text_certificates: Mapping[float, Certificate] | None = None, *,
+                          info: Mapping[str, Any] | None = None) -> Router:
+        """A router serving the same surrogates under other certificates (the embedding one's,
+        and the fused one's when there is a fused model), e.g. a re-certification on fresh
+        traces. Shares the arrays; ``info`` defaults to this router's."""
+        text_model = None
+        if self._text is not None:
+            head = self._text
+            assert head.features is not None and head.ngram_weights is not None
+            text_model = TextModel(head.features, head.ngram_weights, head.weights, head.bias,
+                                   dict(text_certificates or {}), head.acceptor)
+        return Router(self._embedding.weights, self._embedding.bias, self.labels,
+                      certificates, target=self.target,
+                      info=self.info if info is None else info,
+                      acceptor=self._embedding.acceptor, text_model=text_model)
+
     def _heads(self) -> list[_Head]:
         return [self._embedding] if self._text is None else [self._embedding, self._text]
 

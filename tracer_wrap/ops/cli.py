@@ -274,10 +274,12 @@ def fit(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fit a router on the task's valid traces now. The new version is served if it certifies
-    the target (even at a lower coverage than the version it replaces); one that certifies
-    nothing, or that was fitted with another embedder than the served version, is only saved,
-    unless --force."""
+    """Fit a router on the task's valid traces now. Publish rule: the new fit and the served
+    version are certified on the same fresh calibration traces at delta/2 each, and the one that
+    certifies more coverage at the target is published (the served one with its new
+    certificate); with no served version the fit is certified at delta and served if it
+    certifies the target. One that certifies nothing, or that was fitted with another embedder
+    than the served version, is only saved, unless --force."""
     from ..engine import TracedTask
     from .status import frontier_rows
 
