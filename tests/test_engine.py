@@ -188,9 +188,12 @@ def test_audit_samples_go_to_the_llm_calibrate_and_feed_the_breaker(tmp_path):
 def test_an_audit_sample_records_the_probability_it_was_drawn_with(tmp_path):
     task = fitted_task(tmp_path, audit_rate=lambda n_calibration: 0.25,
                        rng=random.Random(7))
-    plans = [task.route(f"c{i % 4} maybe audited {i}") for i in range(40)]
+    plans = [task.route(f"c{i % 4} maybe audited {i}") for i in range(400)]
     audited = [p for p in plans if p.audit]
-    assert audited and len(audited) < 40 and all(p.audit_p == 0.25 for p in audited)
+    assert all(p.audit_p == 0.25 for p in audited)
+    # Drawn once per call the router would answer, at the rate recorded (five standard errors).
+    drawn = sum(p.local or p.audit for p in plans)
+    assert abs(len(audited) - 0.25 * drawn) < 5 * (drawn * 0.25 * 0.75) ** 0.5, len(audited)
     for plan in audited:
         task.record(plan, label_of_text(plan.text or ""))
     task.flush()

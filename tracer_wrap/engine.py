@@ -534,11 +534,6 @@ class TracedTask:
         elif self._rng.random() < (rate := self.serving.audit_rate(served)):
             audit, reason, audit_p = True, "audit sample", rate
         else:
-            rate = self.serving.audit_rate(served)
-            if self._rng.random() < rate:
-                audit, reason = True, "audit sample"
-                return Plan(text, served.version, decision, audit=True, answering=answering,
-                            reason=reason, audit_p=rate)
             local, reason = True, ""
         return Plan(text, served.version, decision, local=local, audit=audit,
                     answering=answering, shadow=not routing, reason=reason, audit_p=audit_p)

@@ -174,8 +174,8 @@ def load_ood(store: Store, task: str, version: int) -> OODScorer | None:
 def rollback(store: Store, task: str, version: int) -> None:
     """Serve ``version`` again (every process picks it up within its ``refresh_seconds``).
 
-    The version must still be kept and must load (hash-checked). A later certified refit replaces
-    it under the publish rule; :func:`pin` it to stop that. Raises
+    The version must still be kept and must load (hash-checked). A later refit that wins the
+    publish rule's contest replaces it; :func:`pin` it to stop that. Raises
     ConfigError for an unknown version, RouterLoadError for one that no longer loads.
     """
     if store.manifest(task, version) is None:

@@ -376,7 +376,7 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Serve an earlier (or any kept) version; every process picks it up within a second. A
-    later certified refit replaces it; pin it to stop that."""
+    later refit that wins the publish rule's contest replaces it; pin it to stop that."""
     from ..versions import rollback as do_rollback
 
     st = _store_of(ctx, store)
@@ -408,13 +408,13 @@ def pin(
 
 @command()
 def unpin(ctx: typer.Context, task: TaskArg, store: StoreOpt = None) -> None:
-    """Let certified refits replace the served version again."""
+    """Let refits replace the served version again (under the publish rule)."""
     from ..versions import unpin as do_unpin
 
     st = _store_of(ctx, store)
     _known_task(st, task)
     do_unpin(st, task)
-    console.print(f"{task}: unpinned; the next certified refit is served.")
+    console.print(f"{task}: unpinned; refits may replace the served version again.")
 
 
 # -- routing and price ------------------------------------------------------------------------
