@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from _redis_server import REDIS_SERVER, RedisServer
 
 from tracer_wrap.model.embedder import Embedder
 from tracer_wrap.model.hashing import hashing_embedder
@@ -70,3 +73,21 @@ def banking77_train(request):
         if path is not None:
             np.save(path, vectors)
     return {"X": vectors, "y": labels, "texts": texts}
+
+
+@pytest.fixture(params=["diskcache", "redis"])
+def store_spec(request, tmp_path: Path) -> Iterator[str]:
+    """A store every process of a test can open: a directory, or a real Redis server on
+    loopback (many hosts)."""
+    if request.param == "diskcache":
+        yield str(tmp_path / "store")
+        return
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -182,24 +182,8 @@ def test_a_hung_redis_never_holds_a_call(redis, embedder, monkeypatch):
 # -- a row the store refuses for good -----------------------------------------------------------
 
 
-@pytest.fixture(params=["diskcache", "redis"])
-def spec(request, tmp_path) -> Iterator[str]:
-    if request.param == "diskcache":
-        yield str(tmp_path / "store")
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-def test_a_poison_row_is_set_aside_and_counted_and_blocks_nothing(spec, embedder, caplog):
-    task = TracedTask("t", store=spec, embedder=embedder, **OPTIONS)
+def test_a_poison_row_is_set_aside_and_counted_and_blocks_nothing(store_spec, embedder, caplog):
+    task = TracedTask("t", store=store_spec, embedder=embedder, **OPTIONS)
     poison = "refund \ud800 a lone surrogate"  # no UTF-8 encoding: no store can keep it
     texts = [f"refund #{i}" for i in range(20)] + [poison] + [f"refund #{i}" for i in range(20, 60)]
     with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
@@ -253,13 +237,14 @@ if __name__ == "__main__":
 """
 
 
-def test_every_process_writes_its_traces_at_exit_without_a_flush(spec, tmp_path):
+def test_every_process_writes_its_traces_at_exit_without_a_flush(store_spec, tmp_path):
     script = tmp_path / "app.py"  # spawn re-imports the main module from its file
     script.write_text(EXIT_SCRIPT)
-    out = run_script(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')", spec)
+    out = run_script(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')",
+                     store_spec)
     assert out.returncode == 0, out.stderr
     assert "Traceback" not in out.stderr and "cannot schedule" not in out.stderr, out.stderr
-    traces = open_store(spec).traces("t")
+    traces = open_store(store_spec).traces("t")
     who = sorted({t.input.split(" refund")[0] for t in traces})
     assert who == sorted(["preload", "fork", "spawn", "os.fork", "parent"])
     assert len(traces) == 5 * 30

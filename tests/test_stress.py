@@ -17,8 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-from _redis_server import REDIS_SERVER, RedisServer
 from _synthetic import LABELS
 
 from tracer_wrap import TracedTask
@@ -129,23 +127,6 @@ def forked_worker(name: str, root: str) -> None:
 
 def spawned_worker(name: str, root: str) -> None:
     serve(make_task((Path(root) / "spec").read_text()), name, Path(root))
-
-
-@pytest.fixture(params=["diskcache", "redis"])
-def store_spec(request, tmp_path: Path):
-    """The store every process shares: a directory, or a real Redis server on loopback (hosts)."""
-    if request.param == "diskcache":
-        yield str(tmp_path / "store")
-        return
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    (tmp_path / "redis").mkdir()
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path,

@@ -200,7 +200,8 @@ def test_after_enough_traffic_classification_calls_are_answered_without_reaching
         upstream: LLMServer, store: TraceStore) -> None:
     """The gateway discovers the task, traces every forwarded answer, refits in the background
     by itself, and then answers certified calls locally, as the SDK's own types."""
-    with through(upstream, store, routing=True, refit_every=300) as (url, _):
+    # One refit, at 300 traces (by default the first would come at 200).
+    with through(upstream, store, routing=True, min_traces=300, refit_every=300) as (url, _):
         client = sdk(url)
         traffic = [text for text, _ in make_traces(300, seed=3)]
         for text in traffic:

@@ -64,7 +64,9 @@ def test_node_openai_client_through_the_gateway(node: str, upstream: LLMServer,
     from _synthetic import make_traces
 
     store = TraceStore(tmp_path / "store")
-    with through(upstream, store, routing=True, refit_every=300) as (url, application):
+    # One refit, at 300 traces (by default the first would come at 200).
+    with through(upstream, store, routing=True, min_traces=300,
+                 refit_every=300) as (url, application):
         # Enough traffic for the gateway's own background refit.
         traffic = [text for text, _ in make_traces(300, seed=5)]
         (tmp_path / "traffic.json").write_text(json.dumps(traffic), encoding="utf-8")

@@ -16,6 +16,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from _http import serving  # noqa: E402
 from _synthetic import fill_store, make_traces  # noqa: E402
+from _wait import until  # noqa: E402
 
 from tracer_wrap.engine import TracedTask  # noqa: E402
 from tracer_wrap.model.hashing import hashing_embedder  # noqa: E402
@@ -124,15 +125,20 @@ def test_log_traces_one_and_batch(client: httpx.Client, store: TraceStore) -> No
 
 def test_plans_decide_exchangeability_and_forged_plans_count_for_nothing(
         client: httpx.Client, store: TraceStore) -> None:
+    before = len(store.traces("intent"))
     deferred = client.post("/v1/tasks/intent/route", json={"text": "zzz qqq unrelated"}).json()
     assert deferred["local"] is False and deferred["plan"]
-    client.post("/v1/tasks/intent/traces", json={"input": "a planned deferred one",
-                                                 "teacher": "refund", "plan": deferred["plan"]})
-    client.post("/v1/tasks/intent/traces", json={"input": "an unplanned one", "teacher": "refund"})
+    logged = [
+        client.post("/v1/tasks/intent/traces", json={
+            "input": "a planned deferred one", "teacher": "refund", "plan": deferred["plan"]}),
+        client.post("/v1/tasks/intent/traces", json={"input": "an unplanned one",
+                                                     "teacher": "refund"})]
     forged = deferred["plan"][:-2] + ("AA" if not deferred["plan"].endswith("AA") else "BB")
-    client.post("/v1/tasks/intent/traces", json={"input": "a forged one", "teacher": "refund",
-                                                 "plan": forged})
+    logged.append(client.post("/v1/tasks/intent/traces", json={
+        "input": "a forged one", "teacher": "refund", "plan": forged}))
+    assert all(r.is_success for r in logged), [r.text for r in logged]
     flush()
+    until(lambda: len(store.traces("intent")) >= 3 + before, "the three traces are written")
     traces = {t.input: t for t in store.traces("intent")}
     # A router answers for this task, so what reaches the LLM is the hard share: never calibrates.
     for text in ("a planned deferred one", "an unplanned one", "a forged one"):
