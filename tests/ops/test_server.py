@@ -46,8 +46,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> TraceStore:
 
 @pytest.fixture(scope="module")
 def app(store: TraceStore):
-    return create_app(store, token=TOKEN, max_body_bytes=64_000, max_batch=50,
-                      embedder="hashing")
+    app = create_app(store, token=TOKEN, max_body_bytes=64_000, max_batch=50,
+                     embedder="hashing")
+    # Made now, with the module's fixtures, so that conftest's _forget_tasks keeps their
+    # background jobs (it forgets the tasks a test makes) for every test of the module.
+    for task in ("intent", "no-router-yet"):
+        app.state.sidecar.task(task)
+    return app
 
 
 @pytest.fixture(scope="module")
