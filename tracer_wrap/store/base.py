@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import ConfigError
 
 __all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "NewTrace", "Origin", "Store", "Trace",
+           "append_one",
            "check_new_traces", "decode_vectors", "encode_vectors", "read_jsonl", "task_id"]
 
 #: URL schemes :func:`open_store` hands to :class:`~tracer_wrap.store.redis_store.RedisStore`.
@@ -108,6 +109,23 @@ class NewTrace:
                      time.time() if self.ts is None else self.ts, 1, self.exchangeable,
                      {self.teacher: 1} if self.valid else {}, self.router_label,
                      dict(self.meta or {}), seq, self.served_version, self.audit_p)
+
+
+def append_one(store: Store, task: str, text: str, teacher: str, *, valid: bool,
+               origin: Origin | str, exchangeable: bool, router_label: str | None,
+               meta: Mapping[str, Any] | None, ts: float | None) -> Trace:
+    """:meth:`Store.append` by way of the store's ``append_many`` (one home for both stores).
+    Raises ConfigError when the input or label is not text that can be stored."""
+    from ..errors import TraceRefused
+
+    if not isinstance(text, str) or not isinstance(teacher, str):
+        raise ConfigError("a trace needs a string input and a string teacher label")
+    row = NewTrace(text, teacher, valid, Origin(origin).value, exchangeable, router_label,
+                   meta, ts)
+    try:
+        return store.append_many(task, [row])[0]
+    except TraceRefused as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_new_traces(rows: Sequence[NewTrace]) -> int | None:

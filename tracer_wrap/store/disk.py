@@ -43,6 +43,7 @@ from .base import (
     _check_task,
     _digest,
     _prune_victims,
+    append_one,
     check_new_traces,
     read_jsonl,
     task_id,
@@ -287,14 +288,8 @@ class TraceStore:
         from threads and processes are never lost. Raises StoreError when the disk refuses,
         ConfigError when the input or label is not text that can be stored.
         """
-        if not isinstance(text, str) or not isinstance(teacher, str):
-            raise ConfigError("a trace needs a string input and a string teacher label")
-        row = NewTrace(text, teacher, valid, Origin(origin).value, exchangeable, router_label,
-                       meta, ts)
-        try:
-            return self.append_many(task, [row])[0]
-        except TraceRefused as exc:
-            raise ConfigError(str(exc)) from None
+        return append_one(self, task, text, teacher, valid=valid, origin=origin,
+                          exchangeable=exchangeable, router_label=router_label, meta=meta, ts=ts)
 
     def append_many(self, task: str, rows: Sequence[NewTrace]) -> list[Trace]:
         """Record many answers in one SQLite transaction (all or none); see :meth:`append`.

@@ -45,6 +45,7 @@ from .base import (
     _check_task,
     _digest,
     _prune_victims,
+    append_one,
     check_new_traces,
     read_jsonl,
     task_id,
@@ -142,14 +143,8 @@ class RedisStore:
                ts: float | None = None) -> Trace:
         """Record a teacher answer atomically (see :meth:`TraceStore.append`). Raises
         StoreError when Redis cannot be reached, ConfigError for text that cannot be stored."""
-        if not isinstance(text, str) or not isinstance(teacher, str):
-            raise ConfigError("a trace needs a string input and a string teacher label")
-        row = NewTrace(text, teacher, valid, Origin(origin).value, exchangeable, router_label,
-                       meta, ts)
-        try:
-            return self.append_many(task, [row])[0]
-        except TraceRefused as exc:
-            raise ConfigError(str(exc)) from None
+        return append_one(self, task, text, teacher, valid=valid, origin=origin,
+                          exchangeable=exchangeable, router_label=router_label, meta=meta, ts=ts)
 
     def append_many(self, task: str, rows: Sequence[NewTrace]) -> list[Trace]:
         """Record many answers in one MULTI/EXEC (all or none), one round trip.
