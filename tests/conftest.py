@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from _redis_server import REDIS_SERVER, RedisServer
 
 from tracer_wrap.model.embedder import Embedder
 from tracer_wrap.model.hashing import hashing_embedder
+from tracer_wrap.names import option_env_var
 from tracer_wrap.store import TraceStore
+
+# Tests answer with LLM stubs that take microseconds, so by default a call would wait only
+# EmbedWait.FLOOR (50 ms) for its embedding, and on a loaded machine whether a call is answered
+# locally would depend on thread scheduling. Every test (and the processes it starts) waits up to
+# embed_timeout instead; the tests of the wait itself set embed_budget explicitly.
+os.environ[option_env_var("embed_budget")] = "none"
 
 
 @pytest.fixture

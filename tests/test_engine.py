@@ -278,9 +278,9 @@ def test_llm_errors_propagate_unchanged_and_trace_nothing(tmp_path):
     assert task.store.count("t") == before and task.stats.llm == 0 and task.stats.errors == 0
 
 
-async def _acall(task: TracedTask, text: str) -> str:
+async def _acall(task: TracedTask, text: str, answer=lambda label: label) -> str:
     async def llm() -> str:
-        return label_of_text(text)
+        return answer(label_of_text(text))
     return await task.acall(text, llm)
 
 
@@ -358,3 +358,72 @@ def test_a_plan_is_immutable_data(tmp_path):
     assert isinstance(plan, Plan)
     with pytest.raises(AttributeError):
         plan.local = True  # type: ignore[misc]
+
+
+# -- the wait for the embedding ------------------------------------------------------------------
+
+
+def test_the_wait_for_an_embedding_follows_the_llms_latency():
+    from tracer_wrap.embedding import EmbedWait
+
+    wait = EmbedWait(timeout=1.0, budget=0.25)
+    for seconds in (0.2,) * (EmbedWait.MIN_SAMPLES - 1):
+        wait.llm_took(seconds)
+    assert wait.seconds() == 1.0  # too few answers timed yet
+    wait.llm_took(0.6)
+    assert wait.seconds() == pytest.approx(0.25 * 0.2)  # the median, not the mean
+    for _ in range(EmbedWait.WINDOW):
+        wait.llm_took(0.001)  # an LLM stub: the floor
+    assert wait.seconds() == EmbedWait.FLOOR
+    for _ in range(EmbedWait.WINDOW):
+        wait.llm_took(8.0)  # a slow LLM: never more than the timeout
+    assert wait.seconds() == 1.0
+    unbounded = EmbedWait(timeout=1.0, budget=None)
+    for _ in range(EmbedWait.WINDOW):
+        unbounded.llm_took(0.001)
+    assert unbounded.seconds() == 1.0
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_a_call_waits_for_its_embedding_a_share_of_the_llms_latency_then_goes_to_it(
+        tmp_path, run):
+    import asyncio
+    import threading
+
+    fitted_task(tmp_path)
+    free = threading.Event()
+
+    def stuck(texts: list[str]) -> np.ndarray:
+        free.wait()
+        return embed(texts)
+
+    # The LLM "takes" 0.4 s by the task's clock: once 8 answers were timed, a call waits 0.1 s
+    # for its embedding (embed_budget 0.25) instead of embed_timeout.
+    now = [0.0]
+
+    def llm(label: str) -> str:
+        now[0] += 0.4
+        return label
+
+    task = new_task(tmp_path, embedder=Embedder.from_callable(stuck, name="centres"),
+                    embed_timeout=0.2, embed_budget=0.25, monotonic=lambda: now[0])
+    texts = [f"c{i % CLASSES} slow {i}" for i in range(20)]
+    try:
+        for text in texts:
+            if run == "sync":
+                answer = task.call(text, lambda t=text: llm(label_of_text(t)))
+            else:
+                answer = asyncio.run(_acall(task, text, llm))
+            assert answer == label_of_text(text)
+        # The first 8 waited the whole embed_timeout (a fault: the embedder may hang); the others
+        # were cut short by the LLM's latency, which is no fault.
+        assert (task.stats.errors, task.stats.late, task.stats.llm) == (8, 12, 20)
+        task.flush()
+        traces = [t for t in task.store.traces("t") if "slow" in t.input]
+        # Which inputs missed their wait depends on the machine, not on a design: they train but
+        # do not calibrate as a draw of the served version's deferred stratum.
+        assert len(traces) == 20
+        assert all(not t.exchangeable and t.audit_p is None for t in traces)
+        assert all(t.served_version == task.version for t in traces)
+    finally:
+        free.set()

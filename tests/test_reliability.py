@@ -315,7 +315,10 @@ def test_a_hung_embedder_fails_open_within_embed_timeout_and_recovers(tmp_path, 
         plans = [task.route(t) for t in texts]
         assert all(not p.local and "EmbedTimeout" in p.reason for p in plans), plans[0]
         assert [task.call(t, lambda t=t: rows[t]) for t in texts] == [rows[t] for t in texts]
-        assert task.stats.local == 0 and task.stats.errors >= 80
+        # Each route() waited embed_timeout (no LLM latency known yet); calls past the first few
+        # wait a share of the LLM's latency instead (late, not a fault).
+        assert task.stats.local == 0 and task.stats.errors >= 40
+        assert task.stats.errors + task.stats.late >= 80
     finally:
         free.set()
     # The embedder works again: the same inputs are answered locally.
@@ -484,7 +487,7 @@ from tracer_wrap.embedding import service_for
 service = service_for(Embedder.default())
 service.embed_one("warm up", 600)
 for i in range(200):  # requests whose callers gave up: the worker is inside torch at exit
-    service._request(f"text number {i} " * 20)
+    service._request(f"text number {i} " * 20, 600)
 """
 
 

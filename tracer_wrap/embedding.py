@@ -4,13 +4,18 @@ An :class:`EmbeddingService` runs one :class:`~tracer_wrap.model.embedder.Embedd
 worker thread. A caller that needs a vector for routing waits at most ``timeout`` seconds
 (:meth:`EmbeddingService.embed_one`, or :meth:`EmbeddingService.aembed_one` from async code,
 which awaits without blocking the event loop); past that it gets :class:`EmbedTimeout` and the
-engine sends the call to the LLM (the embedding still finishes and lands in the embedder's
-cache). Texts waiting at the same time are embedded in one model call: when the worker becomes
-free it takes every pending request text (up to :data:`MAX_BATCH`), so a burst of concurrent calls
-shares one batch instead of queueing one by one. Bulk work (a refit embedding its traces,
-:meth:`EmbeddingService.embed`) is cut into chunks of :data:`BULK_CHUNK` texts that alternate
-with request batches, so a refit delays a call by at most one chunk and steady traffic never
-starves a refit.
+engine sends the call to the LLM (an embedding already started still finishes and lands in the
+embedder's cache). Texts waiting at the same time are embedded in one model call: when the worker
+becomes free it takes every pending request text (up to :data:`MAX_BATCH`), so a burst of
+concurrent calls shares one batch instead of queueing one by one.
+
+Work nobody waits for is not done: a request whose caller stopped waiting before its batch started
+is dropped, and a request the worker cannot finish within its caller's bound (from the measured
+seconds per text and the work ahead of it) is refused at once with :class:`EmbedTimeout`. On a busy
+machine the CPU then goes to the calls that can still be answered locally, and the others reach
+the LLM without waiting. Bulk work (a refit embedding its traces, :meth:`EmbeddingService.embed`)
+is cut into chunks of :data:`BULK_CHUNK` texts that alternate with request batches, so a refit
+delays a call by at most one chunk and steady traffic never starves a refit.
 
 A text the embedder has already embedded is answered from its cache in the caller's thread,
 without a thread hop. After ``fork`` a child gets a fresh worker and empty queues (the parent
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
+import statistics
 import threading
 import time
 import weakref
@@ -37,8 +43,8 @@ import numpy as np
 from .errors import EmbedderError
 from .model.embedder import Embedder
 
-__all__ = ["BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "EmbedTimeout", "EmbeddingService",
-           "service_for"]
+__all__ = ["BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "EmbedTimeout", "EmbedWait",
+           "EmbeddingService", "service_for"]
 
 #: Most request texts embedded in one model call.
 MAX_BATCH = 64
@@ -51,6 +57,46 @@ EXIT_SECONDS = 30.0
 
 class EmbedTimeout(EmbedderError):
     """The embedding of a call's input took longer than its bound; the call goes to the LLM."""
+
+
+class EmbedWait:
+    """How long a call may wait for the embedding of its input, from the LLM's own latency.
+
+    At most ``timeout`` seconds; and once :data:`MIN_SAMPLES` LLM answers were timed
+    (:meth:`llm_took`), at most ``budget`` times the median of the last :data:`WINDOW`, so that
+    waiting for a local answer never costs much more than the LLM call it may save (on a busy
+    machine a burst of new inputs can take longer to embed than the LLM takes to answer), but
+    never less than :data:`FLOOR` (an LLM stub in a test answers in microseconds, and embedding
+    one input takes milliseconds). ``budget`` None keeps ``timeout``. Thread-safe;
+    :meth:`seconds` takes no lock.
+    """
+
+    WINDOW = 64
+    MIN_SAMPLES = 8
+    #: Seconds a call may always wait (unless ``timeout`` is shorter): MiniLM embeds one short
+    #: input in 5-20 ms on one CPU thread, and LLMs worth saving take hundreds of ms.
+    FLOOR = 0.05
+
+    def __init__(self, timeout: float, budget: float | None) -> None:
+        self.timeout = timeout
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._latencies: deque[float] = deque(maxlen=self.WINDOW)
+        self._wait = timeout
+
+    def llm_took(self, seconds: float) -> None:
+        """Record the latency of one LLM answer."""
+        if self.budget is None:
+            return
+        with self._lock:
+            self._latencies.append(seconds)
+            if len(self._latencies) >= self.MIN_SAMPLES:
+                median = statistics.median(self._latencies)  # ~5 us; numpy's takes ~300
+                self._wait = min(self.timeout, max(self.FLOOR, self.budget * median))
+
+    def seconds(self) -> float:
+        """The wait of a call starting now, in seconds."""
+        return self._wait
 
 
 class EmbeddingService:
@@ -68,6 +114,8 @@ class EmbeddingService:
         self._pid: int | None = None
         self._running = False  # the worker is inside a model call
         self._closed = False
+        self._per_text: float | None = None  # seconds per text of recent model calls (EWMA)
+        self._free_at = 0.0  # when the running model call should end (time.monotonic)
 
     # -- callers --------------------------------------------------------------------------------
 
@@ -77,9 +125,11 @@ class EmbeddingService:
         hit = self.embedder.lookup(text)
         if hit is not None:
             return hit
+        future = self._request(text, timeout)
         try:
-            return self._request(text).result(timeout)
+            return future.result(timeout)
         except FutureTimeout:
+            future.cancel()  # not embedded if its batch has not started
             raise EmbedTimeout(f"embedding took longer than {timeout:g} s") from None
 
     def embed_many(self, texts: Sequence[str], timeout: float) -> np.ndarray:
@@ -90,26 +140,32 @@ class EmbeddingService:
             return self.embed_one(texts[0], timeout)[None, :]
         deadline = time.monotonic() + timeout
         found: list[np.ndarray | Future[np.ndarray]] = []
-        for text in texts:
-            hit = self.embedder.lookup(text)
-            found.append(hit if hit is not None else self._request(text))
-        vectors = []
         try:
-            for item in found:
-                vectors.append(item if isinstance(item, np.ndarray)
-                               else item.result(max(0.0, deadline - time.monotonic())))
+            for text in texts:
+                hit = self.embedder.lookup(text)
+                found.append(hit if hit is not None else self._request(text, timeout))
+            return np.stack([item if isinstance(item, np.ndarray)
+                             else item.result(max(0.0, deadline - time.monotonic()))
+                             for item in found])
         except FutureTimeout:
             raise EmbedTimeout(f"embedding took longer than {timeout:g} s") from None
-        return np.stack(vectors)
+        finally:
+            for item in found:
+                if isinstance(item, Future):
+                    item.cancel()  # a no-op once done or running
 
     async def aembed_one(self, text: str, timeout: float) -> np.ndarray:
         """:meth:`embed_one` for async code: awaits without blocking the event loop."""
         hit = self.embedder.lookup(text)
         if hit is not None:
             return hit
+        future = self._request(text, timeout)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self._request(text)), timeout)
+            # shield: a timeout must not cancel the wrapped future from the loop's side; the
+            # request is cancelled below, thread-safely, and only if its batch has not started.
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
         except asyncio.TimeoutError:
+            future.cancel()
             raise EmbedTimeout(f"embedding took longer than {timeout:g} s") from None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -129,11 +185,22 @@ class EmbeddingService:
             self._cond.notify()
         return np.concatenate([future.result() for future in futures])
 
-    def _request(self, text: str) -> Future[np.ndarray]:
+    def _request(self, text: str, timeout: float) -> Future[np.ndarray]:
+        """Queue ``text``; raise EmbedTimeout at once when the worker is not expected to embed
+        it within ``timeout`` seconds (see the module docstring)."""
         future: Future[np.ndarray] = Future()
         with self._cond:
             self._ensure_worker()
             self._check_open()
+            # An idle worker always takes a request: the cost of one text is bounded, and it
+            # keeps the estimate current (the first model call also loads the model).
+            idle = not self._running and not self._requests
+            if self._per_text is not None and not idle:
+                busy = max(0.0, self._free_at - time.monotonic()) if self._running else 0.0
+                expected = busy + (len(self._requests) + 1) * self._per_text
+                if expected > timeout:
+                    raise EmbedTimeout(f"embedding would take ~{expected:.2g} s, more than"
+                                       f" {timeout:g} s")
             self._requests.append((text, future))
             self._cond.notify()
         return future
@@ -176,17 +243,31 @@ class EmbeddingService:
                 while not self._requests and not self._bulk:
                     self._cond.wait()
                 if self._requests and (last_was_bulk or not self._bulk):
-                    batch = [self._requests.popleft()
-                             for _ in range(min(MAX_BATCH, len(self._requests)))]
+                    batch: list[tuple[str, Future[np.ndarray]]] = []
+                    while self._requests and len(batch) < MAX_BATCH:
+                        text, future = self._requests.popleft()
+                        if future.set_running_or_notify_cancel():  # False: nobody waits
+                            batch.append((text, future))
+                    if not batch:
+                        continue
                     bulk = None
+                    size = len(batch)
                 else:
                     bulk = self._bulk.popleft()
+                    size = len(bulk[0])
                 last_was_bulk = bulk is not None
                 self._running = True
+                started = time.monotonic()
+                if self._per_text is not None:
+                    self._free_at = started + size * self._per_text
             if bulk is not None:
                 self._run(bulk[0], [bulk[1]], whole=True)
             else:
                 self._run([text for text, _ in batch], [future for _, future in batch])
+            per_text = (time.monotonic() - started) / size
+            with self._cond:
+                self._per_text = per_text if self._per_text is None \
+                    else 0.7 * self._per_text + 0.3 * per_text
 
     def _run(self, texts: list[str], futures: list[Future[np.ndarray]],
              whole: bool = False) -> None:

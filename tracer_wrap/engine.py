@@ -48,7 +48,7 @@ import numpy as np
 from . import background, names, telemetry
 from ._log import fault
 from .accounting import Ledger, Usage
-from .embedding import EmbeddingService, service_for
+from .embedding import EmbeddingService, EmbedTimeout, EmbedWait, service_for
 from .errors import ConfigError, StoreError, TraceRefused
 from .labels import LabelSet
 from .model.embedder import Embedder, make_embedder
@@ -87,8 +87,9 @@ class Stats:
     logged, ``audits`` of them random audit samples and ``invalid`` matching no label; ``dropped``
     answers found the buffer full (their trace is lost, see :class:`TracedTask`); ``skipped``
     inputs were not traceable (not text, empty or too long); ``outliers`` were deferred as out of
-    distribution and ``breaker`` because the drift breaker tripped; ``errors`` are tracer_wrap
-    faults (the call went to the LLM).
+    distribution and ``breaker`` because the drift breaker tripped; ``late`` because their input
+    was not embedded within its wait (``embed_budget``, ``embed_timeout``); ``errors`` are
+    tracer_wrap faults (the call went to the LLM).
     """
 
     calls: int = 0
@@ -100,6 +101,7 @@ class Stats:
     skipped: int = 0
     outliers: int = 0
     breaker: int = 0
+    late: int = 0
     errors: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -230,6 +232,7 @@ class TracedTask:
         self._unseen: set[str] = set()
         # Everything in the calling thread, unbounded, so a run is the same on any machine load.
         self._inline = self.options.refit_executor == "inline"
+        self._embed_wait = EmbedWait(self.options.embed_timeout, self.options.embed_budget)
         self.serving = Serving(task, self.options, self._get_store, self._get_embedder)
         self.ledger = Ledger(self._get_store, task, self.options.price)
         self.refitter = Refitter(task, self.options, store=self._get_store,
@@ -295,7 +298,8 @@ class TracedTask:
 
         ``reply`` says how to read and build results (default: the result is the label). Errors
         of ``llm`` propagate unchanged and log no trace; tracer_wrap's own never reach the caller.
-        tracer_wrap waits on nothing but the embedding of ``text``, at most ``embed_timeout``.
+        tracer_wrap waits on nothing but the embedding of ``text``, at most ``embed_timeout``
+        and, once the LLM's latency is known, ``embed_budget`` times it.
         """
         reply = reply or Reply()
         span = telemetry.start_call(self.task, self.options, reply.attributes)
@@ -305,18 +309,20 @@ class TracedTask:
             local = self._answer(plan, reply.build, span)
             if local is not _LOCAL_FAILED:
                 return cast(R, local)
+        started = self.options.monotonic()
         try:
             result = llm()
         except BaseException as exc:
             span.failed(exc)
             span.end()
             raise
+        self._embed_wait.llm_took(self.options.monotonic() - started)
         return self._after_llm(plan, result, reply, span)
 
     async def acall(self, text: object, llm: Callable[[], Awaitable[R]],
                     reply: Reply[R] | None = None) -> R:
         """:meth:`call` for a coroutine ``llm``. Nothing of tracer_wrap's blocks the event loop:
-        the embedding is awaited (at most ``embed_timeout``), traces are written in the
+        the embedding is awaited (within the same bounds), traces are written in the
         background, and the store is never read on the loop (unless ``refresh_seconds=0``)."""
         reply = reply or Reply()
         span = telemetry.start_call(self.task, self.options, reply.attributes)
@@ -326,12 +332,14 @@ class TracedTask:
             local = self._answer(plan, reply.build, span)
             if local is not _LOCAL_FAILED:
                 return cast(R, local)
+        started = self.options.monotonic()
         try:
             result = await llm()
         except BaseException as exc:
             span.failed(exc)
             span.end()
             raise
+        self._embed_wait.llm_took(self.options.monotonic() - started)
         return self._after_llm(plan, result, reply, span)
 
     def route(self, text: str | None = None, *, vector: np.ndarray | None = None) -> Plan:
@@ -414,7 +422,7 @@ class TracedTask:
     def _plan_many(self, texts: Sequence[object] | None, vectors: np.ndarray | None,
                    n: int) -> list[Plan]:
         """Embed and route inputs (synchronous callers); never raises (a fault plans an LLM
-        call). Waits on nothing but the embedding, at most ``embed_timeout``."""
+        call). Waits on nothing but the embedding, at most the wait of :class:`EmbedWait`."""
         plans, rows, inputs = self._admit(texts, vectors, n)
         if not rows:
             return plans  # type: ignore[return-value]
@@ -430,13 +438,13 @@ class TracedTask:
                     matrix = self.embedder.embed(cast("list[str]", seen))
                 else:
                     matrix = self.embedding.embed_many(cast("list[str]", seen),
-                                                       self.options.embed_timeout)
+                                                       self._embed_wait.seconds())
                 decided = self._decide(inputs, seen, matrix, served)
                 if vectors is None:  # embedded here, so in the space of self.embedder
                     decided = [p if p.local else replace(p, vector=v)
                                for p, v in zip(decided, matrix)]
         except Exception as exc:
-            decided = self._fault_plans(inputs, exc)
+            decided = self._unrouted(inputs, exc)
         for i, plan in zip(rows, decided):
             plans[i] = plan
         return plans  # type: ignore[return-value]
@@ -452,11 +460,11 @@ class TracedTask:
             if served.router is None:
                 return Plan(text, served.version, reason=served.reason)
             seen = self._as_traced(text)
-            vector = await self.embedding.aembed_one(seen, self.options.embed_timeout)
+            vector = await self.embedding.aembed_one(seen, self._embed_wait.seconds())
             plan = self._decide([text], [seen], vector[None, :], served)[0]
             return plan if plan.local else replace(plan, vector=vector)
         except Exception as exc:
-            return self._fault_plans([text], exc)[0]
+            return self._unrouted([text], exc)[0]
 
     def _admit(self, texts: Sequence[object] | None, vectors: np.ndarray | None, n: int
                ) -> tuple[list[Plan | None], list[int], list[str | None]]:
@@ -489,10 +497,24 @@ class TracedTask:
                 inputs.append(cast("str | None", text))
         return plans, rows, inputs
 
-    def _fault_plans(self, texts: list[str | None], exc: Exception) -> list[Plan]:
-        self._fault("routing", exc)
-        why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
-        return [Plan(t, reason=why) for t in texts]
+    def _unrouted(self, texts: list[str | None], exc: Exception) -> list[Plan]:
+        """Plans of inputs routing failed for: to the LLM. A wait for the embedding that the
+        LLM's latency cut short is counted as ``late``; anything else (a wait that reached
+        ``embed_timeout`` included: a hung embedder) is a fault. Their answers are unplanned
+        draws for the gate (see :meth:`_unplanned`): which inputs miss their wait depends on the
+        machine's load and the embedder's cache, not on a design."""
+        cut_short = self._embed_wait.seconds() < self.options.embed_timeout
+        if isinstance(exc, EmbedTimeout) and cut_short:
+            self.stats.add(late=len(texts))
+            why = "the embedding of the input was not ready within its wait (embed_budget)"
+        else:
+            self._fault("routing", exc)
+            why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
+        try:
+            blind = self._unplanned()
+        except Exception:
+            blind = Plan(None, audit_p=None, answering=True)
+        return [replace(blind, text=t, reason=why) for t in texts]
 
     def _as_traced(self, text: str) -> str:
         """An input as its trace keeps it (redacted when ``redact`` is set): the router was

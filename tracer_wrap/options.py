@@ -126,9 +126,12 @@ class TaskOptions:
         How stale this process's view of the store's current version, routing switch and breaker
         may be: a background thread re-reads them this often. ``0`` reads the store on every call
         instead (for tests and diagnostics: the call then waits on the store).
-    ``embed_timeout``
+    ``embed_timeout``, ``embed_budget``
         Longest a call waits for the embedding of its input, in seconds; past it the call goes to
-        the LLM (and its trace is still logged).
+        the LLM (and its trace is still logged). Once this process has seen the LLM answer a few
+        calls, the wait is also at most ``embed_budget`` times the median of its recent LLM
+        latencies (default 0.25), so a call wrapped by tracer_wrap never takes much longer than
+        the LLM alone would, however busy the machine; ``None``: always ``embed_timeout``.
     ``buffer_size``
         LLM answers held in memory while their traces wait to be written (a slow or unreachable
         store); beyond it the newest are dropped and counted.
@@ -163,6 +166,7 @@ class TaskOptions:
     fit_options: Mapping[str, Any] = field(default_factory=dict)
     refresh_seconds: float = 1.0
     embed_timeout: float = 1.0
+    embed_budget: float | None = 0.25
     buffer_size: int = 10_000
     redact: Redactor | None = None
     store_inputs: StoreInputs = "raw"
@@ -251,6 +255,7 @@ class TaskKwargs(TypedDict, total=False):
     fit_options: Mapping[str, Any]
     refresh_seconds: float
     embed_timeout: float
+    embed_budget: float | None
     buffer_size: int
     redact: Redactor | Literal["pii"] | None
     store_inputs: StoreInputs
@@ -630,6 +635,7 @@ _SPECS: dict[str, _Spec] = {spec.name: spec for spec in (
     _Spec("fit_options", _mapping),
     _Spec("refresh_seconds", lambda v, w: _positive(v, w, zero_ok=True), _float_text),
     _Spec("embed_timeout", _positive, _float_text),
+    _Spec("embed_budget", _positive, _none_or(_float_text), nullable=True),
     _Spec("buffer_size", lambda v, w: _count(v, w, minimum=1), _int_text),
     _Spec("redact", _redact, lambda raw, where: raw, nullable=True),
     _Spec("store_inputs", _store_inputs, lambda raw, where: raw),
