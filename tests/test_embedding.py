@@ -98,3 +98,14 @@ def test_an_idle_worker_always_takes_a_request(gate):
     service._per_text = 100.0  # a stale estimate (say, the model's first load) blocks nothing
     assert service.embed_one("one", 60.0).shape == (4,)
     assert gate.calls == [["one"]] and service._per_text < 100.0
+
+
+def test_the_queue_of_waiting_requests_is_bounded(gate):
+    from tracer_wrap.embedding import MAX_QUEUE
+
+    service, first = busy_service(gate)  # no model call measured yet: no estimate bounds it
+    for i in range(MAX_QUEUE):
+        service._request(f"q{i}", 60.0)
+    with pytest.raises(EmbedTimeout, match="already wait"):
+        service.embed_one("one too many", 60.0)
+    assert len(service._requests) == MAX_QUEUE

@@ -496,3 +496,25 @@ def test_the_process_exits_cleanly_while_the_embedder_is_busy():
     out = run_script(EXIT_WHILE_EMBEDDING)
     # Not SIGABRT: torch's threads used by a daemon thread while the interpreter tears down abort.
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+REFIT_DUE_AT_EXIT = """
+import atexit, sys
+from _synthetic import make_traces
+from tracer_wrap import TracedTask
+from tracer_wrap.model.hashing import hashing_embedder
+
+task = TracedTask("t", store=sys.argv[1], embedder=hashing_embedder(), min_traces=50,
+                  refit_every=None)
+for text, label in make_traces(80):
+    task.call(text, lambda label=label: label)
+task.flush()
+task._refit_now = True  # a refit is due, say after an unseen label, as the process exits
+atexit.register(task.step)  # runs after concurrent.futures stopped taking new work
+"""
+
+
+def test_a_refit_due_while_the_interpreter_exits_is_skipped_quietly(tmp_path):
+    out = run_script(REFIT_DUE_AT_EXIT, str(tmp_path / "store"))
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert open_store(str(tmp_path / "store")).count("t") == 80

@@ -10,18 +10,20 @@ from collections.abc import Callable
 logger = logging.getLogger("tracer_wrap")
 
 _QUIET_SECONDS = 60.0
-_last: dict[tuple[str, str], tuple[float, int]] = {}
+_last: dict[tuple[str, str, str], tuple[float, int]] = {}
 _lock = threading.Lock()
 
 
-def fault(step: str, exc: BaseException, *,
+def fault(step: str, exc: BaseException, *, task: str | None = None,
           clock: Callable[[], float] = time.monotonic) -> None:
-    """Log that ``step`` failed with ``exc`` and the call went on without tracer_wrap.
+    """Log that ``step`` (of ``task``, when given) failed with ``exc`` and the call went on
+    without tracer_wrap.
 
-    The same step and exception type are logged at most once a minute, with the number of
-    repeats since the last line, so a broken disk does not flood the application's logs.
+    The same task, step and exception type are logged at most once a minute, with the number of
+    repeats since the last line, so a broken disk does not flood the application's logs, while
+    another task's fault (say, on another store) is still logged when it first happens.
     """
-    key = (step, type(exc).__name__)
+    key = (task or "", step, type(exc).__name__)
     now = clock()
     with _lock:
         last, repeats = _last.get(key, (-_QUIET_SECONDS, 0))
@@ -30,5 +32,6 @@ def fault(step: str, exc: BaseException, *,
             return
         _last[key] = (now, 0)
     more = f" ({repeats} more since the last report)" if repeats else ""
-    logger.warning("tracer_wrap %s failed, calling the LLM instead: %s: %s%s",
-                   step, type(exc).__name__, exc, more, exc_info=logger.isEnabledFor(logging.DEBUG))
+    of = f" for task {task!r}" if task else ""
+    logger.warning("tracer_wrap %s failed%s, calling the LLM instead: %s: %s%s", step, of,
+                   type(exc).__name__, exc, more, exc_info=logger.isEnabledFor(logging.DEBUG))

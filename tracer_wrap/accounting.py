@@ -172,7 +172,8 @@ class Ledger:
                 sent += 1
         except Exception as exc:
             # A broken store fails every step that touches it: one fault for the storm.
-            fault("trace store" if isinstance(exc, StoreError) else "usage accounting", exc)
+            fault("trace store" if isinstance(exc, StoreError) else "usage accounting", exc,
+                  task=self.task)
             with self._lock:
                 if sent < len(batches):
                     # The store may have added this batch before the call failed: resend it

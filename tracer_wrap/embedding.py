@@ -43,11 +43,14 @@ import numpy as np
 from .errors import EmbedderError
 from .model.embedder import Embedder
 
-__all__ = ["BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "EmbedTimeout", "EmbedWait",
+__all__ = ["BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "MAX_QUEUE", "EmbedTimeout", "EmbedWait",
            "EmbeddingService", "service_for"]
 
 #: Most request texts embedded in one model call.
 MAX_BATCH = 64
+#: Most request texts waiting at once; beyond, a request is refused at once (before the first model
+#: call is measured, say while the model loads, nothing else bounds the queue).
+MAX_QUEUE = 4 * MAX_BATCH
 #: Texts of bulk work (refits) embedded per model call, between request batches.
 BULK_CHUNK = 32
 #: Longest the interpreter's exit waits for a running model call (one batch of at most MAX_BATCH
@@ -192,6 +195,8 @@ class EmbeddingService:
         with self._cond:
             self._ensure_worker()
             self._check_open()
+            if len(self._requests) >= MAX_QUEUE:
+                raise EmbedTimeout(f"{MAX_QUEUE} inputs already wait for their embedding")
             # An idle worker always takes a request: the cost of one text is bounded, and it
             # keeps the estimate current (the first model call also loads the model).
             idle = not self._running and not self._requests

@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -142,6 +143,14 @@ class Plan:
     reason: str = ""
     audit_p: float | None = 1.0
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+def _exiting() -> bool:
+    """Whether the interpreter's exit began (its thread pools take no new work)."""
+    import concurrent.futures.thread as pools
+
+    return (bool(getattr(pools, "_shutdown", False)) or not threading.main_thread().is_alive()
+            or sys.is_finalizing())
 
 
 def _identity(value: Any) -> Any:
@@ -608,7 +617,7 @@ class TracedTask:
         self.stats.add(errors=1)
         # A broken store fails every step that touches it: report it as one fault, so a storm of
         # calls logs it once.
-        fault("trace store" if isinstance(exc, StoreError) else step, exc)
+        fault("trace store" if isinstance(exc, StoreError) else step, exc, task=self.task)
 
     # -- the background job (tracer_wrap.background): writing, refreshing, refitting -----------
 
@@ -857,8 +866,16 @@ class TracedTask:
 
     def refit_in_background(self) -> Future[Router | None] | None:
         """Start a refit off the request path; see
-        :meth:`tracer_wrap.refit.Refitter.in_background`."""
-        return self.refitter.in_background()
+        :meth:`tracer_wrap.refit.Refitter.in_background`. None when none starts, also while the
+        interpreter exits (a refit due then is left to the next process)."""
+        try:
+            return self.refitter.in_background()
+        except RuntimeError:
+            # concurrent.futures takes no new work once the interpreter's exit began; the exit's
+            # last drain may still find a refit due.
+            if not _exiting():
+                raise
+            return None
 
     def close(self, wait: bool = True) -> None:
         """Write what is buffered and stop the refit worker (after a running refit when

@@ -186,7 +186,7 @@ class Serving:
                 else None
         except RouterLoadError as exc:
             self._refused = version
-            fault("router load", exc)
+            fault("router load", exc, task=self.task)
             return Served(version, reason=f"version {version} cannot be served: {exc}")
         self._refused = None
         return Served(version, router, ood, reason="")

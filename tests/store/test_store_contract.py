@@ -226,3 +226,17 @@ def test_a_counter_batch_resent_after_a_lost_reply_counts_once(any_store):
     ledger.add({"calls": 1})
     assert ledger.flush()
     assert any_store.counters("t") == {"calls": 4, "llm": 2}
+
+
+def test_a_claim_is_released_only_by_its_holder(any_store):
+    import subprocess
+    import sys
+
+    # Another process takes the claim (a refit elsewhere, after this process's claim lapsed).
+    take = ("import sys; from tracer_wrap.store import open_store;"
+            " print(open_store(sys.argv[1]).claim('t', 'refit', ttl=600))")
+    out = subprocess.run([sys.executable, "-c", take, str(any_store.path)], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "True"
+    any_store.release("t", "refit")  # not this process's: it stays theirs
+    assert not any_store.claim("t", "refit", ttl=1)

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,15 @@ from .base import (
 )
 
 __all__ = ["RedisStore"]
+
+# Deletes a claim only when its holder's token is the caller's: a claim that lapsed while its
+# holder still ran may already be another process's.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 
 # Adds a batch of counter deltas once: the batch's id is remembered for a day, so a batch resent
 # after a connection dropped mid-call (Redis may have run it) is not counted twice.
@@ -119,6 +130,7 @@ class RedisStore:
                                             socket_connect_timeout=socket_timeout)
         self._append_script = self._client.register_script(_APPEND)
         self._add_counters_script = self._client.register_script(_ADD_COUNTERS)
+        self._release_script = self._client.register_script(_RELEASE)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -329,12 +341,14 @@ class RedisStore:
         The expiry is counted by the Redis server (``PX`` is a duration, not a date), so no
         jump of a client's wall clock can end a live claim early or keep a dead one alive: the
         clients never compare times. Only the server's own clock matters, as for every Redis
-        expiry."""
-        return bool(self._call(self._client.set, self._k(task, "claim", name), os.getpid(),
+        expiry. The claim's value names its holder (host, process, and a nonce per process)."""
+        return bool(self._call(self._client.set, self._k(task, "claim", name), _holder(),
                                nx=True, px=max(1, int(ttl * 1000))))
 
     def release(self, task: str, name: str) -> None:
-        self._call(self._client.delete, self._k(task, "claim", name))
+        """Give the claim back if this process holds it (one that lapsed and was taken by
+        another process stays theirs); atomic (one Lua script)."""
+        self._call(self._release_script, keys=[self._k(task, "claim", name)], args=[_holder()])
 
     # -- artifacts and versions ----------------------------------------------------------------
 
@@ -418,3 +432,11 @@ def _assemble(raw: bytes, seq: int, count: int, labels: dict[str, int]) -> Trace
         trace.teacher = max(labels, key=labels.__getitem__)
         trace.valid = True
     return trace
+
+
+_NONCE = uuid.uuid4().hex  # with the pid, tells apart processes of one host across restarts
+
+
+def _holder() -> str:
+    """This process's name as the holder of a claim (a forked child has its own pid)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_NONCE}"
