@@ -7,8 +7,10 @@
 A local fake LLM server (tests/llm_server.py, real HTTP, ``--latency`` seconds per answer) is
 called ``--calls`` times at once with ``asyncio.gather`` through a plain ``AsyncOpenAI`` client
 and through ``wrap_openai`` around the same client, in alternating rounds, with new inputs every
-round (no embedding cache hit). Two tasks: *no router* (every call goes to the LLM) and *served
-router* (a router fitted on 800 traces answers part of the calls locally). ``--busy N`` also runs
+round (no embedding cache hit). Three tasks: *no router* (every call goes to the LLM), *served
+router* (a router fitted on 800 traces answers part of the calls locally), and the same served
+router with ``embed_budget=None`` (a call may wait for its embedding up to ``embed_timeout``
+whatever the LLM's latency, as before the budget existed). ``--busy N`` also runs
 every scenario with N processes burning CPU, started by this script. Reported: the median wall
 time over rounds of plain and wrapped, their ratio (goal: wrapped <= 1.5x plain), and the number
 of calls that raised (goal: equal, 0).
@@ -102,7 +104,8 @@ def main() -> None:
                   "breaker": False, "min_traces": 50}
         if args.embed_timeout is not None:
             common["embed_timeout"] = args.embed_timeout
-        stores = {"no router": str(Path(tmp) / "a"), "served router": str(Path(tmp) / "b")}
+        stores = {"no router": str(Path(tmp) / "a"), "served router": str(Path(tmp) / "b"),
+                  "served router, embed_budget=None": str(Path(tmp) / "b")}
         served = TracedTask("t", store=stores["served router"], **common)
         for text, label in make_traces(800, seed=99):
             served.call(text, lambda label=label: label)
@@ -117,8 +120,9 @@ def main() -> None:
                        for _ in range(busy)]
             try:
                 for i, (label, store) in enumerate(stores.items()):
-                    r = scenario(server.base_url_openai, "t", {**common, "store": store}, args,
-                                 1000 * busy + 10 * i)
+                    extra = {"embed_budget": None} if "embed_budget=None" in label else {}
+                    r = scenario(server.base_url_openai, "t", {**common, **extra, "store": store},
+                                 args, 1000 * busy + 10 * i)
                     where = f"{busy} CPU burners" if busy else "as it is"
                     print(f"| {where} | {label} | {r['plain']:.3f} | {r['wrapped']:.3f} |"
                           f" {r['ratio']:.2f} | {r['plain_errors']} / {r['wrapped_errors']} |",

@@ -283,6 +283,7 @@ def test_a_sqlite_lock_held_by_another_process_fails_open(tmp_path, embedder):
         assert ask(task, texts, rows) == []
         assert task.stats.local > 0 and task.stats.llm > 800  # served from the snapshot
         assert task.stats.errors == before  # no call met the lock: none failed open for it
+        assert not task.flush(timeout=0.2)  # gives up (within the store's 2 s lock wait)
     finally:
         assert holder.stdin is not None
         holder.stdin.write("\n")
@@ -485,7 +486,8 @@ from tracer_wrap import Embedder
 from tracer_wrap.embedding import service_for
 
 service = service_for(Embedder.default())
-service.embed_one("warm up", 600)
+service.embed_one("warm up", 600)  # loads the model
+service.embed_one("warm up again", 600)  # measures a model call
 for i in range(200):  # requests whose callers gave up: the worker is inside torch at exit
     service._request(f"text number {i} " * 20, 600)
 """

@@ -271,8 +271,12 @@ class EmbeddingService:
                 self._run([text for text, _ in batch], [future for _, future in batch])
             per_text = (time.monotonic() - started) / size
             with self._cond:
-                self._per_text = per_text if self._per_text is None \
-                    else 0.7 * self._per_text + 0.3 * per_text
+                # Falls at once, rises smoothly: the first model call also loads the model, and
+                # an estimate too high refuses requests that would have made it (one too low only
+                # lets callers wait their bound, as without an estimate).
+                old = self._per_text
+                self._per_text = per_text if old is None or per_text < old \
+                    else 0.7 * old + 0.3 * per_text
 
     def _run(self, texts: list[str], futures: list[Future[np.ndarray]],
              whole: bool = False) -> None:

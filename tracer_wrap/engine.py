@@ -671,7 +671,9 @@ class TracedTask:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Write this task's buffered traces and counters to the store now, waiting up to
-        ``timeout`` seconds for an unreachable store; True when nothing is left pending."""
+        ``timeout`` seconds for an unreachable store (plus at most one store operation's own
+        bound: 2 s for a lock held by another process, ``socket_timeout`` for Redis); True when
+        nothing is left pending. What is not written stays buffered for the background worker."""
         return self.drain(timeout)
 
     def _write(self, timeout: float | None = None, max_answers: int | None = None) -> bool:

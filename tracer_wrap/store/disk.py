@@ -53,6 +53,11 @@ from .base import (
 __all__ = ["TraceStore"]
 
 _CACHE_SETTINGS: dict[str, Any] = {
+    # Longest one operation waits for another process's lock before raising StoreError
+    # (diskcache's default is 60 s). Nothing on the request path touches the store; the
+    # background writer keeps its traces buffered and retries, and flush(timeout) and the exit's
+    # last drain are then late by at most this much.
+    "timeout": 2.0,
     "eviction_policy": "none",  # traces are data, never a cache to evict
     "size_limit": 2**62,
     "statistics": 0,
