@@ -48,6 +48,18 @@ def busy_service(gate: Gate) -> tuple[EmbeddingService, threading.Thread]:
     return service, first
 
 
+def release_after_queued(gate: Gate, service: EmbeddingService, threads: list[threading.Thread],
+                         text: str, queued: int) -> None:
+    """Ask for ``text`` in a thread, wait until ``queued`` requests wait, release the model and
+    wait for every thread."""
+    waiter = threading.Thread(target=service.embed_one, args=(text, 60.0), daemon=True)
+    waiter.start()
+    until(lambda: len(service._requests) == queued, f"{queued} queued requests")
+    gate.release.set()
+    for thread in [*threads, waiter]:
+        thread.join(60)
+
+
 def test_concurrent_requests_share_one_model_call(gate):
     service, first = busy_service(gate)
     waiters = [threading.Thread(target=service.embed_one, args=(f"t{i}", 60.0), daemon=True)
@@ -67,12 +79,7 @@ def test_a_request_whose_caller_gave_up_is_never_embedded(gate):
         service.embed_one("abandoned", 0.01)
     with pytest.raises(EmbedTimeout):
         asyncio.run(service.aembed_one("abandoned too", 0.01))
-    done = threading.Thread(target=service.embed_one, args=("awaited", 60.0), daemon=True)
-    done.start()
-    until(lambda: len(service._requests) == 3, "three queued requests")
-    gate.release.set()
-    done.join(60)
-    first.join(60)
+    release_after_queued(gate, service, [first], "awaited", queued=3)
     assert gate.calls == [["first"], ["awaited"]]
 
 
@@ -83,12 +90,7 @@ def test_a_request_the_worker_cannot_finish_in_time_is_refused_at_once(gate):
         service.embed_one("hopeless", 0.2)
     assert not service._requests  # refused without queuing: no CPU spent on it
     # A caller that can wait long enough is queued and served.
-    waiter = threading.Thread(target=service.embed_one, args=("patient", 60.0), daemon=True)
-    waiter.start()
-    until(lambda: len(service._requests) == 1, "the patient request queued")
-    gate.release.set()
-    waiter.join(60)
-    first.join(60)
+    release_after_queued(gate, service, [first], "patient", queued=1)
     assert gate.calls == [["first"], ["patient"]]
 
 
