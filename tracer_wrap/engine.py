@@ -50,7 +50,7 @@ from . import background, names, telemetry
 from ._log import fault
 from .accounting import Ledger, Usage
 from .embedding import EmbeddingService, EmbedTimeout, EmbedWait, service_for
-from .errors import ConfigError, StoreError, TraceRefused
+from .errors import ConfigError, StoreBusy, StoreError, TraceRefused
 from .labels import LabelSet
 from .model.embedder import Embedder, make_embedder
 from .model.router import Decision, Router
@@ -74,6 +74,11 @@ R = TypeVar("R")
 WRITE_BATCH = 256
 #: Transactions a background step writes before it refreshes the snapshot and checks refits.
 STEP_BATCHES = 4
+
+#: How long the disk store may stay locked by other processes (each operation waits 2 s, then
+#: is retried by the background worker) before the wait counts and is logged as a fault: under
+#: contention from many processes a lock held a few seconds is normal, not a failure.
+BUSY_FAULT_SECONDS = 30.0
 
 #: Longest input tracer_wrap embeds; longer inputs go to the LLM untouched (the embedder truncates
 #: long inputs anyway, so a local answer for them would rest on a part of the text).
@@ -241,6 +246,8 @@ class TracedTask:
         self._unseen: set[str] = set()
         # Everything in the calling thread, unbounded, so a run is the same on any machine load.
         self._inline = self.options.refit_executor == "inline"
+        #: Since when every store operation met another process's lock (None: the last worked).
+        self._busy_since: float | None = None
         self._embed_wait = EmbedWait(self.options.embed_timeout, self.options.embed_budget)
         self.serving = Serving(task, self.options, self._get_store, self._get_embedder)
         self.ledger = Ledger(self._get_store, task, self.options.price)
@@ -411,7 +418,8 @@ class TracedTask:
                     self.stats.add(dropped=1)
                 else:
                     self._buffer.append(_Answer(plan, text, label, raw, meta))
-                    background.wake()
+                    if not self._inline:
+                        background.wake()
             self.ledger.add(counts)
             if self._inline:
                 # Inline means everything in the calling thread, reproducibly (simulations):
@@ -614,6 +622,12 @@ class TracedTask:
                     audit_p=None if answering else 1.0)
 
     def _fault(self, step: str, exc: BaseException) -> None:
+        if isinstance(exc, StoreBusy):
+            now = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = now
+            if now - self._busy_since < BUSY_FAULT_SECONDS:
+                return  # contention: the writer retries, nothing is lost
         self.stats.add(errors=1)
         # A broken store fails every step that touches it: report it as one fault, so a storm of
         # calls logs it once.
@@ -623,8 +637,14 @@ class TracedTask:
 
     def step(self) -> None:
         """Write buffered traces and counters, refresh the served snapshot, start a refit when
-        one is due. Runs on the background worker; a store fault is logged and retried."""
+        one is due. Runs on the background worker; a store fault is logged and retried. With
+        ``refit_executor="inline"`` the calls write and refit themselves (reproducibly, in the
+        calling thread), so the worker only refreshes the snapshot."""
         try:
+            if self._inline:
+                if self.serving.due():
+                    self.serving.refresh()
+                return
             # A bounded share of the buffer per step: under a flood of calls the snapshot must
             # still be refreshed and refits still started.
             self._write(max_answers=STEP_BATCHES * WRITE_BATCH)
@@ -707,6 +727,7 @@ class TracedTask:
                             answer.written = True
                         self._poison(owners[exc.index], exc)
                         continue  # the rest of the batch, again
+                    self._busy_since = None
                     for answer in owners:
                         answer.written = True
                 for answer in batch:

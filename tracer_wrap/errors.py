@@ -14,6 +14,7 @@ __all__ = [
     "GateRefused",
     "MissingExtraError",
     "RouterLoadError",
+    "StoreBusy",
     "StoreError",
     "StoreTampered",
     "TraceRefused",
@@ -31,6 +32,11 @@ class ConfigError(TracerWrapError, ValueError):
 
 class StoreError(TracerWrapError, OSError):
     """The trace store cannot be opened, read or written."""
+
+
+class StoreBusy(StoreError):
+    """Another process held the disk store's lock longer than one operation waits for it (2 s).
+    Transient: the same operation may succeed when retried."""
 
 
 class StoreTampered(TracerWrapError):

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import diskcache
 
-from ..errors import ConfigError, StoreError, StoreTampered, TraceRefused
+from ..errors import ConfigError, StoreBusy, StoreError, StoreTampered, TraceRefused
 from .base import (
     PRIVATE_DIR_MODE,
     PRIVATE_FILE_MODE,
@@ -131,7 +131,7 @@ def _guarded(path: str) -> Iterator[None]:
         with _FORK_GUARD:
             yield
     except diskcache.Timeout as exc:
-        raise StoreError(f"trace store {path!r} busy: {exc}") from exc
+        raise StoreBusy(f"trace store {path!r} busy: {exc}") from exc
     except sqlite3.Error as exc:  # locked, disk full, read-only, a corrupt database
         raise StoreError(f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -330,7 +330,9 @@ class TraceStore:
             raise TraceRefused(f"row {bad.index}: {bad.error}", index=bad.index,
                                written=written) from None
         except diskcache.Timeout as exc:
-            raise StoreError(f"trace store busy: {exc}") from exc
+            raise StoreBusy(f"trace store busy: {exc}") from exc
+        except StoreError:
+            raise  # raised by an operation of _Guarded: already what it should be
         except OSError as exc:
             raise StoreError(f"cannot write trace store {str(self.path)!r}: {exc}") from exc
         except Exception as exc:  # sqlite3.OperationalError: disk full, read-only database
@@ -418,7 +420,9 @@ class TraceStore:
                 for seq, raw in vectors.items():
                     traces.set(f"v:{task}:{int(seq)}", bytes(raw))
         except diskcache.Timeout as exc:
-            raise StoreError(f"trace store busy: {exc}") from exc
+            raise StoreBusy(f"trace store busy: {exc}") from exc
+        except StoreError:
+            raise  # raised by an operation of _Guarded: already what it should be
         except OSError as exc:
             raise StoreError(f"cannot write trace store {str(self.path)!r}: {exc}") from exc
 
