@@ -121,6 +121,10 @@ def fit_router(
     its n-gram vocabulary, hence its file, grows with them); the calibration part is not capped,
     since scoring it is cheap and more of it tightens the gate.
 
+    ``n_jobs`` is how many cores the fit may keep busy: with 1 everything runs in one worker
+    thread; with 2 or more each fold gets its own thread (at least ``n_jobs``), so 3 folds share
+    2 cores evenly.
+
     **The publish rule** (``incumbent``, the version served now, and ``incumbent_fresh``, the
     traces it was not fitted on): the candidate is certified at ``delta / 2`` and the incumbent
     re-certified at ``delta / 2`` on the calibration traces among the fresh ones (the same draw;
