@@ -65,3 +65,20 @@ def test_dot_of_one_text_is_the_matrix_product():
     for text in ["where is my card", "zzqx", "", "pin card pin"]:
         expected = features.transform([text]) @ weights
         np.testing.assert_allclose(features.dot(text, weights), expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_batch_counts_equal_scikit_learn_hashing_text_by_text():
+    # The batch path hashes each distinct word once (char_wb n-grams never cross a word); it must
+    # give exactly the counts of scikit-learn's vectorizers, white space and case included.
+    from tracer_wrap.model.features import _counts, _vectorizers
+
+    texts = ["Hello  World\t\tfoo", "   ", "", "İstanbul ÇA straße", "a b c", "x" * 40,
+             "don't   stop\n\nme now!!", "ÉCOLE école école", "tab\x1csep",
+             "nbsp\u00a0here\u2003em", "where is my card?", "Where is my CARD"]
+    vectorizers = _vectorizers((1, 2), (3, 5))
+    for ours, vectorizer in zip(_counts(vectorizers, texts), vectorizers):
+        theirs = vectorizer.transform(texts).tocsr()
+        theirs.sum_duplicates()
+        assert ours.shape == theirs.shape
+        assert (ours != theirs).nnz == 0
+    assert all(block.shape[0] == 0 for block in _counts(vectorizers, []))

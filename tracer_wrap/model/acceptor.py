@@ -17,8 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .softmax import fit_softmax
-
 __all__ = ["Acceptor"]
 
 _CLIP = 1e-7
@@ -63,18 +61,72 @@ class Acceptor:
         agree = np.asarray(agree, dtype=bool)
         if agree.all() or not agree.any():
             return cls()
-        import scipy.sparse as sp  # only fitting needs it; serving imports this module
-
         labels = np.asarray(labels)
-        n = len(labels)
-        design = sp.hstack([sp.csr_matrix(_logit(prob).astype(np.float32)[:, None]),
-                            sp.csr_matrix((np.ones(n, dtype=np.float32), (np.arange(n), labels)),
-                                          shape=(n, n_labels))], format="csr")
-        # A two-class softmax with both rows penalised is the logistic regression with half the
-        # penalty; this solver takes ~40 ms here where scikit-learn's lbfgs took ~0.5 s.
-        (w,), b = fit_softmax([design], agree.astype(int), 2, C=C / 2, tol=1e-6)
-        coef, intercept = w[:, 1] - w[:, 0], float(b[1] - b[0])
+        coef, intercept = _penalised_logistic(_logit(prob), labels, agree, n_labels, C)
         slope = float(coef[0])
         if slope <= 0:  # a score that falls as the probability rises would be no acceptor
             return cls()
         return cls((intercept + coef[1:]).astype(np.float64), slope)
+
+
+def _penalised_logistic(x: np.ndarray, labels: np.ndarray, agree: np.ndarray, n_labels: int,
+                        C: float) -> tuple[np.ndarray, float]:
+    """Coefficients ``[slope, label effects...]`` and intercept of the logistic regression of
+    ``agree`` on ``x`` and the one-hot label: mean log-loss plus ``||coef||^2 / (2 C n)``,
+    intercept not penalised (scikit-learn's ``LogisticRegression(C=C)`` divided by ``C n``).
+
+    Newton's method on the ``n_labels + 2`` parameters, whose Hessian is an arrow (the label
+    block is diagonal) and is accumulated with ``bincount``: a few milliseconds where a
+    quasi-Newton solver on the sparse design took ~100 ms (six of these run per fit).
+    """
+    n = len(x)
+    t = agree.astype(np.float64)
+    labels = np.asarray(labels, dtype=np.intp)
+    # Parameters: slope, the label effects, then the intercept (not penalised).
+    reg = np.full(n_labels + 2, 1.0 / (C * n))
+    reg[-1] = 0.0
+    block = np.arange(1, n_labels + 1)
+
+    def margin(theta: np.ndarray) -> np.ndarray:
+        return np.asarray(theta[0] * x + theta[1 + labels] + theta[-1], dtype=np.float64)
+
+    def loss(z: np.ndarray, theta: np.ndarray) -> float:
+        return (float(np.mean(np.logaddexp(0.0, z) - t * z))
+                + 0.5 * float(np.dot(reg * theta, theta)))
+
+    theta = np.zeros(n_labels + 2)
+    z = margin(theta)
+    f = loss(z, theta)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-z))
+        r, h = (p - t) / n, p * (1.0 - p) / n
+        grad = reg * theta
+        grad[0] += float(np.dot(r, x))
+        grad[-1] += float(r.sum())
+        grad[1:-1] += np.bincount(labels, weights=r, minlength=n_labels)
+        if float(np.abs(grad).max()) < 1e-10:
+            break
+        hess = np.diag(reg)
+        hess[0, 0] += float(np.dot(h, x * x))
+        hess[-1, -1] += float(h.sum())
+        hess[0, -1] = hess[-1, 0] = float(np.dot(h, x))
+        hess[block, block] += np.bincount(labels, weights=h, minlength=n_labels)
+        hess[0, block] = hess[block, 0] = np.bincount(labels, weights=h * x, minlength=n_labels)
+        hess[-1, block] = hess[block, -1] = np.bincount(labels, weights=h, minlength=n_labels)
+        # The tiny ridge keeps degenerate data (e.g. one label only) solvable.
+        step = np.linalg.solve(hess + 1e-12 * np.eye(len(theta)), grad)
+        size = 1.0
+        for _ in range(30):  # backtracking: Newton steps can overshoot far from the optimum
+            candidate = theta - size * step
+            z_new = margin(candidate)
+            f_new = loss(z_new, candidate)
+            if f_new <= f:
+                break
+            size *= 0.5
+        else:
+            break
+        decrease = f - f_new
+        theta, z, f = candidate, z_new, f_new
+        if decrease < 1e-15:
+            break
+    return theta[:-1], float(theta[-1])

@@ -15,6 +15,7 @@ Vectorising one text costs ~0.15 ms (two hashing passes), measured on the projec
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,9 +98,7 @@ class NgramFeatures:
         if len(texts) == 0:
             raise ConfigError("cannot fit n-gram features on no texts")
         blocks, parts = [], []
-        for vectorizer in _vectorizers(word_ngrams, char_ngrams):
-            counts = vectorizer.transform(texts).tocsr()
-            counts.sum_duplicates()
+        for counts in _counts(_vectorizers(word_ngrams, char_ngrams), texts):
             df = np.bincount(counts.indices, minlength=N_HASHED)
             columns = np.flatnonzero(df >= min_df).astype(np.int32)
             idf = (np.log((1.0 + len(texts)) / (1.0 + df[columns])) + 1.0).astype(np.float32)
@@ -120,8 +119,9 @@ class NgramFeatures:
         import scipy.sparse as sp
 
         parts = []
-        for vectorizer, columns, idf in self._blocks():
-            parts.append(_tfidf(vectorizer.transform(texts).tocsr(), columns, idf))
+        counts = _counts(_vectorizers(self.word_ngrams, self.char_ngrams), texts)
+        for block, (_, columns, idf) in zip(counts, self._blocks()):
+            parts.append(_tfidf(block, columns, idf))
         return sp.hstack(parts, format="csr", dtype=np.float32)
 
     def dot(self, text: str, weights: np.ndarray) -> np.ndarray:
@@ -184,6 +184,52 @@ class NgramFeatures:
                     or np.any(np.diff(columns) <= 0)):
                 raise ConfigError("n-gram features: malformed column or IDF arrays")
         return features
+
+
+#: scikit-learn's whitespace normalisation before ``char_wb`` n-grams (``_VectorizerMixin``).
+_WHITE_SPACES = re.compile(r"\s\s+")
+
+
+def _counts(vectorizers: Sequence[HashingVectorizer], texts: Sequence[str]
+            ) -> list[sp.csr_matrix]:
+    """Hashed n-gram counts of ``texts``, one CSR matrix per vectorizer (word, then ``char_wb``),
+    equal to ``vectorizer.transform(texts)`` with duplicates summed.
+
+    ``char_wb`` n-grams never cross a word, so a text's character counts are the sum of its
+    words' counts: each distinct word is hashed once and the texts' rows are a sparse product
+    of word counts and word rows. On 10k Banking77 texts (~5k distinct words) this hashes ~20x
+    fewer n-grams than one pass per text, which cost ~3 s of pure Python (measured here), the
+    largest serial part of a fit. An empty batch gives matrices of no rows.
+    """
+    import scipy.sparse as sp
+
+    out = []
+    for vectorizer in vectorizers:
+        if not len(texts):  # scikit-learn refuses an empty batch
+            counts = sp.csr_matrix((0, vectorizer.n_features), dtype=np.float32)
+        elif vectorizer.analyzer != "char_wb":
+            counts = vectorizer.transform(texts).tocsr()
+        else:
+            preprocess = vectorizer.build_preprocessor()
+            index: dict[str, int] = {}
+            columns: list[int] = []
+            indptr = [0]
+            for text in texts:
+                # The same steps as scikit-learn's char_wb analyzer: preprocess (lowercase),
+                # normalise white space, split into words.
+                for word in _WHITE_SPACES.sub(" ", preprocess(text)).split():
+                    columns.append(index.setdefault(word, len(index)))
+                indptr.append(len(columns))
+            words = sp.csr_matrix((np.ones(len(columns), dtype=np.float32), columns, indptr),
+                                  shape=(len(texts), len(index)))
+            words.sum_duplicates()
+            if index:
+                counts = (words @ vectorizer.transform(list(index)).tocsr()).tocsr()
+            else:
+                counts = sp.csr_matrix((len(texts), vectorizer.n_features), dtype=np.float32)
+        counts.sum_duplicates()
+        out.append(counts)
+    return out
 
 
 def _pair(value: Any) -> tuple[int, int]:
