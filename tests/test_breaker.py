@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tracer_wrap import Embedder, TraceStore
 from tracer_wrap.breaker import DriftBreaker
@@ -66,6 +67,8 @@ def test_trip_is_shared_and_reset_starts_a_new_epoch(tmp_path: Path, caplog) -> 
     assert mine.status().audits == 0  # a new epoch of the test
 
 
+# ~15 refits of 6,000 Banking77 traces: 2-3 minutes on a quiet machine, more on a busy one.
+@pytest.mark.timeout(1200)
 def test_shifted_stream_trips_before_agreement_falls(tmp_path: Path, banking77_train) -> None:
     """Half-way, 24 intents never seen before arrive; the router maps them to old ones."""
     d = banking77_train
