@@ -85,16 +85,20 @@ def test_calibration_weights_follow_the_stratified_design() -> None:
         trace(1),                                                   # nothing answered: 1
         trace(2, origin="audit", served_version=3, audit_p=0.04),   # audit of v3: 1
         trace(3, origin="audit", served_version=3, audit_p=0.02),   # the smaller rate: 1
-        trace(4, exchangeable=False, served_version=3),             # deferred by v3: 0.02
-        trace(5, exchangeable=False, served_version=4),             # v4 had no audit: 0
-        trace(6, exchangeable=False),                               # no version recorded: 0
+        trace(4, exchangeable=False, served_version=3, audit_p=1.0),  # deferred by v3: 0.02
+        trace(5, exchangeable=False, served_version=4, audit_p=1.0),  # v4 had no audit: 0
+        trace(6, exchangeable=False, audit_p=1.0),                  # no version recorded: 0
         trace(7, origin="audit"),                                   # audit, rate unknown: 0
+        # Not routed while v3 answered (its embedding was late, or routing failed): which
+        # inputs miss their wait depends on the machine, not on v3's decision, so it is no
+        # member of v3's deferred stratum: 0.
+        trace(8, exchangeable=False, served_version=3),
     ]
     weights, complete = calibration_weights(traces)
-    assert weights.tolist() == [1.0, 0.5, 1.0, 0.02, 0.0, 0.0, 0.0]
-    assert complete.tolist() == [True] + [False] * 6  # plain traffic: tested exactly too
+    assert weights.tolist() == [1.0, 0.5, 1.0, 0.02, 0.0, 0.0, 0.0, 0.0]
+    assert complete.tolist() == [True] + [False] * 7  # plain traffic: tested exactly too
     # Traces logged before the last breaker trip only train.
-    assert calibration_weights(traces, after_seq=3)[0].tolist() == [0, 0, 0, 0.02, 0, 0, 0]
+    assert calibration_weights(traces, after_seq=3)[0].tolist() == [0, 0, 0, 0.02, 0, 0, 0, 0]
 
 
 def test_time_policy_uses_the_injected_clock(tmp_path: Path) -> None:

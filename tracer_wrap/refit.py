@@ -271,8 +271,10 @@ def calibration_weights(traces: list[Trace], after_seq: int = 0
     version ``v`` answered, 1 for its audit samples and its audit rate ``a_v`` for the inputs it
     deferred (every one of which reached the LLM). ``a_v`` is the smallest audit probability
     recorded with ``v``'s audit samples (a smaller stake is always valid); a period with no audit
-    sample, traces that recorded no version, and traces logged before the last breaker trip
-    (``seq <= after_seq``) weigh 0: they train but do not calibrate. A period is kept or dropped
+    sample, traces that recorded no version, answers recorded without a routing decision while a
+    version answered (``audit_p`` None: an embedding that missed its wait, a routing fault) and
+    traces logged before the last breaker trip (``seq <= after_seq``) weigh 0: they train but do
+    not calibrate. A period is kept or dropped
     as a whole, never trace by trace, as the test requires.
     """
     from .store import Origin  # the store package imports options, which imports this module
@@ -292,7 +294,7 @@ def calibration_weights(traces: list[Trace], after_seq: int = 0
         elif t.exchangeable:
             weights[i] = 1.0
             complete[i] = True
-        elif rate is not None:
+        elif rate is not None and t.audit_p == 1.0:
             weights[i] = rate
     return weights, complete
 
