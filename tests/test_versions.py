@@ -53,6 +53,20 @@ def test_worse_refit_is_kept_but_not_served_unless_forced(tmp_path: Path) -> Non
     assert publish(store, "t", weak, force=True) == 3 and store.current_version("t") == 3
 
 
+def test_a_loaded_version_published_again_loads(tmp_path: Path) -> None:
+    # The publish contest's incumbent wins: the router loaded from the store, whose info holds
+    # the record of its own publication, becomes a new version (its copy must match the store).
+    store = TraceStore(tmp_path)
+    fitted, ood = router()
+    assert publish(store, "t", fitted, ood=ood, extra={"refit_pid": 1}) == 1
+    incumbent = load_version(store, "t", 1)
+    assert incumbent.info["version"] == 1 and incumbent.info["refit_pid"] == 1
+    assert publish(store, "t", incumbent, force=True, extra={"refit_pid": 2}) == 2
+    again = load_version(store, "t", 2)
+    assert again.info["version"] == 2 and again.info["refit_pid"] == 2
+    assert "ood" not in store.manifest("t", 2) and load_ood(store, "t", 2) is None
+
+
 def test_rollback_and_pin(tmp_path: Path) -> None:
     store = TraceStore(tmp_path)
     for _ in range(3):

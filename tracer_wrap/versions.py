@@ -67,13 +67,17 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
     version = store.reserve_version(task)
     data, manifest = router.to_bytes()
     store.write_artifact(task, f"v{version}.npz", data)
-    store.write_artifact(task, f"v{version}.json", json.dumps(manifest, indent=1).encode())
+    manifest.pop("ood", None)  # only this publication's OOD file may be named
     if ood is not None:
         ood_data = ood.to_bytes()
         store.write_artifact(task, f"v{version}.ood.npz", ood_data)
         manifest["ood"] = {"sha256": hashlib.sha256(ood_data).hexdigest(), "cut": ood.cut,
                            "prototypes": len(ood.prototypes)}
-    manifest.update(extra or {})
+    manifest.update(extra or {}, version=version)
+    # The copy beside the arrays is the manifest exactly as recorded: a router loaded from the
+    # store (a re-certified incumbent that won the publish contest) carries the record of its
+    # own publication in its info, which this one's replaces in both.
+    store.write_artifact(task, f"v{version}.json", json.dumps(manifest, indent=1).encode())
     store.put_manifest(task, version, manifest)
     pinned = pinned_version(store, task)
     became_current: int | None = version
