@@ -350,7 +350,9 @@ class Refitter:
         The new version becomes current under the publish rule of :mod:`tracer_wrap.versions`:
         the new fit and the version served now (unless the drift breaker tripped it) are
         certified on the same fresh calibration traces at ``delta / 2`` each and the one that
-        certifies more coverage is published; with no rival the fit is certified at ``delta``.
+        certifies more coverage is published; with no rival (or one with too little fresh
+        calibration weight, see :func:`~tracer_wrap.model.fit.fit_router`) the fit is certified
+        at ``delta``.
         Traces logged before the last trip train but do not calibrate. At most
         :data:`MAX_REFIT_TRACES` valid traces are used (a uniform sample of a longer history);
         only those without a stored vector are embedded (then stored). Only one refit of a task

@@ -241,11 +241,11 @@ def served_agreement(router, X, y):
 def test_a_worse_candidate_is_not_published_and_a_better_one_is():
     X, y = noisy_task(6000, 1)
     kwargs = {"targets": (0.93,), "serve_target": 0.93, "C": 10.0}
-    strong = fit_router(X[:3000], y[:3000], **kwargs)
-    # A candidate trained on 60 traces against the incumbent fitted on 3000 (every later trace
+    strong = fit_router(X[:2000], y[:2000], **kwargs)
+    # A candidate trained on 60 traces against the incumbent fitted on 2000 (every later trace
     # is fresh to it): the incumbent, re-certified, keeps serving.
     kept = fit_router(X, y, max_train=60, incumbent=strong,
-                      incumbent_fresh=np.arange(6000) >= 3000, **kwargs)
+                      incumbent_fresh=np.arange(6000) >= 2000, **kwargs)
     assert kept.info["publish"]["served"] == "incumbent"
     assert np.array_equal(kept.weights, strong.weights) and kept.info["delta"] == 0.025
     assert kept.certificate_for(0.93).certified
@@ -255,6 +255,10 @@ def test_a_worse_candidate_is_not_published_and_a_better_one_is():
     assert record["served"] == "candidate"
     assert record["coverage"]["candidate"] > record["coverage"]["incumbent"]
     assert not np.array_equal(replaced.weights, weak.weights)
+    # Too little calibration weight fresh to the incumbent to re-certify it: no contest, the
+    # candidate alone is tested at the whole delta.
+    alone = fit_router(X, y, incumbent=strong, incumbent_fresh=np.arange(6000) >= 5000, **kwargs)
+    assert "publish" not in alone.info and alone.info["delta"] == 0.05
 
 
 def test_the_served_version_keeps_its_guarantee_at_delta_over_many_draws():
