@@ -26,6 +26,10 @@ from tracer_wrap.store import Store, open_store
 NAMES = sorted(LABELS)
 CALLS = 150  # per thread: a fixed workload, however slow the machine is
 LLM_SECONDS = 0.005  # the simulated LLM's latency (200 answers a second per thread)
+# Past the fixed workload, while waiting for a version that answers locally: a slower LLM, so
+# the calls leave the refits (which take seconds under this load) the CPU and do not grow the
+# history they must read faster than they can read it.
+WAITING_LLM_SECONDS = 0.05
 THREADS = 4
 OPTIONS = dict(labels=NAMES, min_traces=100, refit_every=150, audit_rate=0.2, breaker=False,
                refresh_seconds=0.1)
@@ -65,17 +69,20 @@ def serve(task: TracedTask, name: str, root: Path) -> dict:
 
     def work(thread: int) -> None:
         # A fixed workload, then on until this process answered locally (refits run in the
-        # background, so when a certified version arrives depends on the machine's load).
+        # background, so when a certified version arrives depends on the machine's load; the
+        # deadline only turns a refit that never comes into a failure).
+        deadline = time.monotonic() + BOUND / 2
         i = 0
-        while i < CALLS or (task.stats.local < 4 * CALLS // 10 and i < 20 * CALLS):
+        while i < CALLS or (task.stats.local < 4 * CALLS // 10 and time.monotonic() < deadline):
             text, label = text_for(f"{name}t{thread}", i)
+            latency = LLM_SECONDS if i < CALLS else WAITING_LLM_SECONDS
 
-            def llm(label: str = label) -> str:
+            def llm(label: str = label, latency: float = latency) -> str:
                 # An LLM call waits on the network, which lets the other threads (and
                 # tracer_wrap's background writer) run; a loop that never waits would produce
                 # answers faster than any store takes them (the bounded buffer then drops and
                 # counts them: tests/test_reliability.py).
-                time.sleep(LLM_SECONDS)
+                time.sleep(latency)
                 llm_calls[thread] += 1
                 return label
             try:

@@ -31,7 +31,6 @@ the served version and its vetoes in :mod:`tracer_wrap.serving`, the accounting 
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
 import sys
@@ -709,7 +708,10 @@ class TracedTask:
             if self.options.store_inputs == "hash" and self._buffer:
                 self._input_key()  # a StoreError here keeps every answer buffered
             while self._buffer and left > 0:
-                batch = list(itertools.islice(self._buffer, min(WRITE_BATCH, left)))
+                # By index, not by iterating: calls append to the deque meanwhile, which an
+                # iterator refuses (RuntimeError); only this writer, under the lock, pops.
+                batch = [self._buffer[i]
+                         for i in range(min(WRITE_BATCH, left, len(self._buffer)))]
                 owners, rows = [], []
                 for answer in batch:
                     if answer.written or answer.refused:
