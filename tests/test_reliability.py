@@ -250,6 +250,51 @@ def test_every_process_writes_its_traces_at_exit_without_a_flush(store_spec, tmp
     assert len(traces) == 5 * 30
 
 
+FORK_DURING_FLUSH = """
+import os, sys, threading
+from tracer_wrap import TracedTask
+from tracer_wrap.model.hashing import hashing_embedder
+
+task = TracedTask("t", store=sys.argv[1], embedder=hashing_embedder(), refit_every=None)
+store = task.store
+entered, release = threading.Event(), threading.Event()
+add_counters = store.add_counters
+
+
+def slow_add_counters(*args, **kwargs):
+    entered.set()
+    release.wait()
+    return add_counters(*args, **kwargs)
+
+
+store.add_counters = slow_add_counters
+task.call("parent refund 0", lambda: "refund")
+# The background worker is inside its counter flush, holding the ledger, and will next wait for
+# the store (its guard is held by a fork in progress): the fork's drain must not wait forever.
+assert entered.wait(60)
+pid = os.fork()
+if pid == 0:
+    store.add_counters = add_counters
+    task.call("child refund 0", lambda: "refund")
+    os._exit(0 if task.flush() else 3)
+release.set()
+assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+task.call("parent refund 1", lambda: "refund")
+assert task.flush()
+print(store.counter("t", "calls"), len(store.traces("t")))
+"""
+
+
+def test_a_fork_while_the_worker_flushes_counters_neither_hangs_nor_loses_any(tmp_path):
+    # A hang here is a deadlock: the fork's drain waited for the worker's counter flush, which
+    # waited for the store's fork guard the fork held (seen in CI as a 300 s timeout).
+    out = run_script(FORK_DURING_FLUSH, str(tmp_path / "store"))
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    calls, traces = map(int, out.stdout.split())
+    assert (calls, traces) == (3, 3)
+
+
 # -- a SQLite lock held by another process --------------------------------------------------------
 
 

@@ -146,11 +146,17 @@ class Ledger:
                 if delta:
                     self._pending[name] = self._pending.get(name, 0) + int(delta)
 
-    def flush(self) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Write the pending deltas now; True when every delta added before the call is in the
-        store. Never raises (a store fault is logged and the deltas wait for the next flush)."""
-        with self._flushing:
+        store. Waits at most ``timeout`` seconds (None: no limit) for a flush another thread is
+        running, then returns False and leaves the deltas pending. Never raises (a store fault is
+        logged and the deltas wait for the next flush)."""
+        if not self._flushing.acquire(timeout=-1 if timeout is None else timeout):
+            return False
+        try:
             return self._flush()
+        finally:
+            self._flushing.release()
 
     def _flush(self) -> bool:
         with self._lock:

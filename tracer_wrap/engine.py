@@ -680,7 +680,9 @@ class TracedTask:
                     self._fault("trace store", exc)
                     return False
                 time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
-        written = self.ledger.flush()
+        # Bounded too: before a fork the disk store's guard is held, and a worker flushing
+        # counters at that moment waits for it while holding the ledger (tests/test_reliability.py).
+        written = self.ledger.flush(timeout=max(0.0, deadline - time.monotonic()))
         if written:
             try:
                 self._refit_if_due()
