@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import diskcache
 import numpy as np
 import pytest
 from _redis_server import REDIS_SERVER, RedisServer
@@ -25,7 +27,8 @@ from _synthetic import LABELS, make_traces
 from _wait import until
 
 from tracer_wrap import Embedder, TracedTask, engine, names
-from tracer_wrap.store import open_store
+from tracer_wrap.errors import StoreBusy
+from tracer_wrap.store import TraceStore, disk, open_store
 
 TESTS = Path(__file__).parent
 NAMES = sorted(LABELS)
@@ -342,6 +345,32 @@ def test_a_sqlite_lock_held_by_another_process_fails_open(tmp_path, embedder, mo
     assert holder.returncode == 0
     assert task.flush()  # written once the lock is released
     assert sum(t.count for t in task.store.traces("t")) == task.stats.llm
+
+
+def test_opening_a_store_retries_a_database_locked_by_other_writers(tmp_path, monkeypatch):
+    # Setting up the connections writes to the database. diskcache retries most of those
+    # statements itself for up to 60 s, but not all: in CI, a spawned process opening the store
+    # while three others appended met "database is locked" in DROP INDEX after SQLite's 2 s busy
+    # wait, and died. Here that statement meets the lock twice, as it did there.
+    TraceStore(tmp_path / "store").append("t", "refund please", "refund")
+    drop_tag_index = diskcache.Cache.drop_tag_index
+    locked = [2]
+
+    def busy_then_free(self: diskcache.Cache) -> None:
+        if locked[0]:
+            locked[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        drop_tag_index(self)
+
+    monkeypatch.setattr(diskcache.Cache, "drop_tag_index", busy_then_free)
+    store = TraceStore(tmp_path / "store")
+    assert locked == [0] and store.count("t") == 1
+    store.append("t", "refund now", "refund")
+    # A database that stays locked ends in StoreBusy (transient), once the wait runs out.
+    monkeypatch.setattr(disk, "OPEN_WAIT_SECONDS", 0.0)
+    locked[0] = 1
+    with pytest.raises(StoreBusy, match="cannot open trace store"):
+        TraceStore(tmp_path / "store")
 
 
 # -- a hung embedder ----------------------------------------------------------------------------

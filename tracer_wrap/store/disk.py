@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import diskcache
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
 from ..errors import ConfigError, StoreBusy, StoreError, StoreTampered, TraceRefused
 from .base import (
@@ -118,6 +119,9 @@ def _claim_held(raw: Any, now: float) -> bool:
 
 
 
+#: Longest opening a store retries while other processes' writes keep its database locked.
+OPEN_WAIT_SECONDS = 30.0
+
 #: Held by every SQLite operation of this process, and taken before a fork (see _Guarded).
 _FORK_GUARD = threading.RLock()
 #: Longest a fork waits for a running SQLite operation of this process to end.
@@ -132,7 +136,12 @@ def _guarded(path: str) -> Iterator[None]:
             yield
     except diskcache.Timeout as exc:
         raise StoreBusy(f"trace store {path!r} busy: {exc}") from exc
-    except sqlite3.Error as exc:  # locked, disk full, read-only, a corrupt database
+    except sqlite3.OperationalError as exc:
+        # SQLite's own busy wait ran out ("database is locked"): contention, not damage.
+        if "locked" in str(exc):
+            raise StoreBusy(f"trace store {path!r} busy: {exc}") from exc
+        raise StoreError(f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
+    except sqlite3.Error as exc:  # disk full, read-only, a corrupt database
         raise StoreError(f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
@@ -255,17 +264,33 @@ class TraceStore:
     # -- connections -------------------------------------------------------------------------
 
     def _open(self) -> None:
+        """Open this process's connections. Setting up a database writes to it (diskcache's
+        schema and pragmas), so while other processes write it may find the database locked:
+        it retries for up to :data:`OPEN_WAIT_SECONDS`, then raises StoreBusy. Raises StoreError
+        for any other fault (permissions, a corrupt database). Never on the request path: the
+        engine opens its store in the background."""
+        for attempt in Retrying(retry=retry_if_exception_type(StoreBusy),
+                                stop=stop_after_delay(OPEN_WAIT_SECONDS),
+                                wait=wait_random_exponential(multiplier=0.01, max=0.5),
+                                reraise=True):
+            with attempt:
+                self._open_once()
+        self._pid = os.getpid()
+
+    def _open_once(self) -> None:
+        opened: list[diskcache.Cache] = []
         try:
             with _guarded(str(self.path)):
                 for part in ("traces", "meta"):
                     _private_file(self.path / part / "cache.db")
-                self._traces = cast(diskcache.Cache, _Guarded(diskcache.Cache(
-                    str(self.path / "traces"), disk=_PlainDisk, **_CACHE_SETTINGS)))
-                self._meta = cast(diskcache.Cache, _Guarded(diskcache.Cache(
-                    str(self.path / "meta"), disk=_PlainDisk, **_CACHE_SETTINGS)))
+                    opened.append(diskcache.Cache(str(self.path / part), disk=_PlainDisk,
+                                                  **_CACHE_SETTINGS))
         except Exception as exc:  # sqlite3 errors, permissions, a corrupt database
-            raise StoreError(f"cannot open trace store {str(self.path)!r}: {exc}") from exc
-        self._pid = os.getpid()
+            for cache in opened:
+                cache.close()
+            kind = StoreBusy if isinstance(exc, StoreBusy) else StoreError
+            raise kind(f"cannot open trace store {str(self.path)!r}: {exc}") from exc
+        self._traces, self._meta = (cast(diskcache.Cache, _Guarded(cache)) for cache in opened)
 
     def _caches(self) -> tuple[diskcache.Cache, diskcache.Cache]:
         # SQLite connections must not cross a fork: a child reopens them on first use.
