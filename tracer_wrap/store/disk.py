@@ -136,13 +136,11 @@ def _guarded(path: str) -> Iterator[None]:
             yield
     except diskcache.Timeout as exc:
         raise StoreBusy(f"trace store {path!r} busy: {exc}") from exc
-    except sqlite3.OperationalError as exc:
+    except sqlite3.Error as exc:  # locked, disk full, read-only, a corrupt database
         # SQLite's own busy wait ran out ("database is locked"): contention, not damage.
-        if "locked" in str(exc):
-            raise StoreBusy(f"trace store {path!r} busy: {exc}") from exc
-        raise StoreError(f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
-    except sqlite3.Error as exc:  # disk full, read-only, a corrupt database
-        raise StoreError(f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
+        busy = isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+        raise (StoreBusy if busy else StoreError)(
+            f"trace store {path!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 class _Guarded:
