@@ -201,22 +201,32 @@ def served(tmp: Path, name: str) -> tuple[TracedTask, dict[str, str]]:
 
 
 def hung_embedder(tmp: Path, base_served: float, rows: dict[str, str]) -> None:
-    free = threading.Event()
+    """Two rows: an embedder whose first model call (its load) never returns, and one that
+    hangs after two calls that loaded and timed it."""
+    for loaded in (False, True):
+        free, hang = threading.Event(), threading.Event()
 
-    def hanging(batch: list[str]) -> np.ndarray:
-        free.wait()
-        return EMBEDDER.embed(batch)
+        def hanging(batch: list[str], hang: threading.Event = hang,
+                    free: threading.Event = free) -> np.ndarray:
+            if hang.is_set():
+                free.wait()
+            return EMBEDDER.embed(batch)
 
-    task = TracedTask("t", store=tmp / "served", embedder=Embedder.from_callable(
-        hanging, name=EMBEDDER.name), **OPTIONS)
-    while task.version is None:
-        time.sleep(0.01)
-    before = (task.stats.llm, stored(task))
-    batch = [f"{t} (new)" for t in list(rows)[:10]]
-    seconds, ok = timed(task, batch, lambda t: rows.get(t, "refund"))
-    free.set()
-    row(f"hung embedder (embed_timeout {task.options.embed_timeout:g} s)", ok, seconds,
-        base_served, lost(task, before))
+        task = TracedTask("t", store=tmp / "served", embedder=Embedder.from_callable(
+            hanging, name=EMBEDDER.name), **OPTIONS)
+        while task.version is None:
+            time.sleep(0.01)
+        if loaded:
+            task.embedding.embed_one("loads the model", 60.0)
+            task.embedding.embed_one("is timed", 60.0)
+        hang.set()
+        before = (task.stats.llm, stored(task))
+        batch = [f"{t} (new, {loaded})" for t in list(rows)[:10]]
+        seconds, ok = timed(task, batch, lambda t: rows.get(t, "refund"))
+        free.set()
+        when = "after loading" if loaded else "in its first call (the load)"
+        row(f"hung embedder, {when} (`embed_timeout` {task.options.embed_timeout:g} s)", ok,
+            seconds, base_served, lost(task, before))
 
 
 def fork_during_refit(tmp: Path, n: int, base: float) -> None:

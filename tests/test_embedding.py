@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _wait import until
 
-from tracer_wrap.embedding import EmbeddingService, EmbedTimeout
+from tracer_wrap.embedding import MAX_BATCH, CallTime, EmbeddingService, EmbedTimeout
 from tracer_wrap.model.embedder import Embedder
 
 
@@ -39,9 +39,12 @@ def gate() -> Gate:
     g.release.set()
 
 
-def busy_service(gate: Gate) -> tuple[EmbeddingService, threading.Thread]:
-    """A service whose worker is inside a model call (embedding "first") until released."""
+def busy_service(gate: Gate, per_text: float = 1e-6) -> tuple[EmbeddingService, threading.Thread]:
+    """A service whose worker is inside a model call (embedding "first") until released, its
+    model loaded and ``per_text`` seconds per text measured, as after earlier model calls."""
     service = EmbeddingService(gate.embedder())
+    service._loaded = True
+    service._call_time.add(1, per_text)
     first = threading.Thread(target=service.embed_one, args=("first", 60.0), daemon=True)
     first.start()
     assert gate.entered.wait(60)
@@ -84,11 +87,13 @@ def test_a_request_whose_caller_gave_up_is_never_embedded(gate):
 
 
 def test_a_request_the_worker_cannot_finish_in_time_is_refused_at_once(gate):
-    service, first = busy_service(gate)
-    service._per_text = 0.5  # measured seconds per text (the first call is still running)
+    service, first = busy_service(gate, per_text=0.5)
     with pytest.raises(EmbedTimeout, match="would take"):
         service.embed_one("hopeless", 0.2)
-    assert not service._requests  # refused without queuing: no CPU spent on it
+    with pytest.raises(EmbedTimeout, match="would take"):
+        # 0.5-1.0 s expected (the running call, then this one): more than ADMIT_SHARE of 0.9 s
+        service.embed_one("too close to call", 0.9)
+    assert not service._requests  # refused without queuing: no CPU spent on them
     # A caller that can wait long enough is queued and served.
     release_after_queued(gate, service, [first], "patient", queued=1)
     assert gate.calls == [["first"], ["patient"]]
@@ -97,17 +102,84 @@ def test_a_request_the_worker_cannot_finish_in_time_is_refused_at_once(gate):
 def test_an_idle_worker_always_takes_a_request(gate):
     gate.release.set()
     service = EmbeddingService(gate.embedder())
-    service._per_text = 100.0  # a stale estimate (say, the model's first load) blocks nothing
+    service._loaded = True
+    service._call_time.add(1, 100.0)  # a stale estimate blocks nothing
     assert service.embed_one("one", 60.0).shape == (4,)
-    assert gate.calls == [["one"]] and service._per_text < 100.0
+    assert gate.calls == [["one"]] and service._call_time.seconds(1) < 100.0
 
 
 def test_the_queue_of_waiting_requests_is_bounded(gate):
     from tracer_wrap.embedding import MAX_QUEUE
 
-    service, first = busy_service(gate)  # no model call measured yet: no estimate bounds it
+    service, first = busy_service(gate)  # an estimate too small to bound the queue
     for i in range(MAX_QUEUE):
-        service._request(f"q{i}", 60.0)
+        service._request([f"q{i}"], 60.0)
     with pytest.raises(EmbedTimeout, match="already wait"):
         service.embed_one("one too many", 60.0)
     assert len(service._requests) == MAX_QUEUE
+
+
+def test_one_callers_texts_are_taken_or_refused_together(gate):
+    service, first = busy_service(gate, per_text=0.01)
+    with pytest.raises(EmbedTimeout, match="would take"):
+        service.embed_many([f"m{i}" for i in range(30)], 0.2)  # ~0.3 s of work
+    assert not service._requests  # none of them queued
+    waiter = threading.Thread(target=service.embed_many, args=(["a", "b", "c"], 60.0),
+                              daemon=True)
+    waiter.start()
+    until(lambda: len(service._requests) == 3, "three queued requests")
+    gate.release.set()
+    for thread in (first, waiter):
+        thread.join(60)
+    assert gate.calls == [["first"], ["a", "b", "c"]]
+
+
+def test_an_idle_worker_takes_a_whole_batch_beyond_the_queue_bound(gate):
+    from tracer_wrap.embedding import MAX_QUEUE
+
+    gate.release.set()
+    service = EmbeddingService(gate.embedder())
+    texts = [f"b{i}" for i in range(MAX_QUEUE + 10)]
+    assert service.embed_many(texts, 60.0).shape == (len(texts), 4)
+
+
+def test_while_the_model_loads_only_the_first_request_waits(gate):
+    service = EmbeddingService(gate.embedder())
+    first = threading.Thread(target=service.embed_one, args=("first", 60.0), daemon=True)
+    first.start()
+    assert gate.entered.wait(60)  # the first model call: it loads the model
+    with pytest.raises(EmbedTimeout, match="still loading"):
+        service.embed_one("second", 60.0)
+    assert not service._requests
+    gate.release.set()
+    first.join(60)
+    # The load's time is no estimate; the next model call gives one.
+    assert service._loaded and not service._call_time.known
+    service.embed_one("third", 60.0)
+    assert gate.calls == [["first"], ["third"]] and service._call_time.known
+
+
+def test_a_model_calls_time_has_a_fixed_part_and_rises_at_once_with_the_load():
+    line = CallTime()
+    for n in (1, 8, 40, 1, 8, 40):
+        line.add(n, 0.010 + 0.006 * n)  # MiniLM-like: 10 ms a call, 6 ms a text
+    assert line.seconds(1) == pytest.approx(0.016)
+    assert line.seconds(40) == pytest.approx(0.250)
+    assert line.seconds(2 * MAX_BATCH) == pytest.approx(2 * 0.010 + 0.006 * 2 * MAX_BATCH)
+    line.add(8, 4 * 0.058)  # the machine just got busy: four times slower
+    slow = line.seconds(8)
+    assert slow >= 4 * 0.058  # one slow call is enough to refuse what would now be late
+    line.add(8, 0.058)
+    assert 0.5 * slow < line.seconds(8) < slow  # a fast call lowers it by a share only
+    single = CallTime()
+    single.add(4, 0.1)  # one batch size: no fixed part can be told apart
+    assert single.seconds(4) == pytest.approx(0.1) and single.seconds(8) == pytest.approx(0.2)
+
+
+def test_a_request_whose_wait_ended_before_its_batch_fails_at_once_unembedded(gate):
+    service, first = busy_service(gate, per_text=0.0)
+    future, = service._request(["late"], 0.0)  # its deadline passes while the model is busy
+    release_after_queued(gate, service, [first], "on time", queued=2)
+    with pytest.raises(EmbedTimeout, match="ended before"):
+        future.result(60)
+    assert gate.calls == [["first"], ["on time"]]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _wait import until
 
 import tracer_wrap.names as n
 from tracer_wrap import (
@@ -391,10 +392,11 @@ def test_a_call_waits_for_its_embedding_a_share_of_the_llms_latency_then_goes_to
     import threading
 
     fitted_task(tmp_path)
-    free = threading.Event()
+    free, hang = threading.Event(), threading.Event()
 
     def stuck(texts: list[str]) -> np.ndarray:
-        free.wait()
+        if hang.is_set():
+            free.wait()
         return embed(texts)
 
     # The LLM "takes" 0.4 s by the task's clock: once 8 answers were timed, a call waits 0.1 s
@@ -408,6 +410,11 @@ def test_a_call_waits_for_its_embedding_a_share_of_the_llms_latency_then_goes_to
     task = new_task(tmp_path, embedder=Embedder.from_callable(stuck, name="centres"),
                     embed_timeout=0.2, embed_budget=0.25, monotonic=lambda: now[0])
     texts = [f"c{i % CLASSES} slow {i}" for i in range(20)]
+    # The model loads and is timed, then hangs: each call is admitted and waits (an embedder
+    # still loading refuses all but its first caller at once; see the next test).
+    task.embedding.embed_one("c0 loads the model", 60.0)
+    task.embedding.embed_one("c1 is timed", 60.0)
+    hang.set()
     try:
         for text in texts:
             if run == "sync":
@@ -427,3 +434,34 @@ def test_a_call_waits_for_its_embedding_a_share_of_the_llms_latency_then_goes_to
         assert all(t.served_version == task.version for t in traces)
     finally:
         free.set()
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_while_the_embedding_model_loads_calls_go_to_the_llm_at_once(tmp_path, run):
+    import asyncio
+    import threading
+
+    fitted_task(tmp_path)
+    free = threading.Event()
+
+    def loading(texts: list[str]) -> np.ndarray:
+        free.wait()  # the first model call loads the model: seconds on a busy machine
+        return embed(texts)
+
+    task = new_task(tmp_path, embedder=Embedder.from_callable(loading, name="centres"),
+                    embed_timeout=0.2)
+    texts = [f"c{i % CLASSES} new {i}" for i in range(20)]
+    try:
+        for text in texts:
+            if run == "sync":
+                answer = task.call(text, lambda t=text: label_of_text(t))
+            else:
+                answer = asyncio.run(_acall(task, text, lambda label: label))
+            assert answer == label_of_text(text)
+        # The first call waited embed_timeout for the load (a fault: it may hang); the others
+        # were refused at once, no fault: the answer is the LLM's without any wait.
+        assert (task.stats.errors, task.stats.late, task.stats.llm) == (1, 19, 20)
+        assert all("still loading" in task.route(t).reason for t in texts[:3])
+    finally:
+        free.set()
+    until(lambda: task.route("c1 after the load").local, "a local answer once the model is up")

@@ -9,12 +9,14 @@ embedder's cache). Texts waiting at the same time are embedded in one model call
 becomes free it takes every pending request text (up to :data:`MAX_BATCH`), so a burst of
 concurrent calls shares one batch instead of queueing one by one.
 
-Work nobody waits for is not done: a request whose caller stopped waiting before its batch started
-is dropped, and a request the worker cannot finish within its caller's bound (from the measured
-seconds per text and the work ahead of it) is refused at once with :class:`EmbedTimeout`. On a busy
-machine the CPU then goes to the calls that can still be answered locally, and the others reach
-the LLM without waiting. Bulk work (a refit embedding its traces, :meth:`EmbeddingService.embed`)
-is cut into chunks of :data:`BULK_CHUNK` texts that alternate with request batches, so a refit
+Work nobody waits for is not done: a request whose caller stopped waiting (or whose bound has
+passed) before its batch started is dropped, and a request the worker is not expected to finish
+well within its caller's bound (:data:`ADMIT_SHARE` of it, from the timed model calls, see
+:class:`CallTime`, and the work ahead of it) is refused at once with :class:`EmbedRefused`, as is
+every request but the first while the model loads (its first call). On a busy machine the CPU then
+goes to the calls that can still be answered locally, and the others reach the LLM without
+waiting. Bulk work (a refit embedding its traces, :meth:`EmbeddingService.embed`) is cut into
+chunks of :data:`BULK_CHUNK` texts that alternate with request batches, so a refit
 delays a call by at most one chunk and steady traffic never starves a refit.
 
 A text the embedder has already embedded is answered from its cache in the caller's thread,
@@ -37,20 +39,26 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import cast
 
 import numpy as np
 
 from .errors import EmbedderError
 from .model.embedder import Embedder
 
-__all__ = ["BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "MAX_QUEUE", "EmbedTimeout", "EmbedWait",
-           "EmbeddingService", "service_for"]
+__all__ = ["ADMIT_SHARE", "BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "MAX_QUEUE", "CallTime",
+           "EmbedRefused", "EmbedTimeout", "EmbedWait", "EmbeddingService", "service_for"]
 
 #: Most request texts embedded in one model call.
 MAX_BATCH = 64
-#: Most request texts waiting at once; beyond, a request is refused at once (before the first model
-#: call is measured, say while the model loads, nothing else bounds the queue).
+#: Most request texts waiting behind a busy worker; beyond, a request is refused at once (a bound
+#: of its own, whatever the estimate of seconds per text says).
 MAX_QUEUE = 4 * MAX_BATCH
+#: Share of its wait a request behind a busy worker must be expected to finish within to be
+#: admitted. The rest absorbs a machine that gets busier meanwhile and an event loop that wakes
+#: its caller late: an admitted request that misses its wait costs the whole wait and then the
+#: LLM call, a refused one only a local answer.
+ADMIT_SHARE = 0.5
 #: Texts of bulk work (refits) embedded per model call, between request batches.
 BULK_CHUNK = 32
 #: Longest the interpreter's exit waits for a running model call (one batch of at most MAX_BATCH
@@ -60,6 +68,11 @@ EXIT_SECONDS = 30.0
 
 class EmbedTimeout(EmbedderError):
     """The embedding of a call's input took longer than its bound; the call goes to the LLM."""
+
+
+class EmbedRefused(EmbedTimeout):
+    """The worker was not expected to embed a call's input within its bound, so the call did not
+    wait at all (a prediction, not a hang; see :class:`EmbeddingService`)."""
 
 
 class EmbedWait:
@@ -102,6 +115,54 @@ class EmbedWait:
         return self._wait
 
 
+class CallTime:
+    """Expected seconds of a model call on ``n`` texts, from the calls timed so far.
+
+    A least-squares line ``fixed + per_text * n`` over the last :data:`WINDOW` calls (a model call
+    has a fixed cost besides its cost per text: MiniLM takes ~16 ms for one text and ~6 ms per
+    text in a batch of 40, so seconds per text measured on one batch size misjudge another),
+    times a load factor that rises at once when a call takes longer than the line predicts and
+    falls smoothly when calls are faster. The asymmetry is deliberate: a request admitted on an
+    estimate too fast for a machine that just got busy costs its caller the whole wait and then
+    the LLM call, while one refused on an estimate too slow costs only a local answer. Not
+    thread-safe (the service's lock guards it).
+    """
+
+    WINDOW = 32
+
+    def __init__(self) -> None:
+        self._calls: deque[tuple[int, float]] = deque(maxlen=self.WINDOW)
+        self._fixed = 0.0
+        self._per_text = 0.0
+        self._load = 1.0
+
+    @property
+    def known(self) -> bool:
+        """True once a call has been timed."""
+        return bool(self._calls)
+
+    def seconds(self, n: int) -> float:
+        """Expected seconds to embed ``n`` texts (in batches of at most MAX_BATCH)."""
+        batches = -(-n // MAX_BATCH)
+        return self._load * (self._fixed * batches + self._per_text * n)
+
+    def add(self, n: int, seconds: float) -> None:
+        """Record that a model call on ``n`` texts took ``seconds``."""
+        if self._calls:
+            ratio = seconds / max(self._fixed + self._per_text * n, 1e-9)
+            self._load = ratio if ratio > self._load else 0.7 * self._load + 0.3 * ratio
+        self._calls.append((n, seconds))
+        sizes = np.array([c[0] for c in self._calls], dtype=np.float64)
+        times = np.array([c[1] for c in self._calls], dtype=np.float64)
+        spread = float(sizes.var())
+        if spread > 0:
+            slope = float(((sizes - sizes.mean()) * (times - times.mean())).mean()) / spread
+            self._per_text = max(0.0, slope)
+            self._fixed = max(0.0, float(times.mean()) - self._per_text * float(sizes.mean()))
+        else:  # one batch size so far: no way to split the fixed cost from the rest
+            self._fixed, self._per_text = 0.0, float(times.sum() / sizes.sum())
+
+
 class EmbeddingService:
     """One embedder on one worker thread; see the module docstring. Thread-safe."""
 
@@ -112,12 +173,14 @@ class EmbeddingService:
 
     def _reset(self) -> None:
         self._cond = threading.Condition()
-        self._requests: deque[tuple[str, Future[np.ndarray]]] = deque()
+        # (text, future, deadline on time.monotonic)
+        self._requests: deque[tuple[str, Future[np.ndarray], float]] = deque()
         self._bulk: deque[tuple[list[str], Future[np.ndarray]]] = deque()
         self._pid: int | None = None
         self._running = False  # the worker is inside a model call
+        self._loaded = False  # a model call has returned (the first one loads the model)
         self._closed = False
-        self._per_text: float | None = None  # seconds per text of recent model calls (EWMA)
+        self._call_time = CallTime()  # model calls timed, the first (the load) excluded
         self._free_at = 0.0  # when the running model call should end (time.monotonic)
 
     # -- callers --------------------------------------------------------------------------------
@@ -128,7 +191,7 @@ class EmbeddingService:
         hit = self.embedder.lookup(text)
         if hit is not None:
             return hit
-        future = self._request(text, timeout)
+        future = self._request([text], timeout)[0]
         try:
             return future.result(timeout)
         except FutureTimeout:
@@ -142,27 +205,25 @@ class EmbeddingService:
         if len(texts) == 1:
             return self.embed_one(texts[0], timeout)[None, :]
         deadline = time.monotonic() + timeout
-        found: list[np.ndarray | Future[np.ndarray]] = []
+        vectors = [self.embedder.lookup(text) for text in texts]
+        missing = [i for i, vector in enumerate(vectors) if vector is None]
+        futures = self._request([texts[i] for i in missing], timeout) if missing else []
         try:
-            for text in texts:
-                hit = self.embedder.lookup(text)
-                found.append(hit if hit is not None else self._request(text, timeout))
-            return np.stack([item if isinstance(item, np.ndarray)
-                             else item.result(max(0.0, deadline - time.monotonic()))
-                             for item in found])
+            for i, future in zip(missing, futures):
+                vectors[i] = future.result(max(0.0, deadline - time.monotonic()))
+            return np.stack(cast("list[np.ndarray]", vectors))
         except FutureTimeout:
             raise EmbedTimeout(f"embedding took longer than {timeout:g} s") from None
         finally:
-            for item in found:
-                if isinstance(item, Future):
-                    item.cancel()  # a no-op once done or running
+            for future in futures:
+                future.cancel()  # a no-op once done or running
 
     async def aembed_one(self, text: str, timeout: float) -> np.ndarray:
         """:meth:`embed_one` for async code: awaits without blocking the event loop."""
         hit = self.embedder.lookup(text)
         if hit is not None:
             return hit
-        future = self._request(text, timeout)
+        future = self._request([text], timeout)[0]
         try:
             # shield: a timeout must not cancel the wrapped future from the loop's side; the
             # request is cancelled below, thread-safely, and only if its batch has not started.
@@ -188,27 +249,35 @@ class EmbeddingService:
             self._cond.notify()
         return np.concatenate([future.result() for future in futures])
 
-    def _request(self, text: str, timeout: float) -> Future[np.ndarray]:
-        """Queue ``text``; raise EmbedTimeout at once when the worker is not expected to embed
-        it within ``timeout`` seconds (see the module docstring)."""
-        future: Future[np.ndarray] = Future()
+    def _request(self, texts: Sequence[str], timeout: float) -> list[Future[np.ndarray]]:
+        """Queue ``texts`` (one caller's, all or none); raise EmbedRefused at once when the
+        worker is not expected to embed them within ``timeout`` seconds (see the module
+        docstring)."""
+        futures: list[Future[np.ndarray]] = [Future() for _ in texts]
         with self._cond:
             self._ensure_worker()
             self._check_open()
-            if len(self._requests) >= MAX_QUEUE:
-                raise EmbedTimeout(f"{MAX_QUEUE} inputs already wait for their embedding")
-            # An idle worker always takes a request: the cost of one text is bounded, and it
-            # keeps the estimate current (the first model call also loads the model).
-            idle = not self._running and not self._requests
-            if self._per_text is not None and not idle:
-                busy = max(0.0, self._free_at - time.monotonic()) if self._running else 0.0
-                expected = busy + (len(self._requests) + 1) * self._per_text
-                if expected > timeout:
-                    raise EmbedTimeout(f"embedding would take ~{expected:.2g} s, more than"
-                                       f" {timeout:g} s")
-            self._requests.append((text, future))
+            now = time.monotonic()
+            # An idle worker always takes a caller's texts: it keeps the estimate current (the
+            # first model call also loads the model), and what their caller stops waiting for
+            # is dropped batch by batch.
+            if self._running or self._requests:
+                if len(self._requests) + len(texts) > MAX_QUEUE:
+                    raise EmbedRefused(f"{len(self._requests)} inputs already wait for their"
+                                       " embedding")
+                if not self._loaded:
+                    raise EmbedRefused("the embedding model is still loading")
+                if not self._call_time.known:
+                    raise EmbedRefused("no model call has been timed yet")
+                busy = max(0.0, self._free_at - now) if self._running else 0.0
+                expected = busy + self._call_time.seconds(len(self._requests) + len(texts))
+                if expected > ADMIT_SHARE * timeout:
+                    raise EmbedRefused(f"embedding would take ~{expected:.2g} s, more than"
+                                       f" {ADMIT_SHARE:g} of the {timeout:g} s wait")
+            self._requests.extend((text, future, now + timeout)
+                                  for text, future in zip(texts, futures))
             self._cond.notify()
-        return future
+        return futures
 
     def _check_open(self) -> None:
         if self._closed:
@@ -220,7 +289,7 @@ class EmbeddingService:
         deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
-            waiting = [f for _, f in self._requests] + [f for _, f in self._bulk]
+            waiting = [f for _, f, _ in self._requests] + [f for _, f in self._bulk]
             self._requests.clear()
             self._bulk.clear()
             while self._running and time.monotonic() < deadline:
@@ -248,11 +317,7 @@ class EmbeddingService:
                 while not self._requests and not self._bulk:
                     self._cond.wait()
                 if self._requests and (last_was_bulk or not self._bulk):
-                    batch: list[tuple[str, Future[np.ndarray]]] = []
-                    while self._requests and len(batch) < MAX_BATCH:
-                        text, future = self._requests.popleft()
-                        if future.set_running_or_notify_cancel():  # False: nobody waits
-                            batch.append((text, future))
+                    batch = self._take_requests()
                     if not batch:
                         continue
                     bulk = None
@@ -263,20 +328,35 @@ class EmbeddingService:
                 last_was_bulk = bulk is not None
                 self._running = True
                 started = time.monotonic()
-                if self._per_text is not None:
-                    self._free_at = started + size * self._per_text
+                if self._call_time.known:
+                    self._free_at = started + self._call_time.seconds(size)
             if bulk is not None:
                 self._run(bulk[0], [bulk[1]], whole=True)
             else:
                 self._run([text for text, _ in batch], [future for _, future in batch])
-            per_text = (time.monotonic() - started) / size
+            took = time.monotonic() - started
             with self._cond:
-                # Falls at once, rises smoothly: the first model call also loads the model, and
-                # an estimate too high refuses requests that would have made it (one too low only
-                # lets callers wait their bound, as without an estimate).
-                old = self._per_text
-                self._per_text = per_text if old is None or per_text < old \
-                    else 0.7 * old + 0.3 * per_text
+                if self._loaded:
+                    self._call_time.add(size, took)
+                else:
+                    self._loaded = True  # the first call's time is mostly the model's load
+
+    def _take_requests(self) -> list[tuple[str, Future[np.ndarray]]]:
+        """The next batch of request texts (caller holds the lock): up to MAX_BATCH, without
+        the ones nobody waits for any longer. A request past its deadline fails at once with
+        EmbedTimeout, so its caller does not wait for an event loop's late timer either."""
+        batch: list[tuple[str, Future[np.ndarray]]] = []
+        now = time.monotonic()
+        while self._requests and len(batch) < MAX_BATCH:
+            text, future, deadline = self._requests.popleft()
+            if not future.set_running_or_notify_cancel():  # False: its caller gave up
+                continue
+            if deadline < now:
+                future.set_exception(EmbedTimeout("the wait for the embedding ended before"
+                                                  " its model call could start"))
+                continue
+            batch.append((text, future))
+        return batch
 
     def _run(self, texts: list[str], futures: list[Future[np.ndarray]],
              whole: bool = False) -> None:

@@ -48,7 +48,7 @@ import numpy as np
 from . import background, names, telemetry
 from ._log import fault
 from .accounting import Ledger, Usage
-from .embedding import EmbeddingService, EmbedTimeout, EmbedWait, service_for
+from .embedding import EmbeddingService, EmbedRefused, EmbedTimeout, EmbedWait, service_for
 from .errors import ConfigError, StoreBusy, StoreError, TraceRefused
 from .labels import LabelSet
 from .model.embedder import Embedder, make_embedder
@@ -514,15 +514,16 @@ class TracedTask:
         return plans, rows, inputs
 
     def _unrouted(self, texts: list[str | None], exc: Exception) -> list[Plan]:
-        """Plans of inputs routing failed for: to the LLM. A wait for the embedding that the
-        LLM's latency cut short is counted as ``late``; anything else (a wait that reached
-        ``embed_timeout`` included: a hung embedder) is a fault. Their answers are unplanned
-        draws for the gate (see :meth:`_unplanned`): which inputs miss their wait depends on the
-        machine's load and the embedder's cache, not on a design."""
+        """Plans of inputs routing failed for: to the LLM. An embedding refused at once (the
+        worker could not have made the wait) or a wait the LLM's latency cut short is counted
+        as ``late``; anything else (a wait that reached ``embed_timeout`` included: a hung
+        embedder) is a fault. Their answers are unplanned draws for the gate (see
+        :meth:`_unplanned`): which inputs miss their wait depends on the machine's load and the
+        embedder's cache, not on a design."""
         cut_short = self._embed_wait.seconds() < self.options.embed_timeout
-        if isinstance(exc, EmbedTimeout) and cut_short:
+        if isinstance(exc, EmbedRefused) or (isinstance(exc, EmbedTimeout) and cut_short):
             self.stats.add(late=len(texts))
-            why = "the embedding of the input was not ready within its wait (embed_budget)"
+            why = f"the embedding of the input was not ready within its wait: {exc}"
         else:
             self._fault("routing", exc)
             why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
