@@ -298,6 +298,55 @@ def test_a_fork_while_the_worker_flushes_counters_neither_hangs_nor_loses_any(tm
     assert (calls, traces) == (3, 3)
 
 
+FORK_STEP_ORDER = """
+import os, threading
+from tracer_wrap import background
+from tracer_wrap.store import disk
+
+seen = []
+
+
+def guard_free():
+    free = []
+    def probe():
+        free.append(disk._FORK_GUARD.acquire(timeout=0))
+        if free[0]:
+            disk._FORK_GUARD.release()
+    other = threading.Thread(target=probe)
+    other.start()
+    other.join()
+    return free[0]
+
+
+class Probe:
+    def step(self):
+        pass
+
+    def drain(self, timeout):
+        seen.append("drain: store guard " + ("free" if guard_free() else "held"))
+        return True
+
+
+probe = Probe()  # jobs are held weakly
+background.register(probe)
+background.at_fork(before=lambda: seen.append("step before"),
+                   after_in_parent=lambda: seen.append("step after"), after_in_child=lambda: None)
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print(seen)
+"""
+
+
+def test_the_drain_before_a_fork_runs_before_the_store_guard_is_taken():
+    # Were the disk store's guard taken first, a background write the drain waits for would
+    # wait on that guard until the drain gave up (FORK_SECONDS on every such fork).
+    out = run_script(FORK_STEP_ORDER)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(["drain: store guard free", "step before", "step after"])
+
+
 # -- a SQLite lock held by another process --------------------------------------------------------
 
 

@@ -11,7 +11,10 @@ thread started on first use; a forked child starts its own (the parent's does no
 Every job gets a last :meth:`Job.drain`, bounded by :data:`EXIT_SECONDS` in all (an unreachable
 store cannot hang the exit), at interpreter exit and at the exit of a ``multiprocessing`` child,
 which ends with ``os._exit`` and so skips ``atexit``; and before a fork, bounded by
-:data:`FORK_SECONDS`, since the child does not inherit what the parent has buffered.
+:data:`FORK_SECONDS`, since the child does not inherit what the parent has buffered. Steps of a
+fork that the drain's writes would wait on (a store's guard that no SQLite operation runs across
+the fork) are registered with :func:`at_fork`, which runs them after the drain: ``os``'s own
+at-fork hooks run in the reverse order of their registration, that is of module imports.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 from ._log import fault
 
-__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "flush", "register", "unregister",
-           "wake"]
+__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "at_fork", "flush", "register",
+           "unregister", "wake"]
 
 #: Longest the worker sleeps between two steps of every job.
 TICK = 0.1
@@ -145,17 +149,38 @@ def _drain_at_exit() -> None:
     flush(EXIT_SECONDS)
 
 
-def _drain_before_fork() -> None:
+_ForkStep = tuple[Callable[[], None], Callable[[], None], Callable[[], None]]
+_FORK_STEPS: list[_ForkStep] = []
+
+
+def at_fork(*, before: Callable[[], None], after_in_parent: Callable[[], None],
+            after_in_child: Callable[[], None]) -> None:
+    """Run ``before`` at each fork once the pre-fork drain is done (steps in registration
+    order), and the after-steps once it is over (in reverse order), as
+    :func:`os.register_at_fork` would, but after the drain whatever the order of imports."""
+    _FORK_STEPS.append((before, after_in_parent, after_in_child))
+
+
+def _before_fork() -> None:
     # What the parent buffered is the parent's to write: write it before the child copies it.
     # In this thread: a helper thread still writing at the fork would leave the child a store
-    # locked by a thread it does not have.
+    # locked by a thread it does not have. Then the other steps, which may block those writes.
     _drain_all(FORK_SECONDS)
+    for before, _, _ in _FORK_STEPS:
+        before()
+
+
+def _after_fork_in_parent() -> None:
+    for _, after, _ in reversed(_FORK_STEPS):
+        after()
 
 
 def _after_fork_in_child() -> None:
     # The parent's worker thread and any lock it held do not exist in the child.
     global _lock, _wake, _pid, _stepping
     _lock, _wake, _pid, _stepping = threading.Lock(), threading.Event(), None, threading.Lock()
+    for _, _, after in reversed(_FORK_STEPS):
+        after()
 
 
 class _ExitHook:
@@ -173,4 +198,5 @@ _EXIT_HOOK = _ExitHook()
 _EXIT_HOOK.register()
 multiprocessing.util.register_after_fork(_EXIT_HOOK, _ExitHook.register)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_drain_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

@@ -32,6 +32,7 @@ from typing import Any, cast
 import diskcache
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
 
+from .. import background
 from ..errors import ConfigError, StoreBusy, StoreError, StoreTampered, TraceRefused
 from .base import (
     PRIVATE_DIR_MODE,
@@ -195,9 +196,9 @@ def _after_fork_in_child() -> None:
 
 
 _fork_guarded = False
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                        after_in_child=_after_fork_in_child)
+# After the drain before a fork, which writes through this guard (see background.at_fork).
+background.at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                   after_in_child=_after_fork_in_child)
 
 
 class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
