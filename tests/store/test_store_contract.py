@@ -106,6 +106,28 @@ def test_vectors_are_stored_with_their_trace_checked_and_pruned_with_it(any_stor
     assert s.get_vectors("t", [c.seq])[0] == raws[2]
 
 
+def test_reads_across_pages_keep_order_and_skip_what_is_gone(any_store):
+    s = any_store
+    n = 1_234  # more than a page of every store's paged reads
+    vectors = np.eye(n, 8, dtype=np.float32)[:, :8] + 1.0
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    raws = encode_vectors("emb", vectors)
+    traces = s.append_many("t", [NewTrace(f"text {i}", f"l{i % 3}", valid=i % 5 != 0,
+                                          vector=raws[i] if i % 7 else None)
+                                 for i in range(n)])
+    s.prune("t", max_traces=n - 10)  # the ten oldest are gone
+    kept = traces[10:]
+    assert [t.seq for t in s.iter_traces("t")] == [t.seq for t in kept]
+    assert [t.input for t in s.iter_traces("t", valid_only=True)] == \
+        [t.input for t in kept if t.valid]
+    assert [t.seq for t in s.iter_traces("t", start=600)] == [t.seq for t in kept if t.seq > 600]
+    asked = [t.seq for t in reversed(traces)] + [n + 50]
+    got = s.get_vectors("t", asked)
+    want = [raws[t.seq - traces[0].seq] if t.seq in {k.seq for k in kept}
+            and (t.seq - traces[0].seq) % 7 else None for t in reversed(traces)] + [None]
+    assert got == want
+
+
 def test_counters_settings_claims(any_store):
     s = any_store
     assert s.incr("t", "a") == 1 and s.incr("t", "a", 4) == 5 and s.counter("t", "b") == 0

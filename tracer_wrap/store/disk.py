@@ -125,6 +125,8 @@ OPEN_WAIT_SECONDS = 30.0
 
 #: Held by every SQLite operation of this process, and taken before a fork (see _Guarded).
 _FORK_GUARD = threading.RLock()
+#: Keys read by one SELECT of :meth:`_Guarded.get_many` (SQLite allows 32,766 parameters).
+READ_PAGE = 500
 #: Longest a fork waits for a running SQLite operation of this process to end.
 FORK_WAIT_SECONDS = 1.0
 
@@ -179,6 +181,29 @@ class _Guarded:
         with _guarded(self._cache.directory), self._cache.transact():
             yield
 
+    def get_many(self, keys: Sequence[str]) -> list[Any]:
+        """The value of each text key (None where there is none), one SELECT per
+        :data:`READ_PAGE` keys.
+
+        A refit reads tens of thousands of rows: one ``get`` each released and took back the GIL
+        several times per row, which beside busy threads (calls, the embedding worker) cost
+        milliseconds a row. Values go through the same :class:`_PlainDisk` as ``get`` (a pickled
+        row raises StoreTampered). No expiry is ever set on these rows, so none is checked. Each
+        page is its own read; rows written meanwhile may or may not be seen.
+        """
+        cache = self._cache
+        found: dict[str, Any] = {}
+        for i in range(0, len(keys), READ_PAGE):
+            page = list(keys[i:i + READ_PAGE])
+            # diskcache's private SQL helper and Disk: its public API reads one key at a time.
+            select = ("SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN"
+                      f" ({','.join('?' * len(page))})")
+            with _guarded(cache.directory):
+                rows = cache._sql(select, page).fetchall()
+                for key, mode, filename, value in rows:
+                    found[key] = cache._disk.fetch(mode, filename, value, False)
+        return [found.get(key) for key in keys]
+
 
 def _before_fork() -> None:
     global _fork_guarded
@@ -193,6 +218,8 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _FORK_GUARD
     _FORK_GUARD = threading.RLock()
+#: Keys read by one SELECT of :meth:`_Guarded.get_many` (SQLite allows 32,766 parameters).
+READ_PAGE = 500
 
 
 _fork_guarded = False
@@ -392,15 +419,18 @@ class TraceStore:
 
     def iter_traces(self, task: str, *, valid_only: bool = False, start: int = 0
                     ) -> Iterator[Trace]:
-        """Traces of ``task`` in the order they were first seen, from sequence number ``start``."""
+        """Traces of ``task`` in the order they were first seen, from sequence number ``start``;
+        read in pages of :data:`READ_PAGE`."""
         traces, _ = self._caches()
-        for seq in range(start + 1, self.count(task) + 1):
-            raw = traces.get(f"t:{task}:{seq}")
-            if raw is None:  # appended concurrently and not committed yet
-                continue
-            trace = Trace.from_json(raw)
-            if trace.valid or not valid_only:
-                yield trace
+        last = self.count(task)
+        for low in range(start + 1, last + 1, READ_PAGE):
+            seqs = range(low, min(last, low + READ_PAGE - 1) + 1)
+            for raw in traces.get_many([f"t:{task}:{seq}" for seq in seqs]):
+                if raw is None:  # pruned, or appended concurrently and not committed yet
+                    continue
+                trace = Trace.from_json(raw)
+                if trace.valid or not valid_only:
+                    yield trace
 
     def traces(self, task: str, *, valid_only: bool = False) -> list[Trace]:
         """All traces of ``task`` as a list; see :meth:`iter_traces`."""
@@ -454,11 +484,8 @@ class TraceStore:
         """The stored vector bytes of each trace ``seq`` (None where there is none); to be read
         with :func:`decode_vectors`, which checks each one's length and embedder."""
         traces, _ = self._caches()
-        out: list[bytes | None] = []
-        for seq in seqs:
-            raw = traces.get(f"v:{task}:{int(seq)}")
-            out.append(raw if isinstance(raw, bytes) else None)
-        return out
+        raws = traces.get_many([f"v:{task}:{int(seq)}" for seq in seqs])
+        return [raw if isinstance(raw, bytes) else None for raw in raws]
 
     # -- JSONL, the format tracer-llm reads and writes ----------------------------------------
 
