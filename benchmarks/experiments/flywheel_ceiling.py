@@ -1,0 +1,186 @@
+"""How much of the flywheel's coverage gap is calibration (issue 13): the Banking77 stream of
+``bench_simulate.py`` (train then test, each shuffled by ``--seed``) replayed three ways.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/experiments/flywheel_ceiling.py --arm oracle
+        [--teacher gold|sim] [--target 0.95] [--seed 0]
+
+* ``oracle``: the LLM's label of *every* call is known (local answers included), so each refit
+  calibrates on a random share of the whole history, as a static fit does; the newest certified
+  router serves. No real deployment sees these labels: it is the ceiling of the refit schedule and
+  the model when calibration is never starved.
+* ``cascade``: only what reached the LLM is known (deferred calls and audit samples). Each refit
+  adds a *stage* to the served chain: a router fitted on every known trace and certified at the
+  target only on the calibration traces the chain defers (those are a complete sample of the
+  deferred traffic), at ``delta / 2**depth`` (the chain holds with probability 1 - delta by the
+  union bound); a call goes to the first stage that accepts it.
+* ``replay``: the production code (``tracer_wrap.lab.simulate.simulate``), with a constant audit
+  rate ``--audit-rate`` (default: the library's, 0.02 falling with the calibration size).
+
+Routers are ``fit_router(..., texts=...)`` with the library's defaults; refits at 200, 400, 800,
+then every 500 traces (the library's default policy). Prints one JSON line: whole-stream and
+last-quarter local share, agreement of local answers and the coverage of 20 windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tracer_wrap import Embedder
+from tracer_wrap.errors import GateRefused
+from tracer_wrap.lab.bench import embed_cached
+from tracer_wrap.lab.datasets import banking77_ambiguity, load_banking77
+from tracer_wrap.lab.simulate import simulate
+from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
+from tracer_wrap.model.fit import fit_router
+from tracer_wrap.model.router import Router
+
+CACHE = Path(__file__).resolve().parents[1] / "out" / "embeddings"
+DELTA = 0.05
+
+
+def refit_points(n: int, first: int = 200, every: int = 500) -> set[int]:
+    points, at = set(), first
+    while at < n:
+        points.add(at)
+        at = at * 2 if at < every else at + every
+    return points
+
+
+class Stream:
+    def __init__(self, teacher: str, seed: int) -> None:
+        train, test = load_banking77("train"), load_banking77("test")
+        rows = train + test
+        vectors = embed_cached(Embedder.default(), [t for t, _ in rows], CACHE)
+        rng = np.random.default_rng(seed)
+        order = ([int(i) for i in rng.permutation(len(train))]
+                 + [len(train) + int(i) for i in rng.permutation(len(test))])
+        llm = SimulatedLLM(load_banking77_neighbours(), error_rate=0.15, seed=seed,
+                           ambiguity=banking77_ambiguity())
+        self.texts = [rows[i][0] for i in order]
+        self.X = np.asarray(vectors)[order]
+        self.y = [rows[i][1] if teacher == "gold" else llm.label_for(*rows[i]) for i in order]
+        self.all_texts, self.all_vectors = [t for t, _ in rows], vectors
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def chain_decide(chain: list[Router], stream: Stream, idx: np.ndarray
+                 ) -> tuple[np.ndarray, list[str | None]]:
+    """Local flags and answers of ``chain`` (first stage that accepts) for rows ``idx``."""
+    local = np.zeros(len(idx), dtype=bool)
+    labels: list[str | None] = [None] * len(idx)
+    rest = np.arange(len(idx))
+    for router in chain:
+        if not len(rest):
+            break
+        top, _, ok = router.decide([stream.texts[i] for i in idx[rest]], stream.X[idx[rest]])
+        for j, label in zip(rest[ok], top[ok]):
+            labels[j] = router.labels[label]
+        local[rest[ok]] = True
+        rest = rest[~ok]
+    return local, labels
+
+
+def fit(stream: Stream, idx: np.ndarray, weights: np.ndarray, target: float, delta: float
+        ) -> Router | None:
+    try:
+        router = fit_router(stream.X[idx], [stream.y[i] for i in idx],
+                            texts=[stream.texts[i] for i in idx], targets=(target,),
+                            serve_target=target, delta=delta, calibration_weights=weights,
+                            calibration_complete=weights > 0)
+    except GateRefused:
+        return None
+    return router if router.certificate_for(target).threshold is not None else None
+
+
+def run_model_arms(stream: Stream, arm: str, target: float, audit_rate: float, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    n = len(stream)
+    points = refit_points(n)
+    audit = np.random.default_rng(1000 + seed)
+    chain: list[Router] = []
+    chain_id = 0
+    prefixes: dict[int, set[int]] = {0: set()}  # chain id -> ids of the chains it extends
+    known: list[tuple[int, int]] = []  # (row, id of the chain serving when it reached the LLM)
+    local = np.zeros(n, dtype=bool)
+    agree = np.zeros(n, dtype=bool)
+    for row in range(n):
+        if row in points and known:
+            idx = np.array([k[0] for k in known])
+            if arm == "oracle":
+                router = fit(stream, idx, np.ones(len(idx)), target, DELTA)
+                chain = [router] if router is not None else chain
+            else:
+                period = np.array([k[1] == chain_id or k[1] in prefixes[chain_id]
+                                   for k in known])
+                deferred = ~chain_decide(chain, stream, idx)[0]
+                router = fit(stream, idx, (period & deferred).astype(float), target,
+                             DELTA / 2 ** (len(chain) + 1))
+                if router is not None:
+                    prefixes[chain_id + 1] = prefixes[chain_id] | {chain_id}
+                    chain, chain_id = [*chain, router], chain_id + 1
+        answered, labels = (chain_decide(chain, stream, np.array([row])) if chain
+                            else (np.zeros(1, dtype=bool), [None]))
+        if arm == "oracle":
+            known.append((row, chain_id))
+            local[row], agree[row] = answered[0], answered[0] and labels[0] == stream.y[row]
+        elif answered[0] and audit.random() >= audit_rate:
+            local[row], agree[row] = True, labels[0] == stream.y[row]
+        else:  # deferred, or an audit sample
+            known.append((row, chain_id))
+    return local, agree
+
+
+def run_replay(stream: Stream, target: float, audit_rate: float | None, seed: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    embedder = Embedder.precomputed(dict(zip(stream.all_texts, stream.all_vectors)),
+                                    name="all-MiniLM-L6-v2")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "stream.jsonl"
+        path.write_text("".join(json.dumps({"input": t, "teacher": y}) + "\n"
+                                for t, y in zip(stream.texts, stream.y)), encoding="utf-8")
+        rate = 0.02 if audit_rate is None else (lambda _n: audit_rate)
+        result = simulate(path, target=target, embedder=embedder, seed=seed,
+                          audit_rate=rate, curve_points=len(stream))  # type: ignore[arg-type]
+    curve = result["curve"]
+    local = np.array([p["window_coverage"] > 0 for p in curve])
+    agree = np.array([p["window_agreement"] == 1.0 for p in curve])
+    return local, agree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arm", choices=("oracle", "cascade", "replay"), default="oracle")
+    parser.add_argument("--teacher", choices=("gold", "sim"), default="gold")
+    parser.add_argument("--target", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--audit-rate", type=float, default=None,
+                        help="constant audit rate (default: 0.02, falling as in the library)")
+    args = parser.parse_args()
+    stream = Stream(args.teacher, args.seed)
+    started = time.perf_counter()
+    if args.arm == "replay":
+        local, agree = run_replay(stream, args.target, args.audit_rate, args.seed)
+    else:
+        local, agree = run_model_arms(stream, args.arm, args.target,
+                                      0.02 if args.audit_rate is None else args.audit_rate,
+                                      args.seed)
+    n, window = len(local), len(local) // 20
+    print(json.dumps({
+        "arm": args.arm, "teacher": args.teacher, "target": args.target, "seed": args.seed,
+        "audit_rate": args.audit_rate, "whole": round(100 * local.mean(), 1),
+        "last_quarter": round(100 * local[-(n // 4):].mean(), 1),
+        "agreement": round(float(agree[local].mean()), 4) if local.any() else None,
+        "windows": [round(100 * local[i:i + window].mean()) for i in range(0, 20 * window, window)],
+        "seconds": round(time.perf_counter() - started)}))
+
+
+if __name__ == "__main__":
+    main()
