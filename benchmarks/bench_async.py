@@ -81,6 +81,10 @@ def scenario(base_url: str, task: str, options: dict, args: argparse.Namespace,
             wrapped_s.append(seconds)
             errors[1] += failed
         await raw.close()
+        # Write the wrapped calls' traces now: the store is a temporary directory removed when
+        # the benchmark ends, before the interpreter's exit would flush them into it.
+        for traced in wrapped.tracer_wrap_tasks.tasks().values():
+            traced.close()
         plain, traced = statistics.median(plain_s), statistics.median(wrapped_s)
         return {"plain": plain, "wrapped": traced, "ratio": traced / plain,
                 "plain_errors": errors[0], "wrapped_errors": errors[1]}
