@@ -280,3 +280,46 @@ def test_the_served_version_keeps_its_guarantee_at_delta_over_many_draws():
             violations += served_agreement(served, X_truth, y_truth) < target
     assert certified > 0.8 * draws and min(winners.values()) >= 10  # both sides win, often
     assert violations / draws <= delta + 3 * np.sqrt(delta * (1 - delta) / draws)
+
+
+def multimodal(n: int, k: int = 4, sub: int = 3, dim: int = 16, seed: int = 0):
+    """Labels made of ``sub`` separate clusters each: a linear surrogate is confidently wrong
+    between them, which its nearness to the label's own traces (the trust margin) reveals."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k * sub, dim))
+    cluster = rng.integers(0, k * sub, n)
+    X = centres[cluster] + 0.45 * rng.normal(size=(n, dim))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X.astype(np.float32), np.array([f"label{i}" for i in cluster % k])
+
+
+def test_the_trust_acceptor_is_chosen_where_it_certifies_more_and_served_as_certified():
+    X, y = multimodal(3000)
+    targets = (0.9, 0.98)
+    router = fit_router(X[:2000], y[:2000], targets=targets)
+    plain = fit_router(X[:2000], y[:2000], targets=targets, trust=False)
+    assert router.info["trust_acceptor"] == {"embedding": True}
+    assert router.prototypes is not None and plain.prototypes is None
+    assert not plain.info["trust_acceptor"]["embedding"]
+    assert (router.certificate_for(0.98).coverage
+            > plain.certificate_for(0.98).coverage + 0.03)
+    # The calibration rows (fit_router's first draw) reproduce the certificates one by one.
+    rows = np.flatnonzero(np.random.default_rng(0).random(2000) < router.info[
+        "calibration_fraction"])
+    for target in targets:
+        router.target = target
+        cert = router.certificate_for(target)
+        local = np.array([router.route(None, X[i]).local for i in rows])
+        assert cert.certified and local.mean() == pytest.approx(cert.coverage)
+        decisions = router.route_many(None, X[2000:])
+        agree = np.array([d.label for d in decisions]) == y[2000:]
+        held = np.array([d.local for d in decisions])
+        assert agree[held].mean() >= target - 0.01
+
+
+def test_no_trust_acceptor_for_the_per_label_guarantee_or_a_forced_global_one():
+    X, y = multimodal(2000)
+    for kwargs in ({"guarantee": "per_label"}, {"acceptor": "global"}):
+        router = fit_router(X, y, targets=(0.9,), **kwargs)
+        assert router.prototypes is None
+        assert not any(router.info["trust_acceptor"].values())

@@ -145,3 +145,52 @@ def test_fused_arrays_with_pickles_are_refused(tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(RouterLoadError):
         Router.load(path)
+
+
+def trust_router() -> tuple[Router, np.ndarray]:
+    from tracer_wrap.model.acceptor import Acceptor
+    from tracer_wrap.model.trust import Prototypes
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 4)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    certs = {0.9: Certificate(0.9, 0.5, 0.8, 0.93, 400, 0.01)}
+    acceptor = Acceptor(np.array([0.2, -0.1, 0.0]), 1.0, 8.0)
+    prototypes = Prototypes(np.eye(3, 4, dtype=np.float32), np.array([2, 0, 1]), 3)
+    return Router(np.eye(3, 4, dtype=np.float32) * 8, np.zeros(3), ["a", "b", "c"], certs,
+                  target=0.9, acceptor=acceptor, prototypes=prototypes), x
+
+
+def test_a_trust_router_scores_margins_and_round_trips_in_the_newer_format():
+    router, x = trust_router()
+    top, scores = router.scores(x)
+    assert router.prototypes is not None
+    margins = router.prototypes.margins(x, top)
+    shifted = router.logits(None, x) - router.logits(None, x).max(axis=1, keepdims=True)
+    prob = 1 / np.exp(shifted).sum(axis=1)
+    assert np.allclose(scores, router._embedding.acceptor.score(top, prob, margins))
+    assert not np.allclose(scores, router._embedding.acceptor.score(top, prob, 0 * margins))
+    data, manifest = router.to_bytes()
+    assert manifest["format"] == "tracer_wrap.fused-softmax.v3"
+    assert manifest["acceptor"]["trust_slope"] == 8.0
+    again = Router.from_bytes(data, manifest)
+    assert [d.local for d in again.route_many(None, x)] == [d.local for d in
+                                                           router.route_many(None, x)]
+    assert np.allclose(again.scores(x)[1], scores)
+    # A version that knows only the v2 format must refuse it rather than score without margins.
+    assert make_router().manifest()["format"] == "tracer_wrap.fused-softmax.v2"
+
+
+def test_a_trust_acceptor_without_prototypes_is_refused():
+    router, _ = trust_router()
+    data, manifest = router.to_bytes()
+    arrays = dict(np.load(io.BytesIO(data), allow_pickle=False))
+    del arrays["trust_prototypes"], arrays["trust_owners"]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    stripped = buf.getvalue()
+    with pytest.raises(RouterLoadError):
+        Router.from_bytes(stripped, dict(manifest, sha256=hashlib.sha256(stripped).hexdigest()))
+    with pytest.raises(ConfigError):
+        Router(router.weights, router.bias, router.labels, router.certificates, target=0.9,
+               acceptor=router._embedding.acceptor)

@@ -37,7 +37,8 @@ Under the null ``A(R) < t`` that is stochastically smaller than Binomial(n, t), 
   logit(p))``, fitted out-of-fold): one global threshold on it is a set of per-label thresholds on
   the surrogate's probability, so per-label thresholds for the average claim are the same test
   with the *whole* selection rule as each hypothesis, and the accepted set's overall agreement is
-  what is certified.
+  what is certified. The same holds when the score also takes the trust margin
+  (:mod:`tracer_wrap.model.trust`): its prototypes come from the training part alone.
 * Per-label claim: the family is the set ``F`` of labels that out-of-fold data predicts can pass
   at level ``delta / (number of labels)``. For each ``k`` in ``F``, the rules
   ``{label = k, score >= threshold}`` are tested by their own fixed sequence at level

@@ -10,7 +10,10 @@ A router holds up to two surrogates over the same labels, fitted and certified t
 
 Each carries an acceptor (:mod:`tracer_wrap.model.acceptor`) and one certificate per target; the
 served target picks a threshold per label (the same one for all labels under the ``average``
-guarantee). A router is plain numpy arrays plus a JSON manifest. Saving writes ``.npz`` (no
+guarantee). An acceptor may also score the input's trust margin, its nearness to the training
+traces of the label answered against those of other labels (:mod:`tracer_wrap.model.trust`):
+the router then holds the label prototypes it is measured against, ~50 microseconds more per
+input. A router is plain numpy arrays plus a JSON manifest. Saving writes ``.npz`` (no
 pickle) and the manifest with the array file's SHA-256; loading checks that hash before reading
 the arrays and never unpickles, so a router file cannot run code. Serving one embedded input is a
 77x384 matrix-vector product and a softmax, a few microseconds; from text, the n-grams add ~0.2 ms.
@@ -35,10 +38,14 @@ from ..errors import ConfigError, RouterLoadError
 from .acceptor import Acceptor
 from .features import NgramFeatures
 from .gate import Certificate
+from .trust import Prototypes
 
 __all__ = ["Decision", "Router", "TextModel"]
 
 FORMAT = "tracer_wrap.fused-softmax.v2"
+#: Routers whose acceptor scores trust margins: a version that knows only ``FORMAT`` must refuse
+#: them (it would score without the margin, against thresholds certified with it).
+FORMAT_TRUST = "tracer_wrap.fused-softmax.v3"
 #: Earlier routers (embedding surrogate only, global acceptor) still load.
 FORMAT_V1 = "tracer_wrap.linear-softmax.v1"
 _MANIFEST_KEYS = {"format", "labels", "target", "certificates", "embedding_certificates",
@@ -110,7 +117,9 @@ class Router:
     ``weights``, ``bias``, ``certificates`` and ``acceptor`` are the embedding surrogate's;
     ``text_model`` adds the fused one, whose certificates then become the router's main ones
     (:attr:`certificates`, :meth:`certificate_for`, :attr:`threshold`), since every path but
-    route-by-embedding knows the text.
+    route-by-embedding knows the text. ``prototypes`` are the trust margin's
+    (:mod:`tracer_wrap.model.trust`), required when an acceptor uses the margin. Raises
+    ConfigError when the arrays disagree in size.
     """
 
     def __init__(
@@ -124,6 +133,7 @@ class Router:
         info: Mapping[str, Any] | None = None,
         acceptor: Acceptor | None = None,
         text_model: TextModel | None = None,
+        prototypes: Prototypes | None = None,
     ) -> None:
         self.labels = list(labels)
         k = len(self.labels)
@@ -148,6 +158,12 @@ class Router:
                     head.features is None
                     or head.ngram_weights.shape != (head.features.n_features, k)):
                 raise ConfigError("n-gram weights and features disagree in size")
+        if prototypes is not None and (prototypes.n_labels != k or prototypes.rows.shape[1]
+                                       != self._embedding.weights.shape[1]):
+            raise ConfigError("trust prototypes disagree with the labels or the dimension")
+        if prototypes is None and any(head.acceptor.uses_trust for head in self._heads()):
+            raise ConfigError("an acceptor scores trust margins but the router has no prototypes")
+        self.prototypes = prototypes
         for head in self._heads():
             for cert in head.certificates.values():
                 if cert.label_thresholds is not None and len(cert.label_thresholds) != k:
@@ -170,7 +186,8 @@ class Router:
         return Router(self._embedding.weights, self._embedding.bias, self.labels,
                       certificates, target=self.target,
                       info=self.info if info is None else info,
-                      acceptor=self._embedding.acceptor, text_model=text_model)
+                      acceptor=self._embedding.acceptor, text_model=text_model,
+                      prototypes=self.prototypes)
 
     def _heads(self) -> list[_Head]:
         return [self._embedding] if self._text is None else [self._embedding, self._text]
@@ -275,7 +292,9 @@ class Router:
         top = logits.argmax(axis=1)
         shifted = logits - logits[np.arange(len(top)), top][:, None]
         prob = 1.0 / np.exp(shifted).sum(axis=1)
-        return top, head.acceptor.score(top, prob)
+        trust = (self.prototypes.margins(vectors, top)
+                 if head.acceptor.uses_trust and self.prototypes is not None else None)
+        return top, head.acceptor.score(top, prob, trust)
 
     def decide(self, texts: Sequence[str] | None, vectors: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -329,7 +348,7 @@ class Router:
         import sklearn
 
         out: dict[str, Any] = {
-            "format": FORMAT,
+            "format": FORMAT if self.prototypes is None else FORMAT_TRUST,
             "labels": self.labels,
             "target": self.target,
             "surrogate": "fused" if self._text is not None else "embedding",
@@ -363,6 +382,8 @@ class Router:
                        **text.features.arrays())
             if text.acceptor.intercepts is not None:
                 out["text_acceptor_intercepts"] = text.acceptor.intercepts
+        if self.prototypes is not None:
+            out.update(trust_prototypes=self.prototypes.rows, trust_owners=self.prototypes.owners)
         return out
 
     def to_bytes(self) -> tuple[bytes, dict[str, Any]]:
@@ -382,12 +403,12 @@ class Router:
 
         The hash of ``data`` must match ``expected_sha256`` (when given, e.g. from the store's
         record) and the manifest's before the arrays are read, with ``allow_pickle=False``.
-        Routers of the earlier format (embedding surrogate only) load too. ``source`` names the
-        router in error messages.
+        Routers of the earlier formats (embedding surrogate only; no trust margins) load too.
+        ``source`` names the router in error messages.
         """
         try:
             actual = hashlib.sha256(data).hexdigest()
-            if manifest.get("format") not in (FORMAT, FORMAT_V1):
+            if manifest.get("format") not in (FORMAT_TRUST, FORMAT, FORMAT_V1):
                 raise RouterLoadError(f"{source}: unknown router format {manifest.get('format')!r}")
             for expected in (manifest.get("sha256"), expected_sha256):
                 if expected is not None and expected != actual:
@@ -404,12 +425,15 @@ class Router:
                               arrays.get("text_acceptor_intercepts")))
             embedding_certs = manifest.get("embedding_certificates", manifest["certificates"])
             info = {k: v for k, v in manifest.items() if k not in _MANIFEST_KEYS}
+            prototypes = (Prototypes(arrays["trust_prototypes"], arrays["trust_owners"],
+                                     len(manifest["labels"]))
+                          if "trust_prototypes" in arrays else None)
             return cls(arrays["weights"], arrays["bias"], manifest["labels"],
                        _certificates(embedding_certs),
                        target=manifest["target"] if target is None else target, info=info,
                        acceptor=_acceptor(manifest.get("acceptor"),
                                           arrays.get("acceptor_intercepts")),
-                       text_model=text_model)
+                       text_model=text_model, prototypes=prototypes)
         except RouterLoadError:
             raise
         except Exception as exc:
@@ -478,7 +502,8 @@ def _certificates(rows: Sequence[Mapping[str, Any]]) -> dict[float, Certificate]
 
 
 def _acceptor_params(acceptor: Acceptor) -> dict[str, Any]:
-    return {"per_label": acceptor.per_label, "slope": acceptor.slope}
+    return {"per_label": acceptor.per_label, "slope": acceptor.slope,
+            "trust_slope": acceptor.trust_slope}
 
 
 def _acceptor(params: Mapping[str, Any] | None, intercepts: np.ndarray | None) -> Acceptor:
@@ -486,4 +511,5 @@ def _acceptor(params: Mapping[str, Any] | None, intercepts: np.ndarray | None) -
         return Acceptor()
     if intercepts is None:
         raise RouterLoadError("the manifest names a per-label acceptor but its array is missing")
-    return Acceptor(np.asarray(intercepts, dtype=np.float64), float(params["slope"]))
+    return Acceptor(np.asarray(intercepts, dtype=np.float64), float(params["slope"]),
+                    float(params.get("trust_slope", 0.0)))
