@@ -25,11 +25,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
+from .ood import DEFAULT_PER_LABEL, _prototypes
 
-__all__ = ["DEFAULT_PER_LABEL", "Prototypes"]
-
-#: k-means prototypes per label (the OOD check's number: 8 score as well as every trace there).
-DEFAULT_PER_LABEL = 8
+__all__ = ["Prototypes"]
 #: Similarity to a label without any prototype (the lowest cosine similarity there is).
 _FLOOR = -1.0
 
@@ -62,8 +60,6 @@ class Prototypes:
             per_label: int = DEFAULT_PER_LABEL, seed: int = 0) -> Prototypes:
         """Up to ``per_label`` k-means centres of the ``vectors`` of each label index in
         ``labels`` (each in ``[0, n_labels)``). Raises ConfigError on malformed input."""
-        from .ood import _prototypes  # scikit-learn's k-means: fit time only
-
         vectors = np.asarray(vectors, dtype=np.float32)
         labels = np.asarray(labels)
         if vectors.ndim != 2 or len(vectors) != len(labels) or not len(vectors):
