@@ -385,6 +385,25 @@ def test_the_wait_for_an_embedding_follows_the_llms_latency():
     assert unbounded.seconds() == 1.0
 
 
+def test_the_wait_is_the_median_of_the_last_window_of_latencies():
+    """The window is kept sorted as answers come and go: the wait is always budget x the exact
+    median of the last WINDOW latencies (odd and even counts, ties, evictions)."""
+    import statistics
+
+    from tracer_wrap.embedding import EmbedWait
+
+    rng = random.Random(7)
+    wait = EmbedWait(timeout=1e9, budget=1.0)
+    seen: list[float] = []
+    for i in range(5 * EmbedWait.WINDOW):
+        seconds = rng.choice([0.5, 1.0, 2.0]) if i % 3 else rng.uniform(0.1, 3.0)
+        wait.llm_took(seconds)
+        seen.append(seconds)
+        if len(seen) >= EmbedWait.MIN_SAMPLES:
+            expected = statistics.median(seen[-EmbedWait.WINDOW:])
+            assert wait.seconds() == max(EmbedWait.FLOOR, expected)
+
+
 @pytest.mark.parametrize("run", ["sync", "async"])
 def test_a_call_waits_for_its_embedding_a_share_of_the_llms_latency_then_goes_to_it(
         tmp_path, run):
