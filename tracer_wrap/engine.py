@@ -417,7 +417,11 @@ class TracedTask:
                     self.stats.add(dropped=1)
                 else:
                     self._buffer.append(_Answer(plan, text, label, raw, meta))
-                    if not self._inline:
+                    # Only the first answer into an empty buffer wakes the worker: a step writes
+                    # what is buffered by then, and the rest wait at most background.TICK. Woken
+                    # by every answer, it ran a store transaction per answer of a burst, its GIL
+                    # handoffs and wake-ups billed to the event loop.
+                    if not self._inline and len(self._buffer) == 1:
                         background.wake()
             self.ledger.add(counts)
             if self._inline:
