@@ -131,6 +131,22 @@ def test_deferred_calls_while_a_router_answers_never_calibrate(tmp_path):
     assert trace.served_version == task.version and trace.audit_p is None
 
 
+def test_only_an_answer_into_an_empty_buffer_wakes_the_worker(tmp_path, monkeypatch):
+    """The worker writes whatever is buffered when it runs: the answers of a burst wake it once,
+    not once each (each wake-up ran a store transaction beside the caller's event loop)."""
+    task = new_task(tmp_path)
+    woken: list[int] = []
+    monkeypatch.setattr(background, "wake", lambda: woken.append(1))
+    with task._drain_lock:  # no write empties the buffer meanwhile
+        for i in range(5):
+            task.record(None, "l1", text=f"burst {i}")
+    assert len(woken) == 1
+    assert task.flush()
+    task.record(None, "l2", text="after the burst")
+    assert len(woken) == 2 and task.flush()
+    assert sum(t.input.startswith(("burst", "after")) for t in task.store.traces("t")) == 6
+
+
 def test_out_of_distribution_inputs_are_deferred_although_the_surrogate_is_confident(tmp_path):
     task = fitted_task(tmp_path)
     router, ood = task.router, task.serving.served().ood
@@ -383,6 +399,25 @@ def test_the_wait_for_an_embedding_follows_the_llms_latency():
     for _ in range(EmbedWait.WINDOW):
         unbounded.llm_took(0.001)
     assert unbounded.seconds() == 1.0
+
+
+def test_the_wait_is_the_median_of_the_last_window_of_latencies():
+    """The window is kept sorted as answers come and go: the wait is always budget x the exact
+    median of the last WINDOW latencies (odd and even counts, ties, evictions)."""
+    import statistics
+
+    from tracer_wrap.embedding import EmbedWait
+
+    rng = random.Random(7)
+    wait = EmbedWait(timeout=1e9, budget=1.0)
+    seen: list[float] = []
+    for i in range(5 * EmbedWait.WINDOW):
+        seconds = rng.choice([0.5, 1.0, 2.0]) if i % 3 else rng.uniform(0.1, 3.0)
+        wait.llm_took(seconds)
+        seen.append(seconds)
+        if len(seen) >= EmbedWait.MIN_SAMPLES:
+            expected = statistics.median(seen[-EmbedWait.WINDOW:])
+            assert wait.seconds() == max(EmbedWait.FLOOR, expected)
 
 
 @pytest.mark.parametrize("run", ["sync", "async"])

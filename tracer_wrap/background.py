@@ -2,9 +2,9 @@
 
 Each :class:`~tracer_wrap.engine.TracedTask` registers a :class:`Job`; the worker calls every job's
 :meth:`Job.step` at least every :data:`TICK` seconds, and at once after :func:`wake` (a call that
-queued a trace wakes it). A step writes the task's buffered traces and counters to the store,
-refreshes the version it serves, and schedules refits: store reads and writes, model loads and
-waits on locks all happen here, never in a caller's thread.
+queues a trace into an empty buffer wakes it). A step writes the task's buffered traces and
+counters to the store, refreshes the version it serves, and schedules refits: store reads and
+writes, model loads and waits on locks all happen here, never in a caller's thread.
 
 A step that raises is logged (once per storm) and the worker goes on. The worker is a daemon
 thread started on first use; a forked child starts its own (the parent's does not exist in it).

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import bisect
 import os
-import statistics
 import threading
 import time
 import weakref
@@ -97,7 +97,8 @@ class EmbedWait:
         self.timeout = timeout
         self.budget = budget
         self._lock = threading.Lock()
-        self._latencies: deque[float] = deque(maxlen=self.WINDOW)
+        self._latencies: deque[float] = deque(maxlen=self.WINDOW)  # in arrival order
+        self._sorted: list[float] = []  # the same, sorted
         self._wait = timeout
 
     def llm_took(self, seconds: float) -> None:
@@ -105,9 +106,17 @@ class EmbedWait:
         if self.budget is None:
             return
         with self._lock:
+            # The window is also kept sorted, so the median of every answer is read, not sorted
+            # anew (this runs on the event loop once per LLM answer).
+            if len(self._latencies) == self.WINDOW:
+                del self._sorted[bisect.bisect_left(self._sorted, self._latencies[0])]
             self._latencies.append(seconds)
-            if len(self._latencies) >= self.MIN_SAMPLES:
-                median = statistics.median(self._latencies)  # ~5 us; numpy's takes ~300
+            bisect.insort(self._sorted, seconds)
+            n = len(self._sorted)
+            if n >= self.MIN_SAMPLES:
+                half = n // 2
+                median = (self._sorted[half] if n % 2
+                          else (self._sorted[half - 1] + self._sorted[half]) / 2)
                 self._wait = min(self.timeout, max(self.FLOOR, self.budget * median))
 
     def seconds(self) -> float:
@@ -253,7 +262,6 @@ class EmbeddingService:
         """Queue ``texts`` (one caller's, all or none); raise EmbedRefused at once when the
         worker is not expected to embed them within ``timeout`` seconds (see the module
         docstring)."""
-        futures: list[Future[np.ndarray]] = [Future() for _ in texts]
         with self._cond:
             self._ensure_worker()
             self._check_open()
@@ -274,6 +282,8 @@ class EmbeddingService:
                 if expected > ADMIT_SHARE * timeout:
                     raise EmbedRefused(f"embedding would take ~{expected:.2g} s, more than"
                                        f" {ADMIT_SHARE:g} of the {timeout:g} s wait")
+            # Made once admitted: a refused request (most of a burst's) costs no future.
+            futures: list[Future[np.ndarray]] = [Future() for _ in texts]
             self._requests.extend((text, future, now + timeout)
                                   for text, future in zip(texts, futures))
             self._cond.notify()

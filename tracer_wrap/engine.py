@@ -417,7 +417,11 @@ class TracedTask:
                     self.stats.add(dropped=1)
                 else:
                     self._buffer.append(_Answer(plan, text, label, raw, meta))
-                    if not self._inline:
+                    # Only the first answer into an empty buffer wakes the worker: a step writes
+                    # what is buffered by then, and the rest wait at most background.TICK. Woken
+                    # by every answer, it ran a store transaction per answer of a burst, its GIL
+                    # handoffs and wake-ups billed to the event loop.
+                    if not self._inline and len(self._buffer) == 1:
                         background.wake()
             self.ledger.add(counts)
             if self._inline:
@@ -528,10 +532,9 @@ class TracedTask:
             self._fault("routing", exc)
             why = f"tracer_wrap fault while routing ({type(exc).__name__}); see the log"
         try:
-            blind = self._unplanned()
+            return [self._unplanned(t, why) for t in texts]
         except Exception:
-            blind = Plan(None, audit_p=None, answering=True)
-        return [replace(blind, text=t, reason=why) for t in texts]
+            return [Plan(t, audit_p=None, answering=True, reason=why) for t in texts]
 
     def _as_traced(self, text: str) -> str:
         """An input as its trace keeps it (redacted when ``redact`` is set): the router was
@@ -613,13 +616,14 @@ class TracedTask:
         self.record(plan, raw, usage=usage, span=span)
         return result
 
-    def _unplanned(self) -> Plan:
-        """A plan for an LLM answer no plan was made for."""
+    def _unplanned(self, text: str | None = None, reason: str = "") -> Plan:
+        """A plan for an LLM answer no plan was made for (``text`` and ``reason``: of an input
+        whose routing failed)."""
         served = self.serving.served(wait=False)
         answering = (served.certified and self.serving.routing_on()
                      and not self.serving.tripped())
-        return Plan(None, version=served.version, answering=answering,
-                    audit_p=None if answering else 1.0)
+        return Plan(text, version=served.version, answering=answering,
+                    audit_p=None if answering else 1.0, reason=reason)
 
     def _fault(self, step: str, exc: BaseException) -> None:
         if isinstance(exc, StoreBusy):

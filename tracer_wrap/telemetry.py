@@ -50,7 +50,12 @@ BLOCKED = "tracer_wrap.local_answer_blocked"
 
 
 class CallSpan:
-    """What the engine reports about one call. This base class records nothing (the no-op)."""
+    """What the engine reports about one call. This base class records nothing (the no-op).
+
+    ``recording`` is False when nothing reported is kept, so a path can skip gathering what
+    it would report (``describe`` of every response)."""
+
+    recording = False
 
     def planned(self, plan: Plan) -> None:
         """The engine decided how to answer the call."""
@@ -152,6 +157,8 @@ def start_call(task: str, options: TaskOptions, attributes: Mapping[str, Any]) -
 
 class _Span(CallSpan):
     """A call reported to an OpenTelemetry span."""
+
+    recording = True
 
     def __init__(self, span: Any, task: str, options: TaskOptions,
                  attributes: Mapping[str, Any]) -> None:

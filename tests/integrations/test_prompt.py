@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import threading
+import types
 from typing import Any, Literal
 
+import openai
 import pydantic
 import pytest
 
@@ -15,6 +18,7 @@ from tracer_wrap.integrations import (
     OutputShape,
     PromptView,
     TemplateLearner,
+    _prompt,
     anthropic_messages_view,
     label_field_of_schema,
     label_from_json,
@@ -125,6 +129,80 @@ def test_anthropic_view() -> None:
     forced = anthropic_messages_view(req("x", tools=[tool],
                                          tool_choice={"type": "tool", "name": "classify"}))
     assert forced is not None and forced.task_key != a.task_key
+
+
+class Answer(pydantic.BaseModel):
+    category: Literal["a", "b"]
+
+
+def test_task_keys_are_stable() -> None:
+    """A task key names a task in the store across processes and releases: the same request
+    must keep its key (pinned here), whatever changes in how it is computed."""
+    learner = TemplateLearner()
+    for text in ["great film", "awful sound", "fine acting", "long plot", "nice music"]:
+        templated = openai_chat_view({"model": "m", "messages": [
+            {"role": "user", "content": f"Review: {text}\nAnswer:"}]}, learner)
+    assert templated is not None and templated.text == "nice music"
+    mapping = types.MappingProxyType({"role": "user", "content": "t", 1: "x"})
+    keys = {
+        "plain": openai_chat_view({"model": "m", "messages": [
+            {"role": "user", "content": "hello"}]}),
+        "system": openai_chat_view({"model": "gpt-4o", "temperature": 0, "messages": [
+            {"role": "system", "content": "Label it. Ünïcode ✓"},
+            {"role": "user", "content": "hello"}]}),
+        "history": openai_chat_view({"model": "m", "messages": (
+            {"role": "system", "content": [{"type": "text", "text": "a"}]},
+            {"role": "assistant", "content": "x", "name": None, "n": 1.5, "ok": True},
+            {"role": "user", "content": "t"})}),
+        "pydantic": openai_chat_view({"model": "m", "response_format": Answer,
+                                      "messages": [{"role": "user", "content": "t"}]}),
+        "mapping": openai_chat_view({"model": "m", "messages": [
+            collections.OrderedDict([("role", "system"), ("content", "s")]), mapping]}),
+        "sentinel": openai_chat_view({"model": "m", "response_format": None,
+                                      "tools": openai.NOT_GIVEN,
+                                      "messages": [{"role": "user", "content": "t"}]}),
+        "responses": openai_responses_view({"model": "m", "instructions": "Label it.",
+                                            "input": "hello"}),
+        "anthropic": anthropic_messages_view({"model": "c", "max_tokens": 5,
+                                              "system": "Label it.", "messages": [
+                                                  {"role": "user", "content": "hello"}]}),
+        "templated": templated,
+    }
+    assert {name: view.task_key if view else None for name, view in keys.items()} == {
+        "plain": "openai.chat:8608a581d200f167b423",
+        "system": "openai.chat:1e5f10f4215ca629d8f7",
+        "history": "openai.chat:252d5ffb4055d3089a60",
+        "pydantic": "openai.chat:c89e7c7ee080c6983a17",
+        "mapping": "openai.chat:cc6bf8b634b7d9187d59",
+        "sentinel": "openai.chat:6908261153e88316f3c9",
+        "responses": "openai.responses:d910a0c30a4006d20e38",
+        "anthropic": "anthropic.messages:44ce57491151431abf24",
+        "templated": "openai.chat:3c4038e85f4e18f4396a",
+    }
+
+
+def test_a_call_of_a_known_template_is_digested_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view runs on every wrapped call: once its template is known, only the request's
+    context is digested (twice with a system prompt: without it too, to tell whether the text
+    sits there), never its task key again."""
+    digested: list[Any] = []
+    real = _prompt._digest
+    monkeypatch.setattr(_prompt, "_digest", lambda parts: digested.append(parts) or real(parts))
+    _prompt._task_key.cache_clear()
+    learner = TemplateLearner()
+
+    def user_only(text: str) -> dict[str, Any]:
+        return {"model": "m", "messages": [{"role": "user", "content": text}]}
+
+    first = openai_chat_view(user_only("great"), learner)
+    assert first is not None and len(digested) == 2  # the context, then the new task key
+    digested.clear()
+    second = openai_chat_view(user_only("awful"), learner)
+    assert second is not None and second.task_key == first.task_key and len(digested) == 1
+    first = openai_chat_view(chat("great"), learner)
+    digested.clear()
+    second = openai_chat_view(chat("awful"), learner)
+    assert second is not None and second.task_key == first.task_key and len(digested) == 2
 
 
 # -- output shapes ---------------------------------------------------------------------------------

@@ -438,8 +438,19 @@ class TemplateLearner:
 # -- views ---------------------------------------------------------------------------------------
 
 
+#: Types :func:`_canonical` keeps as they are; checked by exact type first, since a request's
+#: context is hashed on every call and is mostly made of these (the ABC check of ``Mapping`` is
+#: the slow one).
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None)})
+
+
 def _canonical(value: Any) -> Any:
     """A JSON-able, process-independent form of a request value (for hashing)."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return value
+    if kind is list:
+        return [_canonical(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -454,9 +465,20 @@ def _canonical(value: Any) -> Any:
     return type(value).__qualname__
 
 
+# One encoder for every digest (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
 def _digest(parts: Mapping[str, Any]) -> str:
-    blob = json.dumps(_canonical(parts), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    blob = _ENCODER.encode(_canonical(parts))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=1024)
+def _task_key(api: str, group: str, prefix: str, suffix: str) -> str:
+    """The task key of a template: its group and the affixes split off its text. Cached: a
+    template's calls share all four, and the key would otherwise be a second digest per call."""
+    return f"{api}:{_digest({'group': group, 'prefix': prefix, 'suffix': suffix})}"
 
 
 def _as_dict(message: Any) -> Mapping[str, Any] | None:
@@ -516,9 +538,8 @@ def _split(api: str, slot: Literal["user", "system"], group: str, message: str,
         prefix, text, suffix = learner.split(group, message)
         if slot == "system":
             recurring = bool(prefix or suffix)
-    task_key = f"{api}:{_digest({'group': group, 'prefix': prefix, 'suffix': suffix})}"
-    return PromptView(task_key=task_key, text=text.strip(), slot=slot, group=group,
-                      recurring=recurring)
+    return PromptView(task_key=_task_key(api, group, prefix, suffix), text=text.strip(),
+                      slot=slot, group=group, recurring=recurring)
 
 
 def _system_prompt(message: Mapping[str, Any] | None, text_types: frozenset[str]) -> str | None:

@@ -272,7 +272,7 @@ class Tasks:
         streaming = request.get("stream") is True
 
         def label_of(result: Any) -> object:
-            telemetry.current_call().describe(spec.describe(result))
+            _describe(telemetry.current_call(), spec, result)
             return spellings.learn(spec.label(result))
 
         def learned(done: Done) -> Done:
@@ -302,7 +302,7 @@ class Tasks:
 
         def local(label: str) -> Any:
             result = build(spellings.spell(label), request)  # type: ignore[misc]
-            telemetry.current_call().describe(spec.describe(result))
+            _describe(telemetry.current_call(), spec, result)
             return result
 
         def tapped_manager(manager: Any, done: Done) -> Any:
@@ -333,7 +333,7 @@ def _streamed_response(spec: ApiSpec, response: Any, done: Done, streaming: bool
         if streaming:
             tap_stream(parsed, spec.stream_kind, done, is_async=is_async, span=span)
         else:
-            span.describe(spec.describe(parsed))
+            _describe(span, spec, parsed)
             done(spec.label(parsed), _usage(parsed))
 
     proxy = AsyncStreamedResponse if is_async else StreamedResponse
@@ -483,6 +483,13 @@ def _attributes(spec: ApiSpec, request: Mapping[str, Any]) -> dict[str, Any]:
         "gen_ai.request.stream": request.get("stream") is True or spec.manager,
         "tracer_wrap.api": spec.name,
     }
+
+
+def _describe(span: telemetry.CallSpan, spec: ApiSpec, result: Any) -> None:
+    """Tell ``span`` the ``gen_ai.response.*`` attributes of ``result``; nothing is read when
+    the span keeps nothing (no telemetry: the common case, on every call)."""
+    if span.recording:
+        span.describe(spec.describe(result))
 
 
 def _number(value: Any) -> float | None:
