@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from _wait import until
 
-from tracer_wrap.embedding import MAX_BATCH, CallTime, EmbeddingService, EmbedTimeout
+from tracer_wrap.embedding import BULK_CHUNK, MAX_BATCH, CallTime, EmbeddingService, EmbedTimeout
 from tracer_wrap.model.embedder import Embedder
 
 
@@ -183,3 +183,26 @@ def test_a_request_whose_wait_ended_before_its_batch_fails_at_once_unembedded(ga
     with pytest.raises(EmbedTimeout, match="ended before"):
         future.result(60)
     assert gate.calls == [["first"], ["on time"]]
+
+
+def test_bulk_work_embeds_texts_of_similar_lengths_together_in_the_callers_order():
+    calls: list[list[str]] = []
+
+    def by_length(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return np.array([[len(t), 1.0] for t in texts])
+
+    service = EmbeddingService(Embedder.from_callable(by_length, name="len", cache_bytes=0))
+    rng = np.random.default_rng(0)
+    texts = [f"{i}:" + "x" * int(rng.integers(0, 300)) for i in range(4 * BULK_CHUNK + 5)]
+    try:
+        vectors = service.embed(texts)
+    finally:
+        service.close(60)
+    norms = np.hypot([len(t) for t in texts], 1.0)
+    np.testing.assert_allclose(vectors[:, 0], [len(t) for t in texts] / norms, rtol=1e-6)
+    assert sorted(t for call in calls for t in call) == sorted(texts)
+    assert all(len(call) <= BULK_CHUNK for call in calls)
+    # Each model call's texts are no longer than the next call's: no call pads a short text to
+    # a long one it did not need to wait for.
+    assert all(max(map(len, a)) <= min(map(len, b)) for a, b in zip(calls, calls[1:]))

@@ -44,7 +44,7 @@ from typing import cast
 import numpy as np
 
 from .errors import EmbedderError
-from .model.embedder import Embedder
+from .model.embedder import Embedder, length_chunks
 
 __all__ = ["ADMIT_SHARE", "BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "MAX_QUEUE", "CallTime",
            "EmbedRefused", "EmbedTimeout", "EmbedWait", "EmbeddingService", "service_for"]
@@ -242,21 +242,28 @@ class EmbeddingService:
             raise EmbedTimeout(f"embedding took longer than {timeout:g} s") from None
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Vectors of ``texts`` as bulk work (a refit): chunks run between request batches.
-        Waits as long as it takes. Raises EmbedderError when the model fails."""
+        """Vectors of ``texts`` as bulk work (a refit): chunks of texts of similar lengths
+        (:func:`~tracer_wrap.model.embedder.length_chunks`) run between request batches. Rows are
+        in the order of ``texts``. Waits as long as it takes. Raises EmbedderError when the model
+        fails."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, 0), dtype=np.float32)
+        chunks = length_chunks(texts, BULK_CHUNK)
         futures = []
         with self._cond:
             self._ensure_worker()
             self._check_open()
-            for i in range(0, len(texts), BULK_CHUNK):
+            for chunk in chunks:
                 future: Future[np.ndarray] = Future()
-                self._bulk.append((texts[i:i + BULK_CHUNK], future))
+                self._bulk.append(([texts[i] for i in chunk], future))
                 futures.append(future)
             self._cond.notify()
-        return np.concatenate([future.result() for future in futures])
+        order = np.concatenate([np.asarray(chunk, dtype=np.intp) for chunk in chunks])
+        vectors = np.concatenate([future.result() for future in futures])
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return out
 
     def _request(self, texts: Sequence[str], timeout: float) -> list[Future[np.ndarray]]:
         """Queue ``texts`` (one caller's, all or none); raise EmbedRefused at once when the

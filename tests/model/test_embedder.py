@@ -83,3 +83,16 @@ def test_the_default_model_loads_offline_from_the_bundled_weights(monkeypatch):
     a, b, c = embedder.embed(["I lost my card", "my card was stolen", "what is the exchange rate"])
     assert a.shape == (384,)
     assert a @ b > a @ c  # a real sentence embedding: paraphrases are closer
+
+
+def test_chunked_embedding_groups_similar_lengths_and_keeps_the_callers_order():
+    calls: list[list[str]] = []
+    embedder = Embedder.from_callable(
+        lambda ts: calls.append(list(ts)) or np.array([[len(t), 1.0] for t in ts]), name="len")
+    texts = ["a" * n for n in (9, 1, 7, 3, 5, 2, 8)]
+    done: list[int] = []
+    vectors = embedder.embed_chunked(texts, size=3, done=done.append)
+    np.testing.assert_array_equal(vectors, embedder.embed(texts))  # second call: the cache
+    assert calls == [["a", "aa", "aaa"], ["a" * 5, "a" * 7, "a" * 8], ["a" * 9]]
+    assert done == [3, 3, 1]
+    assert embedder.embed_chunked([]).shape == (0, 0)

@@ -112,12 +112,9 @@ def embed_cached(embedder: Embedder, texts: list[str], cache: Path | None,
         return np.asarray(np.load(path, allow_pickle=False))
     task = (progress.add_task(f"Embedding {len(texts):,} texts", total=len(texts))
             if progress else None)
-    parts = []
-    for i in range(0, len(texts), 256):
-        parts.append(embedder.embed(texts[i:i + 256]))
-        if progress is not None and task is not None:
-            progress.advance(task, len(texts[i:i + 256]))
-    vectors = np.vstack(parts)
+    vectors = embedder.embed_chunked(
+        texts, done=None if progress is None or task is None
+        else lambda n: progress.advance(task, n))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, vectors)

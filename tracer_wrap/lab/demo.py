@@ -95,9 +95,8 @@ def _stream(rows: list[tuple[str, str]], gold: dict[str, str], llm: SimulatedLLM
         # One batched pass warms the embedding cache, as a service's traffic would over time;
         # batches are ~30x faster per text than one-at-a-time on a CPU.
         embedding = progress.add_task("Embedding queries (MiniLM)", total=len(rows))
-        for i in range(0, len(rows), 256):
-            embedder.embed([text for text, _ in rows[i:i + 256]])
-            progress.advance(embedding, len(rows[i:i + 256]))
+        embedder.embed_chunked([text for text, _ in rows],
+                               done=lambda n: progress.advance(embedding, n))
         streaming = progress.add_task("Classifying traffic       ", total=len(rows))
         local = local_agree = local_gold = window_local = refits = 0
         window = min(2000, len(rows) // 4)

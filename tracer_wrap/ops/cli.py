@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -31,6 +31,9 @@ from .. import names
 from ..errors import ConfigError, TracerWrapError
 from ..options import TaskOptions, store_spec
 from ..store import REDIS_SCHEMES, Store, open_store
+
+if TYPE_CHECKING:  # numpy and the model load lazily: the CLI starts fast
+    from ..model.embedder import Embedder
 
 __all__ = ["app", "main"]
 
@@ -219,7 +222,7 @@ def _price_text(price: dict[str, float]) -> str:
 # -- fit -------------------------------------------------------------------------------------
 
 
-def _embed_missing(st: Store, task: str, embedder: Any, *, verb: str) -> None:
+def _embed_missing(st: Store, task: str, embedder: Embedder, *, verb: str) -> None:
     """Embed the valid traces of ``task`` that have no stored vector of ``embedder`` behind a
     progress bar, filling the embedder's cache for the refit or report that stores them."""
     from ..refit import unembedded
@@ -230,15 +233,12 @@ def _embed_missing(st: Store, task: str, embedder: Any, *, verb: str) -> None:
                          label=f"{verb}: embedding {len(texts)} of {len(traces)} traces")
 
 
-def _embed_with_progress(embedder: Any, texts: list[str], *, label: str) -> None:
+def _embed_with_progress(embedder: Embedder, texts: list[str], *, label: str) -> None:
     """Embed ``texts`` in batches (filling the embedder's cache) behind a progress bar."""
-    batch = 256
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err_console, transient=True) as progress:
         bar = progress.add_task(label, total=len(texts))
-        for i in range(0, len(texts), batch):
-            embedder.embed(texts[i:i + batch])
-            progress.advance(bar, len(texts[i:i + batch]))
+        embedder.embed_chunked(texts, done=lambda n: progress.advance(bar, n))
 
 
 def _frontier_table(rows: list[dict[str, Any]], served: float | None, title: str) -> Table:
