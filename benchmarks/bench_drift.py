@@ -54,7 +54,7 @@ def main() -> None:
                                   for i in rows))
         for name, signal in (("unseen label refits at once", True), ("signal off", False)):
             TracedTask._note_unseen_label = note if signal else (  # type: ignore[method-assign]
-                lambda self, plan, label: False)
+                lambda self, plan, label: "known")
             r = simulate(stream, target=0.95, refit_every=500, embedder=emb,
                          audit_rate=args.audit_rate, curve_points=20,
                          store=Path(tmp) / name.replace(" ", "-"))

@@ -24,6 +24,7 @@ from tracer_wrap.refit import (
     refit_on_doubling,
 )
 from tracer_wrap.store import Trace
+from tracer_wrap.versions import publish
 
 DIM, CLASSES = 16, 4
 _CENTERS = np.random.default_rng(0).standard_normal((CLASSES, DIM))
@@ -235,6 +236,38 @@ def test_deferred_answers_naming_a_label_never_seen_feed_the_breaker(tmp_path: P
     assert task.store.counter("t", "unseen_labels") == calls
     # Each deferred answer naming the new label counted as a disagreement: a few trip it; audits
     # alone (one in fifty calls) would take hundreds of calls.
+    assert task.store.counter("t", "breaker_trips") == 1 and 1 < calls <= 10
+    task.close()
+
+
+def test_a_label_only_in_the_versions_calibration_traces_does_not_feed_the_breaker(
+        tmp_path: Path) -> None:
+    # As above, but the label was among the traces version 1 was fitted on, only in its
+    # calibration part (a label too rare to land in the training part): the gate already
+    # counted those traces against it, so its later calls are no drift signal.
+    task = make_task(str(tmp_path), refit_policy=refit_never, refit_executor="inline",
+                     breaker=True, ood_quantile=0.99)
+    feed(task, 300)
+    task.refit()
+    router, ood = task.router, task.serving.served().ood
+    assert router is not None and ood is not None and router.threshold is not None
+    assert router.info["trace_labels"] == sorted(router.labels)  # every label trained on
+    info = {**router.info, "trace_labels": [*router.info["trace_labels"], "rare_intent"]}
+    publish(task.store, "t", router.with_certificates(
+        router.embedding_certificates, router.certificates if router.has_text_model else None,
+        info=info), ood=ood, force=True)
+    until(lambda: task.version == 2, "version 2 served")
+    for i in range(40):
+        task.call(f"c{i % CLASSES} rare intent {i}", lambda: "rare_intent")
+    task.flush()
+    # Most were deferred (the few answered locally leave no trace): far more than the few
+    # deferred answers naming a new label that trip the breaker below.
+    assert task.store.counter("t", "unseen_labels") >= 30
+    assert task.store.counter("t", "breaker_trips") == 0
+    calls = 0
+    while task.store.counter("t", "breaker_trips") == 0 and calls < 40:
+        task.call(f"c{calls % CLASSES} new intent {calls}", lambda: "brand_new")
+        calls += 1
     assert task.store.counter("t", "breaker_trips") == 1 and 1 < calls <= 10
     task.close()
 

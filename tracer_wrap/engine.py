@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -782,7 +782,7 @@ class TracedTask:
             return
         self.ledger.add({names.COUNTER_NEW_TRACES: 1})
         self._new_traces = True
-        unseen = self._note_unseen_label(plan, label)
+        novelty = self._note_unseen_label(plan, label)
         decision = plan.decision
         if decision is None or plan.version is None:
             return
@@ -793,12 +793,14 @@ class TracedTask:
                 if breaker.observe(agree, plan.version).tripped:
                     self.serving.note_trip()
                     self.refit_in_background()
-            elif unseen and plan.answering and breaker is not None:
-                # A deferred input the LLM answered with a label the version never saw: its
-                # neighbours of the same new intent are being answered locally, wrongly, and
-                # audits alone (2%, falling) take thousands of calls to show it
-                # (BENCHMARKS.md). It counts as one disagreement; without new labels it never
-                # fires, so the false-trip rate at target is unchanged.
+            elif novelty == "new" and plan.answering and breaker is not None:
+                # A deferred input the LLM answered with a label absent from every trace the
+                # version was fitted on: its neighbours of the same new intent are being
+                # answered locally, wrongly, and audits alone (2%, falling) take thousands of
+                # calls to show it (BENCHMARKS.md). It counts as one disagreement. A label only
+                # in the version's calibration traces (too rare to land in its training part)
+                # does not: the gate already counted those traces against it, and counting
+                # each of its later calls tripped the breaker on a stationary stream.
                 if breaker.observe(False, plan.version).tripped:
                     self.serving.note_trip()
                     self._refit_now = True
@@ -811,21 +813,25 @@ class TracedTask:
         except StoreError as exc:
             self._fault("trace store", exc)
 
-    def _note_unseen_label(self, plan: Plan, label: str) -> bool:
+    def _note_unseen_label(self, plan: Plan, label: str
+                           ) -> Literal["known", "untrained", "new"]:
         """An LLM answer naming a label the served version was never trained on is a drift
         signal: inputs of a new intent are arriving, and until a refit learns it the router
         answers some of them locally with a neighbouring label (the OOD check defers only a part
         of them, BENCHMARKS.md). Count it and ask for a refit at once (the next background
-        step starts it), once per label, unless refits are explicit only. Returns whether the
-        label is unseen."""
+        step starts it), once per label, unless refits are explicit only. Returns "known" (the
+        version was trained on the label, or no version serves), "untrained" (the label is
+        among the traces the version was fitted on, only in its calibration part) or "new"
+        (absent from all of them; a version that does not record its traces' labels counts
+        every untrained label as new)."""
         router = self.serving.served(wait=False).router
         if router is None or plan.version is None or label in router.labels:
-            return False
+            return "known"
         self.ledger.add({names.COUNTER_UNSEEN_LABELS: 1})
         if label not in self._unseen and self.refitter.policy is not refit_never:
             self._unseen.add(label)
             self._refit_now = True
-        return True
+        return "untrained" if label in router.info.get("trace_labels", ()) else "new"
 
     def _stored(self, text: str) -> str:
         """What the store keeps of a string from a call (the input, or an invalid answer that may

@@ -404,8 +404,10 @@ class Refitter:
                 incumbent=incumbent,
                 incumbent_fresh=None if incumbent is None
                 else seqs > int(incumbent.info["max_seq"]),
+                # trace_labels: every label among the traces, also those only in the
+                # calibration part, which the model never learnt (the engine's drift signal).
                 info={"task": self.task, "embedder": embedder.name,
-                      "max_seq": int(seqs.max())},
+                      "max_seq": int(seqs.max()), "trace_labels": sorted(set(labels))},
                 **options.fit_options,
             )
             ood = (fit_ood(vectors, labels, quantile=options.ood_quantile)
