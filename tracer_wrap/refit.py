@@ -404,12 +404,14 @@ class Refitter:
                 incumbent=incumbent,
                 incumbent_fresh=None if incumbent is None
                 else seqs > int(incumbent.info["max_seq"]),
-                # trace_labels: every label among the traces, also those only in the
-                # calibration part, which the model never learnt (the engine's drift signal).
                 info={"task": self.task, "embedder": embedder.name,
-                      "max_seq": int(seqs.max()), "trace_labels": sorted(set(labels))},
+                      "max_seq": int(seqs.max())},
                 **options.fit_options,
             )
+            # Every label among the traces this refit read, also those only in calibration
+            # parts, which the served model never learnt (the engine's drift signal); for an
+            # incumbent re-certified on fresh traces too, since its gate read those.
+            router.info["trace_labels"] = sorted(set(labels))
             ood = (fit_ood(vectors, labels, quantile=options.ood_quantile)
                    if options.ood_quantile is not None else None)
             published = publish(store, self.task, router, ood=ood, force=tripped,
