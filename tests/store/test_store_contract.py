@@ -69,6 +69,21 @@ def test_dedup_seq_and_tally(any_store):
     assert len(s.traces("t", valid_only=True)) == 2 and s.tasks() == ["t"]
 
 
+def test_any_text_and_label_read_back_exactly(any_store):
+    # Redis reads a page of traces through one JSON document built by a server-side script.
+    texts = ['quote " back\\slash /slash', "é ü 漢字 🙂", "line\nbreak\ttab\x01", "  spaced  ",
+             '{"not": "a trace"}']
+    labels = ["42", "label with spaces", "étiquette_🙂", "true", "null"]
+    for text, label in zip(texts, labels):
+        any_store.append("t", text, label)
+        any_store.append("t", text, "other")
+        any_store.append("t", text, label)
+    read = any_store.traces("t")
+    assert [t.input for t in read] == texts and [t.teacher for t in read] == labels
+    assert all(t.labels == {label: 2, "other": 1} and t.count == 3
+               for t, label in zip(read, labels))
+
+
 def test_served_version_and_audit_probability_round_trip(any_store):
     s = any_store
     s.append_many("t", [NewTrace("audited", "a", origin="audit", served_version=3, audit_p=0.02),
