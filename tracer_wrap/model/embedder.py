@@ -37,7 +37,7 @@ def length_chunks(texts: Sequence[str], size: int) -> list[list[int]]:
     embedded a chunk at a time cost least when each chunk holds texts of similar lengths: MiniLM
     embedded 2,000 shuffled Banking77 queries at 3.8 ms a text in one call (sorted by length
     inside) against 5.7 ms in chunks of 256 taken in arrival order (2 torch threads, quiet
-    machine; BENCHMARKS.md, ``make demo``). Characters stand in for tokens.
+    machine; BENCHMARKS.md, "Embedding many texts"). Characters stand in for tokens.
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     return [order[i:i + size] for i in range(0, len(order), size)]
