@@ -90,11 +90,14 @@ locally is still tested by its weighted evidence. What is assumed
 beyond the above: the rule ``R`` and the grid were chosen without the calibration traces (a
 random split), and the observation probabilities recorded with each trace are the true ones (an
 audit whose call could never be answered locally, or a lost trace, breaks that; a repeated input
-is one trace, as in the exact test). One dependence is not covered by the argument: which
+is one trace, as in the exact test). Two dependences are not covered by the argument. Which
 versions served, and hence which training traces were observed, was itself shaped by earlier
 calibration traces (their certified thresholds); the argument treats ``R`` as fixed given that
-history, and the stream replays of BENCHMARKS.md measure the guarantee with this feedback in
-place.
+history. And each refit draws its own calibration split, so once a version serves, successive
+refits re-test largely the same traces logged before it served (the plain-traffic pool no longer
+grows), and a candidate is published when its own test passes: the claim holds for each fit at
+``delta``, not for the sequence of fits by a union bound. The stream replays of BENCHMARKS.md
+measure the guarantee with both in place.
 
 A test that accepts too few inputs can never reject (``0.95 ** 30 > 0.05``), so each sequence
 starts at the threshold whose test is predicted, from out-of-fold data, to pass most surely.
