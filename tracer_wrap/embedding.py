@@ -44,7 +44,7 @@ from typing import cast
 import numpy as np
 
 from .errors import EmbedderError
-from .model.embedder import Embedder, length_chunks
+from .model.embedder import Embedder, in_text_order, length_chunks
 
 __all__ = ["ADMIT_SHARE", "BULK_CHUNK", "EXIT_SECONDS", "MAX_BATCH", "MAX_QUEUE", "CallTime",
            "EmbedRefused", "EmbedTimeout", "EmbedWait", "EmbeddingService", "service_for"]
@@ -259,11 +259,7 @@ class EmbeddingService:
                 self._bulk.append(([texts[i] for i in chunk], future))
                 futures.append(future)
             self._cond.notify()
-        order = np.concatenate([np.asarray(chunk, dtype=np.intp) for chunk in chunks])
-        vectors = np.concatenate([future.result() for future in futures])
-        out = np.empty_like(vectors)
-        out[order] = vectors
-        return out
+        return in_text_order(len(texts), chunks, (future.result() for future in futures))
 
     def _request(self, texts: Sequence[str], timeout: float) -> list[Future[np.ndarray]]:
         """Queue ``texts`` (one caller's, all or none); raise EmbedRefused at once when the

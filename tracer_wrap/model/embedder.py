@@ -7,7 +7,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from .. import names
 from ..errors import EmbedderError, MissingExtraError
 
-__all__ = ["Embedder", "length_chunks", "make_embedder"]
+__all__ = ["Embedder", "in_text_order", "length_chunks", "make_embedder"]
 
 EmbedFn = Callable[[list[str]], Any]
 
@@ -41,6 +41,18 @@ def length_chunks(texts: Sequence[str], size: int) -> list[list[int]]:
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def in_text_order(n: int, chunks: Sequence[list[int]], parts: Iterable[np.ndarray]
+                  ) -> np.ndarray:
+    """The ``n`` vectors of :func:`length_chunks` ``chunks`` (``parts``: one array per chunk,
+    consumed in order) put back at their texts' positions; shape ``(0, 0)`` when ``n`` is 0."""
+    out = np.zeros((0, 0), dtype=np.float32)
+    for chunk, vectors in zip(chunks, parts):
+        if not out.size:
+            out = np.empty((n, vectors.shape[1]), dtype=np.float32)
+        out[chunk] = vectors
+    return out
 
 
 class Embedder:
@@ -136,15 +148,16 @@ class Embedder:
         (:func:`length_chunks`), calling ``done(n)`` after each chunk of ``n`` texts (a progress
         bar). Rows are in the order of ``texts``."""
         texts = list(texts)
-        out = np.zeros((0, 0), dtype=np.float32)
-        for chunk in length_chunks(texts, size):
-            vectors = self.embed([texts[i] for i in chunk])
-            if not out.size:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[chunk] = vectors
-            if done is not None:
-                done(len(chunk))
-        return out
+        chunks = length_chunks(texts, size)
+
+        def parts() -> Iterator[np.ndarray]:
+            for chunk in chunks:
+                vectors = self.embed([texts[i] for i in chunk])
+                if done is not None:
+                    done(len(chunk))
+                yield vectors
+
+        return in_text_order(len(texts), chunks, parts())
 
     def _remember(self, text: str, vector: np.ndarray) -> None:
         """Cache ``vector`` under ``text``, evicting the least recently used entries beyond

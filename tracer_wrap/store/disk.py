@@ -218,8 +218,6 @@ def _after_fork_in_parent() -> None:
 def _after_fork_in_child() -> None:
     global _FORK_GUARD
     _FORK_GUARD = threading.RLock()
-#: Keys read by one SELECT of :meth:`_Guarded.get_many` (SQLite allows 32,766 parameters).
-READ_PAGE = 500
 
 
 _fork_guarded = False
