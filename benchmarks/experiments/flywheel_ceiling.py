@@ -13,8 +13,16 @@
   target only on the calibration traces the chain defers (those are a complete sample of the
   deferred traffic), at ``delta / 2**depth`` (the chain holds with probability 1 - delta by the
   union bound); a call goes to the first stage that accepts it.
+* ``train-all`` / ``train-known``: where the oracle's lead comes from. Both calibrate on a random
+  share of *every* call so far (labels of local answers included, as the oracle); ``train-all``
+  also trains on every other call, ``train-known`` only on the calls that reached the LLM under
+  the newest certified router (its deferred calls and 2% audits), as a deployment must. Both
+  certify with ``fit_router``'s own gate (reference data: out-of-fold training data, as
+  ``oracle``).
 * ``replay``: the production code (``tracer_wrap.lab.simulate.simulate``), with a constant audit
-  rate ``--audit-rate`` (default: the library's, 0.02 falling with the calibration size).
+  rate ``--audit-rate`` (default: the library's, 0.02 falling with the calibration size), the
+  library's rate raised to ``--audit-early C`` / n_calibration while that is higher, or with the
+  rate falling with the served version's calibration weight (``--audit-by-weight``).
 
 Routers are ``fit_router(..., texts=...)`` with the library's defaults; refits at 200, 400, 800,
 then every 500 traces (the library's default policy). Prints one JSON line: whole-stream and
@@ -100,6 +108,75 @@ def fit(stream: Stream, idx: np.ndarray, weights: np.ndarray, target: float, del
     return router if router.certificate_for(target).threshold is not None else None
 
 
+def fit_split(stream: Stream, train: np.ndarray, cal: np.ndarray, target: float
+              ) -> Router | None:
+    """A router fitted on rows ``train`` alone and certified on rows ``cal`` alone, by
+    ``fit_router`` itself (out-of-fold reference data, as the oracle): its calibration coin is
+    forced to pick exactly ``cal`` (an experiment-only patch of the coin's generator)."""
+    import tracer_wrap.model.fit as fit_module
+
+    rows = np.concatenate([train, cal])
+    forced = np.concatenate([np.ones(len(train)), np.zeros(len(cal))])
+    real = np.random.default_rng
+
+    class Coin:
+        def __init__(self, inner: np.random.Generator) -> None:
+            self.inner, self.used = inner, False
+
+        def random(self, size: int | None = None, **kwargs: object) -> object:
+            if not self.used and size == len(rows) and not kwargs:
+                self.used = True
+                return forced
+            return self.inner.random(size, **kwargs)  # type: ignore[arg-type]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    def first_call(seed: object = None) -> object:
+        # fit_router's own generator is the first one it makes (its calibration coin is its
+        # first draw); every later caller gets numpy's.
+        fit_module.np.random.default_rng = real
+        return Coin(real(seed))  # type: ignore[arg-type]
+
+    fit_module.np.random.default_rng = first_call  # type: ignore[assignment]
+    try:
+        router = fit_router(stream.X[rows], [stream.y[i] for i in rows],
+                            texts=[stream.texts[i] for i in rows], targets=(target,),
+                            serve_target=target, delta=DELTA, calibration_fraction=0.3)
+    except GateRefused:
+        return None
+    finally:
+        fit_module.np.random.default_rng = real  # type: ignore[assignment]
+    assert router.info["n_calibration"] == len(cal)
+    return router if router.certificate_for(target).threshold is not None else None
+
+
+def run_split_arms(stream: Stream, arm: str, target: float, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    n = len(stream)
+    points = refit_points(n)
+    coins = np.random.default_rng(2000 + seed)
+    audit = np.random.default_rng(1000 + seed)
+    calibrates = coins.random(n) < 0.3
+    known = np.zeros(n, dtype=bool)  # reached the LLM under the served router
+    router: Router | None = None
+    local = np.zeros(n, dtype=bool)
+    agree = np.zeros(n, dtype=bool)
+    for row in range(n):
+        if row in points:
+            seen = np.arange(row)
+            train = seen[~calibrates[:row] & (known[:row] if arm == "train-known" else True)]
+            fitted = fit_split(stream, train, seen[calibrates[:row]], target)
+            router = fitted if fitted is not None else router
+        answered, labels = (chain_decide([router], stream, np.array([row])) if router
+                            else (np.zeros(1, dtype=bool), [None]))
+        if answered[0] and audit.random() >= 0.02:
+            local[row], agree[row] = True, labels[0] == stream.y[row]
+        else:
+            known[row] = True
+    return local, agree
+
+
 def run_model_arms(stream: Stream, arm: str, target: float, audit_rate: float, seed: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     n = len(stream)
@@ -138,15 +215,24 @@ def run_model_arms(stream: Stream, arm: str, target: float, audit_rate: float, s
     return local, agree
 
 
-def run_replay(stream: Stream, target: float, audit_rate: float | None, seed: int
-               ) -> tuple[np.ndarray, np.ndarray]:
+def run_replay(stream: Stream, target: float, audit_rate: float | None, seed: int,
+               audit_early: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     embedder = Embedder.precomputed(dict(zip(stream.all_texts, stream.all_vectors)),
                                     name="all-MiniLM-L6-v2")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "stream.jsonl"
         path.write_text("".join(json.dumps({"input": t, "teacher": y}) + "\n"
                                 for t, y in zip(stream.texts, stream.y)), encoding="utf-8")
-        rate = 0.02 if audit_rate is None else (lambda _n: audit_rate)
+        rate: object = 0.02 if audit_rate is None else (lambda _n: audit_rate)
+        if audit_early is not None:
+            # The library's rate, raised to audit_early / n_calibration (at most 0.25) while
+            # the served version's calibration set is small.
+            from tracer_wrap.serving import AUDIT_FLOOR_SHARE, AUDIT_REFERENCE
+
+            def rate(n: int) -> float:
+                base = 0.02 * max(AUDIT_FLOOR_SHARE, (AUDIT_REFERENCE / max(n, AUDIT_REFERENCE))
+                                  ** 0.5)
+                return max(base, min(0.25, audit_early / max(n, 1)))
         result = simulate(path, target=target, embedder=embedder, seed=seed,
                           audit_rate=rate, curve_points=len(stream))  # type: ignore[arg-type]
     curve = result["curve"]
@@ -157,17 +243,32 @@ def run_replay(stream: Stream, target: float, audit_rate: float | None, seed: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arm", choices=("oracle", "cascade", "replay"), default="oracle")
+    parser.add_argument("--arm", default="oracle",
+                        choices=("oracle", "cascade", "replay", "train-all", "train-known"))
     parser.add_argument("--teacher", choices=("gold", "sim"), default="gold")
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--audit-by-weight", action="store_true",
+                        help="replay: the audit rate falls with the served version's calibration"
+                             " weight instead of its number of calibration traces")
+    parser.add_argument("--audit-early", type=float, default=None,
+                        help="replay: audit at audit_early / n_calibration (<= 0.25) when higher")
     parser.add_argument("--audit-rate", type=float, default=None,
                         help="constant audit rate (default: 0.02, falling as in the library)")
     args = parser.parse_args()
+    if args.audit_by_weight:
+        from tracer_wrap.serving import Served
+
+        Served.n_calibration = property(  # type: ignore[method-assign,assignment]
+            lambda self: 0 if self.router is None
+            else int(self.router.info.get("calibration_weight", 0)))
     stream = Stream(args.teacher, args.seed)
     started = time.perf_counter()
     if args.arm == "replay":
-        local, agree = run_replay(stream, args.target, args.audit_rate, args.seed)
+        local, agree = run_replay(stream, args.target, args.audit_rate, args.seed,
+                                  args.audit_early)
+    elif args.arm.startswith("train-"):
+        local, agree = run_split_arms(stream, args.arm, args.target, args.seed)
     else:
         local, agree = run_model_arms(stream, args.arm, args.target,
                                       0.02 if args.audit_rate is None else args.audit_rate,
@@ -175,7 +276,8 @@ def main() -> None:
     n, window = len(local), len(local) // 20
     print(json.dumps({
         "arm": args.arm, "teacher": args.teacher, "target": args.target, "seed": args.seed,
-        "audit_rate": args.audit_rate, "whole": round(100 * local.mean(), 1),
+        "audit_rate": args.audit_rate, "audit_early": args.audit_early,
+        "audit_by_weight": args.audit_by_weight, "whole": round(100 * local.mean(), 1),
         "last_quarter": round(100 * local[-(n // 4):].mean(), 1),
         "agreement": round(float(agree[local].mean()), 4) if local.any() else None,
         "windows": [round(100 * local[i:i + window].mean()) for i in range(0, 20 * window, window)],
