@@ -241,6 +241,17 @@ def run_replay(stream: Stream, target: float, audit_rate: float | None, seed: in
     return local, agree
 
 
+def figures(local: np.ndarray, agree: np.ndarray) -> dict[str, object]:
+    """Whole-stream and last-quarter local share (percent), agreement of the local answers and
+    the local share of 20 windows."""
+    n, window = len(local), len(local) // 20
+    return {
+        "whole": round(100 * local.mean(), 1),
+        "last_quarter": round(100 * local[-(n // 4):].mean(), 1),
+        "agreement": round(float(agree[local].mean()), 4) if local.any() else None,
+        "windows": [round(100 * local[i:i + window].mean()) for i in range(0, 20 * window, window)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", default="oracle",
@@ -273,14 +284,10 @@ def main() -> None:
         local, agree = run_model_arms(stream, args.arm, args.target,
                                       0.02 if args.audit_rate is None else args.audit_rate,
                                       args.seed)
-    n, window = len(local), len(local) // 20
     print(json.dumps({
         "arm": args.arm, "teacher": args.teacher, "target": args.target, "seed": args.seed,
         "audit_rate": args.audit_rate, "audit_early": args.audit_early,
-        "audit_by_weight": args.audit_by_weight, "whole": round(100 * local.mean(), 1),
-        "last_quarter": round(100 * local[-(n // 4):].mean(), 1),
-        "agreement": round(float(agree[local].mean()), 4) if local.any() else None,
-        "windows": [round(100 * local[i:i + window].mean()) for i in range(0, 20 * window, window)],
+        "audit_by_weight": args.audit_by_weight, **figures(local, agree),
         "seconds": round(time.perf_counter() - started)}))
 
 

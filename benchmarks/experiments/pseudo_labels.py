@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flywheel_ceiling import Stream  # noqa: E402
+from flywheel_ceiling import Stream, figures  # noqa: E402
 
 from tracer_wrap import Embedder, traced_classifier  # noqa: E402
 from tracer_wrap.lab.simulate import scratch_store  # noqa: E402
@@ -74,14 +74,9 @@ def main() -> None:
     stream = Stream(args.teacher, args.seed)
     started = time.perf_counter()
     local, agree = replay(stream, args.target, args.seed, args.pseudo)
-    n, window = len(local), len(local) // 20
     print(json.dumps({
         "pseudo": args.pseudo, "teacher": args.teacher, "target": args.target, "seed": args.seed,
-        "whole": round(100 * local.mean(), 1),
-        "last_quarter": round(100 * local[-(n // 4):].mean(), 1),
-        "agreement": round(float(agree[local].mean()), 4) if local.any() else None,
-        "windows": [round(100 * local[i:i + window].mean()) for i in range(0, 20 * window, window)],
-        "seconds": round(time.perf_counter() - started)}))
+        **figures(local, agree), "seconds": round(time.perf_counter() - started)}))
 
 
 if __name__ == "__main__":
