@@ -164,6 +164,48 @@ def test_out_of_distribution_inputs_are_deferred_although_the_surrogate_is_confi
     assert task.stats.outliers == len(far)
 
 
+def test_a_declared_label_without_traces_gets_the_name_check_until_its_traces_arrive(tmp_path):
+    # Five declared labels, traces of four; the fifth intent is worded like the first (its
+    # centre leans towards l0's). Label names embed between their centre and a direction shared
+    # by every name (a name embeds near, not on, its intent's queries).
+    rng = np.random.default_rng(1)
+    basis = np.linalg.qr(rng.standard_normal((24, 6)))[0].T
+    centres, shared = basis[:5].copy(), basis[5]
+    centres[4] = (centres[0] + centres[4]) / np.sqrt(2)
+
+    def vector(text: str) -> np.ndarray:
+        if text.startswith("l"):  # a label's name
+            return (centres[int(text[1:])] + shared) / np.sqrt(2)
+        seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+        return centres[int(text.split()[0][1:])] + 0.1 * np.random.default_rng(seed).normal(
+            size=24)
+
+    embedder = Embedder.from_callable(lambda texts: np.array([vector(t) for t in texts]),
+                                      name="named centres")
+    task = new_task(tmp_path, embedder=embedder, labels=[f"l{k}" for k in range(5)])
+    for i in range(600):
+        task.record(task.route(f"c{i % 4} train {i}"), f"l{i % 4}")
+    task.refit()
+    ood, version = task.serving.served().ood, task.store.current_version("t")
+    assert ood is not None and ood.names is not None and version is not None
+    assert task.store.manifest("t", version)["ood"]["unseen_labels"] == ["l4"]
+    # Queries of the unseen intent that the surrogate alone would answer with a neighbour.
+    mixes = [centres[4] + s * basis[4] for s in (-0.2, 0.0, 0.2, 0.4, 0.6)]
+    mixes = [v / np.linalg.norm(v) for v in mixes]
+    confident = [v for v in mixes if task.router is not None
+                 and task.router.route(None, v).local]
+    assert confident, "no confident query of the unseen intent to test with"
+    plans = [task.route(vector=v) for v in confident]
+    assert all(not p.local and "never seen in training" in p.reason for p in plans)
+    # Once the label has traces, the next version has no name check.
+    for i in range(200):
+        task.record(task.route(f"c4 arrived {i}"), "l4")
+    task.refit()
+    served = task.serving.served()
+    assert served.version != version and served.ood is not None and served.ood.names is None
+    task.close()
+
+
 def test_shadow_mode_answers_nothing_and_scores_what_it_would_have_answered(tmp_path):
     task = fitted_task(tmp_path, routing=False)
     calls = [task.call(f"c{i % 4} shadow {i}", lambda i=i: f"l{i % 4}") for i in range(20)]

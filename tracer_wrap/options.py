@@ -119,7 +119,9 @@ class TaskOptions:
         Run the drift breaker on audit samples; a mapping passes its options
         (:data:`BREAKER_OPTIONS`).
     ``ood_quantile``
-        Share of training traces the out-of-distribution cut would defer; ``None``: no OOD check.
+        Share of training traces the out-of-distribution check would defer; ``None``: no OOD
+        check. With declared ``labels`` of which some have no trace yet, it also defers inputs
+        nearer such a label's name than the answer's (:mod:`tracer_wrap.model.ood`).
     ``fit_options``
         Extra keyword arguments of :func:`tracer_wrap.model.fit.fit_router`.
     ``refresh_seconds``

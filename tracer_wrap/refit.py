@@ -49,10 +49,10 @@ import numpy as np
 
 from . import names
 from ._log import fault, logger
-from .errors import ConfigError, GateRefused, RouterLoadError, StoreTampered
+from .errors import ConfigError, EmbedderError, GateRefused, RouterLoadError, StoreTampered
 from .labels import LabelSet
 from .model.fit import fit_router
-from .model.ood import OODScorer, fit_ood
+from .model.ood import OODScorer, fit_ood, name_text
 from .model.router import Router
 from .versions import load_version, publish
 
@@ -326,6 +326,7 @@ class Refitter:
         self._published = published
         self._fault = on_fault
         self.label_set = LabelSet(options.labels)
+        self._names: tuple[str, dict[str, np.ndarray]] | None = None
         self.policy: RefitPolicy = options.refit_policy or (
             refit_never if options.refit_every is None
             else refit_after_traces(options.refit_every) | refit_on_doubling())
@@ -412,7 +413,8 @@ class Refitter:
             # parts, which the served model never learnt (the engine's drift signal); for an
             # incumbent re-certified on fresh traces too, since its gate read those.
             router.info["trace_labels"] = sorted(set(labels))
-            ood = (fit_ood(vectors, labels, quantile=options.ood_quantile)
+            ood = (fit_ood(vectors, labels, quantile=options.ood_quantile,
+                           names=self._label_names(labels, embedder.name))
                    if options.ood_quantile is not None else None)
             published = publish(store, self.task, router, ood=ood, force=tripped,
                                 keep=options.keep_versions,
@@ -427,6 +429,23 @@ class Refitter:
             return router
         finally:
             store.release(self.task, names.CLAIM_REFIT)
+
+    def _label_names(self, labels: list[str], embedder: str) -> dict[str, np.ndarray] | None:
+        """The embedded names of the declared labels, for the OOD check's name check, when some
+        declared label has no trace among ``labels`` (None otherwise, without declared labels,
+        or when the embedder cannot embed the names: precomputed vectors). Embedded once per
+        embedder."""
+        declared = self.label_set.labels
+        if declared is None or set(declared) <= set(labels):
+            return None
+        if self._names is None or self._names[0] != embedder:
+            try:
+                vectors = self._embed([name_text(label) for label in declared])
+            except EmbedderError as exc:
+                logger.info("tracer_wrap fits no name check for %r: %s", self.task, exc)
+                return None
+            self._names = (embedder, dict(zip(declared, np.asarray(vectors, dtype=np.float32))))
+        return self._names[1]
 
     def _incumbent(self, store: Store, embedder: str) -> Router | None:
         """The version served now, as the publish rule's rival (None when there is none, it does

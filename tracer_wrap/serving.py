@@ -205,18 +205,11 @@ class Serving:
             raise ConfigError(f"embeddings of dimension {vectors.shape[-1]} do not fit version"
                               f" {served.version} of {self.task!r} ({router.dim} dimensions)")
         decisions = router.route_many(texts, vectors)
-        out: list[tuple[Decision, bool]] = []
-        scores = (served.ood.scores(vectors, [d.label for d in decisions])
-                  if served.ood is not None else None)
-        for i, decision in enumerate(decisions):
-            if decision.local and scores is not None and served.ood is not None \
-                    and scores[i] < served.ood.cut:
-                out.append((replace(decision, local=False, reason=(
-                    f"out of distribution: similarity {scores[i]:.3f} to the nearest training"
-                    f" prototype of {decision.label!r} is below {served.ood.cut:.3f}")), True))
-            else:
-                out.append((decision, False))
-        return out
+        vetoes = (served.ood.vetoes(vectors, [d.label for d in decisions])
+                  if served.ood is not None else [None] * len(decisions))
+        return [(replace(decision, local=False, reason=veto), True)
+                if decision.local and veto is not None else (decision, False)
+                for decision, veto in zip(decisions, vetoes)]
 
     @property
     def breaker(self) -> DriftBreaker | None:

@@ -74,7 +74,9 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
         ood_data = ood.to_bytes()
         store.write_artifact(task, f"v{version}.ood.npz", ood_data)
         manifest["ood"] = {"sha256": hashlib.sha256(ood_data).hexdigest(), "cut": ood.cut,
-                           "prototypes": len(ood.prototypes)}
+                           "prototypes": len(ood.prototypes),
+                           "unseen_labels": [] if ood.names is None else
+                           ood.names.labels[ood.names.unseen].tolist()}
     manifest.update(extra or {}, version=version)
     # The copy beside the arrays is the manifest exactly as recorded: a router loaded from the
     # store (a re-certified incumbent that won the publish contest) carries the record of its

@@ -50,3 +50,57 @@ def test_bytes_round_trip_and_files_without_owners_still_load(tmp_path):
         OODScorer.from_bytes(b"not an npz")
     with pytest.raises(ConfigError):
         OODScorer(ood.prototypes, 0.1, ["a"])
+
+
+def named_clusters(n: int, seed: int = 0, dim: int = 24):
+    """Four labels ``a``-``d`` with traces around their centres, and the *names* of five
+    (``e`` has none): each name is its centre plus a direction shared by every name, as a label's
+    name embeds near, not on, its intent's queries."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(dim, 6)))[0].T
+    centres, shared = basis[:5], basis[5]
+    which = rng.integers(0, 4, n)
+    X = centres[which] + 0.1 * rng.normal(size=(n, dim))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    names = {k: (centres[i] + shared) / np.sqrt(2) for i, k in enumerate("abcde")}
+    return X.astype(np.float32), np.array(list("abcd"))[which], names, centres
+
+
+def test_the_name_check_defers_inputs_nearer_an_unseen_labels_name_than_the_answers():
+    X, y, names, centres = named_clusters(2000)
+    ood = fit_ood(X, y, quantile=0.02, names=names)
+    check = ood.names
+    assert check is not None and check.labels[check.unseen].tolist() == ["e"]
+    # Out of fold, each check defers about a hundredth of the training traces.
+    assert np.mean(check.margins(X, y.tolist()) > check.cut) < 0.02
+    assert ood.cut == fit_ood(X, y, quantile=0.01).cut  # the budget is shared
+    # A query of the unseen intent, answered with a neighbour: deferred, and why is said.
+    query = (centres[4] + 0.3 * centres[0]) / np.linalg.norm(centres[4] + 0.3 * centres[0])
+    reason = ood.vetoes(query[None, :], ["a"])[0]
+    assert reason is not None and "never seen in training" in reason
+    assert ood.vetoes(centres[:1], ["a"]) == [None]
+    # An answer with no name row is not compared.
+    assert check.margins(centres[:1], ["zz"])[0] == -np.inf
+
+
+def test_no_name_check_when_every_declared_label_has_traces_or_a_trace_has_no_name():
+    X, y, names, _ = named_clusters(400)
+    assert fit_ood(X, y, names={k: names[k] for k in "abcd"}).names is None
+    assert fit_ood(X, y, names={k: names[k] for k in "abe"}).names is None
+    assert fit_ood(X, y).names is None
+
+
+def test_the_name_check_survives_bytes_and_a_malformed_one_is_refused():
+    X, y, names, centres = named_clusters(400)
+    ood = fit_ood(X, y, names=names)
+    assert ood.names is not None
+    again = OODScorer.from_bytes(ood.to_bytes())
+    assert again.names is not None and again.names.cut == ood.names.cut
+    assert again.vetoes(centres, list("aaaaa")) == ood.vetoes(centres, list("aaaaa"))
+    with pytest.raises(ConfigError):
+        OODScorer(ood.prototypes, ood.cut, ood.owners, type(ood.names)(
+            ood.names.names, ood.names.labels, np.zeros(5, bool), ood.names.projection, 0.0))
+    broken = OODScorer(ood.prototypes, ood.cut, ood.owners, ood.names)
+    broken.names.projection = broken.names.projection[:3]  # type: ignore[union-attr]
+    with pytest.raises(RouterLoadError, match="name check"):
+        OODScorer.from_bytes(broken.to_bytes())
