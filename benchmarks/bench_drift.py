@@ -2,9 +2,11 @@
 
 Banking77 train split (MiniLM embeddings, cached in ``--cache``): 50 intents drawn at random
 make up the first 3,000 rows; then 3,000 rows mix those intents with the 27 never seen, half and
-half, replayed by `tracer-wrap simulate` (refit every 500 traces, inline). Run twice: as shipped (an
-LLM label the served version never saw starts a refit at once and counts as a disagreement for the
-drift breaker when the version deferred the input) and with that signal switched off (only the
+half, replayed by `tracer-wrap simulate` (refit every 500 traces, inline). Run three ways: as
+shipped (an LLM label the served version never saw starts a refit at once and counts as a
+disagreement for the drift breaker when the version deferred the input); the same with the task
+declaring all 77 intents (the OOD check's name check then defers inputs nearer a never-seen
+intent's name than to the answer's); and with the unseen-label signal switched off (only the
 every-500 policy and audit samples feed the breaker). Prints, per window of 300 rows, the
 coverage, the agreement of local answers and the version served.
 
@@ -25,6 +27,7 @@ from tracer_wrap.engine import TracedTask
 from tracer_wrap.lab.bench import embed_cached
 from tracer_wrap.lab.datasets import load_banking77
 from tracer_wrap.lab.simulate import simulate
+from tracer_wrap.model.ood import name_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -46,18 +49,24 @@ def main() -> None:
     seen = [i for i in perm if y[i] in old]
     new = [i for i in perm if y[i] not in old]
     rows = seen[:3000] + list(rng.permutation(seen[3000:4500] + new[:1500]))
-    emb = Embedder.precomputed(dict(zip(texts.tolist(), vectors[:len(train)])))
+    table = dict(zip(texts.tolist(), vectors[:len(train)]))
+    names = [name_text(k) for k in sorted(set(y))]
+    table.update(zip(names, Embedder.default().embed(names)))
+    emb = Embedder.precomputed(table)
     note = TracedTask._note_unseen_label
+    arms = (("unseen label refits at once", True, None),
+            ("the same, the 77 labels declared", True, sorted(set(y))),
+            ("signal off", False, None))
     with tempfile.TemporaryDirectory() as tmp:
         stream = Path(tmp) / "shift.jsonl"
         stream.write_text("".join(json.dumps({"input": texts[i], "teacher": y[i]}) + "\n"
                                   for i in rows))
-        for name, signal in (("unseen label refits at once", True), ("signal off", False)):
+        for name, signal, declared in arms:
             TracedTask._note_unseen_label = note if signal else (  # type: ignore[method-assign]
                 lambda self, plan, label: "known")
             r = simulate(stream, target=0.95, refit_every=500, embedder=emb,
-                         audit_rate=args.audit_rate, curve_points=20,
-                         store=Path(tmp) / name.replace(" ", "-"))
+                         audit_rate=args.audit_rate, curve_points=20, labels=declared,
+                         store=Path(tmp) / name.replace(" ", "-").replace(",", ""))
             after = [p for p in r["curve"] if p["n"] > 3000]
             local = sum(p["window_coverage"] for p in after)
             agree = sum(p["window_coverage"] * (p["window_agreement"] or 0) for p in after)
