@@ -182,7 +182,9 @@ def test_a_declared_label_without_traces_gets_the_name_check_until_its_traces_ar
 
     embedder = Embedder.from_callable(lambda texts: np.array([vector(t) for t in texts]),
                                       name="named centres")
-    task = new_task(tmp_path, embedder=embedder, labels=[f"l{k}" for k in range(5)])
+    # Inline refits: the first trace of l4 (a label the served version never saw) asks for one.
+    task = new_task(tmp_path, embedder=embedder, labels=[f"l{k}" for k in range(5)],
+                    refit_executor="inline")
     for i in range(600):
         task.record(task.route(f"c{i % 4} train {i}"), f"l{i % 4}")
     task.refit()
@@ -200,7 +202,7 @@ def test_a_declared_label_without_traces_gets_the_name_check_until_its_traces_ar
     # Once the label has traces, the next version has no name check.
     for i in range(200):
         task.record(task.route(f"c4 arrived {i}"), "l4")
-    task.refit()
+    task.refit()  # inline: no other refit can hold the claim
     served = task.serving.served()
     assert served.version != version and served.ood is not None and served.ood.names is None
     task.close()
