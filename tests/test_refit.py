@@ -221,6 +221,24 @@ def test_a_label_never_seen_refits_at_once(tmp_path: Path) -> None:
     task.close()
 
 
+def test_a_label_never_seen_starts_no_refit_while_no_version_answers(tmp_path: Path) -> None:
+    # Target 0.9999: version 1 certifies nothing, so it answers nothing locally; a new label is
+    # then no drift to guard against, and another refit would only test the gate once more on
+    # the same traces.
+    task = make_task(str(tmp_path), target=0.9999, targets=(0.9999,),
+                     refit_policy=refit_after_traces(100_000), refit_executor="inline")
+    feed(task, 300)
+    task.refit()
+    assert task.version == 1 and task.router is not None and task.router.threshold is None
+    refits = task.store.counter("t", "refits")
+    for i in range(5):
+        task.call(f"c0 a new intent {i}", lambda: "brand_new")
+    task.flush()
+    assert task.store.counter("t", "refits") == refits and task.version == 1
+    assert task.store.counter("t", "unseen_labels") == 0
+    task.close()
+
+
 def test_deferred_answers_naming_a_label_never_seen_feed_the_breaker(tmp_path: Path) -> None:
     # Refits are explicit only, so no refit learns the new label meanwhile (as while a background
     # refit runs); ood_quantile=0.99 defers nearly every input to the LLM.

@@ -820,12 +820,20 @@ class TracedTask:
         answers some of them locally with a neighbouring label (the OOD check defers only a part
         of them, BENCHMARKS.md). Count it and ask for a refit at once (the next background
         step starts it), once per label, unless refits are explicit only. Returns "known" (the
-        version was trained on the label, or no version serves), "untrained" (the label is
-        among the traces the version was fitted on, only in its calibration part) or "new"
-        (absent from all of them; a version that does not record its traces' labels counts
-        every untrained label as new)."""
-        router = self.serving.served(wait=False).router
-        if router is None or plan.version is None or label in router.labels:
+        version was trained on the label, or the version served certifies nothing, so answers
+        nothing locally), "untrained" (the label is among the traces the version was fitted on,
+        only in its calibration part) or "new" (absent from all of them; a version that does not
+        record its traces' labels counts every untrained label as new).
+
+        Without a certified version there is nothing for the signal to protect, and each refit
+        is one more test of the gate on largely the same traces: early in a task with many
+        labels, every first answer of a label had started one (17 extra refits before the first
+        certified version in a demo run, whose luckiest test then served for the rest of the
+        stream below its target; BENCHMARKS.md, `make demo`)."""
+        served = self.serving.served(wait=False)
+        router = served.router
+        if router is None or not served.certified or plan.version is None \
+                or label in router.labels:
             return "known"
         self.ledger.add({names.COUNTER_UNSEEN_LABELS: 1})
         if label not in self._unseen and self.refitter.policy is not refit_never:
