@@ -827,9 +827,9 @@ class TracedTask:
 
         Without a certified version there is nothing for the signal to protect, and each refit
         is one more test of the gate on largely the same traces: early in a task with many
-        labels, every first answer of a label had started one (17 extra refits before the first
-        certified version in a demo run, whose luckiest test then served for the rest of the
-        stream below its target; BENCHMARKS.md, `make demo`)."""
+        labels, every first answer of a label had started one (18 of the 22 refits before the
+        first certified version in a demo run, whose luckiest test then served for the rest of
+        the stream below its target; BENCHMARKS.md, `make demo`)."""
         served = self.serving.served(wait=False)
         router = served.router
         if router is None or not served.certified or plan.version is None \
