@@ -23,6 +23,7 @@ from rich.table import Table
 
 from ..decorator import traced_classifier
 from ..model.embedder import Embedder
+from ..options import TaskKwargs
 from .datasets import banking77_ambiguity, load_banking77
 from .simulate import scratch_store
 from .simulated_llm import SimulatedLLM, load_banking77_neighbours
@@ -48,13 +49,13 @@ class DemoResult:
     seconds: float
 
 
-def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 1000,
+def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int | None = None,
         min_traces: int | None = None, store: str | None = None, seed: int = 0,
         embedder: Embedder | None = None, console: Console | None = None) -> DemoResult:
     """Stream ``queries`` Banking77 queries, shuffled by ``seed``, through a traced simulated LLM
     (erring by ``seed`` too) into ``store`` (default a throwaway one, see
-    :func:`~tracer_wrap.lab.simulate.scratch_store`); the first refit at ``min_traces``
-    (default ``refit_every``) traces."""
+    :func:`~tracer_wrap.lab.simulate.scratch_store`); ``min_traces`` and ``refit_every`` default
+    to the library's (first refit at 200 traces, then as the history doubles, then every 500)."""
     console = console or Console()
     started = time.perf_counter()
     rows = load_banking77()
@@ -70,25 +71,31 @@ def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int = 1000,
     with contextlib.ExitStack() as scratch:
         if store is None:
             store = scratch.enter_context(scratch_store("tracer_wrap-demo-"))
-        return _stream(rows, gold, llm, target, refit_every, min_traces or refit_every, store,
-                       embedder, console, started, seed)
+        schedule: TaskKwargs = {}
+        if min_traces is not None:
+            schedule["min_traces"] = min_traces
+        if refit_every is not None:
+            schedule["refit_every"] = refit_every
+        return _stream(rows, gold, llm, target, schedule, store, embedder, console, started,
+                       seed)
 
 
 def _stream(rows: list[tuple[str, str]], gold: dict[str, str], llm: SimulatedLLM, target: float,
-            refit_every: int, min_traces: int, store: str, embedder: Embedder, console: Console,
+            schedule: TaskKwargs, store: str, embedder: Embedder, console: Console,
             started: float, seed: int) -> DemoResult:
     llm_calls = 0
 
     # Refits run inline at each trigger and audit samples come from a seeded generator, so the
     # demo's figures are the same on every run of one seed (four unseeded runs of one commit
     # answered 21.8 to 25.6% locally); in production refits run in a background thread (the
-    # default). The first refit waits for refit_every traces: over six seeds the library's early
-    # schedule (200, 400, 800, then every 500) answered as much locally, and one of its runs
-    # agreed below the target (BENCHMARKS.md, `make demo`).
-    @traced_classifier(task="banking77-intents", labels=sorted(set(gold.values())), target=target,
-                       store=store, embedder=embedder, min_traces=min_traces,
-                       refit_every=refit_every, refit_executor="inline",
-                       rng=random.Random(seed))
+    # default). The refit schedule is the library's unless given (BENCHMARKS.md, `make demo`:
+    # over six seeds it answers as much as a first refit at 1,000 traces).
+    options: TaskKwargs = {"labels": sorted(set(gold.values())), "target": target,
+                           "store": store, "embedder": embedder, "refit_executor": "inline",
+                           "rng": random.Random(seed)}
+    options.update(schedule)
+
+    @traced_classifier(task="banking77-intents", **options)
     def classify(text: str) -> str:
         nonlocal llm_calls
         llm_calls += 1
@@ -158,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--refit-every", type=int, default=1000)
+    parser.add_argument("--refit-every", type=int, default=None,
+                        help="refit after this many new traces (default: the library's 500)")
     parser.add_argument("--store", default=None, help="store directory (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0,
                         help="order of the queries and errors of the simulated LLM")
