@@ -18,21 +18,20 @@ them all: those intents are worded like their neighbours (an in-sample combinati
 similarity scores still answers 31-36% of them locally at a 1-point loss), which is why an LLM
 label never seen in training schedules a refit at once (:mod:`tracer_wrap.engine`).
 
-Labels declared but never seen (the name check). When the task declares its labels and some of
-them have no training trace yet, the labels' *names* are the only thing known about those intents,
-and they say a lot: an input is deferred when it lies closer to the name of an unseen label than
-to the name of the label the surrogate answers, by more than the out-of-fold ``quantile`` of that
-margin on the training traces (their own labels). Inputs are compared with names in a view fitted
-on the seen labels: half the input's embedding, half its ridge projection onto the embedding of
-its label's name (``x -> name(y)`` fitted on the training traces), which moves inputs towards the
-names of their intents and so works for names the projection never saw. The two checks then
-share the ``quantile`` (half each), so together they still defer at most that share of training
-traces. On Banking77 with 10 intents held out (3 draws, BENCHMARKS.md) the pair answers 27-56% of
-their queries locally where the prototype check alone answered 37-65%, and keeps 0.3-0.4 points
-more of the other intents' coverage (the name check alone at the whole quantile: 20-52%, at up to
-a point of that coverage). It needs
-meaningful label names (``"card_arrival"``, not ``"label_7"``) and declared labels; otherwise it
-is not fitted and only the prototype check runs. The names are embedded by the task's embedder at
+Labels declared but never seen (the name check). When the task declares its labels and some of them
+have no training trace yet, the labels' *names* are the only thing known about those intents, and
+they say a lot: an input is deferred when it lies closer to the name of an unseen label than to the
+name of the label the surrogate answers, by more than the out-of-fold ``quantile`` of that margin on
+the training traces (their own labels). Inputs are compared with names in a view fitted on the seen
+labels: half the input's embedding, half its ridge projection onto the embedding of its label's name
+(``x -> name(y)`` fitted on the training traces), which moves inputs towards the names of their
+intents and so works for names the projection never saw. The two checks then share the ``quantile``
+(half each), so together they still defer at most that share of training traces. On Banking77 with
+10 intents held out (3 draws, BENCHMARKS.md) the pair answers 27-56% of their queries locally where
+the prototype check alone answered 37-65%, and keeps 0.3-0.4 points more of the other intents'
+coverage (the name check alone at the whole quantile: 20-52%, at up to a point of that coverage). It
+needs meaningful label names (``"card_arrival"``, not ``"label_7"``) and declared labels; otherwise
+it is not fitted and only the prototype check runs. The names are embedded by the task's embedder at
 fit time.
 
 Prototypes and name rows are plain arrays (float32 rows of unit length, the label of each, the
