@@ -205,11 +205,14 @@ class Serving:
             raise ConfigError(f"embeddings of dimension {vectors.shape[-1]} do not fit version"
                               f" {served.version} of {self.task!r} ({router.dim} dimensions)")
         decisions = router.route_many(texts, vectors)
-        vetoes = (served.ood.vetoes(vectors, [d.label for d in decisions])
-                  if served.ood is not None else [None] * len(decisions))
-        return [(replace(decision, local=False, reason=veto), True)
-                if decision.local and veto is not None else (decision, False)
-                for decision, veto in zip(decisions, vetoes)]
+        vetoes: list[str | None] = [None] * len(decisions)
+        local = [i for i, d in enumerate(decisions) if d.local]
+        if served.ood is not None and local:  # only a local answer can be vetoed
+            for i, veto in zip(local, served.ood.vetoes(vectors[local],
+                                                        [decisions[i].label for i in local])):
+                vetoes[i] = veto
+        return [(replace(decision, local=False, reason=veto), True) if veto is not None
+                else (decision, False) for decision, veto in zip(decisions, vetoes)]
 
     @property
     def breaker(self) -> DriftBreaker | None:

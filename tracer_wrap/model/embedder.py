@@ -15,7 +15,7 @@ import numpy as np
 from .. import names
 from ..errors import EmbedderError, MissingExtraError
 
-__all__ = ["Embedder", "in_text_order", "length_chunks", "make_embedder"]
+__all__ = ["Embedder", "in_text_order", "length_chunks", "make_embedder", "unit_rows"]
 
 EmbedFn = Callable[[list[str]], Any]
 
@@ -24,6 +24,13 @@ DEFAULT_CACHE_BYTES = 64 * 2**20
 # Per cached entry beyond the text and the vector: the dictionary slot, the linked-list node of
 # the OrderedDict and the ndarray header, rounded up.
 _ENTRY_OVERHEAD = 256
+
+
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` with each row scaled to unit length (all-zero rows stay zero)."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    unit: np.ndarray = matrix / np.where(norms > 0, norms, 1.0)
+    return unit
 
 
 def _entry_bytes(text: str, vector: np.ndarray) -> int:
@@ -199,8 +206,7 @@ class Embedder:
                 f"embedder {self.name!r} returned shape {matrix.shape} for {len(texts)} texts"
                 " (or non-finite values)"
             )
-        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-        matrix = (matrix / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+        matrix = unit_rows(matrix).astype(np.float32, copy=False)
         return list(matrix)
 
 

@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, RouterLoadError
+from .embedder import unit_rows
 
 __all__ = ["DEFAULT_PER_LABEL", "DEFAULT_QUANTILE", "NameCheck", "OODScorer", "fit_ood",
            "name_text"]
@@ -73,9 +74,11 @@ def name_text(label: str) -> str:
     return " ".join(label.replace("_", " ").replace("-", " ").split())
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return rows / np.where(norms > 0, norms, 1.0)
+def _halves(n: int, seed: int) -> np.ndarray:
+    """A random half of ``n`` rows (True) and the other half: the two folds that out-of-fold cuts
+    are computed on."""
+    halves: np.ndarray = np.random.default_rng(seed).permutation(n) % 2 == 0
+    return halves
 
 
 class NameCheck:
@@ -102,7 +105,7 @@ class NameCheck:
         """For each input, its similarity to the nearest unseen label's name minus that to the
         answered label's name (``-inf`` when the answer has no name row: nothing to compare)."""
         X = np.asarray(vectors, dtype=np.float32)
-        view = _unit(NAME_MIX * _unit(X @ self.projection) + (1.0 - NAME_MIX) * X)
+        view = unit_rows(NAME_MIX * unit_rows(X @ self.projection) + (1.0 - NAME_MIX) * X)
         similarity = view @ self.names.T
         nearest_unseen = similarity[:, self.unseen].max(axis=1)
         out = np.full(len(X), -np.inf, dtype=np.float32)
@@ -123,7 +126,7 @@ class NameCheck:
         unseen = np.array([label not in seen for label in order])
         if not unseen.any() or unseen.all() or not seen <= set(order):
             return None
-        rows = _unit(np.stack([np.asarray(names[label], dtype=np.float32) for label in order]))
+        rows = unit_rows(np.stack([np.asarray(names[label], dtype=np.float32) for label in order]))
         index = {label: i for i, label in enumerate(order)}
         targets = rows[[index[label] for label in labels.tolist()]]
 
@@ -131,7 +134,7 @@ class NameCheck:
             gram = X.T @ X + NAME_RIDGE * np.eye(X.shape[1], dtype=X.dtype)
             return np.asarray(np.linalg.solve(gram, X.T @ Y), dtype=np.float32)
 
-        half = np.random.default_rng(seed).permutation(len(vectors)) % 2 == 0
+        half = _halves(len(vectors), seed)
         oof = np.empty(len(vectors), dtype=np.float32)
         for fold in (half, ~half):
             part = cls(rows, order, unseen, projection(vectors[~fold], targets[~fold]), 0.0)
@@ -276,8 +279,7 @@ def _prototypes(vectors: np.ndarray, labels: np.ndarray, per_label: int, seed: i
             if len(mine) > per_label:
                 mine = KMeans(per_label, n_init=1, max_iter=50, random_state=seed).fit(
                     mine).cluster_centers_
-            norms = np.linalg.norm(mine, axis=1, keepdims=True)
-            rows.append(mine / np.where(norms > 0, norms, 1.0))
+            rows.append(unit_rows(mine))
             owners.extend([str(label)] * len(mine))
     return np.vstack(rows).astype(np.float32), np.array(owners, dtype=str)
 
@@ -303,7 +305,7 @@ def fit_ood(vectors: np.ndarray, labels: Sequence[str], *, quantile: float = DEF
                   if names is not None and quantile > 0 else None)
     if name_check is not None:
         quantile /= 2
-    half = np.random.default_rng(seed).permutation(len(X)) % 2 == 0
+    half = _halves(len(X), seed)
     oof = np.empty(len(X), dtype=np.float32)
     for fold in (half, ~half):
         rows, owners = _prototypes(X[~fold], y[~fold], per_label, seed)

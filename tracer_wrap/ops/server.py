@@ -56,7 +56,7 @@ from .._log import logger
 from ..accounting import Usage
 from ..engine import MAX_INPUT_CHARS, Plan, TracedTask
 from ..errors import MissingExtraError, TracerWrapError
-from ..model.embedder import Embedder, make_embedder
+from ..model.embedder import Embedder, make_embedder, unit_rows
 from ..model.router import Decision
 from ..options import TaskOptions
 from ..store import Store, open_store
@@ -440,9 +440,7 @@ def _matrix(rows: list[Any], dim: int | None) -> np.ndarray:
             size = f"{width}" if width > 0 else "the same number of"
             raise _Problem(422, "invalid_embedding",
                            f"embedding {i} must be a list of {size} finite numbers")
-    matrix = np.asarray(rows, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return matrix / np.where(norms > 0, norms, 1.0)
+    return unit_rows(np.asarray(rows, dtype=np.float32))
 
 
 def _trace_row(item: Any, where: str) -> dict[str, Any]:
