@@ -328,3 +328,23 @@ def test_weights_of_one_are_the_exact_test_and_bad_weights_are_refused():
         scores, agree, **kwargs)
     with pytest.raises(ConfigError):
         certify(scores, agree, cal_weights=np.full(1500, 1.5), **kwargs)
+
+
+def test_a_weighted_certificate_measures_coverage_and_agreement_by_weight():
+    # Scores are uniform on traffic, so a threshold's true coverage is 1 - threshold. The history
+    # is mostly the deferred (low-score) traces of a served period: counted one by one they make
+    # the accepted share look far smaller than the traffic it stands for.
+    rng = np.random.default_rng(6)
+    reference, ref_agree = draw(rng, 3000)
+    scores, agree, weights, _, complete = served_history(rng, 1500, 8000)
+    cert = certify(scores, agree, grid=threshold_grid(reference), reference_scores=reference,
+                   reference_agree=ref_agree, target=0.9, delta=0.05, cal_weights=weights,
+                   cal_complete=complete)
+    assert cert.certified
+    accepted = scores >= cert.threshold
+    assert cert.coverage == pytest.approx(weights[accepted].sum() / weights.sum())
+    assert cert.agreement == pytest.approx(weights[accepted & agree].sum()
+                                           / weights[accepted].sum())
+    assert cert.n_accepted == accepted.sum()
+    truth = 1 - cert.threshold
+    assert abs(cert.coverage - truth) < 0.05 < abs(accepted.mean() - truth)

@@ -133,7 +133,9 @@ class Certificate:
     """The outcome of the gate for one target.
 
     ``threshold`` is ``None`` when the gate refuses (no threshold passed); ``reason`` then says why.
-    ``coverage`` and ``agreement`` are measured on the calibration set at the certified threshold.
+    ``coverage`` and ``agreement`` are measured on the calibration set at the certified threshold
+    (by weight when the traces are weighted: estimates of the shares of traffic; ``n_accepted``
+    counts traces).
     For a per-label certificate, ``label_thresholds`` holds one threshold per label (``None``: that
     label is never answered locally), ``threshold`` is the smallest of them and ``p_value`` the
     largest p-value among the labels certified (each below its share of ``delta``).
@@ -223,10 +225,11 @@ def certify(
     """Run the fixed-sequence test for one ``target`` and return its certificate.
 
     ``cal_weights`` (default: all 1) are the calibration traces' weights of the stratified design
-    (module docstring); with any weight below 1 the p-values are the weighted test's, and the
-    traces count as their total weight wherever the gate needs a number of traces, and
-    ``cal_complete`` marks those drawn as plain traffic (weight 1, not audit samples), which are
-    also tested exactly (Bonferroni, module docstring).
+    (module docstring); with any weight below 1 the p-values are the weighted test's, the traces
+    count as their total weight wherever the gate needs a number of traces, the coverage and
+    agreement are shares of that weight (a deferred trace of weight ``a_v`` stands for that share
+    of a call), and ``cal_complete`` marks those drawn as plain traffic (weight 1,
+    not audit samples), which are also tested exactly (Bonferroni, module docstring).
 
     Where the sequence starts is decided from the reference (out-of-fold) data alone: with
     ``reference_agree``, at the threshold whose test is predicted to pass most surely (smallest
@@ -250,7 +253,7 @@ def certify(
                             f" {math.ceil(need)}"
         )
     start = _start(grid, ref, reference_agree, n_cal, need, target)
-    threshold, n_acc, k, p, last_p = _fixed_sequence(
+    threshold, n_acc, _, p, last_p = _fixed_sequence(
         cal_scores, cal_agree, grid[start:], target, delta, weights,
         None if weights is None else _bets(grid[start:], ref, reference_agree, target),
         _complete(cal_complete, weights))
@@ -262,8 +265,8 @@ def certify(
             else "the grid has no threshold that accepts enough traces"
         )
         return replace(refused, reason=why)
-    return Certificate(target, threshold, n_acc / cal_scores.size, k / n_acc if n_acc else None,
-                       n_acc, p)
+    coverage, agreement = _measured(cal_scores >= threshold, cal_agree, weights)
+    return Certificate(target, threshold, coverage, agreement, n_acc, p)
 
 
 def certify_per_label(
@@ -336,8 +339,8 @@ def certify_per_label(
             f"no label's agreement on calibration traces is credibly above {target}"
             f" ({len(plans)} labels tested, each at level {level:.3g})"))
     n_acc = int(accepted.sum())
-    return Certificate(target, min(certified), n_acc / cal_scores.size,
-                       float(cal_agree[accepted].mean()) if n_acc else None, n_acc,
+    coverage, agreement = _measured(accepted, cal_agree, weights)
+    return Certificate(target, min(certified), coverage, agreement, n_acc,
                        max(p for p in p_values if p is not None), guarantee="per_label",
                        label_thresholds=tuple(thresholds))
 
@@ -413,6 +416,18 @@ def _weights(cal_weights: np.ndarray | None, n: int) -> np.ndarray | None:
     if weights.shape != (n,) or not np.all((weights >= 0) & (weights <= 1)):
         raise ConfigError(f"cal_weights must be {n} numbers in [0, 1]")
     return None if np.all(weights == 1.0) else weights
+
+
+def _measured(accepted: np.ndarray, agree: np.ndarray, weights: np.ndarray | None
+              ) -> tuple[float, float | None]:
+    """Coverage and agreement of a certificate: the share of the calibration traces accepted and
+    the share of those that agree, by weight when the traces are weighted (then each estimates
+    that share of traffic, the periods of the history mixed as the test weighs them), else by
+    number; agreement None when nothing is accepted."""
+    w = np.ones(accepted.size) if weights is None else weights
+    total, taken = float(w.sum()), float(w[accepted].sum())
+    coverage = taken / total if total > 0 else 0.0
+    return coverage, (float(w[accepted & agree].sum()) / taken if taken > 0 else None)
 
 
 def _complete(cal_complete: np.ndarray | None, weights: np.ndarray | None
