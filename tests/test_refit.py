@@ -17,6 +17,7 @@ from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore
 from tracer_wrap.refit import (
     RefitRunner,
     RefitState,
+    calibration_coins,
     calibration_weights,
     refit_after_delay,
     refit_after_traces,
@@ -100,6 +101,36 @@ def test_calibration_weights_follow_the_stratified_design() -> None:
     assert complete.tolist() == [True] + [False] * 7  # plain traffic: tested exactly too
     # Traces logged before the last breaker trip only train.
     assert calibration_weights(traces, after_seq=3)[0].tolist() == [0, 0, 0, 0.02, 0, 0, 0, 0]
+
+
+def test_calibration_coins_are_uniform_and_fixed_by_the_sequence_number() -> None:
+    from scipy.stats import kstest
+
+    seqs = np.arange(1, 20_001)
+    coins = calibration_coins(seqs)
+    assert np.all((coins >= 0) & (coins < 1))
+    assert kstest(coins, "uniform").pvalue > 1e-4  # fails on a biased or constant hash
+    # Neighbours are not correlated (a counter fed to a weak hash would be).
+    assert abs(np.corrcoef(coins[:-1], coins[1:])[0, 1]) < 0.05
+    assert np.array_equal(calibration_coins(seqs[::7]), coins[::7])  # whatever else exists
+
+
+def test_a_refit_calibrates_on_the_traces_whose_coins_say_so(tmp_path: Path) -> None:
+    task = make_task(str(tmp_path), routing=False)
+    feed(task, 400)
+    router = task.refit()
+    seqs = np.array([t.seq for t in task.store.iter_traces("t", valid_only=True)])
+    expected = int((calibration_coins(seqs) < router.info["calibration_fraction"]).sum())
+    # A fresh draw from the refit's seed would hit this count by chance only (sd ~10).
+    assert router.info["n_calibration"] == expected
+    feed(task, 400, "later")
+    later = task.refit()
+    seqs = np.array([t.seq for t in task.store.iter_traces("t", valid_only=True)])
+    calibrates = calibration_coins(seqs) < 0.4  # 1200 / n, clipped to [0.3, 0.4]
+    if later.info.get("publish", {}).get("served") == "incumbent":  # re-certified on fresh ones
+        calibrates &= seqs > router.info["max_seq"]
+    assert later.info["n_calibration"] == int(calibrates.sum())
+    task.close()
 
 
 def test_time_policy_uses_the_injected_clock(tmp_path: Path) -> None:

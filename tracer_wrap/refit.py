@@ -261,6 +261,20 @@ class RefitRunner:
             processes.shutdown(wait=wait)
 
 
+def calibration_coins(seqs: np.ndarray) -> np.ndarray:
+    """Each trace's calibration coin in [0, 1) (see :func:`tracer_wrap.model.fit.fit_router`).
+
+    A hash of its sequence number (the splitmix64 finaliser), not a draw from a generator: a
+    trace's coin, hence its side of the split, is the same in every refit whichever other traces
+    exist or were sampled, and is fixed before its call and its content. Pure; never raises for
+    non-negative integers.
+    """
+    z = np.asarray(seqs, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return np.asarray((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
+
 
 def calibration_weights(traces: list[Trace], after_seq: int = 0
                         ) -> tuple[np.ndarray, np.ndarray]:
@@ -402,7 +416,7 @@ class Refitter:
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
                 serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
                 calibration_weights=weights, calibration_complete=complete,
-                incumbent=incumbent,
+                calibration_coins=calibration_coins(seqs), incumbent=incumbent,
                 incumbent_fresh=None if incumbent is None
                 else seqs > int(incumbent.info["max_seq"]),
                 info={"task": self.task, "embedder": embedder.name,

@@ -77,6 +77,24 @@ def test_calibration_weights_are_checked_and_weight_zero_only_trains():
         fit_router(X, y, calibration_weights=weights, calibration_eligible=weights > 0)
 
 
+def test_given_coins_decide_each_traces_side_and_a_calibrating_coin_never_trains():
+    X, y = blobs(1000)
+    coins = np.random.default_rng(7).random(1000)
+    weights = np.where(np.arange(1000) < 600, 1.0, 0.0)
+    router = fit_router(X, y, calibration_weights=weights, calibration_coins=coins,
+                        calibration_fraction=0.4, max_train=None)
+    below = coins < 0.4
+    assert router.info["n_calibration"] == int((below & (weights > 0)).sum())
+    # Weight 0 with a calibrating coin: neither side, so that side stays unseen by every fit.
+    assert router.info["n_train"] == int((~below).sum())
+    again = fit_router(X, y, calibration_weights=weights, calibration_coins=coins,
+                       calibration_fraction=0.4, max_train=None, seed=3)
+    assert again.info["n_calibration"] == router.info["n_calibration"]  # the seed draws no coin
+    for bad in (np.full(1000, 1.0), np.full(10, 0.5), np.full(1000, -0.1)):
+        with pytest.raises(ConfigError, match="calibration_coins"):
+            fit_router(X, y, calibration_coins=bad)
+
+
 def test_too_little_data_refuses():
     X, y = blobs(5)
     with pytest.raises(GateRefused):

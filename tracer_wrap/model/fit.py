@@ -2,10 +2,12 @@
 
 1. The traces are split at random into a training part and a calibration part: each trace that
    may calibrate does so with chance ``calibration_fraction`` (an independent coin), all the others
-   train, so the training part always holds its share of every kind of trace. A trace calibrates
-   with its weight of the stratified design (:mod:`tracer_wrap.model.gate`): 1 when it was traced
-   while no version answered locally or as an audit sample, the audit rate then in force when a
-   version answering locally deferred it, 0 (trains only) when that is not known.
+   train, so the training part always holds its share of every kind of trace. A refit passes each
+   trace's coin fixed by its sequence number, so a trace keeps its side in every fit of its task.
+   A trace calibrates with its weight of the stratified design (:mod:`tracer_wrap.model.gate`): 1
+   when it was traced while no version answered locally or as an audit sample, the audit rate
+   then in force when a version answering locally deferred it, 0 (trains only) when that is not
+   known.
 2. The training part is cut into ``folds``; for each fold, softmax regressions
    (:mod:`tracer_wrap.model.softmax`) are fitted on the other folds: on the embedding alone, for
    a short path of regularisation strengths (one thread job each), then, when the
@@ -84,6 +86,7 @@ def fit_router(
     calibration_eligible: np.ndarray | None = None,
     calibration_weights: np.ndarray | None = None,
     calibration_complete: np.ndarray | None = None,
+    calibration_coins: np.ndarray | None = None,
     folds: int = 3,
     C: float | Sequence[float] = EMBEDDING_C,
     max_train: int | None = 50_000,
@@ -124,7 +127,12 @@ def fit_router(
     is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1).
     ``calibration_complete`` marks, among traces of weight 1, those drawn as plain traffic (not
     audit samples): the gate also tests them exactly when weights differ. Each
-    trace of positive weight calibrates with chance ``calibration_fraction``, which defaults to
+    trace of positive weight calibrates with chance ``calibration_fraction``: where its coin in
+    ``calibration_coins`` (one per trace, in [0, 1), independent of the traces' contents) falls
+    below the fraction, or, without coins, by a coin drawn from ``seed``. Given coins, a trace whose
+    coin falls below the fraction never trains, even at weight 0, so the calibration side of a
+    task's history stays unseen by every version fitted with the same coins (a larger fraction
+    only moves traces from training to calibration). The share defaults to
     ``1200 / n`` clipped to [0.3, 0.4]: small task histories need a larger share for the test to
     have power (measured on Banking77: at 2k traces, 0.4 certifies 72% coverage at 0.95 where 0.3
     certifies 64%). At most ``max_train`` traces, drawn at
@@ -171,12 +179,16 @@ def fit_router(
     weights = _calibration_weights(calibration_weights, calibration_eligible, len(y))
     rng = np.random.default_rng(seed)
     # An independent coin per trace (not a subset of fixed size): the weighted test's proof needs
-    # each trace's chance of calibrating fixed before its call (gate module docstring).
-    cal_idx = np.flatnonzero((weights > 0) & (rng.random(len(y)) < calibration_fraction))
+    # each trace's chance of calibrating fixed before its call (gate module docstring). Coins kept
+    # across refits measured +1.0 / +2.7 points of replayed coverage (gold / simulated LLM) and 1
+    # stalled replay of 20 where redrawn coins had 4 (BENCHMARKS.md, "Stalled replays").
+    coins = _calibration_coins(calibration_coins, len(y))
+    calibrates = (rng.random(len(y)) if coins is None else coins) < calibration_fraction
+    cal_idx = np.flatnonzero((weights > 0) & calibrates)
     cal_weights = weights[cal_idx]
     cal_complete = (None if calibration_complete is None
                     else np.asarray(calibration_complete, dtype=bool)[cal_idx])
-    train_mask = np.ones(len(y), dtype=bool)
+    train_mask = ~calibrates if coins is not None else np.ones(len(y), dtype=bool)
     train_mask[cal_idx] = False
     if max_train is not None and train_mask.sum() > max_train:
         dropped = rng.choice(np.flatnonzero(train_mask), size=int(train_mask.sum()) - max_train,
@@ -642,6 +654,15 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.nd
 
     folds = max(2, min(folds, len(y)))
     return list(KFold(folds, shuffle=True, random_state=seed).split(y))
+
+
+def _calibration_coins(coins: np.ndarray | None, n: int) -> np.ndarray | None:
+    if coins is None:
+        return None
+    c = np.asarray(coins, dtype=np.float64)
+    if c.shape != (n,) or not np.all((c >= 0.0) & (c < 1.0)):
+        raise ConfigError(f"calibration_coins must be {n} numbers in [0, 1)")
+    return c
 
 
 def _calibration_weights(weights: np.ndarray | None, eligible: np.ndarray | None, n: int

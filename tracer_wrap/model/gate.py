@@ -93,10 +93,11 @@ audit whose call could never be answered locally, or a lost trace, breaks that; 
 is one trace, as in the exact test). Two dependences are not covered by the argument. Which
 versions served, and hence which training traces were observed, was itself shaped by earlier
 calibration traces (their certified thresholds); the argument treats ``R`` as fixed given that
-history. And each refit draws its own calibration split, so once a version serves, successive
-refits re-test largely the same traces logged before it served (the plain-traffic pool no longer
-grows), and a candidate is published when its own test passes: the claim holds for each fit at
-``delta``, not for the sequence of fits by a union bound. The stream replays of BENCHMARKS.md
+history. And a trace keeps its side of the split in every refit (its coin is fixed by its
+sequence number, :func:`tracer_wrap.refit.calibration_coins`), so successive refits re-test the
+same calibration traces plus the new ones (once a version serves, the plain-traffic pool no
+longer grows), and a candidate is published when its own test passes: the claim holds for each
+fit at ``delta``, not for the sequence of fits by a union bound. The stream replays of BENCHMARKS.md
 measure the guarantee with both in place.
 
 A test that accepts too few inputs can never reject (``0.95 ** 30 > 0.05``), so each sequence
