@@ -182,13 +182,14 @@ def fit_router(
     # each trace's chance of calibrating fixed before its call (gate module docstring). Coins kept
     # across refits measured +1.0 / +2.7 points of replayed coverage (gold / simulated LLM) and 1
     # stalled replay of 20 where redrawn coins had 4 (BENCHMARKS.md, "Stalled replays").
-    coins = _calibration_coins(calibration_coins, len(y))
-    calibrates = (rng.random(len(y)) if coins is None else coins) < calibration_fraction
+    calibrates = (rng.random(len(y)) if calibration_coins is None
+                  else _calibration_coins(calibration_coins, len(y))) < calibration_fraction
     cal_idx = np.flatnonzero((weights > 0) & calibrates)
     cal_weights = weights[cal_idx]
     cal_complete = (None if calibration_complete is None
                     else np.asarray(calibration_complete, dtype=bool)[cal_idx])
-    train_mask = ~calibrates if coins is not None else np.ones(len(y), dtype=bool)
+    # Drawn here, a calibrating coin at weight 0 may train; given, it never does (docstring).
+    train_mask = np.ones(len(y), dtype=bool) if calibration_coins is None else ~calibrates
     train_mask[cal_idx] = False
     if max_train is not None and train_mask.sum() > max_train:
         dropped = rng.choice(np.flatnonzero(train_mask), size=int(train_mask.sum()) - max_train,
@@ -656,9 +657,8 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.nd
     return list(KFold(folds, shuffle=True, random_state=seed).split(y))
 
 
-def _calibration_coins(coins: np.ndarray | None, n: int) -> np.ndarray | None:
-    if coins is None:
-        return None
+def _calibration_coins(coins: np.ndarray, n: int) -> np.ndarray:
+    """The given coins as floats (see :func:`fit_router`); ConfigError if malformed."""
     c = np.asarray(coins, dtype=np.float64)
     if c.shape != (n,) or not np.all((c >= 0.0) & (c < 1.0)):
         raise ConfigError(f"calibration_coins must be {n} numbers in [0, 1)")
