@@ -15,6 +15,7 @@ summary is the share of replays with p < 0.05, which the guarantee says should b
 Results are written to ``--json`` after each replay, so an interrupted run keeps what it measured.
 
     .venv/bin/python benchmarks/bench_simulate.py --replays 20 --json benchmarks/results/x.json
+        [--teachers simulated-llm]
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tracer_wrap.model.ood import name_text
 HERE = Path(__file__).resolve().parent
 #: Level of each replay's test of "local agreement below target" (the issue's "credibly").
 CREDIBLY = 0.05
+TEACHERS = ("gold", "simulated-llm")
 
 
 def replay(teacher: str, target: float, seed: int, cache: Path, refit_every: int = 500,
@@ -92,10 +94,10 @@ def below_target_pvalue(result: dict[str, Any]) -> float:
 
 
 def replays(n: int, target: float, cache: Path, workers: int, out: Path | None,
-            declare_labels: bool = False) -> None:
-    """The validity measurement of the module docstring."""
-    jobs = [(teacher, seed) for seed in range(n) for teacher in ("gold", "simulated-llm")]
-    done: dict[str, list[dict[str, Any]]] = {"gold": [], "simulated-llm": []}
+            declare_labels: bool = False, teachers: tuple[str, ...] = TEACHERS) -> None:
+    """The validity measurement of the module docstring, for each of ``teachers``."""
+    jobs = [(teacher, seed) for seed in range(n) for teacher in teachers]
+    done: dict[str, list[dict[str, Any]]] = {teacher: [] for teacher in teachers}
     print("teacher        seed  coverage  last-quarter  agreement  local    p(below)  seconds")
     with ProcessPoolExecutor(workers) as pool:
         futures = {pool.submit(replay, teacher, target, seed, cache,
@@ -154,13 +156,15 @@ def main() -> None:
     parser.add_argument("--replays", type=int, default=0,
                         help="Measure validity over this many seeded replays instead.")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--teachers", nargs="+", choices=TEACHERS, default=list(TEACHERS),
+                        help="--replays: the teachers to replay (default: both)")
     parser.add_argument("--declare-labels", action="store_true",
                         help="The task declares Banking77's 77 intents (labels=...).")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.replays:
         replays(args.replays, args.target, args.cache, args.workers, args.json,
-                args.declare_labels)
+                args.declare_labels, tuple(args.teachers))
         return
     results = {}
     # The simulated LLM is wrong on 15% of queries: agreeing with it at 0.95 is possible only
