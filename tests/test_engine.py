@@ -111,8 +111,8 @@ def test_a_local_answer_skips_the_llm_and_is_counted_once(tmp_path):
     assert counters(task)["local"] == 1
 
 
-def test_deferred_calls_while_a_router_answers_never_calibrate(tmp_path):
-    task = fitted_task(tmp_path)
+def test_deferred_calls_outside_the_audit_slice_are_no_uniform_draw(tmp_path):
+    task = fitted_task(tmp_path, audit_rate=0.0)
     # Halfway between two centres: the surrogate is unsure, so the call goes to the LLM.
     plans = [task.route(vector=(CENTRES[0] + CENTRES[1]) / 2 + 0.01 * k * CENTRES[2])
              for k in range(3)]
@@ -244,6 +244,25 @@ def test_audit_samples_go_to_the_llm_calibrate_and_feed_the_breaker(tmp_path):
     assert trace.served_version == task.version and trace.audit_p == plan.audit_p == 1.0
     assert task.store.counter("t", n.counter_breaker(0, "n")) == 1
     assert counters(task)["audits"] == 1
+
+
+def test_the_audit_slice_is_drawn_whatever_the_router_decides(tmp_path):
+    # At rate 1 every call is in the slice: the deferred ones are uniform draws of traffic too
+    # (exchangeable), so the slice's traces together are a uniform draw (refit.calibration_design).
+    task = fitted_task(tmp_path, audit_rate=1.0)
+    between = (CENTRES[0] + CENTRES[1]) / 2
+    plan = next(p for p in (task.route(vector=between + 0.01 * k * CENTRES[2]) for k in range(3))
+                if not p.audit)
+    assert plan.sampled and not plan.local and plan.decision is not None
+    assert not plan.decision.local and plan.answering
+    task.record(plan, "l0", text="between zero and one, in the slice")
+    task.flush()
+    trace = next(t for t in task.store.traces("t")
+                 if t.input == "between zero and one, in the slice")
+    assert trace.exchangeable and trace.origin == "llm"
+    assert trace.served_version == task.version and trace.audit_p == 1.0
+    audit = task.route("c3 audited")
+    assert audit.sampled and audit.audit
 
 
 def test_an_audit_sample_records_the_probability_it_was_drawn_with(tmp_path):

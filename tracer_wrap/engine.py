@@ -125,10 +125,12 @@ class Plan:
 
     ``local``: answer with ``decision.label`` and do not call the LLM. Otherwise ``reason`` says
     why the call goes to the LLM. ``traced``: the LLM's answer becomes a trace (False when
-    tracer_wrap is disabled or the input is not traceable). ``audit``: a random audit sample of a
-    call the router would have answered. ``answering``: the served version answers some calls
-    locally now, so an LLM answer of this plan saw a biased share of traffic and must not
-    calibrate (unless it is an audit sample). ``shadow``: routing is off; the decision is scored,
+    tracer_wrap is disabled or the input is not traceable). ``sampled``: the call is in the audit
+    slice, a random share of calls (the audit rate) drawn whatever the router decides while it
+    answers, so its LLM answer is a uniform draw of traffic. ``audit``: a sampled call the router
+    would have answered. ``answering``: the served version answers some calls locally now, so an
+    LLM answer of this plan saw a biased share of traffic and must not calibrate as plain traffic
+    (unless it is sampled). ``shadow``: routing is off; the decision is scored,
     never used. ``audit_p``: the probability that this call reaches the LLM (the audit rate for
     an audit sample, 1.0 for a call the served version defers or when none serves; None for an
     answer recorded without a plan while a version answers, whose draw is unknown).
@@ -142,6 +144,7 @@ class Plan:
     local: bool = False
     traced: bool = True
     audit: bool = False
+    sampled: bool = False
     answering: bool = False
     shadow: bool = False
     reason: str = ""
@@ -560,9 +563,13 @@ class TracedTask:
 
     def _veto(self, text: str | None, served: Served, decision: Decision, outlier: bool,
               routing: bool, tripped: bool, answering: bool) -> Plan:
-        """The plan of one routed input: local unless a veto or an audit draw sends it on."""
+        """The plan of one routed input: local unless a veto or an audit draw sends it on. The
+        audit slice is drawn for every input while the version answers, deferred or not: the
+        deferred ones in it make the slice a uniform draw of traffic (refit.calibration_design)."""
         local = audit = False
         audit_p = 1.0
+        rate = self.serving.audit_rate(served) if answering else 0.0
+        sampled = answering and self._rng.random() < rate
         if outlier:
             self.stats.add(outliers=1)
         if not decision.local:
@@ -573,11 +580,11 @@ class TracedTask:
             self.stats.add(breaker=1)
             decision = replace(decision, local=False)
             reason = "the drift breaker tripped: live agreement is below target"
-        elif self._rng.random() < (rate := self.serving.audit_rate(served)):
+        elif sampled:
             audit, reason, audit_p = True, "audit sample", rate
         else:
             local, reason = True, ""
-        return Plan(text, served.version, decision, local=local, audit=audit,
+        return Plan(text, served.version, decision, local=local, audit=audit, sampled=sampled,
                     answering=answering, shadow=not routing, reason=reason, audit_p=audit_p)
 
     # -- answering ---------------------------------------------------------------------------
@@ -756,9 +763,9 @@ class TracedTask:
             label if label is not None else self._stored(_printable(answer.raw)),
             valid=label is not None,
             origin=(Origin.AUDIT if plan.audit else Origin.LLM).value,
-            # While a router answers some calls, the LLM only sees the hard ones: those traces
-            # must not calibrate. Audit samples are drawn at random, so they may.
-            exchangeable=plan.audit or not plan.answering,
+            # While a router answers some calls, the LLM mostly sees the hard ones: those traces
+            # are no uniform draw of traffic. The audit slice is drawn at random, so it is.
+            exchangeable=plan.sampled or not plan.answering,
             router_label=decision.label if decision is not None else None,
             meta=map_strings(answer.meta, self._stored) if answer.meta else answer.meta,
             served_version=plan.version if plan.answering else None,

@@ -51,7 +51,7 @@ from . import names
 from ._log import fault, logger
 from .errors import ConfigError, EmbedderError, GateRefused, RouterLoadError, StoreTampered
 from .labels import LabelSet
-from .model.fit import fit_router
+from .model.fit import default_calibration_fraction, fit_router
 from .model.ood import OODScorer, fit_ood, name_text
 from .model.router import Router
 from .versions import load_version, publish
@@ -68,7 +68,9 @@ __all__ = [
     "RefitPolicy",
     "RefitRunner",
     "RefitState",
-    "calibration_weights",
+    "CalibrationDesign",
+    "SERVED_SHARE",
+    "calibration_design",
     "refit_after_delay",
     "refit_after_traces",
     "refit_never",
@@ -276,41 +278,90 @@ def calibration_coins(seqs: np.ndarray) -> np.ndarray:
     return np.asarray((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
 
 
-def calibration_weights(traces: list[Trace], after_seq: int = 0
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Each trace's weight in the gate's stratified test (:mod:`tracer_wrap.model.gate`), and
-    whether it was drawn as plain traffic (weight 1, not an audit sample).
+#: The chance that a trace a serving version deferred outside the audit slice calibrates.
+#: Fixed, not the history's :func:`~tracer_wrap.model.fit.default_calibration_fraction`: the
+#: stratum's weight divides by it, and a weight must be fixed before the call (the gate's proof).
+#: 0.3 is what long histories use anyway. What it trades is training data.
+SERVED_SHARE = 0.3
 
-    1 for a trace logged while no version answered locally; for the traces of a period where
-    version ``v`` answered, 1 for its audit samples and its audit rate ``a_v`` for the inputs it
-    deferred (every one of which reached the LLM). ``a_v`` is the smallest audit probability
-    recorded with ``v``'s audit samples (a smaller stake is always valid); a period with no audit
+
+@dataclass(frozen=True)
+class CalibrationDesign:
+    """How each trace of a refit may calibrate (see :func:`calibration_design`): its ``weight``
+    in the gate's stratified test, whether it is a uniform draw of traffic (``complete``: the
+    gate also tests those exactly) and its chance of calibrating (``fraction``)."""
+
+    weights: np.ndarray
+    complete: np.ndarray
+    fraction: np.ndarray
+
+
+def calibration_design(traces: list[Trace], after_seq: int = 0) -> CalibrationDesign:
+    """Each trace's weight in the gate's stratified test (:mod:`tracer_wrap.model.gate`), whether
+    it is a uniform draw of traffic, and its chance of calibrating.
+
+    A trace logged while no version answered locally is a uniform draw: it weighs 1 and
+    calibrates with :func:`~tracer_wrap.model.fit.default_calibration_fraction` of the number of
+    such traces (which stops growing once a version answers, so they keep their side). While
+    version ``v`` answers, a random slice of its calls, drawn at its audit rate ``a_v`` whatever
+    it decides, reaches the LLM (the engine's audit slice): the slice's calls it would answer are
+    its audit samples, the others are deferred inputs marked exchangeable. The slice is a uniform
+    draw of traffic, so its traces are complete and always calibrate; the deferred inputs outside
+    it (every one of which reached the LLM too) calibrate with chance :data:`SERVED_SHARE`
+    ``= q``. Weights are the stake ``a_v`` (the smallest audit probability recorded with ``v``'s
+    audit samples; a smaller stake is always valid; never above the chances below) over the
+    chance a call of that input became a calibration trace: ``a_v / p`` for an audit drawn with
+    probability ``p``, and ``a_v / (a_v + (1 - a_v) q)`` for a deferred input (``a_v / q`` in a
+    period none of whose deferred traces carries the slice mark, as an engine before the slice
+    recorded them, whose deferred inputs did calibrate with chance ``q``; a period of this engine
+    whose slice caught none of its deferred inputs is weighed so too, a few percent off, and is
+    rare: ``0.98 ** n`` for ``n`` deferred calls at a 2% rate). A period with no audit
     sample, traces that recorded no version, answers recorded without a routing decision while a
     version answered (``audit_p`` None: an embedding that missed its wait, a routing fault) and
     traces logged before the last breaker trip (``seq <= after_seq``) weigh 0: they train but do
-    not calibrate. A period is kept or dropped
-    as a whole, never trace by trace, as the test requires.
+    not calibrate. A period is kept or dropped as a whole, never trace by trace, as the test
+    requires. One gap: a period without an audit sample is dropped with its slice, and whether
+    it has one depends on its slice's inputs (all deferred, all hard), which biases the exact test
+    a little toward easy inputs; such a period has chance ``(1 - a_v c) ** n`` for ``n`` calls
+    answered at coverage ``c`` (0.7% for 500 calls at 2% and 50%), and a slice of a few calls. A
+    trace of weight 0 keeps the default chance: it trains unless its coin says calibrate. Pure.
     """
     from .store import Origin  # the store package imports options, which imports this module
 
+    def deferred(t: Trace) -> bool:
+        return t.origin != Origin.AUDIT.value and t.served_version is not None and t.audit_p == 1.0
+
     rates: dict[int, float] = {}
+    sliced: set[int] = set()
     for t in traces:
         if t.origin == Origin.AUDIT.value and t.served_version is not None and t.audit_p:
             rates[t.served_version] = min(rates.get(t.served_version, 1.0), float(t.audit_p))
+        elif deferred(t) and t.exchangeable:
+            sliced.add(t.served_version)  # type: ignore[arg-type]
     weights = np.zeros(len(traces))
     complete = np.zeros(len(traces), dtype=bool)
+    plain = sum(t.exchangeable and t.served_version is None and t.origin != Origin.AUDIT.value
+                for t in traces)
+    fraction = np.full(len(traces), default_calibration_fraction(plain))
+    # Per period: the chance a deferred input's call became a calibration trace, and the stake.
+    chances = {v: rate + (1 - rate) * SERVED_SHARE if v in sliced else SERVED_SHARE
+               for v, rate in rates.items()}
+    stakes = {v: min(rate, chances[v]) for v, rate in rates.items()}
     for i, t in enumerate(traces):
-        rate = rates.get(t.served_version) if t.served_version is not None else None
+        stake = stakes.get(t.served_version) if t.served_version is not None else None
         if t.seq <= after_seq:
             continue
         if t.origin == Origin.AUDIT.value:
-            weights[i] = 0.0 if rate is None or not t.audit_p else min(1.0, rate / t.audit_p)
+            if stake is not None and t.audit_p:
+                weights[i], complete[i], fraction[i] = stake / t.audit_p, True, 1.0
+        elif deferred(t):
+            if stake is not None:
+                weights[i] = stake / chances[t.served_version]  # type: ignore[index]
+                complete[i] = t.exchangeable
+                fraction[i] = 1.0 if t.exchangeable else SERVED_SHARE
         elif t.exchangeable:
-            weights[i] = 1.0
-            complete[i] = True
-        elif rate is not None and t.audit_p == 1.0:
-            weights[i] = rate
-    return weights, complete
+            weights[i], complete[i] = 1.0, True
+    return CalibrationDesign(weights, complete, fraction)
 
 
 class Refitter:
@@ -410,13 +461,14 @@ class Refitter:
             vectors = trace_vectors(store, self.task, traces, embedder.name, self._embed)
             labels = [t.teacher for t in traces]
             seqs = np.array([t.seq for t in traces])
-            weights, complete = calibration_weights(traces, after_seq)
+            design = calibration_design(traces, after_seq)
             incumbent = None if tripped else self._incumbent(store, embedder.name)
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
                 serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
-                calibration_weights=weights, calibration_complete=complete,
-                calibration_coins=calibration_coins(seqs), incumbent=incumbent,
+                calibration_weights=design.weights, calibration_complete=design.complete,
+                calibration_fraction=design.fraction, calibration_coins=calibration_coins(seqs),
+                incumbent=incumbent,
                 incumbent_fresh=None if incumbent is None
                 else seqs > int(incumbent.info["max_seq"]),
                 info={"task": self.task, "embedder": embedder.name,

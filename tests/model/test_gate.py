@@ -233,21 +233,33 @@ def test_per_label_refuses_labels_without_enough_traces_and_says_why():
 AUDIT = 0.05
 
 
-def served_history(rng: np.random.Generator, n_complete: int, n_served: int, q: float = 0.5):
-    """Calibration traces (an independent coin of chance ``q`` each) of that history: scores,
-    agreement, weights ``rho / pi``, whether today's rule would let them calibrate (traced
-    while nothing was answered locally, or an audit sample), and whether they are plain traffic
-    (traced while nothing was answered locally)."""
+def served_history(rng: np.random.Generator, n_complete: int, n_served: int, q: float = 0.5,
+                   sliced: bool = False):
+    """Calibration traces of that history: scores, agreement, weights, whether today's rule
+    would let them calibrate (traced while nothing was answered locally, or an audit sample), and
+    whether they are a uniform draw of traffic, tested exactly too. Each trace calibrates by an
+    independent coin of chance ``q``, plain traffic alone being uniform; or, ``sliced`` (the
+    library's design, :func:`tracer_wrap.refit.calibration_design`), the audit slice, drawn for
+    every call whatever the version decides, is uniform too and always calibrates, and each
+    deferred trace weighs ``AUDIT / (AUDIT + (1 - AUDIT) q)``. Both designs draw the same
+    random numbers, so one generator state gives one history split both ways."""
     s_complete, s_served = rng.random(n_complete), rng.random(n_served)
     handled = s_served >= 0.5
-    traced = ~handled | (rng.random(n_served) < AUDIT)
-    handled = handled[traced]
+    in_slice = rng.random(n_served) < AUDIT
+    traced = ~handled | in_slice
+    handled, in_slice = handled[traced], in_slice[traced]
     scores = np.concatenate([s_complete, s_served[traced]])
     agree = rng.random(scores.size) < agree_prob(scores)
-    weights = np.concatenate([np.ones(n_complete), np.where(handled, 1.0, AUDIT)])
+    deferred_weight = AUDIT / (AUDIT + (1 - AUDIT) * q) if sliced else AUDIT
+    weights = np.concatenate([np.ones(n_complete), np.where(handled, 1.0, deferred_weight)])
     exchangeable = np.concatenate([np.ones(n_complete, dtype=bool), handled])
-    complete = np.arange(scores.size) < n_complete
-    cal = rng.random(scores.size) < q
+    plain = np.arange(scores.size) < n_complete
+    slice_ = np.concatenate([np.zeros(n_complete, dtype=bool), in_slice])
+    coins = rng.random(scores.size) < q
+    if not sliced:
+        return scores[coins], agree[coins], weights[coins], exchangeable[coins], plain[coins]
+    cal = coins | slice_
+    complete = plain | slice_
     return scores[cal], agree[cal], weights[cal], exchangeable[cal], complete[cal]
 
 
@@ -299,6 +311,34 @@ def test_every_deferred_trace_calibrates_and_the_guarantee_holds_over_many_draws
     assert certified > 0.2 * 2 * draws
     assert violations / (2 * draws) <= delta + 3 * np.sqrt(delta * (1 - delta) / (2 * draws))
     assert broken / draws > tolerance
+
+
+def test_the_audit_slice_calibrates_and_the_guarantee_holds_over_many_draws():
+    # The library's design against audit samples on a coin like any trace's and no slice, on
+    # the same histories (a short plain period, a long served one): both valid, and the slice
+    # certifies more often, since it adds uniform draws of traffic to the exact test.
+    rng = np.random.default_rng(34)
+    target, delta, draws, q = 0.90, 0.05, 300, 0.3
+    certified = {False: 0, True: 0}
+    violations = {False: 0, True: 0}
+    for _ in range(draws):
+        reference, ref_agree = draw(rng, 3000)
+        grid = threshold_grid(reference)
+        state = rng.bit_generator.state
+        for sliced in (False, True):
+            rng.bit_generator.state = state  # the same history, split by each design
+            scores, agree, weights, _, complete = served_history(rng, 100, 8000, q, sliced)
+            cert = certify(scores, agree, grid=grid, reference_scores=reference,
+                           reference_agree=ref_agree, target=target, delta=delta,
+                           cal_weights=weights, cal_complete=complete)
+            if cert.certified:
+                certified[sliced] += 1
+                violations[sliced] += true_agreement(cert.threshold) < target
+    tolerance = delta + 3 * np.sqrt(delta * (1 - delta) / draws)
+    assert violations[True] / draws <= tolerance
+    assert violations[False] / draws <= tolerance
+    assert certified[True] > 0.5 * draws
+    assert certified[False] < 0.5 * certified[True]
 
 
 def test_plain_traffic_keeps_the_exact_tests_power_in_a_mixed_history():

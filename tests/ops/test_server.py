@@ -164,8 +164,16 @@ def test_audit_plans_mark_audit_traces(tmp_path, monkeypatch) -> None:
         httpx.post(f"{url}/v1/tasks/intent/traces",
                    json={"input": text, "teacher": "card_lost", "plan": routed["plan"]})
         status = httpx.get(f"{url}/v1/tasks/intent/status").json()
+        # At rate 1 a deferred call is in the audit slice too: a uniform draw of traffic.
+        odd = "zzzz qqqq xxxx"
+        deferred = httpx.post(f"{url}/v1/tasks/intent/route", json={"text": odd}).json()
+        assert deferred["audit"] is False and deferred["local"] is False
+        httpx.post(f"{url}/v1/tasks/intent/traces",
+                   json={"input": odd, "teacher": "card_lost", "plan": deferred["plan"]})
     trace = next(t for t in st.traces("intent") if t.input == text)
     assert trace.origin == "audit" and trace.exchangeable and trace.router_label == "card_lost"
+    trace = next(t for t in st.traces("intent") if t.input == odd)
+    assert trace.origin == "llm" and trace.exchangeable and trace.audit_p == 1.0
     assert status["usage"]["audits"] == 1 and status["usage"]["calls"] == 1
     assert status["audit_samples"] == 1 and status["live_agreement"] == 1.0
 

@@ -1,13 +1,15 @@
 """Fitting a router from traces: cross-fitted linear surrogates, then the gate on held-out traces.
 
 1. The traces are split at random into a training part and a calibration part: each trace that
-   may calibrate does so with chance ``calibration_fraction`` (an independent coin), all the others
-   train, so the training part always holds its share of every kind of trace. A refit passes each
-   trace's coin fixed by its sequence number, so a trace keeps its side in every fit of its task.
-   A trace calibrates with its weight of the stratified design (:mod:`tracer_wrap.model.gate`): 1
-   when it was traced while no version answered locally or as an audit sample, the audit rate
-   then in force when a version answering locally deferred it, 0 (trains only) when that is not
-   known.
+   may calibrate does so with chance ``calibration_fraction`` (an independent coin; one chance for
+   every trace, or one per trace), all the others train, so the training part always holds its
+   share of every kind of trace. A refit passes each trace's coin fixed by its sequence number, so
+   a trace keeps its side in every fit of its task, and the chance its stratum calls for
+   (:func:`tracer_wrap.refit.calibration_design`: a call of a version's audit slice always
+   calibrates). A trace calibrates with its weight of the stratified design
+   (:mod:`tracer_wrap.model.gate`): 1 when it was traced while no version answered locally or as
+   an audit sample, a share of the audit rate then in force when a version answering locally
+   deferred it, 0 (trains only) when that is not known.
 2. The training part is cut into ``folds``; for each fold, softmax regressions
    (:mod:`tracer_wrap.model.softmax`) are fitted on the other folds: on the embedding alone, for
    a short path of regularisation strengths (one thread job each), then, when the
@@ -50,7 +52,7 @@ from .router import Router, TextModel
 from .softmax import fit_softmax, logits
 from .trust import Prototypes
 
-__all__ = ["DEFAULT_TARGETS", "fit_router"]
+__all__ = ["DEFAULT_TARGETS", "default_calibration_fraction", "fit_router"]
 
 DEFAULT_TARGETS: tuple[float, ...] = (0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
 #: Inverse regularisation strengths tried for the embedding surrogate, chosen per fit on
@@ -82,7 +84,7 @@ def fit_router(
     targets: Sequence[float] = DEFAULT_TARGETS,
     serve_target: float = 0.95,
     delta: float = 0.05,
-    calibration_fraction: float | None = None,
+    calibration_fraction: float | np.ndarray | None = None,
     calibration_eligible: np.ndarray | None = None,
     calibration_weights: np.ndarray | None = None,
     calibration_complete: np.ndarray | None = None,
@@ -125,21 +127,22 @@ def fit_router(
     ``calibration_weights`` are the traces' weights in the gate's stratified test (each in
     [0, 1]; 0: the trace only trains; see :mod:`tracer_wrap.model.gate`); ``calibration_eligible``
     is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1).
-    ``calibration_complete`` marks, among traces of weight 1, those drawn as plain traffic (not
-    audit samples): the gate also tests them exactly when weights differ. Each
-    trace of positive weight calibrates with chance ``calibration_fraction``: where its coin in
-    ``calibration_coins`` (one per trace, in [0, 1), independent of the traces' contents) falls
-    below the fraction, or, without coins, by a coin drawn from ``seed``. Given coins, a trace whose
-    coin falls below the fraction never trains, even at weight 0, so the calibration side of a
-    task's history stays unseen by every version fitted with the same coins (a larger fraction
-    only moves traces from training to calibration). The share defaults to
-    ``1200 / n`` clipped to [0.3, 0.4]: small task histories need a larger share for the test to
-    have power (measured on Banking77: at 2k traces, 0.4 certifies 72% coverage at 0.95 where 0.3
-    certifies 64%). At most ``max_train`` traces, drawn at
-    random, train the surrogate (fit time grows with them, coverage hardly after ~50k), and at most
-    ``max_text_train`` of those the fused one (its fit costs ~4x the embedding one per trace, and
-    its n-gram vocabulary, hence its file, grows with them); the calibration part is not capped,
-    since scoring it is cheap and more of it tightens the gate.
+    ``calibration_complete`` marks, among traces of positive weight, those that are a uniform draw
+    of traffic (plain traffic, a version's audit slice): the gate also tests them exactly when
+    weights differ. Each trace of positive
+    weight calibrates with chance ``calibration_fraction`` (one number in (0, 1) for every trace,
+    or one per trace in (0, 1]: a stratum's chance enters its weights, see
+    :func:`tracer_wrap.refit.calibration_design`): where its coin in ``calibration_coins`` (one per
+    trace, in [0, 1), independent of the traces' contents) falls below its fraction, or, without
+    coins, by a coin drawn from ``seed``. Given coins, a trace whose coin falls below its fraction
+    never trains, even at weight 0, so the calibration side of a task's history stays unseen by
+    every version fitted with the same coins (a larger fraction only moves traces from training to
+    calibration). The share defaults to :func:`default_calibration_fraction`. At most
+    ``max_train`` traces, drawn at random, train the surrogate (fit time grows with them,
+    coverage hardly after ~50k), and at most ``max_text_train`` of those the fused one (its fit
+    costs ~4x the embedding one per trace, and its n-gram vocabulary, hence its file, grows with
+    them); the calibration part is not capped, since scoring it is cheap and more of it tightens
+    the gate.
 
     ``n_jobs`` is how many cores the fit may keep busy: with 1 everything runs in one worker
     thread; with 2 or more each fold gets its own thread (at least ``n_jobs``), so 3 folds share
@@ -165,9 +168,8 @@ def fit_router(
     started = time.perf_counter()
     X = np.asarray(vectors, dtype=np.float32)
     y = np.asarray(labels, dtype=object)
-    if calibration_fraction is None:
-        calibration_fraction = float(np.clip(1200 / max(len(y), 1), 0.3, 0.4))
-    _check(X, y, targets, serve_target, delta, calibration_fraction)
+    fraction = _calibration_fraction(calibration_fraction, len(y))
+    _check(X, y, targets, serve_target, delta)
     if texts is not None and len(texts) != len(y):
         raise ConfigError(f"{len(texts)} texts do not match {len(y)} labels")
     if guarantee not in ("average", "per_label"):
@@ -183,7 +185,7 @@ def fit_router(
     # across refits measured +1.0 / +2.7 points of replayed coverage (gold / simulated LLM) and 1
     # stalled replay of 20 where redrawn coins had 4 (BENCHMARKS.md, "Stalled replays").
     calibrates = (rng.random(len(y)) if calibration_coins is None
-                  else _calibration_coins(calibration_coins, len(y))) < calibration_fraction
+                  else _calibration_coins(calibration_coins, len(y))) < fraction
     cal_idx = np.flatnonzero((weights > 0) & calibrates)
     cal_weights = weights[cal_idx]
     cal_complete = (None if calibration_complete is None
@@ -289,7 +291,8 @@ def fit_router(
         "n_text_train": len(text_rows) if text is not None else 0,
         "n_calibration": len(cal_idx),
         "calibration_weight": float(cal_weights.sum()),
-        "calibration_fraction": calibration_fraction,
+        "calibration_fraction": (fraction if isinstance(fraction, float)
+                                 else sorted(set(fraction.tolist()))),
         "folds": len(splits),
         "C": emb.chosen.C,
         "text_C": text.chosen.C if text is not None else None,
@@ -657,6 +660,28 @@ def _folds(y: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.nd
     return list(KFold(folds, shuffle=True, random_state=seed).split(y))
 
 
+def default_calibration_fraction(n: int) -> float:
+    """The calibration share of an ``n``-trace history: ``1200 / n`` clipped to [0.3, 0.4]. Small
+    histories need a larger share for the test to have power (measured on Banking77: at 2k
+    traces, 0.4 certifies 72% coverage at 0.95 where 0.3 certifies 64%). Pure."""
+    return float(np.clip(1200 / max(n, 1), 0.3, 0.4))
+
+
+def _calibration_fraction(fraction: float | np.ndarray | None, n: int) -> float | np.ndarray:
+    """The chance of calibrating of each trace (see :func:`fit_router`): one number in (0, 1) or
+    ``n`` in (0, 1]; ConfigError if malformed."""
+    if fraction is None:
+        return default_calibration_fraction(n)
+    if np.ndim(fraction) == 0:
+        if not 0.0 < float(fraction) < 1.0:
+            raise ConfigError(f"calibration_fraction must be in (0, 1), got {fraction!r}")
+        return float(fraction)
+    out = np.asarray(fraction, dtype=np.float64)
+    if out.shape != (n,) or not np.all((out > 0.0) & (out <= 1.0)):
+        raise ConfigError(f"calibration_fraction must be one number in (0, 1) or {n} in (0, 1]")
+    return out
+
+
 def _calibration_coins(coins: np.ndarray, n: int) -> np.ndarray:
     """The given coins as floats (see :func:`fit_router`); ConfigError if malformed."""
     c = np.asarray(coins, dtype=np.float64)
@@ -680,7 +705,7 @@ def _calibration_weights(weights: np.ndarray | None, eligible: np.ndarray | None
 
 
 def _check(X: np.ndarray, y: np.ndarray, targets: Sequence[float], serve_target: float,
-           delta: float, calibration_fraction: float) -> None:
+           delta: float) -> None:
     if X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ConfigError(f"vectors of shape {X.shape} do not match {y.shape[0]} labels")
     if not np.all(np.isfinite(X)):
@@ -690,7 +715,5 @@ def _check(X: np.ndarray, y: np.ndarray, targets: Sequence[float], serve_target:
             raise ConfigError(f"targets must be in (0, 1], got {t!r}")
     if not 0.0 < delta < 1.0:
         raise ConfigError(f"delta must be in (0, 1), got {delta!r}")
-    if not 0.0 < calibration_fraction < 1.0:
-        raise ConfigError(f"calibration_fraction must be in (0, 1), got {calibration_fraction!r}")
     if len(y) < 10:
         raise GateRefused(f"{len(y)} traces are too few to fit a router")

@@ -53,11 +53,18 @@ Calibrating on traffic a router already answers (the stratified design). While a
 answers some calls, the traces are no longer a random sample of traffic: every input ``v`` defers
 reaches the LLM (the deferred stratum is observed completely), while an input ``v`` would answer
 reaches it only as an audit sample, drawn with the audit probability ``a_v``. Each trace then has
-a *weight* ``w = rho / pi``: ``pi`` is the chance its call was observed (1 when deferred or when
-no router answered, ``a_v`` for an audit) and ``rho`` the audit probability in force when its
-call was routed (1 when no router answered). Traces logged while nothing was answered locally and
-audit samples weigh 1, deferred traces of a period where ``v`` answered weigh ``a_v``. The test
-of a rule ``R`` is a product of bets over the calibration traces it accepts,
+a *weight* ``w = rho / pi``: ``pi`` is the chance its call became a calibration trace, i.e. the
+chance it was observed times the chance its coin sends it to calibration, and ``rho`` is the same
+for every input of that call (``rho <= pi`` everywhere). While no router answered, every call is
+observed and calibrates with the history's share ``q``: ``pi = rho = q``, weight 1. While ``v``
+answers, a slice of its calls drawn at rate ``a_v`` whatever it decides reaches the LLM and always
+calibrates (those it would answer are its audit samples), and the inputs it defers outside the
+slice calibrate with the fixed share ``q_s`` (:data:`tracer_wrap.refit.SERVED_SHARE`): ``pi`` is
+``a_v`` for an input it answers and ``a_v + (1 - a_v) q_s`` for one it defers, ``rho = a_v``, so
+audit samples weigh 1 and deferred traces ``a_v / (a_v + (1 - a_v) q_s)``
+(:func:`tracer_wrap.refit.calibration_design`, which also covers an audit rate that changed
+within a period). The test of a rule ``R`` is a
+product of bets over the calibration traces it accepts,
 
     E(c) = prod_i (1 + c * w_i * (Z_i - t) / t),       E = mean of E(c) over the stakes c,
 
@@ -66,23 +73,23 @@ reference data alone: the Kelly stake for the out-of-fold agreement at that thre
 it (or the fixed :data:`BETS`). Why it is valid: number every call of the
 history ``i = 1, 2, ...`` (observed or not), let ``O_i`` say whether it became a calibration trace
 and ``f_i = 1{x_i in R} (Z_i - t)``, whose mean ``m`` is negative exactly when ``A(R) < t``.
-Given the past, ``x_i`` is a fresh draw of traffic and ``P(O_i = 1 | x_i, past) = q * pi(x_i)``
-with ``q`` the calibration share (an independent coin per trace) and ``pi`` fixed by the version
-serving at call ``i``, so the Horvitz-Thompson term ``O_i f_i / (q pi(x_i))`` has conditional mean
-``m``. Betting ``c * q * rho_i / t`` on it, a stake fixed before the call (``rho_i <= pi``
-everywhere), multiplies the wealth by ``1 + c w_i (Z_i - t) / t`` on an observed trace in ``R`` and
-by 1 on every other call, with conditional mean ``1 + c q rho_i m / t <= 1`` under the null and
-never below ``1 - c > 0``. The wealth is a nonnegative supermartingale from 1 whatever the
+Given the past, ``x_i`` is a fresh draw of traffic and ``P(O_i = 1 | x_i, past) = pi(x_i)``, fixed
+by the version serving at call ``i`` and the shares (independent coins), so ``O_i w_i f_i`` has
+conditional mean ``rho_i m``: ``pi w = rho_i`` whatever the input. Betting ``c / t`` on it
+multiplies the wealth by ``1 + c w_i (Z_i - t) / t`` on an observed trace in ``R`` and by 1 on
+every other call, with conditional mean ``1 + c rho_i m / t <= 1`` under the null and never below
+``1 - c > 0`` (every ``w <= 1``). The wealth is a nonnegative supermartingale from 1 whatever the
 history (versions, audit rates, the order of calls), so by Markov's inequality
 ``P(E >= 1 / u) <= u``: ``p`` is a valid p-value and the fixed-sequence argument applies
-unchanged. Only the stakes' *ratio* across calls matters, so the share ``q`` and the counts of
-unobserved calls never appear. A trace must not be dropped for what its own input is: a period
-either calibrates with all its traces (its deferred ones at ``a_v``, its audits at 1) or with
-none, which is how :func:`tracer_wrap.model.fit.fit_router` takes them (weight 0: trains only).
+unchanged. Only the product ``pi w`` within a call matters, so the counts of unobserved calls
+never appear. A trace must not be dropped for what its own input is: a period either
+calibrates with all its traces or with none, which is how
+:func:`tracer_wrap.model.fit.fit_router` takes them (weight 0: trains only).
 When every weight is 1 (no version answered while the traces were logged) the exact binomial
-tail above is used instead: the same claim, with more power. With a mix, the traces drawn as plain
-traffic (logged while no version answered: ``complete``) also give the exact binomial p-value on
-their own, and the test uses ``min(1, p_binomial / 0.8, p_weighted / 0.2)`` (a weighted
+tail above is used instead: the same claim, with more power. With a mix, the traces that are a
+uniform draw of traffic (``complete``: logged while no version answered, or in a version's audit
+slice, each of them calibrating by a coin independent of its input) also give the exact binomial
+p-value on their own, and the test uses ``min(1, p_binomial / 0.8, p_weighted / 0.2)`` (a weighted
 Bonferroni: ``P(p_b <= 0.8 u) + P(p_w <= 0.2 u) <= u`` whatever the dependence), so a history
 that was mostly plain traffic keeps nearly the exact test's power (the betting test needs ~100
 agreeing traces where the exact one needs 59 at t = 0.95) and one where versions long answered
@@ -229,8 +236,8 @@ def certify(
     (module docstring); with any weight below 1 the p-values are the weighted test's, the traces
     count as their total weight wherever the gate needs a number of traces, the coverage and
     agreement are shares of that weight (a deferred trace of weight ``a_v`` stands for that share
-    of a call), and ``cal_complete`` marks those drawn as plain traffic (weight 1,
-    not audit samples), which are also tested exactly (Bonferroni, module docstring).
+    of a call), and ``cal_complete`` marks those that are a uniform draw of traffic (of positive
+    weight), which are also tested exactly (Bonferroni, module docstring).
 
     Where the sequence starts is decided from the reference (out-of-fold) data alone: with
     ``reference_agree``, at the threshold whose test is predicted to pass most surely (smallest
@@ -437,8 +444,8 @@ def _complete(cal_complete: np.ndarray | None, weights: np.ndarray | None
     if weights is None or cal_complete is None:
         return None
     complete = np.asarray(cal_complete, dtype=bool)
-    if complete.shape != weights.shape or np.any(complete & (weights != 1.0)):
-        raise ConfigError("cal_complete must mark traces of weight 1 only, one flag per trace")
+    if complete.shape != weights.shape or np.any(complete & (weights <= 0.0)):
+        raise ConfigError("cal_complete must mark traces of positive weight, one flag per trace")
     return complete if complete.any() else None
 
 

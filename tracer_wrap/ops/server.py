@@ -151,8 +151,8 @@ class _Sidecar:
     def sign(self, task: str, plan: Plan) -> str:
         decision = plan.decision
         payload = json.dumps({
-            "v": plan.version, "a": plan.audit, "x": plan.answering, "s": plan.shadow,
-            "p": plan.audit_p,
+            "v": plan.version, "a": plan.audit, "m": plan.sampled, "x": plan.answering,
+            "s": plan.shadow, "p": plan.audit_p,
             "l": None if decision is None else decision.label,
             "c": None if decision is None else decision.local,
         }, separators=(",", ":")).encode()
@@ -175,8 +175,11 @@ class _Sidecar:
         decision = None
         if data["l"] is not None:
             decision = Decision(data["l"], bool(data["c"]), math.nan, None)
+        # A token signed before the audit slice was drawn for deferred calls has no "m": only
+        # its audit samples were in the slice.
         return Plan(None, version=data["v"], decision=decision, audit=bool(data["a"]),
-                    answering=bool(data["x"]), shadow=bool(data["s"]), audit_p=data.get("p"))
+                    sampled=bool(data.get("m", data["a"])), answering=bool(data["x"]),
+                    shadow=bool(data["s"]), audit_p=data.get("p"))
 
     # -- request handling ------------------------------------------------------------------------
 

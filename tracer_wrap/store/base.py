@@ -50,7 +50,8 @@ class Trace:
 
     ``teacher`` is the most frequent valid label among ``labels`` (the raw output when the trace
     is invalid). ``exchangeable`` is True when the input was drawn like live traffic (logged
-    while every call went to the LLM, an audit sample, or imported), so it may calibrate the gate.
+    while every call went to the LLM, in a served version's audit slice whether it was an audit
+    sample or deferred, or imported), so the gate may test it exactly.
     ``router_label`` is what the serving router would have answered (audit samples only).
     ``served_version`` is the version that was answering calls locally when this call was
     routed (None when none was: no router, not certified, routing off, breaker tripped).
