@@ -95,6 +95,20 @@ def test_given_coins_decide_each_traces_side_and_a_calibrating_coin_never_trains
             fit_router(X, y, calibration_coins=bad)
 
 
+def test_a_chance_per_trace_decides_with_the_coins_and_is_checked():
+    X, y = blobs(1000)
+    coins = np.random.default_rng(8).random(1000)
+    fraction = np.where(np.arange(1000) < 100, 1.0, 0.3)  # the first 100 always calibrate
+    router = fit_router(X, y, calibration_coins=coins, calibration_fraction=fraction,
+                        max_train=None)
+    assert router.info["n_calibration"] == int((coins < fraction).sum())
+    assert router.info["n_train"] == int((coins >= fraction).sum())
+    assert router.info["calibration_fraction"] == [0.3, 1.0]
+    for bad in (np.full(1000, 0.0), np.full(1000, 1.1), np.full(10, 0.5)):
+        with pytest.raises(ConfigError, match="calibration_fraction"):
+            fit_router(X, y, calibration_fraction=bad)
+
+
 def test_too_little_data_refuses():
     X, y = blobs(5)
     with pytest.raises(GateRefused):
