@@ -328,16 +328,18 @@ def calibration_design(traces: list[Trace], after_seq: int = 0) -> CalibrationDe
     """
     from .store import Origin  # the store package imports options, which imports this module
 
-    def deferred(t: Trace) -> bool:
-        return t.origin != Origin.AUDIT.value and t.served_version is not None and t.audit_p == 1.0
+    def deferred_by(t: Trace) -> int | None:
+        """The version that deferred ``t`` to the LLM, if one did."""
+        return (t.served_version if t.origin != Origin.AUDIT.value and t.audit_p == 1.0
+                else None)
 
     rates: dict[int, float] = {}
     sliced: set[int] = set()
     for t in traces:
         if t.origin == Origin.AUDIT.value and t.served_version is not None and t.audit_p:
             rates[t.served_version] = min(rates.get(t.served_version, 1.0), float(t.audit_p))
-        elif deferred(t) and t.exchangeable:
-            sliced.add(t.served_version)  # type: ignore[arg-type]
+        elif (v := deferred_by(t)) is not None and t.exchangeable:
+            sliced.add(v)
     weights = np.zeros(len(traces))
     complete = np.zeros(len(traces), dtype=bool)
     plain = sum(t.exchangeable and t.served_version is None and t.origin != Origin.AUDIT.value
@@ -354,9 +356,9 @@ def calibration_design(traces: list[Trace], after_seq: int = 0) -> CalibrationDe
         if t.origin == Origin.AUDIT.value:
             if stake is not None and t.audit_p:
                 weights[i], complete[i], fraction[i] = stake / t.audit_p, True, 1.0
-        elif deferred(t):
+        elif (v := deferred_by(t)) is not None:
             if stake is not None:
-                weights[i] = stake / chances[t.served_version]  # type: ignore[index]
+                weights[i] = stake / chances[v]
                 complete[i] = t.exchangeable
                 fraction[i] = 1.0 if t.exchangeable else SERVED_SHARE
         elif t.exchangeable:

@@ -129,20 +129,19 @@ def fit_router(
     is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1).
     ``calibration_complete`` marks, among traces of positive weight, those that are a uniform draw
     of traffic (plain traffic, a version's audit slice): the gate also tests them exactly when
-    weights differ. Each trace of positive
-    weight calibrates with chance ``calibration_fraction`` (one number in (0, 1) for every trace,
-    or one per trace in (0, 1]: a stratum's chance enters its weights, see
-    :func:`tracer_wrap.refit.calibration_design`): where its coin in ``calibration_coins`` (one per
-    trace, in [0, 1), independent of the traces' contents) falls below its fraction, or, without
-    coins, by a coin drawn from ``seed``. Given coins, a trace whose coin falls below its fraction
-    never trains, even at weight 0, so the calibration side of a task's history stays unseen by
-    every version fitted with the same coins (a larger fraction only moves traces from training to
-    calibration). The share defaults to :func:`default_calibration_fraction`. At most
-    ``max_train`` traces, drawn at random, train the surrogate (fit time grows with them,
-    coverage hardly after ~50k), and at most ``max_text_train`` of those the fused one (its fit
-    costs ~4x the embedding one per trace, and its n-gram vocabulary, hence its file, grows with
-    them); the calibration part is not capped, since scoring it is cheap and more of it tightens
-    the gate.
+    weights differ. Each trace of positive weight calibrates with chance ``calibration_fraction``
+    (one number in (0, 1) for every trace, or one per trace in (0, 1]: a stratum's chance enters its
+    weights, see :func:`tracer_wrap.refit.calibration_design`): where its coin in
+    ``calibration_coins`` (one per trace, in [0, 1), independent of the traces' contents) falls
+    below its fraction, or, without coins, by a coin drawn from ``seed``. Given coins, a trace whose
+    coin falls below its fraction never trains, even at weight 0, so the calibration side of a
+    task's history stays unseen by every version fitted with the same coins (a larger fraction only
+    moves traces from training to calibration). The share defaults to
+    :func:`default_calibration_fraction`. At most ``max_train`` traces, drawn at random, train the
+    surrogate (fit time grows with them, coverage hardly after ~50k), and at most ``max_text_train``
+    of those the fused one (its fit costs ~4x the embedding one per trace, and its n-gram
+    vocabulary, hence its file, grows with them); the calibration part is not capped, since scoring
+    it is cheap and more of it tightens the gate.
 
     ``n_jobs`` is how many cores the fit may keep busy: with 1 everything runs in one worker
     thread; with 2 or more each fold gets its own thread (at least ``n_jobs``), so 3 folds share

@@ -63,8 +63,8 @@ slice calibrate with the fixed share ``q_s`` (:data:`tracer_wrap.refit.SERVED_SH
 ``a_v`` for an input it answers and ``a_v + (1 - a_v) q_s`` for one it defers, ``rho = a_v``, so
 audit samples weigh 1 and deferred traces ``a_v / (a_v + (1 - a_v) q_s)``
 (:func:`tracer_wrap.refit.calibration_design`, which also covers an audit rate that changed
-within a period). The test of a rule ``R`` is a
-product of bets over the calibration traces it accepts,
+within a period). The test of a rule ``R`` is a product of bets over the calibration traces it
+accepts,
 
     E(c) = prod_i (1 + c * w_i * (Z_i - t) / t),       E = mean of E(c) over the stakes c,
 
@@ -82,9 +82,9 @@ every other call, with conditional mean ``1 + c rho_i m / t <= 1`` under the nul
 history (versions, audit rates, the order of calls), so by Markov's inequality
 ``P(E >= 1 / u) <= u``: ``p`` is a valid p-value and the fixed-sequence argument applies
 unchanged. Only the product ``pi w`` within a call matters, so the counts of unobserved calls
-never appear. A trace must not be dropped for what its own input is: a period either
-calibrates with all its traces or with none, which is how
-:func:`tracer_wrap.model.fit.fit_router` takes them (weight 0: trains only).
+never appear. A trace must not be dropped for what its own input is: a period either calibrates
+with all its traces or with none, which is how :func:`tracer_wrap.model.fit.fit_router` takes
+them (weight 0: trains only).
 When every weight is 1 (no version answered while the traces were logged) the exact binomial
 tail above is used instead: the same claim, with more power. With a mix, the traces that are a
 uniform draw of traffic (``complete``: logged while no version answered, or in a version's audit
