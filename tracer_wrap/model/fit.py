@@ -50,6 +50,7 @@ from .acceptor import Acceptor
 from .features import NgramFeatures
 from .router import Router, TextModel
 from .softmax import fit_softmax, logits
+from .threads import BLAS_THREADS
 from .trust import Prototypes
 
 __all__ = ["DEFAULT_TARGETS", "default_calibration_fraction", "fit_router"]
@@ -216,16 +217,13 @@ def fit_router(
     use_trust = trust and guarantee == "average" and acceptor != "global"
     features = None
 
-    # Imported here: threadpoolctl comes with scikit-learn, which serving never needs.
-    from threadpoolctl import threadpool_limits
-
     # Folds run in parallel threads, each with single-threaded BLAS: multi-threaded BLAS on these
     # small matrices is up to 30x slower when another process holds a core (measured here). With
     # more than one core, every fold gets its own thread: 3 fused fits on 2 workers left one core
     # idle for the whole of the third fit, while 3 threads share 2 cores evenly (numpy and
     # scipy.sparse release the GIL in the products). While they run, this thread hashes the texts.
     threads = max(1, n_jobs) if n_jobs < 2 else max(n_jobs, len(splits))
-    with threadpool_limits(1), ThreadPoolExecutor(threads) as pool:
+    with BLAS_THREADS.held(1), ThreadPoolExecutor(threads) as pool:
         jobs = task.submit(pool, "embedding", [emb_train], emb_C, None)
         # The trust margin's prototypes: of the other folds for each fold's out-of-fold margins,
         # of the whole training part for calibration and serving (trust module docstring).

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import ConfigError, RouterLoadError
 from .embedder import unit_rows
+from .threads import single_threaded
 
 __all__ = ["DEFAULT_PER_LABEL", "DEFAULT_QUANTILE", "NameCheck", "OODScorer", "fit_ood",
            "name_text"]
@@ -268,12 +269,11 @@ def _prototypes(vectors: np.ndarray, labels: np.ndarray, per_label: int, seed: i
     against 0.74-2.75 s on a quiet 2-core machine, 0.72 s against 1.6-5.0 s beside two busy
     processes).
     """
-    # Fit time only: serving never needs scikit-learn (threadpoolctl comes with it).
+    # Fit time only: serving never needs scikit-learn.
     from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
 
     rows, owners = [], []
-    with threadpool_limits(1):
+    with single_threaded():
         for label in np.unique(labels):
             mine = vectors[labels == label]
             if len(mine) > per_label:
