@@ -248,7 +248,7 @@ def test_audit_samples_go_to_the_llm_calibrate_and_feed_the_breaker(tmp_path):
 
 def test_the_audit_slice_is_drawn_whatever_the_router_decides(tmp_path):
     # At rate 1 every call is in the slice: the deferred ones are uniform draws of traffic too
-    # (exchangeable), so the slice's traces together are a uniform draw (refit.calibration_design).
+    # (exchangeable), so the slice's traces together are a uniform draw (refit.calibration_chances).
     task = fitted_task(tmp_path, audit_rate=1.0)
     between = (CENTRES[0] + CENTRES[1]) / 2
     plan = next(p for p in (task.route(vector=between + 0.01 * k * CENTRES[2]) for k in range(3))

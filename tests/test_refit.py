@@ -14,13 +14,12 @@ import pytest
 from _wait import until
 
 from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore
-from tracer_wrap.model.gate import binomial_pvalue, weighted_pvalue
+from tracer_wrap.model.gate import binomial_pvalue
 from tracer_wrap.refit import (
-    SERVED_SHARE,
     RefitRunner,
     RefitState,
+    calibration_chances,
     calibration_coins,
-    calibration_design,
     refit_after_delay,
     refit_after_traces,
     refit_never,
@@ -81,76 +80,56 @@ def test_policies_compose_like_tenacity() -> None:
     assert not refit_never(fresh)
 
 
-def test_calibration_weights_follow_the_stratified_design() -> None:
+def test_only_uniform_draws_of_traffic_calibrate() -> None:
     def trace(seq: int, **kw: object) -> Trace:
         return Trace(f"x{seq}", "a", seq=seq, **kw)  # type: ignore[arg-type]
 
     traces = [
-        trace(1),                                                   # nothing answered: 1
-        trace(2, origin="audit", served_version=3, audit_p=0.04),   # audit of v3: 0.02 / 0.04
-        trace(3, origin="audit", served_version=3, audit_p=0.02),   # the smaller rate: 1
-        trace(4, exchangeable=False, served_version=3, audit_p=1.0),  # deferred by v3: 0.02 / q
-        trace(5, exchangeable=False, served_version=4, audit_p=1.0),  # v4 had no audit: 0
-        trace(6, exchangeable=False, audit_p=1.0),                  # no version recorded: 0
-        trace(7, origin="audit"),                                   # audit, rate unknown: 0
-        # Not routed while v3 answered (its embedding was late, or routing failed): which
-        # inputs miss their wait depends on the machine, not on v3's decision, so it is no
-        # member of v3's deferred stratum: 0.
-        trace(8, exchangeable=False, served_version=3),
-        # v5's audit slice caught deferred inputs too: each deferred input calibrated with
-        # chance 0.02 + 0.98 q, those in the slice are uniform draws of traffic.
-        trace(9, served_version=5, audit_p=1.0),                    # deferred, in the slice
-        trace(10, origin="audit", served_version=5, audit_p=0.02),  # audit of v5: 1
-        trace(11, exchangeable=False, served_version=5, audit_p=1.0),  # deferred, outside
+        trace(1),                                                   # nothing answered
+        trace(2, exchangeable=False),                               # not drawn like traffic
+        trace(3, origin="audit", served_version=3, audit_p=0.02),   # v3's slice: an audit
+        trace(4, served_version=3, audit_p=1.0),                    # v3's slice: deferred
+        trace(5, exchangeable=False, served_version=3, audit_p=1.0),  # deferred outside it
+        # Not routed while v3 answered (its embedding was late, or routing failed): no slice
+        # coin was drawn for it.
+        trace(6, exchangeable=False, served_version=3),
     ]
-    design = calibration_design(traces)
-    q, sliced = SERVED_SHARE, 0.02 / (0.02 + 0.98 * SERVED_SHARE)
-    assert np.allclose(design.weights,
-                       [1.0, 0.5, 1.0, 0.02 / q, 0, 0, 0, 0, sliced, 1.0, sliced])
-    # Tested exactly too: plain traffic, audit samples and the slice's deferred inputs.
-    assert design.complete.tolist() == [True, True, True] + [False] * 5 + [True, True, False]
-    # The slice always calibrates, deferred traces outside it by a coin of fixed chance, the
-    # others by the history's (1200 / 1 plain trace, clipped to 0.4): a trace of weight 0
-    # trains unless its coin says no.
-    assert design.fraction.tolist() == [0.4, 1, 1, q, 0.4, 0.4, 0.4, 0.4, 1, 1, q]
+    # The history's share for plain traffic (1200 / 2 plain traces, clipped to 0.4), the slice
+    # always, the rest never: they train.
+    assert calibration_chances(traces).tolist() == [0.4, 0.0, 1.0, 1.0, 0.0, 0.0]
     # Traces logged before the last breaker trip only train.
-    after = calibration_design(traces, after_seq=3)
-    assert np.allclose(after.weights, [0, 0, 0, 0.02 / q, 0, 0, 0, 0, sliced, 1.0, sliced])
-    assert after.fraction.tolist() == [0.4, 0.4, 0.4, q, 0.4, 0.4, 0.4, 0.4, 1, 1, q]
+    assert calibration_chances(traces, after_seq=3).tolist() == [0.0] * 3 + [1.0, 0.0, 0.0]
 
 
-def test_the_calibration_design_gives_valid_pvalues_at_the_null() -> None:
-    # One served period with its audit slice, the weights, marks and chances the design gives
-    # its traces; agreement exactly at target on the whole traffic, 0.99 on what the version
-    # answers: P(p <= u) <= u over many histories, for the weighted test on every calibration
-    # trace and the exact one on the complete ones. The exact test on the audit samples alone,
-    # without the slice's deferred inputs, would not be valid (checked below).
+def test_the_slice_gives_valid_pvalues_at_the_null_where_audits_alone_do_not() -> None:
+    # One served period with its audit slice, split by the chances calibration_chances gives its
+    # traces; agreement exactly at target on the whole traffic, 0.99 on what the version answers:
+    # P(p <= u) <= u over many histories for the exact test on the calibration traces. The same
+    # test on the audit samples alone, without the slice's deferred inputs, is not valid.
     rate = 0.05
-    design = calibration_design([
+    chance = calibration_chances([
         Trace("a", "x", seq=1, origin="audit", served_version=1, audit_p=rate),
         Trace("s", "x", seq=2, served_version=1, audit_p=1.0),
         Trace("d", "x", seq=3, exchangeable=False, served_version=1, audit_p=1.0)])
-    weight, complete, fraction = design.weights, design.complete, design.fraction
     rng = np.random.default_rng(8)
     target, handled_share, draws, n = 0.9, 0.6, 2000, 3000
     deferred_agreement = (target - handled_share * 0.99) / (1 - handled_share)
-    weighted, exact, wrong = [], [], []
+    exact, wrong = [], []
     for _ in range(draws):
         handled = rng.random(n) < handled_share
         sliced = rng.random(n) < rate
         kind = np.where(handled, 0, np.where(sliced, 1, 2))  # audit, slice deferred, deferred
-        cal = (~handled | sliced) & (rng.random(n) < fraction[kind])
+        cal = (~handled | sliced) & (rng.random(n) < chance[kind])
         agree = (rng.random(n) < np.where(handled, 0.99, deferred_agreement))[cal]
         kind = kind[cal]
-        weighted.append(weighted_pvalue(agree, weight[kind], target))
-        plain = complete[kind]
-        exact.append(binomial_pvalue(int(agree[plain].sum()), int(plain.sum()), target))
+        exact.append(binomial_pvalue(int(agree.sum()), agree.size, target))
         audits = kind == 0
         wrong.append(binomial_pvalue(int(agree[audits].sum()), int(audits.sum()), target))
-    for pvalues in (weighted, exact):
-        for u in (0.01, 0.05, 0.1, 0.2):
-            assert np.mean(np.array(pvalues) <= u) <= u + 3 * np.sqrt(u * (1 - u) / draws)
+    for u in (0.01, 0.05, 0.1, 0.2):
+        assert np.mean(np.array(exact) <= u) <= u + 3 * np.sqrt(u * (1 - u) / draws)
     assert np.mean(np.array(wrong) <= 0.05) > 0.2
+
+
 def test_calibration_coins_are_uniform_and_fixed_by_the_sequence_number() -> None:
     from scipy.stats import kstest
 
@@ -169,8 +148,7 @@ def test_a_refit_calibrates_on_the_traces_whose_coins_say_so(tmp_path: Path) -> 
     def expected(fresh_after: int | None = None) -> int:
         traces = list(task.store.iter_traces("t", valid_only=True))
         seqs = np.array([t.seq for t in traces])
-        design = calibration_design(traces)
-        calibrates = (calibration_coins(seqs) < design.fraction) & (design.weights > 0)
+        calibrates = calibration_coins(seqs) < calibration_chances(traces)
         if fresh_after is not None:  # an incumbent re-certified on the fresh ones
             calibrates &= seqs > fresh_after
         return int(calibrates.sum())

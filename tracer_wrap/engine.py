@@ -565,7 +565,7 @@ class TracedTask:
               routing: bool, tripped: bool, answering: bool) -> Plan:
         """The plan of one routed input: local unless a veto or an audit draw sends it on. The
         audit slice is drawn for every input while the version answers, deferred or not: the
-        deferred ones in it make the slice a uniform draw of traffic (refit.calibration_design)."""
+        deferred ones in it make the slice a uniform draw of traffic (refit.calibration_chances)."""
         local = audit = False
         audit_p = 1.0
         rate = self.serving.audit_rate(served) if answering else 0.0

@@ -68,9 +68,7 @@ __all__ = [
     "RefitPolicy",
     "RefitRunner",
     "RefitState",
-    "CalibrationDesign",
-    "SERVED_SHARE",
-    "calibration_design",
+    "calibration_chances",
     "refit_after_delay",
     "refit_after_traces",
     "refit_never",
@@ -278,92 +276,30 @@ def calibration_coins(seqs: np.ndarray) -> np.ndarray:
     return np.asarray((z >> np.uint64(11)).astype(np.float64) * 2.0**-53)
 
 
-#: The chance that a trace a serving version deferred outside the audit slice calibrates.
-#: Fixed, not the history's :func:`~tracer_wrap.model.fit.default_calibration_fraction`: the
-#: stratum's weight divides by it, and a weight must be fixed before the call (the gate's proof).
-#: 0.3 is what long histories use anyway. What it trades is training data.
-SERVED_SHARE = 0.3
+def calibration_chances(traces: list[Trace], after_seq: int = 0) -> np.ndarray:
+    """Each trace's chance of calibrating in a refit (``calibration_fraction`` of
+    :func:`~tracer_wrap.model.fit.fit_router`): only a uniform draw of traffic may calibrate (the
+    gate's exact test, :mod:`tracer_wrap.model.gate`).
 
-
-@dataclass(frozen=True)
-class CalibrationDesign:
-    """How each trace of a refit may calibrate (see :func:`calibration_design`): its ``weight``
-    in the gate's stratified test, whether it is a uniform draw of traffic (``complete``: the
-    gate also tests those exactly) and its chance of calibrating (``fraction``)."""
-
-    weights: np.ndarray
-    complete: np.ndarray
-    fraction: np.ndarray
-
-
-def calibration_design(traces: list[Trace], after_seq: int = 0) -> CalibrationDesign:
-    """Each trace's weight in the gate's stratified test (:mod:`tracer_wrap.model.gate`), whether
-    it is a uniform draw of traffic, and its chance of calibrating.
-
-    A trace logged while no version answered locally is a uniform draw: it weighs 1 and
-    calibrates with :func:`~tracer_wrap.model.fit.default_calibration_fraction` of the number of
-    such traces (which stops growing once a version answers, so they keep their side). While
-    version ``v`` answers, a random slice of its calls, drawn at its audit rate ``a_v`` whatever
-    it decides, reaches the LLM (the engine's audit slice): the slice's calls it would answer are
-    its audit samples, the others are deferred inputs marked exchangeable. The slice is a uniform
-    draw of traffic, so its traces are complete and always calibrate; the deferred inputs outside
-    it (every one of which reached the LLM too) calibrate with chance :data:`SERVED_SHARE`
-    ``= q``. Weights are the stake ``a_v`` (the smallest audit probability recorded with ``v``'s
-    audit samples; a smaller stake is always valid; never above the chances below) over the
-    chance a call of that input became a calibration trace: ``a_v / p`` for an audit drawn with
-    probability ``p``, and ``a_v / (a_v + (1 - a_v) q)`` for a deferred input (``a_v / q`` in a
-    period none of whose deferred traces carries the slice mark, as an engine before the slice
-    recorded them, whose deferred inputs did calibrate with chance ``q``; a period of this engine
-    whose slice caught none of its deferred inputs is weighed so too, a few percent off, and is
-    rare: ``0.98 ** n`` for ``n`` deferred calls at a 2% rate). A period with no audit
-    sample, traces that recorded no version, answers recorded without a routing decision while a
-    version answered (``audit_p`` None: an embedding that missed its wait, a routing fault) and
-    traces logged before the last breaker trip (``seq <= after_seq``) weigh 0: they train but do
-    not calibrate. A period is kept or dropped as a whole, never trace by trace, as the test
-    requires. One gap: a period without an audit sample is dropped with its slice, and whether
-    it has one depends on its slice's inputs (all deferred, all hard), which biases the exact test
-    a little toward easy inputs; such a period has chance ``(1 - a_v c) ** n`` for ``n`` calls
-    answered at coverage ``c`` (0.7% for 500 calls at 2% and 50%), and a slice of a few calls. A
-    trace of weight 0 keeps the default chance: it trains unless its coin says calibrate. Pure.
+    A trace logged while no version answered locally is one: it calibrates with
+    :func:`~tracer_wrap.model.fit.default_calibration_fraction` of the number of such traces
+    (which stops growing once a version answers, so they keep their side). While version ``v``
+    answers, a random slice of its calls, drawn at its audit rate whatever it decides, reaches the
+    LLM (the engine's audit slice): the slice's calls it would answer are its audit samples, the
+    others are deferred calls marked exchangeable. The slice is a uniform draw of traffic, so its
+    traces always calibrate (chance 1). Every other trace only trains (chance 0): the inputs a
+    version deferred outside its slice (the hard ones), answers recorded without a routing
+    decision while a version answered (an embedding that missed its wait, a routing fault), and
+    traces logged before the last breaker trip (``seq <= after_seq``). A trace's chance is fixed
+    when its call is logged and can only fall later (a larger history, a trip), so a trace that
+    trained a version never calibrates a later one. Pure.
     """
-    from .store import Origin  # the store package imports options, which imports this module
-
-    def deferred_by(t: Trace) -> int | None:
-        """The version that deferred ``t`` to the LLM, if one did."""
-        return (t.served_version if t.origin != Origin.AUDIT.value and t.audit_p == 1.0
-                else None)
-
-    rates: dict[int, float] = {}
-    sliced: set[int] = set()
-    for t in traces:
-        if t.origin == Origin.AUDIT.value and t.served_version is not None and t.audit_p:
-            rates[t.served_version] = min(rates.get(t.served_version, 1.0), float(t.audit_p))
-        elif (v := deferred_by(t)) is not None and t.exchangeable:
-            sliced.add(v)
-    weights = np.zeros(len(traces))
-    complete = np.zeros(len(traces), dtype=bool)
-    plain = sum(t.exchangeable and t.served_version is None and t.origin != Origin.AUDIT.value
-                for t in traces)
-    fraction = np.full(len(traces), default_calibration_fraction(plain))
-    # Per period: the chance a deferred input's call became a calibration trace, and the stake.
-    chances = {v: rate + (1 - rate) * SERVED_SHARE if v in sliced else SERVED_SHARE
-               for v, rate in rates.items()}
-    stakes = {v: min(rate, chances[v]) for v, rate in rates.items()}
-    for i, t in enumerate(traces):
-        stake = stakes.get(t.served_version) if t.served_version is not None else None
-        if t.seq <= after_seq:
-            continue
-        if t.origin == Origin.AUDIT.value:
-            if stake is not None and t.audit_p:
-                weights[i], complete[i], fraction[i] = stake / t.audit_p, True, 1.0
-        elif (v := deferred_by(t)) is not None:
-            if stake is not None:
-                weights[i] = stake / chances[v]
-                complete[i] = t.exchangeable
-                fraction[i] = 1.0 if t.exchangeable else SERVED_SHARE
-        elif t.exchangeable:
-            weights[i], complete[i] = 1.0, True
-    return CalibrationDesign(weights, complete, fraction)
+    # The engine marks a trace exchangeable when its call was logged while no version answered
+    # or was in the slice of the version answering then (which it records).
+    share = default_calibration_fraction(sum(t.exchangeable and t.served_version is None
+                                             for t in traces))
+    return np.array([0.0 if t.seq <= after_seq or not t.exchangeable else
+                     share if t.served_version is None else 1.0 for t in traces])
 
 
 class Refitter:
@@ -418,8 +354,8 @@ class Refitter:
         The new version becomes current under the publish rule of :mod:`tracer_wrap.versions`:
         the new fit and the version served now (unless the drift breaker tripped it) are
         certified on the same fresh calibration traces at ``delta / 2`` each and the one that
-        certifies more coverage is published; with no rival (or one with too little fresh
-        calibration weight, see :func:`~tracer_wrap.model.fit.fit_router`) the fit is certified
+        certifies more coverage is published; with no rival (or one fresh to too few of the
+        calibration traces, see :func:`~tracer_wrap.model.fit.fit_router`) the fit is certified
         at ``delta``.
         Traces logged before the last trip train but do not calibrate. At most
         :data:`MAX_REFIT_TRACES` valid traces are used (a uniform sample of a longer history);
@@ -463,13 +399,12 @@ class Refitter:
             vectors = trace_vectors(store, self.task, traces, embedder.name, self._embed)
             labels = [t.teacher for t in traces]
             seqs = np.array([t.seq for t in traces])
-            design = calibration_design(traces, after_seq)
             incumbent = None if tripped else self._incumbent(store, embedder.name)
             router = self.runner.run_fit(
                 fit_router, vectors=vectors, labels=labels, texts=texts, targets=options.targets,
                 serve_target=options.target, delta=options.delta, guarantee=options.guarantee,
-                calibration_weights=design.weights, calibration_complete=design.complete,
-                calibration_fraction=design.fraction, calibration_coins=calibration_coins(seqs),
+                calibration_fraction=calibration_chances(traces, after_seq),
+                calibration_coins=calibration_coins(seqs),
                 incumbent=incumbent,
                 incumbent_fresh=None if incumbent is None
                 else seqs > int(incumbent.info["max_seq"]),

@@ -12,8 +12,8 @@ probability at least ``1 - delta``, so the version served keeps its claim at ``d
 was chosen by what it certified; keeping whichever version certified the most on *different*
 draws would instead keep the luckiest draw, and always replacing would publish regressions. With
 no incumbent (none served, it tripped the drift breaker, it was fitted with another embedder or
-before versions recorded their traces), or when the traces fresh to the incumbent carry less than
-half of the calibration weight (too few to re-certify it; known before any label is read), the
+before versions recorded their traces), or when fewer than half of the calibration traces are
+fresh to the incumbent (too few to re-certify it; known before any label is read), the
 candidate is certified at ``delta`` and published when it certifies the served target.
 :func:`publish` then makes the version current unless it certifies nothing while the current
 one certifies the served target, unless the current one tripped the drift breaker (it is known to

@@ -21,8 +21,7 @@
   ``oracle``).
 * ``replay``: the production code (``tracer_wrap.lab.simulate.simulate``), with a constant audit
   rate ``--audit-rate`` (default: the library's, 0.02 falling with the calibration size), the
-  library's rate raised to ``--audit-early C`` / n_calibration while that is higher, or with the
-  rate falling with the served version's calibration weight (``--audit-by-weight``).
+  library's rate raised to ``--audit-early C`` / n_calibration while that is higher.
 
 Routers are ``fit_router(..., texts=...)`` with the library's defaults; refits at 200, 400, 800,
 then every 500 traces (the library's default policy). Prints one JSON line: whole-stream and
@@ -45,7 +44,7 @@ from tracer_wrap.lab.bench import embed_cached
 from tracer_wrap.lab.datasets import banking77_ambiguity, load_banking77
 from tracer_wrap.lab.simulate import simulate
 from tracer_wrap.lab.simulated_llm import SimulatedLLM, load_banking77_neighbours
-from tracer_wrap.model.fit import fit_router
+from tracer_wrap.model.fit import default_calibration_fraction, fit_router
 from tracer_wrap.model.router import Router
 
 CACHE = Path(__file__).resolve().parents[1] / "out" / "embeddings"
@@ -96,13 +95,15 @@ def chain_decide(chain: list[Router], stream: Stream, idx: np.ndarray
     return local, labels
 
 
-def fit(stream: Stream, idx: np.ndarray, weights: np.ndarray, target: float, delta: float
+def fit(stream: Stream, idx: np.ndarray, eligible: np.ndarray, target: float, delta: float
         ) -> Router | None:
+    """A router fitted on ``idx``, calibrating on the ``eligible`` ones at the library's share."""
+    share = default_calibration_fraction(len(idx))
     try:
         router = fit_router(stream.X[idx], [stream.y[i] for i in idx],
                             texts=[stream.texts[i] for i in idx], targets=(target,),
-                            serve_target=target, delta=delta, calibration_weights=weights,
-                            calibration_complete=weights > 0)
+                            serve_target=target, delta=delta,
+                            calibration_fraction=np.where(eligible, share, 0.0))
     except GateRefused:
         return None
     return router if router.certificate_for(target).threshold is not None else None
@@ -192,13 +193,13 @@ def run_model_arms(stream: Stream, arm: str, target: float, audit_rate: float, s
         if row in points and known:
             idx = np.array([k[0] for k in known])
             if arm == "oracle":
-                router = fit(stream, idx, np.ones(len(idx)), target, DELTA)
+                router = fit(stream, idx, np.ones(len(idx), dtype=bool), target, DELTA)
                 chain = [router] if router is not None else chain
             else:
                 period = np.array([k[1] == chain_id or k[1] in prefixes[chain_id]
                                    for k in known])
                 deferred = ~chain_decide(chain, stream, idx)[0]
-                router = fit(stream, idx, (period & deferred).astype(float), target,
+                router = fit(stream, idx, period & deferred, target,
                              DELTA / 2 ** (len(chain) + 1))
                 if router is not None:
                     prefixes[chain_id + 1] = prefixes[chain_id] | {chain_id}
@@ -259,20 +260,11 @@ def main() -> None:
     parser.add_argument("--teacher", choices=("gold", "sim"), default="gold")
     parser.add_argument("--target", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--audit-by-weight", action="store_true",
-                        help="replay: the audit rate falls with the served version's calibration"
-                             " weight instead of its number of calibration traces")
     parser.add_argument("--audit-early", type=float, default=None,
                         help="replay: audit at audit_early / n_calibration (<= 0.25) when higher")
     parser.add_argument("--audit-rate", type=float, default=None,
                         help="constant audit rate (default: 0.02, falling as in the library)")
     args = parser.parse_args()
-    if args.audit_by_weight:
-        from tracer_wrap.serving import Served
-
-        Served.n_calibration = property(  # type: ignore[method-assign,assignment]
-            lambda self: 0 if self.router is None
-            else int(self.router.info.get("calibration_weight", 0)))
     stream = Stream(args.teacher, args.seed)
     started = time.perf_counter()
     if args.arm == "replay":
@@ -287,7 +279,7 @@ def main() -> None:
     print(json.dumps({
         "arm": args.arm, "teacher": args.teacher, "target": args.target, "seed": args.seed,
         "audit_rate": args.audit_rate, "audit_early": args.audit_early,
-        "audit_by_weight": args.audit_by_weight, **figures(local, agree),
+        **figures(local, agree),
         "seconds": round(time.perf_counter() - started)}))
 
 

@@ -6,7 +6,7 @@
 Replays the Banking77 stream of ``flywheel_ceiling.py`` through the production
 ``@traced_classifier`` (as ``simulate`` does, refits inline). With ``--pseudo``, every local
 answer is also written to the store as a training-only trace (the surrogate's label, not
-exchangeable, no routing record: :func:`tracer_wrap.refit.calibration_design` gives it weight 0,
+exchangeable, no routing record: :func:`tracer_wrap.refit.calibration_chances` gives it chance 0,
 so it never calibrates and the gate's test is untouched). The question: a refit after a version
 serves trains only on what reached the LLM (the deferred, hard inputs and a few audits), while a
 static fit trains on every input; do the easy inputs, labelled by the certified surrogate, help?

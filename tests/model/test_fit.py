@@ -43,52 +43,36 @@ def test_labels_unseen_in_training_count_as_disagreement():
     X, y = blobs(2000, k=4)
     y = y.copy()
     y[np.random.default_rng(0).random(len(y)) < 0.2] = "brand_new_intent"
-    # Put every new-intent trace in the calibration-eligible set only, so training never sees it.
-    eligible = y == "brand_new_intent"
-    eligible[: len(y) // 3] = True
-    router = fit_router(X, y, calibration_eligible=eligible, calibration_fraction=0.35)
+    # Every new-intent trace calibrates, so training never sees it.
+    fraction = np.where(y == "brand_new_intent", 1.0,
+                        np.where(np.arange(len(y)) < len(y) // 3, 0.35, 0.0))
+    router = fit_router(X, y, calibration_fraction=fraction)
     assert "brand_new_intent" not in router.labels
     cert = router.certificate_for(0.95)
     assert not cert.certified or cert.coverage < 0.85
 
 
-def test_calibration_only_uses_eligible_traces_and_leaves_training_its_share_of_them():
+def test_a_trace_of_chance_zero_only_trains_and_the_others_keep_their_share():
     X, y = blobs(1000)
-    eligible = np.zeros(1000, dtype=bool)
-    eligible[:100] = True
-    router = fit_router(X, y, calibration_eligible=eligible, calibration_fraction=0.4)
-    # Fewer eligible traces than the share asks for: still only ~40% of them calibrate, so the
+    fraction = np.where(np.arange(1000) < 100, 0.4, 0.0)
+    router = fit_router(X, y, calibration_fraction=fraction, max_train=None)
+    # Fewer traces may calibrate than the share asks for: still only ~40% of them do, so the
     # training part is never only the traces that may not calibrate (the hard, deferred ones).
     assert 20 <= router.info["n_calibration"] <= 60
-    assert router.info["n_calibration"] == router.info["calibration_weight"]
+    assert router.info["n_train"] == 1000 - router.info["n_calibration"]
 
 
-def test_calibration_weights_are_checked_and_weight_zero_only_trains():
-    X, y = blobs(1000)
-    weights = np.where(np.arange(1000) < 500, 1.0, 0.0)
-    weights[:100] = 0.02
-    router = fit_router(X, y, calibration_weights=weights, calibration_fraction=0.4)
-    assert router.info["n_calibration"] <= 500  # weight 0: trains only
-    assert router.info["calibration_weight"] < router.info["n_calibration"]
-    for bad in (np.full(1000, 2.0), np.ones(10)):
-        with pytest.raises(ConfigError, match="calibration_weights"):
-            fit_router(X, y, calibration_weights=bad)
-    with pytest.raises(ConfigError, match="not both"):
-        fit_router(X, y, calibration_weights=weights, calibration_eligible=weights > 0)
-
-
-def test_given_coins_decide_each_traces_side_and_a_calibrating_coin_never_trains():
+def test_given_coins_decide_each_traces_side():
     X, y = blobs(1000)
     coins = np.random.default_rng(7).random(1000)
-    weights = np.where(np.arange(1000) < 600, 1.0, 0.0)
-    router = fit_router(X, y, calibration_weights=weights, calibration_coins=coins,
-                        calibration_fraction=0.4, max_train=None)
-    below = coins < 0.4
-    assert router.info["n_calibration"] == int((below & (weights > 0)).sum())
-    # Weight 0 with a calibrating coin: neither side, so that side stays unseen by every fit.
-    assert router.info["n_train"] == int((~below).sum())
-    again = fit_router(X, y, calibration_weights=weights, calibration_coins=coins,
-                       calibration_fraction=0.4, max_train=None, seed=3)
+    fraction = np.where(np.arange(1000) < 600, 0.4, 0.0)
+    router = fit_router(X, y, calibration_coins=coins, calibration_fraction=fraction,
+                        max_train=None)
+    calibrates = coins < fraction
+    assert router.info["n_calibration"] == int(calibrates.sum())
+    assert router.info["n_train"] == int((~calibrates).sum())
+    again = fit_router(X, y, calibration_coins=coins, calibration_fraction=fraction,
+                       max_train=None, seed=3)
     assert again.info["n_calibration"] == router.info["n_calibration"]  # the seed draws no coin
     for bad in (np.full(1000, 1.0), np.full(10, 0.5), np.full(1000, -0.1)):
         with pytest.raises(ConfigError, match="calibration_coins"):
@@ -104,7 +88,7 @@ def test_a_chance_per_trace_decides_with_the_coins_and_is_checked():
     assert router.info["n_calibration"] == int((coins < fraction).sum())
     assert router.info["n_train"] == int((coins >= fraction).sum())
     assert router.info["calibration_fraction"] == [0.3, 1.0]
-    for bad in (np.full(1000, 0.0), np.full(1000, 1.1), np.full(10, 0.5)):
+    for bad in (np.full(1000, -0.1), np.full(1000, 1.1), np.full(10, 0.5), 0.0, 1.0):
         with pytest.raises(ConfigError, match="calibration_fraction"):
             fit_router(X, y, calibration_fraction=bad)
 
@@ -207,14 +191,14 @@ def test_per_label_guarantee_keeps_an_unreliable_label_off_the_local_path():
 
 def test_the_served_router_is_exactly_the_certified_one():
     # The calibration rows, as fit_router draws them (the first draw of its seeded generator: one
-    # coin per trace, eligible ones only): the router's own decisions on them, from text and from
+    # coin per trace, below its chance): the router's own decisions on them, from text and from
     # vectors, reproduce the certificates.
     texts, X, y = keyword_task(1500)
     eligible = np.zeros(len(y), dtype=bool)
     eligible[:1000] = True
     targets = (0.9, 0.95, 0.99)
-    router = fit_router(X, y, texts=texts, targets=targets, calibration_eligible=eligible,
-                        calibration_fraction=0.35)
+    router = fit_router(X, y, texts=texts, targets=targets,
+                        calibration_fraction=np.where(eligible, 0.35, 0.0))
     rows = np.flatnonzero(eligible & (np.random.default_rng(0).random(len(y)) < 0.35))
     assert router.has_text_model and router.info["n_calibration"] == len(rows)
     assert router.certificate_for(0.9).certified

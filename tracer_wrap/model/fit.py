@@ -1,15 +1,14 @@
 """Fitting a router from traces: cross-fitted linear surrogates, then the gate on held-out traces.
 
-1. The traces are split at random into a training part and a calibration part: each trace that
-   may calibrate does so with chance ``calibration_fraction`` (an independent coin; one chance for
-   every trace, or one per trace), all the others train, so the training part always holds its
-   share of every kind of trace. A refit passes each trace's coin fixed by its sequence number, so
-   a trace keeps its side in every fit of its task, and the chance its stratum calls for
-   (:func:`tracer_wrap.refit.calibration_design`: a call of a version's audit slice always
-   calibrates). A trace calibrates with its weight of the stratified design
-   (:mod:`tracer_wrap.model.gate`): 1 when it was traced while no version answered locally or as
-   an audit sample, a share of the audit rate then in force when a version answering locally
-   deferred it, 0 (trains only) when that is not known.
+1. The traces are split at random into a training part and a calibration part: each trace
+   calibrates with chance ``calibration_fraction`` (an independent coin; one chance for every
+   trace, or one per trace), all the others train, so the training part always holds its share of
+   every kind of trace. A refit passes each trace's coin fixed by its sequence number, so a trace
+   keeps its side in every fit of its task, and the chance its kind calls for
+   (:func:`tracer_wrap.refit.calibration_chances`): the history's share for a trace logged while
+   no version answered locally, 1 for a call of a version's audit slice, 0 (trains only) for a
+   trace that is not a uniform draw of traffic, such as a call a version deferred outside its
+   slice (:mod:`tracer_wrap.model.gate`).
 2. The training part is cut into ``folds``; for each fold, softmax regressions
    (:mod:`tracer_wrap.model.softmax`) are fitted on the other folds: on the embedding alone, for
    a short path of regularisation strengths (one thread job each), then, when the
@@ -71,7 +70,7 @@ EMBEDDING_SCALE = 2.0
 #: ~30% more evaluations on Banking77 for the same out-of-fold predictions and test coverage;
 #: 1e-4 lost ~2 points of predicted coverage for the fused model (measured here).
 FIT_TOL = 3e-5
-#: Share of the calibration weight that must be fresh to the incumbent for the publish contest
+#: Share of the calibration traces that must be fresh to the incumbent for the publish contest
 #: to be held (see :func:`_contest_pays`).
 CONTEST_SHARE = 0.5
 Guarantee = Literal["average", "per_label"]
@@ -86,9 +85,6 @@ def fit_router(
     serve_target: float = 0.95,
     delta: float = 0.05,
     calibration_fraction: float | np.ndarray | None = None,
-    calibration_eligible: np.ndarray | None = None,
-    calibration_weights: np.ndarray | None = None,
-    calibration_complete: np.ndarray | None = None,
     calibration_coins: np.ndarray | None = None,
     folds: int = 3,
     C: float | Sequence[float] = EMBEDDING_C,
@@ -125,24 +121,20 @@ def fit_router(
     (mean of 8 resplits), for ~50 microseconds more per routed input and ~2-3 s more fit time at
     10k traces (k-means prototypes of each fold; 11-14 s without, measured on two busy cores).
 
-    ``calibration_weights`` are the traces' weights in the gate's stratified test (each in
-    [0, 1]; 0: the trace only trains; see :mod:`tracer_wrap.model.gate`); ``calibration_eligible``
-    is the older form, weight 1 where True and 0 elsewhere (default: every trace weighs 1).
-    ``calibration_complete`` marks, among traces of positive weight, those that are a uniform draw
-    of traffic (plain traffic, a version's audit slice): the gate also tests them exactly when
-    weights differ. Each trace of positive weight calibrates with chance ``calibration_fraction``
-    (one number in (0, 1) for every trace, or one per trace in (0, 1]: a stratum's chance enters its
-    weights, see :func:`tracer_wrap.refit.calibration_design`): where its coin in
-    ``calibration_coins`` (one per trace, in [0, 1), independent of the traces' contents) falls
-    below its fraction, or, without coins, by a coin drawn from ``seed``. Given coins, a trace whose
-    coin falls below its fraction never trains, even at weight 0, so the calibration side of a
-    task's history stays unseen by every version fitted with the same coins (a larger fraction only
-    moves traces from training to calibration). The share defaults to
-    :func:`default_calibration_fraction`. At most ``max_train`` traces, drawn at random, train the
-    surrogate (fit time grows with them, coverage hardly after ~50k), and at most ``max_text_train``
-    of those the fused one (its fit costs ~4x the embedding one per trace, and its n-gram
-    vocabulary, hence its file, grows with them); the calibration part is not capped, since scoring
-    it is cheap and more of it tightens the gate.
+    Each trace calibrates with chance ``calibration_fraction`` (one number in (0, 1) for every
+    trace, or one per trace in [0, 1], 0 for a trace that only trains; the traces that may
+    calibrate must be a uniform draw of traffic, see :mod:`tracer_wrap.model.gate` and
+    :func:`tracer_wrap.refit.calibration_chances`): where its coin in ``calibration_coins`` (one
+    per trace, in [0, 1), independent of the traces' contents) falls below its chance, or, without
+    coins, by a coin drawn from ``seed``; every other trace trains. Given coins, the calibration
+    side of a task's history stays unseen by every version fitted with the same coins as long as
+    no trace's chance grows from one fit to the next (a smaller chance only moves traces from
+    calibration to training). The share defaults to :func:`default_calibration_fraction`. At
+    most ``max_train`` traces, drawn at random, train the surrogate (fit time grows with them,
+    coverage hardly after ~50k), and at most ``max_text_train`` of those the fused one (its fit
+    costs ~4x the embedding one per trace, and its n-gram vocabulary, hence its file, grows with
+    them); the calibration part is not capped, since scoring it is cheap and more of it tightens
+    the gate.
 
     ``n_jobs`` is how many cores the fit may keep busy: with 1 everything runs in one worker
     thread; with 2 or more each fold gets its own thread (at least ``n_jobs``), so 3 folds share
@@ -157,10 +149,9 @@ def fit_router(
     both certificates hold together with probability at least ``1 - delta``, so the one returned
     holds its claim at ``delta`` although it was chosen by what it certified; ``info["publish"]``
     records the comparison. An incumbent of another label set or dimension is ignored, and so is
-    one whose fresh calibration traces carry less than half of the calibration weight (the
-    candidate is then tested alone at ``delta`` and returned, as with no incumbent): which traces
-    are fresh and what they weigh are known before any label is read, so the choice of test
-    does not touch the guarantee.
+    one fresh to fewer than half of the calibration traces (the candidate is then tested alone at
+    ``delta`` and returned, as with no incumbent): which traces are fresh is known before any
+    label is read, so the choice of test does not touch the guarantee.
     Pure computation: never touches a store. Raises ConfigError on malformed input and GateRefused
     when there is too little data to fit at all; a fit that certifies no target returns a router
     whose certificates say why (it defers every input).
@@ -178,21 +169,15 @@ def fit_router(
         raise ConfigError(f"acceptor must be 'auto', 'global' or 'per_label', got {acceptor!r}")
     emb_C = _strengths(C, "C")
     txt_C = () if text_C is None else _strengths(text_C, "text_C")
-    weights = _calibration_weights(calibration_weights, calibration_eligible, len(y))
     rng = np.random.default_rng(seed)
-    # An independent coin per trace (not a subset of fixed size): the weighted test's proof needs
-    # each trace's chance of calibrating fixed before its call (gate module docstring). Coins kept
+    # An independent coin per trace, fixed before its call (not a subset of fixed size): whether
+    # a trace calibrates must not depend on its input (gate module docstring). Coins kept
     # across refits measured +1.0 / +2.7 points of replayed coverage (gold / simulated LLM) and 1
     # stalled replay of 20 where redrawn coins had 4 (BENCHMARKS.md, "Stalled replays").
     calibrates = (rng.random(len(y)) if calibration_coins is None
                   else _calibration_coins(calibration_coins, len(y))) < fraction
-    cal_idx = np.flatnonzero((weights > 0) & calibrates)
-    cal_weights = weights[cal_idx]
-    cal_complete = (None if calibration_complete is None
-                    else np.asarray(calibration_complete, dtype=bool)[cal_idx])
-    # Drawn here, a calibrating coin at weight 0 may train; given, it never does (docstring).
-    train_mask = np.ones(len(y), dtype=bool) if calibration_coins is None else ~calibrates
-    train_mask[cal_idx] = False
+    cal_idx = np.flatnonzero(calibrates)
+    train_mask = ~calibrates
     if max_train is not None and train_mask.sum() > max_train:
         dropped = rng.choice(np.flatnonzero(train_mask), size=int(train_mask.sum()) - max_train,
                              replace=False)
@@ -206,14 +191,12 @@ def fit_router(
 
     emb_train, emb_cal = X[train_idx], X[cal_idx]
     splits = _folds(y_index, folds, seed)
-    # Predictions from out-of-fold data count calibration traces by their weight: a deferred
-    # trace of weight 0.02 is worth that share of one traced while nothing answered.
     rivals = (incumbent is not None and incumbent_fresh is not None
               and incumbent.dim == X.shape[1]
-              and _contest_pays(cal_weights, np.asarray(incumbent_fresh, dtype=bool)[cal_idx]))
+              and _contest_pays(np.asarray(incumbent_fresh, dtype=bool)[cal_idx]))
     level = delta / 2 if rivals else delta
-    task = _Task(y_index, splits, classes, y[cal_idx], cal_weights, cal_complete, targets,
-                 serve_target, level, int(cal_weights.sum()), guarantee, acceptor)
+    task = _Task(y_index, splits, classes, y[cal_idx], targets, serve_target, level, len(cal_idx),
+                 guarantee, acceptor)
     use_trust = trust and guarantee == "average" and acceptor != "global"
     features = None
 
@@ -287,7 +270,6 @@ def fit_router(
         "n_train": int(train_mask.sum()),
         "n_text_train": len(text_rows) if text is not None else 0,
         "n_calibration": len(cal_idx),
-        "calibration_weight": float(cal_weights.sum()),
         "calibration_fraction": (fraction if isinstance(fraction, float)
                                  else sorted(set(fraction.tolist()))),
         "folds": len(splits),
@@ -321,10 +303,7 @@ def fit_router(
     ref_rows = train_idx[fresh[train_idx]]
     if len(ref_rows) < 200:  # too few to place a grid: any training trace is independent too
         ref_rows = train_idx
-    complete = (None if calibration_complete is None
-                else np.asarray(calibration_complete, dtype=bool)[rows])
-    rival = _recertify(incumbent, X, y, texts, rows, weights[rows], complete, ref_rows, targets,
-                       level, guarantee)
+    rival = _recertify(incumbent, X, y, texts, rows, ref_rows, targets, level, guarantee)
     covered = {name: r.certificate_for(serve_target).coverage
                if r.certificate_for(serve_target).certified else 0.0
                for name, r in (("candidate", candidate), ("incumbent", rival))}
@@ -340,19 +319,16 @@ def fit_router(
                                    # Its own fit's record (what it was fitted on) stays.
                                    info={**(info or {}), **incumbent.info, "delta": level,
                                          "n_calibration": len(rows),
-                                         "calibration_weight": float(weights[rows].sum()),
                                          "publish": record})
 
 
-def _contest_pays(cal_weights: np.ndarray, fresh: np.ndarray) -> bool:
-    """Whether to hold the publish contest: only when the traces fresh to the incumbent carry
-    at least :data:`CONTEST_SHARE` of the calibration weight. The contest halves the
-    candidate's delta, which pays only when the incumbent can be re-certified on a comparable
-    share; with the few fresh traces of a version that answered most calls (deferred ones weigh
-    its audit rate) it re-certified nothing and only cost the candidate (BENCHMARKS.md). Decided
-    from weights and freshness, never from labels, so either way one fixed test is run."""
-    total = float(cal_weights.sum())
-    return total > 0 and float(cal_weights[fresh].sum()) >= CONTEST_SHARE * total
+def _contest_pays(fresh: np.ndarray) -> bool:
+    """Whether to hold the publish contest: only when at least :data:`CONTEST_SHARE` of the
+    calibration traces (``fresh``: one flag each) are fresh to the incumbent. The contest halves
+    the candidate's delta, which pays only when the incumbent can be re-certified on a comparable
+    number (BENCHMARKS.md). Decided from freshness, never from labels, so either way one fixed
+    test is run."""
+    return fresh.size > 0 and float(fresh.mean()) >= CONTEST_SHARE
 
 
 _CLAIMS = {
@@ -419,8 +395,6 @@ class _Task:
     splits: list[tuple[np.ndarray, np.ndarray]]
     classes: np.ndarray
     y_cal: np.ndarray
-    cal_weights: np.ndarray
-    cal_complete: np.ndarray | None
     targets: Sequence[float]
     serve_target: float
     delta: float
@@ -467,8 +441,7 @@ class _Task:
             # Stored as float16 (half the file): certify exactly what is stored and served.
             weights[0] = weights[0].astype(np.float16).astype(np.float32)
         certificates = _certify(chosen, logits(cal_blocks, weights, bias), self.classes,
-                                self.y_cal, self.cal_weights, self.cal_complete,
-                                self.targets, self.delta, self.guarantee, self.trust)
+                                self.y_cal, self.targets, self.delta, self.guarantee, self.trust)
         return _Surrogate(folds, chosen, (weights, bias), certificates)
 
 
@@ -570,8 +543,7 @@ def _predict(scores: np.ndarray, agree: np.ndarray, top: np.ndarray, n_classes: 
 
 
 def _recertify(router: Router, X: np.ndarray, y: np.ndarray, texts: Sequence[str] | None,
-               rows: np.ndarray, weights: np.ndarray, complete: np.ndarray | None,
-               ref_rows: np.ndarray, targets: Sequence[float], delta: float,
+               rows: np.ndarray, ref_rows: np.ndarray, targets: Sequence[float], delta: float,
                guarantee: Guarantee) -> Router:
     """``router`` with both paths' certificates recomputed on the calibration ``rows``, its grids
     and starts placed by its scores on ``ref_rows``."""
@@ -589,13 +561,12 @@ def _recertify(router: Router, X: np.ndarray, y: np.ndarray, texts: Sequence[str
         ref_top, ref_score, ref_agree = scored(ref_rows)
         top, score, agree = scored(rows)
         reference = _Chosen(0.0, Acceptor(), ref_score, ref_agree, ref_top, (0.0, 0.0))
-        certs[by_text] = _gate(reference, score, agree, top, len(classes), weights, complete,
-                               targets, delta, guarantee)
+        certs[by_text] = _gate(reference, score, agree, top, len(classes), targets, delta,
+                               guarantee)
     return router.with_certificates(certs[False], certs.get(True))
 
 
 def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal: np.ndarray,
-             cal_weights: np.ndarray, cal_complete: np.ndarray | None,
              targets: Sequence[float], delta: float, guarantee: Guarantee,
              trust: _Trust | None = None) -> dict[float, gate.Certificate]:
     """The gate on calibration traces, for every target, with the chosen acceptor (and the
@@ -606,13 +577,11 @@ def _certify(chosen: _Chosen, cal_logits: np.ndarray, classes: np.ndarray, y_cal
     scores = (chosen.acceptor.score(top, _top_prob(cal_logits, top), margins) if len(y_cal)
               else np.zeros(0))
     agree = classes[top] == y_cal if len(y_cal) else np.zeros(0, dtype=bool)
-    return _gate(chosen, scores, agree, top, len(classes), cal_weights, cal_complete, targets,
-                 delta, guarantee)
+    return _gate(chosen, scores, agree, top, len(classes), targets, delta, guarantee)
 
 
 def _gate(chosen: _Chosen, scores: np.ndarray, agree: np.ndarray, top: np.ndarray,
-          n_labels: int, cal_weights: np.ndarray, cal_complete: np.ndarray | None,
-          targets: Sequence[float], delta: float, guarantee: Guarantee
+          n_labels: int, targets: Sequence[float], delta: float, guarantee: Guarantee
           ) -> dict[float, gate.Certificate]:
     """Certificates for every target from calibration scores, agreement flags and labels, with
     the reference (out-of-fold) data of ``chosen``."""
@@ -620,12 +589,10 @@ def _gate(chosen: _Chosen, scores: np.ndarray, agree: np.ndarray, top: np.ndarra
         return {float(t): gate.certify_per_label(
             scores, agree, top, reference_scores=chosen.oof_scores,
             reference_agree=chosen.oof_agree, reference_labels=chosen.oof_labels,
-            n_labels=n_labels, target=float(t), delta=delta, cal_weights=cal_weights,
-            cal_complete=cal_complete) for t in targets}
+            n_labels=n_labels, target=float(t), delta=delta) for t in targets}
     grid = gate.threshold_grid(chosen.oof_scores)
     return {float(t): gate.certify(scores, agree, grid=grid, reference_scores=chosen.oof_scores,
-                                   reference_agree=chosen.oof_agree, target=float(t), delta=delta,
-                                   cal_weights=cal_weights, cal_complete=cal_complete)
+                                   reference_agree=chosen.oof_agree, target=float(t), delta=delta)
             for t in targets}
 
 
@@ -666,7 +633,7 @@ def default_calibration_fraction(n: int) -> float:
 
 def _calibration_fraction(fraction: float | np.ndarray | None, n: int) -> float | np.ndarray:
     """The chance of calibrating of each trace (see :func:`fit_router`): one number in (0, 1) or
-    ``n`` in (0, 1]; ConfigError if malformed."""
+    ``n`` in [0, 1]; ConfigError if malformed."""
     if fraction is None:
         return default_calibration_fraction(n)
     if np.ndim(fraction) == 0:
@@ -674,8 +641,8 @@ def _calibration_fraction(fraction: float | np.ndarray | None, n: int) -> float 
             raise ConfigError(f"calibration_fraction must be in (0, 1), got {fraction!r}")
         return float(fraction)
     out = np.asarray(fraction, dtype=np.float64)
-    if out.shape != (n,) or not np.all((out > 0.0) & (out <= 1.0)):
-        raise ConfigError(f"calibration_fraction must be one number in (0, 1) or {n} in (0, 1]")
+    if out.shape != (n,) or not np.all((out >= 0.0) & (out <= 1.0)):
+        raise ConfigError(f"calibration_fraction must be one number in (0, 1) or {n} in [0, 1]")
     return out
 
 
@@ -685,20 +652,6 @@ def _calibration_coins(coins: np.ndarray, n: int) -> np.ndarray:
     if c.shape != (n,) or not np.all((c >= 0.0) & (c < 1.0)):
         raise ConfigError(f"calibration_coins must be {n} numbers in [0, 1)")
     return c
-
-
-def _calibration_weights(weights: np.ndarray | None, eligible: np.ndarray | None, n: int
-                         ) -> np.ndarray:
-    """Each trace's weight in the gate's test (see :func:`fit_router`); ConfigError if malformed."""
-    if weights is not None and eligible is not None:
-        raise ConfigError("give calibration_weights or calibration_eligible, not both")
-    if weights is None:
-        return (np.ones(n) if eligible is None
-                else np.asarray(eligible, dtype=bool).astype(np.float64))
-    out = np.asarray(weights, dtype=np.float64)
-    if out.shape != (n,) or not np.all((out >= 0) & (out <= 1)):
-        raise ConfigError(f"calibration_weights must be {n} numbers in [0, 1]")
-    return out
 
 
 def _check(X: np.ndarray, y: np.ndarray, targets: Sequence[float], serve_target: float,

@@ -13,13 +13,12 @@ calibration set:
   a mixture of the per-label ones.
 
 Assumptions: calibration traces and future traffic are independent draws from the same
-distribution (or, once a version answers locally, drawn from it by the recorded design of the
-stratified test below); the calibration traces were not used to train the surrogate or its
-acceptor score, nor to choose anything the test depends on (which surrogate answers and its
-regularisation, the acceptor, the threshold grids, where each sequence starts, which labels are
-tested). Every such choice is made from out-of-fold predictions on the *training* part
-(:func:`tracer_wrap.model.fit.fit_router`). Each target's claim holds on its own (one test per
-target), not simultaneously for all targets of a frontier.
+distribution (once a version answers locally, by the audit slice below); the calibration traces
+were not used to train the surrogate or its acceptor score, nor to choose anything the test
+depends on (which surrogate answers and its regularisation, the acceptor, the threshold grids,
+where each sequence starts, which labels are tested). Every such choice is made from out-of-fold
+predictions on the *training* part (:func:`tracer_wrap.model.fit.fit_router`). Each target's
+claim holds on its own (one test per target), not simultaneously for all targets of a frontier.
 
 Proof sketch. Fix a selection rule ``R`` (a set of inputs answered locally) chosen without the
 calibration data, and let ``A(R)`` be the teacher's agreement with the surrogate on ``R``. The
@@ -49,63 +48,36 @@ Under the null ``A(R) < t`` that is stochastically smaller than Binomial(n, t), 
   ``log(delta / |F|) / log(t)`` calibration traces of its own even if all agree (144 at t = 0.95,
   77 labels, delta = 0.05), so this claim needs long task histories.
 
-Calibrating on traffic a router already answers (the stratified design). While a version ``v``
-answers some calls, the traces are no longer a random sample of traffic: every input ``v`` defers
-reaches the LLM (the deferred stratum is observed completely), while an input ``v`` would answer
-reaches it only as an audit sample, drawn with the audit probability ``a_v``. Each trace then has
-a *weight* ``w = rho / pi``: ``pi`` is the chance its call became a calibration trace, i.e. the
-chance it was observed times the chance its coin sends it to calibration, and ``rho`` is the same
-for every input of that call (``rho <= pi`` everywhere). While no router answered, every call is
-observed and calibrates with the history's share ``q``: ``pi = rho = q``, weight 1. While ``v``
-answers, a slice of its calls drawn at rate ``a_v`` whatever it decides reaches the LLM and always
-calibrates (those it would answer are its audit samples), and the inputs it defers outside the
-slice calibrate with the fixed share ``q_s`` (:data:`tracer_wrap.refit.SERVED_SHARE`): ``pi`` is
-``a_v`` for an input it answers and ``a_v + (1 - a_v) q_s`` for one it defers, ``rho = a_v``, so
-audit samples weigh 1 and deferred traces ``a_v / (a_v + (1 - a_v) q_s)``
-(:func:`tracer_wrap.refit.calibration_design`, which also covers an audit rate that changed
-within a period). The test of a rule ``R`` is a product of bets over the calibration traces it
-accepts,
-
-    E(c) = prod_i (1 + c * w_i * (Z_i - t) / t),       E = mean of E(c) over the stakes c,
-
-``Z_i`` the agreement flag, and ``p = min(1, 1 / E)``. The stakes (each in (0, 1)) come from the
-reference data alone: the Kelly stake for the out-of-fold agreement at that threshold and half of
-it (or the fixed :data:`BETS`). Why it is valid: number every call of the
-history ``i = 1, 2, ...`` (observed or not), let ``O_i`` say whether it became a calibration trace
-and ``f_i = 1{x_i in R} (Z_i - t)``, whose mean ``m`` is negative exactly when ``A(R) < t``.
-Given the past, ``x_i`` is a fresh draw of traffic and ``P(O_i = 1 | x_i, past) = pi(x_i)``, fixed
-by the version serving at call ``i`` and the shares (independent coins), so ``O_i w_i f_i`` has
-conditional mean ``rho_i m``: ``pi w = rho_i`` whatever the input. Betting ``c / t`` on it
-multiplies the wealth by ``1 + c w_i (Z_i - t) / t`` on an observed trace in ``R`` and by 1 on
-every other call, with conditional mean ``1 + c rho_i m / t <= 1`` under the null and never below
-``1 - c > 0`` (every ``w <= 1``). The wealth is a nonnegative supermartingale from 1 whatever the
-history (versions, audit rates, the order of calls), so by Markov's inequality
-``P(E >= 1 / u) <= u``: ``p`` is a valid p-value and the fixed-sequence argument applies
-unchanged. Only the product ``pi w`` within a call matters, so the counts of unobserved calls
-never appear. A trace must not be dropped for what its own input is: a period either calibrates
-with all its traces or with none, which is how :func:`tracer_wrap.model.fit.fit_router` takes
-them (weight 0: trains only).
-When every weight is 1 (no version answered while the traces were logged) the exact binomial
-tail above is used instead: the same claim, with more power. With a mix, the traces that are a
-uniform draw of traffic (``complete``: logged while no version answered, or in a version's audit
-slice, each of them calibrating by a coin independent of its input) also give the exact binomial
-p-value on their own, and the test uses ``min(1, p_binomial / 0.8, p_weighted / 0.2)`` (a weighted
-Bonferroni: ``P(p_b <= 0.8 u) + P(p_w <= 0.2 u) <= u`` whatever the dependence), so a history
-that was mostly plain traffic keeps nearly the exact test's power (the betting test needs ~100
-agreeing traces where the exact one needs 59 at t = 0.95) and one where versions long answered
-locally is still tested by its weighted evidence. What is assumed
-beyond the above: the rule ``R`` and the grid were chosen without the calibration traces (a
-random split), and the observation probabilities recorded with each trace are the true ones (an
-audit whose call could never be answered locally, or a lost trace, breaks that; a repeated input
-is one trace, as in the exact test). Two dependences are not covered by the argument. Which
+Calibrating on traffic a version already answers (the audit slice). While a version ``v``
+answers some calls, the inputs that reach the LLM are no longer a random sample of traffic: every
+input ``v`` defers does (the hard ones), an input it would answer only as an audit sample. So
+only traces that are a uniform draw of traffic calibrate: those logged while no version answered
+(each by a coin of a fixed chance), and each served period's *audit slice*: for every call it
+routes, the engine draws a coin at the audit rate ``a_v`` whatever ``v`` decides, and a call in
+the slice reaches the LLM (an audit sample where ``v`` would answer, a deferred call otherwise)
+and always calibrates (:func:`tracer_wrap.refit.calibration_chances`). Why the test above stays
+exact: given the past, each call's input is a fresh draw of traffic, and whether its trace
+calibrates is decided by coins independent of that input (the audit rate depends on the served
+version and the history, never on the call), so the calibration inputs are independent draws of
+traffic whatever the rates of the periods they came from, and given ``n`` of them in ``R`` the
+number that agree is Binomial(n, A(R)). The deferred traces outside the slice, most of a served
+period's, train the next surrogate and never calibrate: they are a draw of the hard inputs alone.
+An importance-weighted test that let every deferred trace calibrate at its recorded chance of
+being observed (a product of bets, each trace staked at most the audit rate) was used before: its
+evidence could not exceed the slice's, it never decided a refit of the stream replays, and its
+share of ``delta`` and the training traces it took cost coverage (BENCHMARKS.md). What is
+assumed beyond the above: the rule ``R`` and the grid were chosen without the calibration traces
+(a random split); a repeated input is one trace; a call whose routing failed (no vector within
+its wait) draws no slice coin, so the slice is a uniform draw of the *routed* calls, which differs
+from traffic only if missing the wait depends on the input; a lost trace of the slice breaks the
+draw (the buffer counts every drop). Two dependences are not covered by the argument. Which
 versions served, and hence which training traces were observed, was itself shaped by earlier
 calibration traces (their certified thresholds); the argument treats ``R`` as fixed given that
 history. And a trace keeps its side of the split in every refit (its coin is fixed by its
 sequence number, :func:`tracer_wrap.refit.calibration_coins`), so successive refits re-test the
-same calibration traces plus the new ones (once a version serves, the plain-traffic pool no
-longer grows), and a candidate is published when its own test passes: the claim holds for each
-fit at ``delta``, not for the sequence of fits by a union bound. The stream replays of BENCHMARKS.md
-measure the guarantee with both in place.
+same calibration traces plus the new ones, and a candidate is published when its own test
+passes: the claim holds for each fit at ``delta``, not for the sequence of fits by a union bound.
+The stream replays of BENCHMARKS.md measure the guarantee with both in place.
 
 A test that accepts too few inputs can never reject (``0.95 ** 30 > 0.05``), so each sequence
 starts at the threshold whose test is predicted, from out-of-fold data, to pass most surely.
@@ -120,21 +92,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import ConfigError
-
-__all__ = ["BETS", "EXACT_SHARE", "Certificate", "binomial_pvalue", "certify", "certify_per_label",
-           "expected_coverage", "expected_coverage_per_label", "min_accepted", "threshold_grid",
-           "weighted_pvalue"]
-
-#: Fractions of the largest safe stake mixed by the weighted test (see the module docstring):
-#: a bet near the top wins fastest when nearly every accepted trace agrees, and loses everything
-#: when agreement is only a little above target; the mixture costs ``log(len(BETS))`` of evidence.
-BETS: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)
-#: Share of the level given to the exact test on plain traffic when it is combined with the
-#: weighted test (module docstring): most histories are mostly plain traffic early on, and the
-#: weighted evidence of a long-served version is strong enough to pass at a fifth of the level.
-EXACT_SHARE = 0.8
-
+__all__ = ["Certificate", "binomial_pvalue", "certify", "certify_per_label", "expected_coverage",
+           "expected_coverage_per_label", "min_accepted", "threshold_grid"]
 
 @dataclass(frozen=True)
 class Certificate:
@@ -142,8 +101,8 @@ class Certificate:
 
     ``threshold`` is ``None`` when the gate refuses (no threshold passed); ``reason`` then says why.
     ``coverage`` and ``agreement`` are measured on the calibration set at the certified threshold
-    (by weight when the traces are weighted: estimates of the shares of traffic; ``n_accepted``
-    counts traces).
+    (estimates of the shares of traffic, the calibration set being a uniform draw of it);
+    ``n_accepted`` counts the calibration traces accepted.
     For a per-label certificate, ``label_thresholds`` holds one threshold per label (``None``: that
     label is never answered locally), ``threshold`` is the smallest of them and ``p_value`` the
     largest p-value among the labels certified (each below its share of ``delta``).
@@ -172,29 +131,6 @@ def binomial_pvalue(successes: int, n: int, target: float) -> float:
     from scipy.stats import binom
 
     return float(binom.sf(successes - 1, n, target))
-
-
-def weighted_pvalue(agree: np.ndarray, weights: np.ndarray, target: float,
-                    bets: tuple[float, ...] = BETS) -> float:
-    """``min(1, 1 / E)`` for the mixture of bets ``E`` of the module docstring: small when the
-    agreement on the traffic the flags were drawn from is credibly above ``target``.
-
-    ``weights`` (each in [0, 1]) are the traces' ``rho / pi``, ``bets`` the stakes mixed (each
-    in (0, 1), chosen without these flags); with all weights 1 it is a valid, less powerful,
-    alternative to :func:`binomial_pvalue`. Raises ConfigError on a weight outside
-    [0, 1].
-    """
-    z = np.asarray(agree, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    if w.size and (w.min() < 0 or w.max() > 1):
-        raise ConfigError("weights must be in [0, 1]")
-    if z.size == 0 or target >= 1.0:
-        return 1.0
-    steps = w * (z - target) / target  # each in [-1, (1 - target) / target]
-    log_wealth = np.log1p(np.multiply.outer(np.asarray(bets), steps)).sum(axis=1)
-    top = float(log_wealth.max())
-    log_e = top + math.log(float(np.exp(log_wealth - top).mean()))
-    return 1.0 if log_e <= 0 else math.exp(-log_e)
 
 
 def min_accepted(target: float, delta: float) -> int:
@@ -227,30 +163,22 @@ def certify(
     target: float,
     delta: float,
     power_factor: float = 3.0,
-    cal_weights: np.ndarray | None = None,
-    cal_complete: np.ndarray | None = None,
 ) -> Certificate:
     """Run the fixed-sequence test for one ``target`` and return its certificate.
 
-    ``cal_weights`` (default: all 1) are the calibration traces' weights of the stratified design
-    (module docstring); with any weight below 1 the p-values are the weighted test's, the traces
-    count as their total weight wherever the gate needs a number of traces, the coverage and
-    agreement are shares of that weight (a deferred trace of weight ``a_v`` stands for that share
-    of a call), and ``cal_complete`` marks those that are a uniform draw of traffic (of positive
-    weight), which are also tested exactly (Bonferroni, module docstring).
-
-    Where the sequence starts is decided from the reference (out-of-fold) data alone: with
-    ``reference_agree``, at the threshold whose test is predicted to pass most surely (smallest
-    p-value expected from the reference agreement and the calibration size); without it, at the
-    strictest threshold expected to accept ``power_factor * min_accepted(target, delta)``
-    calibration inputs. Calibration scores and agreement flags are used only for the p-values.
+    The calibration traces (``cal_scores``, ``cal_agree``) must be a uniform draw of traffic
+    (module docstring). Where the sequence starts is decided from the reference (out-of-fold)
+    data alone: with ``reference_agree``, at the threshold whose test is predicted to pass most
+    surely (smallest p-value expected from the reference agreement and the calibration size);
+    without it, at the strictest threshold expected to accept
+    ``power_factor * min_accepted(target, delta)`` calibration inputs. Calibration scores and
+    agreement flags are used only for the p-values.
     """
     cal_scores = np.asarray(cal_scores, dtype=np.float64)
     cal_agree = np.asarray(cal_agree, dtype=bool)
     ref = np.asarray(reference_scores, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
-    weights = _weights(cal_weights, cal_scores.size)
-    n_cal = cal_scores.size if weights is None else int(weights.sum())
+    n_cal = cal_scores.size
     need = power_factor * min_accepted(target, delta)
     refused = Certificate(target, None, 0.0, None, 0, None)
     if n_cal == 0 or ref.size == 0:
@@ -261,10 +189,8 @@ def certify(
                             f" {math.ceil(need)}"
         )
     start = _start(grid, ref, reference_agree, n_cal, need, target)
-    threshold, n_acc, _, p, last_p = _fixed_sequence(
-        cal_scores, cal_agree, grid[start:], target, delta, weights,
-        None if weights is None else _bets(grid[start:], ref, reference_agree, target),
-        _complete(cal_complete, weights))
+    threshold, n_acc, _, p, last_p = _fixed_sequence(cal_scores, cal_agree, grid[start:], target,
+                                                     delta)
     if threshold is None:
         why = (
             f"agreement on calibration traces is not credibly above {target} at any threshold"
@@ -273,7 +199,7 @@ def certify(
             else "the grid has no threshold that accepts enough traces"
         )
         return replace(refused, reason=why)
-    coverage, agreement = _measured(cal_scores >= threshold, cal_agree, weights)
+    coverage, agreement = _measured(cal_scores >= threshold, cal_agree)
     return Certificate(target, threshold, coverage, agreement, n_acc, p)
 
 
@@ -289,8 +215,6 @@ def certify_per_label(
     target: float,
     delta: float,
     grid_size: int = 50,
-    cal_weights: np.ndarray | None = None,
-    cal_complete: np.ndarray | None = None,
 ) -> Certificate:
     """Certify one threshold per label so that *every* label's local answers agree ``>= target``.
 
@@ -298,8 +222,7 @@ def certify_per_label(
     family (labels predicted by the reference data to pass at level ``delta / n_labels``), each
     label's grid (quantiles of its reference scores) and each sequence's start come from the
     reference data alone; each label in the family is then tested by fixed sequence at level
-    ``delta / |family|`` on its own calibration traces (see the module docstring), weighted by
-    ``cal_weights`` (``cal_complete`` marking plain traffic) as in :func:`certify`.
+    ``delta / |family|`` on its own calibration traces (see the module docstring).
     """
     cal_scores = np.asarray(cal_scores, dtype=np.float64)
     cal_agree = np.asarray(cal_agree, dtype=bool)
@@ -307,9 +230,7 @@ def certify_per_label(
     ref_scores = np.asarray(reference_scores, dtype=np.float64)
     ref_agree = np.asarray(reference_agree, dtype=bool)
     ref_labels = np.asarray(reference_labels)
-    weights = _weights(cal_weights, cal_scores.size)
-    complete = _complete(cal_complete, weights)
-    n_cal = cal_scores.size if weights is None else int(weights.sum())
+    n_cal = cal_scores.size
     refused = Certificate(target, None, 0.0, None, 0, None, guarantee="per_label",
                           label_thresholds=(None,) * n_labels)
     if n_cal == 0 or ref_scores.size == 0:
@@ -331,12 +252,8 @@ def certify_per_label(
         need = min_accepted(target, level)
         start = _start(grid, ref_scores[mine], ref_agree[mine], max(round(expected_n), 1),
                        need, target)
-        threshold, _, _, p, _ = _fixed_sequence(
-            cal_scores[on_label], cal_agree[on_label], grid[start:], target, level,
-            None if weights is None else weights[on_label],
-            None if weights is None else _bets(grid[start:], ref_scores[mine], ref_agree[mine],
-                                               target),
-            None if complete is None else complete[on_label])
+        threshold, _, _, p, _ = _fixed_sequence(cal_scores[on_label], cal_agree[on_label],
+                                                grid[start:], target, level)
         if threshold is not None:
             thresholds[k] = threshold
             accepted |= on_label & (cal_scores >= threshold)
@@ -347,7 +264,7 @@ def certify_per_label(
             f"no label's agreement on calibration traces is credibly above {target}"
             f" ({len(plans)} labels tested, each at level {level:.3g})"))
     n_acc = int(accepted.sum())
-    coverage, agreement = _measured(accepted, cal_agree, weights)
+    coverage, agreement = _measured(accepted, cal_agree)
     return Certificate(target, min(certified), coverage, agreement, n_acc,
                        max(p for p in p_values if p is not None), guarantee="per_label",
                        label_thresholds=tuple(thresholds))
@@ -416,69 +333,29 @@ def expected_coverage(reference_scores: np.ndarray, reference_agree: np.ndarray,
     return float(share[last])
 
 
-def _weights(cal_weights: np.ndarray | None, n: int) -> np.ndarray | None:
-    """The calibration weights as floats, or None when every trace weighs 1 (the exact test)."""
-    if cal_weights is None:
-        return None
-    weights = np.asarray(cal_weights, dtype=np.float64)
-    if weights.shape != (n,) or not np.all((weights >= 0) & (weights <= 1)):
-        raise ConfigError(f"cal_weights must be {n} numbers in [0, 1]")
-    return None if np.all(weights == 1.0) else weights
-
-
-def _measured(accepted: np.ndarray, agree: np.ndarray, weights: np.ndarray | None
-              ) -> tuple[float, float | None]:
+def _measured(accepted: np.ndarray, agree: np.ndarray) -> tuple[float, float | None]:
     """Coverage and agreement of a certificate: the share of the calibration traces accepted and
-    the share of those that agree, by weight when the traces are weighted (then each estimates
-    that share of traffic, the periods of the history mixed as the test weighs them), else by
-    number; agreement None when nothing is accepted."""
-    w = np.ones(accepted.size) if weights is None else weights
-    total, taken = float(w.sum()), float(w[accepted].sum())
-    coverage = taken / total if total > 0 else 0.0
-    return coverage, (float(w[accepted & agree].sum()) / taken if taken > 0 else None)
-
-
-def _complete(cal_complete: np.ndarray | None, weights: np.ndarray | None
-              ) -> np.ndarray | None:
-    """The plain-traffic mask when the weighted test runs and some trace is plain traffic."""
-    if weights is None or cal_complete is None:
-        return None
-    complete = np.asarray(cal_complete, dtype=bool)
-    if complete.shape != weights.shape or np.any(complete & (weights <= 0.0)):
-        raise ConfigError("cal_complete must mark traces of positive weight, one flag per trace")
-    return complete if complete.any() else None
+    the share of those that agree (None when nothing is accepted)."""
+    n_acc = int(accepted.sum())
+    coverage = n_acc / accepted.size if accepted.size else 0.0
+    return coverage, (int((accepted & agree).sum()) / n_acc if n_acc else None)
 
 
 def _fixed_sequence(scores: np.ndarray, agree: np.ndarray, grid: np.ndarray, target: float,
-                    level: float, weights: np.ndarray | None = None,
-                    bets: list[tuple[float, ...]] | None = None,
-                    complete: np.ndarray | None = None
+                    level: float
                     ) -> tuple[float | None, int, int, float | None, float | None]:
-    """Test ``grid`` thresholds in order until one fails; the last passing one and its counts.
-    With ``weights`` the p-values are :func:`weighted_pvalue`'s (``bets[j]`` at ``grid[j]``),
-    combined (weighted Bonferroni) with the exact binomial's on the ``complete`` traces when
-    there are any; without, the exact binomial's."""
+    """Test ``grid`` thresholds in order until one fails (exact binomial p-values); the last
+    passing one with its numbers accepted and agreeing and its p-value, and the last p-value."""
     # Cumulative counts over scores sorted from high to low make every test O(log n).
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
     cum_agree = np.concatenate([[0], np.cumsum(agree[order])])
-    if complete is not None:
-        cum_complete = np.concatenate([[0], np.cumsum(complete[order])])
-        cum_complete_agree = np.concatenate([[0], np.cumsum((complete & agree)[order])])
     best: tuple[float | None, int, int, float | None] = (None, 0, 0, None)
     last_p: float | None = None
-    for j, threshold in enumerate(grid):
+    for threshold in grid:
         n_acc = int(np.searchsorted(-sorted_scores, -threshold, side="right"))
         k = int(cum_agree[n_acc])
-        if weights is None:
-            p = binomial_pvalue(k, n_acc, target)
-        else:
-            p = weighted_pvalue(agree[order][:n_acc], weights[order][:n_acc], target,
-                                BETS if bets is None else bets[j])
-            if complete is not None:
-                exact = binomial_pvalue(int(cum_complete_agree[n_acc]), int(cum_complete[n_acc]),
-                                        target)
-                p = min(1.0, exact / EXACT_SHARE, p / (1.0 - EXACT_SHARE))
+        p = binomial_pvalue(k, n_acc, target)
         last_p = p
         if p > level:
             break
@@ -511,19 +388,6 @@ def _reference_curve(grid: np.ndarray, ref_scores: np.ndarray, ref_agree: np.nda
     cum = np.cumsum(ref_agree[order])
     n_ref = np.maximum(np.round(accepted_share * ref_sorted.size).astype(int), 1)
     return accepted_share, cum[np.minimum(n_ref, ref_sorted.size) - 1] / n_ref
-
-
-def _bets(grid: np.ndarray, ref_scores: np.ndarray, ref_agree: np.ndarray | None,
-          target: float) -> list[tuple[float, ...]]:
-    """The stakes of the weighted test at each grid threshold, from reference data only: the
-    Kelly stake ``(A - t) / (1 - t)`` for the reference agreement ``A`` there, and half of it
-    (reference agreement is an optimistic guess, and over-betting loses everything); the fixed
-    :data:`BETS` without reference agreement."""
-    if ref_agree is None or target >= 1.0:
-        return [BETS] * len(grid)
-    _, agreement = _reference_curve(grid, ref_scores, np.asarray(ref_agree, dtype=bool))
-    kelly = np.clip((agreement - target) / (1.0 - target), 0.05, 0.9)
-    return [(float(k) / 2, float(k)) for k in kelly]
 
 
 def _start(grid: np.ndarray, ref_scores: np.ndarray, ref_agree: np.ndarray | None, n_cal: int,
