@@ -247,7 +247,7 @@ def fit_router(
                 starts = [emb.model] * len(text_task.splits)
                 blocks = [ngrams_train, emb_train[text_rows]]
             jobs = text_task.submit(pool, "text", blocks, strengths, starts)
-            # No calibration trace (all traces weigh 0, e.g. just after a breaker trip): an
+            # No calibration trace (every chance 0, e.g. just after a breaker trip): an
             # empty block, since the vectorizer refuses an empty batch.
             ngrams_cal = (features.transform([texts[i] for i in cal_idx.tolist()])
                           if len(cal_idx) else ngrams_train[:0])
