@@ -79,8 +79,9 @@ def test_a_holder_of_another_value_waits_until_the_others_leave() -> None:
     with setting.held(1):
         thread = threading.Thread(target=other)
         thread.start()
-        waiting.wait()
-        assert knob.value == 1 and not seen  # the other holder did not change it under us
+        while not waiting.is_set() and thread.is_alive():  # it blocks, or it ran under us
+            waiting.wait(0.01)
+        assert waiting.is_set() and knob.value == 1 and not seen
     thread.join()
     assert seen == [2] and knob.value == 4
 
