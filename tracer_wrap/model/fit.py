@@ -170,10 +170,11 @@ def fit_router(
     emb_C = _strengths(C, "C")
     txt_C = () if text_C is None else _strengths(text_C, "text_C")
     rng = np.random.default_rng(seed)
-    # An independent coin per trace, fixed before its call (not a subset of fixed size): whether
-    # a trace calibrates must not depend on its input (gate module docstring). Coins kept
-    # across refits measured +1.0 / +2.7 points of replayed coverage (gold / simulated LLM) and 1
-    # stalled replay of 20 where redrawn coins had 4 (BENCHMARKS.md, "Stalled replays").
+    # An independent coin per trace (not a subset of fixed size): whether a trace calibrates must
+    # not depend on its input (gate module docstring). Coins kept across refits (a refit's are
+    # fixed by sequence numbers) measured +1.0 / +2.7 points of replayed coverage (gold /
+    # simulated LLM) and 1 stalled replay of 20 where redrawn coins had 4 (BENCHMARKS.md,
+    # "Stalled replays").
     calibrates = (rng.random(len(y)) if calibration_coins is None
                   else _calibration_coins(calibration_coins, len(y))) < fraction
     cal_idx = np.flatnonzero(calibrates)
