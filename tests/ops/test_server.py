@@ -150,6 +150,35 @@ def test_plans_decide_exchangeability_and_forged_plans_count_for_nothing(
         assert not traces[text].exchangeable and traces[text].origin == "llm", text
 
 
+def test_a_plan_signed_here_without_every_field_counts_for_nothing(
+        client: httpx.Client, store: TraceStore) -> None:
+    """A token of an older release (no slice mark "m") is properly signed but is not read with
+    guessed fields: an audit plan read that way would let its trace calibrate."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    token = client.post("/v1/tasks/intent/route", json={"text": "zzz qqq unrelated"}).json()["plan"]
+    body = token.partition(".")[0]
+    plan = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    plan["a"] = True
+    del plan["m"]
+    payload = json.dumps(plan, separators=(",", ":")).encode()
+    key = bytes.fromhex(str(store.get_setting("intent", "sidecar_plan_key")))
+    old = f"{b64(payload)}.{b64(hmac.new(key, payload, hashlib.sha256).digest()[:16])}"
+    r = client.post("/v1/tasks/intent/traces", json={
+        "input": "an old audit plan", "teacher": "refund", "plan": old})
+    assert r.is_success, r.text
+    flush()
+    until(lambda: any(t.input == "an old audit plan" for t in store.traces("intent")),
+          "the trace is written")
+    trace = next(t for t in store.traces("intent") if t.input == "an old audit plan")
+    assert not trace.exchangeable and trace.origin == "llm"
+
+
 def test_audit_plans_mark_audit_traces(tmp_path, monkeypatch) -> None:
     st = TraceStore(tmp_path / "audited")
     fill_store(st, "intent", 800)

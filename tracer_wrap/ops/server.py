@@ -92,6 +92,8 @@ MAX_TOKENS = 10**9
 MAX_TASKS = 1_024
 #: Store setting holding a task's key for signing plans.
 _PLAN_KEY = "sidecar_plan_key"
+#: The fields of a signed plan (:meth:`_Sidecar.sign`); a token without one of them is refused.
+_TOKEN_FIELDS = frozenset({"v", "a", "m", "x", "s", "p", "l", "c"})
 
 
 class _Problem(Exception):
@@ -172,14 +174,14 @@ class _Sidecar:
                                    .digest()[:16], given):
             return None
         data = json.loads(payload)
+        if not isinstance(data, dict) or not _TOKEN_FIELDS <= data.keys():
+            return None  # signed here by a release that recorded less of the plan
         decision = None
         if data["l"] is not None:
             decision = Decision(data["l"], bool(data["c"]), math.nan, None)
-        # A token signed before the audit slice was drawn for deferred calls has no "m": only
-        # its audit samples were in the slice.
         return Plan(None, version=data["v"], decision=decision, audit=bool(data["a"]),
-                    sampled=bool(data.get("m", data["a"])), answering=bool(data["x"]),
-                    shadow=bool(data["s"]), audit_p=data.get("p"))
+                    sampled=bool(data["m"]), answering=bool(data["x"]), shadow=bool(data["s"]),
+                    audit_p=data["p"])
 
     # -- request handling ------------------------------------------------------------------------
 
