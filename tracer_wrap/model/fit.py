@@ -332,14 +332,13 @@ def _contest_pays(fresh: np.ndarray) -> bool:
     return fresh.size > 0 and float(fresh.mean()) >= CONTEST_SHARE
 
 
+_ASSUMING = (" per target, assuming the calibration traces are uniform draws of traffic (calls"
+             " logged while no version answered, and a served version's audit slice)")
 _CLAIMS = {
     "average": "P(agreement on accepted inputs >= target) >= 1 - delta over the calibration draw,"
-               " per target, assuming traces are drawn from traffic as recorded (every input"
-               " deferred, audit samples at their recorded rate)",
+               + _ASSUMING,
     "per_label": "P(for every label, agreement on the inputs answered locally with that label >="
-                 " target) >= 1 - delta over the calibration draw, per target, assuming traces are"
-                 " drawn from traffic as recorded (every input deferred, audit samples at their"
-                 " recorded rate)",
+                 " target) >= 1 - delta over the calibration draw," + _ASSUMING,
 }
 
 
