@@ -13,8 +13,9 @@ was chosen by what it certified; keeping whichever version certified the most on
 draws would instead keep the luckiest draw, and always replacing would publish regressions. With
 no incumbent (none served, it tripped the drift breaker, it was fitted with another embedder or
 before versions recorded their traces), or when fewer than half of the calibration traces are
-fresh to the incumbent (too few to re-certify it; known before any label is read), the
-candidate is certified at ``delta`` and published when it certifies the served target.
+fresh to the incumbent, or too few for the gate to test it at ``delta / 2`` at all (both known
+before any label is read), the candidate is certified at ``delta`` and published when it
+certifies the served target.
 :func:`publish` then makes the version current unless it certifies nothing while the current
 one certifies the served target, unless the current one tripped the drift breaker (it is known to
 be wrong on live traffic) or the caller forces it. A *pinned* version stays current whatever is

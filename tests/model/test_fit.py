@@ -7,6 +7,7 @@ import pytest
 
 from tracer_wrap.errors import ConfigError, GateRefused
 from tracer_wrap.model.fit import fit_router
+from tracer_wrap.model.gate import min_calibration
 
 
 def blobs(n: int, k: int = 5, dim: int = 16, noise: float = 0.35, seed: int = 0):
@@ -271,10 +272,26 @@ def test_a_worse_candidate_is_not_published_and_a_better_one_is():
     assert record["served"] == "candidate"
     assert record["coverage"]["candidate"] > record["coverage"]["incumbent"]
     assert not np.array_equal(replaced.weights, weak.weights)
-    # Too little calibration weight fresh to the incumbent to re-certify it: no contest, the
+    # Too small a share of the calibration traces fresh to the incumbent: no contest, the
     # candidate alone is tested at the whole delta.
     alone = fit_router(X, y, incumbent=strong, incumbent_fresh=np.arange(6000) >= 5000, **kwargs)
     assert "publish" not in alone.info and alone.info["delta"] == 0.05
+
+
+def test_no_contest_when_the_fresh_traces_are_too_few_to_test_the_incumbent_at_all():
+    """Every calibration trace is fresh, but fewer than the gate needs at delta / 2: the contest
+    would refuse the incumbent outright and only halve the candidate's delta."""
+    X, y = noisy_task(2000, 3)
+    kwargs = {"targets": (0.93,), "serve_target": 0.93, "C": 10.0}
+    incumbent = fit_router(X[1000:], y[1000:], **kwargs)
+    floor = min_calibration(0.93, 0.025)
+    for n, contest in ((300, False), (700, True)):
+        fitted = fit_router(X[:n], y[:n], incumbent=incumbent,
+                            incumbent_fresh=np.ones(n, dtype=bool), **kwargs)
+        n_cal = fitted.info["n_calibration"]
+        assert (n_cal >= floor) == contest, (n, n_cal, floor)
+        assert ("publish" in fitted.info) == contest
+        assert fitted.info["delta"] == (0.025 if contest else 0.05)
 
 
 def test_the_served_version_keeps_its_guarantee_at_delta_over_many_draws():

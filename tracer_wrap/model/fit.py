@@ -149,9 +149,10 @@ def fit_router(
     both certificates hold together with probability at least ``1 - delta``, so the one returned
     holds its claim at ``delta`` although it was chosen by what it certified; ``info["publish"]``
     records the comparison. An incumbent of another label set or dimension is ignored, and so is
-    one fresh to fewer than half of the calibration traces (the candidate is then tested alone at
-    ``delta`` and returned, as with no incumbent): which traces are fresh is known before any
-    label is read, so the choice of test does not touch the guarantee.
+    one fresh to fewer than half of the calibration traces or to fewer than the gate needs to
+    test it at ``delta / 2`` (the candidate is then tested alone at ``delta`` and returned, as
+    with no incumbent): which traces are fresh is known before any label is read, so the choice
+    of test does not touch the guarantee.
     Pure computation: never touches a store. Raises ConfigError on malformed input and GateRefused
     when there is too little data to fit at all; a fit that certifies no target returns a router
     whose certificates say why (it defers every input).
@@ -194,7 +195,8 @@ def fit_router(
     splits = _folds(y_index, folds, seed)
     rivals = (incumbent is not None and incumbent_fresh is not None
               and incumbent.dim == X.shape[1]
-              and _contest_pays(np.asarray(incumbent_fresh, dtype=bool)[cal_idx]))
+              and _contest_pays(np.asarray(incumbent_fresh, dtype=bool)[cal_idx], serve_target,
+                                delta))
     level = delta / 2 if rivals else delta
     task = _Task(y_index, splits, classes, y[cal_idx], targets, serve_target, level, len(cal_idx),
                  guarantee, acceptor)
@@ -323,13 +325,17 @@ def fit_router(
                                          "publish": record})
 
 
-def _contest_pays(fresh: np.ndarray) -> bool:
-    """Whether to hold the publish contest: only when at least :data:`CONTEST_SHARE` of the
-    calibration traces (``fresh``: one flag each) are fresh to the incumbent. The contest halves
-    the candidate's delta, which pays only when the incumbent can be re-certified on a comparable
-    number (BENCHMARKS.md). Decided from freshness, never from labels, so either way one fixed
-    test is run."""
-    return fresh.size > 0 and float(fresh.mean()) >= CONTEST_SHARE
+def _contest_pays(fresh: np.ndarray, target: float, delta: float) -> bool:
+    """Whether to hold the publish contest at the serve ``target``: only when at least
+    :data:`CONTEST_SHARE` of the calibration traces (``fresh``: one flag each) are fresh to the
+    incumbent, and they are enough for the gate to test it at all at ``delta / 2``
+    (:func:`~tracer_wrap.model.gate.min_calibration`). The contest halves the candidate's delta,
+    which pays only when the incumbent can be re-certified on a comparable number
+    (BENCHMARKS.md); with fewer fresh traces than the floor the incumbent is refused outright and
+    the halved delta only costs the candidate. Decided from counts, never from labels, so either
+    way one fixed test is run."""
+    return (fresh.size > 0 and float(fresh.mean()) >= CONTEST_SHARE
+            and int(fresh.sum()) >= gate.min_calibration(target, delta / 2))
 
 
 _ASSUMING = (" per target, assuming the calibration traces are uniform draws of traffic (calls"

@@ -92,8 +92,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Certificate", "binomial_pvalue", "certify", "certify_per_label", "expected_coverage",
-           "expected_coverage_per_label", "min_accepted", "threshold_grid"]
+__all__ = ["POWER_FACTOR", "Certificate", "binomial_pvalue", "certify", "certify_per_label",
+           "expected_coverage", "expected_coverage_per_label", "min_accepted", "min_calibration",
+           "threshold_grid"]
 
 @dataclass(frozen=True)
 class Certificate:
@@ -133,11 +134,22 @@ def binomial_pvalue(successes: int, n: int, target: float) -> float:
     return float(binom.sf(successes - 1, n, target))
 
 
+#: Calibration traces a test needs before it runs, in multiples of :func:`min_accepted`.
+POWER_FACTOR = 3.0
+
+
 def min_accepted(target: float, delta: float) -> int:
     """Fewest accepted inputs with which even perfect agreement could pass the test."""
     if target >= 1.0:
         return 10**9  # agreement of exactly 1 can never be certified from finite data
     return math.ceil(math.log(delta) / math.log(target))
+
+
+def min_calibration(target: float, delta: float, power_factor: float = POWER_FACTOR) -> float:
+    """Fewest calibration traces with which :func:`certify` runs its test at ``target`` and
+    ``delta`` (it refuses below): ``power_factor`` times :func:`min_accepted`, since a test that
+    accepts barely that many inputs passes only when every one agrees. Pure."""
+    return power_factor * min_accepted(target, delta)
 
 
 def threshold_grid(reference_scores: np.ndarray, size: int = 200) -> np.ndarray:
@@ -162,7 +174,7 @@ def certify(
     reference_agree: np.ndarray | None = None,
     target: float,
     delta: float,
-    power_factor: float = 3.0,
+    power_factor: float = POWER_FACTOR,
 ) -> Certificate:
     """Run the fixed-sequence test for one ``target`` and return its certificate.
 
@@ -179,7 +191,7 @@ def certify(
     ref = np.asarray(reference_scores, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
     n_cal = cal_scores.size
-    need = power_factor * min_accepted(target, delta)
+    need = min_calibration(target, delta, power_factor)
     refused = Certificate(target, None, 0.0, None, 0, None)
     if n_cal == 0 or ref.size == 0:
         return replace(refused, reason="no calibration traces")
@@ -310,7 +322,7 @@ def _per_label_plans(ref_scores: np.ndarray, ref_agree: np.ndarray, ref_labels: 
 
 def expected_coverage(reference_scores: np.ndarray, reference_agree: np.ndarray, *,
                       grid: np.ndarray, n_cal: float, target: float, delta: float,
-                      power_factor: float = 3.0) -> float:
+                      power_factor: float = POWER_FACTOR) -> float:
     """Share of traffic the fixed-sequence test is predicted to certify at ``target``.
 
     The prediction assumes calibration traces behave like the reference (out-of-fold) ones: the
@@ -320,7 +332,7 @@ def expected_coverage(reference_scores: np.ndarray, reference_agree: np.ndarray,
     """
     ref = np.asarray(reference_scores, dtype=np.float64)
     grid = np.asarray(grid, dtype=np.float64)
-    need = power_factor * min_accepted(target, delta)
+    need = min_calibration(target, delta, power_factor)
     if ref.size == 0 or grid.size == 0 or n_cal < need:
         return 0.0
     predicted, share = _predicted_pvalues(grid, ref, np.asarray(reference_agree, dtype=bool),
