@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import logging
 import multiprocessing
 import os
 import random
@@ -58,10 +59,24 @@ def wait_for(path: Path, timeout: float = BOUND) -> None:
         time.sleep(0.02)
 
 
+class Faults(logging.Handler):
+    """The warnings tracer_wrap logs in a worker (each fault it counts logs one), so a failure
+    says which fault a worker met."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 def serve(task: TracedTask, name: str, root: Path) -> dict:
     """Call CALLS times from each of THREADS threads, then report; then end on the final
     version."""
     faulthandler.dump_traceback_later(BOUND - 60, exit=True)
+    faults = Faults()
+    logging.getLogger("tracer_wrap").addHandler(faults)
     (root / f"ready-{name}").write_text("")
     wait_for(root / "go")
     llm_calls = [0] * THREADS
@@ -105,7 +120,7 @@ def serve(task: TracedTask, name: str, root: Path) -> dict:
     report = {"name": name, "pid": os.getpid(), "refits": len(refitted_here),
               "llm_calls": sum(llm_calls), "failures": failures, "dropped": task.stats.dropped,
               "poisoned": len(task.poisoned),
-              "errors": task.stats.errors, "local": task.stats.local}
+              "errors": task.stats.errors, "faults": faults.lines, "local": task.stats.local}
     (root / f"done-{name}.json").write_text(json.dumps(report))
     wait_for(root / "final")
     # Every process picks up the newest version within refresh_seconds (in the background).
@@ -194,6 +209,7 @@ def test_threads_and_forked_and_spawned_processes_share_one_store(tmp_path: Path
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
     newest = store.current_version("t")
     for r in reports:
-        assert r["failures"] == [] and r["errors"] == r["poisoned"] == 0, r
-        assert r["final"] == r["current"] == newest, r
+        # The message is a string: pytest would cut a dict's repr before the faults.
+        assert r["failures"] == [] and r["errors"] == r["poisoned"] == 0, json.dumps(r)
+        assert r["final"] == r["current"] == newest, json.dumps(r)
     assert sum(r["llm_calls"] for r in reports) > 100 and sum(r["local"] for r in reports) > 100
