@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
+from _http import free_port
+
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -26,6 +21,7 @@ class RedisServer:
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.started_once = False
         # Every acknowledged write reaches the append-only file before the reply: a SIGKILL
         # then loses nothing Redis acknowledged (the default fsyncs once a second).
         self.fsync = "always" if fsync_always else "everysec"
@@ -35,17 +31,35 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", self.fsync, "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        """Start the server and wait until it answers. The one answering must be this server:
+        another process (a parallel job on the machine) may take the port between
+        :func:`free_port` and the bind, and the tests would then share its data. A first start
+        moves to another port then; a restart, whose clients know the port, raises."""
+        import redis
+
+        first = self.proc is None and not self.started_once
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:  # not started, or lost the bind
+                if self.proc is not None and not first:
+                    raise RuntimeError(f"redis-server cannot bind port {self.port} again")
+                if self.proc is not None:
+                    self.port = free_port()
+                self.proc = subprocess.Popen(
+                    [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "yes", "--appendfsync", self.fsync,
+                     "--dir", str(self.workdir)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
+                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                    pid = client.info("server")["process_id"]
+            except redis.RedisError:
                 time.sleep(0.02)
+                continue
+            if pid == self.proc.pid:
+                self.started_once = True
+                return
+            time.sleep(0.02)  # another process's server: ours fails to bind and exits
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
