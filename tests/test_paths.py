@@ -175,3 +175,35 @@ def test_centres_are_well_separated() -> None:
     """The fixture task is what the tests assume: four distinct unit centres."""
     gram = CENTRES @ CENTRES.T
     assert np.allclose(np.diag(gram), 1) and np.abs(gram - np.eye(4)).max() < 0.8
+
+
+def test_disabled_every_path_calls_the_llm_and_leaves_the_store_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$TRACER_WRAP_DISABLE`` turns tracer_wrap off on every path alike: each call reaches the
+    LLM and nothing is routed, counted or traced (one accounting, even for the calls it skips)."""
+    store = TraceStore(tmp_path / "store")
+    train(store, "t")
+    before = (store.count("t"), store.counters("t"))
+    monkeypatch.setenv("TRACER_WRAP_DISABLE", "1")
+    texts = inputs()[:6]  # inputs the router answers locally while enabled
+    classify, llm_calls = decorated(store, "t")
+    assert [classify(text) for text in texts] == [label_of_text(t) for t in texts]
+    assert llm_calls == texts
+    with serve_llm(label_of_text) as server, \
+            serving(create_app(store, embedder=EMBEDDER)) as url, \
+            openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0) as raw:
+        client = wrap_openai(raw, task="t", store=store, embedder=EMBEDDER, labels=LABELS)
+        for text in texts:
+            reply = client.chat.completions.create(model="m", messages=ask(text))
+            assert not is_local(reply) and reply.choices[0].message.content == label_of_text(text)
+        assert len(server.requests) == len(texts)
+        for text in texts:
+            plan = httpx.post(f"{url}/v1/tasks/t/route", json={"text": text}).json()
+            assert not plan["local"] and "disabled" in plan["reason"]
+            posted = httpx.post(f"{url}/v1/tasks/t/traces", json={
+                "input": text, "teacher": label_of_text(text), "plan": plan["plan"]})
+            assert posted.status_code < 300, posted.text
+    assert flush()
+    assert (store.count("t"), store.counters("t")) == before
+    monkeypatch.delenv("TRACER_WRAP_DISABLE")
+    assert classify(texts[0]) == label_of_text(texts[0]) and llm_calls == texts  # local again

@@ -317,8 +317,11 @@ class TracedTask:
         ``reply`` says how to read and build results (default: the result is the label). Errors
         of ``llm`` propagate unchanged and log no trace; tracer_wrap's own never reach the caller.
         tracer_wrap waits on nothing but the embedding of ``text``, at most ``embed_timeout``
-        and, once the LLM's latency is known, ``embed_budget`` times it.
+        and, once the LLM's latency is known, ``embed_budget`` times it. While tracer_wrap is
+        disabled (``$TRACER_WRAP_DISABLE``) this is ``llm()`` and nothing else.
         """
+        if names.disabled():  # off: no span, count or trace, as on every other path
+            return llm()
         reply = reply or Reply()
         span = telemetry.start_call(self.task, self.options, reply.attributes)
         plan = self._plan_many([text], None, 1)[0]
@@ -342,6 +345,8 @@ class TracedTask:
         """:meth:`call` for a coroutine ``llm``. Nothing of tracer_wrap's blocks the event loop:
         the embedding is awaited (within the same bounds), traces are written in the
         background, and the store is never read on the loop (unless ``refresh_seconds=0``)."""
+        if names.disabled():
+            return await llm()
         reply = reply or Reply()
         span = telemetry.start_call(self.task, self.options, reply.attributes)
         plan = await self._aplan(text)
@@ -395,10 +400,13 @@ class TracedTask:
         is the input when the plan does not carry it (route by embedding). An audit sample feeds
         the drift breaker; in shadow mode the router's would-be answer is scored; ``meta`` is
         stored with the trace; ``span`` (the call's telemetry) is told the answer and ended.
+        While tracer_wrap is disabled (``$TRACER_WRAP_DISABLE``) nothing is counted or traced.
         Never raises and never waits.
         """
         label: str | None = None
         try:
+            if names.disabled():  # off: nothing counted or traced, as on every other path
+                return self.label_set.normalise(raw)
             if plan is None:
                 plan = self._unplanned()
             counts = {names.COUNTER_LLM: 1, names.COUNTER_AUDITS: int(plan.audit)}
@@ -414,7 +422,7 @@ class TracedTask:
             if span is not None:
                 span.answered_by_llm(label, usage)
             text = plan.text if text is None else text
-            if plan.traced and text is not None and not names.disabled():
+            if plan.traced and text is not None:
                 if len(self._buffer) >= self.options.buffer_size:
                     counts[names.COUNTER_DROPPED] = 1
                     self.stats.add(dropped=1)
@@ -491,15 +499,17 @@ class TracedTask:
 
     def _admit(self, texts: Sequence[object] | None, vectors: np.ndarray | None, n: int
                ) -> tuple[list[Plan | None], list[int], list[str | None]]:
-        """Count the calls; plan the ones tracer_wrap stays out of (disabled, not traceable);
-        return the plans so far, the rows still to route and their inputs as plain ``str``
-        (None where the vector is given). A ``str`` subclass is copied with ``str.__str__``
-        first, so none of its own methods ever runs; one that cannot be read is not traced."""
-        self.stats.add(calls=n)
-        self.ledger.add({names.COUNTER_CALLS: n})
+        """Count the calls; plan the ones tracer_wrap stays out of (not traceable); return the
+        plans so far, the rows still to route and their inputs as plain ``str`` (None where the
+        vector is given). A ``str`` subclass is copied with ``str.__str__`` first, so none of
+        its own methods ever runs; one that cannot be read is not traced. While tracer_wrap is
+        disabled every call is planned for the LLM and nothing is counted: the wrapped clients
+        and the gateway do not reach the engine then, and every path keeps one accounting."""
         if names.disabled():
             why = f"tracer_wrap is disabled (${names.ENV_DISABLE})"
             return [Plan(None, traced=False, reason=why) for _ in range(n)], [], []
+        self.stats.add(calls=n)
+        self.ledger.add({names.COUNTER_CALLS: n})
         plans: list[Plan | None] = [None] * n
         rows: list[int] = []
         inputs: list[str | None] = []
