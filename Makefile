@@ -18,9 +18,11 @@ check: $(STAMP)
 	$(PY) -m ruff check tracer_wrap tests benchmarks
 	$(PY) -m mypy
 
+# One test worker per core (pytest-xdist): most tests wait on processes, servers and sockets, so
+# two workers on two cores take the suite from 490 s to 280-335 s (BENCHMARKS.md, "The test suite").
 test: check
 	bash scripts/system-deps.sh
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist worksteal
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_banking77.py

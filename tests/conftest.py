@@ -63,8 +63,13 @@ def _forget_tasks():
 def banking77_train(request):
     """The packaged Banking77 train split embedded with the real MiniLM (bundled weights).
 
-    Embedded once per machine (~30 s on 2 cores) and kept in pytest's cache directory.
+    Embedded once per machine (~30 s on 2 cores) and kept in pytest's cache directory. The test
+    workers of ``pytest -n`` share that directory: the first to need the vectors embeds them
+    under a file lock while the others wait, and the file appears whole (written aside, then
+    renamed).
     """
+    import fcntl
+
     import numpy as np
 
     from tracer_wrap.lab.datasets import load_banking77
@@ -73,13 +78,18 @@ def banking77_train(request):
     texts = np.array([t for t, _ in rows])
     labels = np.array([y for _, y in rows])
     cache = getattr(request.config, "cache", None)
-    path = cache.mkdir("banking77") / "train-minilm.npy" if cache is not None else None
-    if path is not None and path.exists():
-        vectors = np.load(path, allow_pickle=False)
-    else:
-        vectors = Embedder.default(threads=None).embed(texts.tolist())
-        if path is not None:
-            np.save(path, vectors)
+    if cache is None:  # pytest -p no:cacheprovider
+        return {"X": Embedder.default(threads=None).embed(texts.tolist()), "y": labels,
+                "texts": texts}
+    folder = cache.mkdir("banking77")
+    path = folder / "train-minilm.npy"
+    with open(folder / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            aside = folder / f"train-minilm.{os.getpid()}.npy"
+            np.save(aside, Embedder.default(threads=None).embed(texts.tolist()))
+            os.replace(aside, path)
+    vectors = np.load(path, allow_pickle=False)
     return {"X": vectors, "y": labels, "texts": texts}
 
 
