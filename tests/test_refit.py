@@ -94,11 +94,16 @@ def test_only_uniform_draws_of_traffic_calibrate() -> None:
         # coin was drawn for it.
         trace(6, exchangeable=False, served_version=3),
     ]
-    # The history's share for plain traffic (1200 / 2 plain traces, clipped to 0.4), the slice
+    # The history's share for plain traffic (1200 / 1 plain trace, clipped to 0.4), the slice
     # always, the rest never: they train.
     assert calibration_chances(traces).tolist() == [0.4, 0.0, 1.0, 1.0, 0.0, 0.0]
     # Traces logged before the last breaker trip only train.
     assert calibration_chances(traces, after_seq=3).tolist() == [0.0] * 3 + [1.0, 0.0, 0.0]
+    # The plain share is sized by the plain traces that may still calibrate: after a trip, those
+    # logged since (500: 0.4), not the 4,000 before it (4,500 in all would give 0.3).
+    long = [trace(seq) for seq in range(1, 4501)]
+    assert set(calibration_chances(long, after_seq=4000)[4000:].tolist()) == {0.4}
+    assert set(calibration_chances(long).tolist()) == {0.3}
 
 
 def test_the_slice_gives_valid_pvalues_at_the_null_where_audits_alone_do_not() -> None:

@@ -283,7 +283,9 @@ def calibration_chances(traces: list[Trace], after_seq: int = 0) -> np.ndarray:
 
     A trace logged while no version answered locally is one: it calibrates with
     :func:`~tracer_wrap.model.fit.default_calibration_fraction` of the number of such traces
-    (which stops growing once a version answers, so they keep their side). While version ``v``
+    logged since the last breaker trip, the ones that may calibrate (that number stops growing
+    once a version answers, so they keep their side; after a trip it starts again, so the first
+    refits on the new traffic calibrate on the share a short history needs). While version ``v``
     answers, a random slice of its calls, drawn at its audit rate whatever it decides, reaches the
     LLM (the engine's audit slice): the slice's calls it would answer are its audit samples, the
     others are deferred calls marked exchangeable. The slice is a uniform draw of traffic, so its
@@ -297,7 +299,7 @@ def calibration_chances(traces: list[Trace], after_seq: int = 0) -> np.ndarray:
     # The engine marks a trace exchangeable when its call was logged while no version answered
     # or was in the slice of the version answering then (which it records).
     share = default_calibration_fraction(sum(t.exchangeable and t.served_version is None
-                                             for t in traces))
+                                             and t.seq > after_seq for t in traces))
     return np.array([0.0 if t.seq <= after_seq or not t.exchangeable else
                      share if t.served_version is None else 1.0 for t in traces])
 
