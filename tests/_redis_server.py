@@ -51,7 +51,7 @@ class RedisServer:
                      "--dir", str(self.workdir)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                with redis.Redis(port=self.port, socket_timeout=1) as client:
+                with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1) as client:
                     pid = client.info("server")["process_id"]
             except redis.RedisError:
                 time.sleep(0.02)
