@@ -28,6 +28,7 @@ from _wait import until
 
 from tracer_wrap import Embedder, TracedTask, engine, names
 from tracer_wrap.errors import StoreBusy
+from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.store import TraceStore, disk, open_store
 
 TESTS = Path(__file__).parent
@@ -251,6 +252,54 @@ def test_every_process_writes_its_traces_at_exit_without_a_flush(store_spec, tmp
     who = sorted({t.input.split(" refund")[0] for t in traces})
     assert who == sorted(["preload", "fork", "spawn", "os.fork", "parent"])
     assert len(traces) == 5 * 30
+
+
+REFIT_AT_EXIT = """
+import concurrent.futures.thread as pools, sys, time
+from tracer_wrap import TracedTask, flush
+from tracer_wrap.model.hashing import hashing_embedder
+from tracer_wrap.refit import Refitter
+
+run = Refitter.run
+
+
+def after_the_exit_began(self):
+    # A script that ends right after its calls: its refit runs on once the exit began (Python
+    # joins the worker), and what it asks of any thread pool then (the embedding service, a
+    # model's loader) is refused.
+    while not pools._shutdown:
+        time.sleep(0.01)
+    return run(self)
+
+
+Refitter.run = after_the_exit_began
+task = TracedTask("t", store=sys.argv[1], embedder=hashing_embedder(), min_traces=50,
+                  refit_every=500, audit_rate=0.0)
+for i in range(120):
+    label = ("refund", "card")[i % 2]
+    task.call(f"{label} please #{i}", lambda label=label: label)
+flush()  # the traces are written: the refit they ask for starts in the background
+"""
+
+
+def test_a_refit_stopped_by_the_exit_is_quiet_and_the_next_process_refits(tmp_path):
+    """A short script's refit cannot finish once the interpreter's exit began: no fault is
+    reported, its claim is released, and the traces that asked for it ask the next process."""
+    store = tmp_path / "store"
+    out = run_script(REFIT_AT_EXIT, str(store))
+    assert out.returncode == 0, out.stderr
+    assert "failed" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+    reopened = open_store(str(store))
+    assert reopened.versions("t") == [] and reopened.counter("t", names.COUNTER_REFITS) == 0
+    assert reopened.counter("t", names.COUNTER_NEW_TRACES) == 120
+    assert reopened.claim("t", names.CLAIM_REFIT, ttl=60)  # released, not left to its TTL
+    reopened.release("t", names.CLAIM_REFIT)
+    task = TracedTask("t", store=str(store), embedder=hashing_embedder(), min_traces=50,
+                      refit_every=500, audit_rate=0.0)
+    task.call("card please, one more", lambda: "card")
+    assert task.flush()
+    until(lambda: reopened.counter("t", names.COUNTER_REFITS) == 1, "the next process's refit")
+    task.close()
 
 
 FORK_DURING_FLUSH = """

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing.util
 import os
+import sys
 import threading
 import time
 import weakref
@@ -30,8 +31,8 @@ from typing import Protocol
 
 from ._log import fault
 
-__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "at_fork", "flush", "register",
-           "unregister", "wake"]
+__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "at_fork", "exiting", "flush",
+           "register", "unregister", "wake"]
 
 #: Longest the worker sleeps between two steps of every job.
 TICK = 0.1
@@ -147,6 +148,15 @@ def _drain_all(timeout: float) -> bool:
 
 def _drain_at_exit() -> None:
     flush(EXIT_SECONDS)
+
+
+def exiting() -> bool:
+    """Whether the interpreter's exit began: its thread pools take no new work from then on (the
+    ones tracer_wrap uses and the ones a library it calls uses, such as a model's loader)."""
+    import concurrent.futures.thread as pools
+
+    return (bool(getattr(pools, "_shutdown", False)) or not threading.main_thread().is_alive()
+            or sys.is_finalizing())
 
 
 _ForkStep = tuple[Callable[[], None], Callable[[], None], Callable[[], None]]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 import threading
 import time
 import weakref
@@ -150,14 +149,6 @@ class Plan:
     reason: str = ""
     audit_p: float | None = 1.0
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-
-def _exiting() -> bool:
-    """Whether the interpreter's exit began (its thread pools take no new work)."""
-    import concurrent.futures.thread as pools
-
-    return (bool(getattr(pools, "_shutdown", False)) or not threading.main_thread().is_alive()
-            or sys.is_finalizing())
 
 
 def _identity(value: Any) -> Any:
@@ -936,7 +927,7 @@ class TracedTask:
         except RuntimeError:
             # concurrent.futures takes no new work once the interpreter's exit began; the exit's
             # last drain may still find a refit due.
-            if not _exiting():
+            if not background.exiting():
                 raise
             return None
 

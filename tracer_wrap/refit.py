@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from . import names
+from . import background, names
 from ._log import fault, logger
 from .errors import ConfigError, EmbedderError, GateRefused, RouterLoadError, StoreTampered
 from .labels import LabelSet
@@ -365,7 +365,10 @@ class Refitter:
         runs at a time across processes. Raises GateRefused when a refit is already running
         elsewhere, when there are fewer than ``min_traces`` valid traces, or for an audit-only task
         (``store_inputs="hash"``); StoreError / EmbedderError when the store or the embedder
-        fails. A refit that dies keeps its claim until ``refit_claim_ttl`` runs out.
+        fails. A refit that dies keeps its claim until ``refit_claim_ttl`` runs out. One that the
+        interpreter's exit stops (its thread pools refuse new work, a model's loader included)
+        gives back the count of new traces that asked for it, so the next process refits at its
+        first write.
         """
         options = self.options
         if options.store_inputs == "hash":
@@ -375,6 +378,7 @@ class Refitter:
         store = self._store()
         if not store.claim(self.task, names.CLAIM_REFIT, ttl=options.refit_claim_ttl):
             raise GateRefused(f"a refit of {self.task!r} is already running")
+        taken = 0  # new valid traces this refit answers for (the counter that asked for it)
         try:
             started = options.clock()
             store.set_setting(self.task, names.SETTING_LAST_REFIT, started)
@@ -391,8 +395,8 @@ class Refitter:
             if len(traces) < options.min_traces:
                 raise GateRefused(f"{len(traces)} valid traces of {self.task!r};"
                                   f" at least {options.min_traces} are needed to fit")
-            store.incr(self.task, names.COUNTER_NEW_TRACES,
-                       -store.counter(self.task, names.COUNTER_NEW_TRACES))
+            taken = store.counter(self.task, names.COUNTER_NEW_TRACES)
+            store.incr(self.task, names.COUNTER_NEW_TRACES, -taken)
             breaker = self._breaker()
             tripped = breaker is not None and breaker.last_trip() is not None
             after_seq = int(store.get_setting(self.task, names.SETTING_CALIBRATE_AFTER, 0) or 0)
@@ -432,6 +436,12 @@ class Refitter:
                 self._published(published, router, ood)
             self._apply_retention(store, seen_seq)
             return router
+        except Exception:
+            if background.exiting() and taken:
+                # Stopped by the exit, not by a fault of its own: the traces that asked for it
+                # ask again, so the next process refits at its first write.
+                store.incr(self.task, names.COUNTER_NEW_TRACES, taken)
+            raise
         finally:
             store.release(self.task, names.CLAIM_REFIT)
 
@@ -500,7 +510,11 @@ class Refitter:
         except GateRefused as exc:
             logger.info("tracer_wrap refit of %r skipped: %s", self.task, exc)
         except Exception as exc:
-            self._fault("refit", exc)
+            if not background.exiting():
+                self._fault("refit", exc)
+            else:  # no fault: the exit refuses new work (a model's loader), and nothing is lost
+                logger.info("tracer_wrap refit of %r stopped by the interpreter's exit (%s: %s);"
+                            " the next process refits", self.task, type(exc).__name__, exc)
         return None
 
     def after_fork(self) -> None:
