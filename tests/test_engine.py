@@ -29,6 +29,7 @@ from tracer_wrap import (
     TraceStore,
     Usage,
     background,
+    engine,
     flush,
 )
 
@@ -556,10 +557,34 @@ def test_while_the_embedding_model_loads_calls_go_to_the_llm_at_once(tmp_path, r
             else:
                 answer = asyncio.run(_acall(task, text, lambda label: label))
             assert answer == label_of_text(text)
-        # The first call waited embed_timeout for the load (a fault: it may hang); the others
-        # were refused at once, no fault: the answer is the LLM's without any wait.
-        assert (task.stats.errors, task.stats.late, task.stats.llm) == (1, 19, 20)
+        # The first call waited embed_timeout for the load, the others were refused at once:
+        # all late, no fault (a load takes seconds; a call at a process's start is no sign of a
+        # hang), and the answer is the LLM's.
+        assert (task.stats.errors, task.stats.late, task.stats.llm) == (0, 20, 20)
         assert all("still loading" in task.route(t).reason for t in texts[:3])
     finally:
         free.set()
     until(lambda: task.route("c1 after the load").local, "a local answer once the model is up")
+
+
+def test_a_load_that_runs_past_its_bound_is_a_fault(tmp_path, monkeypatch, caplog):
+    import threading
+
+    fitted_task(tmp_path)
+    free = threading.Event()
+
+    def loading(texts: list[str]) -> np.ndarray:
+        free.wait()
+        return embed(texts)
+
+    monkeypatch.setattr(engine, "LOAD_FAULT_SECONDS", 0.0)  # any load has run "too long"
+    task = new_task(tmp_path, embedder=Embedder.from_callable(loading, name="centres"),
+                    embed_timeout=0.2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+            for i in range(3):
+                assert task.call(f"c0 stuck {i}", lambda: "l0") == "l0"
+        assert (task.stats.errors, task.stats.late, task.stats.llm) == (3, 0, 3)
+        assert "routing failed" in caplog.text
+    finally:
+        free.set()

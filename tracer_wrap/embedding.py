@@ -188,6 +188,7 @@ class EmbeddingService:
         self._pid: int | None = None
         self._running = False  # the worker is inside a model call
         self._loaded = False  # a model call has returned (the first one loads the model)
+        self._load_started: float | None = None  # when the first work came (the load's start)
         self._closed = False
         self._call_time = CallTime()  # model calls timed, the first (the load) excluded
         self._free_at = 0.0  # when the running model call should end (time.monotonic)
@@ -241,6 +242,14 @@ class EmbeddingService:
             future.cancel()
             raise EmbedTimeout(f"embedding took longer than {timeout:g} s") from None
 
+    def loading(self) -> float | None:
+        """Seconds since the first work came, while the model call that loads the model has not
+        returned; None before any work and once it has."""
+        with self._cond:
+            if self._loaded or self._load_started is None:
+                return None
+            return time.monotonic() - self._load_started
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of ``texts`` as bulk work (a refit): chunks of texts of similar lengths
         (:func:`~tracer_wrap.model.embedder.length_chunks`) run between request batches. Rows are
@@ -254,6 +263,7 @@ class EmbeddingService:
         with self._cond:
             self._ensure_worker()
             self._check_open()
+            self._note_work()
             for chunk in chunks:
                 future: Future[np.ndarray] = Future()
                 self._bulk.append(([texts[i] for i in chunk], future))
@@ -268,6 +278,7 @@ class EmbeddingService:
         with self._cond:
             self._ensure_worker()
             self._check_open()
+            self._note_work()
             now = time.monotonic()
             # An idle worker always takes a caller's texts: it keeps the estimate current (the
             # first model call also loads the model), and what their caller stops waiting for
@@ -291,6 +302,11 @@ class EmbeddingService:
                                   for text, future in zip(texts, futures))
             self._cond.notify()
         return futures
+
+    def _note_work(self) -> None:
+        """Note when the first work came (caller holds the lock): the model loads from then."""
+        if self._load_started is None:
+            self._load_started = time.monotonic()
 
     def _check_open(self) -> None:
         if self._closed:

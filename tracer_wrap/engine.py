@@ -77,6 +77,10 @@ STEP_BATCHES = 4
 #: is retried by the background worker) before the wait counts and is logged as a fault: under
 #: contention from many processes a lock held a few seconds is normal, not a failure.
 BUSY_FAULT_SECONDS = 30.0
+#: How long the embedding model may take to load (its first model call) before the calls that
+#: miss their wait meanwhile count and are logged as a fault: a load takes seconds on a busy
+#: machine (3-5 s on the project's), and a call at a process's start is no sign of a hang.
+LOAD_FAULT_SECONDS = 60.0
 
 #: Longest input tracer_wrap embeds; longer inputs go to the LLM untouched (the embedder truncates
 #: long inputs anyway, so a local answer for them would rest on a part of the text).
@@ -523,13 +527,19 @@ class TracedTask:
 
     def _unrouted(self, texts: list[str | None], exc: Exception) -> list[Plan]:
         """Plans of inputs routing failed for: to the LLM. An embedding refused at once (the
-        worker could not have made the wait) or a wait the LLM's latency cut short is counted
-        as ``late``; anything else (a wait that reached ``embed_timeout`` included: a hung
-        embedder) is a fault. Their answers are unplanned draws for the gate (see
-        :meth:`_unplanned`): which inputs miss their wait depends on the machine's load and the
-        embedder's cache, not on a design."""
+        worker could not have made the wait), a wait the LLM's latency cut short, or one that
+        ended while the model loads (for less than :data:`LOAD_FAULT_SECONDS`) is counted as
+        ``late``; anything else (a wait that reached ``embed_timeout`` included: a hung
+        embedder, or a load that runs that long) is a fault. Their answers are unplanned draws
+        for the gate (see :meth:`_unplanned`): which inputs miss their wait depends on the
+        machine's load and the embedder's cache, not on a design."""
         cut_short = self._embed_wait.seconds() < self.options.embed_timeout
-        if isinstance(exc, EmbedRefused) or (isinstance(exc, EmbedTimeout) and cut_short):
+        # Only the service raises EmbedTimeout: asked nothing otherwise (the fault handled here
+        # may be that the embedder cannot even be built).
+        loading = self.embedding.loading() if isinstance(exc, EmbedTimeout) else None
+        stuck = loading is not None and loading >= LOAD_FAULT_SECONDS
+        if not stuck and (isinstance(exc, EmbedRefused) or (
+                isinstance(exc, EmbedTimeout) and (cut_short or loading is not None))):
             self.stats.add(late=len(texts))
             why = f"the embedding of the input was not ready within its wait: {exc}"
         else:
