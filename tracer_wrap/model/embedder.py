@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -266,8 +267,31 @@ _LOADERS: weakref.WeakSet[_LazySentenceTransformer] = weakref.WeakSet()
 _EMBEDDERS: weakref.WeakSet[Embedder] = weakref.WeakSet()
 
 
+#: Longest a fork waits for a model load running in another thread to end (see
+#: :func:`_before_fork`); past it the fork goes on.
+FORK_LOAD_SECONDS = 30.0
+_held_at_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    # A fork while another thread loads the model (the first embedding, often a background
+    # refit's) gives the child the module locks of the imports in progress, held by a thread it
+    # does not have: its own load then waits on them forever (measured: 2 of 12 forked children
+    # under load). Each loader's lock is held while it loads, so taking it waits for the load.
+    deadline = time.monotonic() + FORK_LOAD_SECONDS
+    for loader in list(_LOADERS):
+        if loader._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            _held_at_fork.append(loader._lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_at_fork:
+        _held_at_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
     # A lock a parent thread held at the fork would never be released in the child.
+    _held_at_fork.clear()
     for embedder in list(_EMBEDDERS):
         embedder._lock = threading.Lock()
     for loader in list(_LOADERS):
@@ -278,7 +302,8 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
 
 
 def _resolve_model_path(model: str) -> str:
