@@ -276,8 +276,9 @@ _held_at_fork: list[threading.Lock] = []
 def _before_fork() -> None:
     # A fork while another thread loads the model (the first embedding, often a background
     # refit's) gives the child the module locks of the imports in progress, held by a thread it
-    # does not have: its own load then waits on them forever (measured: 2 of 12 forked children
-    # under load). Each loader's lock is held while it loads, so taking it waits for the load.
+    # does not have: its own load then waits on them forever (measured: 3 of 24 forked children
+    # with four runs at once; 0 of 24 since). Each loader's lock is held while it loads (and
+    # while it encodes with a thread count of its own), so taking it waits for the load.
     deadline = time.monotonic() + FORK_LOAD_SECONDS
     for loader in list(_LOADERS):
         if loader._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
