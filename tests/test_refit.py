@@ -6,6 +6,7 @@ import hashlib
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -382,6 +383,36 @@ def test_claim_lets_one_refit_run(tmp_path: Path) -> None:
     task.store.release("t", "refit")
     task.refit()
     assert task.version == 1
+
+
+def test_refit_waits_for_this_process_s_background_refit(tmp_path: Path) -> None:
+    """A script's ``refit()`` while its own background refit runs (the claim is held) waits for
+    it, then fits on every trace, instead of raising GateRefused."""
+    task = make_task(str(tmp_path))
+    feed(task, 200)
+    runner = task.refitter.runner
+    entered, release = threading.Event(), threading.Event()
+    fit, wait = runner.run_fit, runner.wait
+
+    def held_fit(fn, **kwargs):  # type: ignore[no-untyped-def]
+        entered.set()
+        release.wait()
+        return fit(fn, **kwargs)
+
+    def waiting() -> None:  # the explicit refit reached its wait: let the background one end
+        release.set()
+        wait()
+
+    runner.run_fit, runner.wait = held_fit, waiting  # type: ignore[method-assign]
+    try:
+        background = task.refit_in_background()
+        assert background is not None and entered.wait(120)
+        assert task.refit() is not None
+        assert background.result(timeout=120) is not None
+        assert [m["version"] for m in task.store.versions("t")] == [1, 2]
+    finally:
+        release.set()
+        task.close()
 
 
 def test_runner_inline_returns_done_future() -> None:

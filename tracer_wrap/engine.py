@@ -48,7 +48,7 @@ from . import background, names, telemetry
 from ._log import fault
 from .accounting import Ledger, Usage
 from .embedding import EmbeddingService, EmbedRefused, EmbedTimeout, EmbedWait, service_for
-from .errors import ConfigError, StoreBusy, StoreError, TraceRefused
+from .errors import ConfigError, GateRefused, StoreBusy, StoreError, TraceRefused
 from .labels import LabelSet
 from .model.embedder import Embedder, make_embedder
 from .model.router import Decision, Router
@@ -925,8 +925,18 @@ class TracedTask:
     # -- fitting ---------------------------------------------------------------------------------
 
     def refit(self) -> Router:
-        """Fit and publish a router now; see :meth:`tracer_wrap.refit.Refitter.run`."""
-        return self.refitter.run()
+        """Fit and publish a router now; see :meth:`tracer_wrap.refit.Refitter.run`.
+
+        A background refit of this process that is running is waited for first (one refit of a
+        task runs at a time), then this one fits on every trace logged by then. Raises
+        GateRefused when another process is refitting the task, as ``run`` does."""
+        while True:
+            self.refitter.runner.wait()
+            try:
+                return self.refitter.run()
+            except GateRefused:
+                if not self.refitter.runner.running:  # not ours: another process's, or no data
+                    raise
 
     def refit_in_background(self) -> Future[Router | None] | None:
         """Start a refit off the request path; see

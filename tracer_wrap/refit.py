@@ -41,6 +41,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -240,6 +241,13 @@ class RefitRunner:
     def running(self) -> bool:
         with self._lock:
             return self._future is not None and not self._future.done()
+
+    def wait(self) -> None:
+        """Return once the job running now (if any) has ended, however long it takes."""
+        with self._lock:
+            future = self._future
+        if future is not None:
+            futures_wait([future])
 
     def worker_pids(self) -> list[int]:
         """Process ids of the fit worker processes alive now (empty unless ``"process"``)."""
