@@ -373,6 +373,9 @@ class TracedTask:
                    ) -> list[Plan]:
         """:meth:`route` for a batch, embedded in one pass. Never raises."""
         n = len(texts) if texts is not None else len(vectors if vectors is not None else ())
+        if names.disabled():  # off: no span, count or trace, as on every other path
+            why = f"tracer_wrap is disabled (${names.ENV_DISABLE})"
+            return [Plan(None, traced=False, reason=why) for _ in range(n)]
         plans = self._plan_many(texts, vectors, n)
         for plan in plans:
             span = telemetry.start_call(self.task, self.options, {})
@@ -398,10 +401,23 @@ class TracedTask:
         While tracer_wrap is disabled (``$TRACER_WRAP_DISABLE``) nothing is counted or traced.
         Never raises and never waits.
         """
+        if not names.disabled():
+            return self._record(plan, raw, text=text, usage=usage, meta=meta, span=span)
+        try:  # off: nothing counted or traced, as on every other path
+            return self.label_set.normalise(raw)
+        except Exception as exc:
+            self._fault("trace logging", exc)
+            return None
+        finally:
+            if span is not None:
+                span.end()
+
+    def _record(self, plan: Plan | None, raw: object, *, text: str | None = None,
+                usage: Usage | None = None, meta: Mapping[str, Any] | None = None,
+                span: telemetry.CallSpan | None = None) -> str | None:
+        """:meth:`record` once tracer_wrap is known to be on (a call checks at its start)."""
         label: str | None = None
         try:
-            if names.disabled():  # off: nothing counted or traced, as on every other path
-                return self.label_set.normalise(raw)
             if plan is None:
                 plan = self._unplanned()
             counts = {names.COUNTER_LLM: 1, names.COUNTER_AUDITS: int(plan.audit)}
@@ -497,12 +513,10 @@ class TracedTask:
         """Count the calls; plan the ones tracer_wrap stays out of (not traceable); return the
         plans so far, the rows still to route and their inputs as plain ``str`` (None where the
         vector is given). A ``str`` subclass is copied with ``str.__str__`` first, so none of
-        its own methods ever runs; one that cannot be read is not traced. While tracer_wrap is
-        disabled every call is planned for the LLM and nothing is counted: the wrapped clients
-        and the gateway do not reach the engine then, and every path keeps one accounting."""
-        if names.disabled():
-            why = f"tracer_wrap is disabled (${names.ENV_DISABLE})"
-            return [Plan(None, traced=False, reason=why) for _ in range(n)], [], []
+        its own methods ever runs; one that cannot be read is not traced. Never reached while
+        tracer_wrap is disabled: ``call``, ``acall`` and ``route_many`` stop before it, as the
+        wrapped clients and the gateway stop before the engine, so every path keeps one
+        accounting."""
         self.stats.add(calls=n)
         self.ledger.add({names.COUNTER_CALLS: n})
         plans: list[Plan | None] = [None] * n
@@ -622,7 +636,7 @@ class TracedTask:
         try:
             if reply.later is not None:
                 def done(raw: object, usage: Usage | None) -> None:
-                    self.record(plan, raw, usage=usage, span=span)
+                    self._record(plan, raw, usage=usage, span=span)
 
                 return reply.later(result, done)
             raw = reply.label_of(result)
@@ -631,7 +645,7 @@ class TracedTask:
             self._fault("trace logging", exc)
             span.end()
             return result
-        self.record(plan, raw, usage=usage, span=span)
+        self._record(plan, raw, usage=usage, span=span)
         return result
 
     def _unplanned(self, text: str | None = None, reason: str = "") -> Plan:
