@@ -37,13 +37,12 @@ class RedisServer:
         moves to another port then; a restart, whose clients know the port, raises."""
         import redis
 
-        first = self.proc is None and not self.started_once
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:  # not started, or lost the bind
-                if self.proc is not None and not first:
-                    raise RuntimeError(f"redis-server cannot bind port {self.port} again")
                 if self.proc is not None:
+                    if self.started_once:
+                        raise RuntimeError(f"redis-server cannot bind port {self.port} again")
                     self.port = free_port()
                 self.proc = subprocess.Popen(
                     [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
