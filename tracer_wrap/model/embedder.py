@@ -255,12 +255,21 @@ class _LazySentenceTransformer:
     def _load(self) -> Any:
         try:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
         except ImportError as exc:
             raise MissingExtraError("sentence-transformers", "embeddings") from exc
+        # transformers draws a "Loading weights" bar on stderr: noise in a service's logs (every
+        # process draws one at its first call) and in the demo's output. The switch is
+        # process-wide, so it is off for the load only and restored after.
+        bars = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
         try:
             return SentenceTransformer(_resolve_model_path(self.model), device="cpu")
         except Exception as exc:
             raise EmbedderError(f"cannot load embedding model {self.model!r}: {exc}") from exc
+        finally:
+            if bars:
+                transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 _LOADERS: weakref.WeakSet[_LazySentenceTransformer] = weakref.WeakSet()
