@@ -19,7 +19,7 @@ from anthropic import _response as anthropic_response
 from ..errors import ConfigError
 from . import _anthropic_objects as objects
 from ._prompt import anthropic_messages_view
-from ._sdk import ApiSpec, AsyncCalls, Calls, CallSpecs, Resource, Tasks
+from ._sdk import ApiSpec, AsyncCalls, Calls, CallSpecs, Client, Resource, Tasks
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -52,7 +52,7 @@ class _AsyncMessages(AsyncCalls):
                       getattr(anthropic_response, "async_to_streamed_response_wrapper", None))
 
 
-class TracedAnthropic(Resource):
+class TracedAnthropic(Client):
     """A wrapped ``Anthropic`` client (see :func:`wrap_anthropic`)."""
 
     _messages: type[Resource] = _Messages
@@ -62,23 +62,10 @@ class TracedAnthropic(Resource):
         self._self_messages: Any = None
 
     @property
-    def tracer_wrap_tasks(self) -> Tasks:
-        """The tasks of this client and its copies (one :class:`TracedTask` per template)."""
-        return self._self_tasks
-
-    @property
     def messages(self) -> Any:
         if self._self_messages is None:
             self._self_messages = self._messages(self.__wrapped__.messages, self._self_tasks)
         return self._self_messages
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``copy()``, wrapped again: the copy shares this client's tasks and store."""
-        return type(self)(self.__wrapped__.copy(*args, **kwargs), self._self_tasks)
-
-    def with_options(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``with_options()``, wrapped again (an alias of :meth:`copy`, as in the SDK)."""
-        return type(self)(self.__wrapped__.with_options(*args, **kwargs), self._self_tasks)
 
 
 class TracedAsyncAnthropic(TracedAnthropic):

@@ -5,7 +5,8 @@ every resource and every attribute work as before; the SDK classes are never pat
 ``chat.completions.create`` / ``parse`` / ``stream`` and ``responses.create`` / ``parse`` /
 ``stream`` (and their ``with_raw_response`` and ``with_streaming_response`` twins, which are
 traced but always go to the LLM) run through :class:`._sdk.Tasks`. ``with_options()`` and
-``copy()`` return wrapped clients sharing the same tasks, store and embedder.
+``copy()`` return wrapped clients sharing the same tasks, store and embedder, and ``with`` /
+``async with`` give the wrapped client (closing the SDK's at the end, as the SDK does).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import openai
 from ..errors import ConfigError
 from . import _openai_objects as objects
 from ._prompt import openai_chat_view, openai_responses_view
-from ._sdk import ApiSpec, AsyncCalls, Calls, CallSpecs, Resource, Tasks
+from ._sdk import ApiSpec, AsyncCalls, Calls, CallSpecs, Client, Resource, Tasks
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -94,7 +95,7 @@ class _Chat(Resource):
         return self._self_completions
 
 
-class TracedOpenAI(Resource):
+class TracedOpenAI(Client):
     """A wrapped ``OpenAI`` client (see :func:`wrap_openai`)."""
 
     _completions: type[Resource] = _Completions
@@ -104,11 +105,6 @@ class TracedOpenAI(Resource):
         super().__init__(wrapped, tasks)
         self._self_chat: Any = None
         self._self_responses: Any = None
-
-    @property
-    def tracer_wrap_tasks(self) -> Tasks:
-        """The tasks of this client and its copies (one :class:`TracedTask` per template)."""
-        return self._self_tasks
 
     @property
     def chat(self) -> Any:
@@ -121,14 +117,6 @@ class TracedOpenAI(Resource):
         if self._self_responses is None:
             self._self_responses = self._responses(self.__wrapped__.responses, self._self_tasks)
         return self._self_responses
-
-    def copy(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``copy()``, wrapped again: the copy shares this client's tasks and store."""
-        return type(self)(self.__wrapped__.copy(*args, **kwargs), self._self_tasks)
-
-    def with_options(self, *args: Any, **kwargs: Any) -> Any:
-        """The SDK's ``with_options()``, wrapped again (an alias of :meth:`copy`, as in the SDK)."""
-        return type(self)(self.__wrapped__.with_options(*args, **kwargs), self._self_tasks)
 
 
 class TracedAsyncOpenAI(TracedOpenAI):

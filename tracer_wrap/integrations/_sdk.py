@@ -52,8 +52,8 @@ from ._stream import (
     tap_stream,
 )
 
-__all__ = ["TASK_OPTION", "ApiSpec", "AsyncCalls", "CallSpecs", "Calls", "Resource", "Tasks",
-           "Variant", "inside_wrapper"]
+__all__ = ["TASK_OPTION", "ApiSpec", "AsyncCalls", "CallSpecs", "Calls", "Client", "Resource",
+           "Tasks", "Variant", "inside_wrapper"]
 
 #: Per-call keyword that names the task; it is removed before the SDK sees the arguments.
 TASK_OPTION = "tracer_wrap_task"
@@ -376,6 +376,52 @@ class Resource(wrapt.ObjectProxy):  # type: ignore[type-arg]
     def __init__(self, wrapped: Any, tasks: Tasks) -> None:
         super().__init__(wrapped)
         self._self_tasks = tasks
+
+
+class Client(Resource):
+    """A wrapped SDK client: every attribute is the client's own, its traced resources are
+    wrapped (a subclass adds them), and what returns a client returns a wrapped one sharing this
+    client's tasks, store and embedder. ``with`` / ``async with`` run the SDK client's own
+    ``__enter__`` / ``__exit__`` (which close it) and give the wrapped client."""
+
+    @property
+    def tracer_wrap_tasks(self) -> Tasks:
+        """The tasks of this client and its copies (one :class:`TracedTask` per template)."""
+        return self._self_tasks
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``copy()``, wrapped again: the copy shares this client's tasks and store."""
+        return type(self)(self.__wrapped__.copy(*args, **kwargs), self._self_tasks)
+
+    def with_options(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``with_options()``, wrapped again (an alias of :meth:`copy`, as in the SDK)."""
+        return type(self)(self.__wrapped__.with_options(*args, **kwargs), self._self_tasks)
+
+    # wrapt's proxy returns what the client's own __enter__ returns (the bare client), which
+    # would turn tracer_wrap off inside the block.
+    def __enter__(self) -> Any:
+        _special(self.__wrapped__, "__enter__", "context manager")(self.__wrapped__)
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return _special(self.__wrapped__, "__exit__", "context manager")(self.__wrapped__, *exc)
+
+    async def __aenter__(self) -> Any:
+        await _special(self.__wrapped__, "__aenter__",
+                       "asynchronous context manager")(self.__wrapped__)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await _special(self.__wrapped__, "__aexit__",
+                              "asynchronous context manager")(self.__wrapped__, *exc)
+
+
+def _special(obj: Any, name: str, protocol: str) -> Callable[..., Any]:
+    """The special method ``name`` of ``obj``'s class; the TypeError ``with`` raises without."""
+    method = getattr(type(obj), name, None)
+    if method is None:
+        raise TypeError(f"{type(obj).__name__!r} object does not support the {protocol} protocol")
+    return method  # type: ignore[no-any-return]
 
 
 class Variant(wrapt.ObjectProxy):  # type: ignore[type-arg]
