@@ -119,6 +119,64 @@ def test_migrate_refuses_a_missing_source_and_runs_again_without_doubling(
     assert dst.count("intent") == 801 and dst.counter("intent", "local") == 10
 
 
+def test_migrate_refuses_a_store_into_itself_under_another_spelling(
+        store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(store_dir.parent)
+    (store_dir.parent / "alias").symlink_to(store_dir)
+    for other in ("./store", str(store_dir / ".." / "store"), "alias"):
+        result = cli("migrate", "--from", str(store_dir), "--to", other)
+        assert result.exit_code == 1  # type: ignore[attr-defined]
+        assert "same store" in result.stderr and len(result.stderr.splitlines()) == 1  # type: ignore[attr-defined]
+    assert sum(t.count for t in TraceStore(store_dir).traces("intent")) == 800
+
+
+def test_migrate_again_keeps_what_the_destination_changed(store_dir: Path, tmp_path: Path) -> None:
+    dst_dir = str(tmp_path / "dst")
+    fit(store_dir)
+    cli("--store", str(store_dir), "routing", "intent", "on")
+    assert cli("migrate", "--from", str(store_dir), "--to", dst_dir).exit_code == 0  # type: ignore[attr-defined]
+    dst = TraceStore(dst_dir)
+    assert dst.current_version("intent") == 1 and dst.get_setting("intent", "routing") is True
+    # The destination refits and switches routing off; the source publishes a version too.
+    assert fit(Path(dst_dir), "--target", "0.9")["current_version"] == 2
+    cli("--store", dst_dir, "routing", "intent", "off")
+    source_fit = fit(store_dir, "--force")
+    assert source_fit["current_version"] == 2
+    for _ in range(2):
+        result = cli("migrate", "--from", str(store_dir), "--to", dst_dir)
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert dst.current_version("intent") == 2  # the destination's refit, not the source's
+    assert dst.get_setting("intent", "routing") is False
+    kept = dst.versions("intent")
+    # The source's v2 is copied once, as v3 (v2 is the destination's own), and burns no number.
+    assert [m["version"] for m in kept] == [1, 2, 3]
+    assert kept[2]["saved_at"] == TraceStore(store_dir).manifest("intent", 2)["saved_at"]  # type: ignore[index]
+    assert dst.reserve_version("intent") == 4
+    from tracer_wrap.versions import load_version
+
+    load_version(dst, "intent", 3)  # its v3.json copy was renumbered with it
+    # A change on the source reaches a setting the destination left as the last run wrote it.
+    cli("--store", str(store_dir), "price", "intent", "--per-call", "0.001")
+    cli("migrate", "--from", str(store_dir), "--to", dst_dir)
+    assert dst.get_setting("intent", n.SETTING_PRICE)["per_call"] == 0.001
+    cli("--store", dst_dir, "price", "intent", "--per-call", "0.002")
+    cli("--store", str(store_dir), "price", "intent", "--per-call", "0.003")
+    cli("migrate", "--from", str(store_dir), "--to", dst_dir)
+    assert dst.get_setting("intent", n.SETTING_PRICE)["per_call"] == 0.002
+
+
+def test_migrate_again_follows_the_source_while_the_destination_did_not_choose(
+        store_dir: Path, tmp_path: Path) -> None:
+    dst_dir = str(tmp_path / "dst")
+    fit(store_dir)
+    cli("migrate", "--from", str(store_dir), "--to", dst_dir)
+    fit(store_dir, "--force")
+    cli("--store", str(store_dir), "pin", "intent", "2")
+    cli("migrate", "--from", str(store_dir), "--to", dst_dir)
+    dst = TraceStore(dst_dir)
+    assert dst.current_version("intent") == 2 and dst.get_setting("intent", "pinned_version") == 2
+
+
 COMMANDS = ["status", "fit", "versions", "rollback", "pin", "unpin", "routing", "price",
             "export", "import", "report", "serve", "gateway", "tasks", "run", "demo", "migrate",
             "bench", "simulate"]

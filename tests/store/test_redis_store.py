@@ -98,6 +98,19 @@ def test_migrate_copies_traces_settings_and_versions(server, tmp_path):
     assert dst.reserve_version("t") == 3
 
 
+def test_migrate_refuses_a_redis_store_into_itself(server):
+    from tracer_wrap.errors import ConfigError
+    from tracer_wrap.store.migrate import migrate
+
+    RedisStore(server.url).append("t", "a", "x")
+    other_spelling = f"redis://127.0.0.1:{server.port}"  # database 0 by default
+    with pytest.raises(ConfigError, match="same store"):
+        migrate(server.url, other_spelling)
+    assert RedisStore(server.url).traces("t")[0].count == 1
+    migrate(server.url, f"redis://127.0.0.1:{server.port}/1")  # another database is another store
+    assert RedisStore(f"redis://127.0.0.1:{server.port}/1").traces("t")[0].count == 1
+
+
 def test_router_files_can_live_in_a_shared_directory(server, tmp_path, monkeypatch, embedder):
     from _synthetic import LABELS, make_traces
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import names
 from ..errors import ConfigError
 from . import REDIS_SCHEMES, VERSION_ARTIFACTS, NewTrace, Store, Trace, open_store
 
-__all__ = ["migrate"]
+__all__ = ["migrate", "store_identity"]
 
-#: Setting of the destination task recording what a migration from one source already copied.
+#: Setting of the destination task recording what a migration from one source already copied;
+#: the rest of the name is the source's :func:`store_identity`.
 _MARK = "migrated_from:"
 
 
@@ -19,70 +24,191 @@ def migrate(src: Store | str | os.PathLike[str],
             dst: Store | str | os.PathLike[str]) -> dict[str, dict[str, int]]:
     """Copy every task's traces, counters, settings and versions from ``src`` into ``dst``.
 
-    Idempotent and incremental: the destination records, per source, the last trace sequence
-    number and the counter values it copied, so running it again copies only traces first seen
-    since and the counters' growth (an input already copied that repeats later in the source is
-    not copied again). Traces keep their input, label tally, count, origin, timestamp and
-    metadata (replayed as appends, so an input the destination already holds adds to its count),
-    and their stored vectors.
-    Versions keep their numbers, artifacts, manifests and the current pointer; the destination's
-    next version number comes after the copied ones. Returns per task how much was copied.
-    Raises ConfigError when ``src`` is a directory that does not exist, StoreError when either
-    store fails.
+    Incremental: the destination records per task, under the source's :func:`store_identity`
+    (no secret in it), what it copied, and a run again copies only what is new, never undoing
+    what the destination did since:
+
+    * **traces** first seen in the source since the last run (by sequence number), replayed as
+      appends (an input the destination already holds adds to its count), with their label
+      tally, count, origin, timestamp, metadata and stored vectors;
+    * **counters**: their growth since the last run;
+    * **settings**: one is written when the destination does not have it, or still holds the
+      value the last run wrote (the source's change since is then copied); one the destination
+      set itself, or changed since, is kept. A pinned version, and the version of a drift-breaker
+      trip, are translated to the destination's number of that version;
+    * **versions**: each once, known by its identity (a digest of its manifest without its
+      number): one the destination already holds, or that a run already copied, is not copied
+      again. A version keeps its number when the destination has not used it yet, else takes the
+      destination's next number (its ``v<N>.json`` copy is renumbered with it), so no version of
+      the destination is ever overwritten and a run again reserves no number;
+    * **the current version**: set to the source's (as the destination numbers it) when the
+      destination serves none, or still serves the one the last run set; a version the
+      destination published, rolled back to or pinned since is kept.
+
+    A Redis source is known by its server's ``run_id``, which a restart of that server changes:
+    a run after such a restart copies the source's traces and counters again.
+    Returns per task how much this run copied. Raises ConfigError when ``src`` is a directory
+    that does not exist or when ``src`` and ``dst`` are the same store (under any spelling),
+    StoreError when either store fails.
     """
     if isinstance(src, (str, os.PathLike)) and not str(src).startswith(REDIS_SCHEMES) \
             and not Path(src).is_dir():
         raise ConfigError(f"no store at {str(src)!r} to migrate from")
-    src_store, dst_store = open_store(src), open_store(dst)
-    source = _identity(src_store)
-    summary: dict[str, dict[str, int]] = {}
-    for task in src_store.tasks():
-        mark: dict[str, Any] = dst_store.get_setting(task, _MARK + source) or {}
-        last_seq = int(mark.get("seq", 0))
-        copied = 0
-        seqs: dict[int, int] = {}  # source seq -> destination seq
-        for trace in src_store.iter_traces(task, start=last_seq):
-            seqs[trace.seq] = _copy_trace(dst_store, task, trace)
-            last_seq = max(last_seq, trace.seq)
-            copied += 1
-        _copy_vectors(src_store, dst_store, task, seqs)
-        counters = src_store.counters(task)
-        already = mark.get("counters", {})
-        growth = {name: value - int(already.get(name, 0)) for name, value in counters.items()}
-        growth = {name: delta for name, delta in growth.items() if delta}
-        if growth:
-            dst_store.add_counters(task, growth)
-        settings = {k: v for k, v in src_store.settings(task).items()
-                    if not k.startswith(_MARK)}
-        for name, value in settings.items():
-            dst_store.set_setting(task, name, value)
-        manifests = src_store.versions(task)
-        for manifest in manifests:
-            version = int(manifest["version"])
-            for suffix in VERSION_ARTIFACTS:
-                try:
-                    data = src_store.read_artifact(task, f"v{version}{suffix}")
-                except FileNotFoundError:
-                    continue
-                dst_store.write_artifact(task, f"v{version}{suffix}", data)
-            dst_store.put_manifest(task, version, manifest)
-        last = max((int(m["version"]) for m in manifests), default=0)
-        while dst_store.reserve_version(task) < last:  # numbers stay unique after the copy
-            pass
-        current = src_store.current_version(task)
-        if current is not None:
-            dst_store.set_current(task, current)
-        dst_store.set_setting(task, _MARK + source, {"seq": last_seq, "counters": counters})
-        summary[task] = {"traces": copied, "counters": len(growth), "settings": len(settings),
-                         "versions": len(manifests)}
-    return summary
+    src_store = open_store(src)
+    source = store_identity(src_store)
+    if not isinstance(dst, Store) and not str(dst).startswith(REDIS_SCHEMES) \
+            and source == _dir_identity(dst):  # refused before open_store creates anything
+        raise ConfigError(f"{str(src_store.path)!r} and {str(dst)!r} are the same store:"
+                          " nothing to migrate")
+    dst_store = open_store(dst)
+    if store_identity(dst_store) == source:
+        raise ConfigError(f"{str(src_store.path)!r} and {str(dst_store.path)!r} are the same"
+                          " store: nothing to migrate")
+    return {task: _migrate_task(src_store, dst_store, task, _MARK + source)
+            for task in src_store.tasks()}
 
 
-def _identity(store: Store) -> str:
-    path = store.path
-    if isinstance(path, (str, os.PathLike)) and not str(path).startswith(REDIS_SCHEMES):
-        return str(Path(path).resolve())
-    return str(path)
+def store_identity(store: Store) -> str:
+    """What a store is, whatever spelling opened it, with no secret in it: a directory's real
+    path (symbolic links resolved), for Redis the server's ``run_id``, database number and key
+    prefix (``RedisStore.identity``). Raises StoreError when the store cannot be reached."""
+    identity = getattr(store, "identity", None)
+    if callable(identity):
+        return str(identity())
+    return _dir_identity(store.path)
+
+
+def _dir_identity(path: str | os.PathLike[str]) -> str:
+    # The same text earlier releases recorded, so marks they wrote keep counting.
+    return str(Path(path).resolve())
+
+
+def _migrate_task(src: Store, dst: Store, task: str, mark_name: str) -> dict[str, int]:
+    mark: dict[str, Any] = dst.get_setting(task, mark_name) or {}
+    last_seq = int(mark.get("seq", 0))
+    copied = 0
+    seqs: dict[int, int] = {}  # source seq -> destination seq
+    for trace in src.iter_traces(task, start=last_seq):
+        seqs[trace.seq] = _copy_trace(dst, task, trace)
+        last_seq = max(last_seq, trace.seq)
+        copied += 1
+    _copy_vectors(src, dst, task, seqs)
+    counters = src.counters(task)
+    already = mark.get("counters", {})
+    growth = {name: value - int(already.get(name, 0)) for name, value in counters.items()}
+    growth = {name: delta for name, delta in growth.items() if delta}
+    if growth:
+        dst.add_counters(task, growth)
+    numbers, new_versions = _copy_versions(src, dst, task, mark.get("versions", {}))
+    settings_written, written = _copy_settings(src, dst, task, numbers,
+                                               mark.get("settings", {}))
+    current = _copy_current(src, dst, task, numbers, mark.get("current"))
+    dst.set_setting(task, mark_name, {
+        "seq": last_seq, "counters": counters, "settings": written, "current": current,
+        "versions": {_version_key(m): numbers[int(m["version"])] for m in src.versions(task)
+                     if int(m["version"]) in numbers} | mark.get("versions", {})})
+    return {"traces": copied, "counters": len(growth), "settings": settings_written,
+            "versions": new_versions}
+
+
+def _version_key(manifest: Mapping[str, Any]) -> str:
+    """A version's identity: a digest of its manifest without its number (which a copy may
+    change). A re-certified incumbent, saved with the same arrays, differs by its certificates
+    and its time of saving."""
+    body = {k: v for k, v in manifest.items() if k != "version"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _copy_versions(src: Store, dst: Store, task: str, copied_before: Mapping[str, int]
+                   ) -> tuple[dict[int, int], int]:
+    """Copy the source's versions the destination lacks; return ``{source number: destination
+    number}`` for every source version the destination holds or once held, and how many this
+    run copied."""
+    held = {_version_key(m): int(m["version"]) for m in dst.versions(task)}
+    numbers: dict[int, int] = {}
+    new = 0
+    for manifest in src.versions(task):
+        version, key = int(manifest["version"]), _version_key(manifest)
+        if key in held or key in copied_before:  # the same version, copied or published there
+            numbers[version] = held.get(key, copied_before.get(key, version))
+            continue
+        number = dst.reserve_version(task)
+        while number < version:  # a fresh destination keeps the source's numbers
+            number = dst.reserve_version(task)
+        for suffix in VERSION_ARTIFACTS:
+            try:
+                data = src.read_artifact(task, f"v{version}{suffix}")
+            except FileNotFoundError:
+                continue
+            if suffix == ".json" and number != version:
+                data = _renumbered(data, number)
+            dst.write_artifact(task, f"v{number}{suffix}", data)
+        dst.put_manifest(task, number, manifest)
+        numbers[version] = number
+        held[key] = number
+        new += 1
+    return numbers, new
+
+
+def _renumbered(data: bytes, number: int) -> bytes:
+    """The ``v<N>.json`` copy of a version given number ``number`` (loading checks it against
+    the manifest, number included); a copy that is not a JSON object is kept as it is."""
+    try:
+        copy = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(copy, dict):
+        return data
+    return json.dumps(dict(copy, version=number), indent=1).encode()
+
+
+def _copy_settings(src: Store, dst: Store, task: str, numbers: Mapping[int, int],
+                   written_before: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+    """Write the source's settings the destination has not set or changed itself; return how
+    many were written and the values the destination now holds from the source."""
+    theirs = dst.settings(task)
+    written: dict[str, Any] = {}
+    count = 0
+    for name, value in src.settings(task).items():
+        if name.startswith(_MARK):
+            continue
+        value = _translate(name, value, numbers)
+        if name in theirs and (name not in written_before or theirs[name] != written_before[name]):
+            continue  # the destination's own value, or one it changed since the last run
+        written[name] = value
+        if name not in theirs or theirs[name] != value:
+            dst.set_setting(task, name, value)
+            count += 1
+    return count, written
+
+
+def _translate(name: str, value: Any, numbers: Mapping[int, int]) -> Any:
+    """A setting naming a version, with the destination's number of that version."""
+    if name == names.SETTING_PINNED and isinstance(value, int):
+        return numbers.get(value, value)
+    if name == names.SETTING_BREAKER and isinstance(value, dict) \
+            and isinstance(value.get("version"), int):
+        return dict(value, version=numbers.get(value["version"], value["version"]))
+    return value
+
+
+def _copy_current(src: Store, dst: Store, task: str, numbers: Mapping[int, int],
+                  set_before: int | None) -> int | None:
+    """Serve the source's current version in the destination unless the destination chose its
+    own since the last run; return the version the destination serves from the source (None:
+    its own choice stands)."""
+    current = src.current_version(task)
+    if current is None or current not in numbers:
+        return set_before
+    theirs = dst.current_version(task)
+    if theirs is not None and theirs != set_before:
+        return set_before
+    pinned = dst.get_setting(task, names.SETTING_PINNED)
+    if pinned is not None and pinned != numbers[current]:  # a pin of the destination holds
+        return set_before
+    if theirs != numbers[current]:
+        dst.set_current(task, numbers[current])
+    return numbers[current]
 
 
 def _copy_trace(dst: Store, task: str, trace: Trace) -> int:

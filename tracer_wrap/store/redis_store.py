@@ -161,6 +161,14 @@ class RedisStore:
         except self._redis_error as exc:
             raise StoreError(f"redis store {self.path!r}: {exc}") from exc
 
+    def identity(self) -> str:
+        """What this store is, whatever URL spelling opened it, with no secret in it: the
+        server's ``run_id`` (new at each start of the server), the database number and the key
+        prefix. Raises StoreError when Redis cannot be reached."""
+        run_id = self._call(self._client.info, "server")["run_id"]
+        db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        return f"redis run_id {run_id} db {db} prefix {self.prefix}"
+
     def close(self) -> None:
         """Close this process's connections (they reopen on next use)."""
         self._client.close()
