@@ -5,6 +5,8 @@ over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import pickle
 from collections.abc import Iterator
 
 import anthropic
@@ -65,3 +67,30 @@ def test_with_gives_the_wrapped_client_and_closes_the_sdks(server, store, embedd
 
     asyncio.run(main())
     assert teachers(store) == ["card_lost", "exchange_rate", "refund", "top_up"]
+
+
+# The SDK's own deep copy fails half-way and leaves an httpx wrapper whose __del__ complains.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_copies_of_a_wrapped_client_and_its_resources_are_wrapped_and_share_its_tasks(
+        server, store, embedder):
+    plain = openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0)
+    client = wrap_openai(plain, task="intent", store=store, embedder=embedder, **TASK_OPTIONS)
+    copied = copy.copy(client)
+    assert type(copied) is type(client) and copied.__wrapped__ is not plain
+    assert copied.tracer_wrap_tasks is client.tracer_wrap_tasks
+    copied.chat.completions.create(model="m", messages=ask("refund #c1"))
+    copy.copy(client.chat).completions.create(model="m", messages=ask("top up #c2"))
+    copy.copy(client.responses).create(model="m", input="fx fee #c3")
+    claude = wrap_anthropic(anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="t",
+                                                max_retries=0),
+                            task="intent", store=store, embedder=embedder, **TASK_OPTIONS)
+    copy.copy(claude).messages.create(model="c", max_tokens=16,
+                                      messages=[{"role": "user", "content": "lost card #c4"}])
+    assert server.total_calls == 4
+    assert teachers(store) == ["card_lost", "exchange_rate", "refund", "top_up"]
+    # What the SDK's client cannot do fails alike: never a copy that is no longer traced.
+    for fails in (copy.deepcopy, pickle.dumps):
+        with pytest.raises(Exception) as plain_error:
+            fails(plain)
+        with pytest.raises(type(plain_error.value)):
+            fails(client)

@@ -94,6 +94,9 @@ class _Chat(Resource):
     def completions(self) -> Any:
         return self._self_completions
 
+    def _self_rewrap(self, wrapped: Any) -> Any:
+        return type(self)(wrapped, self._self_tasks, type(self._self_completions))
+
 
 class TracedOpenAI(Client):
     """A wrapped ``OpenAI`` client (see :func:`wrap_openai`)."""

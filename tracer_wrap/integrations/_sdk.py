@@ -24,6 +24,7 @@ goes to the SDK as if tracer_wrap were not there; SDK errors propagate unchanged
 from __future__ import annotations
 
 import contextvars
+import copy
 import inspect
 import threading
 import time
@@ -371,11 +372,29 @@ class _RawBody:
 
 
 class Resource(wrapt.ObjectProxy):  # type: ignore[type-arg]
-    """A proxy of an SDK client or resource; proxy-owned state lives in ``_self_*`` attributes."""
+    """A proxy of an SDK client or resource; proxy-owned state lives in ``_self_*`` attributes.
+
+    ``copy.copy`` and ``copy.deepcopy`` copy the SDK object and wrap the copy again, sharing the
+    tasks (a deep copy raises what the SDK's raises); pickling raises the SDK's TypeError, or
+    TypeError for the tasks' locks, never giving back an object that is no longer traced."""
 
     def __init__(self, wrapped: Any, tasks: Tasks) -> None:
         super().__init__(wrapped)
         self._self_tasks = tasks
+
+    def _self_rewrap(self, wrapped: Any) -> Any:
+        """A proxy like this one around ``wrapped``, sharing the tasks."""
+        return type(self)(wrapped, self._self_tasks)
+
+    # wrapt's defaults raise NotImplementedError where the SDK's objects copy fine.
+    def __copy__(self) -> Any:
+        return self._self_rewrap(copy.copy(self.__wrapped__))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self._self_rewrap(copy.deepcopy(self.__wrapped__, memo))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return type(self), (self.__wrapped__, self._self_tasks)
 
 
 class Client(Resource):
