@@ -789,3 +789,40 @@ def test_bodies_tracer_wrap_cannot_read_are_forwarded_untouched_and_untraced(
     assert upstream.total_calls == 5, statuses  # every body reached the upstream
     flush_all()
     assert store.counters(task)["llm"] == 1 and store.count(task) == 1
+
+
+def test_options_a_local_answer_cannot_honour_always_reach_the_upstream(
+        upstream: LLMServer, store: TraceStore) -> None:
+    """The SDK wrappers' rule (local_answer_blocker) read on the wire body: n > 1, logprobs,
+    store, a stop sequence that would cut the label, a background response, thinking; such a call
+    is traced, and the upstream answers it, while the same call without the option is local."""
+    named = {"X-Tracer-Wrap-Task": "intent"}
+    with through(upstream, store, routing=True) as (url, application):
+        client, messages = sdk(url, default_headers=named), claude(url, default_headers=named)
+        fit_from_store(store, application, "intent")
+        text = "hello lost card please stolen card #blocked"
+
+        def chat(**options: Any) -> Any:
+            return client.chat.completions.with_raw_response.create(
+                model="gpt-test", messages=ask(text), **options)
+
+        def responses(**options: Any) -> Any:
+            return client.responses.with_raw_response.create(
+                model="gpt-test", instructions=SYSTEM["content"], input=text, **options)
+
+        def claude_call(**options: Any) -> Any:
+            return messages.messages.with_raw_response.create(
+                model="claude-test", max_tokens=2000, system=SYSTEM["content"],
+                messages=[{"role": "user", "content": text}], **options)
+
+        for plain in (chat, responses, claude_call):  # without the option: answered locally
+            assert plain().headers.get("x-tracer-wrap") == "local", plain
+        blocked = [chat(n=3), chat(logprobs=True, top_logprobs=2), chat(store=True),
+                   chat(stop=["_"]), chat(extra_body={"logprobs": True}),
+                   responses(background=True), responses(store=True),
+                   claude_call(thinking={"type": "enabled", "budget_tokens": 1024})]
+        assert [r.headers.get("x-tracer-wrap") for r in blocked] == [None] * len(blocked)
+        assert upstream.total_calls == len(blocked)
+    flush_all()  # the server has stopped: every answer it relayed is recorded
+    counters = store.counters("intent")
+    assert counters["llm"] == len(blocked) and counters["local"] == 3

@@ -11,7 +11,10 @@ logged), except the classification calls a certified router answers::
 
     POST /v1/chat/completions, /v1/responses, /v1/messages (JSON or server-sent events)
         └─ the request view (tracer_wrap.integrations._prompt): not classification-shaped (free
-           tools, n > 1, images, ...)? ──> forwarded untouched, not traced
+           tools, images, ...)? ──> forwarded untouched, not traced
+        └─ an option a local answer cannot honour (local_answer_blocker, as for the SDK
+           wrappers: n > 1, logprobs, store, a stop sequence cutting a label, ...)? ──> traced,
+           but always forwarded
         └─ the task of its prompt template (as zero-code mode finds it; the header
            X-Tracer-Wrap-Task names one instead) ──> TracedTask.call (tracer_wrap.engine), in a
            worker thread (it embeds):
@@ -57,16 +60,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .. import names
+from .. import names, telemetry
 from .._log import fault, logger
 from ..accounting import Usage
-from ..engine import Reply
+from ..engine import Reply, TracedTask
 from ..errors import MissingExtraError
 from ..integrations import (
     PromptView,
     Tasks,
     TemplateLearner,
     anthropic_messages_view,
+    local_answer_blocker,
     openai_chat_view,
     openai_responses_view,
 )
@@ -381,9 +385,31 @@ def _local_message_stream(label: str, request: Mapping[str, Any]) -> list[bytes]
             for event in build_message_stream(label, request)]
 
 
+def _chat_text(label: str, request: Mapping[str, Any]) -> str:
+    from ..integrations._openai_objects import chat_answer_text
+
+    return chat_answer_text(label, request)
+
+
+def _responses_text(label: str, request: Mapping[str, Any]) -> str:
+    from ..integrations._openai_objects import response_answer_text
+
+    return response_answer_text(label, request)
+
+
+def _message_text(label: str, request: Mapping[str, Any]) -> str:
+    from ..integrations._anthropic_objects import message_answer_text
+
+    return message_answer_text(label, request)
+
+
 @dataclass(frozen=True)
 class _Api:
-    """One classification endpoint: how to read its requests and answers, and build answers."""
+    """One classification endpoint: how to read its requests and answers, and build answers.
+
+    ``name`` is the API as :func:`~tracer_wrap.integrations.local_answer_blocker` names it;
+    ``answer_text(label, request)`` is the text a local answer of ``label`` generates (what a stop
+    sequence would act on)."""
 
     name: str
     provider: str  # "openai" or "anthropic": the upstream, and the shape of the gateway's errors
@@ -392,15 +418,17 @@ class _Api:
     stream_tap: Callable[[], _Tap]
     build: Callable[[str, Mapping[str, Any]], bytes]
     build_stream: Callable[[str, Mapping[str, Any]], list[bytes]]
+    answer_text: Callable[[str, Mapping[str, Any]], str]
     operation: str = "chat"
 
 
 _CHAT = _Api("openai.chat", "openai", openai_chat_view, chat_answer, _chat_stream_tap,
-             _local_chat, _local_chat_stream)
+             _local_chat, _local_chat_stream, _chat_text)
 _RESPONSES = _Api("openai.responses", "openai", openai_responses_view, responses_answer,
-                  _responses_stream_tap, _local_responses, _local_responses_stream)
+                  _responses_stream_tap, _local_responses, _local_responses_stream,
+                  _responses_text)
 _MESSAGES = _Api("anthropic.messages", "anthropic", anthropic_messages_view, messages_answer,
-                 _messages_stream_tap, _local_message, _local_message_stream)
+                 _messages_stream_tap, _local_message, _local_message_stream, _message_text)
 
 
 # -- relaying upstream answers ---------------------------------------------------------------
@@ -623,10 +651,21 @@ class _Gateway:
         except Exception as exc:  # the store cannot be opened: a plain proxy, this time
             fault("task lookup", exc)
             return None
-        return task.call(text, _go_upstream, self.reply(api, payload))
+        return task.call(text, _go_upstream, self.reply(api, task, payload))
 
-    def reply(self, api: _Api, payload: dict[str, Any]) -> Reply[Any]:
+    def reply(self, api: _Api, task: TracedTask, payload: dict[str, Any]) -> Reply[Any]:
+        """How the engine builds this call's local answer. ``build`` is None (the call is
+        traced but always goes upstream) when the request sets an option a local answer cannot
+        honour exactly (``n > 1``, ``logprobs``, ``store``, a stop sequence that would cut a
+        label, ...): the SDK wrappers' own rule,
+        :func:`~tracer_wrap.integrations.local_answer_blocker`, applied to the wire body, where
+        the client has already merged any extra body fields."""
         streaming = payload.get("stream") is True
+
+        def texts() -> list[str]:
+            router = task.router
+            return [api.answer_text(label, payload)
+                    for label in (router.labels if router is not None else ())]
 
         def build(label: str) -> Response:
             headers = {LOCAL_HEADER: "local"}
@@ -642,7 +681,11 @@ class _Gateway:
 
         attributes = {"gen_ai.system": api.provider, "gen_ai.operation.name": api.operation,
                       "gen_ai.request.model": payload.get("model")}
-        return Reply(build=build, later=later, attributes=attributes)
+        blocked = local_answer_blocker(api.name, payload, texts)
+        if blocked is not None:
+            attributes[telemetry.BLOCKED] = blocked
+        return Reply(build=None if blocked is not None else build, later=later,
+                     attributes=attributes)
 
 
 @dataclass(frozen=True)
