@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
-from _support import TASK_OPTIONS, LLMServer, serve_llm, teacher
+from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
 
 from tracer_wrap import flush
-from tracer_wrap.integrations import wrap_anthropic, wrap_openai
+from tracer_wrap.integrations import is_local, is_local_message, wrap_anthropic, wrap_openai
 from tracer_wrap.store import TraceStore
 
 SYSTEM = {"role": "system", "content": "Classify the banking request. Answer with the label only."}
@@ -94,3 +94,40 @@ def test_copies_of_a_wrapped_client_and_its_resources_are_wrapped_and_share_its_
             fails(plain)
         with pytest.raises(type(plain_error.value)):
             fails(client)
+
+
+def test_client_level_raw_and_streaming_responses_are_traced_and_ask_the_llm(
+        server, store, embedder):
+    options = {"task": "intent", "store": store, "embedder": embedder, **TASK_OPTIONS}
+    client = wrap_openai(openai.OpenAI(base_url=server.base_url_openai, api_key="t",
+                                       max_retries=0), **options)
+    claude = wrap_anthropic(anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="t",
+                                                max_retries=0), **options)
+    fitted(store, client.tracer_wrap_tasks, "intent")
+    claude.tracer_wrap_tasks.task("intent").serving.refresh()
+    task = client.tracer_wrap_tasks.task("intent")
+    texts = [t for t in easy_texts(20) if task.route(t).local][:5]
+    flush()
+    before = store.count("intent")
+    raw = client.with_raw_response.chat.completions.create(model="m", messages=ask(texts[0]))
+    assert raw.http_response.status_code == 200 and not is_local(raw.parse())
+    with client.with_streaming_response.chat.completions.create(
+            model="m", messages=ask(texts[1])) as response:
+        assert not is_local(response.parse())
+    assert client.with_raw_response.responses.create(model="m", input=texts[2]).parse()
+    message = claude.with_raw_response.messages.create(
+        model="c", max_tokens=16, messages=[{"role": "user", "content": texts[3]}]).parse()
+    assert not is_local_message(message)
+
+    async def main() -> None:
+        async with openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="t",
+                                      max_retries=0) as plain:
+            aclient = wrap_openai(plain, **options)
+            response = await aclient.with_raw_response.chat.completions.create(
+                model="m", messages=ask(texts[4]))
+            assert not is_local(response.parse())  # a legacy response: parsed at once
+
+    asyncio.run(main())
+    assert server.total_calls == 5
+    flush()
+    assert [t.input for t in store.traces("intent")][before:] == texts

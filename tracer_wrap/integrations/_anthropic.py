@@ -55,6 +55,8 @@ class _AsyncMessages(AsyncCalls):
 class TracedAnthropic(Client):
     """A wrapped ``Anthropic`` client (see :func:`wrap_anthropic`)."""
 
+    traced = ("messages",)
+
     _messages: type[Resource] = _Messages
 
     def __init__(self, wrapped: Any, tasks: Tasks) -> None:

@@ -3,10 +3,11 @@
 The wrapped client is a :class:`wrapt.ObjectProxy` of the user's own instance: ``isinstance``,
 every resource and every attribute work as before; the SDK classes are never patched. Only
 ``chat.completions.create`` / ``parse`` / ``stream`` and ``responses.create`` / ``parse`` /
-``stream`` (and their ``with_raw_response`` and ``with_streaming_response`` twins, which are
-traced but always go to the LLM) run through :class:`._sdk.Tasks`. ``with_options()`` and
-``copy()`` return wrapped clients sharing the same tasks, store and embedder, and ``with`` /
-``async with`` give the wrapped client (closing the SDK's at the end, as the SDK does).
+``stream`` (and their ``with_raw_response`` and ``with_streaming_response`` twins, also spelled
+on the client, which are traced but always go to the LLM) run through :class:`._sdk.Tasks`.
+``with_options()`` and ``copy()`` return wrapped clients sharing the same tasks, store and
+embedder, and ``with`` / ``async with`` give the wrapped client (closing the SDK's at the end,
+as the SDK does).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class _Chat(Resource):
 
 class TracedOpenAI(Client):
     """A wrapped ``OpenAI`` client (see :func:`wrap_openai`)."""
+
+    traced = ("chat.completions", "responses")
 
     _completions: type[Resource] = _Completions
     _responses: type[Resource] = _Responses

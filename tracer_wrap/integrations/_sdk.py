@@ -400,7 +400,8 @@ class Resource(wrapt.ObjectProxy):  # type: ignore[type-arg]
 class Client(Resource):
     """A wrapped SDK client: every attribute is the client's own, its traced resources are
     wrapped (a subclass adds them), and what returns a client returns a wrapped one sharing this
-    client's tasks, store and embedder. ``with`` / ``async with`` run the SDK client's own
+    client's tasks, store and embedder. Its ``with_raw_response`` / ``with_streaming_response``
+    reach the traced resources' own. ``with`` / ``async with`` run the SDK client's own
     ``__enter__`` / ``__exit__`` (which close it) and give the wrapped client."""
 
     @property
@@ -415,6 +416,19 @@ class Client(Resource):
     def with_options(self, *args: Any, **kwargs: Any) -> Any:
         """The SDK's ``with_options()``, wrapped again (an alias of :meth:`copy`, as in the SDK)."""
         return type(self)(self.__wrapped__.with_options(*args, **kwargs), self._self_tasks)
+
+    #: The traced resources, as paths from the client (``"chat.completions"``).
+    traced: tuple[str, ...] = ()
+
+    @property
+    def with_raw_response(self) -> Any:
+        return client_variant(self.__wrapped__.with_raw_response, self, "with_raw_response",
+                              self.traced)
+
+    @property
+    def with_streaming_response(self) -> Any:
+        return client_variant(self.__wrapped__.with_streaming_response, self,
+                              "with_streaming_response", self.traced)
 
     # wrapt's proxy returns what the client's own __enter__ returns (the bare client), which
     # would turn tracer_wrap off inside the block.
@@ -444,19 +458,20 @@ def _special(obj: Any, name: str, protocol: str) -> Callable[..., Any]:
 
 
 class Variant(wrapt.ObjectProxy):  # type: ignore[type-arg]
-    """An SDK resource's ``with_raw_response`` / ``with_streaming_response`` whose traced methods
-    (``methods``: the SDK's own raw or streaming wrapper around the traced method) replace the
-    SDK's; every other attribute is the SDK's own."""
+    """An SDK ``with_raw_response`` / ``with_streaming_response`` object whose traced attributes
+    replace the SDK's: ``attributes`` maps a name to a function making its value (a traced method
+    wrapped by the SDK's own raw or streaming wrapper, or, for a client's variant, the variant of
+    a traced resource); every other attribute is the SDK's own."""
 
-    def __init__(self, wrapped: Any, methods: Mapping[str, Callable[..., Any]]) -> None:
+    def __init__(self, wrapped: Any, attributes: Mapping[str, Callable[[], Any]]) -> None:
         super().__init__(wrapped)
-        self._self_methods = dict(methods)
+        self._self_attributes = dict(attributes)
 
     def __getattr__(self, name: str) -> Any:
         if not name.startswith("_self_"):
-            found = self._self_methods.get(name)
-            if found is not None:
-                return found
+            make = self._self_attributes.get(name)
+            if make is not None:
+                return make()
         return getattr(self.__wrapped__, name)
 
 
@@ -467,8 +482,31 @@ def variant(sdk_variant: Any, resource: Any, wrapper: Callable[[Callable[..., An
     ``wrapper``; the SDK's own variant when the SDK has no such wrapper."""
     if wrapper is None:
         return sdk_variant
-    return Variant(sdk_variant, {m: wrapper(getattr(resource, m)) for m in methods
-                                 if hasattr(sdk_variant, m)})
+
+    def wrapped(name: str) -> Callable[[], Any]:
+        return lambda: wrapper(getattr(resource, name))
+
+    return Variant(sdk_variant, {m: wrapped(m) for m in methods if hasattr(sdk_variant, m)})
+
+
+def client_variant(sdk_variant: Any, client: Any, kind: str, paths: Sequence[str]) -> Any:
+    """``sdk_variant`` (a client's ``with_raw_response`` or ``with_streaming_response``, ``kind``
+    naming which) whose traced resources (``paths`` from the client: ``"chat.completions"``) are
+    the same variant of the wrapped ``client``'s resources: the client-level spelling
+    (``client.with_raw_response.chat.completions.create``) is traced like the resource-level one
+    (``client.chat.completions.with_raw_response.create``)."""
+    heads: dict[str, list[str]] = {}
+    for path in paths:
+        head, _, rest = path.partition(".")
+        heads.setdefault(head, []).append(rest)
+
+    def attribute(head: str, rests: list[str]) -> Callable[[], Any]:
+        if rests == [""]:
+            return lambda: getattr(getattr(client, head), kind)
+        return lambda: client_variant(getattr(sdk_variant, head), getattr(client, head), kind,
+                                      rests)
+
+    return Variant(sdk_variant, {head: attribute(head, rests) for head, rests in heads.items()})
 
 
 @dataclass(frozen=True)
