@@ -124,6 +124,19 @@ def test_bad_file_values_raise(tmp_path: Path, text: str, message: str) -> None:
         resolve(cwd=tmp_path)
 
 
+def test_a_price_is_a_finite_number_from_every_source(tmp_path: Path) -> None:
+    for bad in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ConfigError, match="argument price"):
+            TaskOptions(price=Price(per_call=bad))
+        with pytest.raises(ConfigError, match="argument price.output_per_mtok"):
+            TaskOptions(price={"output_per_mtok": bad})
+    with pytest.raises(ConfigError, match="PRICE_PER_CALL"):
+        resolve(env={"TRACER_WRAP_PRICE_PER_CALL": "inf"}, cwd=tmp_path)
+    (tmp_path / "tracer_wrap.toml").write_text("price = { per_call = inf }\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="tracer_wrap.toml: price.per_call"):
+        resolve(cwd=tmp_path)
+
+
 def test_unknown_or_invalid_arguments_raise(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown option"):
         resolve(explicit={"tagret": 0.9}, cwd=tmp_path)

@@ -67,7 +67,8 @@ else:  # pragma: no cover - exercised on 3.10 only
     except ImportError:
         tomllib = None  # type: ignore[assignment]
 
-__all__ = ["BREAKER_OPTIONS", "TaskKwargs", "TaskOptions", "load_file", "store_spec"]
+__all__ = ["BREAKER_OPTIONS", "TaskKwargs", "TaskOptions", "check_price", "load_file",
+           "store_spec"]
 
 #: Options a ``breaker`` mapping may set (see :class:`tracer_wrap.breaker.DriftBreaker`).
 BREAKER_OPTIONS = frozenset({"margin", "alpha", "beta", "refresh_seconds"})
@@ -569,9 +570,13 @@ def _retention(value: Any, where: str) -> Mapping[str, float] | None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _price(value: Any, where: str) -> Price:
-    if isinstance(value, Price):
-        return value
+def check_price(value: Any, where: str) -> Price:
+    """``value`` as a :class:`~tracer_wrap.accounting.Price`: a Price, a number (per call) or a
+    mapping of its fields, each a finite number >= 0. The one check of a price from code, the
+    environment, the configuration file and ``tracer-wrap price``. Raises ConfigError naming
+    ``where`` (and the field)."""
+    if isinstance(value, Price):  # built in code: its fields are checked like any others
+        value = value.as_dict()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = {"per_call": value}
     if not isinstance(value, Mapping):
@@ -642,7 +647,7 @@ _SPECS: dict[str, _Spec] = {spec.name: spec for spec in (
     _Spec("redact", _redact, lambda raw, where: raw, nullable=True),
     _Spec("store_inputs", _store_inputs, lambda raw, where: raw),
     _Spec("retention", _retention, nullable=True),
-    _Spec("price", _price, nullable=True),
+    _Spec("price", check_price, nullable=True),
     _Spec("rng", _rng, in_file=False, nullable=True),
     _Spec("clock", _callable, in_file=False),
     _Spec("monotonic", _callable, in_file=False),

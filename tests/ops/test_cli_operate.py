@@ -74,6 +74,16 @@ def test_price_is_set_shown_and_cleared(store_dir: Path) -> None:
     assert both.exit_code == 2  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("option", ["--per-call", "--input-per-mtok", "--output-per-mtok"])
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_price_refuses_what_the_options_refuse(store_dir: Path, option: str, value: str) -> None:
+    result = cli("--store", str(store_dir), "price", "intent", option, value)
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    assert TraceStore(store_dir).get_setting("intent", n.SETTING_PRICE) is None
+    status = cli("--store", str(store_dir), "status", "intent", "--json")
+    json.loads(status.stdout, parse_constant=lambda c: pytest.fail(f"{c} in status --json"))  # type: ignore[attr-defined]
+
+
 def test_fit_never_serves_a_router_that_certifies_nothing_unless_forced(store_dir: Path) -> None:
     assert fit(store_dir)["current_version"] == 1
     # 0.999 cannot be certified from 800 traces: the version is saved, not served.

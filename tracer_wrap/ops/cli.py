@@ -457,18 +457,23 @@ def price(
 ) -> None:
     """Set (or show) what one LLM call of the task costs; savings are counted at this price. An
     application that sets a price in code, the environment or tracer_wrap.toml writes its own."""
-    from ..accounting import Price, read_summary
+    from ..accounting import read_summary
+    from ..options import check_price
 
-    st = _store_of(ctx, store)
-    _known_task(st, task)
     given = {k: v for k, v in (("per_call", per_call), ("input_per_mtok", input_per_mtok),
                                ("output_per_mtok", output_per_mtok)) if v is not None}
     if clear and given:
         raise typer.BadParameter("--clear takes no prices")
+    try:  # the options' own check: typer's min=0.0 lets inf through
+        new_price = check_price(given, "price") if given else None
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    st = _store_of(ctx, store)
+    _known_task(st, task)
     if clear:
         st.set_setting(task, names.SETTING_PRICE, None)
-    elif given:
-        st.set_setting(task, names.SETTING_PRICE, Price(**given).as_dict())
+    elif new_price is not None:
+        st.set_setting(task, names.SETTING_PRICE, new_price.as_dict())
     usage = read_summary(st, task)
     if as_json:
         _emit_json(usage)
