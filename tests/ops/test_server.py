@@ -207,6 +207,51 @@ def test_audit_plans_mark_audit_traces(tmp_path, monkeypatch) -> None:
     assert status["audit_samples"] == 1 and status["live_agreement"] == 1.0
 
 
+def test_a_plan_counts_once_for_its_own_input_until_it_expires(tmp_path, monkeypatch) -> None:
+    """A signed audit plan replayed, used with another input or after its expiry counts as an
+    unplanned LLM answer: one plan is at most one audit sample (replays cannot trip the breaker)."""
+    from tracer_wrap.ops.server import PLAN_SECONDS
+
+    st = TraceStore(tmp_path / "audited")
+    fill_store(st, "intent", 800)
+    TracedTask("intent", store=st, embedder=hashing_embedder(), min_traces=50,
+               refit_every=None).refit()
+    monkeypatch.setenv("TRACER_WRAP_AUDIT_RATE", "1")
+    app = create_app(st, embedder="hashing")
+    side = app.state.sidecar
+    text = "please help lost card urgent stolen card"
+    vector = hashing_embedder().embed([text])[0].tolist()
+    with serving(app) as url, httpx.Client(base_url=f"{url}/v1/tasks/intent") as client:
+        def plan(**body: object) -> str:
+            routed = client.post("/route", json=body).json()
+            assert routed["audit"] is True, routed
+            return str(routed["plan"])
+
+        def log(token: str, text: str, **extra: object) -> None:
+            r = client.post("/traces", json={"input": text, "teacher": "card_lost",
+                                             "plan": token, **extra})
+            assert r.status_code == 201, r.text
+
+        token = plan(text=text)
+        log(token, "another input")  # not the input the plan was made for
+        for _ in range(3):  # the first counts; replays are ordinary traces
+            log(token, text)
+        assert client.get("/status").json()["usage"]["audits"] == 1
+        late = plan(text=text)
+        now = side.clock()
+        side.clock = lambda: now + PLAN_SECONDS + 1
+        log(late, text)  # expired
+        side.clock = lambda: now
+        by_vector = plan(embedding=vector)
+        log(by_vector, "the text of that vector", embedding=vector)  # counts
+        log(plan(embedding=vector), "without its embedding")  # not the input it was made for
+        status = client.get("/status").json()
+    assert status["usage"]["audits"] == status["audit_samples"] == 2, status
+    assert status["usage"]["llm"] == 7
+    origins = [(t.input, t.origin) for t in st.traces("intent") if t.origin == "audit"]
+    assert origins == [(text, "audit"), ("the text of that vector", "audit")]
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},
                                      {"Authorization": f"Basic {TOKEN}"}])
 def test_wrong_or_missing_token_is_401(server: str, headers: dict[str, str]) -> None:

@@ -10,7 +10,8 @@ Endpoints (JSON in, JSON out; the OpenAPI 3.1 document is served at ``GET /opena
                                          -> ``{"label", "local", "score", "reason", "version",
                                          "audit", "plan"}``
 ``POST /v1/tasks/{task}/route/batch``    ``{"texts": [...]}`` or ``{"embeddings": [[...]]}``
-``POST /v1/tasks/{task}/traces``         ``{"input", "teacher", "plan"}`` (+ ``usage``, ``meta``)
+``POST /v1/tasks/{task}/traces``         ``{"input", "teacher", "plan"}`` (+ ``usage``, ``meta``,
+                                         ``embedding``)
 ``POST /v1/tasks/{task}/traces/batch``   ``{"traces": [{"input", "teacher", "plan"}, ...]}``
 ``GET  /v1/tasks/{task}/status``         the figures ``tracer-wrap status`` shows
 ``GET  /healthz``                        liveness, never needs the token
@@ -18,11 +19,15 @@ Endpoints (JSON in, JSON out; the OpenAPI 3.1 document is served at ``GET /opena
 
 The caller's loop: ask ``route``; if ``local`` use ``label`` (counted as a call answered
 locally); else call the LLM and log its answer with ``traces``, echoing the ``plan`` string the
-route returned. The plan is signed (HMAC-SHA256 with a per-task key kept in the store), so only
-plans this engine made can mark a trace as an audit sample or as fit to calibrate the gate; a
-trace logged without a valid plan counts as an unplanned LLM answer, which calibrates only while
-no version answers locally. A task without a served router answers ``local: false``, so the
-caller always falls back to the LLM: the sidecar fails open.
+route returned (and, for a plan routed by ``embedding``, that embedding). The plan is signed
+(HMAC-SHA256 with a per-task key kept in the store), so only plans this engine made can mark a
+trace as an audit sample or as fit to calibrate the gate. A plan is bound to the input it was
+made for (a digest of the text or embedding, inside the signed payload), is good for
+:data:`PLAN_SECONDS`, and counts once per sidecar process: a trace logged without a plan, or with
+a plan that is forged, made for another input, expired or already used, counts as an unplanned
+LLM answer, which calibrates only while no version answers locally (never as an audit). A task
+without a served router answers ``local: false``, so the caller always falls back to the LLM: the
+sidecar fails open.
 
 Errors are JSON ``{"error": {"code", "message"}}``: 400 malformed JSON (also nested deeper than
 64 levels, integers beyond 64 bits, non-finite numbers, lone surrogates), 401 missing or wrong
@@ -46,6 +51,7 @@ import json
 import math
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -90,10 +96,15 @@ MAX_BATCH = 1_000
 MAX_TOKENS = 10**9
 #: Tasks whose engine a sidecar keeps in memory; the least recently used one is closed beyond.
 MAX_TASKS = 1_024
+#: How long a plan stays good for logging its trace, in seconds (on the wall clock, which every
+#: process reads alike): time for the LLM call and its retries.
+PLAN_SECONDS = 3_600
+#: Most used plans a sidecar process remembers (plans past their expiry are forgotten first).
+MAX_USED_PLANS = 100_000
 #: Store setting holding a task's key for signing plans.
 _PLAN_KEY = "sidecar_plan_key"
 #: The fields of a signed plan (:meth:`_Sidecar.sign`); a token without one of them is refused.
-_TOKEN_FIELDS = frozenset({"v", "a", "m", "x", "s", "p", "l", "c"})
+_TOKEN_FIELDS = frozenset({"v", "a", "m", "x", "s", "p", "l", "c", "i", "e", "n"})
 
 
 class _Problem(Exception):
@@ -119,6 +130,13 @@ class _Sidecar:
         self._tasks: OrderedDict[str, TracedTask] = OrderedDict()
         self._keys: dict[str, bytes] = {}
         self._lock = threading.Lock()
+        #: Seconds since the epoch (replaced in tests).
+        self.clock: Callable[[], float] = time.time
+        # The ids of plans used by a trace, with their expiry, in the order of use; a plan that
+        # expires at or before _used_floor was forgotten unexpired (the set was full): refused.
+        self._used: OrderedDict[str, float] = OrderedDict()
+        self._used_floor = 0.0
+        self._used_lock = threading.Lock()
 
     def task(self, name: str) -> TracedTask:
         with self._lock:
@@ -150,19 +168,26 @@ class _Sidecar:
             key = self._keys.setdefault(task, bytes.fromhex(str(stored)))
         return key
 
-    def sign(self, task: str, plan: Plan) -> str:
+    def sign(self, task: str, plan: Plan, digest: str) -> str:
+        """The token of ``plan``, made for the input whose :func:`_digest` is ``digest``: the
+        plan, the digest, an expiry :data:`PLAN_SECONDS` from now and a random id, signed."""
         decision = plan.decision
         payload = json.dumps({
             "v": plan.version, "a": plan.audit, "m": plan.sampled, "x": plan.answering,
             "s": plan.shadow, "p": plan.audit_p,
             "l": None if decision is None else decision.label,
             "c": None if decision is None else decision.local,
+            "i": digest, "e": math.ceil(self.clock()) + PLAN_SECONDS,
+            "n": secrets.token_urlsafe(12),
         }, separators=(",", ":")).encode()
         mac = hmac.new(self._key(task), payload, hashlib.sha256).digest()[:16]
         return f"{_b64(payload)}.{_b64(mac)}"
 
-    def verify(self, task: str, token: Any) -> Plan | None:
-        """The plan a token stands for; None when it is absent, malformed or not signed here."""
+    def verify(self, task: str, token: Any, digest: str) -> Plan | None:
+        """The plan a token stands for, used now by a trace of the input whose :func:`_digest`
+        is ``digest``; None when the token is absent, malformed, not signed here, made for
+        another input, expired or already used in this process. A plan returned is marked used.
+        """
         if not isinstance(token, str) or "." not in token or len(token) > 1024:
             return None
         body, _, mac = token.partition(".")
@@ -176,12 +201,33 @@ class _Sidecar:
         data = json.loads(payload)
         if not isinstance(data, dict) or not _TOKEN_FIELDS <= data.keys():
             return None  # signed here by a release that recorded less of the plan
+        expires = data["e"]
+        if (data["i"] != digest or not isinstance(expires, (int, float))
+                or expires <= self.clock() or not self._use(str(data["n"]), float(expires))):
+            return None
         decision = None
         if data["l"] is not None:
             decision = Decision(data["l"], bool(data["c"]), math.nan, None)
         return Plan(None, version=data["v"], decision=decision, audit=bool(data["a"]),
                     sampled=bool(data["m"]), answering=bool(data["x"]), shadow=bool(data["s"]),
                     audit_p=data["p"])
+
+    def _use(self, plan_id: str, expires: float) -> bool:
+        """Mark plan ``plan_id`` (good until ``expires``) used; False when it already was, or may
+        have been (used, then forgotten before its expiry to keep the set bounded)."""
+        with self._used_lock:
+            if expires <= self._used_floor or plan_id in self._used:
+                return False
+            self._used[plan_id] = expires
+            now = self.clock()
+            while self._used:
+                oldest, until = next(iter(self._used.items()))
+                if until > now and len(self._used) <= MAX_USED_PLANS:
+                    break
+                del self._used[oldest]
+                if until > now:  # forgotten before its expiry: what expires by then is refused
+                    self._used_floor = max(self._used_floor, until)
+            return True
 
     # -- request handling ------------------------------------------------------------------------
 
@@ -231,9 +277,11 @@ class _Sidecar:
             router = traced.router
             matrix = _matrix(vectors, router.dim if router is not None else None)
         plans = traced.route_many(texts, matrix)
-        return [self.describe(task, plan) for plan in plans]
+        inputs: Any = texts if texts is not None else matrix
+        digests = [_digest(item) for item in inputs]
+        return [self.describe(task, plan, digest) for plan, digest in zip(plans, digests)]
 
-    def describe(self, task: str, plan: Plan) -> dict[str, Any]:
+    def describe(self, task: str, plan: Plan, digest: str) -> dict[str, Any]:
         decision = plan.decision
         return {
             "label": decision.label if decision is not None else None,
@@ -242,13 +290,14 @@ class _Sidecar:
             "reason": "accepted" if plan.local else plan.reason,
             "version": plan.version,
             "audit": plan.audit,
-            "plan": self.sign(task, plan),
+            "plan": self.sign(task, plan, digest),
         }
 
     def log(self, task: str, rows: list[dict[str, Any]]) -> list[str | None]:
         traced = self.task(task)
-        return [traced.record(self.verify(task, row["plan"]), row["teacher"], text=row["input"],
-                              usage=row["usage"], meta=row["meta"]) for row in rows]
+        return [traced.record(self.verify(task, row["plan"], row["digest"]), row["teacher"],
+                              text=row["input"], usage=row["usage"], meta=row["meta"])
+                for row in rows]
 
 
 def create_app(store: Store | str, *, token: str | None = None,
@@ -448,10 +497,19 @@ def _matrix(rows: list[Any], dim: int | None) -> np.ndarray:
     return unit_rows(np.asarray(rows, dtype=np.float32))
 
 
+def _digest(value: str | np.ndarray) -> str:
+    """What a plan is bound to: a digest of the text, or of the unit float32 embedding, routed."""
+    data = b"t" + value.encode() if isinstance(value, str) \
+        else b"e" + np.ascontiguousarray(value, dtype="<f4").tobytes()
+    return _b64(hashlib.sha256(data).digest()[:16])
+
+
 def _trace_row(item: Any, where: str) -> dict[str, Any]:
+    """A validated trace: its fields, and the digest of the input its plan must be for (the
+    ``embedding`` when given, else the ``input`` text)."""
     if not isinstance(item, dict):
         raise _Problem(422, "invalid_body", f"'{where}' must be an object")
-    _only(item, {"input", "teacher", "plan", "usage", "meta"})
+    _only(item, {"input", "teacher", "plan", "usage", "meta", "embedding"})
     for key in ("input", "teacher"):
         if key not in item:
             raise _Problem(422, "invalid_body", f"'{where}' is missing '{key}'")
@@ -473,6 +531,10 @@ def _trace_row(item: Any, where: str) -> dict[str, Any]:
         raise _Problem(422, "invalid_body", f"'{where}.meta' must be an object")
     if len(item["input"]) > MAX_INPUT_CHARS:
         raise _Problem(422, "invalid_body", f"'{where}.input' is over {MAX_INPUT_CHARS} characters")
+    if "embedding" in item:
+        row["digest"] = _digest(_matrix([item["embedding"]], None)[0])
+    else:
+        row["digest"] = _digest(item["input"])
     return row
 
 
@@ -553,6 +615,8 @@ OPENAPI: dict[str, Any] = {
             "Trace": {"type": "object", "required": ["input", "teacher"], "properties": {
                 "input": {"type": "string"}, "teacher": {"type": "string"},
                 "plan": {"type": "string"},
+                "embedding": {**_NUM_LIST, "description": "The embedding the plan was routed by,"
+                                                          " if it was."},
                 "usage": {"type": "object", "properties": {
                     "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}}},
                 "meta": {"type": "object"}}},
