@@ -137,6 +137,31 @@ def test_a_price_is_a_finite_number_from_every_source(tmp_path: Path) -> None:
         resolve(cwd=tmp_path)
 
 
+def test_fit_options_take_only_what_fit_router_takes_and_a_refit_leaves(tmp_path: Path) -> None:
+    (tmp_path / "tracer_wrap.toml").write_text("fit_options = {junk = 1}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"tracer_wrap.toml: fit_options: unknown fit option"):
+        resolve(cwd=tmp_path)
+    for key in ("targets", "delta", "info", "vectors"):
+        with pytest.raises(ConfigError, match="argument fit_options: .* set by every refit"):
+            TaskOptions(fit_options={key: 1})
+    assert TaskOptions(fit_options={"folds": 5, "seed": 1}).fit_options == {"folds": 5, "seed": 1}
+
+
+def test_the_fit_arguments_a_refit_reserves_are_those_it_passes() -> None:
+    import ast
+    import inspect
+
+    import tracer_wrap.refit as refit
+    from tracer_wrap.options import REFIT_FIT_ARGUMENTS, fit_option_names
+
+    calls = [node for node in ast.walk(ast.parse(inspect.getsource(refit)))
+             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "run_fit"]
+    assert len(calls) == 1
+    passed = {kw.arg for kw in calls[0].keywords if kw.arg is not None}
+    assert passed == REFIT_FIT_ARGUMENTS
+    assert not fit_option_names() & passed and "folds" in fit_option_names()
+
+
 def test_unknown_or_invalid_arguments_raise(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown option"):
         resolve(explicit={"tagret": 0.9}, cwd=tmp_path)

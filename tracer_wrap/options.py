@@ -33,6 +33,7 @@ objects: ``refit_policy``, a callable ``audit_rate`` or ``redact``, an open stor
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import random
@@ -124,7 +125,9 @@ class TaskOptions:
         check. With declared ``labels`` of which some have no trace yet, it also defers inputs
         nearer such a label's name than the answer's (:mod:`tracer_wrap.model.ood`).
     ``fit_options``
-        Extra keyword arguments of :func:`tracer_wrap.model.fit.fit_router`.
+        Extra keyword arguments of :func:`tracer_wrap.model.fit.fit_router`: those of
+        :func:`fit_option_names` (``folds``, ``C``, ``seed``, ...); one it does not take, or one
+        every refit sets itself (``targets``, ``delta``, ...), raises ConfigError.
     ``refresh_seconds``
         How stale this process's view of the store's current version, routing switch and breaker
         may be: a background thread re-reads them this often. ``0`` reads the store on every call
@@ -537,9 +540,35 @@ def _ood(value: Any, where: str) -> float:
     return number
 
 
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+#: Arguments of :func:`~tracer_wrap.model.fit.fit_router` a refit gives itself
+#: (:meth:`tracer_wrap.refit.Refitter.run`), which ``fit_options`` must not set.
+REFIT_FIT_ARGUMENTS = frozenset({
+    "vectors", "labels", "texts", "targets", "serve_target", "delta", "guarantee",
+    "calibration_fraction", "calibration_coins", "incumbent", "incumbent_fresh", "info"})
+
+
+def fit_option_names() -> frozenset[str]:
+    """The keyword arguments of :func:`~tracer_wrap.model.fit.fit_router` that ``fit_options``
+    may set: all but those a refit gives itself (:data:`REFIT_FIT_ARGUMENTS`)."""
+    from .model.fit import fit_router
+
+    keywords = {p.name for p in inspect.signature(fit_router).parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return frozenset(keywords - REFIT_FIT_ARGUMENTS)
+
+
+def _fit_options(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{where}: expected a table of options, got {value!r}")
+    allowed = fit_option_names()
+    reserved = set(value) & REFIT_FIT_ARGUMENTS
+    if reserved:
+        raise ConfigError(f"{where}: {sorted(map(str, reserved))} set by every refit itself"
+                          f" (use the task options); fit options: {sorted(allowed)}")
+    unknown = set(value) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown fit option(s) {sorted(map(str, unknown))};"
+                          f" known: {sorted(allowed)}")
     return dict(value)
 
 
@@ -639,7 +668,7 @@ _SPECS: dict[str, _Spec] = {spec.name: spec for spec in (
     _Spec("audit_rate", _audit_rate, _float_text),
     _Spec("breaker", _breaker, _bool_text),
     _Spec("ood_quantile", _ood, _none_or(_float_text), nullable=True),
-    _Spec("fit_options", _mapping),
+    _Spec("fit_options", _fit_options),
     _Spec("refresh_seconds", lambda v, w: _positive(v, w, zero_ok=True), _float_text),
     _Spec("embed_timeout", _positive, _float_text),
     _Spec("embed_budget", _positive, _none_or(_float_text), nullable=True),

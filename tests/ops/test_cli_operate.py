@@ -97,6 +97,16 @@ def test_fit_never_serves_a_router_that_certifies_nothing_unless_forced(store_di
     assert forced["current_version"] == forced["version"] == 4 and forced["published"]
 
 
+def test_fit_with_an_unknown_fit_option_in_the_file_is_a_one_line_error(
+        store_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tracer_wrap.toml").write_text("fit_options = {junk = 1}\n", encoding="utf-8")
+    result = cli("--store", str(store_dir), "fit", "intent", "--min-traces", "50")
+    assert result.exit_code == 1  # type: ignore[attr-defined]
+    assert len(result.stderr.splitlines()) == 1 and "unknown fit option" in result.stderr  # type: ignore[attr-defined]
+    assert TraceStore(store_dir).versions("intent") == []
+
+
 def test_fit_refuses_another_embedder_than_the_served_one_unless_forced(
         store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fit(store_dir)
