@@ -401,3 +401,32 @@ def test_a_parse_call_the_sdk_refuses_fails_alike_even_where_the_router_would_an
         routed["anthropic"].messages.parse(**messages(text, output_format={"type": "json_schema"}))
     assert str(wrapped_error.value) == str(plain_error.value)
     assert server.total_calls == calls
+
+
+def test_a_create_call_the_sdk_refuses_fails_alike_even_where_the_router_would_answer(
+        routed, plain, plain_claude, server):
+    text, calls = routed["text"], server.total_calls
+    without_model = chat(text)
+    del without_model["model"]
+    refused = [  # (client, call): each one raises in the SDK, before any request
+        ("openai", lambda c: c.chat.completions.create(**without_model)),
+        ("openai", lambda c: c.chat.completions.create(**chat(text, temprature=0))),
+        ("openai", lambda c: c.chat.completions.create(**chat(text, response_format=Intent))),
+        ("openai", lambda c: c.chat.completions.create(**chat(text, response_format=Intent,
+                                                              stream=True))),
+        ("openai", lambda c: c.chat.completions.stream(**chat(text, temprature=0))),
+        ("openai", lambda c: c.responses.create(**responses(text, temprature=0))),
+        ("anthropic", lambda c: c.messages.create(
+            max_tokens=16, messages=[{"role": "user", "content": text}])),
+        ("anthropic", lambda c: c.messages.stream(**messages(text, temprature=0))),
+        ("anthropic", lambda c: c.messages.create(
+            model="claude-test", messages=[{"role": "user", "content": text}])),
+    ]
+    for sdk, call in refused:
+        unwrapped = plain if sdk == "openai" else plain_claude
+        with pytest.raises(TypeError) as plain_error:
+            call(unwrapped)
+        with pytest.raises(TypeError) as wrapped_error:
+            call(routed[sdk])
+        assert str(wrapped_error.value) == str(plain_error.value)
+    assert server.total_calls == calls

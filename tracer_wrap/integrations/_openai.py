@@ -32,8 +32,9 @@ __all__ = ["TracedAsyncOpenAI", "TracedOpenAI", "wrap_openai"]
 _CHAT = ApiSpec("openai.chat.create", api="openai.chat", provider="openai", view=openai_chat_view,
                 build=objects.build_chat_completion, label=objects.label_from_chat_completion,
                 answer_text=objects.chat_answer_text, describe=objects.describe_chat_completion)
-CHAT_CREATE = replace(_CHAT, build_stream=objects.build_chat_completion_stream)
-ASYNC_CHAT_CREATE = replace(_CHAT, build_stream=objects.build_async_chat_completion_stream)
+CHAT_CREATE = replace(_CHAT, build_stream=objects.build_chat_completion_stream,
+                      precheck=objects.check_chat_create)
+ASYNC_CHAT_CREATE = replace(CHAT_CREATE, build_stream=objects.build_async_chat_completion_stream)
 CHAT_PARSE = replace(_CHAT, name="openai.chat.parse", build=objects.build_parsed_chat_completion)
 CHAT_STREAM = replace(_CHAT, name="openai.chat.stream", build=objects.build_chat_stream_manager,
                       manager=True)

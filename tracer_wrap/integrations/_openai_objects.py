@@ -13,6 +13,7 @@ usage and ``system_fingerprint == LOCAL_FINGERPRINT`` (a ``Response``: ``metadat
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -193,6 +194,19 @@ def response_answer_text(label: str, request: Mapping[str, Any]) -> str:
 
 def _zero_usage() -> CompletionUsage:
     return CompletionUsage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+
+# The SDK's own check that create() runs before sending (None in an SDK without it).
+_VALIDATE_RESPONSE_FORMAT = getattr(
+    sys.modules[openai.resources.chat.completions.Completions.__module__],
+    "validate_response_format", None)
+
+
+def check_chat_create(request: Mapping[str, Any]) -> None:
+    """The SDK's own check of a ``chat.completions.create`` request before it sends it: raises
+    TypeError for a pydantic class as ``response_format`` (``parse`` takes those)."""
+    if _VALIDATE_RESPONSE_FORMAT is not None:
+        _VALIDATE_RESPONSE_FORMAT(request.get("response_format"))
 
 
 def build_chat_completion(label: str, request: Mapping[str, Any]) -> ChatCompletion:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import functools
 import inspect
 import threading
 import time
@@ -82,7 +83,8 @@ class ApiSpec:
     ``answer_text`` is the text a local answer of a label generates (stop sequences act on it);
     ``describe`` gives the ``gen_ai.response.*`` attributes of a result; ``stream_kind`` names
     the chunk format (``"openai"``, ``"openai.responses"`` or ``"anthropic"``); ``manager``: the
-    method returns a stream manager (``.stream()``).
+    method returns a stream manager (``.stream()``); ``precheck`` runs the SDK's own check of a
+    request beyond its signature (raising where the SDK raises before sending).
     """
 
     name: str
@@ -96,6 +98,7 @@ class ApiSpec:
     build_stream: Callable[[str, Mapping[str, Any]], Any] | None = None
     stream_kind: str = "openai"
     manager: bool = False
+    precheck: Callable[[Mapping[str, Any]], object] | None = None
 
 
 class Tasks:
@@ -186,7 +189,7 @@ class Tasks:
         if args or names.disabled():
             return method(*args, **kwargs)
         request, kwargs = _replayable(kwargs)
-        call = self._call(spec, request, name, is_async)
+        call = self._call(spec, method, request, name, is_async)
         if call is None:
             return method(**kwargs)
         task, text, reply, _ = call
@@ -199,7 +202,7 @@ class Tasks:
         if args or names.disabled():
             return await method(*args, **kwargs)
         request, kwargs = _replayable(kwargs)
-        call = self._call(spec, request, name, True)
+        call = self._call(spec, method, request, name, True)
         if call is None:
             return await method(**kwargs)
         task, text, reply, raw = call
@@ -212,10 +215,12 @@ class Tasks:
 
         return await task.acall(text, llm, reply)
 
-    def _call(self, spec: ApiSpec, kwargs: Mapping[str, Any], name: str | None, is_async: bool
+    def _call(self, spec: ApiSpec, method: Callable[..., Any], kwargs: Mapping[str, Any],
+              name: str | None, is_async: bool
               ) -> tuple[TracedTask, str, Reply[Any], _RawBody | None] | None:
         """The task, text and Reply of a call (and the reader of a raw response's body), or None
-        when tracer_wrap stays out of it. Never raises."""
+        when tracer_wrap stays out of it, as for a call the SDK ``method`` refuses before
+        sending it (its own error then reaches the caller). Never raises."""
         try:
             raw = _raw_mode(kwargs)
             streaming = kwargs.get("stream") is True
@@ -224,6 +229,8 @@ class Tasks:
             if raw is None and streaming and spec.build_stream is None and not spec.manager:
                 return None
             given = _given(kwargs)
+            if _refused(spec, method, kwargs, given):
+                return None
             view = spec.view(given, self.learner)
             if view is None:
                 return None
@@ -622,6 +629,45 @@ def _replayable(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 
 def _replay(items: list[Any]) -> Iterator[Any]:
     yield from items
+
+
+def _refused(spec: ApiSpec, method: Callable[..., Any], kwargs: Mapping[str, Any],
+             given: Mapping[str, Any]) -> bool:
+    """Whether the SDK ``method`` refuses ``kwargs`` before sending them (a missing or unknown
+    argument, or what ``spec.precheck`` raises for): such a call must reach the SDK, which
+    raises its own error, rather than get a local answer."""
+    function, bound = _function(method)
+    signature = _signature(function)
+    if signature is not None:
+        try:
+            signature.bind(*bound, **kwargs)
+        except TypeError:
+            return True
+    if spec.precheck is not None:
+        try:
+            spec.precheck(given)
+        except Exception:
+            return True
+    return False
+
+
+def _function(method: Callable[..., Any]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+    """The function behind ``method`` and the arguments it binds first (``self``): a bound
+    method, or autolog's partial of a class's function."""
+    if isinstance(method, functools.partial):
+        return method.func, method.args
+    if inspect.ismethod(method):
+        return method.__func__, (method.__self__,)
+    return method, ()
+
+
+@functools.lru_cache(maxsize=256)
+def _signature(function: Callable[..., Any]) -> inspect.Signature | None:
+    # Reading a signature costs far more than binding to it; an SDK has a few methods.
+    try:
+        return inspect.signature(function)
+    except (TypeError, ValueError):
+        return None
 
 
 def _sdk_call(method: Callable[..., Any], kwargs: Mapping[str, Any]) -> Any:
