@@ -445,6 +445,27 @@ def test_a_sqlite_lock_held_by_another_process_fails_open(tmp_path, embedder, mo
     assert sum(t.count for t in task.store.traces("t")) == task.stats.llm
 
 
+def test_a_store_unreadable_from_the_first_call_makes_only_that_call_wait(tmp_path, embedder):
+    # A store that cannot be opened (its path is a file) stands for any store the first read
+    # never reaches: Redis down at start, a lock held by another process, a damaged database.
+    (tmp_path / "store").write_text("not a store")
+    task = TracedTask("t", store=tmp_path / "store", embedder=embedder, **OPTIONS)
+    settled = task.serving._settled
+    waits = []
+
+    def counted(timeout=None):
+        waits.append(threading.current_thread().name)
+        return threading.Event.wait(settled, timeout)
+
+    settled.wait = counted  # type: ignore[method-assign]
+    rows = dict(make_traces(20, seed=1))
+    for text, label in rows.items():
+        assert task.call(text, lambda label=label: label) == label
+    assert task.stats.llm == len(rows)
+    until(lambda: task.stats.errors > 0, "the background worker meeting the store")
+    assert len(waits) == 1  # the first call waited for the first read; no later call did
+
+
 def test_opening_a_store_retries_a_database_locked_by_other_writers(tmp_path, monkeypatch):
     # Setting up the connections writes to the database. diskcache retries most of those
     # statements itself for up to 60 s, but not all: in CI, a spawned process opening the store
