@@ -416,6 +416,22 @@ def test_every_bad_input_is_a_clear_4xx_never_a_500(client: httpx.Client, store:
     assert message and len(r.content) < 2_000 and "Traceback" not in r.text
 
 
+def test_embeddings_beyond_float32_are_422_and_the_connection_stays_open(
+        client: httpx.Client) -> None:
+    """1e39 is a finite JSON number but overflows float32: a 422, never a 500 that drops the
+    keep-alive connection. Numbers within float32 whose squares overflow are scaled fine."""
+    for body in ({"embedding": [1e39] * 512}, {"embeddings": [[0.1] * 512, [-1e39] * 512]}):
+        path = "/v1/tasks/intent/route" + ("/batch" if "embeddings" in body else "")
+        r = client.post(path, json=body)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_embedding", r.text
+    assert r.headers.get("connection") != "close"
+    big = client.post("/v1/tasks/intent/route", json={"embedding": [3e38] * 512})
+    small = client.post("/v1/tasks/intent/route", json={"embedding": [1.0] * 512})
+    assert big.status_code == small.status_code == 200, big.text
+    assert big.json()["label"] == small.json()["label"]
+    assert big.json()["score"] == pytest.approx(small.json()["score"], abs=1e-5)
+
+
 def test_the_embedding_cache_is_bounded_by_bytes(client: httpx.Client, app) -> None:
     """20k-character texts through the sidecar: the embedder's own byte accounting counts the
     texts it holds (not just entries) and stays within its budget."""

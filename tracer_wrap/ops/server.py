@@ -485,16 +485,25 @@ def _list(value: Any, where: str, limit: int) -> list[Any]:
 
 def _matrix(rows: list[Any], dim: int | None) -> np.ndarray:
     """The embeddings as a float32 matrix with unit rows; 422 unless every row is a list of
-    ``dim`` finite numbers (of one common length when no router fixes ``dim``)."""
+    ``dim`` numbers finite as float32 (of one common length when no router fixes ``dim``)."""
     width = dim if dim is not None else (len(rows[0]) if isinstance(rows[0], list) else -1)
+    size = f"{width}" if width > 0 else "the same number of"
     for i, row in enumerate(rows):
         if (not isinstance(row, list) or not row or len(row) != width
                 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                            and math.isfinite(x) for x in row)):
-            size = f"{width}" if width > 0 else "the same number of"
             raise _Problem(422, "invalid_embedding",
                            f"embedding {i} must be a list of {size} finite numbers")
-    return unit_rows(np.asarray(rows, dtype=np.float32))
+    # Checked once cast: a number finite as a Python float may overflow float32 (1e39 -> inf).
+    with np.errstate(over="ignore"):
+        matrix = np.asarray(rows, dtype=np.float32)
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise _Problem(422, "invalid_embedding", f"embedding {i} must be a list of {size} finite"
+                                                 " numbers within float32's range (3.4e38)")
+    # Scaled in float64: the squares of large float32 numbers would overflow the norm.
+    return unit_rows(matrix.astype(np.float64)).astype(np.float32)
 
 
 def _digest(value: str | np.ndarray) -> str:
