@@ -637,6 +637,45 @@ for part in ("traces", "meta"):
 """,
 }
 
+# A model load that submits to a thread pool (as transformers does) while a fork waits for it:
+# concurrent.futures' own fork hook takes the pool's global lock, so it must run after the
+# embedder's (hooks run in the reverse order of registration). ``go`` is set by a hook
+# registered last, so it runs first, when the fork has begun.
+FORK_DURING_LOAD = """
+import os, sys, threading
+from tracer_wrap.model import embedder
+from concurrent.futures import ThreadPoolExecutor
+
+embedder.FORK_LOAD_SECONDS = 20.0
+loader = embedder._LazySentenceTransformer("fake", None)
+loading, go, done = threading.Event(), threading.Event(), threading.Event()
+
+def load():
+    with loader._lock:
+        loading.set()
+        go.wait()
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(int).result()
+        done.set()
+
+threading.Thread(target=load).start()
+loading.wait()
+os.register_at_fork(before=go.set)
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("loaded before the fork" if done.is_set() else "forked mid-load")
+"""
+
+
+def test_a_fork_waits_for_a_load_that_submits_to_a_thread_pool():
+    out = subprocess.run([sys.executable, "-c", FORK_DURING_LOAD], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "loaded before the fork"
+
+
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_damaged_store_files_never_take_the_process_down(tmp_path, damage):

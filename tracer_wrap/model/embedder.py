@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# Imported before this module registers its fork hook (below), so that hook runs first: hooks
+# run in the reverse order of registration, and concurrent.futures' own takes its global
+# shutdown lock, which a model load in progress needs (transformers submits to a thread pool
+# while it loads). Imported later, by the load itself, it made every fork during a load wait the
+# whole FORK_LOAD_SECONDS and then fork mid-load.
+import concurrent.futures.thread  # noqa: F401
 import os
 import sys
 import threading
