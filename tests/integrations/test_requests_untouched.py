@@ -430,3 +430,24 @@ def test_a_create_call_the_sdk_refuses_fails_alike_even_where_the_router_would_a
             call(routed[sdk])
         assert str(wrapped_error.value) == str(plain_error.value)
     assert server.total_calls == calls
+
+
+def test_a_truthy_stream_flag_streams_as_in_the_sdk(routed, plain, server, store):
+    client = routed["openai"]
+    assert isinstance(plain.chat.completions.create(**chat("refund #t0", stream=1)),
+                      openai.Stream)
+    calls = server.total_calls
+    local = client.chat.completions.create(**chat(routed["text"], stream=1))
+    assert is_local(local) and server.total_calls == calls
+    assert "".join(c.choices[0].delta.content or "" for c in local if c.choices) == \
+        teacher(routed["text"])
+    flush()
+    traces = store.count("intent")
+    task = client.tracer_wrap_tasks.task("intent")
+    deferred = next(t for t in (f"hmm, no idea #{i}" for i in range(50)) if not task.route(t).local)
+    answered = client.chat.completions.create(**chat(deferred, stream=1))
+    assert isinstance(answered, openai.Stream) and server.total_calls == calls + 1
+    assert "".join(c.choices[0].delta.content or "" for c in answered if c.choices) == \
+        teacher(deferred)
+    flush()
+    assert store.count("intent") == traces + 1

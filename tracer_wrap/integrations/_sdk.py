@@ -223,7 +223,7 @@ class Tasks:
         sending it (its own error then reaches the caller). Never raises."""
         try:
             raw = _raw_mode(kwargs)
-            streaming = kwargs.get("stream") is True
+            streaming = _streaming(kwargs)
             if raw == "true" and streaming:
                 return None  # a raw streamed HTTP body: read by the caller alone
             if raw is None and streaming and spec.build_stream is None and not spec.manager:
@@ -277,7 +277,7 @@ class Tasks:
                is_async: bool) -> Reply[Any]:
         """How the engine reads and builds this call's SDK objects."""
         attributes = _attributes(spec, request)
-        streaming = request.get("stream") is True
+        streaming = _streaming(request)
 
         def label_of(result: Any) -> object:
             _describe(telemetry.current_call(), spec, result)
@@ -590,7 +590,7 @@ def _attributes(spec: ApiSpec, request: Mapping[str, Any]) -> dict[str, Any]:
         "gen_ai.request.top_p": _number(request.get("top_p")),
         "gen_ai.request.stop_sequences": [stop] if isinstance(stop, str)
         else list(stop) if isinstance(stop, (list, tuple)) else None,
-        "gen_ai.request.stream": request.get("stream") is True or spec.manager,
+        "gen_ai.request.stream": _streaming(request) or spec.manager,
         "tracer_wrap.api": spec.name,
     }
 
@@ -703,6 +703,12 @@ def _given(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
     if not any(type(v).__name__ in _SENTINELS for v in kwargs.values()):
         return kwargs
     return {k: v for k, v in kwargs.items() if type(v).__name__ not in _SENTINELS}
+
+
+def _streaming(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the SDK streams this request: it tests ``stream`` for truth (``stream=1``
+    streams; its "not given" sentinels are false)."""
+    return bool(kwargs.get("stream"))
 
 
 def _raw_mode(kwargs: Mapping[str, Any]) -> str | None:
