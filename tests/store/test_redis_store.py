@@ -111,6 +111,39 @@ def test_migrate_refuses_a_redis_store_into_itself(server):
     assert RedisStore(f"redis://127.0.0.1:{server.port}/1").traces("t")[0].count == 1
 
 
+def test_a_redis_password_shows_nowhere(server, tmp_path, monkeypatch):
+    import json
+
+    import redis
+    from _synthetic import fill_store
+    from typer.testing import CliRunner
+
+    from tracer_wrap.ops.cli import app
+
+    with redis.Redis(host="127.0.0.1", port=server.port) as client:
+        client.config_set("requirepass", "hunter2")
+    url = f"redis://:hunter2@127.0.0.1:{server.port}/0"
+    monkeypatch.setenv("TRACER_WRAP_EMBEDDER", "hashing")
+    fill_store(TraceStore(tmp_path / "src"), "intent", 300)
+
+    def cli(*args):
+        result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert "hunter2" not in result.output
+        return result
+
+    cli("migrate", "--from", str(tmp_path / "src"), "--to", url)
+    cli("--store", url, "fit", "intent", "--min-traces", "50")
+    status = json.loads(cli("--store", url, "status", "--json").stdout)
+    assert status["store"] == f"redis://:***@127.0.0.1:{server.port}/0"
+    cli("--store", url, "report", "intent", "-o", str(tmp_path / "r.html"))
+    assert "hunter2" not in (tmp_path / "r.html").read_text()
+    # What migrate records in the destination names the source without a secret either.
+    cli("migrate", "--from", url, "--to", str(tmp_path / "back"))
+    assert not any("hunter2" in name for name in TraceStore(tmp_path / "back").settings("intent"))
+    assert "hunter2" not in json.dumps(RedisStore(url).settings("intent"))
+
+
 def test_router_files_can_live_in_a_shared_directory(server, tmp_path, monkeypatch, embedder):
     from _synthetic import LABELS, make_traces
 

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import names
 from ..errors import ConfigError, MissingExtraError, StoreError, TraceRefused
@@ -54,7 +55,7 @@ from .base import (
     write_private,
 )
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "display_url"]
 
 # Deletes a claim only when its holder's token is the caller's: a claim that lapsed while its
 # holder still ran may already be another process's.
@@ -131,20 +132,25 @@ class RedisStore:
     Router files live in Redis, unless ``artifacts`` names a directory every host mounts (default
     ``$TRACER_WRAP_ARTIFACTS``), for routers too large to keep in Redis memory; their SHA-256 stays
     in the manifest in Redis and is checked before loading either way.
-    Raises MissingExtraError when redis-py is not installed.
+    ``path`` is the URL with its password hidden (:func:`display_url`), for every message.
+    Raises MissingExtraError when redis-py is not installed, ConfigError for a malformed URL.
     """
 
     def __init__(self, url: str, *, prefix: str = "tw", socket_timeout: float = 2.0,
                  artifacts: str | os.PathLike[str] | None = None) -> None:
         redis = _redis()
-        self.path = url
+        #: The URL for messages and logs, its password hidden (:func:`display_url`).
+        self.path = display_url(url)
         artifacts = artifacts or os.environ.get(names.ENV_ARTIFACTS) or None
         self.artifacts = Path(artifacts) if artifacts is not None else None
         self.prefix = prefix
         self._unreachable = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
         self._redis_error = redis.RedisError
-        self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
-                                            socket_connect_timeout=socket_timeout)
+        try:
+            self._client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                                socket_connect_timeout=socket_timeout)
+        except ValueError as exc:  # a malformed URL: its port, its database number, ...
+            raise ConfigError(f"redis store {self.path!r}: {exc}") from None
         self._append_script = self._client.register_script(_APPEND)
         self._add_counters_script = self._client.register_script(_ADD_COUNTERS)
         self._release_script = self._client.register_script(_RELEASE)
@@ -441,6 +447,24 @@ class RedisStore:
         pipe.hdel(self._k(task, "v"), str(int(version)))
         pipe.hdel(self._k(task, "a"), *(f"v{version}{s}" for s in VERSION_ARTIFACTS))
         self._call(pipe.execute)
+
+
+def display_url(url: str) -> str:
+    """A store URL as people may see it (messages, logs, ``status``, reports): its password,
+    in the user part or a ``password=`` query argument, replaced by ``***``; a user part with no
+    password is hidden whole (``redis://secret@host`` is a password to some clients). Text that
+    is not a URL is returned as it is."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        host = netloc.rpartition("@")[2]
+        netloc = (f"{parts.username or ''}:***@{host}" if parts.password is not None
+                  else f"***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        query = [(key, "***" if key == "password" else value) for key, value in query]
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _pairs(flat: Any) -> dict[str, int]:
