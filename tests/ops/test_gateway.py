@@ -758,8 +758,11 @@ def test_browser_requests_from_other_origins_are_403(upstream: LLMServer, store:
         plain = client.post("/v1/chat/completions", content=json.dumps(body),
                             headers={**headers, "Content-Type": "text/plain"})
         other = client.get("/v1/models", headers=headers)
+        health = client.get("/tracer-wrap/healthz", headers=headers)
         own = client.post("/v1/chat/completions", json=body, headers={"Origin": url})
+        own_health = client.get("/tracer-wrap/healthz", headers={"Origin": url})
     assert classify.status_code == plain.status_code == other.status_code == 403
+    assert health.status_code == 403 and own_health.status_code == 200
     assert "origin" in classify.json()["error"]["message"] or "cross-site" in \
         classify.json()["error"]["message"]
     assert own.status_code == 200

@@ -370,6 +370,8 @@ def test_browser_requests_from_other_origins_are_403(client: httpx.Client, store
     r = client.post("/v1/tasks/intent/traces", content=json.dumps(body),
                     headers={**headers, "Content-Type": "text/plain"})
     assert r.status_code == 403
+    for path in ("/metrics", "/healthz", "/v1/tasks/intent/status"):  # reading, too
+        assert client.get(path, headers=headers).status_code == 403, path
     flush()
     assert store.count("intent") == before
 
@@ -378,6 +380,7 @@ def test_same_origin_and_non_browser_requests_pass(client: httpx.Client, server:
     own = {"Origin": server, "Sec-Fetch-Site": "same-origin"}
     assert client.post("/v1/tasks/intent/route", json={"text": "x"}, headers=own
                        ).status_code == 200
+    assert client.get("/metrics", headers=own).status_code == 200
     assert client.post("/v1/tasks/intent/route", json={"text": "x"}).status_code == 200
 
 

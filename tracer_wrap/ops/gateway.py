@@ -41,8 +41,9 @@ The gateway's own token (``token``) is a different secret from the provider key:
 in ``X-Tracer-Wrap-Token`` (compared in constant time, never forwarded). :func:`run` refuses to
 listen beyond loopback without one. ``GET /tracer-wrap/healthz`` needs no token. A request a web
 page of another origin sends (``Origin`` not the gateway's own, or ``Sec-Fetch-Site:
-cross-site``) is refused with 403 on every path: a page the user visits must not reach the
-routers or the upstreams through it (the rules of :mod:`tracer_wrap.ops._http`). Only a body
+cross-site``) is refused with 403 on every path, the health check included: a page the user
+visits must not reach the routers or the upstreams through it (the rules of
+:mod:`tracer_wrap.ops._http`). Only a body
 sent as ``application/json`` that reads as JSON tracer_wrap accepts (no lone surrogates, no
 nesting deeper than 64 levels, no integers beyond 64 bits) is traced; any other is forwarded
 untouched and the upstream answers it.
@@ -526,11 +527,17 @@ class _Gateway:
 
     # -- requests ------------------------------------------------------------------------
 
-    def check_token(self, request: Request) -> None:
+    def check_origin(self, request: Request) -> None:
+        """Raise a 403 _Problem for a browser request from another origin."""
         why = foreign_origin(request.headers, request.url.scheme)
         if why is not None:
             raise _Problem(403, "permission_error", f"tracer_wrap gateway: {why} is refused;"
                                                     " call the gateway from a server")
+
+    def check_token(self, request: Request) -> None:
+        """Raise a 403 _Problem for a browser request from another origin, a 401 one when the
+        gateway has a token and the request does not carry it."""
+        self.check_origin(request)
         if self.token is None:
             return
         given = request.headers.get(TOKEN_HEADER, "").strip().encode()
@@ -748,10 +755,11 @@ def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENA
                        anthropic_upstream=anthropic_upstream, token=token, timeout=timeout,
                        concurrency=concurrency, transport=transport)
 
-    def guarded(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def guarded(handler: Callable[[Request], Any], *, token: bool = True
+                ) -> Callable[[Request], Any]:
         async def endpoint(request: Request) -> Response:
             try:
-                gateway.check_token(request)
+                (gateway.check_token if token else gateway.check_origin)(request)
                 response: Response = await handler(request)
                 return response
             except _Problem as problem:
@@ -770,7 +778,7 @@ def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENA
 
         return JSONResponse({"status": "ok", "version": __version__})
 
-    routes = [Route("/tracer-wrap/healthz", healthz, methods=["GET"])]
+    routes = [Route("/tracer-wrap/healthz", guarded(healthz, token=False), methods=["GET"])]
     for path, api in (("/chat/completions", _CHAT), ("/responses", _RESPONSES)):
         routes += [Route(f"/v1{path}", classification(api), methods=["POST"]),
                    Route(path, classification(api), methods=["POST"])]

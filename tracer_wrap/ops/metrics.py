@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import accounting
 from ..errors import TracerWrapError
+from ._http import foreign_origin
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -84,9 +85,10 @@ def _number(value: float) -> str:
 
 def metrics_route(store: Store, check_token: Callable[[Request], None]) -> Route:
     """The sidecar's ``GET /metrics`` route: :func:`render` of ``store`` after this process's
-    pending counters are written (200, :data:`CONTENT_TYPE`). ``check_token`` raises when the
-    request lacks the sidecar's bearer token: then 401, as on every other endpoint. Needs the
-    ``server`` extra (starlette)."""
+    pending counters are written (200, :data:`CONTENT_TYPE`). A browser request from another
+    origin is refused with 403 (the origin rule of :mod:`tracer_wrap.ops._http`), and
+    ``check_token`` raises when the request lacks the sidecar's bearer token: then 401, as on
+    every other endpoint. Needs the ``server`` extra (starlette)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
@@ -96,6 +98,10 @@ def metrics_route(store: Store, check_token: Callable[[Request], None]) -> Route
         return render(store)
 
     async def metrics(request: Request) -> Response:
+        why = foreign_origin(request.headers, request.url.scheme)
+        if why is not None:
+            return PlainTextResponse(f"{why} is refused: the sidecar serves applications, not web"
+                                     " pages\n", status_code=403)
         try:
             check_token(request)
         except Exception:
