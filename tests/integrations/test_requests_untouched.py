@@ -451,3 +451,25 @@ def test_a_truthy_stream_flag_streams_as_in_the_sdk(routed, plain, server, store
         teacher(deferred)
     flush()
     assert store.count("intent") == traces + 1
+
+
+@pytest.mark.parametrize("extra_body", [{"n": 2}, {"logprobs": True},
+                                        {"messages": [{"role": "user", "content": "fx fee"}]},
+                                        {"response_format": {"type": "json_object"}}])
+def test_options_given_in_extra_body_block_a_local_answer_as_arguments_do(
+        extra_body, routed, plain, server, store):
+    request = chat(routed["text"], extra_body=extra_body)
+    expected = last_body(server, lambda: plain.chat.completions.create(**request))
+    flush()
+    traces = store.count("intent")
+    result: list[Any] = []
+    assert last_body(server, lambda: result.append(
+        routed["openai"].chat.completions.create(**request))) == expected
+    assert not is_local(result[0])
+    flush()
+    assert store.count("intent") == traces + 1 or store.traces("intent")[-1].count > 1
+    # An extra_body field a local answer does not depend on leaves it possible.
+    calls = server.total_calls
+    assert is_local(routed["openai"].chat.completions.create(
+        **chat(routed["text"], extra_body={"temperature": 0, "user_tier": "gold"})))
+    assert server.total_calls == calls

@@ -34,6 +34,7 @@ from typing import Any, Literal
 from ..labels import LABEL_FIELD_NAMES
 
 __all__ = [
+    "ANSWER_FIELDS",
     "LOCAL_ANSWER_BLOCKERS",
     "Blocker",
     "OutputShape",
@@ -47,6 +48,7 @@ __all__ = [
     "openai_chat_view",
     "openai_responses_output_shape",
     "openai_responses_view",
+    "request_body",
     "usage_of",
 ]
 
@@ -759,12 +761,41 @@ LOCAL_ANSWER_BLOCKERS: tuple[Blocker, ...] = (
 )
 
 
+#: The request fields a request view or a local answer reads: an ``extra_body`` that sets one
+#: changes what the provider answers behind the arguments tracer_wrap read.
+ANSWER_FIELDS = frozenset({
+    "model", "messages", "input", "instructions", "system", "response_format", "text",
+    "text_format", "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls",
+    "output_config", "output_format", "stream", "stream_options", "metadata", "prompt",
+    "previous_response_id", "conversation"})
+
+
+def request_body(kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The body the provider receives for the SDK arguments ``kwargs``: the SDK merges
+    ``extra_body`` over them (``kwargs`` itself when there is none)."""
+    extra = kwargs.get("extra_body")
+    if not isinstance(extra, Mapping) or not extra:
+        return kwargs
+    return {**kwargs, **extra}
+
+
 def local_answer_blocker(api: str, kwargs: Mapping[str, Any],
                          texts: Callable[[], Sequence[str]]) -> str | None:
     """Why a local answer cannot honour the ``api`` request ``kwargs`` (``"option: why"``), or
     None when it can. ``api`` is ``"openai.chat"``, ``"openai.responses"`` or
     ``"anthropic.messages"``; ``texts()`` gives the texts a local answer could generate (read only
-    when a stop sequence is set). Never raises: a fault blocks the local answer."""
+    when a stop sequence is set). The options are read in the body the provider receives
+    (``extra_body`` merged over ``kwargs``), and an ``extra_body`` that sets a field of
+    :data:`ANSWER_FIELDS` (or is no mapping) blocks. Never raises: a fault blocks the local
+    answer."""
+    extra = kwargs.get("extra_body")
+    if extra is not None:
+        if not isinstance(extra, Mapping):
+            return "extra_body: an unknown body a local answer cannot read"
+        overridden = sorted(k for k in extra if k in ANSWER_FIELDS)
+        if overridden:
+            return f"extra_body: sets {', '.join(map(str, overridden))}, read by a local answer"
+        kwargs = request_body(kwargs)
     for blocker in LOCAL_ANSWER_BLOCKERS:
         if api not in blocker.apis or kwargs.get(blocker.option) is None:
             continue

@@ -43,7 +43,13 @@ from ..errors import StoreError
 from ..model.embedder import Embedder, make_embedder
 from ..options import TaskOptions
 from ..store import Store, open_store
-from ._prompt import PromptView, TemplateLearner, local_answer_blocker, usage_of
+from ._prompt import (
+    PromptView,
+    TemplateLearner,
+    local_answer_blocker,
+    request_body,
+    usage_of,
+)
 from ._spelling import Spellings
 from ._stream import (
     AsyncStreamedResponse,
@@ -231,7 +237,8 @@ class Tasks:
             given = _given(kwargs)
             if _refused(spec, method, kwargs, given):
                 return None
-            view = spec.view(given, self.learner)
+            # The provider classifies the body the SDK sends, extra_body merged in.
+            view = spec.view(request_body(given), self.learner)
             if view is None:
                 return None
             chosen = name or self.task_name
