@@ -124,6 +124,22 @@ def test_a_classify_function_returning_garbage_is_returned_unchanged(store, embe
     assert store.traces("t", valid_only=True) == []
 
 
+def test_a_label_of_that_raises_still_counts_the_llm_answer(store, embedder, caplog):
+    @traced_classifier(task="t", labels=NAMES, store=store, embedder=embedder,
+                       label_of=lambda result: result["label"])
+    def classify(text):
+        return {"lbl": "refund"}  # a result label_of cannot read
+
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+        for i in range(5):
+            assert classify(f"refund #{i}") == {"lbl": "refund"}
+    assert warnings(caplog, "KeyError")
+    assert classify.stats.llm == 5 and classify.stats.invalid == 5
+    flush()
+    assert store.counter("t", "llm") == 5 and store.counter("t", "invalid") == 5
+    assert store.traces("t", valid_only=True) == []
+
+
 # -- the store ----------------------------------------------------------------------------------
 
 

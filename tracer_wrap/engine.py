@@ -632,7 +632,11 @@ class TracedTask:
         self.ledger.add({names.COUNTER_LOCAL: 1})
 
     def _after_llm(self, plan: Plan, result: R, reply: Reply[R], span: telemetry.CallSpan) -> R:
-        """Trace the LLM's result (now, or when its stream ends); return what the caller gets."""
+        """Trace the LLM's result (now, or when its stream ends); return what the caller gets.
+        A label that cannot be read (``label_of`` or ``later`` raised) is logged as a fault and
+        the answer is still recorded, as an invalid one: the LLM was called either way."""
+        raw: object = None
+        usage: Usage | None = None
         try:
             if reply.later is not None:
                 def done(raw: object, usage: Usage | None) -> None:
@@ -640,11 +644,10 @@ class TracedTask:
 
                 return reply.later(result, done)
             raw = reply.label_of(result)
-            usage = reply.usage_of(result) if reply.usage_of is not None else None
+            if reply.usage_of is not None:
+                usage = reply.usage_of(result)
         except Exception as exc:
             self._fault("trace logging", exc)
-            span.end()
-            return result
         self._record(plan, raw, usage=usage, span=span)
         return result
 
