@@ -33,5 +33,7 @@ def fault(step: str, exc: BaseException, *, task: str | None = None,
         _last[key] = (now, 0)
     more = f" ({repeats} more since the last report)" if repeats else ""
     of = f" for task {task!r}" if task else ""
-    logger.warning("tracer_wrap %s failed%s, calling the LLM instead: %s: %s%s", step, of,
+    # Not "calling the LLM instead": most steps (trace logging, the store writes, refits,
+    # telemetry) fail after the LLM answered, or off the request path.
+    logger.warning("tracer_wrap %s failed%s; calls go on without it: %s: %s%s", step, of,
                    type(exc).__name__, exc, more, exc_info=logger.isEnabledFor(logging.DEBUG))
