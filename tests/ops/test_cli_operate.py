@@ -107,6 +107,24 @@ def test_fit_with_an_unknown_fit_option_in_the_file_is_a_one_line_error(
     assert TraceStore(store_dir).versions("intent") == []
 
 
+def test_status_and_versions_say_a_tampered_served_version_is_refused(store_dir: Path) -> None:
+    fit(store_dir)
+    status = json.loads(cli("--store", str(store_dir), "status", "--json").stdout)  # type: ignore[attr-defined]
+    assert status["tasks"][0]["refused"] is None
+    npz = next(store_dir.glob("routers/*/v1.npz"))
+    data = bytearray(npz.read_bytes())
+    data[200:204] = b"XXXX"
+    npz.write_bytes(bytes(data))
+    status = json.loads(cli("--store", str(store_dir), "status", "--json").stdout)  # type: ignore[attr-defined]
+    assert "hash mismatch" in status["tasks"][0]["refused"]
+    table = cli("--store", str(store_dir), "status", "intent").stdout  # type: ignore[attr-defined]
+    assert "REFUSED" in table and "coverage certified" not in table
+    versions = cli("--store", str(store_dir), "versions", "intent", "--json").stdout  # type: ignore[attr-defined]
+    assert "hash mismatch" in json.loads(versions)["refused"]
+    table = cli("--store", str(store_dir), "versions", "intent").stdout  # type: ignore[attr-defined]
+    assert "REFUSED" in table
+
+
 def test_fit_refuses_another_embedder_than_the_served_one_unless_forced(
         store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fit(store_dir)

@@ -187,6 +187,9 @@ def _status_panel(r: dict[str, Any]) -> Panel:
         pinned = " (pinned)" if r["pinned_version"] == r["current_version"] else ""
         router = (f"v{r['current_version']}{pinned} of {r['versions']} · target "
                   f"{_target(r['target'])} · {certified}")
+        if r["refused"]:
+            router = (f"v{r['current_version']}{pinned} REFUSED, every call goes to the LLM:"
+                      f" {r['refused']}")
     usage = r["usage"]
     calls = (f"{usage['calls']:,} calls: {usage['local']:,} answered locally, {usage['llm']:,}"
              f" LLM answers ({usage['audits']:,} audits, {usage['invalid']:,} invalid)")
@@ -339,10 +342,12 @@ def versions(ctx: typer.Context, task: TaskArg, store: StoreOpt = None,
     """List the task's router versions: when each was fitted, on how many traces, what it
     certified at its target; mark the one served and the pinned one."""
     from ..versions import certified_coverage, pinned_version
+    from .status import refusal
 
     st = _store_of(ctx, store)
     _known_task(st, task)
     current, pinned = st.current_version(task), pinned_version(st, task)
+    refused = refusal(st, task, current)
     rows = []
     for m in st.versions(task):
         target = float(m.get("target", 0.95))
@@ -353,10 +358,13 @@ def versions(ctx: typer.Context, task: TaskArg, store: StoreOpt = None,
                      "embedder": m.get("embedder"), "labels": len(m.get("labels", []))})
     if as_json:
         _emit_json({"task": task, "current_version": current, "pinned_version": pinned,
-                    "versions": rows})
+                    "refused": refused, "versions": rows})
         return
-    table = Table(title=f"{task}: router versions", title_justify="left",
-                  caption="● served now, 📌 pinned")
+    caption = "● served now, 📌 pinned"
+    if refused:
+        caption = (f"● v{current} is REFUSED, every call goes to the LLM: {refused}\n"
+                   "📌 pinned")
+    table = Table(title=f"{task}: router versions", title_justify="left", caption=caption)
     for col in ("version", "fitted", "traces", "labels", "target", "coverage", "embedder"):
         table.add_column(col, no_wrap=col != "embedder", overflow="fold")
     for r in rows:

@@ -13,10 +13,11 @@ from typing import Any
 
 from .. import names
 from ..accounting import Price, read_summary, summary
+from ..errors import RouterLoadError
 from ..store import Origin, Store, open_store
-from ..versions import certified_coverage, pinned_version
+from ..versions import certified_coverage, load_ood, load_version, pinned_version
 
-__all__ = ["frontier_rows", "savings", "task_status"]
+__all__ = ["frontier_rows", "refusal", "savings", "task_status"]
 
 
 def savings(store: Store | str | os.PathLike[str] | None, task: str) -> dict[str, Any]:
@@ -26,13 +27,31 @@ def savings(store: Store | str | os.PathLike[str] | None, task: str) -> dict[str
     return read_summary(open_store(store), task)
 
 
+def refusal(store: Store, task: str, version: int | None) -> str | None:
+    """Why ``version`` of ``task`` cannot be served (one line), or None when it loads: the
+    engine's own checks (:func:`~tracer_wrap.versions.load_version`, hashes and the manifest
+    copy, and :func:`~tracer_wrap.versions.load_ood`), so a version the engine refuses, and
+    answers nothing with, is never shown as serving. Raises StoreError when the store cannot be
+    read."""
+    if version is None:
+        return None
+    try:
+        load_version(store, task, version)
+        load_ood(store, task, version)
+    except RouterLoadError as exc:
+        return " ".join(str(exc).split())
+    return None
+
+
 def task_status(store: Store, task: str) -> dict[str, Any]:
     """Everything ``status`` shows about one task, as a JSON-serialisable dict.
 
     Live agreement is the share of audit samples (traces of origin ``audit`` whose router label
     was recorded) where the router's label equals the LLM's. ``usage`` is the accounting summary;
     ``frontier`` gives, for each certified target of the served version, its coverage and the
-    money it would save at the task's price. Raises StoreError when the store cannot be read.
+    money it would save at the task's price. ``refused`` says why the current version cannot be
+    served (:func:`refusal`; every call then goes to the LLM), None when it loads. Raises
+    StoreError when the store cannot be read.
     """
     traces = store.traces(task)
     valid = sum(t.valid for t in traces)
@@ -58,6 +77,7 @@ def task_status(store: Store, task: str) -> dict[str, Any]:
         "versions": len(store.versions(task)),
         "embedder": manifest.get("embedder") if manifest else None,
         "target": target,
+        "refused": refusal(store, task, version),
         "certified": bool(coverage),
         "certified_coverage": coverage,
         "routing": settings.get(names.SETTING_ROUTING),
