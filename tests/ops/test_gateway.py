@@ -745,6 +745,26 @@ def test_a_header_names_the_task(upstream: LLMServer,
     assert store.tasks() == ["support-intent"]
 
 
+def test_the_task_header_is_read_as_utf8_within_the_sidecars_limit(upstream: LLMServer,
+                                                                    store: TraceStore) -> None:
+    from tracer_wrap.ops._http import MAX_TASK_CHARS
+
+    body = {"model": "m", "messages": ask("refund please")}
+    with through(upstream, store) as (url, _), httpx.Client(base_url=url) as client:
+        def post(name: bytes) -> httpx.Response:
+            return client.post("/v1/chat/completions", json=body,
+                               headers={"X-Tracer-Wrap-Task": name})
+
+        assert post("intención".encode()).status_code == 200
+        assert post(b"x" * MAX_TASK_CHARS).status_code == 200
+        for bad in (b"x" * (MAX_TASK_CHARS + 1), "intención".encode("latin-1")):
+            r = post(bad)
+            assert r.status_code == 400 and "x-tracer-wrap-task" in r.json()["error"]["message"]
+        assert upstream.total_calls == 2
+        wait_for(lambda: len(store.tasks()) == 2, "two traces")
+    assert sorted(store.tasks()) == sorted(["intención", "x" * MAX_TASK_CHARS])
+
+
 # -- browsers and bad input --------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """What the sidecar and the gateway check of every request before trusting it: one home for the
-token rule, the origin rule and the reading of untrusted JSON.
+token rule, the origin rule, the length of task names and the reading of untrusted JSON.
 
 * **Token rule**: a server that listens beyond loopback must be given a token
   (:func:`require_token_beyond_loopback`); on loopback the token stays optional.
@@ -7,6 +7,8 @@ token rule, the origin rule and the reading of untrusted JSON.
   server's own, or ``Sec-Fetch-Site: cross-site``) is refused (:func:`foreign_origin`): a page
   the user merely visits must not be able to log traces or query a router on ``127.0.0.1``.
   Clients that are not browsers send neither header and are not affected.
+* **Task names** a request gives (the sidecar's path, the gateway's header): 1 to
+  :data:`MAX_TASK_CHARS` characters.
 * **JSON**: :func:`read_json` turns any body into a value or a :class:`BadJson` with a message fit
   for the caller: malformed or non-UTF-8 text, nesting deeper than :data:`MAX_DEPTH`, integers
   beyond 64 bits, non-finite numbers, and strings (values or keys) holding a lone surrogate, which
@@ -23,11 +25,13 @@ from typing import Any
 from .. import names
 from ..errors import ConfigError
 
-__all__ = ["MAX_DEPTH", "BadJson", "check_json_value", "foreign_origin", "is_json",
-           "is_loopback", "read_json", "require_token_beyond_loopback"]
+__all__ = ["MAX_DEPTH", "MAX_TASK_CHARS", "BadJson", "check_json_value", "foreign_origin",
+           "is_json", "is_loopback", "read_json", "require_token_beyond_loopback"]
 
 #: Deepest nesting of arrays and objects a request body may have.
 MAX_DEPTH = 64
+#: Longest task name a request may give.
+MAX_TASK_CHARS = 200
 _INT_LIMIT = 2**63
 
 

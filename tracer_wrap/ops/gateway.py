@@ -16,8 +16,8 @@ logged), except the classification calls a certified router answers::
            wrappers: n > 1, logprobs, store, a stop sequence cutting a label, ...)? ──> traced,
            but always forwarded
         └─ the task of its prompt template (as zero-code mode finds it; the header
-           X-Tracer-Wrap-Task names one instead) ──> TracedTask.call (tracer_wrap.engine), in a
-           worker thread (it embeds):
+           X-Tracer-Wrap-Task, UTF-8, names one instead, else 400) ──> TracedTask.call
+           (tracer_wrap.engine), in a worker thread (it embeds):
                local answer: wire-identical JSON or SSE built with the SDKs' own types
                else: forwarded from the event loop (no thread waits for the LLM); the answer
                      streams through chunk by chunk while a tap reads its label and usage; once
@@ -77,7 +77,14 @@ from ..integrations import (
 )
 from ..store import Store
 from ._answers import Answer, chat_answer, messages_answer, responses_answer
-from ._http import BadJson, foreign_origin, is_json, read_json, require_token_beyond_loopback
+from ._http import (
+    MAX_TASK_CHARS,
+    BadJson,
+    foreign_origin,
+    is_json,
+    read_json,
+    require_token_beyond_loopback,
+)
 
 try:
     import anyio
@@ -593,12 +600,35 @@ class _Gateway:
 
     # -- classification calls ------------------------------------------------------------
 
+    def task_header(self, request: Request) -> str | None:
+        """The task the ``X-Tracer-Wrap-Task`` header names, read as UTF-8 (None: no header, or
+        a blank one). Raises a 400 _Problem when it is not UTF-8 or is longer than the sidecar's
+        limit of task names (:data:`~tracer_wrap.ops._http.MAX_TASK_CHARS`)."""
+        key = TASK_HEADER.encode()
+        # Starlette decodes header values as latin-1; clients send UTF-8 (httpx, curl, the SDKs).
+        raw = next((v for k, v in request.headers.raw if k.lower() == key), None)
+        if raw is None:
+            return None
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Problem(400, "invalid_request_error",
+                           f"tracer_wrap gateway: the {TASK_HEADER} header is not UTF-8") from None
+        if len(name) > MAX_TASK_CHARS:
+            raise _Problem(400, "invalid_request_error",
+                           f"tracer_wrap gateway: the {TASK_HEADER} header names a task of"
+                           f" {len(name)} characters; task names are 1 to {MAX_TASK_CHARS}")
+        return name if name.strip() else None
+
     def view(self, api: _Api, request: Request, body: bytes
              ) -> tuple[str, str, dict[str, Any]] | None:
         """``(task name, text, request)`` of a classification call, or None: forward it
-        untouched. Never raises."""
-        if (names.disabled() or len(body) > MAX_INSPECT_BYTES
-                or not is_json(request.headers.get("content-type"))):
+        untouched. Raises a 400 _Problem for a bad ``X-Tracer-Wrap-Task`` header
+        (:meth:`task_header`), nothing else."""
+        if names.disabled():
+            return None
+        named = self.task_header(request)
+        if len(body) > MAX_INSPECT_BYTES or not is_json(request.headers.get("content-type")):
             return None
         try:
             payload = read_json(body)
@@ -613,7 +643,7 @@ class _Gateway:
             return None
         if view is None:
             return None
-        return request.headers.get(TASK_HEADER) or view.task_key, view.text, payload
+        return named or view.task_key, view.text, payload
 
     async def classify(self, api: _Api, request: Request) -> Response:
         body = await request.body()

@@ -67,6 +67,7 @@ from ..model.router import Decision
 from ..options import TaskOptions
 from ..store import Store, open_store
 from ._http import (
+    MAX_TASK_CHARS,
     BadJson,
     foreign_origin,
     is_json,
@@ -334,8 +335,8 @@ def create_app(store: Store | str, *, token: str | None = None,
 
     def task_of(request: Request) -> str:
         task = request.path_params["task"]
-        if not task.strip() or len(task) > 200:
-            raise _Problem(404, "unknown_task", "task names are 1 to 200 characters")
+        if not task.strip() or len(task) > MAX_TASK_CHARS:
+            raise _Problem(404, "unknown_task", f"task names are 1 to {MAX_TASK_CHARS} characters")
         return str(task)
 
     def route_one(request: Request, body: dict[str, Any] | None) -> dict[str, Any]:
