@@ -94,6 +94,47 @@ def test_async_functions_and_methods_are_supported(store, embedder):
     assert aclassify.__name__ == "aclassify"
 
 
+def test_methods_of_every_kind_read_their_text_whatever_their_first_parameter_is(store, embedder):
+    class Classifier:
+        @traced_classifier(task="named", store=store, embedder=embedder, text_arg="text")
+        def named(me, text: str) -> str:  # not called self, on purpose
+            return "a"
+
+        @traced_classifier(task="positional", store=store, embedder=embedder)
+        def positional(me, text: str) -> str:
+            return "a"
+
+        @traced_classifier(task="class", store=store, embedder=embedder)
+        @classmethod
+        def of_class(klass, text: str) -> str:
+            return "a"
+
+        @traced_classifier(task="async-class", store=store, embedder=embedder)
+        @classmethod
+        async def of_class_async(klass, text: str) -> str:
+            return "a"
+
+        @traced_classifier(task="static", store=store, embedder=embedder)
+        @staticmethod
+        def static(text: str) -> str:
+            return "a"
+
+    c = Classifier()
+    answers = [c.named("one"), c.positional("two"), Classifier.of_class("three"),
+               asyncio.run(Classifier.of_class_async("four")), c.static("five")]
+    assert answers == ["a"] * 5
+    flush()
+    assert [store.traces(task)[0].input for task in
+            ("named", "positional", "class", "async-class", "static")] == [
+        "one", "two", "three", "four", "five"]
+
+
+@pytest.mark.parametrize("text_arg", ["txt", 5, -1, True, 1.0])
+def test_a_text_arg_the_function_does_not_have_fails_at_decoration_time(store, text_arg):
+    with pytest.raises(ConfigError, match="text_arg"):
+        traced_classifier(store=store, text_arg=text_arg)(lambda text, hint="": text)
+
+
 def test_bare_decorator_names_the_task_after_the_function(tmp_path, monkeypatch, embedder):
     monkeypatch.setenv("TRACER_WRAP_STORE", str(tmp_path / "s"))
 

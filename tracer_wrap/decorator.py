@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 import wrapt
 
 from .engine import Reply, Stats, TracedTask
+from .errors import ConfigError
 from .model.router import Router
 
 if TYPE_CHECKING:
@@ -58,14 +59,27 @@ class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[ty
 
 def _text_getter(fn: Callable[..., Any], text_arg: str | int
                  ) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], object]:
-    """A function finding the text argument of a call; position 0 skips a method's ``self``."""
-    signature = inspect.signature(fn)
+    """A function finding the text argument of a call; position 0 skips a method's ``self`` (or
+    a class method's ``cls``), whatever its name. Raises ConfigError when ``text_arg`` is not a
+    parameter name or position of ``fn``."""
+    signature = inspect.signature(getattr(fn, "__func__", fn))  # a classmethod's function
     params = list(signature.parameters.values())
     plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    kinds = {p.kind for p in params}
+    if isinstance(text_arg, bool) or not isinstance(text_arg, (str, int)):
+        raise ConfigError(f"text_arg must be a parameter name or position, got {text_arg!r}")
+    if isinstance(text_arg, str):
+        if (text_arg not in signature.parameters
+                and inspect.Parameter.VAR_KEYWORD not in kinds):
+            raise ConfigError(f"text_arg {text_arg!r} is not a parameter of {fn!r}")
+    elif text_arg < 0 or (text_arg >= sum(p.kind in plain for p in params)
+                          and inspect.Parameter.VAR_POSITIONAL not in kinds):
+        raise ConfigError(f"text_arg {text_arg} is not a positional parameter of {fn!r}")
 
     def text_of(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
-        # wrapt passes a method's instance apart from ``args``; bind it back where it belongs.
-        bound_self = instance is not None and bool(params) and params[0].name in ("self", "cls")
+        # wrapt passes the instance (or class) a method is bound to apart from ``args``; it is
+        # the first parameter, whatever its name. A plain function or a static method has none.
+        bound_self = instance is not None and bool(params)
         if isinstance(text_arg, int):
             # The common case, without binding the whole signature: the text passed by position.
             index = text_arg + (1 if bound_self else 0)
@@ -117,9 +131,11 @@ def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | No
     """
 
     def decorate(func: Callable[..., Any]) -> TracedClassifier[..., Any]:
-        name = f"{func.__module__}.{func.__qualname__}" if task is None else task
-        traced = TracedTask(name, **options)
         text_of = _text_getter(func, text_arg)
+        # A classmethod / staticmethod object under the decorator: its function is the one.
+        inner = getattr(func, "__func__", func)
+        name = f"{inner.__module__}.{inner.__qualname__}" if task is None else task
+        traced = TracedTask(name, **options)
         reply: Reply[Any] = Reply(label_of=label_of or (lambda result: result),
                                   build=answer or (lambda label: label))
 
@@ -133,7 +149,7 @@ def traced_classifier(fn: Callable[..., Any] | None = None, /, *, task: str | No
             return traced.call(text_of(instance, args, kwargs),
                                lambda: wrapped(*args, **kwargs), reply)
 
-        chosen = async_wrapper if inspect.iscoroutinefunction(func) else wrapper
+        chosen = async_wrapper if inspect.iscoroutinefunction(inner) else wrapper
         return TracedClassifier(func, chosen, traced)
 
     return decorate if fn is None else decorate(fn)
