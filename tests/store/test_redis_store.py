@@ -111,6 +111,20 @@ def test_migrate_refuses_a_redis_store_into_itself(server):
     assert RedisStore(f"redis://127.0.0.1:{server.port}/1").traces("t")[0].count == 1
 
 
+def test_migrate_again_after_a_restart_of_the_source_server_copies_only_what_is_new(
+        server, tmp_path):
+    from tracer_wrap.store.migrate import migrate
+
+    RedisStore(server.url).append("t", "a", "x")
+    migrate(server.url, tmp_path / "dst")
+    server.stop()  # a clean shutdown: the append-only file keeps the data
+    server.start()
+    RedisStore(server.url).append("t", "b", "y")
+    assert migrate(server.url, tmp_path / "dst")["t"]["traces"] == 1
+    dst = TraceStore(tmp_path / "dst")
+    assert sorted((t.input, t.count) for t in dst.traces("t")) == [("a", 1), ("b", 1)]
+
+
 def test_a_redis_password_shows_nowhere(server, tmp_path, monkeypatch):
     import json
 

@@ -45,8 +45,8 @@ def migrate(src: Store | str | os.PathLike[str],
       destination serves none, or still serves the one the last run set; a version the
       destination published, rolled back to or pinned since is kept.
 
-    A Redis source is known by its server's ``run_id``, which a restart of that server changes:
-    a run after such a restart copies the source's traces and counters again.
+    A Redis store is known by a random id kept in it (``RedisStore.identity``), so a run again
+    after a restart of a persistent server copies only what is new, as with a directory.
     Returns per task how much this run copied. Raises ConfigError when ``src`` is a directory
     that does not exist or when ``src`` and ``dst`` are the same store (under any spelling),
     StoreError when either store fails.
@@ -70,8 +70,8 @@ def migrate(src: Store | str | os.PathLike[str],
 
 def store_identity(store: Store) -> str:
     """What a store is, whatever spelling opened it, with no secret in it: a directory's real
-    path (symbolic links resolved), for Redis the server's ``run_id``, database number and key
-    prefix (``RedisStore.identity``). Raises StoreError when the store cannot be reached."""
+    path (symbolic links resolved), for Redis the random id kept in the store
+    (``RedisStore.identity``). Raises StoreError when the store cannot be reached."""
     identity = getattr(store, "identity", None)
     if callable(identity):
         return str(identity())

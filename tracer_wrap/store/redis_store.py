@@ -3,6 +3,8 @@
 Keys (``{p}`` is the prefix, ``{t}`` the task's :func:`~tracer_wrap.store.task_id`)::
 
     {p}:tasks          hash   task name -> first-seen time
+    {p}:id             string this store's random id, set once (SET NX): what it is, whatever
+                              URL reaches it (migrate)
     {p}:{t}:h          hash   input digest -> seq (the dedup index)
     {p}:{t}:t          hash   seq -> trace JSON as first seen
     {p}:{t}:c          hash   seq -> count
@@ -168,12 +170,13 @@ class RedisStore:
             raise StoreError(f"redis store {self.path!r}: {exc}") from exc
 
     def identity(self) -> str:
-        """What this store is, whatever URL spelling opened it, with no secret in it: the
-        server's ``run_id`` (new at each start of the server), the database number and the key
-        prefix. Raises StoreError when Redis cannot be reached."""
-        run_id = self._call(self._client.info, "server")["run_id"]
-        db = self._client.connection_pool.connection_kwargs.get("db", 0)
-        return f"redis run_id {run_id} db {db} prefix {self.prefix}"
+        """What this store is, whatever URL spelling opened it, with no secret in it: a random
+        id kept in the store itself (``{p}:id``, written by the first call, atomically), so it
+        survives restarts of a persistent server and differs between databases and prefixes.
+        Raises StoreError when Redis cannot be reached."""
+        key = f"{self.prefix}:id"
+        self._call(self._client.set, key, uuid.uuid4().hex, nx=True)
+        return f"redis store {self._call(self._client.get, key).decode()}"
 
     def close(self) -> None:
         """Close this process's connections (they reopen on next use)."""
