@@ -18,6 +18,7 @@ that computes these figures; ``status``, the HTML report, ``savings()`` and the 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import uuid
@@ -52,13 +53,17 @@ class Price:
 
     @classmethod
     def from_setting(cls, value: Any) -> Price | None:
-        """The price stored as a task setting; None when absent or malformed."""
+        """The price stored as a task setting; None when absent or malformed (a field that is
+        not a finite number >= 0: a store written by an older release may hold one)."""
         if not isinstance(value, Mapping):
             return None
         try:
-            return cls(**{k: float(value[k]) for k in cls.FIELDS if k in value})
+            fields = {k: float(value[k]) for k in cls.FIELDS if k in value}
         except (TypeError, ValueError):
             return None
+        if not all(math.isfinite(v) and v >= 0 for v in fields.values()):
+            return None
+        return cls(**fields)
 
     def describe(self) -> str:
         parts = [f"{self.per_call:g} per call"] if self.per_call else []

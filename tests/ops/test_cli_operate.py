@@ -84,6 +84,13 @@ def test_price_refuses_what_the_options_refuse(store_dir: Path, option: str, val
     json.loads(status.stdout, parse_constant=lambda c: pytest.fail(f"{c} in status --json"))  # type: ignore[attr-defined]
 
 
+def test_a_non_finite_price_already_in_a_store_is_ignored(store_dir: Path) -> None:
+    # Written by a release that did not refuse it (tracer-wrap price --per-call inf).
+    TraceStore(store_dir).set_setting("intent", n.SETTING_PRICE, {"per_call": float("inf")})
+    status = cli("--store", str(store_dir), "status", "intent", "--json")
+    json.loads(status.stdout, parse_constant=lambda c: pytest.fail(f"{c} in status --json"))  # type: ignore[attr-defined]
+
+
 def test_fit_never_serves_a_router_that_certifies_nothing_unless_forced(store_dir: Path) -> None:
     assert fit(store_dir)["current_version"] == 1
     # 0.999 cannot be certified from 800 traces: the version is saved, not served.
