@@ -213,7 +213,7 @@ def test_output_shapes() -> None:
     assert openai_chat_output_shape(chat("x", response_format=MoodAnswer)) == \
         OutputShape("json", "mood")
     assert openai_chat_output_shape(chat("x", response_format=Detailed)) == \
-        OutputShape("json", "category")
+        OutputShape("json", "category", others=("reasoning", "confidence"))
     assert openai_chat_output_shape(chat("x", response_format={"type": "json_object"})) == \
         OutputShape("json", "label")
     tool = {"type": "function",

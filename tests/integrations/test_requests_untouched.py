@@ -8,6 +8,7 @@ Every test goes through the real SDKs over real HTTP to the local LLM server.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -472,4 +473,44 @@ def test_options_given_in_extra_body_block_a_local_answer_as_arguments_do(
     calls = server.total_calls
     assert is_local(routed["openai"].chat.completions.create(
         **chat(routed["text"], extra_body={"temperature": 0, "user_tier": "gold"})))
+    assert server.total_calls == calls
+
+
+def _schema(*required: str) -> dict[str, Any]:
+    return {"type": "object", "required": list(required),
+            "properties": {"label": {"type": "string"}, "confidence": {"type": "number"}}}
+
+
+def test_a_schema_requiring_fields_beside_the_label_is_traced_but_never_answered_locally(
+        routed, plain, plain_claude, server, store):
+    text = routed["text"]
+    fmt = {"type": "json_schema", "json_schema": {"name": "intent",
+                                                  "schema": _schema("label", "confidence")}}
+    tool = {"type": "function", "function": {"name": "classify",
+                                             "parameters": _schema("label", "confidence")}}
+    claude_tool = {"name": "classify", "input_schema": _schema("label", "confidence")}
+    cases = [  # (call, the SDK it calls)
+        (lambda c: c.chat.completions.create(**chat(text, response_format=fmt)), "openai"),
+        (lambda c: c.chat.completions.create(**chat(text, tools=[tool], tool_choice=FORCED)),
+         "openai"),
+        (lambda c: c.responses.create(**{**responses(text), "text": {"format": {
+            "type": "json_schema", "name": "intent", "schema": _schema("label", "confidence")}}}),
+         "openai"),
+        (lambda c: c.messages.create(**messages(text, tools=[claude_tool], tool_choice={
+            "type": "tool", "name": "classify"})), "anthropic"),
+    ]
+    for call, sdk in cases:
+        flush()
+        traces = store.count("intent")
+        unwrapped = plain if sdk == "openai" else plain_claude
+        expected = last_body(server, functools.partial(call, unwrapped))
+        assert last_body(server, functools.partial(call, routed[sdk])) == expected
+        flush()
+        assert store.count("intent") == traces + 1 or store.traces("intent")[-1].count > 1
+    # Every other property optional: {"label": ...} alone is a valid answer.
+    calls = server.total_calls
+    optional = {"type": "json_schema", "json_schema": {"name": "intent",
+                                                       "schema": _schema("label")}}
+    assert is_local(routed["openai"].chat.completions.create(**chat(text,
+                                                                    response_format=optional)))
     assert server.total_calls == calls

@@ -77,12 +77,15 @@ class OutputShape:
     ``kind="text"``: the assistant's text is the label. ``kind="json"``: a JSON object whose
     ``field``
     is the label (``response_format`` / structured outputs). ``kind="tool"``: a forced call of tool
-    ``tool_name`` whose argument ``field`` is the label.
+    ``tool_name`` whose argument ``field`` is the label. ``others`` names the other properties the
+    schema requires (the label is readable, but ``{field: label}`` alone breaks the schema: such
+    a call is traced and never answered locally).
     """
 
     kind: Literal["text", "json", "tool"] = "text"
     field: str | None = None
     tool_name: str | None = None
+    others: tuple[str, ...] = ()
 
 
 # -- label fields of JSON schemas ------------------------------------------------------------
@@ -102,6 +105,18 @@ def label_field_of_schema(schema: Any) -> str | None:
         if name in stringy:
             return name
     return stringy[0] if len(stringy) == 1 else None
+
+
+def _shape_of_schema(kind: Literal["json", "tool"], schema: Any,
+                     tool_name: str | None = None) -> OutputShape | None:
+    """The shape of an output whose JSON ``schema`` holds the label; None when it holds none."""
+    field = label_field_of_schema(schema)
+    if field is None:
+        return None
+    required = schema.get("required")
+    others = tuple(str(name) for name in required if name != field) \
+        if isinstance(required, list) else ()
+    return OutputShape(kind, field, tool_name, others)
 
 
 def _is_string_schema(prop: Any, defs: Mapping[str, Any]) -> bool:
@@ -145,8 +160,7 @@ def _format_shape(fmt: Any) -> OutputShape | None:
             return OutputShape("json", LABEL_FIELD_NAMES[0])
         if kind != "json_schema":
             return None
-    field = label_field_of_schema(_schema_of(fmt))
-    return OutputShape("json", field) if field is not None else None
+    return _shape_of_schema("json", _schema_of(fmt))
 
 
 # -- output shapes per API -----------------------------------------------------------------------
@@ -170,8 +184,7 @@ def openai_chat_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
             name = next(iter(functions))
         if name not in functions:
             return None  # the model may or may not call a tool: an agent step, not a classifier
-        field = label_field_of_schema(_function_parameters(functions[name]))
-        return OutputShape("tool", field, name) if field is not None else None
+        return _shape_of_schema("tool", _function_parameters(functions[name]), name)
     return _format_shape(kwargs.get("response_format"))
 
 
@@ -196,8 +209,7 @@ def openai_responses_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | No
             name = next(iter(functions))
         if name not in functions:
             return None
-        field = label_field_of_schema(functions[name].get("parameters"))
-        return OutputShape("tool", field, name) if field is not None else None
+        return _shape_of_schema("tool", functions[name].get("parameters"), name)
     text = kwargs.get("text")
     fmt = text.get("format") if isinstance(text, Mapping) else None
     text_format = kwargs.get("text_format")  # responses.parse / .stream: a type, made a schema
@@ -219,8 +231,7 @@ def anthropic_output_shape(kwargs: Mapping[str, Any]) -> OutputShape | None:
             name = next(iter(by_name))
         if name not in by_name:
             return None
-        field = label_field_of_schema(by_name[name].get("input_schema"))
-        return OutputShape("tool", field, name) if field is not None else None
+        return _shape_of_schema("tool", by_name[name].get("input_schema"), name)
     # The SDK's parse / stream turn an ``output_format`` type into ``output_config.format``,
     # replacing any given there.
     output_format = kwargs.get("output_format")
@@ -761,6 +772,10 @@ LOCAL_ANSWER_BLOCKERS: tuple[Blocker, ...] = (
 )
 
 
+_OUTPUT_SHAPES: dict[str, Callable[[Mapping[str, Any]], OutputShape | None]] = {
+    _CHAT: openai_chat_output_shape, _RESPONSES: openai_responses_output_shape,
+    _MESSAGES: anthropic_output_shape}
+
 #: The request fields a request view or a local answer reads: an ``extra_body`` that sets one
 #: changes what the provider answers behind the arguments tracer_wrap read.
 ANSWER_FIELDS = frozenset({
@@ -786,8 +801,9 @@ def local_answer_blocker(api: str, kwargs: Mapping[str, Any],
     ``"anthropic.messages"``; ``texts()`` gives the texts a local answer could generate (read only
     when a stop sequence is set). The options are read in the body the provider receives
     (``extra_body`` merged over ``kwargs``), and an ``extra_body`` that sets a field of
-    :data:`ANSWER_FIELDS` (or is no mapping) blocks. Never raises: a fault blocks the local
-    answer."""
+    :data:`ANSWER_FIELDS` (or is no mapping) blocks, as does an output schema (response format or
+    forced tool) that requires other fields beside the label. Never raises: a fault blocks the
+    local answer."""
     extra = kwargs.get("extra_body")
     if extra is not None:
         if not isinstance(extra, Mapping):
@@ -796,6 +812,10 @@ def local_answer_blocker(api: str, kwargs: Mapping[str, Any],
         if overridden:
             return f"extra_body: sets {', '.join(map(str, overridden))}, read by a local answer"
         kwargs = request_body(kwargs)
+    shape = _OUTPUT_SHAPES[api](kwargs) if api in _OUTPUT_SHAPES else None
+    if shape is not None and shape.others:
+        return (f"{shape.kind} schema: requires {', '.join(shape.others)} beside the label,"
+                f" which a local answer lacks")
     for blocker in LOCAL_ANSWER_BLOCKERS:
         if api not in blocker.apis or kwargs.get(blocker.option) is None:
             continue
