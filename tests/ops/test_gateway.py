@@ -27,6 +27,7 @@ from llm_server import LLMServer, serve_llm
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from typer.testing import CliRunner
 
+from tracer_wrap import flush as flush_everything
 from tracer_wrap.accounting import flush_all
 from tracer_wrap.errors import ConfigError
 from tracer_wrap.model.hashing import hashing_embedder
@@ -653,13 +654,47 @@ def test_the_gateway_command_serves_several_worker_processes(upstream: LLMServer
 
 
 def test_when_tracer_wrap_is_disabled_the_gateway_is_a_plain_proxy(
-        upstream: LLMServer, store: TraceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        upstream: LLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disabled, the gateway never creates, opens or writes its store: not at start, not on a
+    call, not from the background worker."""
+    import tracer_wrap.ops.gateway as gateway_module
+
     monkeypatch.setenv("TRACER_WRAP_DISABLE", "1")
-    with through(upstream, store, routing=True) as (url, application):
-        reply = sdk(url).chat.completions.create(model="gpt-test", messages=ask("refund"))
-        assert reply.choices[0].message.content == "refund"
-        assert application.state.gateway.tasks.tasks() == {}
-    assert store.tasks() == []
+    where = tmp_path / "never"
+    started: list[Any] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append(app))
+    gateway_module.run(str(where), openai_upstream=upstream.base_url_openai)
+    application = create_app(str(where), openai_upstream=upstream.base_url_openai,
+                             anthropic_upstream=upstream.base_url_anthropic,
+                             embedder=hashing_embedder(), routing=True, **FAST)
+    with serving(application) as url:
+        for text in ("refund", "refund please", "my money back"):
+            reply = sdk(url).chat.completions.create(model="gpt-test", messages=ask(text))
+            assert reply.choices[0].message.content == "refund"
+    flush_everything()
+    assert len(started) == 1 and upstream.total_calls == 3
+    assert not where.exists()
+
+
+def test_the_gateway_refuses_to_start_on_a_store_it_cannot_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `tracer-wrap serve` does: a store that is a regular file (or cannot be written) stops
+    the start with one line and exit code 1, instead of an untraced proxy that says it is
+    healthy."""
+    from tracer_wrap.errors import StoreError
+
+    monkeypatch.delenv("TRACER_WRAP_DISABLE", raising=False)
+    started: list[Any] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append(app))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("hi\n", encoding="utf-8")
+    with pytest.raises(StoreError, match="not writable"):
+        run(str(a_file))
+    result = CliRunner().invoke(cli_app, ["--store", str(a_file), "gateway"])
+    assert result.exit_code == 1 and "not writable" in result.stderr, result.output
+    assert "Traceback" not in result.stderr and started == []
+    run(str(tmp_path / "fresh"))  # a usable store is created, as serve creates it
+    assert len(started) == 1 and (tmp_path / "fresh").is_dir()
 
 
 def test_a_broken_store_never_fails_a_call(upstream: LLMServer, tmp_path: Path,

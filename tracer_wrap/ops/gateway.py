@@ -57,6 +57,7 @@ import hmac
 import json
 import os
 import re
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,8 @@ from ..integrations import (
     openai_chat_view,
     openai_responses_view,
 )
-from ..store import Store
+from ..options import TaskOptions
+from ..store import Store, open_store
 from ._answers import Answer, chat_answer, messages_answer, responses_answer
 from ._http import (
     MAX_TASK_CHARS,
@@ -494,10 +496,14 @@ class _Relay(StreamingResponse):
 class _Gateway:
     """The gateway's state: the upstreams, the HTTP client, the token and the tasks."""
 
-    def __init__(self, tasks: Tasks, *, openai_upstream: str, anthropic_upstream: str,
-                 token: str | None, timeout: float, concurrency: int,
+    def __init__(self, options: dict[str, Any], learner: TemplateLearner | None, *,
+                 openai_upstream: str, anthropic_upstream: str, token: str | None,
+                 timeout: float, concurrency: int,
                  transport: httpx.AsyncBaseTransport | None) -> None:
-        self.tasks = tasks
+        self._options = options
+        self._learner = learner
+        self._tasks: Tasks | None = None
+        self._tasks_lock = threading.Lock()
         self.openai_upstream = openai_upstream.rstrip("/")
         self.anthropic_upstream = anthropic_upstream.rstrip("/")
         self.token = token.encode() if token else None
@@ -521,6 +527,16 @@ class _Gateway:
         return self._client
 
     @property
+    def tasks(self) -> Tasks:
+        """Every task met, sharing the store, created on the first call tracer_wrap reads: a
+        gateway disabled (``$TRACER_WRAP_DISABLE``) never opens, creates or writes its store."""
+        if self._tasks is None:
+            with self._tasks_lock:
+                if self._tasks is None:
+                    self._tasks = Tasks(learner=self._learner, **self._options)
+        return self._tasks
+
+    @property
     def limiter(self) -> anyio.CapacityLimiter:
         if self._limiter is None:  # created inside the event loop, where anyio wants it
             self._limiter = anyio.CapacityLimiter(self.concurrency)
@@ -529,7 +545,7 @@ class _Gateway:
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
-        for task in self.tasks.tasks().values():
+        for task in (self._tasks.tasks() if self._tasks is not None else {}).values():
             task.close(wait=False)  # flushes its counters
 
     # -- requests ------------------------------------------------------------------------
@@ -781,7 +797,8 @@ def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENA
     options["routing"] = routing
     if store is not None:
         options["store"] = store
-    gateway = _Gateway(Tasks(learner=learner, **options), openai_upstream=openai_upstream,
+    TaskOptions.resolve("tracer_wrap", options)  # a bad option raises now, as Tasks would
+    gateway = _Gateway(options, learner, openai_upstream=openai_upstream,
                        anthropic_upstream=anthropic_upstream, token=token, timeout=timeout,
                        concurrency=concurrency, transport=transport)
 
@@ -839,9 +856,12 @@ def run(store: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
         embedder: str | None = None, timeout: float = 600.0) -> None:
     """Serve the gateway with uvicorn until interrupted, in ``workers`` processes.
 
+    The store is opened first, as ``tracer-wrap serve`` opens its own (created if missing),
+    unless tracer_wrap is disabled (``$TRACER_WRAP_DISABLE``: then it is not touched at all).
     Raises ConfigError when ``host`` is not a loopback address and no ``token`` is given (the
     gateway answers and forwards calls on its callers' keys: beyond this machine it must know
-    who calls), MissingExtraError when uvicorn is not installed.
+    who calls), StoreError when the store cannot be opened or written, MissingExtraError when
+    uvicorn is not installed.
     """
     require_token_beyond_loopback(host, token, server="gateway",
                                   how=f"in the {TOKEN_HEADER} header")
@@ -849,6 +869,10 @@ def run(store: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
         import uvicorn
     except ImportError as exc:
         raise MissingExtraError("uvicorn", "gateway") from exc
+    if not names.disabled():
+        # Refuse an unusable store now: once serving, the gateway fails open on every call and
+        # would run as an untraced proxy forever, reporting itself healthy.
+        open_store(store)
     settings: dict[str, Any] = {"store": store, "openai_upstream": openai_upstream,
                                 "anthropic_upstream": anthropic_upstream, "token": token,
                                 "routing": routing, "timeout": timeout}
