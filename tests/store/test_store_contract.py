@@ -277,3 +277,14 @@ def test_a_claim_is_released_only_by_its_holder(any_store):
     assert out.stdout.strip() == "True"
     any_store.release("t", "refit")  # not this process's: it stays theirs
     assert not any_store.claim("t", "refit", ttl=1)
+
+
+@pytest.mark.parametrize("how", ["add_counters", "add_counters in a batch", "incr"])
+def test_a_task_with_counters_and_no_trace_is_listed(any_store, how):
+    # A task whose every answer the store refused (poisoned) still shows its counts.
+    if how == "incr":
+        any_store.incr("refused", "poisoned", 5)
+    else:
+        any_store.add_counters("refused", {"calls": 5, "poisoned": 5},
+                               batch="b1" if how.endswith("batch") else None)
+    assert any_store.tasks() == ["refused"] and any_store.counter("refused", "poisoned") == 5

@@ -156,7 +156,9 @@ class Store(Protocol):
     numbered by ``seq`` in the order first seen; ``count(task)`` is the highest ``seq`` handed out
     (the number of distinct inputs unless :meth:`prune` removed some). Counters, claims, version
     numbers and the current-version pointer are atomic across every process sharing the store.
-    Artifacts are named byte blobs per task (router and OOD files of versions). Each trace may
+    Artifacts are named byte blobs per task (router and OOD files of versions). :meth:`tasks`
+    lists every task with a trace, a setting or a counter (a task whose every answer was refused
+    still shows its counts). Each trace may
     have one stored vector (``put_vectors`` / ``get_vectors``, keyed by ``seq``, bytes made by
     :func:`encode_vectors`; pruning a trace deletes it). Every method raises :class:`StoreError`
     when the backend cannot be reached or written.

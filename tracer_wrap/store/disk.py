@@ -371,9 +371,8 @@ class TraceStore:
                         out.append(self._append_in_transaction(traces, task, row))
                     except StoreTampered as exc:
                         raise _RowTampered(i, exc) from None
-            if task not in self._registered:
-                meta_cache.add(f"task:{task}", time.time())
-                self._registered.add(task)
+            self._register(meta_cache, task)
+            self._registered_now(task)
         except _RowTampered as bad:  # its stored row was edited: that row never goes in
             written = self.append_many(task, rows[:bad.index]) if bad.index else []
             raise TraceRefused(f"row {bad.index}: {bad.error}", index=bad.index,
@@ -434,8 +433,17 @@ class TraceStore:
         """All traces of ``task`` as a list; see :meth:`iter_traces`."""
         return list(self.iter_traces(task, valid_only=valid_only))
 
+    def _register(self, meta_cache: diskcache.Cache, task: str) -> None:
+        """List ``task`` in :meth:`tasks`. Inside the caller's transaction, so it is marked done
+        for this object only by :meth:`_registered_now`, once that transaction committed."""
+        if task not in self._registered:
+            meta_cache.add(f"task:{task}", time.time())
+
+    def _registered_now(self, task: str) -> None:
+        self._registered.add(task)
+
     def tasks(self) -> list[str]:
-        """Names of the tasks that have at least one trace or setting, sorted."""
+        """Names of the tasks that have at least one trace, setting or counter, sorted."""
         _, meta_cache = self._caches()
         return sorted(key[5:] for key in meta_cache.iterkeys() if key.startswith("task:"))
 
@@ -515,7 +523,11 @@ class TraceStore:
     def incr(self, task: str, counter: str, delta: int = 1) -> int:
         """Atomically add ``delta`` to a named counter of ``task``; return the new value."""
         _, meta_cache = self._caches()
-        return int(meta_cache.incr(f"c:{task}:{counter}", delta))
+        with meta_cache.transact():
+            self._register(meta_cache, task)
+            value = int(meta_cache.incr(f"c:{task}:{counter}", delta))
+        self._registered_now(task)
+        return value
 
     def add_counters(self, task: str, deltas: Mapping[str, int], *,
                      batch: str | None = None) -> None:
@@ -527,8 +539,10 @@ class TraceStore:
             if batch is not None and not meta_cache.add(f"batch:{task}:{batch}", 1,
                                                         expire=86400):
                 return
+            self._register(meta_cache, task)
             for name, delta in deltas.items():
                 meta_cache.incr(f"c:{task}:{name}", int(delta))
+        self._registered_now(task)
 
     def counter(self, task: str, counter: str) -> int:
         _, meta_cache = self._caches()

@@ -72,7 +72,8 @@ return 0
 # after a connection dropped mid-call (Redis may have run it) is not counted twice.
 _ADD_COUNTERS = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', 86400) then
-  for i = 1, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2])
+  for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
 return 0
 """
@@ -319,7 +320,10 @@ class RedisStore:
     # -- counters, settings and claims ---------------------------------------------------------
 
     def incr(self, task: str, counter: str, delta: int = 1) -> int:
-        return int(self._call(self._client.hincrby, self._k(task, "ctr"), counter, delta))
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hincrby(self._k(task, "ctr"), counter, delta)
+        pipe.hsetnx(f"{self.prefix}:tasks", task, time.time())  # listed in tasks() with it
+        return int(self._call(pipe.execute)[0])
 
     def add_counters(self, task: str, deltas: Mapping[str, int], *,
                      batch: str | None = None) -> None:
@@ -330,13 +334,15 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=True)
             for name, delta in deltas.items():
                 pipe.hincrby(self._k(task, "ctr"), name, int(delta))
+            pipe.hsetnx(f"{self.prefix}:tasks", task, time.time())  # listed in tasks() with them
             self._call(pipe.execute)
             return
-        args: list[str | int] = []
+        args: list[str | int | float] = [task, time.time()]
         for name, delta in deltas.items():
             args += [name, int(delta)]
         self._call(self._add_counters_script,
-                   keys=[self._k(task, "ctr"), self._k(task, "ctrbatch", batch)], args=args)
+                   keys=[self._k(task, "ctr"), self._k(task, "ctrbatch", batch),
+                         f"{self.prefix}:tasks"], args=args)
 
     def counter(self, task: str, counter: str) -> int:
         return int(self._call(self._client.hget, self._k(task, "ctr"), counter) or 0)
