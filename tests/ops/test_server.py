@@ -301,6 +301,7 @@ def test_bad_route_bodies_get_clear_4xx(client: httpx.Client, raw: bytes, status
     ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "plan": 5}),
     ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "usage": {"input_tokens": -1}}),
     ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y", "meta": [1]}),
+    ("/v1/tasks/intent/traces", {"input": "x", "teacher": "y" * 20_001}),
     ("/v1/tasks/intent/traces/batch", {"traces": []}),
     ("/v1/tasks/intent/traces/batch", {"traces": ["x"]}),
     ("/v1/tasks/intent/traces/batch", {"traces": [{"input": "a", "teacher": "b"}] * 51}),

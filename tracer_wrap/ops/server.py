@@ -539,8 +539,10 @@ def _trace_row(item: Any, where: str) -> dict[str, Any]:
         row["usage"] = Usage(usage.get("input_tokens", 0), usage.get("output_tokens", 0))
     if not isinstance(row["meta"], dict):
         raise _Problem(422, "invalid_body", f"'{where}.meta' must be an object")
-    if len(item["input"]) > MAX_INPUT_CHARS:
-        raise _Problem(422, "invalid_body", f"'{where}.input' is over {MAX_INPUT_CHARS} characters")
+    for key in ("input", "teacher"):  # the LLM's answer, as long as an input at most
+        if len(item[key]) > MAX_INPUT_CHARS:
+            raise _Problem(422, "invalid_body",
+                           f"'{where}.{key}' is over {MAX_INPUT_CHARS} characters")
     if "embedding" in item:
         row["digest"] = _digest(_matrix([item["embedding"]], None)[0])
     else:
@@ -623,7 +625,8 @@ OPENAPI: dict[str, Any] = {
                 "version": {"type": ["integer", "null"]},
                 "decisions": {"type": "array", "items": _DECISION}}},
             "Trace": {"type": "object", "required": ["input", "teacher"], "properties": {
-                "input": {"type": "string"}, "teacher": {"type": "string"},
+                "input": {"type": "string", "maxLength": MAX_INPUT_CHARS},
+                "teacher": {"type": "string", "maxLength": MAX_INPUT_CHARS},
                 "plan": {"type": "string"},
                 "embedding": {**_NUM_LIST, "description": "The embedding the plan was routed by,"
                                                           " if it was."},
