@@ -95,7 +95,7 @@ def test_system_prompt_text_of_the_responses_api_and_anthropic(raw, server, stor
                                             max_retries=0) as claude_raw:
             claude = wrap_anthropic(claude_raw, store=store, embedder=embedder, **TASK_OPTIONS)
             for text in texts:
-                await claude.messages.create(model="c", max_tokens=8,
+                await claude.messages.create(model="c", max_tokens=64,
                                              system=[{"type": "text", "text": in_system(text)}],
                                              messages=[{"role": "user", "content": "Label?"}])
             return list(claude.tracer_wrap_tasks.tasks())
@@ -202,7 +202,7 @@ def test_without_labels_two_spellings_of_a_label_are_one(server, store, embedder
         claude = wrap_anthropic(raw, task="intent", store=store, embedder=embedder,
                                 **TASK_OPTIONS)
         answers = [claude.messages.create(
-            model="c", max_tokens=8, messages=[{"role": "user", "content": f"lost card #{i}"}]
+            model="c", max_tokens=64, messages=[{"role": "user", "content": f"lost card #{i}"}]
         ).content[0].text for i in range(12)]
     # The caller sees the LLM's answers as they are; the traces hold one label.
     assert answers[:4] == ["Card Lost", "card_lost", "card-lost.", "CARD LOST"]
@@ -221,13 +221,13 @@ def test_a_local_message_uses_the_llms_spelling(server, store, embedder):
         claude = wrap_anthropic(raw, task="intent", labels=list(TITLE), store=store,
                                 embedder=embedder, **TASK_OPTIONS)
         for label in TITLE:
-            claude.messages.create(model="c", max_tokens=8, messages=[
+            claude.messages.create(model="c", max_tokens=64, messages=[
                 {"role": "user", "content": f"{LABELS[label][0]} #1"}])
         fitted(store, claude.tracer_wrap_tasks, "intent")
         calls = server.total_calls
         text = next(t for t in easy_texts(20)
                     if claude.tracer_wrap_tasks.task("intent").route(t).local)
-        message = claude.messages.create(model="c", max_tokens=8,
+        message = claude.messages.create(model="c", max_tokens=64,
                                          messages=[{"role": "user", "content": text}])
     assert is_local_message(message) and server.total_calls == calls
     assert message.content[0].text == TITLE[teacher(text)]

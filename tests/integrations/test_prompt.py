@@ -403,9 +403,9 @@ def test_text_in_the_system_prompt_is_learned_with_bounded_memory() -> None:
 # -- options a local answer cannot honour ---------------------------------------------------------
 
 
-def test_local_answer_blocker_names_the_option_and_reads_label_texts_only_for_stops() -> None:
+def test_local_answer_blocker_names_the_option_and_reads_label_texts_only_when_needed() -> None:
     def never() -> list[str]:
-        raise AssertionError("label texts are read only for stop sequences")
+        raise AssertionError("label texts are read only for stop sequences and token limits")
 
     assert local_answer_blocker("openai.chat", chat("x"), never) is None
     assert local_answer_blocker("openai.chat", chat("x", logprobs=True), never) == \
@@ -424,4 +424,4 @@ def test_local_answer_blocker_names_the_option_and_reads_label_texts_only_for_st
     assert local_answer_blocker("anthropic.messages", {"thinking": {"type": "disabled"}}, never) \
         is None
     options = {(b.option, api) for b in LOCAL_ANSWER_BLOCKERS for api in b.apis}
-    assert len(options) == 15 and all(b.why for b in LOCAL_ANSWER_BLOCKERS)
+    assert len(options) == 19 and all(b.why for b in LOCAL_ANSWER_BLOCKERS)

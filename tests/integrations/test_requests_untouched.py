@@ -253,6 +253,10 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("n", "openai.chat"): {"n": 2},
     ("stop", "openai.chat"): {"stop": ["_"]},
     ("stop_sequences", "anthropic.messages"): {"stop_sequences": ["_"]},
+    ("max_tokens", "openai.chat"): {"max_tokens": 4},
+    ("max_tokens", "anthropic.messages"): {"max_tokens": 4},
+    ("max_completion_tokens", "openai.chat"): {"max_completion_tokens": 4},
+    ("max_output_tokens", "openai.responses"): {"max_output_tokens": 4},
     ("modalities", "openai.chat"): {"modalities": ["text", "audio"]},
     ("audio", "openai.chat"): {"audio": {"voice": "alloy", "format": "wav"}},
     ("web_search_options", "openai.chat"): {"web_search_options": {}},
@@ -330,6 +334,21 @@ def test_a_stop_sequence_that_cuts_no_label_still_allows_a_local_answer(routed, 
     result = routed["anthropic"].messages.create(**messages(routed["text"],
                                                             stop_sequences=["\n\n"]))
     assert is_local_message(result) and server.total_calls == calls
+
+
+def test_a_token_limit_every_label_fits_in_still_allows_a_local_answer(routed, server):
+    calls, longest = server.total_calls, max(len(label) for label in LABELS)
+    result = routed["openai"].chat.completions.create(**chat(routed["text"],
+                                                            max_completion_tokens=longest))
+    assert is_local(result) and server.total_calls == calls
+    result = routed["anthropic"].messages.create(**messages(routed["text"], max_tokens=longest))
+    assert is_local_message(result) and server.total_calls == calls
+    # A structured answer carries its JSON: {"label": "exchange_rate"} does not fit in 16 bytes.
+    fmt = {"type": "json_schema", "json_schema": {"name": "intent", "schema": {
+        "type": "object", "properties": {"label": {"type": "string"}}}}}
+    result = routed["openai"].chat.completions.create(**chat(routed["text"], max_tokens=16,
+                                                            response_format=fmt))
+    assert not is_local(result) and server.total_calls == calls + 1
 
 
 def test_labels_are_given_for_the_plain_sdk_path(routed, server) -> None:

@@ -213,7 +213,7 @@ def test_raw_responses_of_every_traced_method(client, claude, server, store):
                                                    text_format=Intent)
     assert raw.parse().output_parsed == Intent(label="exchange_rate")
     raw = claude.messages.with_raw_response.create(
-        model="c", max_tokens=8, messages=[{"role": "user", "content": "refund #w2"}])
+        model="c", max_tokens=64, messages=[{"role": "user", "content": "refund #w2"}])
     assert isinstance(raw.parse(), Message) and raw.http_response.status_code == 200
     # Two clients, two task objects: each writes its traces in order, not in order of the other.
     assert sorted(teachers(store)) == ["exchange_rate", "refund"]
@@ -226,10 +226,10 @@ def test_async_anthropic_raw_response_is_traced_without_warnings(server, store, 
             client = wrap_anthropic(raw, task="intent", store=store, embedder=embedder,
                                     **TASK_OPTIONS)
             response = await client.messages.with_raw_response.create(
-                model="c", max_tokens=8, messages=[{"role": "user", "content": "top up #w3"}])
+                model="c", max_tokens=64, messages=[{"role": "user", "content": "top up #w3"}])
             assert (await response.parse()).content[0].text == "top_up"
             async with client.messages.with_streaming_response.create(
-                    model="c", max_tokens=8,
+                    model="c", max_tokens=64,
                     messages=[{"role": "user", "content": "fx fee #w4"}]) as streamed:
                 assert (await streamed.parse()).content[0].text == "exchange_rate"
 
@@ -246,7 +246,7 @@ def test_async_anthropic_raw_response_is_traced_without_warnings(server, store, 
 
 def test_anthropic_parse_and_structured_stream_on_both_paths(claude, server, store):
     def request(text: str) -> dict[str, Any]:
-        return {"model": "claude-test", "max_tokens": 16, "system": INSTRUCTIONS,
+        return {"model": "claude-test", "max_tokens": 64, "system": INSTRUCTIONS,
                 "messages": [{"role": "user", "content": text}], "output_format": Intent}
 
     parsed = claude.messages.parse(**request("lost card #c1"))
@@ -272,14 +272,14 @@ def test_async_anthropic_parse(server, store, embedder):
             claude = wrap_anthropic(raw, task="intent", store=store, embedder=embedder,
                                     **TASK_OPTIONS)
             parsed = await claude.messages.parse(
-                model="c", max_tokens=16, output_format=Intent,
+                model="c", max_tokens=64, output_format=Intent,
                 messages=[{"role": "user", "content": "top up #c3"}])
             assert parsed.parsed_output == Intent(label="top_up")
             fitted(store, claude.tracer_wrap_tasks, "intent")
             calls = server.calls["messages"]
             text = local_text(claude.tracer_wrap_tasks)
             parsed = await claude.messages.parse(
-                model="c", max_tokens=16, output_format=Intent,
+                model="c", max_tokens=64, output_format=Intent,
                 messages=[{"role": "user", "content": text}])
             assert is_local_message(parsed) and parsed.parsed_output == Intent(label=teacher(text))
             assert server.calls["messages"] == calls
@@ -299,7 +299,7 @@ def test_autolog_traces_the_parse_helpers_of_both_sdks(server, store, embedder):
             for i in range(3):
                 oai.responses.parse(model="m", instructions=INSTRUCTIONS, input=f"refund #{i}",
                                     text_format=Intent)
-                claude.messages.parse(model="c", max_tokens=16, output_format=Intent,
+                claude.messages.parse(model="c", max_tokens=64, output_format=Intent,
                                       messages=[{"role": "user", "content": f"top up #{i}"}])
             for i in range(2):  # stream() sends create(stream=True, text=...): its own template
                 with oai.responses.stream(model="m", instructions=INSTRUCTIONS,
@@ -324,6 +324,6 @@ def test_genuine_types_of_local_answers(client, claude, server, store):
     assert type(client.responses.create(model="m", input=text)) is Response
     assert type(client.chat.completions.create(
         model="m", messages=[SYSTEM, {"role": "user", "content": text}])) is ChatCompletion
-    assert type(claude.messages.create(model="c", max_tokens=8,
+    assert type(claude.messages.create(model="c", max_tokens=64,
                                        messages=[{"role": "user", "content": text}])) is Message
     assert server.total_calls == calls

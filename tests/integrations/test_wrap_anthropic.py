@@ -20,7 +20,7 @@ SYSTEM = "Classify the banking request. Answer with the label only."
 
 
 def ask(text: str) -> dict:
-    return {"model": "claude-test", "max_tokens": 8, "system": SYSTEM,
+    return {"model": "claude-test", "max_tokens": 64, "system": SYSTEM,
             "messages": [{"role": "user", "content": text}]}
 
 

@@ -730,6 +730,14 @@ def _cuts(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
     return bool(stops) and any(stop in text for text in texts() for stop in stops)
 
 
+def _exceeds(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
+    # A token is at least one byte of UTF-8: an answer no longer in bytes than the limit fits
+    # whatever the tokenizer; a longer one might be cut (finish_reason "length").
+    if not isinstance(value, int) or isinstance(value, bool):
+        return True  # an odd limit: the LLM honours it, whatever it is
+    return any(len(text.encode("utf-8")) > value for text in texts())
+
+
 def _audio(value: Any, texts: Callable[[], Sequence[str]]) -> bool:
     return "audio" in (value or ())
 
@@ -756,6 +764,12 @@ LOCAL_ANSWER_BLOCKERS: tuple[Blocker, ...] = (
     Blocker("stop", frozenset({_CHAT}), "a stop sequence would cut the label", _cuts),
     Blocker("stop_sequences", frozenset({_MESSAGES}), "a stop sequence would cut the label",
             _cuts),
+    Blocker("max_tokens", frozenset({_CHAT, _MESSAGES}), "the token limit could cut the label",
+            _exceeds),
+    Blocker("max_completion_tokens", frozenset({_CHAT}), "the token limit could cut the label",
+            _exceeds),
+    Blocker("max_output_tokens", frozenset({_RESPONSES}), "the token limit could cut the label",
+            _exceeds),
     Blocker("modalities", frozenset({_CHAT}), "a local answer has no audio", _audio),
     Blocker("audio", frozenset({_CHAT}), "a local answer has no audio", _given),
     Blocker("web_search_options", frozenset({_CHAT}), "a local answer searches nothing", _given),
@@ -799,7 +813,8 @@ def local_answer_blocker(api: str, kwargs: Mapping[str, Any],
     """Why a local answer cannot honour the ``api`` request ``kwargs`` (``"option: why"``), or
     None when it can. ``api`` is ``"openai.chat"``, ``"openai.responses"`` or
     ``"anthropic.messages"``; ``texts()`` gives the texts a local answer could generate (read only
-    when a stop sequence is set). The options are read in the body the provider receives
+    when a stop sequence or a token limit is set: a limit blocks unless every text fits in it at
+    one byte of UTF-8 per token). The options are read in the body the provider receives
     (``extra_body`` merged over ``kwargs``), and an ``extra_body`` that sets a field of
     :data:`ANSWER_FIELDS` (or is no mapping) blocks, as does an output schema (response format or
     forced tool) that requires other fields beside the label. Never raises: a fault blocks the
