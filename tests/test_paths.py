@@ -207,3 +207,22 @@ def test_disabled_every_path_calls_the_llm_and_leaves_the_store_alone(
     assert (store.count("t"), store.counters("t")) == before
     monkeypatch.delenv("TRACER_WRAP_DISABLE")
     assert classify(texts[0]) == label_of_text(texts[0]) and llm_calls == texts  # local again
+
+
+def test_disabled_neither_creates_the_store_nor_refits(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from tracer_wrap.errors import GateRefused
+
+    monkeypatch.setenv("TRACER_WRAP_DISABLE", "1")
+
+    @traced_classifier(task="t", store=tmp_path / "store", embedder=EMBEDDER, labels=LABELS)
+    def classify(text: str) -> str:
+        return label_of_text(text)
+
+    texts = inputs()[:6]
+    assert [classify(text) for text in texts] == [label_of_text(t) for t in texts]
+    classify.task.step()  # what the background worker does
+    assert flush()
+    with pytest.raises(GateRefused, match="disabled"):
+        classify.refit()
+    assert not (tmp_path / "store").exists()

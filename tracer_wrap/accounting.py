@@ -126,7 +126,7 @@ class Ledger:
     one atomic store call (``Store.add_counters``) as a batch with an id; when the store fails,
     the batch is resent unchanged, with its id, by the next flush (it is a handful of integers,
     so nothing grows), and the store adds a batch once even if the failed call had reached it. A
-    configured ``price`` is written to the store's price setting on the first successful flush.
+    configured ``price`` is written to the store's price setting with the first counts flushed.
     Thread-safe; after ``fork`` the child starts with no pending deltas (the parent keeps and
     writes its own).
     """
@@ -170,7 +170,12 @@ class Ledger:
                 batches.append((uuid.uuid4().hex, self._pending))
                 self._pending = {}
             price, self._price = self._price, None
-        if not batches and price is None:
+        if not batches:
+            # The price is written with the first counts, not before: a process that counts
+            # nothing (say, one with $TRACER_WRAP_DISABLE set) never opens the store for it.
+            with self._lock:
+                if price is not None and self._price is None:
+                    self._price = price
             return True
         sent = 0
         try:

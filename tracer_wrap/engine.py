@@ -169,7 +169,9 @@ class Reply(Generic[R]):
     results whose label is only known later (streams), returns what the caller gets and calls
     ``done(raw_label, usage)`` once the label is known (never, if the caller abandons it).
     ``attributes`` describe the call to telemetry (:mod:`tracer_wrap.telemetry`:
-    ``gen_ai.system``, ``gen_ai.request.model``, ...).
+    ``gen_ai.system``, ``gen_ai.request.model``, ...). ``timed``: the time ``llm()`` takes is
+    the LLM's latency (False for a stream manager, whose request is sent only once the caller
+    enters it: its time would set the embedding wait of later calls to nothing).
     """
 
     label_of: Callable[[R], object] = _identity
@@ -177,6 +179,7 @@ class Reply(Generic[R]):
     usage_of: Callable[[R], Usage | None] | None = None
     later: Callable[[R, Callable[[object, Usage | None], None]], R] | None = None
     attributes: Mapping[str, Any] = field(default_factory=dict)
+    timed: bool = True
 
 
 _LOCAL_FAILED = object()
@@ -332,7 +335,8 @@ class TracedTask:
             span.failed(exc)
             span.end()
             raise
-        self._embed_wait.llm_took(self.options.monotonic() - started)
+        if reply.timed:
+            self._embed_wait.llm_took(self.options.monotonic() - started)
         return self._after_llm(plan, result, reply, span)
 
     async def acall(self, text: object, llm: Callable[[], Awaitable[R]],
@@ -357,7 +361,8 @@ class TracedTask:
             span.failed(exc)
             span.end()
             raise
-        self._embed_wait.llm_took(self.options.monotonic() - started)
+        if reply.timed:
+            self._embed_wait.llm_took(self.options.monotonic() - started)
         return self._after_llm(plan, result, reply, span)
 
     def route(self, text: str | None = None, *, vector: np.ndarray | None = None) -> Plan:
@@ -678,7 +683,12 @@ class TracedTask:
         """Write buffered traces and counters, refresh the served snapshot, start a refit when
         one is due. Runs on the background worker; a store fault is logged and retried. With
         ``refit_executor="inline"`` the calls write and refit themselves (reproducibly, in the
-        calling thread), so the worker only refreshes the snapshot."""
+        calling thread), so the worker only refreshes the snapshot. Does nothing while
+        ``$TRACER_WRAP_DISABLE`` is set."""
+        if names.disabled():
+            # Off: no call buffered anything or reads the snapshot, so the store is not opened
+            # (answers buffered before the switch wait for it to be off again, or for the exit).
+            return
         try:
             if self._inline:
                 if self.serving.due():
@@ -946,7 +956,10 @@ class TracedTask:
 
         A background refit of this process that is running is waited for first (one refit of a
         task runs at a time), then this one fits on every trace logged by then. Raises
-        GateRefused when another process is refitting the task, as ``run`` does."""
+        GateRefused when another process is refitting the task, as ``run`` does, and while
+        ``$TRACER_WRAP_DISABLE`` is set (then the store is not touched)."""
+        if names.disabled():
+            raise GateRefused(f"tracer_wrap is disabled (${names.ENV_DISABLE}): no refit")
         while True:
             self.refitter.runner.wait()
             try:
