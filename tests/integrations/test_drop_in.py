@@ -131,3 +131,27 @@ def test_client_level_raw_and_streaming_responses_are_traced_and_ask_the_llm(
     assert server.total_calls == 5
     flush()
     assert [t.input for t in store.traces("intent")][before:] == texts
+
+
+def test_a_stream_manager_records_no_llm_latency_for_the_embedding_wait(server, store,
+                                                                        embedder):
+    # .stream() returns the manager before its request is sent: its time is no LLM latency.
+    options = {"task": "intent", "store": store, "embedder": embedder, "embed_budget": 0.25,
+               **TASK_OPTIONS}
+    client = wrap_openai(openai.OpenAI(base_url=server.base_url_openai, api_key="t",
+                                       max_retries=0), **options)
+    claude = wrap_anthropic(anthropic.Anthropic(base_url=server.base_url_anthropic, api_key="t",
+                                                max_retries=0), **options)
+    with client.chat.completions.stream(model="m", messages=ask("refund #l1")) as stream:
+        stream.get_final_completion()
+    with client.responses.stream(model="m", input="top up #l2") as stream:
+        stream.get_final_response()
+    with claude.messages.stream(model="c", max_tokens=64,
+                                messages=[{"role": "user", "content": "fx fee #l3"}]) as stream:
+        stream.get_final_message()
+    timed = [len(c.tracer_wrap_tasks.task("intent")._embed_wait._latencies)
+             for c in (client, claude)]
+    assert timed == [0, 0]
+    client.chat.completions.create(model="m", messages=ask("lost card #l4"))
+    assert len(client.tracer_wrap_tasks.task("intent")._embed_wait._latencies) == 1
+    assert teachers(store) == ["card_lost", "exchange_rate", "refund", "top_up"]

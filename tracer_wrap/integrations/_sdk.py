@@ -335,8 +335,10 @@ class Tasks:
             return stream
 
         later = tapped_manager if spec.manager else tapped_stream if streaming else None
+        # A manager is returned before its request is sent: no latency of the LLM's to time.
         return Reply(label_of=label_of, build=None if blocked is not None else local,
-                     usage_of=_usage, later=later, attributes=attributes)
+                     usage_of=_usage, later=later, attributes=attributes,
+                     timed=not spec.manager)
 
 
 def _streamed_response(spec: ApiSpec, response: Any, done: Done, streaming: bool,
