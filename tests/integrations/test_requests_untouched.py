@@ -441,12 +441,16 @@ def test_a_create_call_the_sdk_refuses_fails_alike_even_where_the_router_would_a
         ("anthropic", lambda c: c.messages.stream(**messages(text, temprature=0))),
         ("anthropic", lambda c: c.messages.create(
             model="claude-test", messages=[{"role": "user", "content": text}])),
+        # Not streamed, with room for an answer that may take over 10 minutes: ValueError.
+        ("anthropic", lambda c: c.messages.create(**messages(text, max_tokens=64000))),
+        ("anthropic", lambda c: c.messages.parse(**messages(text, max_tokens=64000,
+                                                            output_format=Intent))),
     ]
     for sdk, call in refused:
         unwrapped = plain if sdk == "openai" else plain_claude
-        with pytest.raises(TypeError) as plain_error:
+        with pytest.raises((TypeError, ValueError)) as plain_error:
             call(unwrapped)
-        with pytest.raises(TypeError) as wrapped_error:
+        with pytest.raises(type(plain_error.value)) as wrapped_error:
             call(routed[sdk])
         assert str(wrapped_error.value) == str(plain_error.value)
     assert server.total_calls == calls

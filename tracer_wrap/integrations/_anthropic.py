@@ -31,13 +31,15 @@ __all__ = ["TracedAnthropic", "TracedAsyncAnthropic", "wrap_anthropic"]
 _MESSAGES = ApiSpec("anthropic.messages.create", api="anthropic.messages", provider="anthropic",
                     view=anthropic_messages_view, build=objects.build_message,
                     label=objects.label_from_message, answer_text=objects.message_answer_text,
-                    describe=objects.describe_message, stream_kind="anthropic")
+                    describe=objects.describe_message, stream_kind="anthropic",
+                    precheck=objects.check_messages)
 MESSAGES_CREATE = replace(_MESSAGES, build_stream=objects.build_message_stream)
 ASYNC_MESSAGES_CREATE = replace(_MESSAGES, build_stream=objects.build_async_message_stream)
 MESSAGES_PARSE = replace(_MESSAGES, name="anthropic.messages.parse",
                          build=objects.build_parsed_message)
 MESSAGES_STREAM = replace(_MESSAGES, name="anthropic.messages.stream",
-                          build=objects.build_message_stream_manager, manager=True)
+                          build=objects.build_message_stream_manager, manager=True,
+                          precheck=None)  # a stream needs no timeout
 ASYNC_MESSAGES_STREAM = replace(MESSAGES_STREAM, build=objects.build_async_message_stream_manager)
 
 class _Messages(Calls):

@@ -135,6 +135,24 @@ def _new_message(label: str, request: Mapping[str, Any]) -> Message:
     )
 
 
+def check_messages(resource: Any, request: Mapping[str, Any]) -> None:
+    """The SDK's own check of a non-streaming ``messages.create`` / ``parse`` request before it
+    sends it: with the default timeout, raises ValueError when ``max_tokens`` asks for an answer
+    that may take over 10 minutes (the SDK demands streaming). Reads the SDK's private client
+    helpers; an SDK without them checks nothing."""
+    if request.get("stream") or "timeout" in request:
+        return
+    client = getattr(resource, "_client", None)
+    calculate = getattr(client, "_calculate_nonstreaming_timeout", None)
+    try:
+        from anthropic._constants import DEFAULT_TIMEOUT, MODEL_NONSTREAMING_TOKENS
+    except ImportError:
+        return
+    if calculate is None or getattr(client, "timeout", None) != DEFAULT_TIMEOUT:
+        return
+    calculate(request.get("max_tokens"), MODEL_NONSTREAMING_TOKENS.get(str(request.get("model"))))
+
+
 def build_message(label: str, request: Mapping[str, Any]) -> Message:
     """The ``Message`` answering ``request`` (the ``messages.create`` kwargs) with ``label``: a
     text block (``{field: label}`` JSON under ``output_config.format``), or a tool_use block of the

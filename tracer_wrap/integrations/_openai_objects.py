@@ -202,7 +202,7 @@ _VALIDATE_RESPONSE_FORMAT = getattr(
     "validate_response_format", None)
 
 
-def check_chat_create(request: Mapping[str, Any]) -> None:
+def check_chat_create(resource: Any, request: Mapping[str, Any]) -> None:
     """The SDK's own check of a ``chat.completions.create`` request before it sends it: raises
     TypeError for a pydantic class as ``response_format`` (``parse`` takes those)."""
     if _VALIDATE_RESPONSE_FORMAT is not None:

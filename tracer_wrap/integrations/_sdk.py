@@ -89,8 +89,9 @@ class ApiSpec:
     ``answer_text`` is the text a local answer of a label generates (stop sequences act on it);
     ``describe`` gives the ``gen_ai.response.*`` attributes of a result; ``stream_kind`` names
     the chunk format (``"openai"``, ``"openai.responses"`` or ``"anthropic"``); ``manager``: the
-    method returns a stream manager (``.stream()``); ``precheck`` runs the SDK's own check of a
-    request beyond its signature (raising where the SDK raises before sending).
+    method returns a stream manager (``.stream()``); ``precheck(resource, request)`` runs the
+    SDK's own check of a request beyond its signature (raising where the SDK raises before
+    sending; ``resource`` is the SDK object whose method is called, None if unknown).
     """
 
     name: str
@@ -104,7 +105,7 @@ class ApiSpec:
     build_stream: Callable[[str, Mapping[str, Any]], Any] | None = None
     stream_kind: str = "openai"
     manager: bool = False
-    precheck: Callable[[Mapping[str, Any]], object] | None = None
+    precheck: Callable[[Any, Mapping[str, Any]], object] | None = None
 
 
 class Tasks:
@@ -654,7 +655,7 @@ def _refused(spec: ApiSpec, method: Callable[..., Any], kwargs: Mapping[str, Any
             return True
     if spec.precheck is not None:
         try:
-            spec.precheck(given)
+            spec.precheck(bound[0] if bound else None, given)
         except Exception:
             return True
     return False
