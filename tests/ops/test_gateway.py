@@ -273,7 +273,7 @@ def test_every_protocol_answers_locally_with_the_sdks_own_types(upstream: LLMSer
         # Forwarded once each (the task keys come from the requests), then fitted.
         client.chat.completions.create(model="gpt-test", messages=ask(text))
         client.responses.create(model="gpt-test", instructions=SYSTEM["content"], input=text)
-        messages.messages.create(model="claude-test", max_tokens=8, system=SYSTEM["content"],
+        messages.messages.create(model="claude-test", max_tokens=64, system=SYSTEM["content"],
                                  messages=[{"role": "user", "content": text}])
         assert upstream.total_calls == 3
         for task in tasks_of(store, 3):
@@ -296,12 +296,12 @@ def test_every_protocol_answers_locally_with_the_sdks_own_types(upstream: LLMSer
                                      input=texts[1]) as stream:
             assert stream.get_final_response().output_text == teacher(texts[1])
 
-        message = messages.messages.create(model="claude-test", max_tokens=8,
+        message = messages.messages.create(model="claude-test", max_tokens=64,
                                            system=SYSTEM["content"],
                                            messages=[{"role": "user", "content": texts[2]}])
         assert message.id.startswith("msg_tracerwrap_")
         assert message.content[0].text == teacher(texts[2])  # type: ignore[union-attr]
-        with messages.messages.stream(model="claude-test", max_tokens=8,
+        with messages.messages.stream(model="claude-test", max_tokens=64,
                                       system=SYSTEM["content"],
                                       messages=[{"role": "user", "content": texts[2]}]) as ms:
             assert ms.get_final_message().content[0].text == teacher(texts[2])  # type: ignore
@@ -322,7 +322,7 @@ def test_forwarded_streams_and_forced_tools_become_traces_with_usage(upstream: L
         forced = client.chat.completions.create(model="gpt-tools", messages=ask("fx fee today"),
                                                 tools=[tool], tool_choice="required")
         assert forced.choices[0].message.tool_calls
-        with messages.messages.stream(model="claude-test", max_tokens=8,
+        with messages.messages.stream(model="claude-test", max_tokens=64,
                                       messages=[{"role": "user", "content": "top up failed"}]
                                       ) as ms:
             assert ms.get_final_text() == "top_up"
@@ -432,7 +432,7 @@ def test_upstream_errors_reach_the_sdks_unchanged_and_log_no_trace(
         with pytest.raises(openai.APIStatusError) as stream_error:
             client.chat.completions.create(model="gpt-test", messages=ask("refund"), stream=True)
         with pytest.raises(anthropic.APIStatusError) as message_error:
-            messages.messages.create(model="claude-test", max_tokens=8,
+            messages.messages.create(model="claude-test", max_tokens=64,
                                      messages=[{"role": "user", "content": "refund"}])
     for error in (chat_error.value, stream_error.value):
         assert error.status_code == status
@@ -455,7 +455,7 @@ def test_an_unreachable_upstream_is_a_502_in_the_providers_shape(store: TraceSto
         with pytest.raises(openai.InternalServerError) as chat:
             sdk(url).chat.completions.create(model="gpt-test", messages=ask("refund"))
         with pytest.raises(anthropic.APIStatusError) as message:
-            claude(url).messages.create(model="c", max_tokens=8,
+            claude(url).messages.create(model="c", max_tokens=64,
                                         messages=[{"role": "user", "content": "refund"}])
     assert chat.value.status_code == 502 and "unreachable" in chat.value.message
     assert message.value.status_code == 502
@@ -535,6 +535,37 @@ def test_beyond_loopback_the_gateway_refuses_to_start_without_a_token(
 # -- wire shapes ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["gateway", "serve"])
+def test_no_listening_banner_before_a_refusal_to_start(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The banner says the server listens: it comes after the token rule's refusal, not before;
+    a usable start prints it once."""
+    monkeypatch.delenv("TRACER_WRAP_TOKEN", raising=False)
+    started: list[Any] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append(app))
+    store_args = ["--store", str(tmp_path / "store"), command, "--embedder", "hashing"]
+    refused = CliRunner().invoke(cli_app, [*store_args, "--host", "0.0.0.0"])
+    assert refused.exit_code == 1 and "token" in refused.stderr, refused.output
+    assert " on http://" not in refused.stderr and started == []
+    served = CliRunner().invoke(cli_app, store_args)
+    assert served.exit_code == 0, served.output
+    assert served.stderr.count(" on http://127.0.0.1:") == 1 and len(started) == 1
+
+
+@pytest.mark.parametrize("option", ["--openai-upstream", "--anthropic-upstream"])
+@pytest.mark.parametrize("url", ["notaurl", "ftp://example.com/v1", "http://"])
+def test_an_upstream_that_is_no_http_url_is_a_usage_error(
+        option: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[Any] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: started.append(app))
+    result = CliRunner().invoke(cli_app, ["--store", str(tmp_path / "store"), "gateway",
+                                          option, url])
+    assert result.exit_code == 2 and started == [], result.output
+    assert result.stderr.strip().count("\n") == 0 and option in result.stderr
+    with pytest.raises(ConfigError, match="upstream"):
+        run(str(tmp_path / "store"), **{option[2:].replace("-", "_"): url})
+
+
 def test_local_answers_have_the_wire_shape_of_the_real_apis(upstream: LLMServer,
                                                             store: TraceStore) -> None:
     """Every key a local answer sends is one the API sends too, and the required ones are all
@@ -549,7 +580,7 @@ def test_local_answers_have_the_wire_shape_of_the_real_apis(upstream: LLMServer,
 
     requests = [("/v1/chat/completions", {"model": "m", "messages": ask("hello refund")}),
                 ("/v1/responses", {"model": "m", "input": "hello refund"}),
-                ("/v1/messages", {"model": "c", "max_tokens": 8,
+                ("/v1/messages", {"model": "c", "max_tokens": 64,
                                   "messages": [{"role": "user", "content": "hello refund"}]})]
     with through(upstream, store, routing=True) as (url, application), \
             httpx.Client(base_url=url) as client:
@@ -715,7 +746,7 @@ def test_a_broken_store_never_fails_a_call(upstream: LLMServer, tmp_path: Path,
                                                            stream=True))
             assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) \
                 == teacher(text)
-        message = messages.messages.create(model="claude-test", max_tokens=8,
+        message = messages.messages.create(model="claude-test", max_tokens=64,
                                            messages=[{"role": "user", "content": "refund"}])
         assert message.content[0].text == "refund"  # type: ignore[union-attr]
     assert upstream.total_calls == 7

@@ -668,9 +668,13 @@ def serve(
     from .server import run
 
     st = _store_of(ctx, store, must_exist=False)
-    err_console.print(f"tracer_wrap sidecar on http://{host}:{port} (store {st.path}, "
-                      f"{'token required' if token else 'no token'})", markup=False)
-    run(st, host=host, port=port, token=token, max_body_bytes=max_body, embedder=embedder)
+
+    def ready() -> None:  # after the checks: no banner for a sidecar that refuses to start
+        err_console.print(f"tracer_wrap sidecar on http://{host}:{port} (store {st.path}, "
+                          f"{'token required' if token else 'no token'})", markup=False)
+
+    run(st, host=host, port=port, token=token, max_body_bytes=max_body, embedder=embedder,
+        ready=ready)
 
 
 @command()
@@ -706,15 +710,25 @@ def gateway(
     certified router answers locally; the others become traces, grouped into tasks by prompt
     template (tracer-wrap tasks lists them)."""
     from .gateway import run as run_gateway
+    from .gateway import upstream_problem
 
+    for option, url in (("--openai-upstream", openai_upstream),
+                        ("--anthropic-upstream", anthropic_upstream)):
+        why = upstream_problem(url)
+        if why is not None:  # a usage error, as typer reports its own: exit 2
+            err_console.print(f"error: {option}: {why}", highlight=False, markup=False)
+            raise typer.Exit(2)
     spec = store_spec(store or (ctx.obj or {}).get("store"))
     where = str(spec.path) if isinstance(spec, Store) else spec
-    err_console.print(f"tracer_wrap gateway on http://{host}:{port}/v1 -> {openai_upstream} and"
-                      f" http://{host}:{port} -> {anthropic_upstream} (store {where},"
-                      f" {'token required' if token else 'no token'})", markup=False)
+
+    def ready() -> None:  # after the checks: no banner for a gateway that refuses to start
+        err_console.print(f"tracer_wrap gateway on http://{host}:{port}/v1 -> {openai_upstream}"
+                          f" and http://{host}:{port} -> {anthropic_upstream} (store {where},"
+                          f" {'token required' if token else 'no token'})", markup=False)
+
     run_gateway(where, host=host, port=port, token=token, workers=workers,
                 openai_upstream=openai_upstream, anthropic_upstream=anthropic_upstream,
-                routing=routing_on, embedder=embedder, timeout=timeout)
+                routing=routing_on, embedder=embedder, timeout=timeout, ready=ready)
 
 
 @command()

@@ -66,7 +66,7 @@ from .. import names, telemetry
 from .._log import fault, logger
 from ..accounting import Usage
 from ..engine import Reply, TracedTask
-from ..errors import MissingExtraError
+from ..errors import ConfigError, MissingExtraError
 from ..integrations import (
     PromptView,
     Tasks,
@@ -103,7 +103,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise MissingExtraError(exc.name or "starlette", "gateway") from exc
 
 __all__ = ["ANTHROPIC_UPSTREAM", "OPENAI_UPSTREAM", "TASK_HEADER", "TOKEN_HEADER",
-           "app_from_environment", "create_app", "run"]
+           "app_from_environment", "create_app", "run", "upstream_problem"]
 
 #: The real APIs, as base URLs the SDKs would use.
 OPENAI_UPSTREAM = "https://api.openai.com/v1"
@@ -843,6 +843,18 @@ def create_app(store: Store | str | None = None, *, openai_upstream: str = OPENA
     return app
 
 
+def upstream_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an upstream's base URL (None when it can): it must be an absolute
+    ``http://`` or ``https://`` URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+    except Exception:
+        return f"{url!r} is not a URL"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return f"{url!r} is not an http:// or https:// base URL"
+    return None
+
+
 def app_from_environment() -> Starlette:
     """The application of one worker process of :func:`run` (its settings come in
     ``$TRACER_WRAP_GATEWAY_CONFIG``)."""
@@ -853,16 +865,24 @@ def app_from_environment() -> Starlette:
 def run(store: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
         token: str | None = None, workers: int = 1, openai_upstream: str = OPENAI_UPSTREAM,
         anthropic_upstream: str = ANTHROPIC_UPSTREAM, routing: bool = False,
-        embedder: str | None = None, timeout: float = 600.0) -> None:
-    """Serve the gateway with uvicorn until interrupted, in ``workers`` processes.
+        embedder: str | None = None, timeout: float = 600.0,
+        ready: Callable[[], None] | None = None) -> None:
+    """Serve the gateway with uvicorn until interrupted, in ``workers`` processes; ``ready()``
+    is called once every check below has passed, just before serving.
 
     The store is opened first, as ``tracer-wrap serve`` opens its own (created if missing),
     unless tracer_wrap is disabled (``$TRACER_WRAP_DISABLE``: then it is not touched at all).
-    Raises ConfigError when ``host`` is not a loopback address and no ``token`` is given (the
-    gateway answers and forwards calls on its callers' keys: beyond this machine it must know
-    who calls), StoreError when the store cannot be opened or written, MissingExtraError when
-    uvicorn is not installed.
+    Raises ConfigError when an upstream is not an http(s) URL (:func:`upstream_problem`), or
+    ``host`` is not a loopback address and no ``token`` is given (the gateway answers and
+    forwards calls on its callers' keys: beyond this machine it must know who calls),
+    StoreError when the store cannot be opened or written, MissingExtraError when uvicorn is not
+    installed.
     """
+    for option, url in (("openai_upstream", openai_upstream),
+                        ("anthropic_upstream", anthropic_upstream)):
+        why = upstream_problem(url)
+        if why is not None:
+            raise ConfigError(f"{option}: {why}")
     require_token_beyond_loopback(host, token, server="gateway",
                                   how=f"in the {TOKEN_HEADER} header")
     try:
@@ -881,6 +901,8 @@ def run(store: str | None = None, *, host: str = "127.0.0.1", port: int = 8080,
     # The gateway relays the upstream's own Date and Server headers; uvicorn must not add its own.
     common: dict[str, Any] = {"host": host, "port": port, "log_level": "warning",
                               "access_log": False, "server_header": False, "date_header": False}
+    if ready is not None:
+        ready()
     if workers <= 1:
         uvicorn.run(create_app(**settings), **common)
         return

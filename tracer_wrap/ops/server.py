@@ -429,9 +429,10 @@ def create_app(store: Store | str, *, token: str | None = None,
 
 def run(store: Store | str, *, host: str = "127.0.0.1", port: int = 8000,
         token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES,
-        embedder: Embedder | str | None = None) -> None:
-    """Serve :func:`create_app` with uvicorn until interrupted. Raises ConfigError when ``host``
-    is beyond loopback and no ``token`` is given, MissingExtraError when uvicorn is not
+        embedder: Embedder | str | None = None, ready: Callable[[], None] | None = None) -> None:
+    """Serve :func:`create_app` with uvicorn until interrupted; ``ready()`` is called once the
+    checks have passed and the application is made, just before serving. Raises ConfigError when
+    ``host`` is beyond loopback and no ``token`` is given, MissingExtraError when uvicorn is not
     installed."""
     require_token_beyond_loopback(host, token, server="sidecar",
                                   how="as 'Authorization: Bearer TOKEN'")
@@ -440,6 +441,8 @@ def run(store: Store | str, *, host: str = "127.0.0.1", port: int = 8000,
     except ImportError as exc:
         raise MissingExtraError("uvicorn", "server") from exc
     app = create_app(store, token=token, max_body_bytes=max_body_bytes, embedder=embedder)
+    if ready is not None:
+        ready()
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
