@@ -800,6 +800,29 @@ def test_a_stream_cut_at_odd_places_is_relayed_whole_and_traced(
     assert store.counters(task)["input_tokens"] == 11
 
 
+def test_a_stream_the_upstream_cuts_reaches_the_caller_cut_and_logs_one_line(
+        recorder: tuple[Recorder, str], store: TraceStore,
+        caplog: pytest.LogCaptureFixture) -> None:
+    rec, base = recorder
+
+    async def cut(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: {\"a\": 1}\n\n",
+                    "more_body": True})
+        # returns without finishing the body: uvicorn closes the connection mid-answer
+
+    with serving(cut) as cutting, gateway(store, f"{cutting}/v1", cutting) as (url, _), \
+            httpx.Client(base_url=url) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post("/v1/chat/completions",
+                        json={"model": "m", "messages": ask("refund"), "stream": True})
+        assert client.get("/tracer-wrap/healthz").status_code == 200
+    assert "Exception in ASGI application" not in caplog.text
+    assert "the upstream's answer was cut" in caplog.text
+
+
 def test_a_header_names_the_task(upstream: LLMServer,
                                                           store: TraceStore) -> None:
     with through(upstream, store) as (url, _):

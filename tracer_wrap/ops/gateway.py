@@ -485,6 +485,12 @@ class _Relay(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except httpx.HTTPError as exc:
+            # The upstream cut its answer mid-body: one line, not the server's traceback. The
+            # response is left incomplete, so the server closes the connection and the caller
+            # sees a truncated body, as it would from the upstream itself.
+            logger.warning("tracer_wrap gateway: the upstream's answer was cut: %s: %s",
+                           type(exc).__name__, exc)
         finally:
             # Also when the caller went away mid-stream: give the connection back to the pool.
             await self._upstream.aclose()
