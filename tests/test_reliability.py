@@ -9,6 +9,7 @@ machines are shared); ``benchmarks/bench_faults.py`` measures what each fault ad
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from _redis_server import REDIS_SERVER, RedisServer
 from _synthetic import LABELS, make_traces
 from _wait import until
 
-from tracer_wrap import Embedder, TracedTask, engine, names
+from tracer_wrap import Embedder, TracedTask, background, engine, flush, names
 from tracer_wrap.errors import StoreBusy
 from tracer_wrap.model.hashing import hashing_embedder
 from tracer_wrap.store import TraceStore, disk, open_store
@@ -464,6 +465,24 @@ def test_a_store_unreadable_from_the_first_call_makes_only_that_call_wait(tmp_pa
     assert task.stats.llm == len(rows)
     until(lambda: task.stats.errors > 0, "the background worker meeting the store")
     assert len(waits) == 1  # the first call waited for the first read; no later call did
+
+
+def test_tasks_collected_with_answers_still_buffered_write_them(tmp_path, embedder):
+    # Decorating in a loop and rebinding the name, or dropping a wrapped client, lets a task be
+    # collected before the worker wrote its answers. Holding the worker's step lock keeps it from
+    # writing any until the tasks are gone.
+    store = tmp_path / "store"
+    with background._stepping:
+        for k in range(5):
+            task = TracedTask(f"t{k}", store=store, embedder=embedder, **OPTIONS)
+            assert task.call(f"refund please #{k}", lambda: NAMES[0]) == NAMES[0]
+            del task
+        gc.collect()
+    assert flush()
+    written = TraceStore(store)
+    assert [(written.count(f"t{k}"), written.counter(f"t{k}", names.COUNTER_CALLS))
+            for k in range(5)] == [(1, 1)] * 5
+    assert not background._orphans  # let go once written
 
 
 def test_opening_a_store_retries_a_database_locked_by_other_writers(tmp_path, monkeypatch):

@@ -213,6 +213,10 @@ class Ledger:
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
 
+    def has_pending(self) -> bool:
+        """Whether some delta is not written yet. Takes no lock (a finalizer calls it)."""
+        return bool(self._pending) or self._unsent is not None
+
     @property
     def pending(self) -> dict[str, int]:
         """A copy of the deltas not yet written."""

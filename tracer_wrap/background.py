@@ -31,8 +31,8 @@ from typing import Protocol
 
 from ._log import fault
 
-__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "at_fork", "exiting", "flush",
-           "register", "unregister", "wake"]
+__all__ = ["EXIT_SECONDS", "FORK_SECONDS", "TICK", "Job", "adopt", "at_fork", "exiting",
+           "flush", "register", "unregister", "wake"]
 
 #: Longest the worker sleeps between two steps of every job.
 TICK = 0.1
@@ -53,6 +53,10 @@ class Job(Protocol):
 
 
 _jobs: weakref.WeakSet[Job] = weakref.WeakSet()
+#: Jobs collected with work still buffered (see :func:`adopt`), held until drained; one thread
+#: drains them at a time (the worker, or a flush).
+_orphans: list[Job] = []
+_orphans_draining = threading.Lock()
 _lock = threading.Lock()
 _wake = threading.Event()
 _pid: int | None = None
@@ -79,6 +83,13 @@ def unregister(job: Job, timeout: float = 5.0) -> bool:
     return True
 
 
+def adopt(job: Job) -> None:
+    """Hold ``job``, which is being collected with work still buffered (a decorated function
+    rebound, a wrapped client dropped: its ``__del__`` calls this), until the worker has drained
+    it, then let it go. Takes no lock: a collection runs in any thread, at any point."""
+    _orphans.append(job)
+
+
 def wake() -> None:
     """Have the worker run its jobs now rather than at the next tick."""
     if _pid != os.getpid():
@@ -101,16 +112,42 @@ def _run() -> None:
     while True:
         _wake.wait(TICK)
         _wake.clear()
-        with _lock:
-            jobs = list(_jobs)
-        for job in jobs:
-            with _stepping:
-                if job not in _jobs:
-                    continue  # unregistered meanwhile
-                try:
-                    job.step()
-                except Exception as exc:  # the worker must outlive any job's fault
-                    fault("background work", exc)
+        # A function of its own, so its list of jobs does not outlive the pass: a job dropped
+        # meanwhile must be collectable (and adopted, if it holds work).
+        _step_all()
+        _drain_orphans(time.monotonic())
+
+
+def _step_all() -> None:
+    with _lock:
+        jobs = list(_jobs)
+    for job in jobs:
+        with _stepping:
+            if job not in _jobs:
+                continue  # unregistered meanwhile
+            try:
+                job.step()
+            except Exception as exc:  # the worker must outlive any job's fault
+                fault("background work", exc)
+
+
+def _drain_orphans(deadline: float) -> bool:
+    """Drain every adopted job until ``deadline`` (one try at least); let go of each one drained.
+    True when none is left."""
+    if not _orphans_draining.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        return False
+    try:
+        for job in list(_orphans):
+            try:
+                drained = job.drain(max(0.0, deadline - time.monotonic()))
+            except Exception as exc:
+                fault("background work", exc)
+                drained = False
+            if drained:
+                _orphans.remove(job)
+        return not _orphans
+    finally:
+        _orphans_draining.release()
 
 
 def flush(timeout: float = 30.0) -> bool:
@@ -143,7 +180,7 @@ def _drain_all(timeout: float) -> bool:
         except Exception as exc:
             fault("background work", exc)
             done = False
-    return done
+    return _drain_orphans(deadline) and done
 
 
 def _drain_at_exit() -> None:
@@ -189,6 +226,9 @@ def _after_fork_in_child() -> None:
     # The parent's worker thread and any lock it held do not exist in the child.
     global _lock, _wake, _pid, _stepping
     _lock, _wake, _pid, _stepping = threading.Lock(), threading.Event(), None, threading.Lock()
+    global _orphans_draining
+    _orphans_draining = threading.Lock()
+    _orphans.clear()  # what they held is the parent's to write
     for _, _, after in reversed(_FORK_STEPS):
         after()
 

@@ -259,6 +259,15 @@ class TracedTask:
         _LIVE.add(self)
         background.register(self)
 
+    def __del__(self) -> None:
+        # Collected with answers or counts not written yet (a decorated function rebound, a
+        # wrapped client dropped): the background worker writes them, then lets the task go.
+        # No lock here: a collection runs in any thread, at any point, even inside this task's
+        # own locked sections. getattr: a task whose __init__ raised has no buffer.
+        buffer, ledger = getattr(self, "_buffer", None), getattr(self, "ledger", None)
+        if buffer or (ledger is not None and ledger.has_pending()):
+            background.adopt(self)
+
     # -- building blocks, opened on first use ------------------------------------------------
 
     def _get_store(self) -> Store:
