@@ -11,7 +11,7 @@ import pytest
 from _synthetic import LABELS, make_traces
 from _wait import until
 
-from tracer_wrap import ConfigError, Embedder, flush, traced_classifier
+from tracer_wrap import ConfigError, Embedder, TraceStore, flush, traced_classifier
 from tracer_wrap.errors import EmbedderError
 
 
@@ -222,6 +222,8 @@ def test_fail_open_when_the_store_cannot_be_written(tmp_path, embedder):
     # Both answers stay buffered, and the background writer counts each failed write.
     until(lambda: classify.stats.errors >= 2, "the writer's faults to be counted")
     assert classify.stats.llm == 2
+    blocker.unlink()  # the store can be created now: both answers are written
+    assert classify.flush() and TraceStore(blocker / "store").count("t") == 2
 
 
 def test_llm_errors_propagate_unchanged_and_log_no_trace(store, embedder):

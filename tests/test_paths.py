@@ -24,6 +24,7 @@ from tracer_wrap.integrations import is_local
 from tracer_wrap.ops.cli import app
 from tracer_wrap.ops.report import render_report
 from tracer_wrap.ops.server import create_app
+from tracer_wrap.store import Origin
 
 LABELS = [f"l{k}" for k in range(4)]
 PRICE = 0.002
@@ -226,3 +227,40 @@ def test_disabled_neither_creates_the_store_nor_refits(tmp_path: Path,
     with pytest.raises(GateRefused, match="disabled"):
         classify.refit()
     assert not (tmp_path / "store").exists()
+
+
+def test_every_path_answers_locally_in_the_llms_spelling(tmp_path: Path) -> None:
+    """The router's labels are l0..l3 and the LLM answers L0..L3 (one label, spelled another way):
+    a local answer is what the LLM would have returned, on every path."""
+    store = TraceStore(tmp_path / "store")
+    for i in range(600):  # traces spelled l0..l3, written without teaching a spelling
+        store.append("t", f"c{i % 4} train {i}", f"l{i % 4}", origin=Origin.LLM)
+    TracedTask("t", store=store, embedder=EMBEDDER, labels=LABELS, min_traces=100).refit()
+    texts = inputs()[:24]  # answered locally
+    calls: list[str] = []
+
+    @traced_classifier(task="t", store=store, embedder=EMBEDDER, labels=LABELS)
+    def classify(text: str) -> str:
+        calls.append(text)
+        return label_of_text(text).upper()
+
+    for label in LABELS:  # one LLM answer per label teaches its spelling, to every process
+        classify.task.record(None, label.upper(), text=f"teach {label}")
+    assert flush()
+    assert [classify(text) for text in texts] == [label_of_text(t).upper() for t in texts]
+    assert len(calls) < len(texts) // 2  # most of them answered locally
+    with serve_llm(lambda text: label_of_text(text).upper()) as server, \
+            serving(create_app(store, embedder=EMBEDDER)) as url, \
+            openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0) as raw:
+        client = wrap_openai(raw, task="t", store=store, embedder=EMBEDDER, labels=LABELS)
+        client.tracer_wrap_tasks.task("t")
+        httpx.post(f"{url}/v1/tasks/t/route", json={"text": texts[0]})  # the sidecar's task
+        assert flush()  # each new task reads the spellings the store holds
+        replies = [client.chat.completions.create(model="m", messages=ask(t)) for t in texts]
+        assert sum(is_local(r) for r in replies) > len(texts) // 2
+        assert [r.choices[0].message.content for r in replies] == [
+            label_of_text(t).upper() for t in texts]
+        routed = httpx.post(f"{url}/v1/tasks/t/route/batch", json={"texts": texts}).json()
+        local = [(d["label"], t) for d, t in zip(routed["decisions"], texts) if d["local"]]
+        assert len(local) > len(texts) // 2
+        assert all(label == label_of_text(t).upper() for label, t in local)

@@ -56,6 +56,7 @@ from .options import TaskOptions
 from .privacy import hash_input, hash_key, map_strings
 from .refit import Refitter, refit_never
 from .serving import Served, Serving
+from .spelling import Spellings
 from .store import NewTrace, Origin, Store, encode_vectors, open_store
 from .versions import certified_coverage
 
@@ -251,6 +252,9 @@ class TracedTask:
         self._embed_wait = EmbedWait(self.options.embed_timeout, self.options.embed_budget)
         self.serving = Serving(task, self.options, self._get_store, self._get_embedder)
         self.ledger = Ledger(self._get_store, task, self.options.price)
+        #: The spelling the LLM answers each label in: answers are read in it and local answers
+        #: spelled in it, on every path (:mod:`tracer_wrap.spelling`).
+        self.spellings = Spellings(self)
         self.refitter = Refitter(task, self.options, store=self._get_store,
                                  embedder=self._get_embedder,
                                  embed=lambda texts: self.embedding.embed(texts),
@@ -440,6 +444,7 @@ class TracedTask:
                                names.COUNTER_OUTPUT_TOKENS: usage.output_tokens,
                                names.COUNTER_USAGE_CALLS: 1})
             self.stats.add(llm=1, audits=int(plan.audit))
+            raw = self.spellings.learn(raw)
             label = self.label_set.normalise(raw)
             if label is None:
                 counts[names.COUNTER_INVALID] = 1
@@ -632,7 +637,7 @@ class TracedTask:
         """The local answer of a plan, or _LOCAL_FAILED (logged) when it cannot be built."""
         assert plan.decision is not None and plan.decision.label is not None
         try:
-            result = build(plan.decision.label)
+            result = build(self.spellings.spell(plan.decision.label))
         except Exception as exc:
             self._fault("local answer", exc)
             return _LOCAL_FAILED
@@ -690,10 +695,11 @@ class TracedTask:
 
     def step(self) -> None:
         """Write buffered traces and counters, refresh the served snapshot, start a refit when
-        one is due. Runs on the background worker; a store fault is logged and retried. With
+        one is due, share the LLM's spellings of labels with other processes. Runs on the
+        background worker; a store fault is logged and retried. With
         ``refit_executor="inline"`` the calls write and refit themselves (reproducibly, in the
-        calling thread), so the worker only refreshes the snapshot. Does nothing while
-        ``$TRACER_WRAP_DISABLE`` is set."""
+        calling thread), so the worker only refreshes the snapshot and the spellings. Does
+        nothing while ``$TRACER_WRAP_DISABLE`` is set."""
         if names.disabled():
             # Off: no call buffered anything or reads the snapshot, so the store is not opened
             # (answers buffered before the switch wait for it to be off again, or for the exit).
@@ -702,6 +708,7 @@ class TracedTask:
             if self._inline:
                 if self.serving.due():
                     self.serving.refresh()
+                self.spellings.step()
                 return
             # A bounded share of the buffer per step: under a flood of calls the snapshot must
             # still be refreshed and refits still started.
@@ -710,6 +717,7 @@ class TracedTask:
             if self.serving.due():
                 self.serving.refresh()
             self._refit_if_due()
+            self.spellings.step()
         except StoreError as exc:
             self._fault("trace store", exc)
 
@@ -726,7 +734,10 @@ class TracedTask:
     def drain(self, timeout: float) -> bool:
         """Write every trace and counter buffered at the call, retrying store faults for up to
         ``timeout`` seconds; True when they are all written (answers that arrive meanwhile are
-        left to the worker)."""
+        left to the worker). While ``$TRACER_WRAP_DISABLE`` is set nothing is written (True
+        when nothing is buffered)."""
+        if names.disabled():
+            return not self._buffer and not self.ledger.has_pending()
         deadline = time.monotonic() + timeout
         goal = self._taken + len(self._buffer)
         while self._taken < goal:
@@ -742,6 +753,7 @@ class TracedTask:
         # Bounded too: before a fork the disk store's guard is held, and a worker flushing
         # counters at that moment waits for it while holding the ledger (tests/test_reliability.py).
         written = self.ledger.flush(timeout=max(0.0, deadline - time.monotonic()))
+        written = self.spellings.drain(max(0.0, deadline - time.monotonic())) and written
         if written:
             try:
                 self._refit_if_due()

@@ -8,7 +8,6 @@ reached through the SDK driver (:mod:`._sdk`), with streams read by the stream t
     _prompt      request views, template learning, output shapes, the options a local answer
                  cannot honour, usage (SDK-free)
     _sdk         the driver: one TracedTask per prompt template, a Reply per call
-    _spelling    the spelling the LLM answers each label in (local answers use it)
     _stream      the stream tap (label and usage of a stream the caller consumes; stream
                  managers and raw streamed responses)
     _openai / _openai_objects        wrap_openai, and OpenAI objects read and built

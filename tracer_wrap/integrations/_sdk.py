@@ -10,8 +10,8 @@ to :meth:`Tasks.run` (:meth:`Tasks.arun` for the async clients)::
           │
     the TracedTask of its template ──> TracedTask.call / acall (tracer_wrap.engine), with a Reply
                                        that reads the label and usage of an SDK result, builds a
-                                       genuine SDK object from a local label (in the LLM's own
-                                       spelling; never when an option of the request forbids it),
+                                       genuine SDK object from a local label (never when an
+                                       option of the request forbids it),
                                        and taps streams and raw responses
 
 All the lifecycle (plan, local answer or LLM, record, accounting, refit) is the engine's; this
@@ -42,6 +42,7 @@ from ..engine import Reply, TracedTask
 from ..errors import StoreError
 from ..model.embedder import Embedder, make_embedder
 from ..options import TaskOptions
+from ..spelling import Spellings
 from ..store import Store, open_store
 from ._prompt import (
     PromptView,
@@ -50,7 +51,6 @@ from ._prompt import (
     request_body,
     usage_of,
 )
-from ._spelling import Spellings
 from ._stream import (
     AsyncStreamedResponse,
     AsyncTappedManager,
@@ -132,7 +132,6 @@ class Tasks:
         self._store: Store | None = None
         self._embedder: Embedder | None = None
         self._tasks: dict[str, TracedTask] = {}
-        self._spellings: dict[str, Spellings] = {}
         self._known: tuple[float, frozenset[str]] | None = None
         self._lock = threading.Lock()
         background.register(self)
@@ -172,7 +171,6 @@ class Tasks:
                 found = TracedTask(name, **{**self._options, "store": store,
                                             "embedder": embedder})
                 self._tasks[name] = found
-                self._spellings[name] = Spellings(found)
         return found
 
     def tasks(self) -> dict[str, TracedTask]:
@@ -182,9 +180,8 @@ class Tasks:
 
     def spellings(self, name: str) -> Spellings:
         """The spellings the LLM answers the labels of task ``name`` in (see
-        :mod:`._spelling`). Creates the task like :meth:`task`."""
-        self.task(name)
-        return self._spellings[name]
+        :mod:`tracer_wrap.spelling`). Creates the task like :meth:`task`."""
+        return self.task(name).spellings
 
     # -- the path of a call ----------------------------------------------------------------------
 
@@ -248,10 +245,8 @@ class Tasks:
                     return None
                 chosen = view.task_key
             task = self.task(chosen)
-            spellings = self._spellings[chosen]
             body = _RawBody() if raw == "true" else None
-            return task, view.text, self._reply(spec, task, spellings, given, raw, body,
-                                                is_async), body
+            return task, view.text, self._reply(spec, task, given, raw, body, is_async), body
         except Exception as exc:
             fault("task lookup", exc)
             return None
@@ -280,19 +275,16 @@ class Tasks:
             return False
         return True
 
-    def _reply(self, spec: ApiSpec, task: TracedTask, spellings: Spellings,
-               request: Mapping[str, Any], raw: str | None, body: _RawBody | None,
-               is_async: bool) -> Reply[Any]:
-        """How the engine reads and builds this call's SDK objects."""
+    def _reply(self, spec: ApiSpec, task: TracedTask, request: Mapping[str, Any],
+               raw: str | None, body: _RawBody | None, is_async: bool) -> Reply[Any]:
+        """How the engine reads and builds this call's SDK objects (the engine reads labels in,
+        and spells local ones in, the LLM's own spelling)."""
         attributes = _attributes(spec, request)
         streaming = _streaming(request)
 
         def label_of(result: Any) -> object:
             _describe(telemetry.current_call(), spec, result)
-            return spellings.learn(spec.label(result))
-
-        def learned(done: Done) -> Done:
-            return lambda label, usage: done(spellings.learn(label), usage)
+            return spec.label(result)
 
         if raw == "true":  # with_raw_response: the HTTP response itself, its body parsed
             assert body is not None
@@ -301,7 +293,7 @@ class Tasks:
         if raw is not None:  # with_streaming_response: read when the caller reads it
             return Reply(label_of=label_of, build=None, usage_of=_usage,
                          later=lambda response, done: _streamed_response(
-                             spec, response, learned(done), streaming, is_async),
+                             spec, response, done, streaming, is_async),
                          attributes=attributes)
 
         build = spec.build_stream if streaming else spec.build
@@ -309,7 +301,7 @@ class Tasks:
 
         def texts() -> list[str]:
             router = task.router
-            return [spec.answer_text(spellings.spell(label), request)
+            return [spec.answer_text(task.spellings.spell(label), request)
                     for label in (router.labels if router is not None else ())]
 
         blocked = local_answer_blocker(spec.api, request, texts)
@@ -317,7 +309,7 @@ class Tasks:
             attributes[telemetry.BLOCKED] = blocked
 
         def local(label: str) -> Any:
-            result = build(spellings.spell(label), request)  # type: ignore[misc]
+            result = build(label, request)  # type: ignore[misc]
             _describe(telemetry.current_call(), spec, result)
             return result
 
@@ -325,13 +317,13 @@ class Tasks:
             span = telemetry.current_call()
 
             def tap(stream: Any) -> None:
-                tap_stream(stream, spec.stream_kind, learned(done), is_async=is_async, span=span)
+                tap_stream(stream, spec.stream_kind, done, is_async=is_async, span=span)
             if is_async:
                 return AsyncTappedManager(manager, tap, _aenter, span)
             return TappedManager(manager, tap, _enter, span)
 
         def tapped_stream(stream: Any, done: Done) -> Any:
-            tap_stream(stream, spec.stream_kind, learned(done), is_async=is_async,
+            tap_stream(stream, spec.stream_kind, done, is_async=is_async,
                        span=telemetry.current_call())
             return stream
 

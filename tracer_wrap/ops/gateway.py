@@ -723,7 +723,7 @@ class _Gateway:
 
         def texts() -> list[str]:
             router = task.router
-            return [api.answer_text(label, payload)
+            return [api.answer_text(task.spellings.spell(label), payload)
                     for label in (router.labels if router is not None else ())]
 
         def build(label: str) -> Response:

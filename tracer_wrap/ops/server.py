@@ -280,18 +280,21 @@ class _Sidecar:
         plans = traced.route_many(texts, matrix)
         inputs: Any = texts if texts is not None else matrix
         digests = [_digest(item) for item in inputs]
-        return [self.describe(task, plan, digest) for plan, digest in zip(plans, digests)]
+        return [self.describe(traced, plan, digest) for plan, digest in zip(plans, digests)]
 
-    def describe(self, task: str, plan: Plan, digest: str) -> dict[str, Any]:
+    def describe(self, traced: TracedTask, plan: Plan, digest: str) -> dict[str, Any]:
+        """A route's answer: the label in the LLM's own spelling (what the caller's LLM call
+        would have returned), and the signed plan (which keeps the router's)."""
         decision = plan.decision
+        label = None if decision is None or decision.label is None else decision.label
         return {
-            "label": decision.label if decision is not None else None,
+            "label": None if label is None else traced.spellings.spell(label),
             "local": plan.local,
             "score": decision.score if decision is not None else None,
             "reason": "accepted" if plan.local else plan.reason,
             "version": plan.version,
             "audit": plan.audit,
-            "plan": self.sign(task, plan, digest),
+            "plan": self.sign(traced.task, plan, digest),
         }
 
     def log(self, task: str, rows: list[dict[str, Any]]) -> list[str | None]:

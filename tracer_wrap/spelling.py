@@ -17,9 +17,11 @@ Each spelling is one task setting of the store (``spelling:<key>``), claimed ato
 (``setdefault_setting``), so every process agrees on it. An answer that is not one label spelled
 differently (a label followed by an explanation, an invalid answer) teaches nothing.
 
-Neither method touches the store: both read this process's memory. The background worker
-(:mod:`tracer_wrap.background`) claims a spelling first seen here and looks up the ones another
-process claimed; until it has, a process answers in the spelling it saw first (or the router's).
+The engine applies both on every path (:class:`tracer_wrap.engine.TracedTask`: the decorator,
+the SDK clients, the gateway, the sidecar). Neither method touches the store: both read this
+process's memory. The task's background step claims a spelling first seen here and looks up the
+ones another process claimed; until it has, a process answers in the spelling it saw first (or
+the router's).
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .. import background, names
-from ..errors import StoreError
-from ..labels import label_key
+from . import names
+from .errors import StoreError
+from .labels import label_key
 
 if TYPE_CHECKING:
-    from ..engine import TracedTask
+    from .engine import TracedTask
 
 __all__ = ["Spellings"]
 
@@ -48,8 +50,8 @@ RETRY_SECONDS = 30.0
 
 class Spellings:
     """The LLM's spelling of each label of one task; see the module docstring. Thread-safe;
-    :meth:`learn` and :meth:`spell` never raise and never wait; the store work is a background
-    job (:meth:`step`, :meth:`drain`)."""
+    :meth:`learn` and :meth:`spell` never raise and never wait; the store work is done by the
+    task's background step (:meth:`step`, :meth:`drain`)."""
 
     def __init__(self, task: TracedTask, clock: Callable[[], float] = time.monotonic) -> None:
         self._task = task
@@ -59,7 +61,6 @@ class Spellings:
         self._wanted = False  # a local answer needed a spelling this process does not know
         self._loaded_at: float | None = None  # when the store's spellings were last read
         self._lock = threading.Lock()
-        background.register(self)
 
     def learn(self, raw: object) -> object:
         """``raw`` (an LLM's raw label) in the spelling known for its label; the first spelling
@@ -85,7 +86,8 @@ class Spellings:
                     return raw  # a task of free-text answers is no label set
                 self._known[key] = self._claims[key] = spelled
             known = self._known[key]
-        background.wake()
+        # Claimed at the worker's next step (within background.TICK): waking it here would cost
+        # the call a wake-up and the worker a step per new spelling.
         return known
 
     def spell(self, label: str) -> str:
