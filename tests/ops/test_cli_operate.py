@@ -130,6 +130,12 @@ def test_status_and_versions_say_a_tampered_served_version_is_refused(store_dir:
     assert "hash mismatch" in json.loads(versions)["refused"]
     table = cli("--store", str(store_dir), "versions", "intent").stdout  # type: ignore[attr-defined]
     assert "REFUSED" in table
+    # The report, the diagnostic of such a store, still renders and says why.
+    report = cli("--store", str(store_dir), "report", "intent", "-o",
+                 str(store_dir.parent / "report.html"))
+    assert report.exit_code == 0, report.output  # type: ignore[attr-defined]
+    page = (store_dir.parent / "report.html").read_text(encoding="utf-8")
+    assert "v1 refused" in page and "hash mismatch" in page
 
 
 def test_fit_refuses_another_embedder_than_the_served_one_unless_forced(

@@ -44,9 +44,9 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
     """The HTML report of ``task`` as a string.
 
     ``embedder`` must be the one the current router was fitted with (default: the embedder named
-    in its manifest, see :func:`tracer_wrap.model.embedder.make_embedder`). Raises ConfigError
-    when the task
-    has no traces and RouterLoadError when the current version cannot be loaded.
+    in its manifest, see :func:`tracer_wrap.model.embedder.make_embedder`). A current version
+    the engine refuses (a damaged or edited file) is shown as refused, with why, and nothing is
+    routed through it. Raises ConfigError when the task has no traces.
     """
     traces = store.traces(task)
     if not traces:
@@ -54,24 +54,30 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
     valid = [t for t in traces if t.valid]
     version = store.current_version(task)
     manifest = store.manifest(task, version) if version is not None else None
+    # The diagnostic of a store whose served file is damaged must still render: such a version
+    # answers nothing (the engine refuses it too), so it is named as refused and not routed.
+    status = task_status(store, task)
+    refused = status["refused"]
     routed = None
-    if manifest is not None and version is not None and valid:
+    if manifest is not None and version is not None and valid and refused is None:
         routed = _route_all(store, task, version, manifest, valid, embedder)
     target = float(manifest["target"]) if manifest else None
 
     audits = sorted((t for t in traces if t.origin == Origin.AUDIT.value and t.valid
                      and t.router_label is not None), key=lambda t: t.ts)
-    status = task_status(store, task)
     usage = status["usage"]
     live = status["live_agreement"]
 
     cards = [
         ("traces", f"{len(traces):,}",
          f"{len(valid):,} valid · {len(traces) - len(valid):,} invalid"),
-        ("router", "none" if version is None else f"v{version}",
-         "every call goes to the LLM" if version is None else f"target {target:.4g}"),
+        ("router", "none" if version is None else f"v{version}"
+         + (" refused" if refused else ""),
+         "every call goes to the LLM" if version is None
+         else f"every call goes to the LLM: {refused}" if refused else f"target {target:.4g}"),
         ("certified coverage", _pct(certified_coverage(manifest, target)
-                                    if manifest and target is not None else None),
+                                    if manifest and target is not None and not refused
+                                    else None),
          "on calibration traces"),
         ("answered locally", f"{usage['local']:,}",
          f"of {usage['calls']:,} calls · {usage['llm']:,} LLM answers"),
