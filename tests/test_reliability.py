@@ -255,6 +255,39 @@ def test_every_process_writes_its_traces_at_exit_without_a_flush(store_spec, tmp
     assert len(traces) == 5 * 30
 
 
+POOL_TERMINATED = """
+import multiprocessing, sys
+from tracer_wrap import TracedTask, flush
+from tracer_wrap.model.hashing import hashing_embedder
+
+TASK = TracedTask("t", store=sys.argv[1], embedder=hashing_embedder(), refit_every=None)
+
+
+def calls(k):
+    for i in range(100):
+        assert TASK.call(f"refund #{k}-{i}", lambda: "refund") == "refund"
+
+
+if __name__ == "__main__":
+    # ``with Pool()`` ends with terminate(): SIGTERM to every worker, right after its last task.
+    with multiprocessing.get_context(sys.argv[2]).Pool(2) as pool:
+        pool.map(calls, range(6))
+    assert flush()
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_ended_by_terminate_write_their_traces(tmp_path, method):
+    script = tmp_path / "app.py"  # spawn re-imports the main module from its file
+    script.write_text(POOL_TERMINATED)
+    out = run_script(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')",
+                     str(tmp_path / "store"), method)
+    assert out.returncode == 0, out.stderr
+    store = TraceStore(tmp_path / "store")
+    assert store.count("t") == 600
+    assert store.counter("t", names.COUNTER_CALLS) == 600
+
+
 REFIT_AT_EXIT = """
 import concurrent.futures.thread as pools, sys, time
 from tracer_wrap import TracedTask, flush
@@ -465,6 +498,8 @@ def test_a_store_unreadable_from_the_first_call_makes_only_that_call_wait(tmp_pa
     assert task.stats.llm == len(rows)
     until(lambda: task.stats.errors > 0, "the background worker meeting the store")
     assert len(waits) == 1  # the first call waited for the first read; no later call did
+    (tmp_path / "store").unlink()  # the store can be created now: the answers are written
+    assert task.flush() and TraceStore(tmp_path / "store").count("t") == len(rows)
 
 
 def test_tasks_collected_with_answers_still_buffered_write_them(tmp_path, embedder):
