@@ -158,3 +158,22 @@ def test_a_store_opened_before_fork_works_in_the_child(store):
     store.append("t", "parent again", "a")
     assert [t.input for t in store.traces("t")] == ["from the parent", "from the child",
                                                     "parent again"]
+
+
+def test_migrate_renumbers_where_calibration_restarts_after_a_trip(tmp_path):
+    from tracer_wrap import names
+    from tracer_wrap.store.migrate import migrate
+
+    src, dst = TraceStore(tmp_path / "src"), TraceStore(tmp_path / "dst")
+    for i in range(3):
+        dst.append("t", f"the destination's own #{i}", "a")
+    for i in range(8):
+        src.append("t", f"input #{i}", "a")
+    # A breaker trip after the source's trace 5: only traces 6-8 may calibrate.
+    src.set_setting("t", names.SETTING_CALIBRATE_AFTER, 5)
+    src.set_setting("t", names.SETTING_BREAKER, {"version": None, "seq": 5})
+    migrate(src, dst)
+    after = dst.get_setting("t", names.SETTING_CALIBRATE_AFTER)
+    assert after == 3 + 5 and dst.get_setting("t", names.SETTING_BREAKER)["seq"] == after
+    assert sorted(t.input for t in dst.traces("t") if t.seq > after) == [
+        f"input #{i}" for i in (5, 6, 7)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,9 @@ def migrate(src: Store | str | os.PathLike[str],
     * **settings**: one is written when the destination does not have it, or still holds the
       value the last run wrote (the source's change since is then copied); one the destination
       set itself, or changed since, is kept. A pinned version, and the version of a drift-breaker
-      trip, are translated to the destination's number of that version;
+      trip, are translated to the destination's number of that version, and the trace number
+      after which calibration restarts (a trip's) to the destination's numbering, rounded so
+      that no trace logged before the trip may calibrate there;
     * **versions**: each once, known by its identity (a digest of its manifest without its
       number): one the destination already holds, or that a run already copied, is not copied
       again. A version keeps its number when the destination has not used it yet, else takes the
@@ -85,7 +87,8 @@ def _dir_identity(path: str | os.PathLike[str]) -> str:
 
 def _migrate_task(src: Store, dst: Store, task: str, mark_name: str) -> dict[str, int]:
     mark: dict[str, Any] = dst.get_setting(task, mark_name) or {}
-    last_seq = int(mark.get("seq", 0))
+    last_seq = copied_before = int(mark.get("seq", 0))
+    start = dst.count(task)
     copied = 0
     seqs: dict[int, int] = {}  # source seq -> destination seq
     for trace in src.iter_traces(task, start=last_seq):
@@ -100,7 +103,15 @@ def _migrate_task(src: Store, dst: Store, task: str, mark_name: str) -> dict[str
     if growth:
         dst.add_counters(task, growth)
     numbers, new_versions = _copy_versions(src, dst, task, mark.get("versions", {}))
-    settings_written, written = _copy_settings(src, dst, task, numbers,
+    def dst_seq(seq: int) -> int:
+        # A source trace number (where calibration restarts after a breaker trip) as the
+        # destination's: its copy, or one that is never smaller, so no trace logged before the
+        # trip may calibrate there. Copies of earlier runs are not mapped: all count as before.
+        if seq <= copied_before:
+            return start
+        return max((d for s, d in seqs.items() if s <= seq), default=start)
+
+    settings_written, written = _copy_settings(src, dst, task, numbers, dst_seq,
                                                mark.get("settings", {}))
     current = _copy_current(src, dst, task, numbers, mark.get("current"))
     dst.set_setting(task, mark_name, {
@@ -163,7 +174,8 @@ def _renumbered(data: bytes, number: int) -> bytes:
 
 
 def _copy_settings(src: Store, dst: Store, task: str, numbers: Mapping[int, int],
-                   written_before: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+                   dst_seq: Callable[[int], int], written_before: Mapping[str, Any]
+                   ) -> tuple[int, dict[str, Any]]:
     """Write the source's settings the destination has not set or changed itself; return how
     many were written and the values the destination now holds from the source."""
     theirs = dst.settings(task)
@@ -172,7 +184,7 @@ def _copy_settings(src: Store, dst: Store, task: str, numbers: Mapping[int, int]
     for name, value in src.settings(task).items():
         if name.startswith(_MARK):
             continue
-        value = _translate(name, value, numbers)
+        value = _translate(name, value, numbers, dst_seq)
         if name in theirs and (name not in written_before or theirs[name] != written_before[name]):
             continue  # the destination's own value, or one it changed since the last run
         written[name] = value
@@ -182,13 +194,18 @@ def _copy_settings(src: Store, dst: Store, task: str, numbers: Mapping[int, int]
     return count, written
 
 
-def _translate(name: str, value: Any, numbers: Mapping[int, int]) -> Any:
-    """A setting naming a version, with the destination's number of that version."""
+def _translate(name: str, value: Any, numbers: Mapping[int, int],
+               dst_seq: Callable[[int], int]) -> Any:
+    """A setting naming a version or a trace number, with the destination's number of it."""
     if name == names.SETTING_PINNED and isinstance(value, int):
         return numbers.get(value, value)
-    if name == names.SETTING_BREAKER and isinstance(value, dict) \
-            and isinstance(value.get("version"), int):
-        return dict(value, version=numbers.get(value["version"], value["version"]))
+    if name == names.SETTING_CALIBRATE_AFTER and isinstance(value, int):
+        return dst_seq(value)
+    if name == names.SETTING_BREAKER and isinstance(value, dict):
+        if isinstance(value.get("version"), int):
+            value = dict(value, version=numbers.get(value["version"], value["version"]))
+        if isinstance(value.get("seq"), int):
+            value = dict(value, seq=dst_seq(value["seq"]))
     return value
 
 
