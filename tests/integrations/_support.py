@@ -19,11 +19,21 @@ from llm_server import LLMServer, serve_llm  # noqa: E402
 
 from tracer_wrap.store import TraceStore  # noqa: E402
 
-__all__ = ["LABELS", "LLMServer", "REPO", "TASK_OPTIONS", "easy_texts", "fitted", "serve_llm",
-           "teacher"]
+__all__ = ["INSTRUCTIONS", "LABELS", "LLMServer", "REPO", "SYSTEM", "TASK_OPTIONS", "ask",
+           "easy_texts", "fitted", "serve_llm", "teacher"]
 
 #: Options that let a task fit a router from a few hundred traces and never refit on its own.
 TASK_OPTIONS = {"min_traces": 20, "refit_every": None, "audit_rate": 0.0}
+
+
+#: The system prompt of the chat calls the tests make, and its message.
+INSTRUCTIONS = "Classify the banking request. Answer with the label only."
+SYSTEM = {"role": "system", "content": INSTRUCTIONS}
+
+
+def ask(text: str) -> list[dict[str, str]]:
+    """The chat messages classifying ``text``."""
+    return [SYSTEM, {"role": "user", "content": text}]
 
 
 def teacher(text: str) -> str:

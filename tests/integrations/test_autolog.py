@@ -12,7 +12,13 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
-from _support import REPO, TASK_OPTIONS, LLMServer, easy_texts, fill_store, serve_llm, teacher
+from _support import (
+    REPO,
+    TASK_OPTIONS,
+    ask,
+    easy_texts,
+    fill_store,
+)
 from typer.testing import CliRunner
 
 import tracer_wrap.integrations.zero_code as autolog_module
@@ -21,18 +27,6 @@ from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.integrations.zero_code import autolog, task_summaries
 from tracer_wrap.ops.cli import app
 from tracer_wrap.store import TraceStore
-
-SYSTEM = {"role": "system", "content": "Classify the banking request. Answer with the label only."}
-
-
-def ask(text: str) -> list[dict[str, str]]:
-    return [SYSTEM, {"role": "user", "content": text}]
-
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with serve_llm(teacher) as running:
-        yield running
 
 
 @pytest.fixture

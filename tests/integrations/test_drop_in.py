@@ -7,28 +7,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import pickle
-from collections.abc import Iterator
 
 import anthropic
 import openai
 import pytest
-from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
+from _support import TASK_OPTIONS, ask, easy_texts, fitted
 
 from tracer_wrap import flush
 from tracer_wrap.integrations import is_local, is_local_message, wrap_anthropic, wrap_openai
 from tracer_wrap.store import TraceStore
-
-SYSTEM = {"role": "system", "content": "Classify the banking request. Answer with the label only."}
-
-
-def ask(text: str) -> list[dict[str, str]]:
-    return [SYSTEM, {"role": "user", "content": text}]
-
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with serve_llm(teacher) as running:
-        yield running
 
 
 def teachers(store: TraceStore) -> list[str]:

@@ -16,7 +16,7 @@ import anthropic
 import openai
 import pydantic
 import pytest
-from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
+from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, teacher
 from anthropic.lib.streaming import MessageStreamManager
 from openai.lib.streaming.chat import ChatCompletionStreamManager
 from openai.lib.streaming.responses import ResponseStreamManager
@@ -35,11 +35,6 @@ from tracer_wrap.store import TraceStore
 SYSTEM = "Classify the banking request. Answer with the label only."
 LABELS = ["card_lost", "exchange_rate", "refund", "top_up"]
 
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with serve_llm(teacher) as running:
-        yield running
 
 
 @pytest.fixture

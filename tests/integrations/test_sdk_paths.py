@@ -16,7 +16,7 @@ import anthropic
 import openai
 import pydantic
 import pytest
-from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
+from _support import TASK_OPTIONS, easy_texts, fitted, teacher
 from anthropic.types import Message, ParsedMessage
 from openai.types.chat import ChatCompletion
 from openai.types.responses import ParsedResponse, Response, ResponseStreamEvent
@@ -39,11 +39,6 @@ TOOL = {"type": "function", "name": "classify", "strict": True,
                        "properties": {"label": {"type": "string"}}}}
 FORCED = {"type": "function", "name": "classify"}
 
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with serve_llm(teacher) as running:
-        yield running
 
 
 @pytest.fixture

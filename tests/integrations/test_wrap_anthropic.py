@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import anthropic
 import pytest
-from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
+from _support import TASK_OPTIONS, easy_texts, fitted, teacher
 from anthropic.types import Message
 
 from tracer_wrap import flush
@@ -23,11 +23,6 @@ def ask(text: str) -> dict:
     return {"model": "claude-test", "max_tokens": 64, "system": SYSTEM,
             "messages": [{"role": "user", "content": text}]}
 
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with serve_llm(teacher) as running:
-        yield running
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import openai
 import pydantic
 import pytest
-from _support import TASK_OPTIONS, LLMServer, easy_texts, fitted, serve_llm, teacher
+from _support import SYSTEM, TASK_OPTIONS, LLMServer, ask, easy_texts, fitted, teacher
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
 
 from tracer_wrap import flush, savings
@@ -19,21 +19,11 @@ from tracer_wrap.integrations import is_local, wrap_openai
 from tracer_wrap.store import TraceStore
 
 LABELS = ["card_lost", "exchange_rate", "refund", "top_up"]
-SYSTEM = {"role": "system", "content": "Classify the banking request. Answer with the label only."}
 
 
 class Intent(pydantic.BaseModel):
     label: str
 
-
-def ask(text: str) -> list[dict[str, str]]:
-    return [SYSTEM, {"role": "user", "content": text}]
-
-
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with serve_llm(teacher) as running:
-        yield running
 
 
 @pytest.fixture
