@@ -117,7 +117,8 @@ def test_client_level_raw_and_streaming_responses_are_traced_and_ask_the_llm(
     asyncio.run(main())
     assert server.total_calls == 5
     flush()
-    assert [t.input for t in store.traces("intent")][before:] == texts
+    # Three clients, three tasks: each writes its own traces, so their order is not the calls'.
+    assert sorted(t.input for t in store.traces("intent")[before:]) == sorted(texts)
 
 
 def test_a_stream_manager_records_no_llm_latency_for_the_embedding_wait(server, store,
