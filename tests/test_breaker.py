@@ -33,6 +33,7 @@ def test_no_trip_at_target_trips_fast_below(tmp_path: Path) -> None:
     took = feed(bad, 1, 0.70, 500)
     assert took is not None and took < 80
     assert bad.tripped() and "below the target" in bad.status().reason
+    assert "observations (audit samples" in bad.status().reason  # not all need be audits
 
 
 def test_long_good_past_does_not_mask_a_drift(tmp_path: Path) -> None:

@@ -95,8 +95,9 @@ class DriftBreaker:
     # -- feeding the test ------------------------------------------------------------------------
 
     def observe(self, agree: bool, version: int | None = None) -> BreakerStatus:
-        """Add one audit sample (``version`` served it); trip (once per epoch) when the test
-        says so.
+        """Add one observation of ``version``: an audit sample's agreement, or a disagreement
+        the engine saw otherwise (a deferred answer naming a label the version never saw); trip
+        (once per epoch) when the test says so.
 
         Counts are atomic store counters. A trip records the reason in the store (every process
         stops answering locally) and logs a warning; the returned status has ``tripped`` set.
@@ -166,7 +167,10 @@ class DriftBreaker:
 
     def _trip(self, version: int | None, status: BreakerStatus) -> BreakerStatus:
         agreement = 1.0 - status.window_disagreements / max(1, status.window_audits)
-        reason = (f"{status.window_disagreements} of the last {status.window_audits} audit samples"
+        # Not "audit samples": the engine also counts a deferred answer naming a label the
+        # version never saw (a new intent) as a disagreement, so a trip may have no audit in it.
+        reason = (f"{status.window_disagreements} of the last {status.window_audits} observations"
+                  f" (audit samples, and deferred answers naming a label the version never saw)"
                   f" disagreed with the LLM (agreement {agreement:.3f}); the sequential test says"
                   f" live agreement is below the target {self.target:g}")
         seq = self.store.count(self.task)
