@@ -232,10 +232,9 @@ def _after_fork_in_parent() -> None:
 
 def _after_fork_in_child() -> None:
     # The parent's worker thread and any lock it held do not exist in the child.
-    global _lock, _wake, _pid, _stepping, _sigterm_armed
+    global _lock, _wake, _pid, _stepping, _sigterm_armed, _orphans_draining
     _lock, _wake, _pid, _stepping = threading.Lock(), threading.Event(), None, threading.Lock()
     _sigterm_armed = False  # a multiprocessing child, maybe
-    global _orphans_draining
     _orphans_draining = threading.Lock()
     _orphans.clear()  # what they held is the parent's to write
     for _, _, after in reversed(_FORK_STEPS):

@@ -372,7 +372,7 @@ class TraceStore:
                     except StoreTampered as exc:
                         raise _RowTampered(i, exc) from None
             self._register(meta_cache, task)
-            self._registered_now(task)
+            self._registered.add(task)
         except _RowTampered as bad:  # its stored row was edited: that row never goes in
             written = self.append_many(task, rows[:bad.index]) if bad.index else []
             raise TraceRefused(f"row {bad.index}: {bad.error}", index=bad.index,
@@ -434,13 +434,10 @@ class TraceStore:
         return list(self.iter_traces(task, valid_only=valid_only))
 
     def _register(self, meta_cache: diskcache.Cache, task: str) -> None:
-        """List ``task`` in :meth:`tasks`. Inside the caller's transaction, so it is marked done
-        for this object only by :meth:`_registered_now`, once that transaction committed."""
+        """List ``task`` in :meth:`tasks`. Runs inside the caller's transaction: the caller adds
+        ``task`` to ``_registered`` once that transaction committed."""
         if task not in self._registered:
             meta_cache.add(f"task:{task}", time.time())
-
-    def _registered_now(self, task: str) -> None:
-        self._registered.add(task)
 
     def tasks(self) -> list[str]:
         """Names of the tasks that have at least one trace, setting or counter, sorted."""
@@ -526,7 +523,7 @@ class TraceStore:
         with meta_cache.transact():
             self._register(meta_cache, task)
             value = int(meta_cache.incr(f"c:{task}:{counter}", delta))
-        self._registered_now(task)
+        self._registered.add(task)
         return value
 
     def add_counters(self, task: str, deltas: Mapping[str, int], *,
@@ -542,7 +539,7 @@ class TraceStore:
             self._register(meta_cache, task)
             for name, delta in deltas.items():
                 meta_cache.incr(f"c:{task}:{name}", int(delta))
-        self._registered_now(task)
+        self._registered.add(task)
 
     def counter(self, task: str, counter: str) -> int:
         _, meta_cache = self._caches()
