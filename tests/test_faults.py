@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from _mount import bind_mount, unmount_all
 from _synthetic import LABELS, make_traces
 from llm_server import LLMServer, serve_llm
 
@@ -215,20 +215,12 @@ print(ok and not full, errors > 0, task.store.count("t"), task.stats.llm, task.s
     assert out.stderr.count("tracer_wrap trace store failed") <= 1
 
 
-def _bind_mount(source: Path, target: Path, *options: str) -> bool:
-    if shutil.which("mount") is None:
-        return False
-    opts = ["-o", ",".join(options)] if options else []
-    return subprocess.run(["mount", "--bind", *opts, str(source), str(target)],
-                          capture_output=True).returncode == 0
-
-
 def test_a_read_only_mount_fails_open_and_recovers_when_writable(tmp_path, embedder, caplog):
     # chmod does not stop root; a read-only bind mount does.
     source, target = tmp_path / "src", tmp_path / "mnt"
     source.mkdir()
     target.mkdir()
-    if not _bind_mount(source, target, "ro"):
+    if not bind_mount(source, target, "ro"):
         pytest.skip("cannot bind-mount here")
     task = None
     try:
@@ -240,7 +232,7 @@ def test_a_read_only_mount_fails_open_and_recovers_when_writable(tmp_path, embed
             assert not task.flush(timeout=0.2)  # buffered while the store cannot be opened
         assert len(warnings(caplog, str(target))) == 1, [r.getMessage() for r in caplog.records]
         subprocess.run(["umount", str(target)], check=True)
-        assert _bind_mount(source, target)  # the operator fixes the mount
+        assert bind_mount(source, target)  # the operator fixes the mount
         task.call("refund #after", lambda: "refund")
         assert task.flush()
         # Nothing was lost: the calls made while the store was read-only are traced too.
@@ -249,9 +241,7 @@ def test_a_read_only_mount_fails_open_and_recovers_when_writable(tmp_path, embed
     finally:
         if task is not None and task._store is not None:
             task.store.close()
-        # Lazy: an open file must not leave the mount behind for the next test run.
-        while subprocess.run(["umount", "-l", str(target)], capture_output=True).returncode == 0:
-            pass
+        unmount_all(target)
 
 
 # -- the embedder ------------------------------------------------------------------------------

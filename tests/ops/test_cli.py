@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from _http import free_port
+from _mount import read_only_view
 from _synthetic import fill_store
 from typer.testing import CliRunner
 
@@ -221,3 +222,25 @@ def test_serve_runs_the_sidecar(store_dir: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_read_commands_work_on_a_store_mounted_read_only(store_dir: Path, tmp_path: Path) -> None:
+    fitted(store_dir)
+    expected = json.loads(cli("--store", str(store_dir), "status", "--json").stdout)
+    before = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    with read_only_view(store_dir, tmp_path / "mnt") as view:
+        status = cli("--store", str(view), "status", "--json")
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.stdout)["tasks"] == expected["tasks"]
+        assert json.loads(cli("--store", str(view), "tasks", "--json").stdout)
+        assert cli("--store", str(view), "versions", "intent").exit_code == 0
+        out = tmp_path / "out.jsonl"
+        assert cli("--store", str(view), "export", "intent", "-o", str(out)).exit_code == 0
+        assert len(out.read_text(encoding="utf-8").splitlines()) == 800
+        page = tmp_path / "report.html"
+        report = cli("--store", str(view), "report", "intent", "-o", str(page))
+        assert report.exit_code == 0, report.output
+        # A command that writes says why it cannot.
+        refused = cli("--store", str(view), "fit", "intent", "--min-traces", "50")
+        assert refused.exit_code == 1 and "not writable" in refused.output
+    assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == before

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pickle
+import sqlite3
 import stat
 import threading
 
+import diskcache
 import pytest
 
-from tracer_wrap.errors import ConfigError, StoreBusy, StoreError
+from tracer_wrap.errors import ConfigError, StoreBusy, StoreError, StoreTampered
 from tracer_wrap.store import Origin, TraceStore
 
 
@@ -177,3 +180,48 @@ def test_migrate_renumbers_where_calibration_restarts_after_a_trip(tmp_path):
     assert after == 3 + 5 and dst.get_setting("t", names.SETTING_BREAKER)["seq"] == after
     assert sorted(t.input for t in dst.traces("t") if t.seq > after) == [
         f"input #{i}" for i in (5, 6, 7)]
+
+
+def test_a_store_opened_read_only_reads_everything_and_writes_nothing(tmp_path):
+    store = TraceStore(tmp_path / "s")
+    store.append("t", "where is my card", "card_arrival")
+    store.add_counters("t", {"calls": 3}, batch="b1")
+    store.set_setting("t", "price", {"per_call": 0.01})
+    store.put_vectors("t", {1: b"\x01\x02"})
+    store.write_artifact("t", "v1.json", b"{}")
+    files = {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()}
+
+    reader = TraceStore(tmp_path / "s", read_only=True)
+    assert reader.tasks() == ["t"] and reader.count("t") == 1
+    assert [(t.input, t.teacher) for t in reader.traces("t")] == [("where is my card",
+                                                                   "card_arrival")]
+    assert reader.counters("t") == {"calls": 3} and reader.counter("t", "calls") == 3
+    assert reader.settings("t") == {"price": {"per_call": 0.01}}
+    assert reader.get_vectors("t", [1, 2]) == [b"\x01\x02", None]
+    assert reader.read_artifact("t", "v1.json") == b"{}"
+    for write in (lambda: reader.append("t", "new", "refund"),
+                  lambda: reader.incr("t", "calls"),
+                  lambda: reader.set_setting("t", "x", 1),
+                  lambda: reader.claim("t", "refit", ttl=5),
+                  lambda: reader.write_artifact("t", "v2.json", b"{}"),
+                  lambda: reader.delete_artifact("t", "v1.json"),
+                  lambda: reader.prune("t", max_traces=0)):
+        with pytest.raises(StoreError, match="read-only"):
+            write()
+    reader.put_vectors("t", {1: b"\x09"})  # a cache of the embedder's output: keeps nothing
+    assert {p: p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file()} == files
+
+    with pytest.raises(StoreError):
+        TraceStore(tmp_path / "none", read_only=True)
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_store_opened_read_only_refuses_pickled_rows(tmp_path):
+    store = TraceStore(tmp_path / "s")
+    store.set_setting("t", "price", {"per_call": 0.01})
+    store.close()
+    with sqlite3.connect(tmp_path / "s" / "meta" / "cache.db") as con:
+        con.execute("UPDATE Cache SET mode = ?, value = ? WHERE key = 's:t:price'",
+                    (diskcache.core.MODE_PICKLE, pickle.dumps({"per_call": 1})))
+    with pytest.raises(StoreTampered):
+        TraceStore(tmp_path / "s", read_only=True).get_setting("t", "price")

@@ -94,13 +94,16 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
     return register
 
 
-def _store_of(ctx: typer.Context, store: str | None, *, must_exist: bool = True) -> Store:
+def _store_of(ctx: typer.Context, store: str | None, *, must_exist: bool = True,
+              reads_only: bool = False) -> Store:
+    """The store of the command; ``reads_only`` for a command that only reads it, so that a
+    store on a read-only mount opens too."""
     spec = store_spec(store or (ctx.obj or {}).get("store"))
     if isinstance(spec, str) and must_exist and not spec.startswith(REDIS_SCHEMES) \
             and not Path(spec).is_dir():
         raise ConfigError(f"no store at {spec!r} (use --store, $TRACER_WRAP_STORE or the store key"
                           f" of {names.CONFIG_FILE})")
-    return open_store(spec)
+    return open_store(spec, reads_only=reads_only)
 
 
 def _known_task(store: Store, task: str) -> None:
@@ -144,7 +147,7 @@ def status(
     calls answered locally and money saved."""
     from .status import task_status
 
-    st = _store_of(ctx, store)
+    st = _store_of(ctx, store, reads_only=True)
     selected = tasks or st.tasks()
     for name in selected:
         _known_task(st, name)
@@ -344,7 +347,7 @@ def versions(ctx: typer.Context, task: TaskArg, store: StoreOpt = None,
     from ..versions import certified_coverage, pinned_version
     from .status import refusal
 
-    st = _store_of(ctx, store)
+    st = _store_of(ctx, store, reads_only=True)
     _known_task(st, task)
     current, pinned = st.current_version(task), pinned_version(st, task)
     refused = refusal(st, task, current)
@@ -505,7 +508,7 @@ def export_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Write the task's valid traces as JSONL lines {"input": ..., "teacher": ...}."""
-    st = _store_of(ctx, store)
+    st = _store_of(ctx, store, reads_only=True)
     _known_task(st, task)
     n = st.export_jsonl(task, output)
     if as_json:
@@ -634,7 +637,7 @@ def report(
     from ..model.embedder import make_embedder
     from .report import render_report
 
-    st = _store_of(ctx, store)
+    st = _store_of(ctx, store, reads_only=True)
     _known_task(st, task)
     emb = None
     version = st.current_version(task)
@@ -737,7 +740,7 @@ def tasks(ctx: typer.Context, store: StoreOpt = None, as_json: JsonOpt = False) 
     classification, whether routing is on and the coverage certified today."""
     from ..integrations.zero_code import task_summaries
 
-    st = _store_of(ctx, store)
+    st = _store_of(ctx, store, reads_only=True)
     rows = task_summaries(st)
     if as_json:
         _emit_json(rows)

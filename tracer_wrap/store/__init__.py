@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..errors import StoreError
 from ..options import store_spec
 from .base import (
     REDIS_SCHEMES,
@@ -33,11 +34,14 @@ __all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "NewTrace", "Origin", "RedisSto
            "task_id"]
 
 
-def open_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
+def open_store(spec: Store | str | os.PathLike[str] | None = None, *,
+               reads_only: bool = False) -> Store:
     """The store ``spec`` names: an open store as is, a ``redis://`` URL, or a directory.
 
     ``None`` means the default store (:func:`tracer_wrap.options.store_spec`:
     ``$TRACER_WRAP_STORE``, the ``store`` key of ``tracer_wrap.toml``, else ``./.tracer_wrap``).
+    ``reads_only`` says the caller only reads: a directory that cannot be written (a read-only
+    mount) is then opened read-only (:class:`TraceStore` ``read_only``).
     Raises StoreError when the store cannot be opened, MissingExtraError when a Redis URL is given
     and redis-py is not installed, ConfigError for a bad configuration file.
     """
@@ -50,7 +54,15 @@ def open_store(spec: Store | str | os.PathLike[str] | None = None) -> Store:
         from .redis_store import RedisStore
 
         return RedisStore(spec)
-    return TraceStore(spec)
+    try:
+        return TraceStore(spec)
+    except StoreError as exc:
+        if not reads_only:
+            raise
+        try:
+            return TraceStore(spec, read_only=True)
+        except StoreError:
+            raise exc from None  # not a read-only store: what the read-write open met
 
 
 def __getattr__(name: str) -> Any:

@@ -246,6 +246,71 @@ class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
         return super().store(value, read, key=key)
 
 
+class _ReadOnlyCache:
+    """The reads :class:`TraceStore` makes of a diskcache.Cache, over read-only SQLite
+    connections to the same database (one per thread, as diskcache's), for a store that cannot be
+    written (a read-only mount, a snapshot): diskcache's own set-up writes its schema, pragmas and
+    settings whenever it opens a cache. Rows are decoded by :class:`_PlainDisk` (a pickled row
+    raises StoreTampered) and expired ones skipped, as diskcache does; every write raises
+    StoreError."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self._uri = f"{(Path(directory) / 'cache.db').as_uri()}?mode=ro"
+        self._local = threading.local()
+        self._disk = _PlainDisk(directory)
+        self._sql("SELECT 1 FROM Cache LIMIT 1")  # no database, or not diskcache's: fail now
+
+    def _sql(self, statement: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = sqlite3.connect(
+                self._uri, uri=True, timeout=_CACHE_SETTINGS["timeout"], isolation_level=None)
+        return con.execute(statement, params)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        rows = self._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1"
+                         " AND (expire_time IS NULL OR expire_time > ?)",
+                         (key, time.time())).fetchall()
+        if not rows:
+            return default
+        (mode, filename, value), = rows
+        return self._disk.fetch(mode, filename, value, False)
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+    def iterkeys(self) -> Iterator[Any]:
+        """Every key, in diskcache's order (read at once: what is iterated is the meta keys)."""
+        rows = self._sql("SELECT key, raw FROM Cache ORDER BY key ASC, raw ASC").fetchall()
+        return (self._disk.get(key, raw) for key, raw in rows)
+
+    @contextmanager
+    def transact(self) -> Iterator[None]:
+        yield  # the writes inside raise
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their thread ends)."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise StoreError(f"trace store {str(Path(self.directory).parent)!r} is opened read-only")
+
+    add = set = delete = incr = _refuse
+
+
+_MISSING = object()
+
+
 class _RowTampered(Exception):
     """Row ``index`` of an append met a tampered stored row (:class:`StoreTampered`)."""
 
@@ -260,14 +325,28 @@ class TraceStore:
     ``path`` defaults to the default store (see :func:`tracer_wrap.store.open_store`); it is
     created if needed.
     Raises :class:`StoreError` when the directory cannot be created or written.
+
+    ``read_only=True`` opens an existing store without writing to it, for one that cannot be
+    written (a read-only mount, a snapshot): nothing is created, every write raises StoreError,
+    except :meth:`put_vectors`, which keeps nothing (stored vectors only spare embedding again,
+    and a read such as a report may compute some). Raises StoreError when there is no store at
+    ``path``.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 read_only: bool = False) -> None:
         if path is None:
             from ..options import store_spec
 
             path = str(store_spec())
         self.path = Path(path)
+        self.read_only = read_only
+        self._pid = -1
+        self._open_lock = threading.Lock()
+        self._registered: set[str] = set()  # tasks this object knows are listed in meta
+        if read_only:
+            self._open()
+            return
         try:
             self.path.mkdir(mode=_DIRECTORY_MODE, parents=True, exist_ok=True)
             for part in ("traces", "meta", "routers"):
@@ -280,9 +359,6 @@ class TraceStore:
             probe.unlink()
         except OSError as exc:
             raise StoreError(f"trace store {str(self.path)!r} is not writable: {exc}") from exc
-        self._pid = -1
-        self._open_lock = threading.Lock()
-        self._registered: set[str] = set()  # tasks this object knows are listed in meta
         self._open()
 
     # -- connections -------------------------------------------------------------------------
@@ -302,10 +378,13 @@ class TraceStore:
         self._pid = os.getpid()
 
     def _open_once(self) -> None:
-        opened: list[diskcache.Cache] = []
+        opened: list[diskcache.Cache | _ReadOnlyCache] = []
         try:
             with _guarded(str(self.path)):
                 for part in ("traces", "meta"):
+                    if self.read_only:
+                        opened.append(_ReadOnlyCache(str(self.path / part)))
+                        continue
                     _private_file(self.path / part / "cache.db")
                     opened.append(diskcache.Cache(str(self.path / part), disk=_PlainDisk,
                                                   **_CACHE_SETTINGS))
@@ -471,6 +550,8 @@ class TraceStore:
         """Store the vector of each trace ``seq`` (bytes of :func:`encode_vectors`), replacing
         any earlier one, in one SQLite transaction. Raises StoreError when the disk refuses."""
         _check_task(task)
+        if self.read_only:
+            return
         traces, _ = self._caches()
         try:
             with traces.transact():
@@ -622,6 +703,7 @@ class TraceStore:
         rename: readers see the old content or the new, never half). Raises StoreError when the
         disk refuses."""
         path = self._artifact_path(task, name)
+        self._refuse_if_read_only()
         try:
             write_private(path, data)
         except OSError as exc:
@@ -632,7 +714,12 @@ class TraceStore:
         return self._artifact_path(task, name).read_bytes()
 
     def delete_artifact(self, task: str, name: str) -> None:
+        self._refuse_if_read_only()
         self._artifact_path(task, name).unlink(missing_ok=True)
+
+    def _refuse_if_read_only(self) -> None:
+        if self.read_only:
+            raise StoreError(f"trace store {str(self.path)!r} is opened read-only")
 
     def _artifact_path(self, task: str, name: str) -> Path:
         _check_artifact_name(name)
