@@ -109,6 +109,7 @@ def test_an_llm_answer_is_one_client_span_with_genai_attributes(client, spans, s
         "tracer_wrap.label": "refund", "tracer_wrap.traced": True, "tracer_wrap.target": 0.95}
     assert attributes["gen_ai.usage.input_tokens"] > 0 and attributes["gen_ai.usage.output_tokens"]
     assert attributes["gen_ai.response.id"].startswith("chatcmpl-")
+    assert attributes["openai.response.system_fingerprint"] == "fp_llm_server"
     assert attributes["tracer_wrap.reason"] == "no router fitted yet"
     assert "tracer_wrap.router.version" not in attributes
 
@@ -286,3 +287,30 @@ def test_without_opentelemetry_spans_are_no_ops(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_gateway_calls_have_the_same_request_attributes_as_sdk_calls(server, store, spans):
+    pytest.importorskip("uvicorn")
+    from _http import serving
+
+    from tracer_wrap.model.hashing import hashing_embedder
+    from tracer_wrap.ops.gateway import create_app
+
+    application = create_app(store, openai_upstream=server.base_url_openai,
+                             anthropic_upstream=server.base_url_anthropic,
+                             embedder=hashing_embedder(), **OPTIONS)
+    with serving(application) as url, \
+            openai.OpenAI(base_url=f"{url}/v1", api_key="t", max_retries=0) as through:
+        through.chat.completions.create(model="gpt-test", messages=ask("refund please"),
+                                        temperature=0.2, max_tokens=5)
+        until(spans.get_finished_spans, "the gateway's span ended")
+    attributes = dict(only(spans).attributes or {})
+    assert {k: attributes.get(k) for k in (
+        "gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.system", "gen_ai.request.model",
+        "gen_ai.request.max_tokens", "gen_ai.request.temperature", "gen_ai.request.stream",
+        "tracer_wrap.api", "tracer_wrap.label")} == {
+        "gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+        "gen_ai.system": "openai", "gen_ai.request.model": "gpt-test",
+        "gen_ai.request.max_tokens": 5, "gen_ai.request.temperature": 0.2,
+        "gen_ai.request.stream": False, "tracer_wrap.api": "openai.chat",
+        "tracer_wrap.label": "refund"}

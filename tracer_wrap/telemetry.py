@@ -14,9 +14,10 @@ paths that are no SDK call), a child of the caller's current span, sent wherever
 tracer provider sends spans (OTLP to Langfuse, Datadog, Honeycomb, ...). Its attributes:
 
 * the GenAI conventions' ``gen_ai.operation.name``, ``gen_ai.provider.name`` (and the older
-  ``gen_ai.system``), ``gen_ai.request.*``, ``gen_ai.response.model`` / ``.id`` /
-  ``.finish_reasons``, ``gen_ai.usage.input_tokens`` / ``.output_tokens`` (0 for a local answer)
-  and ``error.type``;
+  ``gen_ai.system``), ``gen_ai.request.*`` (:func:`request_attributes`, the same on every
+  path), ``gen_ai.response.model`` / ``.id`` / ``.finish_reasons``, OpenAI's
+  ``openai.response.system_fingerprint``, ``gen_ai.usage.input_tokens`` / ``.output_tokens``
+  (0 for a local answer) and ``error.type``;
 * tracer_wrap's own: ``tracer_wrap.task``, ``tracer_wrap.answered_locally``, ``tracer_wrap.label``
   (and ``tracer_wrap.label_valid`` of an LLM answer), ``tracer_wrap.router.version``,
   ``tracer_wrap.router.label`` / ``.score``, ``tracer_wrap.target``,
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
     from .engine import Plan
     from .options import TaskOptions
 
-__all__ = ["CallSpan", "current_call", "start_call", "use_tracer_provider"]
+__all__ = ["CallSpan", "current_call", "request_attributes", "start_call",
+           "use_tracer_provider"]
 
 #: The attribute a path sets in ``Reply.attributes`` when a local answer cannot honour the
 #: request (its value says why); the span reports it as the reason the call went to the LLM.
@@ -258,6 +260,38 @@ class _Span(CallSpan):
             _coverages.clear()
         _coverages[key] = coverage
         return coverage
+
+
+def request_attributes(provider: str, api: str, request: Mapping[str, Any], *,
+                       stream: bool, operation: str = "chat") -> dict[str, Any]:
+    """The GenAI attributes of one request (``gen_ai.operation.name``, ``gen_ai.provider.name``
+    and the older ``gen_ai.system``, ``gen_ai.request.*``) and ``tracer_wrap.api``, from the
+    request's arguments or wire body ``request`` of ``api`` at ``provider``; the same for every
+    path (SDK clients, gateway). Values of the wrong type are left out."""
+    max_tokens = next((request[k] for k in ("max_completion_tokens", "max_tokens",
+                                            "max_output_tokens")
+                       if isinstance(request.get(k), int)
+                       and not isinstance(request.get(k), bool)), None)
+    stop = request.get("stop", request.get("stop_sequences"))
+    model = request.get("model")
+    return {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": provider,
+        "gen_ai.system": provider,
+        "gen_ai.request.model": model if isinstance(model, str) else None,
+        "gen_ai.request.max_tokens": max_tokens,
+        "gen_ai.request.temperature": _number(request.get("temperature")),
+        "gen_ai.request.top_p": _number(request.get("top_p")),
+        "gen_ai.request.stop_sequences": [stop] if isinstance(stop, str)
+        else list(stop) if isinstance(stop, (list, tuple)) else None,
+        "gen_ai.request.stream": stream,
+        "tracer_wrap.api": api,
+    }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else None
 
 
 def _otel_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:

@@ -132,6 +132,8 @@ def describe_chat_completion(completion: Any) -> dict[str, Any]:
         return {}
     return {"gen_ai.response.id": completion.id, "gen_ai.response.model": completion.model,
             "gen_ai.response.finish_reasons": [str(c.finish_reason) for c in completion.choices],
+            "openai.response.system_fingerprint": completion.system_fingerprint,
+            # The name before the GenAI conventions moved it, still read by older backends.
             "gen_ai.openai.response.system_fingerprint": completion.system_fingerprint}
 
 

@@ -279,8 +279,9 @@ class Tasks:
                raw: str | None, body: _RawBody | None, is_async: bool) -> Reply[Any]:
         """How the engine reads and builds this call's SDK objects (the engine reads labels in,
         and spells local ones in, the LLM's own spelling)."""
-        attributes = _attributes(spec, request)
         streaming = _streaming(request)
+        attributes = telemetry.request_attributes(
+            spec.provider, spec.name, request, stream=streaming or spec.manager)
 
         def label_of(result: Any) -> object:
             _describe(telemetry.current_call(), spec, result)
@@ -575,38 +576,11 @@ class AsyncCalls(Calls):
                                            kwargs)
 
 
-def _attributes(spec: ApiSpec, request: Mapping[str, Any]) -> dict[str, Any]:
-    """The OpenTelemetry GenAI attributes of a request (``gen_ai.request.*``)."""
-    max_tokens = next((request[k] for k in ("max_completion_tokens", "max_tokens",
-                                            "max_output_tokens")
-                       if isinstance(request.get(k), int)), None)
-    stop = request.get("stop", request.get("stop_sequences"))
-    return {
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": spec.provider,
-        "gen_ai.system": spec.provider,
-        "gen_ai.request.model": request.get("model") if isinstance(request.get("model"), str)
-        else None,
-        "gen_ai.request.max_tokens": max_tokens,
-        "gen_ai.request.temperature": _number(request.get("temperature")),
-        "gen_ai.request.top_p": _number(request.get("top_p")),
-        "gen_ai.request.stop_sequences": [stop] if isinstance(stop, str)
-        else list(stop) if isinstance(stop, (list, tuple)) else None,
-        "gen_ai.request.stream": _streaming(request) or spec.manager,
-        "tracer_wrap.api": spec.name,
-    }
-
-
 def _describe(span: telemetry.CallSpan, spec: ApiSpec, result: Any) -> None:
     """Tell ``span`` the ``gen_ai.response.*`` attributes of ``result``; nothing is read when
     the span keeps nothing (no telemetry: the common case, on every call)."""
     if span.recording:
         span.describe(spec.describe(result))
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else None
 
 
 def _usage(result: Any) -> Usage | None:

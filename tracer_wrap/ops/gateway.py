@@ -738,8 +738,8 @@ class _Gateway:
         def later(result: Any, done: Callable[[object, Usage | None], None]) -> _Deferred:
             return _Deferred(done)
 
-        attributes = {"gen_ai.system": api.provider, "gen_ai.operation.name": api.operation,
-                      "gen_ai.request.model": payload.get("model")}
+        attributes = telemetry.request_attributes(api.provider, api.name, payload,
+                                                  stream=streaming, operation=api.operation)
         blocked = local_answer_blocker(api.name, payload, texts)
         if blocked is not None:
             attributes[telemetry.BLOCKED] = blocked
