@@ -136,7 +136,8 @@ def test_export_then_import_round_trip(store_dir: Path, tmp_path: Path) -> None:
     fresh = tmp_path / "fresh"
     result = cli("--store", str(fresh), "import", str(out), "--task", "copy", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"task": "copy", "lines": 800, "new_traces": 800}
+    assert json.loads(result.stdout) == {"task": "copy", "lines": 800, "new_traces": 800,
+                                         "not_a_label": 0, "not_a_label_top": []}
     assert TraceStore(fresh).traces("copy")[0].origin == "import"
 
 

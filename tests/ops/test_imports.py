@@ -84,7 +84,8 @@ def test_the_command_shows_the_tasks_and_imports_nothing_until_told(tmp_path: Pa
     done = cli("--store", str(store), "import", sample, "--task-key", KEY[:16], "--as", "intent",
                "--json")
     assert done.exit_code == 0, done.output
-    assert json.loads(done.stdout) == {"task": "intent", "lines": 24, "new_traces": 24}
+    assert json.loads(done.stdout) == {"task": "intent", "lines": 24, "new_traces": 24,
+                                       "not_a_label": 0, "not_a_label_top": []}
     traces = TraceStore(store).traces("intent")
     assert {t.teacher for t in traces} == set(LABELS) and {t.origin for t in traces} == {"import"}
     assert "I lost my card on the train this morning" in {t.input for t in traces}
@@ -135,6 +136,11 @@ def test_imports_follow_the_tasks_options(tmp_path: Path, monkeypatch: pytest.Mo
     three = json.loads(cli("--store", str(store), "import", sample, "--task", "three",
                            "--json").stdout)
     assert three["lines"] == 18  # exchange_rate answers match no label of the task
+    assert three["not_a_label"] == 6 and three["not_a_label_top"] == [["exchange_rate", 6]]
+    said = cli("--store", str(tmp_path / "other"), "import", sample, "--task", "three")
+    assert said.exit_code == 0
+    assert "Left out 6 records whose answer names no label of three (most often:" \
+        " 'exchange_rate' x6)" in " ".join(said.stdout.split())
 
 
 # -- malformed files import nothing and say where ------------------------------------------

@@ -581,6 +581,10 @@ def import_cmd(
     for result in results:
         console.print(f"Imported {result['lines']} records into {result['task']}"
                       f" ({result['new_traces']} new distinct inputs).", markup=False)
+        if result["not_a_label"]:
+            top = ", ".join(f"{answer!r} x{n}" for answer, n in result["not_a_label_top"])
+            console.print(f"Left out {result['not_a_label']} records whose answer names no label"
+                          f" of {result['task']} (most often: {top}).", markup=False)
 
 
 def _clip(text: str, width: int) -> str:

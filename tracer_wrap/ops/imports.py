@@ -803,35 +803,46 @@ def import_task(store: Store, found: Found, task: str) -> dict[str, Any]:
 
 def import_tasks(store: Store, chosen: Sequence[tuple[Found, str]]) -> list[dict[str, Any]]:
     """Append the rows of each ``(found, task)`` to ``task`` as imported traces; return one
-    ``{"task", "lines", "new_traces"}`` per task (records imported, new distinct inputs).
+    ``{"task", "lines", "new_traces", "not_a_label", "not_a_label_top"}`` per task (records
+    imported, new distinct inputs, records left out because their answer names none of the
+    task's labels, and the most frequent of those answers with their counts, at most three).
 
     Answers are normalised against the task's labels and inputs stored as the task's options say
     (``redact``, ``store_inputs``: the same rule as live calls); an answer that names no label is
-    not imported. All or nothing: every row of every task is checked first, and a row that could
-    not be traced (empty or too long an input, text no store can encode, a failing redact hook)
-    raises ConfigError naming its place in the file before anything is written; each task's rows
+    not imported, only counted. All or nothing: every row of every task is checked first, and a
+    row that could not be traced (empty or too long an input, text no store can encode, a failing
+    redact hook) raises ConfigError naming its place in the file before anything is written; each
+    task's rows
     are then written in one store transaction. Raises ConfigError on a bad option, StoreError
     when the store refuses.
     """
-    prepared = [(task, _rows_to_import(store, found, task)) for found, task in chosen]
+    prepared = [(task, *_rows_to_import(store, found, task)) for found, task in chosen]
     results = []
-    for task, rows in prepared:
+    for task, rows, unlabelled in prepared:
         before = store.count(task)
         store.append_many(task, rows)
         results.append({"task": task, "lines": len(rows),
-                        "new_traces": store.count(task) - before})
+                        "new_traces": store.count(task) - before,
+                        "not_a_label": sum(unlabelled.values()),
+                        "not_a_label_top": [[answer, n] for answer, n
+                                            in unlabelled.most_common(3)]})
     return results
 
 
-def _rows_to_import(store: Store, found: Found, task: str) -> list[NewTrace]:
+def _rows_to_import(store: Store, found: Found, task: str
+                    ) -> tuple[list[NewTrace], Counter[str]]:
+    """The traces to write for ``found`` in ``task``, and the answers that name no label of
+    the task, counted (they are not imported)."""
     options = TaskOptions.resolve(task, {"store": store})
     labels = LabelSet(options.labels)
     key = hash_key(store, task) if options.store_inputs == "hash" else None
     wheres = found.wheres or [f"record {i + 1}" for i in range(len(found.rows))]
     rows: list[NewTrace] = []
+    unlabelled: Counter[str] = Counter()
     for (text, raw), where in zip(found.rows, wheres):
         label = labels.normalise(raw)
         if label is None:
+            unlabelled[" ".join(str(raw).split())[:80]] += 1
             continue
         why = _untraceable(text)
         if not why:
@@ -849,4 +860,4 @@ def _rows_to_import(store: Store, found: Found, task: str) -> list[NewTrace]:
         if why:
             raise ConfigError(f"{where}: {why}; nothing was imported")
         rows.append(row)
-    return rows
+    return rows, unlabelled
