@@ -812,9 +812,8 @@ def import_tasks(store: Store, chosen: Sequence[tuple[Found, str]]) -> list[dict
     not imported, only counted. All or nothing: every row of every task is checked first, and a
     row that could not be traced (empty or too long an input, text no store can encode, a failing
     redact hook) raises ConfigError naming its place in the file before anything is written; each
-    task's rows
-    are then written in one store transaction. Raises ConfigError on a bad option, StoreError
-    when the store refuses.
+    task's rows are then written in one store transaction. Raises ConfigError on a bad option,
+    StoreError when the store refuses.
     """
     prepared = [(task, *_rows_to_import(store, found, task)) for found, task in chosen]
     results = []
