@@ -215,6 +215,37 @@ def test_every_stored_string_follows_the_rule(store, embedder, monkeypatch):
     assert "4111" not in raw and "jane" not in raw and "charged twice" not in raw
 
 
+def test_an_answer_redaction_would_change_is_no_label_of_a_task_without_labels(
+        store, embedder, tmp_path, monkeypatch):
+    """Without declared labels any answer could be a label: one quoting an e-mail address is
+    invalid instead, and stored redacted, on every path that reads answers."""
+    task = TracedTask("free", store=store, embedder=embedder, redact="pii", min_traces=20,
+                      refit_every=None)
+    assert task.call("who handles this?", lambda: "escalate jane.doe@example.com") == \
+        "escalate jane.doe@example.com"  # the caller gets the LLM's answer untouched
+    assert task.call("and this one?", lambda: "refund") == "refund"
+    assert task.flush()
+    traces = {t.input: t for t in store.traces("free")}
+    assert not traces["who handles this?"].valid
+    assert traces["who handles this?"].teacher == "escalate <EMAIL>"
+    assert traces["and this one?"].valid and traces["and this one?"].teacher == "refund"
+    raw = "".join(p.read_bytes().decode("latin-1") for p in store.path.rglob("*")
+                  if p.is_file())
+    assert "jane" not in raw
+
+    from tracer_wrap.ops.imports import discover, import_task
+
+    monkeypatch.chdir(tmp_path)  # imports take the task's options from its configuration
+    (tmp_path / "tracer_wrap.toml").write_text('[tasks.free]\nredact = "pii"\n',
+                                               encoding="utf-8")
+    lines = tmp_path / "calls.jsonl"
+    lines.write_text('{"input": "x", "teacher": "mail bob@example.com"}\n'
+                     '{"input": "y", "teacher": "refund"}\n', encoding="utf-8")
+    (found,) = discover(lines).tasks
+    result = import_task(TraceStore(tmp_path / "imported"), found, "free")
+    assert result["lines"] == 1 and result["not_a_label"] == 1
+
+
 def test_the_key_is_read_by_the_writer_never_on_the_request_path(tmp_path, embedder,
                                                                  monkeypatch):
     import threading

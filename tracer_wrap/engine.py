@@ -226,7 +226,7 @@ class TracedTask:
             options = options.replace(**kwargs)
         self.task = task
         self.options = options if options is not None else TaskOptions.resolve(task, kwargs)
-        self.label_set = LabelSet(self.options.labels)
+        self.label_set = LabelSet(self.options.labels, redact=self.options.redact)
         self.stats = Stats()
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -84,11 +84,16 @@ class LabelSet:
     (where labels nest, like ``card`` and ``card arrival``, the longest wins). Anything else,
     refusals included, is invalid (``None``).
     Without a fixed label set (``labels=None``) any non-empty output after stripping is accepted
-    as is (a JSON object answer gives its label field), so the set grows with what the LLM says.
+    as is (a JSON object answer gives its label field), so the set grows with what the LLM says,
+    except an output that the task's ``redact`` hook changes (or fails on): it quotes what the task
+    keeps out of its store (an e-mail address, a card number), so it is invalid, and stored
+    redacted as invalid answers are.
     """
 
-    def __init__(self, labels: Iterable[str] | None = None) -> None:
+    def __init__(self, labels: Iterable[str] | None = None, *,
+                 redact: Callable[[str], str] | None = None) -> None:
         self._by_key: dict[str, str] | None = None
+        self._redact = redact
         if labels is not None:
             if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
                 raise ConfigError(f"labels must be a collection of strings, got {labels!r}")
@@ -127,11 +132,20 @@ class LabelSet:
         if not key:
             return None
         if self._by_key is None:
-            return unicodedata.normalize("NFKC", output).strip().strip(_QUOTES).strip() or None
+            label = unicodedata.normalize("NFKC", output).strip().strip(_QUOTES).strip()
+            return label if label and self._kept_as_is(label) else None
         exact = self._by_key.get(key)
         if exact is not None or from_json is not None:
             return exact
         return self._leading_label(key)
+
+    def _kept_as_is(self, label: str) -> bool:
+        if self._redact is None:
+            return True
+        try:
+            return self._redact(label) == label
+        except Exception:  # the hook's failure is the engine's to report, on the input
+            return False
 
     def _leading_label(self, key: str) -> str | None:
         # A label then an explanation: the label must end at a word boundary ("refunds" is not

@@ -14,7 +14,9 @@ The LLM always gets the caller's input untouched; the store and the router see i
   input by hashing it (public datasets, dictionaries) without the key, while one input always
   gets the same hash within its task (repeats are counted as one trace).
 * Every string of a call the store keeps follows the same rule: the input, an invalid LLM
-  answer (it may quote the input) and every string in the trace's ``meta``.
+  answer (it may quote the input) and every string in the trace's ``meta``. Labels are kept as
+  they are; in a task that declares none, an answer that ``redact`` would change is no label but
+  an invalid answer (:class:`~tracer_wrap.labels.LabelSet`), so it is stored redacted too.
 * ``retention``: ``{"max_traces": N, "max_age_seconds": S}``, enforced on the store after each
   refit (:meth:`TraceStore.prune`).
 """

@@ -338,7 +338,7 @@ class Refitter:
         self._flush = flush
         self._published = published
         self._fault = on_fault
-        self.label_set = LabelSet(options.labels)
+        self.label_set = LabelSet(options.labels, redact=options.redact)
         self._names: tuple[str, dict[str, np.ndarray]] | None = None
         self.policy: RefitPolicy = options.refit_policy or (
             refit_never if options.refit_every is None

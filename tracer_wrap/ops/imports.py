@@ -833,7 +833,7 @@ def _rows_to_import(store: Store, found: Found, task: str
     """The traces to write for ``found`` in ``task``, and the answers that name no label of
     the task, counted (they are not imported)."""
     options = TaskOptions.resolve(task, {"store": store})
-    labels = LabelSet(options.labels)
+    labels = LabelSet(options.labels, redact=options.redact)
     key = hash_key(store, task) if options.store_inputs == "hash" else None
     wheres = found.wheres or [f"record {i + 1}" for i in range(len(found.rows))]
     rows: list[NewTrace] = []
