@@ -118,6 +118,12 @@ def _string_field(schema: Any) -> str:
     return stringy[0] if stringy else "label"
 
 
+class _Listener(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 reset connections when 32 client threads connected at
+    # once while the GIL was busy: failures of the test server, not of the code under test.
+    request_queue_size = 128
+
+
 class LLMServer:
     """The fake LLM; see the module docstring. Start it with :func:`serve_llm`."""
 
@@ -142,7 +148,7 @@ class LLMServer:
         class Handler(_Handler):
             llm = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Listener(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={"poll_interval": 0.02},
