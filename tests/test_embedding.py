@@ -206,3 +206,22 @@ def test_bulk_work_embeds_texts_of_similar_lengths_together_in_the_callers_order
     # Each model call's texts are no longer than the next call's: no call pads a short text to
     # a long one it did not need to wait for.
     assert all(max(map(len, a)) <= min(map(len, b)) for a, b in zip(calls, calls[1:]))
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_inside_the_model_reaches_its_waiter_unchanged_and_the_worker_goes_on(
+        interrupt: type[BaseException]) -> None:
+    # A KeyboardInterrupt is the caller's, not a fault of the embedder's: wrapped in an
+    # EmbedderError it would become one (a call sent to the LLM, a refit that "failed").
+    raised = [True]
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if raised[0]:
+            raised[0] = False
+            raise interrupt()
+        return np.ones((len(texts), 4))
+
+    service = EmbeddingService(Embedder.from_callable(embed, name="interrupted", cache_bytes=0))
+    with pytest.raises(interrupt):
+        service.embed(["a", "b"])
+    assert service.embed_one("c", 60.0).shape == (4,)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from _wait import until
 
-from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore
+from tracer_wrap import Embedder, GateRefused, TracedTask, TraceStore, names
 from tracer_wrap.model.gate import binomial_pvalue
 from tracer_wrap.refit import (
     RefitRunner,
@@ -544,3 +544,38 @@ def test_killed_fit_process_fails_open(tmp_path: Path) -> None:
     feed(task, 10, "after")  # calls still work, the claim was released
     assert task.refit() is not None and task.version == 1  # a fresh process pool fits
     task.close()
+
+
+def test_an_interrupt_during_an_inline_refit_reaches_the_caller(tmp_path: Path) -> None:
+    # Ctrl-C while `tracer-wrap demo` refits inline: the KeyboardInterrupt must stop the caller,
+    # not be logged as a failed refit while the stream goes on. The traces that asked for the
+    # refit ask again.
+    interrupted = [False]
+
+    def embed(texts: list[str]) -> np.ndarray:
+        if len(texts) > 1 and not interrupted[0]:  # the refit's batch
+            interrupted[0] = True
+            raise KeyboardInterrupt
+        return synth_embed(texts)
+
+    task = make_task(str(tmp_path), refit_every=100, refit_executor="inline",
+                     embedder=Embedder.from_callable(embed, name="synth", cache_bytes=0))
+    with pytest.raises(KeyboardInterrupt):
+        feed(task, 100)
+    assert interrupted[0] and task.stats.errors == 0 and task.version is None
+    assert not task.refitter.runner.running
+    assert task.store.counter("t", names.COUNTER_NEW_TRACES) >= 100
+    feed(task, 1, "after")  # the next write refits
+    assert task.version == 1
+    task.close()
+
+
+def test_runner_inline_reraises_an_interrupt() -> None:
+    runner = RefitRunner("inline")
+
+    def job() -> int:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.submit(job)
+    assert not runner.running

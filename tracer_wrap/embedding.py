@@ -392,10 +392,12 @@ class EmbeddingService:
         try:
             vectors = self.embedder.embed(texts)
         except BaseException as exc:  # every waiter learns why; the worker goes on
+            # Unchanged, KeyboardInterrupt and SystemExit included: a waiter re-raises what the
+            # model raised, so an interrupt stops its caller instead of becoming a fault that
+            # sends the call to the LLM (or a refit that fails quietly).
             for future in futures:
                 if not future.done():
-                    future.set_exception(exc if isinstance(exc, Exception)
-                                         else EmbedderError(repr(exc)))
+                    future.set_exception(exc)
             return
         if whole:
             futures[0].set_result(vectors)

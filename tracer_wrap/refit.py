@@ -189,7 +189,8 @@ class RefitRunner:
     :meth:`run_fit` runs the CPU-heavy ``fn(**kwargs)`` in the job's own thread, or in a spawned
     worker process for ``"process"``; ``fn`` and its arguments must then be picklable. A worker
     process that dies (killed, out of memory) raises BrokenProcessPool in the job and is replaced
-    on the next fit.
+    on the next fit. A KeyboardInterrupt or SystemExit of an inline job is re-raised in the
+    calling thread (after its future ends with it): an interrupt is never a failed refit.
     """
 
     def __init__(self, kind: ExecutorKind = "thread") -> None:
@@ -216,8 +217,14 @@ class RefitRunner:
                 return self._future
         try:
             future.set_result(job())
-        except BaseException as exc:
+        except Exception as exc:
             future.set_exception(exc)
+        except BaseException as exc:
+            # KeyboardInterrupt, SystemExit: the caller's own, not the refit's. The future ends
+            # (a later refit may run) and the interrupt reaches the caller, as it would without
+            # tracer_wrap.
+            future.set_exception(exc)
+            raise
         return future
 
     def run_fit(self, fn: Callable[..., T], **kwargs: Any) -> T:
@@ -374,9 +381,9 @@ class Refitter:
         elsewhere, when there are fewer than ``min_traces`` valid traces, or for an audit-only task
         (``store_inputs="hash"``); StoreError / EmbedderError when the store or the embedder
         fails. A refit that dies keeps its claim until ``refit_claim_ttl`` runs out. One that the
-        interpreter's exit stops (its thread pools refuse new work, a model's loader included)
-        gives back the count of new traces that asked for it, so the next process refits at its
-        first write.
+        interpreter's exit stops (its thread pools refuse new work, a model's loader included),
+        or a KeyboardInterrupt, gives back the count of new traces that asked for it, so the next
+        process refits at its first write; the interrupt itself is re-raised.
         """
         options = self.options
         if options.store_inputs == "hash":
@@ -444,10 +451,11 @@ class Refitter:
                 self._published(published, router, ood)
             self._apply_retention(store, seen_seq)
             return router
-        except Exception:
-            if background.exiting() and taken:
-                # Stopped by the exit, not by a fault of its own: the traces that asked for it
-                # ask again, so the next process refits at its first write.
+        except BaseException as exc:
+            if taken and (background.exiting() or not isinstance(exc, Exception)):
+                # Stopped by the exit or an interrupt (KeyboardInterrupt), not by a fault of its
+                # own: the traces that asked for it ask again, so the next process refits at
+                # its first write.
                 store.incr(self.task, names.COUNTER_NEW_TRACES, taken)
             raise
         finally:
