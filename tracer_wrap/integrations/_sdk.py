@@ -118,8 +118,11 @@ class Tasks:
     turn with its own history, is left alone. ``options`` are the task options every task gets
     (the ``tracer_wrap.toml`` table of each task name still applies beneath them). Thread-safe.
 
-    A call never opens or reads the store: the store's task names are read by the background
-    worker (:meth:`step`), every :data:`KNOWN_TASKS_SECONDS`, and a task opens its store there.
+    A call never opens or reads the store, nor waits for it to be opened: the store's task names
+    are read by the background worker (:meth:`step`), every :data:`KNOWN_TASKS_SECONDS`, which
+    opens the store there (opening a disk store another process holds locked takes up to 30 s);
+    the lock guarding this object's state is never held while the store opens or an embedder is
+    built.
     """
 
     def __init__(self, *, task: str | None = None, learner: TemplateLearner | None = None,
@@ -130,36 +133,47 @@ class Tasks:
         # Validated now, so a bad option raises at wrap time rather than on the first call.
         self._base = TaskOptions.resolve(task or "tracer_wrap", options)
         self._store: Store | None = None
-        self._embedder: Embedder | None = None
+        chosen = self._base.embedder
+        self._embedder: Embedder | None = chosen if isinstance(chosen, Embedder) else None
         self._tasks: dict[str, TracedTask] = {}
         self._known: tuple[float, frozenset[str]] | None = None
+        # Held only to read or set the fields above, never around I/O: the first call of a task
+        # takes it while the background worker may be opening the store.
         self._lock = threading.Lock()
         background.register(self)
 
     @property
     def store(self) -> Store:
-        """The shared store, opened on first use (raises StoreError when it cannot be)."""
+        """The shared store, opened on first use (raises StoreError when it cannot be). Opened
+        outside the lock: threads opening it together each open one, and all keep the first."""
         if self._store is None:
+            opened = open_store(self._base.store)
             with self._lock:
                 if self._store is None:
-                    self._store = open_store(self._base.store)
+                    self._store = opened
+                    return opened
+            if opened is not self._store:
+                opened.close()
         return self._store
 
     @property
     def embedder(self) -> Embedder:
-        """The shared embedder (its model loads on first embedding)."""
+        """The shared embedder (its model loads on first embedding): one given as an instance
+        from the start, one given by name built on first use, outside the lock like
+        :attr:`store`."""
         if self._embedder is None:
+            chosen = self._base.embedder
+            built = chosen if isinstance(chosen, Embedder) else make_embedder(chosen)
             with self._lock:
                 if self._embedder is None:
-                    chosen = self._base.embedder
-                    self._embedder = chosen if isinstance(chosen, Embedder) \
-                        else make_embedder(chosen)
+                    self._embedder = built
         return self._embedder
 
     def task(self, name: str) -> TracedTask:
         """The task named ``name``, created on first use (sharing the embedder, and the store
         once it is open; a task opens a store not yet open itself, off the request path).
-        Raises ConfigError on a bad option in the task's own table of ``tracer_wrap.toml``."""
+        Never waits for the store to open. Raises ConfigError on a bad option in the task's own
+        table of ``tracer_wrap.toml``."""
         found = self._tasks.get(name)
         if found is not None:
             return found

@@ -1,0 +1,137 @@
+"""A wrapped client whose store another process holds locked: its calls never wait for the store.
+
+Another process holds SQLite's ``BEGIN EXCLUSIVE`` on both databases of a disk store, so opening
+or reading it waits (opening retries for up to 30 s). The calls must complete while the lock is
+still held (a condition, never a duration), and once it is released their traces are written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from _support import TASK_OPTIONS, LLMServer, ask, easy_texts, teacher
+from _wait import until
+
+import tracer_wrap
+from tracer_wrap.integrations import _sdk, wrap_openai
+from tracer_wrap.store import TraceStore
+
+#: Holds the lock until a line arrives on stdin, or on its own after HOLD_SECONDS (longer than
+#: a store's 30 s opening attempt): a call that waited for the lock completes only after it.
+HOLD_SECONDS = 60
+HOLD_LOCK = """
+import sqlite3, sys
+connections = []
+for path in sys.argv[2:]:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # no other connection may read or write until COMMIT
+    connections.append(db)
+print("locked", flush=True)
+import select
+select.select([sys.stdin], [], [], float(sys.argv[1]))
+for db in connections:
+    db.execute("COMMIT")
+"""
+
+
+class Holder:
+    """Another process holding the store's SQLite lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(HOLD_SECONDS), str(path / "traces/cache.db"),
+             str(path / "meta/cache.db")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        assert self.process.stdout.readline() == "locked\n"
+
+    @property
+    def holding(self) -> bool:
+        return self.process.poll() is None
+
+    def release(self) -> None:
+        if self.holding:
+            assert self.process.stdin is not None
+            self.process.stdin.write("\n")
+            self.process.stdin.flush()
+        self.process.wait()
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[tuple[Path, Holder]]:
+    path = tmp_path / "store"
+    TraceStore(path).close()
+    holder = Holder(path)
+    try:
+        yield path, holder
+    finally:
+        holder.release()
+
+
+@pytest.fixture
+def opening(monkeypatch) -> dict[str, threading.Event]:
+    """Events set when the wrappers' store starts opening, and when it is open."""
+    events = {"started": threading.Event(), "opened": threading.Event()}
+    real = _sdk.open_store
+
+    def open_store(*args: Any, **kwargs: Any) -> Any:
+        events["started"].set()
+        opened = real(*args, **kwargs)
+        events["opened"].set()
+        return opened
+
+    monkeypatch.setattr(_sdk, "open_store", open_store)
+    return events
+
+
+def test_first_calls_do_not_wait_while_the_background_worker_opens_a_locked_store(
+        server: LLMServer, locked, opening, embedder):
+    path, holder = locked
+    texts = easy_texts(3)
+
+    async def main() -> None:
+        client = wrap_openai(openai.AsyncOpenAI(base_url=server.base_url_openai, api_key="t",
+                                                max_retries=0),
+                             task="intent", store=str(path), embedder=embedder, **TASK_OPTIONS)
+        until(opening["started"].is_set, "the background worker to start opening the store")
+        for text in texts:
+            answer = await client.chat.completions.create(model="m", messages=ask(text))
+            assert answer.choices[0].message.content == teacher(text)
+
+    asyncio.run(main())
+    # Done while the store is still being opened, behind the lock another process holds.
+    assert holder.holding and not opening["opened"].is_set()
+    holder.release()
+    until(opening["opened"].is_set, "the store to open once the lock is released")
+    assert tracer_wrap.flush()
+    assert sorted(t.input for t in TraceStore(path).traces("intent")) == sorted(texts)
+
+
+def test_first_sync_autolog_calls_do_not_wait_for_a_locked_store(server: LLMServer, locked,
+                                                                 opening, embedder):
+    path, holder = locked
+    texts = easy_texts(3)
+    tracer_wrap.autolog(store=str(path), embedder=embedder, **TASK_OPTIONS)
+    try:
+        with openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0) as client:
+            until(opening["started"].is_set, "the background worker to start opening the store")
+            for text in texts:  # the template recurs from its second call: a task
+                answer = client.chat.completions.create(model="m", messages=ask(text))
+                assert answer.choices[0].message.content == teacher(text)
+        assert holder.holding and not opening["opened"].is_set()
+        holder.release()
+        until(opening["opened"].is_set, "the store to open once the lock is released")
+        assert tracer_wrap.flush()
+        store = TraceStore(path)
+        assert sum(store.count(task) for task in store.tasks()) >= len(texts) - 1
+    finally:
+        tracer_wrap.autolog.disable()  # type: ignore[attr-defined]
+
