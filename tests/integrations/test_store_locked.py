@@ -17,10 +17,11 @@ from typing import Any
 
 import openai
 import pytest
-from _support import TASK_OPTIONS, LLMServer, ask, easy_texts, teacher
+from _support import TASK_OPTIONS, LLMServer, ask, easy_texts, fitted, teacher
 from _wait import until
 
 import tracer_wrap
+from tracer_wrap import serving
 from tracer_wrap.integrations import _sdk, wrap_openai
 from tracer_wrap.store import TraceStore
 
@@ -135,3 +136,32 @@ def test_first_sync_autolog_calls_do_not_wait_for_a_locked_store(server: LLMServ
     finally:
         tracer_wrap.autolog.disable()  # type: ignore[attr-defined]
 
+
+def test_an_async_call_with_a_token_limit_never_waits_for_the_first_read(
+        server: LLMServer, tmp_path: Path, embedder, monkeypatch):
+    # A call with max_tokens reads the router's labels (could a local answer exceed the limit?).
+    # Awaited, it must read them as the engine's async plan does, without waiting for the task's
+    # first read of the store; here that wait would last until the lock is released.
+    path = tmp_path / "store"
+    store = TraceStore(path)
+    with wrap_openai(openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0),
+                     store=store, embedder=embedder, **TASK_OPTIONS) as fitter:
+        fitted(store, fitter.tracer_wrap_tasks, "intent")
+    store.close()
+    monkeypatch.setattr(serving, "FIRST_LOAD_SECONDS", 10 * HOLD_SECONDS)
+    holder = Holder(path)
+    try:
+        async def main() -> None:
+            client = wrap_openai(openai.AsyncOpenAI(base_url=server.base_url_openai,
+                                                    api_key="t", max_retries=0),
+                                 task="intent", store=str(path), embedder=embedder,
+                                 **TASK_OPTIONS)
+            for text in easy_texts(2):
+                answer = await client.chat.completions.create(model="m", messages=ask(text),
+                                                              max_tokens=1)
+                assert answer.choices[0].message.content == teacher(text)
+
+        asyncio.run(main())
+        assert holder.holding
+    finally:
+        holder.release()

@@ -207,7 +207,7 @@ class Tasks:
         if args or names.disabled():
             return method(*args, **kwargs)
         request, kwargs = _replayable(kwargs)
-        call = self._call(spec, method, request, name, is_async)
+        call = self._call(spec, method, request, name, is_async, awaited=False)
         if call is None:
             return method(**kwargs)
         task, text, reply, _ = call
@@ -220,7 +220,7 @@ class Tasks:
         if args or names.disabled():
             return await method(*args, **kwargs)
         request, kwargs = _replayable(kwargs)
-        call = self._call(spec, method, request, name, True)
+        call = self._call(spec, method, request, name, True, awaited=True)
         if call is None:
             return await method(**kwargs)
         task, text, reply, raw = call
@@ -234,11 +234,12 @@ class Tasks:
         return await task.acall(text, llm, reply)
 
     def _call(self, spec: ApiSpec, method: Callable[..., Any], kwargs: Mapping[str, Any],
-              name: str | None, is_async: bool
+              name: str | None, is_async: bool, *, awaited: bool
               ) -> tuple[TracedTask, str, Reply[Any], _RawBody | None] | None:
         """The task, text and Reply of a call (and the reader of a raw response's body), or None
         when tracer_wrap stays out of it, as for a call the SDK ``method`` refuses before
-        sending it (its own error then reaches the caller). Never raises."""
+        sending it (its own error then reaches the caller). ``awaited``: the engine plans the
+        call with ``acall`` (on the event loop). Never raises."""
         try:
             raw = _raw_mode(kwargs)
             streaming = _streaming(kwargs)
@@ -260,7 +261,8 @@ class Tasks:
                 chosen = view.task_key
             task = self.task(chosen)
             body = _RawBody() if raw == "true" else None
-            return task, view.text, self._reply(spec, task, given, raw, body, is_async), body
+            reply = self._reply(spec, task, given, raw, body, is_async, awaited)
+            return task, view.text, reply, body
         except Exception as exc:
             fault("task lookup", exc)
             return None
@@ -290,9 +292,10 @@ class Tasks:
         return True
 
     def _reply(self, spec: ApiSpec, task: TracedTask, request: Mapping[str, Any],
-               raw: str | None, body: _RawBody | None, is_async: bool) -> Reply[Any]:
+               raw: str | None, body: _RawBody | None, is_async: bool, awaited: bool
+               ) -> Reply[Any]:
         """How the engine reads and builds this call's SDK objects (the engine reads labels in,
-        and spells local ones in, the LLM's own spelling)."""
+        and spells local ones in, the LLM's own spelling). ``awaited``: see :meth:`_call`."""
         streaming = _streaming(request)
         attributes = telemetry.request_attributes(
             spec.provider, spec.name, request, stream=streaming or spec.manager)
@@ -315,7 +318,10 @@ class Tasks:
         assert build is not None or spec.manager
 
         def texts() -> list[str]:
-            router = task.router
+            # The router the plan will read: an awaited plan never waits for the task's first
+            # read of the store (it would block the event loop), a synchronous one waits a
+            # bounded time for it; the labels checked here must be the ones it may answer.
+            router = task.serving.served(wait=not awaited).router
             return [spec.answer_text(task.spellings.spell(label), request)
                     for label in (router.labels if router is not None else ())]
 
