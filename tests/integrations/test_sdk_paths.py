@@ -236,6 +236,28 @@ def test_async_anthropic_raw_response_is_traced_without_warnings(server, store, 
     assert teachers(store) == ["top_up", "exchange_rate"]
 
 
+def test_anthropic_raw_responses_read_only_for_their_headers_are_traced(claude, server, store,
+                                                                        embedder):
+    # anthropic marks with_raw_response "raw" (openai: "true"); a caller reading only the
+    # headers (a request id, rate limits) never calls parse(): the answer is traced all the same.
+    raw = claude.messages.with_raw_response.create(
+        model="c", max_tokens=64, messages=[{"role": "user", "content": "refund #h1"}])
+    assert raw.headers["content-type"].startswith("application/json")
+
+    async def main() -> None:
+        async with anthropic.AsyncAnthropic(base_url=server.base_url_anthropic, api_key="t",
+                                            max_retries=0) as sdk:
+            client = wrap_anthropic(sdk, task="intent", store=store, embedder=embedder,
+                                    **TASK_OPTIONS)
+            response = await client.messages.with_raw_response.create(
+                model="c", max_tokens=64, messages=[{"role": "user", "content": "top up #h2"}])
+            assert response.http_response.status_code == 200
+
+    asyncio.run(main())
+    assert sorted(teachers(store)) == ["refund", "top_up"]
+    assert store.counters("intent")["llm"] == 2
+
+
 # -- Anthropic parse and structured streams --------------------------------------------------------
 
 

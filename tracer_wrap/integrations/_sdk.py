@@ -70,7 +70,9 @@ TASK_OPTION = "tracer_wrap_task"
 # underneath passes the call through instead of tracing it a second time.
 _inside: contextvars.ContextVar[bool] = contextvars.ContextVar("tracer_wrap_inside", default=False)
 
-# The SDKs' header for with_raw_response ("true") and with_streaming_response ("stream").
+# The SDKs' header for with_raw_response (openai: "true", anthropic: "raw") and
+# with_streaming_response ("stream"). The SDKs return the HTTP response for any value that is
+# not empty, its body unread only for "stream".
 _RAW_HEADER = "X-Stainless-Raw-Response"
 
 #: A task of the store is known to this process at most this many seconds after it appears.
@@ -243,7 +245,7 @@ class Tasks:
         try:
             raw = _raw_mode(kwargs)
             streaming = _streaming(kwargs)
-            if raw == "true" and streaming:
+            if raw == "raw" and streaming:
                 return None  # a raw streamed HTTP body: read by the caller alone
             if raw is None and streaming and spec.build_stream is None and not spec.manager:
                 return None
@@ -260,7 +262,7 @@ class Tasks:
                     return None
                 chosen = view.task_key
             task = self.task(chosen)
-            body = _RawBody() if raw == "true" else None
+            body = _RawBody() if raw == "raw" else None
             reply = self._reply(spec, task, given, raw, body, is_async, awaited)
             return task, view.text, reply, body
         except Exception as exc:
@@ -304,11 +306,11 @@ class Tasks:
             _describe(telemetry.current_call(), spec, result)
             return spec.label(result)
 
-        if raw == "true":  # with_raw_response: the HTTP response itself, its body parsed
+        if raw == "raw":  # with_raw_response: the HTTP response itself, its body parsed
             assert body is not None
             return Reply(label_of=lambda r: label_of(body.parsed(r)), build=None,
                          usage_of=lambda r: _usage(body.parsed(r)), attributes=attributes)
-        if raw is not None:  # with_streaming_response: read when the caller reads it
+        if raw == "stream":  # with_streaming_response: read when the caller reads it
             return Reply(label_of=label_of, build=None, usage_of=_usage,
                          later=lambda response, done: _streamed_response(
                              spec, response, done, streaming, is_async),
@@ -708,11 +710,16 @@ def _streaming(kwargs: Mapping[str, Any]) -> bool:
 
 
 def _raw_mode(kwargs: Mapping[str, Any]) -> str | None:
+    """What the SDK returns for this request: ``"stream"``, the HTTP response with its body
+    unread (``with_streaming_response``); ``"raw"``, the HTTP response with its body read
+    (``with_raw_response``, whatever the SDK's spelling of it); None, the parsed result."""
     headers = kwargs.get("extra_headers")
     if not isinstance(headers, Mapping):
         return None
     value = headers.get(_RAW_HEADER)
-    return value if isinstance(value, str) else None
+    if not isinstance(value, str) or not value:
+        return None
+    return "stream" if value == "stream" else "raw"
 
 
 def inside_wrapper() -> bool:
