@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import anthropic
 import openai
 import pytest
+import wrapt
 from _support import (
     REPO,
     TASK_OPTIONS,
@@ -47,6 +48,35 @@ def test_autolog_is_idempotent_and_undone(store, embedder):
     autolog.disable()
     assert openai.resources.chat.completions.Completions.create is original
     assert not autolog_module.enabled()
+
+
+def test_disable_keeps_an_instrumentation_installed_after_autolog(server, store, embedder):
+    # An OpenTelemetry-style instrumentation that patched the SDK method after autolog: undoing
+    # autolog must not remove it; autolog's method beneath it passes calls through while off.
+    completions = openai.resources.chat.completions.Completions
+    original = completions.__dict__["create"]
+    seen: list[str] = []
+
+    def other(wrapped, instance, args, kwargs):
+        seen.append(kwargs["messages"][-1]["content"])
+        return wrapped(*args, **kwargs)
+
+    try:
+        autolog(store=store, embedder=embedder, **TASK_OPTIONS)
+        wrapt.wrap_function_wrapper(completions, "create", other)
+        oai = openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0)
+        for i in range(2):
+            oai.chat.completions.create(model="m", messages=ask(f"refund #{i}"))
+        autolog.disable()
+        assert isinstance(completions.__dict__["create"], wrapt.FunctionWrapper)
+        assert oai.chat.completions.create(
+            model="m", messages=ask("refund #off")).choices[0].message.content == "refund"
+        assert seen == ["refund #0", "refund #1", "refund #off"]
+        flush()
+        assert sum(store.count(task) for task in store.tasks()) == 1  # its second call only
+    finally:
+        autolog.disable()
+        completions.create = original
 
 
 def test_plain_clients_are_traced_by_template_and_route_only_when_switched_on(

@@ -52,7 +52,8 @@ LAUNCHER_DIR = Path(__file__).resolve().parent / "_launcher"
 
 _lock = threading.Lock()
 _tasks: Tasks | None = None
-_patched: list[tuple[type, str, Any]] = []  # (class, method name, original attribute)
+# (class, method name, original attribute, the method autolog set there)
+_patched: list[tuple[type, str, Any, Any]] = []
 
 
 def _patch(cls: type, name: str, spec: ApiSpec, kind: str) -> None:
@@ -76,7 +77,7 @@ def _patch(cls: type, name: str, spec: ApiSpec, kind: str) -> None:
 
     method.__tracer_wrap_original__ = original  # type: ignore[attr-defined]
     setattr(cls, name, method)
-    _patched.append((cls, name, original))
+    _patched.append((cls, name, original, method))
 
 
 def _targets() -> list[tuple[type, str, ApiSpec, str]]:
@@ -140,12 +141,16 @@ def autolog(**options: Unpack[TaskKwargs]) -> Tasks:
 
 
 def disable() -> None:
-    """Undo :func:`autolog`: restore the SDK methods. Does nothing when autolog is off."""
+    """Undo :func:`autolog`: restore the SDK methods. A method another instrumentation
+    (OpenTelemetry, an observability SDK) replaced after autolog patched it is left as it is,
+    keeping that instrumentation: autolog's method beneath it passes every call through while
+    autolog is off. Does nothing when autolog is off."""
     global _tasks
     with _lock:
         while _patched:
-            cls, name, original = _patched.pop()
-            setattr(cls, name, original)
+            cls, name, original, method = _patched.pop()
+            if cls.__dict__.get(name) is method:
+                setattr(cls, name, original)
         _tasks = None
 
 
