@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +259,52 @@ def test_the_decorated_function_is_transparent(store, embedder):
 def test_embedder_errors_are_tracer_wrap_errors():
     with pytest.raises(EmbedderError):
         Embedder.from_callable(lambda ts: 1 / 0).embed_one("x")
+
+
+# -- pickling: process pools ----------------------------------------------------------------------
+
+POOLED_MODULE = '''
+import os
+from tracer_wrap import traced_classifier
+
+@traced_classifier(task="pooled", store=os.environ["POOL_STORE"], embedder="hashing")
+def classify(text):
+    return "refund" if "refund" in text else "top_up"
+'''
+
+POOL_SCRIPT = '''
+import concurrent.futures, multiprocessing, os, pickle, sys
+import pooled
+
+if __name__ == "__main__":
+    method, how = sys.argv[1:]
+    texts = [f"{word} #{how} {i}" for i in range(6) for word in ("refund", "top up")]
+    assert pickle.loads(pickle.dumps(pooled.classify)) is pooled.classify
+    context = multiprocessing.get_context(method)
+    if how == "pool":
+        with context.Pool(2) as pool:
+            answers = pool.map(pooled.classify, texts)
+            pool.close()
+            pool.join()  # the workers end by themselves, writing their traces as they exit
+    else:
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=context) as executor:
+            answers = list(executor.map(pooled.classify, texts))
+    assert answers == [pooled.classify.__wrapped__(t) for t in texts], answers
+    assert pooled.classify.stats.calls == 0  # every call ran in a worker
+    print(len(texts))
+'''
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("how", ["pool", "executor"])
+def test_a_decorated_function_pickles_by_reference_for_process_pools(tmp_path, method, how):
+    (tmp_path / "pooled.py").write_text(POOLED_MODULE)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "POOL_STORE": str(tmp_path / "store"),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(repo)])}
+    out = subprocess.run([sys.executable, "-c", POOL_SCRIPT, method, how], capture_output=True,
+                         text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    # The workers' calls are traced, by their own task of the same name, in the same store.
+    store = TraceStore(tmp_path / "store")
+    assert store.count("pooled") == int(out.stdout) == store.counters("pooled")["llm"]

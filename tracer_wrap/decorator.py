@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, SupportsIndex, TypeVar, overload
 
 import wrapt
 
@@ -30,6 +30,13 @@ class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[ty
     counts, ``refit()`` fits now, ``flush()`` writes buffered traces now, ``task`` the underlying
     :class:`TracedTask`. ``isinstance``, ``inspect.iscoroutinefunction``, the name and the
     signature are the original function's.
+
+    It pickles by reference, as a plain function does (its module and qualified name), so
+    ``Pool.map(classify, texts)`` and ``ProcessPoolExecutor.map`` work: a worker process uses
+    the decorated function of its own import of the module (a spawned worker imports it, a
+    forked one has it), with its own task, whose traces it writes to the same store. As for a
+    plain function, one that is not reachable by that name (defined in a function, or bound to
+    another name) raises ``pickle.PicklingError``.
     """
 
     def __init__(self, fn: Callable[P, R], wrapper: Callable[..., Any], task: TracedTask) -> None:
@@ -55,6 +62,12 @@ class TracedClassifier(wrapt.FunctionWrapper, Generic[P, R]):  # type: ignore[ty
     def flush(self, timeout: float = 30.0) -> bool:
         """Write the buffered traces and counters now (see :meth:`TracedTask.flush`)."""
         return self._self_task.flush(timeout)
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str:
+        # A name: pickle saves a global (module and qualified name, the module read from the
+        # proxied __module__) and checks that the name gives back this very object. wrapt's
+        # proxy refuses to pickle by default; copy.copy and copy.deepcopy return it as is.
+        return self.__qualname__
 
 
 def _text_getter(fn: Callable[..., Any], text_arg: str | int
