@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import random
+import sys
 import time
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..decorator import traced_classifier
+from ..errors import ConfigError, TracerWrapError
 from ..model.embedder import Embedder
 from ..options import TaskKwargs
 from .datasets import banking77_ambiguity, load_banking77
@@ -55,7 +57,11 @@ def run(queries: int = 10_000, *, target: float = 0.95, refit_every: int | None 
     """Stream ``queries`` Banking77 queries, shuffled by ``seed``, through a traced simulated LLM
     (erring by ``seed`` too) into ``store`` (default a throwaway one, see
     :func:`~tracer_wrap.lab.simulate.scratch_store`); ``min_traces`` and ``refit_every`` default
-    to the library's (first refit at 200 traces, then as the history doubles, then every 500)."""
+    to the library's (first refit at 200 traces, then as the history doubles, then every 500).
+    Raises ConfigError for fewer than one query (or a bad option); a KeyboardInterrupt stops it
+    (what it logged is written to its store first)."""
+    if isinstance(queries, bool) or not isinstance(queries, int) or queries < 1:
+        raise ConfigError(f"queries: must be a positive whole number, got {queries!r}")
     console = console or Console()
     started = time.perf_counter()
     rows = load_banking77()
@@ -103,29 +109,32 @@ def _stream(rows: list[tuple[str, str]], gold: dict[str, str], llm: SimulatedLLM
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console)
-    with progress:
-        # One batched pass warms the embedding cache, as a service's traffic would over time;
-        # batches are ~30x faster per text than one-at-a-time on a CPU.
-        embedding = progress.add_task("Embedding queries (MiniLM)", total=len(rows))
-        embedder.embed_chunked([text for text, _ in rows],
-                               done=lambda n: progress.advance(embedding, n))
-        streaming = progress.add_task("Classifying traffic       ", total=len(rows))
-        local = local_agree = local_gold = window_local = refits = 0
-        window = min(2000, len(rows) // 4)
-        last_version = None
-        for i, (text, intent) in enumerate(rows):
-            before = llm_calls
-            label = classify(text)
-            if llm_calls == before:
-                local += 1
-                local_agree += label == llm.label_for(text, intent)
-                local_gold += label == intent
-                window_local += i >= len(rows) - window
-            version = classify.task.store.current_version(classify.task.task)
-            refits += version != last_version
-            last_version = version
-            progress.advance(streaming)
-    classify.task.close()  # everything written before a throwaway store goes
+    local = local_agree = local_gold = window_local = refits = 0
+    window = min(2000, len(rows) // 4)
+    try:
+        with progress:
+            # One batched pass warms the embedding cache, as a service's traffic would over
+            # time; batches are ~30x faster per text than one-at-a-time on a CPU.
+            embedding = progress.add_task("Embedding queries (MiniLM)", total=len(rows))
+            embedder.embed_chunked([text for text, _ in rows],
+                                   done=lambda n: progress.advance(embedding, n))
+            streaming = progress.add_task("Classifying traffic       ", total=len(rows))
+            last_version = None
+            for i, (text, intent) in enumerate(rows):
+                before = llm_calls
+                label = classify(text)
+                if llm_calls == before:
+                    local += 1
+                    local_agree += label == llm.label_for(text, intent)
+                    local_gold += label == intent
+                    window_local += i >= len(rows) - window
+                version = classify.task.store.current_version(classify.task.task)
+                refits += version != last_version
+                last_version = version
+                progress.advance(streaming)
+    finally:
+        # Everything written before a throwaway store goes, also when Ctrl-C stopped the demo.
+        classify.task.close()
     return DemoResult(len(rows), classify.task.store.count(classify.task.task), llm_calls,
                       local, local_agree, local_gold, window_local, window, refits,
                       time.perf_counter() - started)
@@ -160,12 +169,37 @@ def show(result: DemoResult, console: Console, target: float) -> None:
     console.print(table)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return number
+
+
+def _target(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return number
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point of the demo."""
+    """Command-line entry point of the demo. Exit codes: 0 done, 1 an error (one line), 2 a usage
+    error, 130 stopped by Ctrl-C (one line, "interrupted")."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=10_000)
-    parser.add_argument("--target", type=float, default=0.95)
-    parser.add_argument("--refit-every", type=int, default=None,
+    parser.add_argument("--queries", type=_positive_int, default=10_000,
+                        help="how many Banking77 queries to stream (default 10,000; at most the"
+                             f" {len(load_banking77()):,} the data set holds)")
+    parser.add_argument("--target", type=_target, default=0.95,
+                        help="target agreement of the local answers with the LLM, in (0, 1]"
+                             " (default 0.95)")
+    parser.add_argument("--refit-every", type=_positive_int, default=None,
                         help="refit after this many new traces (default: the library's 500)")
     parser.add_argument("--store", default=None, help="store directory (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0,
@@ -173,8 +207,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     console = Console()
-    result = run(args.queries, target=args.target, refit_every=args.refit_every, store=args.store,
-                 seed=args.seed, console=console)
+    try:
+        result = run(args.queries, target=args.target, refit_every=args.refit_every,
+                     store=args.store, seed=args.seed, console=console)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (TracerWrapError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     show(result, console, args.target)
 
 

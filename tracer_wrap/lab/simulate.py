@@ -26,12 +26,22 @@ from ..model.embedder import Embedder
 from ..options import TaskKwargs
 from ..store import Store, open_store, read_jsonl
 
-__all__ = ["scratch_store", "simulate", "simulate_command"]
+__all__ = ["SimulationInterrupted", "scratch_store", "simulate", "simulate_command"]
 
 #: Where throwaway stores of replays go when the machine has it: a RAM-backed directory. A store
 #: on disk syncs every transaction (12 ms per logged call here, against 0.4 ms in RAM), which made
 #: the disk, not tracer_wrap, the cost of an inline replay.
 _RAM_DIR = Path("/dev/shm")
+
+
+class SimulationInterrupted(KeyboardInterrupt):
+    """A replay stopped by a KeyboardInterrupt (Ctrl-C); ``result`` holds the figures of the rows
+    replayed until then (``"interrupted": True``, ``n`` the rows replayed, ``rows`` the stream's
+    length). A KeyboardInterrupt, so a caller that does not look for it stops as usual."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(f"interrupted after {result['n']} of {result['rows']} rows")
+        self.result = result
 
 
 def scratch_store(prefix: str) -> tempfile.TemporaryDirectory[str]:
@@ -61,14 +71,17 @@ def simulate(
 ) -> dict[str, Any]:
     """Replay ``stream_path`` and return the figures of the run.
 
-    The result holds ``n`` (rows), ``llm_calls`` (calls of the teacher, audits included),
+    The result holds ``n`` (rows replayed), ``rows`` (rows in the stream), ``interrupted``
+    (False here; see below), ``llm_calls`` (calls of the teacher, audits included),
     ``local`` (local answers), ``local_share``, ``local_agreement`` (local answers equal to
     the row's teacher label; None when nothing was local), ``audit_calls``, ``refits``
     (versions fitted), ``breaker_trips``, ``versions`` and ``curve``: one point per
     ``n / curve_points`` rows with the window's and the cumulative coverage and agreement, the
     number of traces and the version served. ``store`` defaults to a temporary directory removed
     afterwards (see :func:`scratch_store`); ``embedder`` to all-MiniLM-L6-v2. Raises ConfigError
-    on a malformed stream.
+    on a malformed stream, and :class:`SimulationInterrupted` (with the figures so far) when a
+    KeyboardInterrupt stops the replay: what the run logged is written to its store first, and a
+    background refit still running is not waited for.
     """
     rows = list(read_jsonl(stream_path))
     if not rows:
@@ -108,36 +121,42 @@ def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_e
     local = agree = 0
     window_local = window_agree = window_n = 0
     curve: list[dict[str, Any]] = []
-    for i, (text, label) in enumerate(rows, 1):
-        answer[0] = label
-        before = llm_calls[0]
-        out = classify(text)
-        if llm_calls[0] == before:  # the teacher was not asked: a local answer
-            local += 1
-            window_local += 1
-            ok = out == label
-            agree += ok
-            window_agree += ok
-        window_n += 1
-        if i % step == 0 or i == n:
-            curve.append({
-                "n": i,
-                "window_coverage": window_local / window_n,
-                "window_agreement": window_agree / window_local if window_local else None,
-                "coverage": local / i,
-                "agreement": agree / local if local else None,
-                "traces": store.count(task),
-                "version": traced.version,
-            })
-            window_local = window_agree = window_n = 0
-    traced.close(wait=True)  # lets a background refit still running finish
+    done = 0  # rows replayed
+    interrupted = False
+    try:
+        for i, (text, label) in enumerate(rows, 1):
+            answer[0] = label
+            before = llm_calls[0]
+            out = classify(text)
+            done = i
+            if llm_calls[0] == before:  # the teacher was not asked: a local answer
+                local += 1
+                window_local += 1
+                ok = out == label
+                agree += ok
+                window_agree += ok
+            window_n += 1
+            if i % step == 0 or i == n:
+                curve.append(_point(i, window_n, window_local, window_agree, local, agree,
+                                    store.count(task), traced.version))
+                window_local = window_agree = window_n = 0
+    except KeyboardInterrupt:
+        interrupted = True
+        if window_n:
+            curve.append(_point(done, window_n, window_local, window_agree, local, agree,
+                                store.count(task), traced.version))
+    # Written before a throwaway store goes; a background refit still running finishes first,
+    # unless the run was interrupted (Ctrl-C stops promptly).
+    traced.close(wait=not interrupted)
     manifests = store.versions(task)
     stats = traced.stats.as_dict()
-    return {
-        "n": n,
+    result = {
+        "n": done,
+        "rows": n,
+        "interrupted": interrupted,
         "llm_calls": llm_calls[0],
         "local": local,
-        "local_share": local / n,
+        "local_share": local / done if done else 0.0,
         "local_agreement": agree / local if local else None,
         "audit_calls": stats["audits"],
         "refits": store.counter(task, "refits"),
@@ -151,6 +170,40 @@ def _replay(rows: list[tuple[str, str]], store: Store, *, target: float, refit_e
         "stats": stats,
         "curve": curve,
     }
+    if interrupted:
+        raise SimulationInterrupted(result)
+    return result
+
+
+def _point(i: int, window_n: int, window_local: int, window_agree: int, local: int, agree: int,
+           traces: int, version: int | None) -> dict[str, Any]:
+    """One point of the curve, after ``i`` rows."""
+    return {
+        "n": i,
+        "window_coverage": window_local / window_n,
+        "window_agreement": window_agree / window_local if window_local else None,
+        "coverage": local / i,
+        "agreement": agree / local if local else None,
+        "traces": traces,
+        "version": version,
+    }
+
+
+def _embedder(embeddings: Path | None, name: str | None) -> Embedder:
+    """The replay's embedder, loaded now: a name that loads no model is refused before the
+    stream starts (a replay without an embedder would answer nothing locally and exit 0)."""
+    from ..errors import EmbedderError
+    from ..model.embedder import make_embedder
+
+    if embeddings is not None:
+        return _precomputed(embeddings)
+    chosen = make_embedder(name)
+    try:
+        chosen.embed(["tracer_wrap"])
+    except EmbedderError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--embedder {chosen.name!r}: {first}") from None
+    return chosen
 
 
 def _precomputed(path: Path) -> Embedder:
@@ -179,18 +232,25 @@ def simulate_command(
     min_traces: Annotated[int, typer.Option("--min-traces", min=10)] = 200,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Replay a labelled stream through @traced_classifier with the refit machinery running."""
-    if embeddings is not None:
-        chosen: Embedder | None = _precomputed(embeddings)
-    elif embedder is not None:
-        from ..model.embedder import make_embedder
+    """Replay a labelled stream through @traced_classifier with the refit machinery running.
 
-        chosen = make_embedder(embedder)
-    else:
-        chosen = None
-    result = simulate(stream, target=target, refit_every=refit_every, background=background,
-                      store=store, embedder=chosen, audit_rate=audit_rate,
-                      min_traces=min_traces, seed=seed)
+    Ctrl-C stops it with exit code 130, after writing the figures so far to --json (with
+    "interrupted": true)."""
+    try:
+        result = simulate(stream, target=target, refit_every=refit_every, background=background,
+                          store=store, embedder=_embedder(embeddings, embedder),
+                          audit_rate=audit_rate, min_traces=min_traces, seed=seed)
+    except SimulationInterrupted as exc:
+        partial = exc.result
+        if json_out is not None:
+            json_out.write_text(json.dumps(partial, indent=2), encoding="utf-8")
+        typer.echo(f"interrupted after {partial['n']} of {partial['rows']} rows"
+                   + (f"; the figures so far are in {json_out}" if json_out is not None else ""),
+                   err=True)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
     agreement = result["local_agreement"]
