@@ -133,9 +133,13 @@ def bench(
     cache: Path | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark and return its report (see the module docstring)."""
+    """Run the benchmark and return its report (see the module docstring). Raises ConfigError
+    without a target or with one outside (0, 1]."""
+    from ..errors import ConfigError
     from ..model.embedder import make_embedder
 
+    if not targets or not all(0.0 < t <= 1.0 for t in targets):
+        raise ConfigError(f"targets: at least one, each in (0, 1], got {list(targets)!r}")
     console = console or Console(stderr=True)
     train_rows, test_rows = list(read_jsonl(train)), list(read_jsonl(test))
     texts = [t for t, _ in train_rows] + [t for t, _ in test_rows]
@@ -282,6 +286,10 @@ def bench_command(
         parsed = [float(t) for t in targets.split(",") if t.strip()]
     except ValueError:
         raise typer.BadParameter(f"--targets must be numbers, got {targets!r}") from None
+    if not parsed:
+        raise typer.BadParameter(f"--targets needs at least one target, got {targets!r}")
+    if not all(0.0 < t <= 1.0 for t in parsed):
+        raise typer.BadParameter(f"--targets must be in (0, 1], got {targets!r}")
     console = Console()
     report = bench(train, test, targets=parsed, embedder=embedder, compare=compare,
                    resplits=resplits, seed=seed, cache=cache)
