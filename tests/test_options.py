@@ -214,3 +214,47 @@ def test_a_bad_value_in_the_file_names_the_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="tracer_wrap.toml"):
         traced_classifier(task="t", store=str(tmp_path / "s"))(lambda text: "a")
+
+
+@pytest.mark.parametrize("spec", ["http://x", "https://host/y", "file:///tmp/s", "REDIS://h",
+                                  "s3://bucket/store"])
+def test_a_url_that_is_no_store_is_refused_from_every_source(tmp_path: Path, spec: str) -> None:
+    # It used to become a directory named "http:" (tracer-wrap migrate --to http://x, --store).
+    scheme = spec.partition("://")[0]
+    for call in (lambda: store_spec(spec, cwd=tmp_path),
+                 lambda: store_spec(environ={"TRACER_WRAP_STORE": spec}, cwd=tmp_path),
+                 lambda: resolve(explicit={"store": spec}, cwd=tmp_path),
+                 lambda: resolve(env={"TRACER_WRAP_STORE": spec}, cwd=tmp_path)):
+        with pytest.raises(ConfigError, match=f"{scheme}:// is not a store's URL scheme"):
+            call()
+    (tmp_path / "tracer_wrap.toml").write_text(f'store = "{spec}"\n')
+    with pytest.raises(ConfigError, match="tracer_wrap.toml"):
+        store_spec(environ={}, cwd=tmp_path)
+    assert not (tmp_path / f"{scheme}:").exists()
+
+
+@pytest.mark.parametrize("spec", ["redis://h:6379/0", "rediss://h", "unix:///tmp/redis.sock",
+                                  "C://x", "./store", "dir:with:colons"])
+def test_redis_urls_and_directories_pass(tmp_path: Path, spec: str) -> None:
+    assert store_spec(spec, cwd=tmp_path) == spec
+
+
+def test_the_cli_refuses_a_store_url_of_another_scheme_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from _wait import PATIENCE
+
+    src = tmp_path / "src"
+    TraceStore(str(src))
+    base = [sys.executable, "-m", "tracer_wrap.ops.cli"]
+    for argv in (["migrate", "--from", str(src), "--to", "http://x"],
+                 ["--store", "http://x/y", "status"]):
+        res = subprocess.run([*base, *argv], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "TRACER_WRAP_EMBEDDER": "hashing"},
+                             timeout=PATIENCE)
+        assert res.returncode == 1, res.stdout + res.stderr
+        assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+        assert "http:// is not a store's URL scheme" in res.stderr
+    assert not (tmp_path / "http:").exists()

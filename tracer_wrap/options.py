@@ -37,6 +37,7 @@ import inspect
 import math
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -285,13 +286,17 @@ def store_spec(explicit: Store | str | os.PathLike[str] | None = None, *,
                cwd: str | os.PathLike[str] | None = None) -> Store | str:
     """The store every command and task uses when it names none: ``explicit``, else
     ``$TRACER_WRAP_STORE``, else the ``store`` key of the configuration file, else
-    ``./.tracer_wrap``. Raises ConfigError on an invalid file."""
+    ``./.tracer_wrap``. Raises ConfigError on an invalid file, and for a URL whose scheme is not
+    a store's (only ``redis://``, ``rediss://`` and ``unix://`` are: ``http://host/x`` is not a
+    directory named ``http:``)."""
     if explicit is not None:
-        return explicit if not isinstance(explicit, os.PathLike) else os.fspath(explicit)
+        if isinstance(explicit, os.PathLike):
+            return os.fspath(explicit)
+        return _check_scheme(explicit, "store") if isinstance(explicit, str) else explicit
     environ = os.environ if environ is None else environ
     from_env = environ.get(names.ENV_STORE, "").strip()
     if from_env:
-        return from_env
+        return _check_scheme(from_env, f"${names.ENV_STORE}")
     for layer, where in reversed(_file_layers(None, cwd)):
         if "store" in layer:
             return str(_check_store(layer["store"], f"{where}: store"))
@@ -488,13 +493,31 @@ def _targets(value: Any, where: str) -> tuple[float, ...]:
     return targets
 
 
+#: ``scheme://`` at the start of a store spec (two letters at least: ``C://x`` is a Windows path).
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+)://")
+
+
+def _check_scheme(spec: str, where: str) -> str:
+    """``spec`` unless it starts with a URL scheme other than a Redis store's: such a spec is not
+    a directory (it would become one named ``http:``), so it is refused, naming the scheme only
+    (the rest may hold a password)."""
+    from .store.base import REDIS_SCHEMES
+
+    found = _SCHEME.match(spec.strip())
+    if found and not spec.strip().startswith(REDIS_SCHEMES):
+        supported = f"{', '.join(REDIS_SCHEMES[:-1])} or {REDIS_SCHEMES[-1]}"
+        raise ConfigError(f"{where}: {found.group(1)}:// is not a store's URL scheme (a store is"
+                          f" a directory or a {supported} URL)")
+    return spec
+
+
 def _check_store(value: Any, where: str) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, str):
         if not value.strip():
             raise ConfigError(f"{where}: expected a directory or a redis:// URL, got {value!r}")
-        return value
+        return _check_scheme(value, where)
     if hasattr(value, "append") and hasattr(value, "current_version"):  # an open store
         return value
     raise ConfigError(f"{where}: expected a store, a directory or a redis:// URL, got {value!r}")
