@@ -258,3 +258,18 @@ def test_the_cli_refuses_a_store_url_of_another_scheme_in_one_line(tmp_path: Pat
         assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
         assert "http:// is not a store's URL scheme" in res.stderr
     assert not (tmp_path / "http:").exists()
+
+
+def test_the_price_from_the_environment_has_every_documented_form(tmp_path: Path) -> None:
+    # TRACER_WRAP_PRICE (the price option's own variable) was silently ignored.
+    options = resolve(env={"TRACER_WRAP_PRICE": "0.0004",
+                           "TRACER_WRAP_PRICE_INPUT_PER_MTOK": "0.15"}, cwd=tmp_path)
+    assert options.price == Price(per_call=0.0004, input_per_mtok=0.15)
+    assert options.sources["price"] == "$TRACER_WRAP_PRICE, $TRACER_WRAP_PRICE_INPUT_PER_MTOK"
+    for env, message in [
+            ({"TRACER_WRAP_PRICE": "cheap"}, r"\$TRACER_WRAP_PRICE: expected a number"),
+            ({"TRACER_WRAP_PRICE": "1", "TRACER_WRAP_PRICE_PER_CALL": "2"}, "set one"),
+            ({"TRACER_WRAP_PRICE_PER_TOKEN": "1"},
+             r"\$TRACER_WRAP_PRICE_PER_TOKEN: not a price variable")]:
+        with pytest.raises(ConfigError, match=message):
+            resolve(env=env, cwd=tmp_path)

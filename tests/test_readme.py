@@ -47,3 +47,22 @@ def test_configuration_example_is_valid(tmp_path: Path) -> None:
     assert options.target == 0.98 and options.store == "/var/lib/tracer_wrap"
     assert options.price is not None and options.price.per_call == 0.0004
     assert options.redact is not None
+
+
+def test_the_options_section_names_every_option() -> None:
+    from tracer_wrap.options import _SPECS
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Options"):text.index("\n## ", text.index("## Options") + 1)]
+    named = set(re.findall(r"`([a-z_]+)`", section))
+    assert set(_SPECS) - named == set()
+
+
+def test_every_environment_form_the_options_section_shows_is_read(tmp_path: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Options"):text.index("\n## ", text.index("## Options") + 1)]
+    shown = dict(re.findall(r"`(TRACER_WRAP_[A-Z_]+)=([^`]+)`", section))
+    assert {"TRACER_WRAP_TARGET", "TRACER_WRAP_PRICE", "TRACER_WRAP_EMBEDDER"} <= set(shown)
+    for var, value in shown.items():
+        options = TaskOptions.resolve("t", environ={var: value}, cwd=tmp_path)
+        assert options.sources.get(var.removeprefix("TRACER_WRAP_").lower()) == f"${var}"

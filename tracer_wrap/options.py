@@ -6,8 +6,11 @@ caller did not give from, strongest first:
 1. **Arguments** (``@traced_classifier(...)``, ``TracedTask(...)``, ``wrap_openai(...)``);
    ``None`` counts as not given, except for ``refit_every``, where ``None`` means "never".
 2. **Environment variables** ``TRACER_WRAP_<OPTION>`` (:func:`tracer_wrap.names.option_env_var`),
-   e.g. ``TRACER_WRAP_TARGET=0.97``; ``TRACER_WRAP_PRICE_PER_CALL`` and its two token siblings set
-   the price.
+   e.g. ``TRACER_WRAP_TARGET=0.97``; ``TRACER_WRAP_PRICE`` is a price per call, and
+   ``TRACER_WRAP_PRICE_PER_CALL``, ``_PRICE_INPUT_PER_MTOK`` and ``_PRICE_OUTPUT_PER_MTOK`` set its
+   fields (``TRACER_WRAP_PRICE`` and ``_PRICE_PER_CALL`` together are refused, as is any other
+   ``TRACER_WRAP_PRICE_*``). ``labels``, ``retention`` and ``fit_options`` (lists and tables) are
+   refused there: give them in code or in the file.
 3. **The configuration file** in the working directory: ``tracer_wrap.toml`` if it exists, else
    the ``[tool.tracer_wrap]`` table of ``pyproject.toml``. A task's own table ``[tasks."name"]``
    beats the top-level keys.
@@ -642,12 +645,27 @@ def check_price(value: Any, where: str) -> Price:
 
 
 def _price_from_env(environ: Mapping[str, str]) -> tuple[Price, str] | None:
+    """The price from ``TRACER_WRAP_PRICE`` (per call) and ``TRACER_WRAP_PRICE_<FIELD>``; a
+    ``TRACER_WRAP_PRICE_*`` variable that names no field is refused, not ignored."""
     found: dict[str, float] = {}
     where = []
-    for name in Price.FIELDS:
-        var = names.option_env_var(f"price_{name}")
+    fields = {names.option_env_var(f"price_{name}"): name for name in Price.FIELDS}
+    unknown = sorted(var for var in environ
+                     if var.startswith(names.option_env_var("price_")) and var not in fields)
+    if unknown:
+        raise ConfigError(f"${unknown[0]}: not a price variable; use $"
+                          f"{names.option_env_var('price')} (per call) or"
+                          f" {', '.join('$' + var for var in fields)}")
+    whole = names.option_env_var("price")
+    raw = environ.get(whole, "").strip()
+    if raw:
+        found["per_call"] = _positive(_float_text(raw, f"${whole}"), f"${whole}", zero_ok=True)
+        where.append(f"${whole}")
+    for var, name in fields.items():
         raw = environ.get(var, "").strip()
         if raw:
+            if name in found:
+                raise ConfigError(f"${var} and ${whole} both set the price per call; set one")
             found[name] = _positive(_float_text(raw, f"${var}"), f"${var}", zero_ok=True)
             where.append(f"${var}")
     return (Price(**found), ", ".join(where)) if found else None
