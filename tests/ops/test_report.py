@@ -125,3 +125,42 @@ def test_report_renders_in_headless_chromium(page: tuple[str, Path], tmp_path: P
     shot = tmp_path / "report.png"
     run = _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", out.as_uri())
     assert run.returncode == 0 and shot.stat().st_size > 20_000
+
+
+def fitted_store(path: Path, target: float = 0.95) -> TraceStore:
+    st = TraceStore(path / "store")
+    fill_store(st, "t", 600)
+    TracedTask("t", store=st, embedder=hashing_embedder(), min_traces=50, refit_every=None,
+               target=target).refit()
+    return st
+
+
+def test_the_frontier_table_writes_targets_as_its_chart_does(tmp_path: Path) -> None:
+    # ".4g" wrote 0.9 next to 0.85 and 0.95.
+    html = render_report(fitted_store(tmp_path), "t", embedder=hashing_embedder())
+    frontier = html[html.index("Coverage / target frontier"):html.index("Version history")]
+    cells = re.findall(r"<tr><td>([0-9.]+)</td>", frontier)
+    assert "0.90" in cells and all(len(c) == 4 for c in cells), cells
+
+
+def test_the_served_marker_stays_inside_the_chart_at_the_highest_target(tmp_path: Path) -> None:
+    # At the highest target the marker's text started at the line and ran past the plot.
+    st = fitted_store(tmp_path, target=0.99)
+    html = render_report(st, "t", embedder=hashing_embedder())
+    (marker,) = re.findall(r'<text class="note vline" x="([0-9.]+)" text-anchor="(\w+)"', html)
+    (line,) = re.findall(r'<line class="ref" x1="([0-9.]+)" x2="\1" y1="16"', html)
+    assert marker[1] == "end" and float(marker[0]) < float(line)
+
+
+def test_a_refused_version_is_shown_as_refused_everywhere(tmp_path: Path) -> None:
+    st = fitted_store(tmp_path)
+    npz = next((tmp_path / "store").glob("routers/*/v1.npz"))
+    data = bytearray(npz.read_bytes())
+    data[200:204] = b"XXXX"
+    npz.write_bytes(bytes(data))
+    html = render_report(st, "t", embedder=hashing_embedder())
+    assert "v1 refused" in html and "(served)" not in html and "served</text>" not in html
+    assert "v1 (refused: " in html  # the version history, with the reason
+    assert "Needs a fitted router" not in html
+    assert html.count("Version 1 is refused: ") == 4  # frontier, per label, pairs, examples
+    assert html.count("hash mismatch") >= 5

@@ -37,6 +37,8 @@ from .status import task_status
 __all__ = ["render_report"]
 
 _PALETTE = ["#2563eb", "#16a34a", "#dc2626", "#9333ea", "#ea580c"]
+#: Width of one character of an 11px chart note, generously (for placing labels).
+_TEXT_PX = 7.0
 
 
 def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
@@ -62,6 +64,9 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
     if manifest is not None and version is not None and valid and refused is None:
         routed = _route_all(store, task, version, manifest, valid, embedder)
     target = float(manifest["target"]) if manifest else None
+    # Why nothing is routed through the current router, said the same in every section.
+    unrouted = (f"Version {version} is refused: {refused}. Nothing is routed through it."
+                if refused else "Needs a fitted router.")
 
     audits = sorted((t for t in traces if t.origin == Origin.AUDIT.value and t.valid
                      and t.router_label is not None), key=lambda t: t.ts)
@@ -85,13 +90,14 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
         ("saved", _money(usage["saved"]), _savings_note(usage)),
     ]
     sections = [
-        _section("Coverage / target frontier", _frontier(manifest, status["frontier"]),
+        _section("Coverage / target frontier",
+                 _frontier(manifest, status["frontier"], version, refused),
                  "Share of calibration traces the router may answer at each target agreement, "
                  "with the agreement measured there and what that coverage would save per "
                  "1,000 calls at the task's price. Each certificate holds with probability "
                  f"≥ 1 − δ (δ = {manifest.get('delta', 0.05) if manifest else 0.05}) under "
                  "exchangeability; a refused target answers nothing locally."),
-        _section("Version history", _history(store, task, version),
+        _section("Version history", _history(store, task, version, refused),
                  "Every kept router version: when it was fitted, on how many traces, and the "
                  "coverage its gate certified at the target it served."),
         _section("Learning curve", _learning_curve(store, task, target),
@@ -100,13 +106,13 @@ def render_report(store: Store, task: str, *, embedder: Embedder | None = None,
                  "Share of audit samples where the router's label equals the LLM's, in "
                  "consecutive groups of samples. Audit samples are drawn at random from calls "
                  "the router would have answered."),
-        _section("Coverage and agreement per label", _per_label(routed),
+        _section("Coverage and agreement per label", _per_label(routed, unrouted),
                  _routed_caveat(routed, version)),
-        _section("Where the surrogate defers most", _confusable(routed),
+        _section("Where the surrogate defers most", _confusable(routed, unrouted),
                  "For inputs the router defers, the two labels its surrogate finds most likely: "
                  "these pairs are the ones the LLM is still needed for. "
                  + _routed_caveat(routed, version)),
-        _section("Examples", _examples(routed, examples, seed),
+        _section("Examples", _examples(routed, examples, seed, unrouted),
                  "Random inputs the current router answers locally and inputs it defers."),
         _section("Cost", _cost(usage), ""),
     ]
@@ -166,9 +172,15 @@ def _routed_caveat(routed: _Routed | None, version: int | None) -> str:
 # -- sections ----------------------------------------------------------------------------------
 
 
-def _frontier(manifest: dict[str, Any] | None, money: list[dict[str, Any]]) -> str:
+def _frontier(manifest: dict[str, Any] | None, money: list[dict[str, Any]],
+              version: int | None = None, refused: str | None = None) -> str:
     if not manifest or not manifest.get("certificates"):
         return _empty("No router has been fitted yet.")
+    if refused:
+        # Its certificates come from a manifest whose router is refused: none of them holds for
+        # what is served (nothing), so none is drawn.
+        return _empty(f"Version {version} is refused: {refused}. It answers nothing locally;"
+                      " its certificates are not shown.")
     certs = sorted(manifest["certificates"], key=lambda c: c["target"])
     coverage = [(c["target"], c["coverage"] if c["threshold"] is not None else 0.0) for c in certs]
     agreement = [(c["target"], c["agreement"]) for c in certs
@@ -176,10 +188,10 @@ def _frontier(manifest: dict[str, Any] | None, money: list[dict[str, Any]]) -> s
     chart = _line_chart(
         [("certified coverage", coverage), ("agreement on accepted (calibration)", agreement)],
         x_label="target agreement", y_label="share of calibration traces", vline=manifest["target"],
-        vline_label="served", x_fmt="{:.2f}", diagonal=True)
+        vline_label="served", x_fmt=_TARGET_FMT, diagonal=True)
     saved = {row["target"]: row["saved_per_1000_calls"] for row in money}
     rows = "".join(
-        f"<tr><td>{c['target']:.4g}</td><td>{_threshold(c['threshold'])}</td>"
+        f"<tr><td>{_target(c['target'])}</td><td>{_threshold(c['threshold'])}</td>"
         f"<td>{_pct(c['coverage'])}</td><td>{_pct(c['agreement'])}</td><td>{c['n_accepted']}</td>"
         f"<td class='num'>{_e(_money(saved.get(c['target'])))}</td>"
         f"<td class='note'>{_e(c.get('reason') or '')}</td></tr>" for c in certs)
@@ -188,7 +200,7 @@ def _frontier(manifest: dict[str, Any] | None, money: list[dict[str, Any]]) -> s
             "</tr></thead><tbody>" + rows + "</tbody></table>")
 
 
-def _history(store: Store, task: str, current: int | None) -> str:
+def _history(store: Store, task: str, current: int | None, refused: str | None = None) -> str:
     versions = store.versions(task)
     if not versions:
         return _empty("No router versions yet.")
@@ -199,9 +211,9 @@ def _history(store: Store, task: str, current: int | None) -> str:
         fitted = time.strftime("%Y-%m-%d %H:%M", time.localtime(m["saved_at"])) \
             if m.get("saved_at") else "—"
         rows.append(
-            f"<tr><td>v{m['version']}{' (served)' if m['version'] == current else ''}</td>"
+            f"<tr><td>v{m['version']}{_served_mark(m['version'], current, refused)}</td>"
             f"<td>{_e(fitted)}</td><td class='num'>{m.get('n_traces', '—')}</td>"
-            f"<td class='num'>{m.get('n_calibration', '—')}</td><td>{target:.4g}</td>"
+            f"<td class='num'>{m.get('n_calibration', '—')}</td><td>{_target(target)}</td>"
             f"<td>{_pct(coverage) if coverage else 'nothing certified'}</td>"
             f"<td>{_e(str(m.get('embedder', '—')))}</td></tr>")
     return ("<table><thead><tr><th>version</th><th>fitted</th><th>traces</th>"
@@ -240,9 +252,9 @@ def _live_agreement(audits: list[Trace], target: float | None) -> str:
     return chart
 
 
-def _per_label(routed: _Routed | None) -> str:
+def _per_label(routed: _Routed | None, unrouted: str = "Needs a fitted router.") -> str:
     if routed is None:
-        return _empty("Needs a fitted router.")
+        return _empty(unrouted)
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, t in enumerate(routed.traces):
         by_label[t.teacher].append(i)
@@ -265,9 +277,10 @@ def _per_label(routed: _Routed | None) -> str:
             + "</tbody></table></div>")
 
 
-def _confusable(routed: _Routed | None, top: int = 15) -> str:
+def _confusable(routed: _Routed | None, unrouted: str = "Needs a fitted router.",
+                top: int = 15) -> str:
     if routed is None:
-        return _empty("Needs a fitted router.")
+        return _empty(unrouted)
     deferred = np.flatnonzero(~routed.local)
     if not len(deferred):
         return _empty("The router answers every stored trace locally.")
@@ -283,9 +296,10 @@ def _confusable(routed: _Routed | None, top: int = 15) -> str:
             "</tbody></table>")
 
 
-def _examples(routed: _Routed | None, n: int, seed: int) -> str:
+def _examples(routed: _Routed | None, n: int, seed: int,
+              unrouted: str = "Needs a fitted router.") -> str:
     if routed is None:
-        return _empty("Needs a fitted router.")
+        return _empty(unrouted)
     rng = random.Random(seed)
     out = []
     for title, mask in (("Answered locally", routed.local), ("Deferred to the LLM", ~routed.local)):
@@ -384,8 +398,13 @@ def _line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label:
             parts.append(f'<line class="ref" x1="{px(a):.1f}" y1="{py(a):.1f}" x2="{px(b):.1f}" '
                          f'y2="{py(b):.1f}"><title>agreement = target</title></line>')
     if vline is not None and x0 <= vline <= x1:
+        # Right of the line, unless the label would run past the plot's right edge (a served
+        # target at the top of the frontier): then left of it, ending at the line.
+        right_side = px(vline) + 4 + _TEXT_PX * len(vline_label) <= left + pw
+        anchor = (f'x="{px(vline) + 4:.1f}" text-anchor="start"' if right_side
+                  else f'x="{px(vline) - 4:.1f}" text-anchor="end"')
         parts.append(f'<line class="ref" x1="{px(vline):.1f}" x2="{px(vline):.1f}" y1="{top}" '
-                     f'y2="{top + ph}"/><text class="note" x="{px(vline) + 4:.1f}" '
+                     f'y2="{top + ph}"/><text class="note vline" {anchor} '
                      f'y="{top + 12}">{_e(vline_label)}</text>')
     if hline is not None and y_min <= hline <= y_max:
         parts.append(f'<line class="ref" x1="{left}" x2="{left + pw}" y1="{py(hline):.1f}" '
@@ -409,6 +428,20 @@ def _line_chart(series: list[tuple[str, list[tuple[float, float]]]], *, x_label:
 
 
 # -- small helpers -----------------------------------------------------------------------------
+
+
+#: How a target agreement is written, in the frontier's chart and tables alike (0.90, not 0.9).
+_TARGET_FMT = "{:.2f}"
+
+
+def _target(value: float) -> str:
+    return _TARGET_FMT.format(value)
+
+
+def _served_mark(version: int, current: int | None, refused: str | None) -> str:
+    if version != current:
+        return ""
+    return f" (refused: {_e(refused)})" if refused else " (served)"
 
 
 def _e(text: object) -> str:
