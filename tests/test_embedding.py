@@ -86,6 +86,22 @@ def test_a_request_whose_caller_gave_up_is_never_embedded(gate):
     assert gate.calls == [["first"], ["awaited"]]
 
 
+def test_a_request_whose_async_caller_was_cancelled_is_never_embedded(gate):
+    service, first = busy_service(gate)
+
+    async def cancel_while_queued() -> None:
+        waiting = asyncio.create_task(service.aembed_one("cancelled", 60.0))
+        while not service._requests:  # queued behind the busy worker
+            await asyncio.sleep(0.001)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(cancel_while_queued())
+    release_after_queued(gate, service, [first], "awaited", queued=2)
+    assert gate.calls == [["first"], ["awaited"]]
+
+
 def test_a_request_the_worker_cannot_finish_in_time_is_refused_at_once(gate):
     service, first = busy_service(gate, per_text=0.5)
     with pytest.raises(EmbedTimeout, match="would take"):

@@ -239,8 +239,11 @@ class EmbeddingService:
             # request is cancelled below, thread-safely, and only if its batch has not started.
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
         except asyncio.TimeoutError:
-            future.cancel()
             raise EmbedTimeout(f"embedding took longer than {timeout:g} s") from None
+        finally:
+            # Nobody awaits it any more (a timeout, or the caller's task was cancelled): a no-op
+            # once done or running.
+            future.cancel()
 
     def loading(self) -> float | None:
         """Seconds since the first work came, while the model call that loads the model has not
