@@ -3,13 +3,19 @@ cleanly."""
 
 from __future__ import annotations
 
+import html as _html
+import json
 import re
 import shutil
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
-from _synthetic import fill_store
+from _synthetic import fill_store, make_traces
 
 from tracer_wrap import Embedder
 from tracer_wrap.engine import TracedTask
@@ -164,3 +170,144 @@ def test_a_refused_version_is_shown_as_refused_everywhere(tmp_path: Path) -> Non
     assert "Needs a fitted router" not in html
     assert html.count("Version 1 is refused: ") == 4  # frontier, per label, pairs, examples
     assert html.count("hash mismatch") >= 5
+
+
+# -- long labels in a real browser, measured through WebDriver (chromedriver) -----------------
+
+CHROMEDRIVER = shutil.which("chromedriver")
+LONG_ASCII = "card_lost_" + "x" * 300
+LONG_UNICODE = 'возврат_денег_退款_"<i>"_🚀_' * 80  # 2,000 characters, none of them a space
+
+
+class _WebDriver:
+    """A minimal W3C WebDriver client over HTTP (no selenium): chromedriver runs the page's
+    measuring scripts outside its Content-Security-Policy, which forbids any script in it."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self._call("GET", "/status")["ready"]:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.close()
+                pytest.fail("chromedriver did not start")
+            time.sleep(0.1)
+        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'wd-profile'}",
+                "--window-size=1200,900"]
+        caps = {"browserName": "chrome",
+                "goog:chromeOptions": {"binary": str(CHROMIUM), "args": args}}
+        self.session = self._call("POST", "/session",
+                                  {"capabilities": {"alwaysMatch": caps}})["sessionId"]
+
+    def _call(self, method: str, path: str, body: object = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["value"]
+
+    def do(self, method: str, path: str, body: object = None) -> Any:
+        return self._call(method, f"/session/{self.session}{path}", body)
+
+    def run(self, script: str) -> Any:
+        return self.do("POST", "/execute/sync", {"script": script, "args": []})
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "session", None):
+                self._call("DELETE", f"/session/{self.session}")
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+#: Measures, in the rendered page, what long labels used to break (all in CSS pixels).
+_MEASURE = """
+const page = document.documentElement;
+const section = title => [...document.querySelectorAll('section')]
+  .find(s => s.querySelector('h2').textContent === title);
+const perLabel = section('Coverage and agreement per label');
+const visible = perLabel.querySelector('.scroll').getBoundingClientRect();
+const numeric = [...perLabel.querySelectorAll('tbody tr')]
+  .flatMap(row => [...row.cells].slice(1))
+  .map(cell => cell.getBoundingClientRect().right);
+const examples = section('Examples');
+return {
+  page_width: page.clientWidth,
+  page_scroll_width: page.scrollWidth,
+  per_label_right: Math.min(page.clientWidth, visible.right),
+  numeric_rights: numeric,
+  examples_right: examples.getBoundingClientRect().right,
+  examples: [...examples.querySelectorAll('table.examples')].map(table => ({
+    table: table.getBoundingClientRect().width,
+    input: table.querySelector('thead th').getBoundingClientRect().width,
+    cells_right: Math.max(...[...table.querySelectorAll('td')]
+      .map(cell => cell.getBoundingClientRect().right)),
+  })),
+  titles: [...document.querySelectorAll('span.label')].map(s => s.title),
+  clipped: [...document.querySelectorAll('span.label')].map(s => s.textContent),
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def long_label_page(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    path = tmp_path_factory.mktemp("long-labels")
+    rename = {"card_lost": LONG_ASCII, "refund": LONG_UNICODE}
+    st = TraceStore(path / "store")
+    for text, label in make_traces(800):
+        st.append("t", text, rename.get(label, label), origin="llm")
+    TracedTask("t", store=st, embedder=hashing_embedder(), min_traces=50, refit_every=None,
+               target=0.95).refit()
+    html = render_report(st, "t", embedder=hashing_embedder())
+    out = path / "report.html"
+    out.write_text(html, encoding="utf-8")
+    return html, out
+
+
+def test_long_labels_are_clipped_with_the_whole_label_as_tooltip(
+        long_label_page: tuple[str, Path]) -> None:
+    html, _ = long_label_page
+    title = _html.escape(LONG_UNICODE)
+    assert LONG_ASCII not in html.replace(f'title="{LONG_ASCII}"', "")
+    assert LONG_UNICODE not in html and title not in html.replace(f'title="{title}"', "")
+    assert f'title="{title}"' in html and "<i>" not in html
+    clipped = re.findall(r'<span class=\'label\' title="[^"]*">([^<]*)</span>', html)
+    assert clipped and all(len(_html.unescape(c)) == 60 and c.endswith("…") for c in clipped)
+
+
+@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                    reason="chromium or chromedriver is not installed "
+                           "(apt-get install chromium chromium-driver)")
+def test_long_labels_keep_the_tables_readable_in_a_browser(
+        long_label_page: tuple[str, Path], tmp_path: Path) -> None:
+    # A 300-character label pushed every numeric column of the per-label table out of view,
+    # and squeezed the Examples' input column to a few characters a line.
+    browser = _WebDriver(tmp_path)
+    try:
+        browser.do("POST", "/url", {"url": long_label_page[1].as_uri()})
+        for width in (1200, 800):
+            browser.do("POST", "/window/rect", {"width": width, "height": 900})
+            m = browser.run(_MEASURE)
+            assert m["page_scroll_width"] <= m["page_width"], (width, m["page_scroll_width"])
+            assert m["numeric_rights"] and max(m["numeric_rights"]) <= m["per_label_right"] + 1, \
+                (width, max(m["numeric_rights"]), m["per_label_right"])
+            assert len(m["examples"]) == 2  # answered locally and deferred
+            for table in m["examples"]:
+                assert table["input"] >= table["table"] / 3, (width, table)
+                assert table["cells_right"] <= m["examples_right"], (width, table)
+        # The tooltips hold the labels whole, as the browser reads them.
+        assert set(m["titles"]) == {LONG_ASCII, LONG_UNICODE}
+    finally:
+        browser.close()

@@ -2,7 +2,9 @@
 
 :func:`render_report` returns one HTML document with inline CSS and inline SVG plots; it loads
 nothing from the network (its Content-Security-Policy forbids it) and opens offline in any
-browser. Every string that comes from traces or task names is HTML-escaped.
+browser. Every string that comes from traces or task names is HTML-escaped; a label longer
+than 60 characters is clipped in the tables, whole in its tooltip, and every table cell wraps
+so that no long text pushes the other columns out of view.
 
 What the figures are measured on:
 
@@ -21,6 +23,7 @@ import html
 import math
 import random
 import time
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -268,7 +271,7 @@ def _per_label(routed: _Routed | None, unrouted: str = "Needs a fitted router.")
         rows.append((cov, label, len(idx), agr, float(agree.mean())))
     rows.sort(key=lambda r: (r[0], r[1]))
     body = "".join(
-        f"<tr><td>{_e(label)}</td><td class='num'>{n}</td><td>{_bar(cov)}</td>"
+        f"<tr><td>{_label(label)}</td><td class='num'>{n}</td><td>{_bar(cov)}</td>"
         f"<td>{_bar(agr, warn_below=0.9)}</td><td class='num'>{_pct(overall)}</td></tr>"
         for cov, label, n, agr, overall in rows)
     return ("<div class='scroll'><table><thead><tr><th>teacher label</th><th>traces</th>"
@@ -289,7 +292,7 @@ def _confusable(routed: _Routed | None, unrouted: str = "Needs a fitted router."
         a, b = sorted(routed.names[j] for j in routed.top2[i])
         pairs[(a, b)] += 1
     rows = "".join(
-        f"<tr><td>{_e(a)}</td><td>{_e(b)}</td><td class='num'>{n}</td>"
+        f"<tr><td>{_label(a)}</td><td>{_label(b)}</td><td class='num'>{n}</td>"
         f"<td>{_bar(n / len(deferred))}</td></tr>" for (a, b), n in pairs.most_common(top))
     return ("<table><thead><tr><th>label</th><th>confused with</th><th>deferred inputs</th>"
             f"<th>share of the {len(deferred):,} deferred</th></tr></thead><tbody>{rows}"
@@ -307,11 +310,14 @@ def _examples(routed: _Routed | None, n: int, seed: int,
         pick = sorted(rng.sample(idx, min(n, len(idx))))
         rows = "".join(
             f"<tr><td class='text'>{_e(_clip(routed.traces[i].input))}</td>"
-            f"<td>{_e(routed.labels[i])}</td><td class='num'>{routed.scores[i]:.3f}</td>"
-            f"<td>{_e(routed.traces[i].teacher)}"
+            f"<td>{_label(routed.labels[i])}</td><td class='num'>{routed.scores[i]:.3f}</td>"
+            f"<td>{_label(routed.traces[i].teacher)}"
             f"{'' if routed.labels[i] == routed.traces[i].teacher else ' <span class=bad>≠</span>'}"
             "</td></tr>" for i in pick)
-        table = ("<table class='examples'><thead><tr><th>input</th><th>surrogate</th>"
+        # A fixed layout: long labels wrap inside their columns instead of squeezing the input.
+        table = ("<table class='examples'><colgroup><col class='input'><col class='label'>"
+                 "<col class='score'><col class='label'></colgroup>"
+                 "<thead><tr><th>input</th><th>surrogate</th>"
                  "<th>score</th><th>LLM (teacher)</th></tr></thead><tbody>" + rows
                  + "</tbody></table>") if pick else _empty("none")
         out.append(f"<h3>{_e(title)} ({len(idx):,})</h3>{table}")
@@ -461,7 +467,27 @@ def _threshold(value: float | None) -> str:
 
 
 def _clip(text: str, n: int = 240) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+    if len(text) <= n:
+        return text
+    cut = n - 1
+    # Not between a character and the marks or joiners that belong to it.
+    while cut > 1 and (unicodedata.combining(text[cut]) or text[cut] in _JOINERS):
+        cut -= 1
+    return text[:cut] + "…"
+
+
+#: Characters that continue the character before them (zero-width joiner, variation selectors).
+_JOINERS = frozenset("\u200d\ufe0e\ufe0f")
+
+#: Labels longer than this many characters are clipped in tables; the cell's tooltip has them all.
+_LABEL_CHARS = 60
+
+
+def _label(text: str) -> str:
+    """A label for a table cell: escaped, and clipped with the whole label as its tooltip."""
+    if len(text) <= _LABEL_CHARS:
+        return _e(text)
+    return f"<span class='label' title=\"{_e(text)}\">{_e(_clip(text, _LABEL_CHARS))}</span>"
 
 
 def _bar(value: float | None, *, warn_below: float | None = None) -> str:
@@ -497,8 +523,8 @@ body {{
   background:var(--bg);
 }}
 header {{ background:#0f172a; color:#f8fafc; padding:20px 32px; }}
-header h1 {{ margin:0 0 4px; font-size:22px; font-weight:600; }}
-header p {{ margin:0; color:#cbd5e1; font-size:13px; }}
+header h1 {{ margin:0 0 4px; font-size:22px; font-weight:600; overflow-wrap:anywhere; }}
+header p {{ margin:0; color:#cbd5e1; font-size:13px; overflow-wrap:anywhere; }}
 main {{ max-width:1100px; margin:0 auto; padding:24px 32px 48px; }}
 .cards {{
   display:grid; grid-template-columns:repeat(auto-fit,minmax(170px,1fr)); gap:12px;
@@ -506,8 +532,8 @@ main {{ max-width:1100px; margin:0 auto; padding:24px 32px 48px; }}
 }}
 .card {{ background:#fff; border:1px solid var(--line); border-radius:10px; padding:12px 16px; }}
 .card .k {{ color:var(--muted); font-size:12px; text-transform:uppercase; letter-spacing:.04em; }}
-.card .v {{ font-size:24px; font-weight:600; }}
-.card .s {{ color:var(--muted); font-size:12px; }}
+.card .v {{ font-size:24px; font-weight:600; overflow-wrap:anywhere; }}
+.card .s {{ color:var(--muted); font-size:12px; overflow-wrap:anywhere; }}
 section {{
   background:#fff; border:1px solid var(--line); border-radius:10px; padding:16px 20px;
   margin-top:16px;
@@ -516,12 +542,22 @@ h2 {{ margin:0 0 4px; font-size:17px; }}
 h3 {{ font-size:14px; margin:16px 0 6px; }}
 .muted, .note {{ color:var(--muted); font-size:12.5px; }}
 table {{ border-collapse:collapse; width:100%; margin-top:8px; }}
+/* Every cell wraps, anywhere if it must (a label or input without spaces), and none is wider
+   than 36em, so no long text pushes the other columns out of view; headings break between
+   words only. */
 th, td {{
   text-align:left; padding:5px 8px; border-bottom:1px solid var(--line); vertical-align:top;
+  max-width:36em; overflow-wrap:anywhere; word-break:break-word;
 }}
-th {{ font-size:12px; color:var(--muted); font-weight:600; }}
-td.num {{ text-align:right; font-variant-numeric:tabular-nums; }}
-td.text {{ max-width:520px; word-break:break-word; }}
+th {{
+  font-size:12px; color:var(--muted); font-weight:600; word-break:normal;
+  overflow-wrap:break-word;
+}}
+td.num {{ text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }}
+table.examples {{ table-layout:fixed; }}
+table.examples col.input {{ width:46%; }}
+table.examples col.label {{ width:22%; }}
+table.examples col.score {{ width:10%; }}
 .scroll {{ max-height:560px; overflow:auto; }}
 .bar {{ position:relative; background:#eef2ff; border-radius:4px; height:18px; min-width:120px; }}
 .bar i {{ position:absolute; left:0; top:0; bottom:0; background:#93c5fd; border-radius:4px; }}
