@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 from _support import TASK_OPTIONS, LLMServer, ask, easy_texts, fitted, teacher
@@ -171,3 +172,35 @@ def test_an_async_call_with_a_token_limit_never_waits_for_the_first_read(
         assert holder.holding
     finally:
         holder.release()
+
+
+def test_an_async_stream_manager_is_planned_on_the_event_loop_without_waiting(
+        server: LLMServer, tmp_path: Path, embedder, monkeypatch):
+    # An async client's .stream() returns its manager at once; the call is planned when the
+    # manager is entered, by the engine's async plan, which never waits for the first read.
+    path = tmp_path / "store"
+    TraceStore(path).close()
+    monkeypatch.setattr(serving, "FIRST_LOAD_SECONDS", 10 * HOLD_SECONDS)
+    holder = Holder(path)
+    try:
+        async def main() -> None:
+            client = tracer_wrap.wrap_anthropic(
+                anthropic.AsyncAnthropic(base_url=server.base_url_anthropic, api_key="t",
+                                         max_retries=0),
+                task="intent", store=str(path), embedder=embedder, **TASK_OPTIONS)
+            for text in easy_texts(2):
+                async with client.messages.stream(
+                        model="claude-test", max_tokens=16,
+                        messages=[{"role": "user", "content": text}]) as stream:
+                    message = await stream.get_final_message()
+                assert message.content[0].text == teacher(text)
+            never_entered = client.messages.stream(
+                model="claude-test", max_tokens=16, messages=[{"role": "user", "content": "x"}])
+            del never_entered  # plans, sends and traces nothing
+
+        asyncio.run(main())
+        assert holder.holding
+        calls = server.total_calls
+    finally:
+        holder.release()
+    assert calls == 2

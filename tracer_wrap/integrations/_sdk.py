@@ -209,10 +209,14 @@ class Tasks:
         if args or names.disabled():
             return method(*args, **kwargs)
         request, kwargs = _replayable(kwargs)
-        call = self._call(spec, method, request, name, is_async, awaited=False)
+        # An async manager is planned when entered, on the event loop (acall never blocks it):
+        # the SDK sends nothing before then either.
+        call = self._call(spec, method, request, name, is_async, awaited=is_async)
         if call is None:
             return method(**kwargs)
         task, text, reply, _ = call
+        if is_async:
+            return PlannedOnEntry(task, text, reply, lambda: _sdk_call(method, kwargs))
         return task.call(text, lambda: _sdk_call(method, kwargs), reply)
 
     async def arun(self, spec: ApiSpec, method: Callable[..., Awaitable[Any]],
@@ -596,6 +600,28 @@ class AsyncCalls(Calls):
     async def parse(self, *args: Any, **kwargs: Any) -> Any:
         return await self._self_tasks.arun(self.specs.parse, self.__wrapped__.parse, args,
                                            kwargs)
+
+
+class PlannedOnEntry:
+    """What an async client's ``.stream()`` returns: the manager of a call planned when it is
+    entered (``async with``), by :meth:`TracedTask.acall`, which never blocks the event loop;
+    then the local answer's manager or the SDK's (``manager()``, traced) is entered. One never
+    entered plans, sends and traces nothing, as the SDK's own sends nothing."""
+
+    def __init__(self, task: TracedTask, text: str, reply: Reply[Any],
+                 manager: Callable[[], Any]) -> None:
+        self._task, self._text, self._reply, self._manager = task, text, reply, manager
+        self._entered: Any = None
+
+    async def __aenter__(self) -> Any:
+        async def llm() -> Any:
+            return self._manager()
+
+        self._entered = await self._task.acall(self._text, llm, self._reply)
+        return await self._entered.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._entered.__aexit__(*exc_info)
 
 
 def _describe(span: telemetry.CallSpan, spec: ApiSpec, result: Any) -> None:
