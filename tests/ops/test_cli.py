@@ -245,3 +245,50 @@ def test_read_commands_work_on_a_store_mounted_read_only(store_dir: Path, tmp_pa
         refused = cli("--store", str(view), "fit", "intent", "--min-traces", "50")
         assert refused.exit_code == 1 and "not writable" in refused.output
     assert {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()} == before
+
+
+def test_names_and_labels_from_the_store_print_as_they_are(tmp_path: Path) -> None:
+    # Task names come from callers and labels from LLMs: markup must not be read (``[/]``
+    # raised, ``[link=...]`` made a hyperlink) and control characters must not reach the
+    # terminal (``\x1b[2J`` clears it).
+    path = tmp_path / "store"
+    st = TraceStore(path)
+    odd = "intent[/x] [link=http://evil.example]x[/link]"
+    st.append(odd, "a question", "answer [/] done \x1b[2J")
+    st.add_counters(odd, {"calls": 1, "llm": 1})
+    for args in (("status",), ("tasks",), ("versions", odd), ("price", odd),
+                 ("routing", odd, "on")):
+        result = cli("--store", str(path), *args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (args, result.output)
+        assert "\x1b" not in result.stdout, args
+        if args != ("tasks",):
+            assert odd in result.stdout, (args, result.stdout)
+    shown = cli("--store", str(path), "tasks", env={"COLUMNS": "200"}).stdout
+    assert odd in shown and "answer [/] done \\x1b[2J" in shown
+
+
+def test_the_tasks_table_never_cuts_a_task_key(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    key = "openai.chat:254af38a745c0e1d2b3a4f5e6d7c8b9a0f1e2d3c4b5a6978"
+    TraceStore(path).append(key, "a question", "refund")
+    shown = cli("--store", str(path), "tasks", env={"COLUMNS": "100"}).stdout
+    assert "…" not in shown
+    assert key in "".join(line.split("│")[1].strip() for line in shown.splitlines()
+                          if line.startswith("│"))
+
+
+def test_ctrl_c_in_a_command_is_one_line_and_exit_130(store_dir: Path, monkeypatch) -> None:
+    from tracer_wrap.ops import status as status_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(status_module, "task_status", interrupted)
+    result = cli("--store", str(store_dir), "status")
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
+
+
+def test_demo_help_lists_the_demos_own_options() -> None:
+    result = cli("demo", "--help")
+    assert result.exit_code == 0
+    assert "--queries" in result.stdout and "--target" in result.stdout

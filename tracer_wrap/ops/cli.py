@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from .. import names
 from ..errors import ConfigError, TracerWrapError
@@ -46,8 +48,31 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+#: C0 and C1 control characters but tab and newline. Task names come from callers (``task=``,
+#: the gateway's task header) and labels from LLMs: printed raw, an escape sequence among them
+#: would clear the operator's screen, retitle the terminal or forge output.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _visible(text: str) -> str:
+    """``text`` with every control character written as ``\\xNN``."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class _PlainConsole(Console):
+    """A console that prints strings as they are: no markup, emoji or highlighting (``[/]`` in
+    a label would raise, ``[link=...]`` would make a hyperlink of it), control characters shown
+    escaped. Every string printed, table cells and titles included, goes through
+    :meth:`render_str`; a Panel's title does not, so it is given as a Text of
+    :func:`_visible`."""
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:
+        return super().render_str(_visible(text), **kwargs)
+
+
+console = _PlainConsole(soft_wrap=True, markup=False, emoji=False, highlight=False)
+err_console = _PlainConsole(stderr=True, soft_wrap=True, markup=False, emoji=False,
+                            highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,8 +110,11 @@ def command(name: str | None = None, **settings: Any) -> Callable[[F], F]:
             try:
                 return fn(*args, **kwargs)
             except (TracerWrapError, OSError) as exc:
-                err_console.print(f"error: {exc}", highlight=False, soft_wrap=True, markup=False)
+                err_console.print(f"error: {exc}", soft_wrap=True)
                 raise typer.Exit(1) from None
+            except KeyboardInterrupt:  # Ctrl-C: one line and the shell's code for SIGINT
+                err_console.print("interrupted")
+                raise typer.Exit(130) from None
 
         app.command(name, **settings)(wrapper)
         return fn
@@ -158,7 +186,7 @@ def status(
     if not rows:
         console.print(f"No tasks in {st.path} yet.")
         return
-    console.print(f"tracer_wrap store {st.path}", markup=False)
+    console.print(f"tracer_wrap store {st.path}")
     for row in rows:
         console.print(_status_panel(row))
 
@@ -216,7 +244,7 @@ def _status_panel(r: dict[str, Any]) -> Panel:
     ]
     for key, value in rows:
         grid.add_row(key, value)
-    return Panel(grid, title=r["task"], title_align="left", expand=False)
+    return Panel(grid, title=Text(_visible(r["task"])), title_align="left", expand=False)
 
 
 def _price_text(price: dict[str, float]) -> str:
@@ -580,11 +608,11 @@ def import_cmd(
         return
     for result in results:
         console.print(f"Imported {result['lines']} records into {result['task']}"
-                      f" ({result['new_traces']} new distinct inputs).", markup=False)
+                      f" ({result['new_traces']} new distinct inputs).")
         if result["not_a_label"]:
             top = ", ".join(f"{answer!r} x{n}" for answer, n in result["not_a_label_top"])
             console.print(f"Left out {result['not_a_label']} records whose answer names no label"
-                          f" of {result['task']} (most often: {top}).", markup=False)
+                          f" of {result['task']} (most often: {top}).")
 
 
 def _clip(text: str, width: int) -> str:
@@ -597,10 +625,9 @@ def _show_discovery(found: Any, file: Path, as_json: bool) -> None:
         _emit_json(found.as_dict())
         return
     skipped = sum(found.skipped.values())
-    console.print(f"{file}: {found.format} format, {found.records} records, {skipped} skipped.",
-                  markup=False)
+    console.print(f"{file}: {found.format} format, {found.records} records, {skipped} skipped.")
     for reason, n in found.skipped.most_common():
-        console.print(f"  skipped {n}: {reason}", markup=False)
+        console.print(f"  skipped {n}: {reason}")
     if not found.tasks:
         console.print("No classification-shaped calls found: nothing to import.")
         return
@@ -616,13 +643,12 @@ def _show_discovery(found: Any, file: Path, as_json: bool) -> None:
     console.print(table)
     for t in found.tasks:
         model = f" ({t.model})" if t.model else ""
-        console.print(f"{t.key or 'template'}{model}: {t.template}", markup=False,
-                      highlight=False)
+        console.print(f"{t.key or 'template'}{model}: {t.template}")
     if found.format in ("tracer", "csv"):
-        console.print(f"Import it: tracer-wrap import {file} --task NAME", markup=False)
+        console.print(f"Import it: tracer-wrap import {file} --task NAME")
     else:
         console.print(f"Import one: tracer-wrap import {file} --task-key KEY [--as NAME];"
-                      " every task: --all", markup=False)
+                      " every task: --all")
 
 
 # -- report, serve, tasks, run --------------------------------------------------------------------
@@ -678,7 +704,7 @@ def serve(
 
     def ready() -> None:  # after the checks: no banner for a sidecar that refuses to start
         err_console.print(f"tracer_wrap sidecar on http://{host}:{port} (store {st.path}, "
-                          f"{'token required' if token else 'no token'})", markup=False)
+                          f"{'token required' if token else 'no token'})")
 
     run(st, host=host, port=port, token=token, max_body_bytes=max_body, embedder=embedder,
         ready=ready)
@@ -723,7 +749,7 @@ def gateway(
                         ("--anthropic-upstream", anthropic_upstream)):
         why = upstream_problem(url)
         if why is not None:  # a usage error, as typer reports its own: exit 2
-            err_console.print(f"error: {option}: {why}", highlight=False, markup=False)
+            err_console.print(f"error: {option}: {why}")
             raise typer.Exit(2)
     spec = store_spec(store or (ctx.obj or {}).get("store"))
     where = str(spec.path) if isinstance(spec, Store) else spec
@@ -731,7 +757,7 @@ def gateway(
     def ready() -> None:  # after the checks: no banner for a gateway that refuses to start
         err_console.print(f"tracer_wrap gateway on http://{host}:{port}/v1 -> {openai_upstream}"
                           f" and http://{host}:{port} -> {anthropic_upstream} (store {where},"
-                          f" {'token required' if token else 'no token'})", markup=False)
+                          f" {'token required' if token else 'no token'})")
 
     run_gateway(where, host=host, port=port, token=token, workers=workers,
                 openai_upstream=openai_upstream, anthropic_upstream=anthropic_upstream,
@@ -750,8 +776,10 @@ def tasks(ctx: typer.Context, store: StoreOpt = None, as_json: JsonOpt = False) 
         _emit_json(rows)
         return
     table = Table(title="tracer_wrap tasks")
-    for column in ("task", "calls", "distinct outputs", "classification?", "routing",
-                   "coverage", "top outputs"):
+    # The task key is what `routing TASK on` takes: never cut, folded when too wide.
+    table.add_column("task", overflow="fold")
+    for column in ("calls", "distinct outputs", "classification?", "routing", "coverage",
+                   "top outputs"):
         table.add_column(column)
     for row in rows:
         table.add_row(row["task"], str(row["calls"]), str(row["distinct_outputs"]),
@@ -762,7 +790,7 @@ def tasks(ctx: typer.Context, store: StoreOpt = None, as_json: JsonOpt = False) 
     if rows:
         store_flag = (ctx.obj or {}).get("store")
         prefix = f"tracer-wrap --store {store_flag}" if store_flag else "tracer-wrap"
-        console.print(f"Turn routing on for a task: {prefix} routing TASK on", markup=False)
+        console.print(f"Turn routing on for a task: {prefix} routing TASK on")
 
 
 @command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -785,12 +813,15 @@ def run_cmd(
     os.execvpe(argv[0], list(argv), launch_env(store=str(spec), routing=routing_on))
 
 
-@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                           "help_option_names": []})
 def demo(ctx: typer.Context) -> None:
-    """Run the offline Banking77 demo; extra options go to it (tracer-wrap demo --help-demo)."""
+    """Run the offline Banking77 demo; its options (--queries, --target, ...) go to it
+    (tracer-wrap demo --help)."""
     from ..lab.demo import main as demo_main
 
-    args = ["--help" if a == "--help-demo" else a for a in ctx.args]
+    # --help is the demo's own (argparse lists its options); --help-demo still works.
+    args = ["--help" if a in ("--help", "--help-demo") else a for a in ctx.args]
     try:
         demo_main(args)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
