@@ -292,3 +292,17 @@ def test_demo_help_lists_the_demos_own_options() -> None:
     result = cli("demo", "--help")
     assert result.exit_code == 0
     assert "--queries" in result.stdout and "--target" in result.stdout
+
+
+def test_help_texts_say_each_thing_once_and_truly() -> None:
+    for name in ("serve", "gateway"):
+        shown = " ".join(cli(name, "--help", env={"COLUMNS": "200"}).stdout.split())
+        assert shown.count("TRACER_WRAP_TOKEN") == 1, shown
+    report = " ".join(cli("report", "--help", env={"COLUMNS": "200"}).stdout.split())
+    assert "the embedder the served version was fitted with" in report
+
+
+def test_a_server_needs_a_port_it_can_announce() -> None:
+    # The banner names the URL to call: port 0 (any free port) would announce ":0".
+    for name in ("serve", "gateway"):
+        assert cli(name, "--port", "0").exit_code == 2

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import names
-from ..errors import ConfigError, TracerWrapError
+from ..errors import ConfigError, StoreTampered, TracerWrapError
 from ..options import TaskOptions, store_spec
 from ..store import REDIS_SCHEMES, Store, open_store
 
@@ -210,7 +210,9 @@ def _status_panel(r: dict[str, Any]) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="dim", no_wrap=True)
     grid.add_column()
-    if r["current_version"] is None:
+    if r["current_version"] is None and r["refused"]:  # its pointer cannot be read
+        router = f"REFUSED, every call goes to the LLM: {r['refused']}"
+    elif r["current_version"] is None:
         router = "no router yet (every call goes to the LLM)"
     else:
         certified = (f"{_pct(r['certified_coverage'])} coverage certified" if r["certified"]
@@ -242,6 +244,9 @@ def _status_panel(r: dict[str, Any]) -> Panel:
                         f" {usage['poisoned']:,} poisoned (refused by the store)"),
         ("savings", money),
     ]
+    if r.get("unreadable"):
+        rows.append(("damaged rows", f"{r['unreadable']:,} store rows cannot be read and were"
+                                     " skipped (each is logged with its key)"))
     for key, value in rows:
         grid.add_row(key, value)
     return Panel(grid, title=Text(_visible(r["task"])), title_align="left", expand=False)
@@ -323,8 +328,12 @@ def fit(
                 "embedder": embedder, "store": st, "refit_every": None,
                 "refit_executor": "inline"}
     traced = TracedTask(task, options=TaskOptions.resolve(task, explicit))
-    before = st.current_version(task)
-    served = st.manifest(task, before) if before is not None else None
+    try:
+        before = st.current_version(task)
+        served = st.manifest(task, before) if before is not None else None
+    except StoreTampered as exc:  # the fit replaces what cannot be read (with --force)
+        err_console.print(f"warning: {exc}", highlight=False, soft_wrap=True, markup=False)
+        before, served = None, None
     if served is not None and not force and served.get("embedder") not in (
             None, traced.embedder.name):
         raise ConfigError(
@@ -420,7 +429,10 @@ def rollback(
 
     st = _store_of(ctx, store)
     _known_task(st, task)
-    previous = st.current_version(task)
+    try:
+        previous: int | str | None = st.current_version(task)
+    except StoreTampered:  # what a rollback is for: it replaces the unreadable pointer
+        previous = "unreadable"
     do_rollback(st, task, version)
     if as_json:
         _emit_json({"task": task, "previous_version": previous, "current_version": version})
@@ -660,7 +672,9 @@ def report(
     task: TaskArg,
     output: Annotated[Path, typer.Option("-o", "--output", help="HTML file to write.")] = Path(
         "report.html"),
-    embedder: EmbedderOpt = None,
+    embedder: Annotated[str | None, typer.Option(
+        "--embedder", help="Embedding model name, or 'hashing'. Default: the embedder the "
+                           "served version was fitted with.")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Write one self-contained HTML report (opens offline) about the task and its router."""
@@ -686,12 +700,11 @@ def report(
 def serve(
     ctx: typer.Context,
     store: StoreOpt = None,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")]
     = "127.0.0.1",
     token: Annotated[str | None, typer.Option(
-        envvar=names.ENV_TOKEN, help="Require 'Authorization: Bearer TOKEN' "
-                                     "[env: TRACER_WRAP_TOKEN].")] = None,
+        envvar=names.ENV_TOKEN, help="Require 'Authorization: Bearer TOKEN'.")] = None,
     max_body: Annotated[int, typer.Option(min=1024, help="Largest request body in bytes.")]
     = 1_000_000,
     embedder: EmbedderOpt = None,
@@ -714,13 +727,13 @@ def serve(
 def gateway(
     ctx: typer.Context,
     store: StoreOpt = None,
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
     host: Annotated[str, typer.Option(
         help="Interface to bind (127.0.0.1: this machine only; any other needs --token).")]
     = "127.0.0.1",
     token: Annotated[str | None, typer.Option(
         envvar=names.ENV_TOKEN, help="Require this token in the X-Tracer-Wrap-Token header of "
-                                     "every request [env: TRACER_WRAP_TOKEN].")] = None,
+                                     "every request.")] = None,
     openai_upstream: Annotated[str, typer.Option(
         "--openai-upstream", help="Base URL of the OpenAI-compatible API calls go to.")]
     = "https://api.openai.com/v1",
