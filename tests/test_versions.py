@@ -33,7 +33,9 @@ def data(n: int, noise: float = 0.2) -> tuple[np.ndarray, list[str]]:
 
 def router(n: int = 400, noise: float = 0.2):  # type: ignore[no-untyped-def]
     X, y = data(n, noise)
-    return fit_router(X, y, targets=(0.9,), serve_target=0.9), fit_ood(X, y)
+    fitted = fit_router(X, y, targets=(0.9,), serve_target=0.9)
+    fitted.info["embedder"] = "test"  # as a refit records it: a version without one never loads
+    return fitted, fit_ood(X, y)
 
 
 def test_publish_keeps_last_n_and_current(tmp_path: Path) -> None:

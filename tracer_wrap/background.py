@@ -6,7 +6,8 @@ queues a trace into an empty buffer wakes it). A step writes the task's buffered
 counters to the store, refreshes the version it serves, and schedules refits: store reads and
 writes, model loads and waits on locks all happen here, never in a caller's thread.
 
-A step that raises is logged (once per storm) and the worker goes on. The worker is a daemon
+A step that raises is logged with its task's name (once per storm) and the worker goes on with
+the other jobs. The worker is a daemon
 thread started on first use; a forked child starts its own (the parent's does not exist in it).
 Every job gets a last :meth:`Job.drain`, bounded by :data:`EXIT_SECONDS` in all (an unreachable
 store cannot hang the exit), at interpreter exit and at the exit of a ``multiprocessing`` child,
@@ -131,8 +132,8 @@ def _step_all() -> None:
                 continue  # unregistered meanwhile
             try:
                 job.step()
-            except Exception as exc:  # the worker must outlive any job's fault
-                fault("background work", exc)
+            except Exception as exc:  # the worker and the other jobs outlive any job's fault
+                fault("background work", exc, task=getattr(job, "task", None))
 
 
 def _drain_orphans(wait: float = 0.0) -> None:

@@ -696,7 +696,8 @@ class TracedTask:
     def step(self) -> None:
         """Write buffered traces and counters, refresh the served snapshot, start a refit when
         one is due, share the LLM's spellings of labels with other processes. Runs on the
-        background worker; a store fault is logged and retried. With
+        background worker; a store fault is logged and retried at the next step, any other
+        fault of one of these parts is logged with the task's name and the other parts run. With
         ``refit_executor="inline"`` the calls write and refit themselves (reproducibly, in the
         calling thread), so the worker only refreshes the snapshot and the spellings. Does
         nothing while ``$TRACER_WRAP_DISABLE`` is set."""
@@ -704,22 +705,30 @@ class TracedTask:
             # Off: no call buffered anything or reads the snapshot, so the store is not opened
             # (answers buffered before the switch wait for it to be off again, or for the exit).
             return
-        try:
-            if self._inline:
-                if self.serving.due():
-                    self.serving.refresh()
-                self.spellings.step()
-                return
+        work: list[tuple[str, Callable[[], object]]]
+        if self._inline:
+            work = [("refresh", self._refresh_if_due), ("spellings", self.spellings.step)]
+        else:
             # A bounded share of the buffer per step: under a flood of calls the snapshot must
             # still be refreshed and refits still started.
-            self._write(max_answers=STEP_BATCHES * WRITE_BATCH)
-            self.ledger.flush()
-            if self.serving.due():
-                self.serving.refresh()
-            self._refit_if_due()
-            self.spellings.step()
-        except StoreError as exc:
-            self._fault("trace store", exc)
+            work = [("trace logging", lambda: self._write(max_answers=STEP_BATCHES * WRITE_BATCH)),
+                    ("counters", self.ledger.flush), ("refresh", self._refresh_if_due),
+                    ("refit", self._refit_if_due), ("spellings", self.spellings.step)]
+        for name, part in work:
+            try:
+                part()
+            except StoreError as exc:  # the store cannot be reached: every part retries next tick
+                self._fault("trace store", exc)
+                return
+            except Exception as exc:
+                # Any other fault of one part (a damaged row, a defect) is logged with the task
+                # and must not stop the others: a refresh that fails on a damaged current-version
+                # row must not stop the refit that would replace it, nor the counters' flush.
+                self._fault(name, exc)
+
+    def _refresh_if_due(self) -> None:
+        if self.serving.due():
+            self.serving.refresh()
 
     def _refit_if_due(self) -> None:
         """Start a refit when new valid traces were written and the policy says it is due."""

@@ -34,7 +34,7 @@ import numpy as np
 from . import background, names
 from ._log import fault
 from .breaker import DriftBreaker
-from .errors import ConfigError, RouterLoadError
+from .errors import ConfigError, EmbedderError, RouterLoadError, StoreError, StoreTampered
 from .model.ood import OODScorer
 from .model.router import Decision, Router
 from .versions import load_ood, load_version
@@ -69,6 +69,13 @@ class Served:
     @property
     def n_calibration(self) -> int:
         return 0 if self.router is None else int(self.router.info.get("n_calibration", 0))
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A current-version pointer that cannot be read, and why."""
+
+    reason: str
 
 
 #: How long the first call of a task waits for the first read of the store (sync paths only).
@@ -145,10 +152,19 @@ class Serving:
         """Re-read the version, routing switch and breaker from the store; load a new version.
         Raises StoreError when the store cannot be read (the snapshot is kept)."""
         store = self._store()
-        version = store.current_version(self.task)
-        routing = store.get_setting(self.task, names.SETTING_ROUTING)
-        trip = store.get_setting(self.task, names.SETTING_BREAKER)
-        if version != self._served.version and version != self._refused:
+        try:
+            version: int | None | _Unreadable = store.current_version(self.task)
+        except StoreTampered as exc:
+            fault("reading the current version", exc, task=self.task)
+            version = _Unreadable(f"the current version cannot be read: {exc}")
+        # A routing switch or breaker row that cannot be read is taken on the safe side: routing
+        # off, breaker tripped (every call goes to the LLM until it is written again).
+        routing = self._setting(store, names.SETTING_ROUTING, False)
+        trip = self._setting(store, names.SETTING_BREAKER, {})
+        if isinstance(version, _Unreadable):
+            with self._lock:
+                self._served = Served(None, reason=version.reason)
+        elif version != self._served.version and version != self._refused:
             served = self._load(version)
             with self._lock:
                 self._served = served
@@ -156,6 +172,14 @@ class Serving:
         self._tripped = isinstance(trip, dict) and self.options.breaker is not False
         self._refreshed_at = self.options.monotonic()
         self._settled.set()
+
+    def _setting(self, store: Store, name: str, unreadable: object) -> object:
+        """A setting of the task; ``unreadable`` (logged) when its row cannot be read."""
+        try:
+            return store.get_setting(self.task, name)
+        except StoreTampered as exc:
+            fault("reading a setting", exc, task=self.task)
+            return unreadable
 
     def invalidate(self) -> None:
         """Re-read the store at the next refresh (the routing switch or breaker changed here)."""
@@ -184,14 +208,16 @@ class Serving:
             router = load_version(store, self.task, version)
             embedder = self._embedder()
             fitted_with = router.info.get("embedder")
-            if fitted_with is not None and fitted_with != embedder.name:
+            if fitted_with != embedder.name:  # load_version refuses a manifest without one
                 raise RouterLoadError(
                     f"version {version} of {self.task!r} was fitted with embedder {fitted_with!r};"
                     f" this process embeds with {embedder.name!r}")
             router.target = self.options.target
-            ood = load_ood(store, self.task, version) if self.options.ood_quantile is not None \
-                else None
-        except RouterLoadError as exc:
+            ood = load_ood(store, self.task, version, dim=router.dim) \
+                if self.options.ood_quantile is not None else None
+        except (StoreError, EmbedderError):
+            raise  # transient (the store or the model cannot be reached): the next refresh retries
+        except Exception as exc:  # whatever fails to load is refused, never served
             self._refused = version
             fault("router load", exc, task=self.task)
             return Served(version, reason=f"version {version} cannot be served: {exc}")

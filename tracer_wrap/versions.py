@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from . import names
 from ._log import logger
-from .errors import ConfigError, RouterLoadError
+from .errors import ConfigError, RouterLoadError, StoreTampered
 from .model.ood import OODScorer
 from .model.router import Router
 
@@ -70,11 +73,14 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
     version = store.reserve_version(task)
     data, manifest = router.to_bytes()
     store.write_artifact(task, f"v{version}.npz", data)
+    # Its size bounds what loading it reads (a file replaced by a device never ends).
+    manifest["bytes"] = len(data)
     manifest.pop("ood", None)  # only this publication's OOD file may be named
     if ood is not None:
         ood_data = ood.to_bytes()
         store.write_artifact(task, f"v{version}.ood.npz", ood_data)
-        manifest["ood"] = {"sha256": hashlib.sha256(ood_data).hexdigest(), "cut": ood.cut,
+        manifest["ood"] = {"sha256": hashlib.sha256(ood_data).hexdigest(),
+                           "bytes": len(ood_data), "cut": ood.cut,
                            "prototypes": len(ood.prototypes),
                            "unseen_labels": [] if ood.names is None else
                            ood.names.labels[ood.names.unseen].tolist()}
@@ -101,9 +107,15 @@ def publish(store: Store, task: str, router: Router, *, ood: OODScorer | None = 
 
 
 def _serving_certified(store: Store, task: str) -> bool:
-    """Whether the current version of ``task`` certifies the target it serves."""
-    current = store.current_version(task)
-    manifest = store.manifest(task, current) if current is not None else None
+    """Whether the current version of ``task`` certifies the target it serves (not when its
+    pointer or manifest cannot be read: a new version then replaces it)."""
+    try:
+        current = store.current_version(task)
+        manifest = store.manifest(task, current) if current is not None else None
+    except StoreTampered as exc:
+        logger.warning("tracer_wrap: the current version of %r cannot be read (%s); the new"
+                       " version replaces it", task, exc)
+        return False
     return manifest is not None and certified_coverage(
         manifest, float(manifest.get("target", 1.0))) > 0
 
@@ -120,17 +132,21 @@ def load_version(store: Store, task: str, version: int) -> Router:
     manifest. Whoever can write the artifact files alone (a shared directory) cannot change an
     answer: the ``v<N>.json`` copy beside the arrays (for people and for copies of the files)
     decides nothing, and one that says otherwise than the store's manifest (edited labels,
-    thresholds, embedder) is refused as tampering. Raises RouterLoadError when anything is
-    missing or does not match."""
-    manifest = store.manifest(task, version)
-    if manifest is None:
-        raise RouterLoadError(f"version {version} of {task!r} is not in the store")
+    thresholds, embedder) is refused as tampering. A manifest that records no embedder is
+    refused too (any embedder of the same dimension would pass for it). The artifact is read
+    bounded by the size the manifest records (versions published before sizes were recorded:
+    by :data:`~tracer_wrap.store.base.MAX_ARTIFACT_BYTES`), never blocking. Raises
+    RouterLoadError when anything is missing, unreadable or does not match."""
+    manifest = _manifest(store, task, version)
     source = f"{task}/v{version}.npz"
     if not manifest.get("sha256"):
         raise RouterLoadError(f"{source}: the store recorded no hash for it, refusing to load")
+    if not isinstance(manifest.get("embedder"), str) or not manifest["embedder"]:
+        raise RouterLoadError(f"{source}: the store recorded no embedder for it, refusing to"
+                              " load")
     try:
-        data = store.read_artifact(task, f"v{version}.npz")
-    except Exception as exc:  # missing artifact, unreadable store
+        data = store.read_artifact(task, f"v{version}.npz", max_bytes=_size(manifest))
+    except Exception as exc:  # missing artifact, unreadable store, not a regular file
         raise RouterLoadError(f"cannot load router {source!r}: {exc}") from exc
     _check_manifest_copy(store, task, version, manifest)
     return Router.from_bytes(data, manifest, expected_sha256=manifest["sha256"], source=source)
@@ -163,21 +179,52 @@ def _check_manifest_copy(store: Store, task: str, version: int, manifest: dict[s
 _MISSING = object()
 
 
-def load_ood(store: Store, task: str, version: int) -> OODScorer | None:
-    """The OOD prototypes of a version (None if it has none), hash-checked like the router."""
-    manifest = store.manifest(task, version) or {}
+def _manifest(store: Store, task: str, version: int) -> dict[str, Any]:
+    """The store's manifest of ``version``; RouterLoadError when there is none or it cannot be
+    read."""
+    try:
+        manifest = store.manifest(task, version)
+    except StoreTampered as exc:
+        raise RouterLoadError(f"version {version} of {task!r} cannot be read: {exc}") from None
+    if manifest is None:
+        raise RouterLoadError(f"version {version} of {task!r} is not in the store")
+    return manifest
+
+
+def _size(record: dict[str, Any]) -> int | None:
+    """The size in bytes a manifest records for its file (None: it records none)."""
+    size = record.get("bytes")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 0 else None
+
+
+def load_ood(store: Store, task: str, version: int, *, dim: int | None = None
+             ) -> OODScorer | None:
+    """The OOD prototypes of a version (None if it has none), hash-checked like the router: a
+    manifest that names OOD prototypes without their hash is refused. The prototypes must be
+    finite, and of ``dim`` components when given (the router's). Raises RouterLoadError
+    otherwise."""
+    manifest = _manifest(store, task, version)
     info = manifest.get("ood")
     if not info:
         return None
     source = f"{task}/v{version}.ood.npz"
+    expected = info.get("sha256") if isinstance(info, dict) else None
+    if not isinstance(expected, str) or not expected:
+        raise RouterLoadError(f"{source}: the store recorded no hash for it, refusing to load")
     try:
-        data = store.read_artifact(task, f"v{version}.ood.npz")
+        data = store.read_artifact(task, f"v{version}.ood.npz", max_bytes=_size(info))
     except Exception as exc:
         raise RouterLoadError(f"cannot load OOD prototypes {source!r}: {exc}") from exc
-    expected = info.get("sha256")
-    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+    if hashlib.sha256(data).hexdigest() != expected:
         raise RouterLoadError(f"{source}: content hash mismatch, refusing to load")
-    return OODScorer.from_bytes(data, source=source)
+    ood = OODScorer.from_bytes(data, source=source)
+    prototypes = np.asarray(ood.prototypes)
+    if prototypes.ndim != 2 or not len(prototypes) or not np.isfinite(prototypes).all() \
+            or not math.isfinite(ood.cut) or (dim is not None and prototypes.shape[1] != dim):
+        raise RouterLoadError(f"{source}: prototypes of shape {prototypes.shape} (finite:"
+                              f" {bool(np.isfinite(prototypes).all())}) do not fit a router of"
+                              f" {dim} dimensions, refusing to load")
+    return ood
 
 
 def rollback(store: Store, task: str, version: int) -> None:
@@ -190,8 +237,8 @@ def rollback(store: Store, task: str, version: int) -> None:
     if store.manifest(task, version) is None:
         raise ConfigError(f"version {version} of {task!r} is not kept; kept:"
                           f" {[m['version'] for m in store.versions(task)]}")
-    load_version(store, task, version)
-    load_ood(store, task, version)
+    router = load_version(store, task, version)
+    load_ood(store, task, version, dim=router.dim)
     pinned = pinned_version(store, task)
     if pinned is not None and pinned != version:
         raise ConfigError(f"version {pinned} of {task!r} is pinned; unpin it first")

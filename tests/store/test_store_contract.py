@@ -173,8 +173,9 @@ def test_prune_keeps_dedup_consistent(any_store):
 
 def _router(rng) -> Router:
     cert = Certificate(0.9, 0.5, 0.7, 0.95, 100, 0.9, "")
+    # A version records its embedder: one that does not is never loaded.
     return Router(rng.normal(size=(3, 8)), rng.normal(size=3), ["a", "b", "c"], {0.9: cert},
-                  target=0.9)
+                  target=0.9, info={"embedder": "test"})
 
 
 def test_versions_and_artifacts_round_trip(any_store):

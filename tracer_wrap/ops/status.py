@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import names
 from ..accounting import Price, read_summary, summary
-from ..errors import RouterLoadError
+from ..errors import RouterLoadError, StoreTampered
 from ..store import Origin, Store, open_store
 from ..versions import certified_coverage, load_ood, load_version, pinned_version
 
@@ -36,8 +36,8 @@ def refusal(store: Store, task: str, version: int | None) -> str | None:
     if version is None:
         return None
     try:
-        load_version(store, task, version)
-        load_ood(store, task, version)
+        router = load_version(store, task, version)
+        load_ood(store, task, version, dim=router.dim)
     except RouterLoadError as exc:
         return " ".join(str(exc).split())
     return None
@@ -50,16 +50,29 @@ def task_status(store: Store, task: str) -> dict[str, Any]:
     was recorded) where the router's label equals the LLM's. ``usage`` is the accounting summary;
     ``frontier`` gives, for each certified target of the served version, its coverage and the
     money it would save at the task's price. ``refused`` says why the current version cannot be
-    served (:func:`refusal`; every call then goes to the LLM), None when it loads. Raises
-    StoreError when the store cannot be read.
+    served (:func:`refusal`; every call then goes to the LLM), None when it loads. A damaged
+    store row does not stop it: ``unreadable`` counts the rows skipped while reading (each is
+    logged with its key), and a current-version pointer or manifest that cannot be read shows
+    as ``refused``. Raises StoreError when the store cannot be read.
     """
+    skipped_before = _unreadable(store, task)
     traces = store.traces(task)
     valid = sum(t.valid for t in traces)
     audits = [t for t in traces if t.origin == Origin.AUDIT.value and t.valid
               and t.router_label is not None]
     agree = sum(t.router_label == t.teacher for t in audits)
-    version = store.current_version(task)
-    manifest = store.manifest(task, version) if version is not None else None
+    refused: str | None = None
+    manifest = None
+    try:
+        version = store.current_version(task)
+    except StoreTampered as exc:
+        version, refused = None, f"the current version cannot be read: {exc}"
+    if version is not None:
+        refused = refusal(store, task, version)
+        try:
+            manifest = store.manifest(task, version)
+        except StoreTampered:
+            manifest = None  # refusal() says why
     target = coverage = None
     if manifest is not None:
         target = float(manifest.get("target", 0.95))
@@ -73,11 +86,11 @@ def task_status(store: Store, task: str) -> dict[str, Any]:
         "valid": valid,
         "invalid": len(traces) - valid,
         "current_version": version,
-        "pinned_version": pinned_version(store, task),
+        "pinned_version": _pinned(store, task),
         "versions": len(store.versions(task)),
         "embedder": manifest.get("embedder") if manifest else None,
         "target": target,
-        "refused": refusal(store, task, version),
+        "refused": " ".join(refused.split()) if refused else None,
         "certified": bool(coverage),
         "certified_coverage": coverage,
         "routing": settings.get(names.SETTING_ROUTING),
@@ -86,7 +99,20 @@ def task_status(store: Store, task: str) -> dict[str, Any]:
         "breaker": settings.get(names.SETTING_BREAKER),
         "usage": usage,
         "frontier": frontier_rows(manifest, usage) if manifest else [],
+        "unreadable": _unreadable(store, task) - skipped_before,
     }
+
+
+def _unreadable(store: Store, task: str) -> int:
+    """Rows of ``task`` this store object's reads skipped so far (stores count them)."""
+    return int(getattr(store, "unreadable", {}).get(task, 0))
+
+
+def _pinned(store: Store, task: str) -> int | None:
+    try:
+        return pinned_version(store, task)
+    except (StoreTampered, ValueError, TypeError):  # a damaged pin: shown as none
+        return None
 
 
 def frontier_rows(manifest: dict[str, Any], usage: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,14 +8,18 @@ Everything above the store (the engine, refits, the CLI, the sidecar) uses only 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
 import re
+import stat
 import struct
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -23,11 +27,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigError
+from .._log import fault
+from ..errors import ConfigError, StoreTampered
 
 __all__ = ["REDIS_SCHEMES", "VERSION_ARTIFACTS", "NewTrace", "Origin", "Store", "Trace",
            "append_one",
-           "check_new_traces", "decode_vectors", "encode_vectors", "read_jsonl", "task_id"]
+           "check_new_traces", "decode_json", "decode_manifest", "decode_vectors",
+           "decode_version", "encode_vectors", "read_jsonl",
+           "skip_unreadable", "task_id", "well_formed_vector"]
 
 #: URL schemes :func:`open_store` hands to :class:`~tracer_wrap.store.redis_store.RedisStore`.
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -78,11 +85,72 @@ class Trace:
 
     def to_json(self) -> str:
         # vars(), not dataclasses.asdict: asdict deep-copies every field, a third of an append.
-        return json.dumps(vars(self), ensure_ascii=False, separators=(",", ":"))
+        fields = vars(self)
+        if "_unknown" in fields:  # read from a newer release's row: written back with it
+            fields = {**fields["_unknown"], **{k: v for k, v in fields.items()
+                                               if k != "_unknown"}}
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: str) -> Trace:
-        return cls(**json.loads(raw))
+    def from_json(cls, raw: str | bytes, key: str = "") -> Trace:
+        """The trace a stored row holds; ``key`` names the row in the error.
+
+        Every field is checked for its type (``input`` and ``teacher`` are required, the others
+        take their defaults when absent, as in rows written before they existed). Keys this
+        release does not know are ignored, so that during a rolling upgrade a process of the
+        older release reads what a newer one wrote; they are kept and written back with the
+        trace when it is rewritten (a repeat of its input). Raises StoreTampered naming ``key``
+        and the field when the row is not a JSON object of trace fields: never a plain
+        exception, so the callers' paths for a damaged row (set the answer aside, skip the row)
+        apply."""
+        try:
+            row = json.loads(raw)
+        except (ValueError, TypeError, RecursionError) as exc:  # not JSON, not text, too deep
+            raise StoreTampered(f"stored trace {key!r} is not JSON ({exc})") from None
+        if not isinstance(row, dict):
+            raise StoreTampered(f"stored trace {key!r} is not a JSON object")
+        unknown = {}
+        for name, value in row.items():
+            check = _TRACE_FIELDS.get(name)
+            if check is None:
+                unknown[name] = value
+            elif not check(value):
+                raise StoreTampered(f"stored trace {key!r} has a field {name!r} of the wrong"
+                                    f" type ({type(value).__name__})")
+        if "input" not in row or "teacher" not in row:
+            raise StoreTampered(f"stored trace {key!r} has no input or no teacher")
+        if unknown:
+            trace = cls(**{k: v for k, v in row.items() if k not in unknown})
+            trace._unknown = unknown  # type: ignore[attr-defined]
+            return trace
+        return cls(**row)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+#: What each field of a stored trace must be (:meth:`Trace.from_json`).
+_TRACE_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "input": lambda v: isinstance(v, str),
+    "teacher": lambda v: isinstance(v, str),
+    "valid": lambda v: isinstance(v, bool),
+    "origin": lambda v: isinstance(v, str),
+    "ts": _is_number,
+    "count": lambda v: _is_int(v) and v >= 1,
+    "exchangeable": lambda v: isinstance(v, bool),
+    "labels": lambda v: isinstance(v, dict) and all(_is_int(n) and n >= 0 for n in v.values()),
+    "router_label": lambda v: v is None or isinstance(v, str),
+    "meta": lambda v: isinstance(v, dict),
+    "seq": lambda v: _is_int(v) and v >= 0,
+    "served_version": lambda v: v is None or _is_int(v),
+    "audit_p": lambda v: v is None or (_is_number(v) and 0 <= v <= 1),
+}
 
 
 @dataclass(frozen=True)
@@ -195,7 +263,8 @@ class Store(Protocol):
     def claim(self, task: str, name: str, *, ttl: float) -> bool: ...
     def release(self, task: str, name: str) -> None: ...
     def write_artifact(self, task: str, name: str, data: bytes) -> None: ...
-    def read_artifact(self, task: str, name: str) -> bytes: ...
+    def read_artifact(self, task: str, name: str, *,
+                      max_bytes: int | None = None) -> bytes: ...
     def delete_artifact(self, task: str, name: str) -> None: ...
     def reserve_version(self, task: str) -> int: ...
     def put_manifest(self, task: str, version: int, manifest: Mapping[str, Any]) -> None: ...
@@ -266,6 +335,53 @@ def decode_vectors(embedder: str, raws: Sequence[bytes | None], dim: int | None 
     return matrix, found
 
 
+def decode_json(raw: Any, key: str) -> Any:
+    """The JSON value of a stored row (a setting); StoreTampered naming ``key`` when the row
+    is not JSON text."""
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise StoreTampered(f"stored row {key!r} is not JSON ({exc})") from None
+
+
+def decode_manifest(raw: Any, key: str, version: int) -> dict[str, Any]:
+    """The manifest a stored row holds; StoreTampered naming ``key`` when it is not a JSON
+    object recording ``version`` as its number."""
+    manifest = decode_json(raw, key)
+    if not isinstance(manifest, dict) or manifest.get("version") != version \
+            or isinstance(manifest.get("version"), bool):
+        raise StoreTampered(f"stored manifest {key!r} is not the manifest of version {version}")
+    return manifest
+
+
+def decode_version(raw: Any, key: str) -> int:
+    """A version number stored as an integer (or its digits, as Redis returns it);
+    StoreTampered naming ``key`` otherwise."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1:
+        return raw
+    if isinstance(raw, (bytes, str)) and raw.isdigit() and int(raw) >= 1:
+        return int(raw)
+    raise StoreTampered(f"stored row {key!r} is not a version number")
+
+
+def skip_unreadable(unreadable: Counter[str], task: str, error: StoreTampered) -> None:
+    """Count a stored row of ``task`` that a read skips (``unreadable``, per task) and log it
+    (rate-limited, :func:`tracer_wrap._log.fault`; the error names the row's key). One damaged
+    row must not stop a status, an export, a refit or a migration of every other trace."""
+    unreadable[task] += 1
+    fault("reading a stored row (skipped)", error, task=task)
+
+
+def well_formed_vector(raw: object) -> bool:
+    """Whether ``raw`` has the shape of a stored vector (:func:`encode_vectors`): bytes of a tag
+    and float16 components, every one finite, as :func:`decode_vectors` requires. Which
+    embedder's tag it bears is checked when it is read."""
+    if not isinstance(raw, bytes) or len(raw) <= _VECTOR_TAG_BYTES \
+            or (len(raw) - _VECTOR_TAG_BYTES) % 2:
+        return False
+    return bool(np.isfinite(np.frombuffer(raw, dtype="<f2", offset=_VECTOR_TAG_BYTES)).all())
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[str, str]]:
     """``(input, teacher)`` pairs of a JSONL trace file; ConfigError names a malformed line."""
     rows: list[tuple[str, str]] = []
@@ -319,6 +435,67 @@ def write_private(path: Path, data: bytes) -> None:
             out.write(data)
         os.replace(tmp, path)
     except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+#: Longest artifact read when its manifest records no size (versions published before sizes
+#: were recorded): far above any router or OOD file, far below what would exhaust memory.
+MAX_ARTIFACT_BYTES = 256 * 2**20
+
+
+def read_artifact_file(path: Path, max_bytes: int | None = None) -> bytes:
+    """The bytes of the artifact file ``path``, read without blocking and bounded: the file must
+    be a regular file reached without following a symbolic link at its last component, and hold
+    at most ``max_bytes`` (its recorded size; None: :data:`MAX_ARTIFACT_BYTES`). A FIFO would
+    block its reader forever and ``/dev/zero`` never ends: whoever can write the artifacts folder
+    alone must not be able to stall or exhaust the process that loads a version. Raises
+    FileNotFoundError when there is no such file, StoreTampered when it is not a regular file or
+    is larger, OSError when it cannot be read."""
+    limit = MAX_ARTIFACT_BYTES if max_bytes is None else max_bytes
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StoreTampered(f"artifact {str(path)!r} is a symbolic link, refusing to read"
+                                " it") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StoreTampered(f"artifact {str(path)!r} is not a regular file, refusing to"
+                                " read it")
+        if info.st_size > limit:
+            raise StoreTampered(f"artifact {str(path)!r} holds {info.st_size} bytes, more than"
+                                f" the {limit} expected")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, 2**20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:  # grew while read
+            raise StoreTampered(f"artifact {str(path)!r} holds more than the {limit} bytes"
+                                " expected")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def write_private_text(path: str | os.PathLike[str], lines: Iterator[str]) -> None:
+    """Write ``lines`` as the text file ``path`` atomically (beside it, then a rename), readable
+    by its owner only, as everything a store writes: it holds prompts. Raises OSError when the
+    disk refuses (the temporary file is removed)."""
+    tmp = Path(f"{path}.tmp-{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)  # a stale one of a dead process of the same pid
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with open(fd, "w", encoding="utf-8") as out:
+            for line in lines:
+                out.write(line)
+        os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 

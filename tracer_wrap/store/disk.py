@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +48,15 @@ from .base import (
     _prune_victims,
     append_one,
     check_new_traces,
+    decode_json,
+    decode_manifest,
+    decode_version,
+    read_artifact_file,
     read_jsonl,
+    skip_unreadable,
     task_id,
     write_private,
+    write_private_text,
 )
 
 __all__ = ["TraceStore"]
@@ -187,9 +194,11 @@ class _Guarded:
 
         A refit reads tens of thousands of rows: one ``get`` each released and took back the GIL
         several times per row, which beside busy threads (calls, the embedding worker) cost
-        milliseconds a row. Values go through the same :class:`_PlainDisk` as ``get`` (a pickled
-        row raises StoreTampered). No expiry is ever set on these rows, so none is checked. Each
-        page is its own read; rows written meanwhile may or may not be seen.
+        milliseconds a row. Values go through the same :class:`_PlainDisk` as ``get``: a row it
+        refuses (pickled, or kept in a file) comes back as a :class:`_Refused` holding the
+        StoreTampered, so one damaged row does not hide the others. No expiry is ever set on
+        these rows, so none is checked. Each page is its own read; rows written meanwhile may or
+        may not be seen.
         """
         cache = self._cache
         found: dict[str, Any] = {}
@@ -201,8 +210,18 @@ class _Guarded:
             with _guarded(cache.directory):
                 rows = cache._sql(select, page).fetchall()
                 for key, mode, filename, value in rows:
-                    found[key] = cache._disk.fetch(mode, filename, value, False)
+                    try:
+                        found[key] = cache._disk.fetch(mode, filename, value, False)
+                    except StoreTampered as exc:
+                        found[key] = _Refused(exc)
         return [found.get(key) for key in keys]
+
+
+class _Refused:
+    """A row :meth:`_Guarded.get_many` read but :class:`_PlainDisk` refused."""
+
+    def __init__(self, error: StoreTampered) -> None:
+        self.error = error
 
 
 def _before_fork() -> None:
@@ -235,8 +254,13 @@ class _PlainDisk(diskcache.Disk):  # type: ignore[misc]
         return super().get(key, raw)
 
     def fetch(self, mode: int, filename: Any, value: Any, read: bool) -> Any:
+        # Only raw values held inside SQLite: tracer_wrap never writes a row kept in a file of
+        # its own (disk_min_file_size), and a row naming a file would read any path it names.
         if mode == diskcache.core.MODE_PICKLE:
             raise StoreTampered("refusing to unpickle a value of the trace store"
+                                " (tampered file?)")
+        if mode != diskcache.core.MODE_RAW or filename is not None:
+            raise StoreTampered("refusing a value of the trace store kept outside its database"
                                 " (tampered file?)")
         return super().fetch(mode, filename, value, read)
 
@@ -344,6 +368,8 @@ class TraceStore:
         self._pid = -1
         self._open_lock = threading.Lock()
         self._registered: set[str] = set()  # tasks this object knows are listed in meta
+        #: Stored rows of each task this object's reads skipped because they cannot be read.
+        self.unreadable: Counter[str] = Counter()
         if read_only:
             self._open()
             return
@@ -477,7 +503,8 @@ class TraceStore:
             trace = row.first_seen(seq)
             traces.set(index_key, seq)
         else:
-            trace = Trace.from_json(traces[f"t:{task}:{seq}"])
+            key = f"t:{task}:{seq}"
+            trace = Trace.from_json(traces[key], key)
             trace.count += 1
             if row.valid:
                 trace.labels[row.teacher] = trace.labels.get(row.teacher, 0) + 1
@@ -496,15 +523,25 @@ class TraceStore:
     def iter_traces(self, task: str, *, valid_only: bool = False, start: int = 0
                     ) -> Iterator[Trace]:
         """Traces of ``task`` in the order they were first seen, from sequence number ``start``;
-        read in pages of :data:`READ_PAGE`."""
+        read in pages of :data:`READ_PAGE`. A row that cannot be read (damaged, edited) is
+        skipped, counted in :attr:`unreadable` and logged with its key (rate-limited)."""
         traces, _ = self._caches()
         last = self.count(task)
         for low in range(start + 1, last + 1, READ_PAGE):
             seqs = range(low, min(last, low + READ_PAGE - 1) + 1)
-            for raw in traces.get_many([f"t:{task}:{seq}" for seq in seqs]):
+            keys = [f"t:{task}:{seq}" for seq in seqs]
+            for key, raw in zip(keys, traces.get_many(keys)):
                 if raw is None:  # pruned, or appended concurrently and not committed yet
                     continue
-                trace = Trace.from_json(raw)
+                if isinstance(raw, _Refused):
+                    skip_unreadable(self.unreadable, task,
+                                    StoreTampered(f"stored trace {key!r}: {raw.error}"))
+                    continue
+                try:
+                    trace = Trace.from_json(raw, key)
+                except StoreTampered as exc:
+                    skip_unreadable(self.unreadable, task, exc)
+                    continue
                 if trace.valid or not valid_only:
                     yield trace
 
@@ -568,21 +605,30 @@ class TraceStore:
         """The stored vector bytes of each trace ``seq`` (None where there is none); to be read
         with :func:`decode_vectors`, which checks each one's length and embedder."""
         traces, _ = self._caches()
-        raws = traces.get_many([f"v:{task}:{int(seq)}" for seq in seqs])
+        keys = [f"v:{task}:{int(seq)}" for seq in seqs]
+        raws = traces.get_many(keys)
+        for key, raw in zip(keys, raws):
+            if isinstance(raw, _Refused):
+                skip_unreadable(self.unreadable, task,
+                                StoreTampered(f"stored vector {key!r}: {raw.error}"))
         return [raw if isinstance(raw, bytes) else None for raw in raws]
 
     # -- JSONL, the format tracer-llm reads and writes ----------------------------------------
 
     def export_jsonl(self, task: str, path: str | os.PathLike[str]) -> int:
-        """Write the valid traces of ``task`` as ``{"input": ..., "teacher": ...}`` lines."""
+        """Write the valid traces of ``task`` as ``{"input": ..., "teacher": ...}`` lines to
+        ``path``, owner-only (mode 0600, as the store: it holds prompts), atomically; return how
+        many. A trace row that cannot be read is skipped (see :meth:`iter_traces`)."""
         n = 0
-        tmp = Path(f"{path}.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as out:
+
+        def lines() -> Iterator[str]:
+            nonlocal n
             for trace in self.iter_traces(task, valid_only=True):
-                out.write(json.dumps({"input": trace.input, "teacher": trace.teacher},
-                                     ensure_ascii=False) + "\n")
+                yield json.dumps({"input": trace.input, "teacher": trace.teacher},
+                                 ensure_ascii=False) + "\n"
                 n += 1
-        os.replace(tmp, path)
+
+        write_private_text(path, lines())
         return n
 
     def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int:
@@ -634,10 +680,12 @@ class TraceStore:
                 if k.startswith(prefix) and k in meta_cache}
 
     def get_setting(self, task: str, name: str, default: Any = None) -> Any:
-        """A JSON value stored for ``task`` under ``name`` (``default`` when absent)."""
+        """A JSON value stored for ``task`` under ``name`` (``default`` when absent). Raises
+        StoreTampered naming the row when it is not JSON."""
         _, meta_cache = self._caches()
-        raw = meta_cache.get(f"s:{task}:{name}")
-        return default if raw is None else json.loads(raw)
+        key = f"s:{task}:{name}"
+        raw = meta_cache.get(key)
+        return default if raw is None else decode_json(raw, key)
 
     def set_setting(self, task: str, name: str, value: Any) -> None:
         _, meta_cache = self._caches()
@@ -653,12 +701,19 @@ class TraceStore:
         return self.get_setting(task, name)
 
     def settings(self, task: str) -> dict[str, Any]:
-        """Every setting of ``task``."""
+        """Every setting of ``task`` that can be read; one that is not JSON is skipped, counted
+        in :attr:`unreadable` and logged with its key."""
         _, meta_cache = self._caches()
         prefix = f"s:{task}:"
-        found = {k[len(prefix):]: meta_cache.get(k) for k in meta_cache.iterkeys()
-                 if k.startswith(prefix)}
-        return {k: json.loads(v) for k, v in found.items() if v is not None}
+        out: dict[str, Any] = {}
+        for key in [k for k in meta_cache.iterkeys() if k.startswith(prefix)]:
+            try:
+                raw = meta_cache.get(key)
+                if raw is not None:
+                    out[key[len(prefix):]] = decode_json(raw, key)
+            except StoreTampered as exc:
+                skip_unreadable(self.unreadable, task, exc)
+        return out
 
     def claim(self, task: str, name: str, *, ttl: float) -> bool:
         """Take the named claim of ``task`` if nobody holds it; it expires after ``ttl`` seconds.
@@ -709,9 +764,12 @@ class TraceStore:
         except OSError as exc:
             raise StoreError(f"cannot write artifact {str(path)!r}: {exc}") from exc
 
-    def read_artifact(self, task: str, name: str) -> bytes:
-        """The bytes of artifact ``name``; FileNotFoundError when there is none."""
-        return self._artifact_path(task, name).read_bytes()
+    def read_artifact(self, task: str, name: str, *, max_bytes: int | None = None) -> bytes:
+        """The bytes of artifact ``name``, at most ``max_bytes`` (its recorded size; None:
+        :data:`~tracer_wrap.store.base.MAX_ARTIFACT_BYTES`); FileNotFoundError when there is
+        none, StoreTampered when it is not a regular file or is larger
+        (:func:`~tracer_wrap.store.base.read_artifact_file`: never blocks on a FIFO)."""
+        return read_artifact_file(self._artifact_path(task, name), max_bytes)
 
     def delete_artifact(self, task: str, name: str) -> None:
         self._refuse_if_read_only()
@@ -736,16 +794,28 @@ class TraceStore:
         meta_cache.set(f"v:{task}:{version}", json.dumps(dict(manifest, version=version)))
 
     def manifest(self, task: str, version: int) -> dict[str, Any] | None:
+        """The manifest recorded for ``version`` (None when there is none). Raises
+        StoreTampered naming the row when it cannot be read."""
         _, meta_cache = self._caches()
-        raw = meta_cache.get(f"v:{task}:{version}")
-        return None if raw is None else json.loads(raw)
+        key = f"v:{task}:{version}"
+        raw = meta_cache.get(key)
+        return None if raw is None else decode_manifest(raw, key, version)
 
     def versions(self, task: str) -> list[dict[str, Any]]:
-        """Manifests of every kept version of ``task``, oldest first."""
+        """Manifests of every kept version of ``task``, oldest first; one that cannot be read is
+        skipped, counted in :attr:`unreadable` and logged with its key."""
         _, meta_cache = self._caches()
         last = int(meta_cache.get(f"vseq:{task}", 0))
-        found = (self.manifest(task, v) for v in range(1, last + 1))
-        return [m for m in found if m is not None]
+        found = []
+        for version in range(1, last + 1):
+            try:
+                manifest = self.manifest(task, version)
+            except StoreTampered as exc:
+                skip_unreadable(self.unreadable, task, exc)
+                continue
+            if manifest is not None:
+                found.append(manifest)
+        return found
 
     def set_current(self, task: str, version: int | None) -> None:
         """Make ``version`` the one every process serves from its next call (None: no router)."""
@@ -756,10 +826,13 @@ class TraceStore:
             meta_cache.set(f"cur:{task}", int(version))
 
     def current_version(self, task: str) -> int | None:
-        """The version to serve; one indexed SQLite read, cheap enough for every call."""
+        """The version to serve; one indexed SQLite read, cheap enough for every call. Raises
+        StoreTampered naming the row when it is not a version number (:meth:`set_current`
+        replaces it)."""
         _, meta_cache = self._caches()
-        value = meta_cache.get(f"cur:{task}")
-        return None if value is None else int(value)
+        key = f"cur:{task}"
+        value = meta_cache.get(key)
+        return None if value is None else decode_version(value, key)
 
     def forget_version(self, task: str, version: int) -> None:
         """Drop a version's manifest and files (never the current one)."""

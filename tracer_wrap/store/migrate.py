@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import names
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreTampered
 from . import REDIS_SCHEMES, VERSION_ARTIFACTS, NewTrace, Store, Trace, open_store
+from .base import skip_unreadable, well_formed_vector
 
 __all__ = ["migrate", "store_identity"]
 
@@ -47,6 +49,11 @@ def migrate(src: Store | str | os.PathLike[str],
       destination serves none, or still serves the one the last run set; a version the
       destination published, rolled back to or pinned since is kept.
 
+    A row of the source that cannot be read (a damaged trace, manifest or setting, an artifact
+    that is not a regular file) is skipped and logged with its key, so one bad row does not
+    block the migration of the rest; each task's result counts them (``unreadable``), and so
+    does a stored vector of the wrong shape, which is not copied (the destination embeds the
+    input again when it needs it).
     A Redis store is known by a random id kept in it (``RedisStore.identity``), so a run again
     after a restart of a persistent server copies only what is new, as with a directory.
     Returns per task how much this run copied. Raises ConfigError when ``src`` is a directory
@@ -89,13 +96,14 @@ def _migrate_task(src: Store, dst: Store, task: str, mark_name: str) -> dict[str
     mark: dict[str, Any] = dst.get_setting(task, mark_name) or {}
     last_seq = copied_before = int(mark.get("seq", 0))
     start = dst.count(task)
+    unreadable_before = _unreadable(src, task)
     copied = 0
     seqs: dict[int, int] = {}  # source seq -> destination seq
     for trace in src.iter_traces(task, start=last_seq):
         seqs[trace.seq] = _copy_trace(dst, task, trace)
         last_seq = max(last_seq, trace.seq)
         copied += 1
-    _copy_vectors(src, dst, task, seqs)
+    malformed = _copy_vectors(src, dst, task, seqs)
     counters = src.counters(task)
     already = mark.get("counters", {})
     growth = {name: value - int(already.get(name, 0)) for name, value in counters.items()}
@@ -119,7 +127,13 @@ def _migrate_task(src: Store, dst: Store, task: str, mark_name: str) -> dict[str
         "versions": {_version_key(m): numbers[int(m["version"])] for m in src.versions(task)
                      if int(m["version"]) in numbers} | mark.get("versions", {})})
     return {"traces": copied, "counters": len(growth), "settings": settings_written,
-            "versions": new_versions}
+            "versions": new_versions,
+            "unreadable": _unreadable(src, task) - unreadable_before + malformed}
+
+
+def _unreadable(store: Store, task: str) -> int:
+    """Rows of ``task`` this store object's reads skipped so far (stores count them)."""
+    return int(getattr(store, "unreadable", {}).get(task, 0))
 
 
 def _version_key(manifest: Mapping[str, Any]) -> str:
@@ -150,6 +164,9 @@ def _copy_versions(src: Store, dst: Store, task: str, copied_before: Mapping[str
             try:
                 data = src.read_artifact(task, f"v{version}{suffix}")
             except FileNotFoundError:
+                continue
+            except StoreTampered as exc:  # the destination refuses to load it, as the source
+                skip_unreadable(_counter(src), task, exc)
                 continue
             if suffix == ".json" and number != version:
                 data = _renumbered(data, number)
@@ -214,7 +231,11 @@ def _copy_current(src: Store, dst: Store, task: str, numbers: Mapping[int, int],
     """Serve the source's current version in the destination unless the destination chose its
     own since the last run; return the version the destination serves from the source (None:
     its own choice stands)."""
-    current = src.current_version(task)
+    try:
+        current = src.current_version(task)
+    except StoreTampered as exc:  # the source serves nothing it can name
+        skip_unreadable(_counter(src), task, exc)
+        current = None
     if current is None or current not in numbers:
         return set_before
     theirs = dst.current_version(task)
@@ -244,12 +265,23 @@ def _copy_trace(dst: Store, task: str, trace: Trace) -> int:
     return dst.append_many(task, rows)[0].seq
 
 
-def _copy_vectors(src: Store, dst: Store, task: str, seqs: dict[int, int]) -> None:
-    """Copy the stored vectors of the copied traces (as bytes: each carries its embedder's tag)."""
+def _copy_vectors(src: Store, dst: Store, task: str, seqs: dict[int, int]) -> int:
+    """Copy the stored vectors of the copied traces (as bytes: each carries its embedder's tag),
+    only those shaped as a stored vector (:func:`well_formed_vector`); return how many were not."""
     pairs = list(seqs.items())
+    malformed = 0
     for i in range(0, len(pairs), 1000):
         page = pairs[i:i + 1000]
         raws = src.get_vectors(task, [s for s, _ in page])
         found = {d: raw for (_, d), raw in zip(page, raws) if raw is not None}
-        if found:
-            dst.put_vectors(task, found)
+        good = {d: raw for d, raw in found.items() if well_formed_vector(raw)}
+        malformed += len(found) - len(good)
+        if good:
+            dst.put_vectors(task, good)
+    return malformed
+
+
+def _counter(store: Store) -> Counter[str]:
+    """The store's count of unreadable rows (a throwaway one for a store that keeps none)."""
+    found = getattr(store, "unreadable", None)
+    return found if isinstance(found, Counter) else Counter()

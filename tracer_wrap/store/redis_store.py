@@ -34,13 +34,15 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .. import names
-from ..errors import ConfigError, MissingExtraError, StoreError, TraceRefused
+from .._log import fault
+from ..errors import ConfigError, MissingExtraError, StoreError, StoreTampered, TraceRefused
 from .base import (
     VERSION_ARTIFACTS,
     NewTrace,
@@ -52,7 +54,12 @@ from .base import (
     _prune_victims,
     append_one,
     check_new_traces,
+    decode_json,
+    decode_manifest,
+    decode_version,
+    read_artifact_file,
     read_jsonl,
+    skip_unreadable,
     task_id,
     write_private,
 )
@@ -158,6 +165,8 @@ class RedisStore:
         self._add_counters_script = self._client.register_script(_ADD_COUNTERS)
         self._release_script = self._client.register_script(_RELEASE)
         self._page_script = self._client.register_script(_PAGE)
+        #: Stored rows of each task this object's reads skipped because they cannot be read.
+        self.unreadable: Counter[str] = Counter()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -221,7 +230,7 @@ class RedisStore:
         except self._redis_error as exc:
             raise TraceRefused(f"redis store {self.path!r} refused traces: {exc}",
                                index=0) from exc
-        return [self._appended(trace, reply) for trace, reply in zip(traces, replies)]
+        return [self._appended(task, trace, reply) for trace, reply in zip(traces, replies)]
 
     def _send(self, task: str, trace: Trace, vector: bytes | None, client: Any) -> Any:
         base = Trace(**{**trace.__dict__, "labels": {}, "seq": 0})
@@ -231,13 +240,20 @@ class RedisStore:
             args=[_digest(trace.input), base.to_json(), trace.teacher, int(trace.valid), task,
                   trace.ts, self._k(task, "l", ""), vector or b""], client=client)
 
-    @staticmethod
-    def _appended(trace: Trace, reply: Any) -> Trace:
+    def _appended(self, task: str, trace: Trace, reply: Any) -> Trace:
         new, seq, count, raw, labels = reply
         if new:
             trace.seq = int(seq)
             return trace
-        return _assemble(raw, int(seq), int(count), _pairs(labels))
+        try:
+            return _assemble(raw, int(seq), int(count), _pairs(labels),
+                             f"{self._k(task, 't')}[{int(seq)}]")
+        except (StoreTampered, ValueError) as exc:
+            # The script already counted this answer (count and tally are kept apart from the
+            # damaged row): it is written, and only the row as first seen cannot be read back.
+            fault("reading a stored row (skipped)", exc, task=task)
+            trace.seq, trace.count = int(seq), int(count)
+            return trace
 
     def count(self, task: str) -> int:
         return int(self._call(self._client.get, self._k(task, "n")) or 0)
@@ -255,11 +271,25 @@ class RedisStore:
                 return
             page = self._call(self._page_script, keys=[self._k(task, "t"), self._k(task, "c")],
                               args=[self._k(task, "l", ""), *seqs])
-            for seq, (raw, count, *tally) in zip(seqs, json.loads(page)):
+            # A stored row of bytes that are not UTF-8 (only an edit writes one) reads as
+            # replacement characters here, and is refused below as any other damaged row.
+            for seq, (raw, count, *tally) in zip(seqs, json.loads(
+                    page.decode("utf-8", "replace") if isinstance(page, bytes) else page)):
                 if not raw:  # pruned meanwhile
                     continue
-                labels = {tally[i]: int(tally[i + 1]) for i in range(0, len(tally), 2)}
-                trace = _assemble(raw, int(seq), int(count or 1), labels)
+                key = f"{self._k(task, 't')}[{int(seq)}]"
+                try:
+                    try:
+                        labels = {str(tally[i]): int(tally[i + 1])
+                                  for i in range(0, len(tally), 2)}
+                        times = int(count or 1)
+                    except (ValueError, TypeError, IndexError):
+                        raise StoreTampered(f"stored trace {key!r} has a count or a label"
+                                            " tally that is not a number") from None
+                    trace = _assemble(raw, int(seq), times, labels, key)
+                except StoreTampered as exc:
+                    skip_unreadable(self.unreadable, task, exc)
+                    continue
                 if trace.valid or not valid_only:
                     yield trace
             low = int(seqs[-1]) + 1
@@ -352,8 +382,10 @@ class RedisStore:
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def get_setting(self, task: str, name: str, default: Any = None) -> Any:
+        """A JSON value stored for ``task`` under ``name`` (``default`` when absent). Raises
+        StoreTampered naming the key when it is not JSON."""
         raw = self._call(self._client.hget, self._k(task, "s"), name)
-        return default if raw is None else json.loads(raw)
+        return default if raw is None else decode_json(raw, f"{self._k(task, 's')}[{name}]")
 
     def set_setting(self, task: str, name: str, value: Any) -> None:
         pipe = self._client.pipeline(transaction=True)
@@ -369,11 +401,19 @@ class RedisStore:
         pipe.hsetnx(f"{self.prefix}:tasks", task, time.time())
         pipe.hget(self._k(task, "s"), name)
         raw = self._call(pipe.execute)[-1]
-        return json.loads(raw)
+        return decode_json(raw, f"{self._k(task, 's')}[{name}]")
 
     def settings(self, task: str) -> dict[str, Any]:
-        raw = self._call(self._client.hgetall, self._k(task, "s"))
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        """Every setting of ``task`` that can be read; one that is not JSON is skipped, counted
+        in :attr:`unreadable` and logged with its key."""
+        key = self._k(task, "s")
+        out: dict[str, Any] = {}
+        for name, raw in self._call(self._client.hgetall, key).items():
+            try:
+                out[name.decode()] = decode_json(raw, f"{key}[{name!r}]")
+            except (StoreTampered, UnicodeError) as exc:
+                skip_unreadable(self.unreadable, task, StoreTampered(str(exc)))
+        return out
 
     def claim(self, task: str, name: str, *, ttl: float) -> bool:
         """Take the claim if nobody holds it (``SET NX PX``); it expires after ``ttl`` seconds.
@@ -403,11 +443,13 @@ class RedisStore:
             return
         self._call(self._client.hset, self._k(task, "a"), name, bytes(data))
 
-    def read_artifact(self, task: str, name: str) -> bytes:
-        """The bytes of artifact ``name``; FileNotFoundError when there is none."""
+    def read_artifact(self, task: str, name: str, *, max_bytes: int | None = None) -> bytes:
+        """The bytes of artifact ``name``; FileNotFoundError when there is none. From the
+        ``artifacts`` directory, read as :meth:`TraceStore.read_artifact` reads (bounded by
+        ``max_bytes``, never blocking: StoreTampered for a FIFO, a link, a larger file)."""
         _check_artifact_name(name)
         if self.artifacts is not None:
-            return (self.artifacts / task_id(task) / name).read_bytes()
+            return read_artifact_file(self.artifacts / task_id(task) / name, max_bytes)
         data = self._call(self._client.hget, self._k(task, "a"), name)
         if data is None:
             raise FileNotFoundError(f"no artifact {name!r} of {task!r} in {self.path!r}")
@@ -427,12 +469,27 @@ class RedisStore:
                    json.dumps(dict(manifest, version=version)))
 
     def manifest(self, task: str, version: int) -> dict[str, Any] | None:
-        raw = self._call(self._client.hget, self._k(task, "v"), str(int(version)))
-        return None if raw is None else json.loads(raw)
+        """The manifest recorded for ``version`` (None when there is none). Raises
+        StoreTampered naming the key when it cannot be read."""
+        key = self._k(task, "v")
+        raw = self._call(self._client.hget, key, str(int(version)))
+        return None if raw is None else decode_manifest(raw, f"{key}[{version}]", int(version))
 
     def versions(self, task: str) -> list[dict[str, Any]]:
-        raw = self._call(self._client.hgetall, self._k(task, "v"))
-        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+        """Manifests of every kept version, oldest first; one that cannot be read is skipped,
+        counted in :attr:`unreadable` and logged with its key."""
+        key = self._k(task, "v")
+        raw = self._call(self._client.hgetall, key)
+        found = []
+        for field in raw:
+            try:
+                if not field.isdigit():
+                    raise StoreTampered(f"stored row {key}[{field!r}] is not a version")
+                found.append(decode_manifest(raw[field], f"{key}[{field.decode()}]",
+                                             int(field)))
+            except StoreTampered as exc:
+                skip_unreadable(self.unreadable, task, exc)
+        return sorted(found, key=lambda m: int(m["version"]))
 
     def set_current(self, task: str, version: int | None) -> None:
         """Serve ``version`` from every process's next call; announced on ``{prefix}:versions``."""
@@ -445,9 +502,11 @@ class RedisStore:
         self._call(pipe.execute)
 
     def current_version(self, task: str) -> int | None:
-        """The version to serve: one GET (tens of microseconds on a LAN)."""
-        value = self._call(self._client.get, self._k(task, "cur"))
-        return None if value is None else int(value)
+        """The version to serve: one GET (tens of microseconds on a LAN). Raises StoreTampered
+        naming the key when it is not a version number (:meth:`set_current` replaces it)."""
+        key = self._k(task, "cur")
+        value = self._call(self._client.get, key)
+        return None if value is None else decode_version(value, key)
 
     def forget_version(self, task: str, version: int) -> None:
         if self.current_version(task) == version:
@@ -482,8 +541,10 @@ def _pairs(flat: Any) -> dict[str, int]:
     return {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def _assemble(raw: bytes, seq: int, count: int, labels: dict[str, int]) -> Trace:
-    trace = Trace.from_json(raw.decode() if isinstance(raw, bytes) else raw)
+def _assemble(raw: bytes | str, seq: int, count: int, labels: dict[str, int],
+              key: str = "") -> Trace:
+    """The trace of a stored row; StoreTampered naming ``key`` when it cannot be read."""
+    trace = Trace.from_json(raw, key)
     trace.seq, trace.count = seq, count
     if labels:
         trace.labels = labels
