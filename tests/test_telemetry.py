@@ -33,6 +33,7 @@ from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
 from tracer_wrap import telemetry  # noqa: E402
 from tracer_wrap.engine import TracedTask  # noqa: E402
 from tracer_wrap.integrations import wrap_anthropic, wrap_openai  # noqa: E402
+from tracer_wrap.store import TraceStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS: dict[str, Any] = {"min_traces": 20, "refit_every": None, "audit_rate": 0.0}
@@ -130,6 +131,27 @@ def test_a_local_answer_reports_version_coverage_and_zero_usage(client, spans, s
     assert attributes["gen_ai.usage.input_tokens"] == attributes["gen_ai.usage.output_tokens"] == 0
     assert attributes["gen_ai.response.finish_reasons"] == ("stop",)
     assert "tracer_wrap.reason" not in attributes and attributes["tracer_wrap.audit"] is False
+
+
+def test_a_span_reads_the_certified_coverage_from_memory_never_from_the_store(
+        client, spans, server, store, embedder, monkeypatch):
+    text = fit(client, store)
+    from tracer_wrap.versions import certified_coverage
+
+    expected = certified_coverage(store.manifest("intent", store.current_version("intent")), 0.9)
+    with openai.OpenAI(base_url=server.base_url_openai, api_key="t", max_retries=0) as raw:
+        other = wrap_openai(raw, task="intent", store=store, embedder=embedder,
+                            **{**OPTIONS, "target": 0.9})
+        task = other.tracer_wrap_tasks.task("intent")
+        until(lambda: task.router is not None, "the version loaded")
+
+        def no_store_read(*args, **kwargs):
+            raise AssertionError("a call read a manifest")
+
+        monkeypatch.setattr(TraceStore, "manifest", no_store_read)
+        spans.clear()
+        other.chat.completions.create(model="gpt-test", messages=ask(text))
+    assert only(spans).attributes["tracer_wrap.certified_coverage"] == expected
 
 
 def test_the_reason_for_deferring_is_reported(client, spans, server, store, embedder):

@@ -139,7 +139,8 @@ class Plan:
     an audit sample, 1.0 for a call the served version defers or when none serves; None for an
     answer recorded without a plan while a version answers, whose draw is unknown).
     ``vector``: the input's embedding when the engine computed it to route the call; stored with
-    the trace so that no refit embeds it again.
+    the trace so that no refit embeds it again. ``coverage``: what the served version certifies
+    at the task's target (telemetry reports it; None without a version).
     """
 
     text: str | None
@@ -154,6 +155,7 @@ class Plan:
     reason: str = ""
     audit_p: float | None = 1.0
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    coverage: float | None = None
 
 
 def _identity(value: Any) -> Any:
@@ -490,7 +492,8 @@ class TracedTask:
         try:
             served = self.serving.served()
             if served.router is None:
-                decided = [Plan(t, served.version, reason=served.reason) for t in inputs]
+                decided = [Plan(t, served.version, reason=served.reason, coverage=served.coverage)
+                           for t in inputs]
             else:
                 seen = [None if t is None else self._as_traced(t) for t in inputs]
                 if vectors is not None:
@@ -519,7 +522,8 @@ class TracedTask:
         try:
             served = self.serving.served(wait=False)
             if served.router is None:
-                return Plan(text, served.version, reason=served.reason)
+                return Plan(text, served.version, reason=served.reason,
+                            coverage=served.coverage)
             seen = self._as_traced(text)
             vector = await self.embedding.aembed_one(seen, self._embed_wait.seconds())
             plan = self._decide([text], [seen], vector[None, :], served)[0]
@@ -629,7 +633,8 @@ class TracedTask:
         else:
             local, reason = True, ""
         return Plan(text, served.version, decision, local=local, audit=audit, sampled=sampled,
-                    answering=answering, shadow=not routing, reason=reason, audit_p=audit_p)
+                    answering=answering, shadow=not routing, reason=reason, audit_p=audit_p,
+                    coverage=served.coverage)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -677,7 +682,8 @@ class TracedTask:
         answering = (served.certified and self.serving.routing_on()
                      and not self.serving.tripped())
         return Plan(text, version=served.version, answering=answering,
-                    audit_p=None if answering else 1.0, reason=reason)
+                    audit_p=None if answering else 1.0, reason=reason,
+                    coverage=served.coverage)
 
     def _fault(self, step: str, exc: BaseException) -> None:
         if isinstance(exc, StoreBusy):

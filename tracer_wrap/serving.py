@@ -23,6 +23,7 @@ instead (tests, diagnostics).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from .breaker import DriftBreaker
 from .errors import ConfigError, EmbedderError, RouterLoadError, StoreError, StoreTampered
 from .model.ood import OODScorer
 from .model.router import Decision, Router
-from .versions import load_ood, load_version
+from .versions import certified_coverage, load_ood, load_version
 
 if TYPE_CHECKING:
     from .model.embedder import Embedder
@@ -69,6 +70,15 @@ class Served:
     @property
     def n_calibration(self) -> int:
         return 0 if self.router is None else int(self.router.info.get("n_calibration", 0))
+
+    @functools.cached_property
+    def coverage(self) -> float | None:
+        """The coverage the router certifies at its served target, as its manifest says
+        (:func:`~tracer_wrap.versions.certified_coverage`); None without a router. Computed once
+        per version served, in memory: a call never reads the store for it."""
+        if self.router is None:
+            return None
+        return certified_coverage({"certificates": self.router.frontier()}, self.router.target)
 
 
 @dataclass(frozen=True)

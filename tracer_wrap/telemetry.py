@@ -100,7 +100,6 @@ _lock = threading.Lock()
 _api: Any = None  # the opentelemetry.trace module; False once it failed to import
 _provider: Any = None  # a tracer provider given to use_tracer_provider(), else the global one
 _tracer: Any = None
-_coverages: dict[tuple[str, str, int, float], float | None] = {}
 
 
 def use_tracer_provider(provider: Any | None) -> None:
@@ -148,8 +147,7 @@ def start_call(task: str, options: TaskOptions, attributes: Mapping[str, Any]) -
                    "tracer_wrap.answered_locally": False}
         span = tracer.start_span(name, kind=_api.SpanKind.CLIENT,
                                  attributes=_otel_attributes(initial))
-        call: CallSpan = _Span(span, task, options, attributes) if span.is_recording() \
-            else _NO_OP
+        call: CallSpan = _Span(span, attributes) if span.is_recording() else _NO_OP
     except Exception as exc:
         fault("telemetry", exc)
         call = _NO_OP
@@ -162,11 +160,8 @@ class _Span(CallSpan):
 
     recording = True
 
-    def __init__(self, span: Any, task: str, options: TaskOptions,
-                 attributes: Mapping[str, Any]) -> None:
+    def __init__(self, span: Any, attributes: Mapping[str, Any]) -> None:
         self._span = span
-        self._task = task
-        self._options = options
         self._blocked = attributes.get(BLOCKED)
         self._planned_local = False
         self._ended = False
@@ -187,7 +182,7 @@ class _Span(CallSpan):
             "tracer_wrap.router.version": plan.version,
             "tracer_wrap.router.label": decision.label if decision is not None else None,
             "tracer_wrap.router.score": decision.score if decision is not None else None,
-            "tracer_wrap.certified_coverage": self._coverage(plan.version),
+            "tracer_wrap.certified_coverage": plan.coverage,
             "tracer_wrap.audit": plan.audit,
             "tracer_wrap.shadow": plan.shadow,
             "tracer_wrap.reason": None if plan.local else plan.reason,
@@ -235,31 +230,6 @@ class _Span(CallSpan):
             self._span.end()
         except Exception as exc:
             fault("telemetry", exc)
-
-    def _coverage(self, version: int | None) -> float | None:
-        """The coverage the served version certifies at the task's target (read from its
-        manifest once per version and process); None when unknown."""
-        if version is None:
-            return None
-        store_spec = self._options.store
-        key = (repr(store_spec) if isinstance(store_spec, str) or store_spec is None
-               else f"id:{id(store_spec)}", self._task, version, self._options.target)
-        if key in _coverages:
-            return _coverages[key]
-        from .store import open_store
-        from .versions import certified_coverage
-
-        try:
-            manifest = open_store(store_spec).manifest(self._task, version)
-            coverage = (None if manifest is None
-                        else certified_coverage(manifest, self._options.target))
-        except Exception as exc:
-            fault("telemetry", exc)
-            return None
-        if len(_coverages) > 4096:
-            _coverages.clear()
-        _coverages[key] = coverage
-        return coverage
 
 
 def request_attributes(provider: str, api: str, request: Mapping[str, Any], *,
