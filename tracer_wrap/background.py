@@ -133,7 +133,9 @@ def _step_all() -> None:
             try:
                 job.step()
             except Exception as exc:  # the worker and the other jobs outlive any job's fault
-                fault("background work", exc, task=getattr(job, "task", None))
+                # A task's name, when the job is one task (the SDK's Tasks has a method there).
+                name = getattr(job, "task", None)
+                fault("background work", exc, task=name if isinstance(name, str) else None)
 
 
 def _drain_orphans(wait: float = 0.0) -> None:

@@ -40,9 +40,11 @@ class StoreBusy(StoreError):
 
 
 class StoreTampered(TracerWrapError):
-    """A row of the store asks to be unpickled (nothing tracer_wrap writes does): its files were
-    edited. The row is refused, never read. Not an OSError on purpose: diskcache takes an
-    OSError while reading for a row deleted meanwhile and would quietly skip it."""
+    """A row or file of the store is not what tracer_wrap writes: a row that asks to be
+    unpickled or names a file, a record that does not decode, an artifact that is no plain file
+    or exceeds its recorded size. Its files were edited or damaged. It is refused, never read or
+    followed. Not an OSError on purpose: diskcache takes an OSError while reading for a row
+    deleted meanwhile and would quietly skip it."""
 
 
 class TraceRefused(TracerWrapError):

@@ -169,6 +169,29 @@ def test_a_job_that_raises_is_logged_with_its_task(caplog) -> None:
             background.unregister(job)
 
 
+def test_a_job_without_a_task_name_is_logged_without_one(caplog) -> None:
+    class Many:  # as the SDK's Tasks: `task` is a method there, not a name
+        def task(self, name: str) -> None: ...
+
+        def step(self) -> None:
+            raise RuntimeError("a defect of many tasks")
+
+        def drain(self, timeout: float) -> bool:
+            return True
+
+    job = Many()
+    with caplog.at_level(logging.WARNING, logger="tracer_wrap"):
+        background.register(job)
+        try:
+            until(lambda: any("a defect of many tasks" in r.getMessage()
+                              for r in caplog.records), "the job's fault logged")
+        finally:
+            background.unregister(job)
+    line = next(r.getMessage() for r in caplog.records
+                if "a defect of many tasks" in r.getMessage())
+    assert "bound method" not in line and "for task" not in line
+
+
 # -- 3. reads skip a damaged row --------------------------------------------------------------
 
 
