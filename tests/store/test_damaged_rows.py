@@ -222,6 +222,10 @@ def test_the_cli_reads_a_store_with_a_damaged_row(store, embedder, tmp_path) -> 
     export = _cli(store.path, "export", "t", "-o", str(out))
     assert export.returncode == 0 and len(out.read_text().splitlines()) == 799
     assert out.stat().st_mode & 0o777 == 0o600  # prompts: owner-only, as the store
+    copied = _cli(store.path, "migrate", "--from", str(store.path), "--to",
+                  str(tmp_path / "copy"))
+    assert copied.returncode == 0, copied.stderr
+    assert "1 damaged rows skipped" in copied.stdout
 
 
 # -- 4. a damaged version, pointer or setting ---------------------------------------------------

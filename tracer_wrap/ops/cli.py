@@ -853,8 +853,11 @@ def migrate(
     from ..store.migrate import migrate as do_migrate
 
     for task, counts in do_migrate(from_, to).items():
+        damaged = (f"; {counts['unreadable']} damaged rows skipped (see the warnings)"
+                   if counts.get("unreadable") else "")
         console.print(f"{task}: {counts['traces']} traces, {counts['counters']} counters,"
-                      f" {counts['settings']} settings, {counts['versions']} versions copied")
+                      f" {counts['settings']} settings, {counts['versions']} versions copied"
+                      f"{damaged}")
 
 
 def _register_lab() -> None:
