@@ -230,14 +230,18 @@ class TracedTask:
         self.options = options if options is not None else TaskOptions.resolve(task, kwargs)
         self.label_set = LabelSet(self.options.labels, redact=self.options.redact)
         self.stats = Stats()
-        self._lock = threading.Lock()
+        # Two locks: opening the store may wait 30 s on another process's lock (in the
+        # background), and the first call that builds the embedder must not wait behind it.
+        self._store_lock = threading.Lock()
+        self._embedder_lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._buffer: deque[_Answer] = deque()
         self._taken = 0  # answers ever taken out of the buffer (written or set aside)
         #: The last answers the store refused for good, kept for inspection.
         self.poisoned: deque[tuple[_Answer, BaseException]] = deque(maxlen=100)
         self._store: Store | None = None
-        self._embedder: Embedder | None = None
+        given = self.options.embedder
+        self._embedder: Embedder | None = given if isinstance(given, Embedder) else None
         self._hash_key: bytes | None = None  # read by the writer, never on the request path
         self._rng = self.options.rng or random.Random()
         self._new_traces = False
@@ -278,14 +282,14 @@ class TracedTask:
 
     def _get_store(self) -> Store:
         if self._store is None:
-            with self._lock:
+            with self._store_lock:
                 if self._store is None:
                     self._store = open_store(self.options.store)
         return self._store
 
     def _get_embedder(self) -> Embedder:
         if self._embedder is None:
-            with self._lock:
+            with self._embedder_lock:
                 if self._embedder is None:
                     chosen = self.options.embedder
                     self._embedder = chosen if isinstance(chosen, Embedder) \
@@ -1027,7 +1031,8 @@ class TracedTask:
         # A child of fork (gunicorn --preload, celery prefork) inherits locks perhaps held by a
         # parent thread that does not exist in the child: start them afresh. The buffered
         # answers are the parent's to write.
-        self._lock = threading.Lock()
+        self._store_lock = threading.Lock()
+        self._embedder_lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._buffer = deque()
         self.stats._lock = threading.Lock()
