@@ -189,10 +189,12 @@ def _target(text: str) -> float:
     return number
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point of the demo. Exit codes: 0 done, 1 an error (one line), 2 a usage
-    error, 130 stopped by Ctrl-C (one line, "interrupted")."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Command-line entry point of the demo (``prog``: its name in usage lines). Exit codes: 0
+    done, 1 an error (one line), 2 a usage error, 130 stopped by Ctrl-C (one line,
+    "interrupted")."""
+    parser = argparse.ArgumentParser(prog=prog,
+                                     description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--queries", type=_positive_int, default=10_000,
                         help="how many Banking77 queries to stream (default 10,000; at most the"
                              f" {len(load_banking77()):,} the data set holds)")

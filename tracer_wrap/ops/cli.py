@@ -836,7 +836,7 @@ def demo(ctx: typer.Context) -> None:
     # --help is the demo's own (argparse lists its options); --help-demo still works.
     args = ["--help" if a in ("--help", "--help-demo") else a for a in ctx.args]
     try:
-        demo_main(args)
+        demo_main(args, prog="tracer-wrap demo")
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         raise typer.Exit(exc.code if isinstance(exc.code, int) else 2) from None
 
