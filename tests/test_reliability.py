@@ -23,6 +23,7 @@ from pathlib import Path
 import diskcache
 import numpy as np
 import pytest
+from _locks import LockHolder
 from _redis_server import REDIS_SERVER, RedisServer
 from _synthetic import LABELS, make_traces
 from _wait import until
@@ -433,32 +434,14 @@ def test_the_drain_before_a_fork_runs_before_the_store_guard_is_taken():
 # -- a SQLite lock held by another process --------------------------------------------------------
 
 
-HOLD_LOCK = """
-import sqlite3, sys
-connections = []
-for path in sys.argv[1:]:
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("BEGIN EXCLUSIVE")  # no other connection may read or write until COMMIT
-    connections.append(db)
-print("locked", flush=True)
-sys.stdin.readline()
-for db in connections:
-    db.execute("COMMIT")
-"""
-
-
 def test_a_sqlite_lock_held_by_another_process_fails_open(tmp_path, embedder, monkeypatch):
     task = TracedTask("t", store=tmp_path / "store", embedder=embedder, **OPTIONS)
     rows = feed(task, 800)
     task.refit()
     assert task.flush() and task.version == 1
     before = task.stats.errors
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(tmp_path / "store/traces/cache.db"),
-         str(tmp_path / "store/meta/cache.db")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = LockHolder(tmp_path / "store")
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         texts = list(rows)[:100] + [f"refund please, new #{i}" for i in range(100)]
         assert ask(task, texts, rows) == []
         assert task.stats.local > 0 and task.stats.llm > 800  # served from the snapshot
@@ -470,11 +453,8 @@ def test_a_sqlite_lock_held_by_another_process_fails_open(tmp_path, embedder, mo
         monkeypatch.setattr(engine, "BUSY_FAULT_SECONDS", 0.0)
         until(lambda: task.stats.errors > before, "a lasting lock to count as a fault")
     finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(60)
-    assert holder.returncode == 0
+        released = holder.release()
+    assert released == 0
     assert task.flush()  # written once the lock is released
     assert sum(t.count for t in task.store.traces("t")) == task.stats.llm
 

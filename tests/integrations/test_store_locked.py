@@ -8,8 +8,6 @@ still held (a condition, never a duration), and once it is released their traces
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from _locks import LockHolder
 from _support import TASK_OPTIONS, LLMServer, ask, easy_texts, fitted, teacher
 from _wait import until
 
@@ -26,52 +25,16 @@ from tracer_wrap import serving
 from tracer_wrap.integrations import _sdk, wrap_openai
 from tracer_wrap.store import TraceStore
 
-#: Holds the lock until a line arrives on stdin, or on its own after HOLD_SECONDS (longer than
-#: a store's 30 s opening attempt): a call that waited for the lock completes only after it.
+#: Longer than a store's 30 s opening attempt: a call that waited for the lock completes only
+#: after it.
 HOLD_SECONDS = 60
-HOLD_LOCK = """
-import sqlite3, sys
-connections = []
-for path in sys.argv[2:]:
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("BEGIN EXCLUSIVE")  # no other connection may read or write until COMMIT
-    connections.append(db)
-print("locked", flush=True)
-import select
-select.select([sys.stdin], [], [], float(sys.argv[1]))
-for db in connections:
-    db.execute("COMMIT")
-"""
-
-
-class Holder:
-    """Another process holding the store's SQLite lock."""
-
-    def __init__(self, path: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", HOLD_LOCK, str(HOLD_SECONDS), str(path / "traces/cache.db"),
-             str(path / "meta/cache.db")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        assert self.process.stdout.readline() == "locked\n"
-
-    @property
-    def holding(self) -> bool:
-        return self.process.poll() is None
-
-    def release(self) -> None:
-        if self.holding:
-            assert self.process.stdin is not None
-            self.process.stdin.write("\n")
-            self.process.stdin.flush()
-        self.process.wait()
 
 
 @pytest.fixture
-def locked(tmp_path: Path) -> Iterator[tuple[Path, Holder]]:
+def locked(tmp_path: Path) -> Iterator[tuple[Path, LockHolder]]:
     path = tmp_path / "store"
     TraceStore(path).close()
-    holder = Holder(path)
+    holder = LockHolder(path, HOLD_SECONDS)
     try:
         yield path, holder
     finally:
@@ -156,7 +119,7 @@ def test_an_async_call_with_a_token_limit_never_waits_for_the_first_read(
         fitted(store, fitter.tracer_wrap_tasks, "intent")
     store.close()
     monkeypatch.setattr(serving, "FIRST_LOAD_SECONDS", 10 * HOLD_SECONDS)
-    holder = Holder(path)
+    holder = LockHolder(path, HOLD_SECONDS)
     try:
         async def main() -> None:
             client = wrap_openai(openai.AsyncOpenAI(base_url=server.base_url_openai,
@@ -181,7 +144,7 @@ def test_an_async_stream_manager_is_planned_on_the_event_loop_without_waiting(
     path = tmp_path / "store"
     TraceStore(path).close()
     monkeypatch.setattr(serving, "FIRST_LOAD_SECONDS", 10 * HOLD_SECONDS)
-    holder = Holder(path)
+    holder = LockHolder(path, HOLD_SECONDS)
     try:
         async def main() -> None:
             client = tracer_wrap.wrap_anthropic(
