@@ -14,6 +14,7 @@ import diskcache
 import pytest
 
 from tracer_wrap.errors import ConfigError, StoreBusy, StoreError, StoreTampered
+from tracer_wrap.ops.imports import discover, import_task
 from tracer_wrap.store import Origin, TraceStore
 
 
@@ -49,7 +50,9 @@ def test_jsonl_round_trip_in_tracer_llm_format(store, tmp_path):
     assert store.export_jsonl("t", out) == 5
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines[0] == {"input": "text 0", "teacher": "label0"}
-    assert store.import_jsonl(out, "copy") == 5
+    # Imports have one path, which applies the task's options (tracer_wrap.ops.imports).
+    (found,) = discover(out).tasks
+    assert import_task(store, found, "copy")["lines"] == 5
     assert [(t.input, t.teacher, t.origin) for t in store.traces("copy")][:1] == \
         [("text 0", "label0", "import")]
 
@@ -58,7 +61,7 @@ def test_a_malformed_import_names_its_line_and_imports_nothing(store, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"input": "a", "teacher": "x"}\n\n{"input": "b"}\n')
     with pytest.raises(ConfigError, match=r"bad.jsonl:3"):
-        store.import_jsonl(path, "t")
+        discover(path)
     assert store.count("t") == 0
 
 

@@ -52,7 +52,6 @@ from .base import (
     decode_manifest,
     decode_version,
     read_artifact_file,
-    read_jsonl,
     skip_unreadable,
     task_id,
     write_private,
@@ -630,17 +629,6 @@ class TraceStore:
 
         write_private_text(path, lines())
         return n
-
-    def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int:
-        """Append every line of a JSONL trace file to ``task``; return the number of lines.
-
-        The whole file is validated first, so a malformed line (reported with its number) imports
-        nothing. Extra fields are ignored.
-        """
-        rows = list(read_jsonl(path))
-        for text, teacher in rows:
-            self.append(task, text, teacher, origin=Origin.IMPORT)
-        return len(rows)
 
     # -- counters, settings and claims ---------------------------------------------------------
 

@@ -58,7 +58,6 @@ from .base import (
     decode_manifest,
     decode_version,
     read_artifact_file,
-    read_jsonl,
     skip_unreadable,
     task_id,
     write_private,
@@ -340,12 +339,6 @@ class RedisStore:
         from .disk import TraceStore
 
         return TraceStore.export_jsonl(self, task, path)  # type: ignore[arg-type]
-
-    def import_jsonl(self, path: str | os.PathLike[str], task: str) -> int:
-        rows = list(read_jsonl(path))
-        for text, teacher in rows:
-            self.append(task, text, teacher, origin=Origin.IMPORT)
-        return len(rows)
 
     # -- counters, settings and claims ---------------------------------------------------------
 
