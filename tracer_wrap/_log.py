@@ -15,9 +15,10 @@ _lock = threading.Lock()
 
 
 def fault(step: str, exc: BaseException, *, task: str | None = None,
+          then: str = "calls go on without it",
           clock: Callable[[], float] = time.monotonic) -> None:
-    """Log that ``step`` (of ``task``, when given) failed with ``exc`` and the call went on
-    without tracer_wrap.
+    """Log that ``step`` (of ``task``, when given) failed with ``exc``, and what happens ``then``
+    (by default that calls go on without that step).
 
     The same task, step and exception type are logged at most once a minute, with the number of
     repeats since the last line, so a broken disk does not flood the application's logs, while
@@ -35,5 +36,5 @@ def fault(step: str, exc: BaseException, *, task: str | None = None,
     of = f" for task {task!r}" if task else ""
     # Not "calling the LLM instead": most steps (trace logging, the store writes, refits,
     # telemetry) fail after the LLM answered, or off the request path.
-    logger.warning("tracer_wrap %s failed%s; calls go on without it: %s: %s%s", step, of,
+    logger.warning("tracer_wrap %s failed%s; %s: %s: %s%s", step, of, then,
                    type(exc).__name__, exc, more, exc_info=logger.isEnabledFor(logging.DEBUG))

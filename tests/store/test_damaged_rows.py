@@ -205,6 +205,7 @@ def test_reads_skip_a_damaged_row_count_it_and_log_its_key(store_spec, embedder,
         store.traces("t")
     assert len(traces) == 799 and store.unreadable["t"] == 2
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert all("the row is skipped and counted" in line for line in skipped)
     assert len(skipped) == 1 and "'labels'" in skipped[0]  # rate-limited, names the row
     TracedTask("t", labels=NAMES, store=store, embedder=embedder, **OPTIONS).refit()
     assert store.current_version("t") == 2

@@ -368,7 +368,7 @@ def skip_unreadable(unreadable: Counter[str], task: str, error: StoreTampered) -
     (rate-limited, :func:`tracer_wrap._log.fault`; the error names the row's key). One damaged
     row must not stop a status, an export, a refit or a migration of every other trace."""
     unreadable[task] += 1
-    fault("reading a stored row (skipped)", error, task=task)
+    fault("reading a stored row", error, task=task, then="the row is skipped and counted")
 
 
 def well_formed_vector(raw: object) -> bool:
