@@ -67,7 +67,10 @@ being observed (a product of bets, each trace staked at most the audit rate) was
 evidence could not exceed the slice's, it never decided a refit of the stream replays, and its
 share of ``delta`` and the training traces it took cost coverage (BENCHMARKS.md). What is
 assumed beyond the above: the rule ``R`` and the grid were chosen without the calibration traces
-(a random split); a repeated input is one trace; a call whose routing failed (no vector within
+(a random split); a repeated input is one trace, calibrating at its first occurrence only, so
+the draws are of distinct inputs and the claim bounds agreement over distinct inputs, not calls
+(per call it fails when frequent inputs are answered worse: BENCHMARKS.md, "Repeated inputs");
+a call whose routing failed (no vector within
 its wait) draws no slice coin, so the slice is a uniform draw of the *routed* calls, which differs
 from traffic only if missing the wait depends on the input; a lost trace of the slice breaks the
 draw (the buffer counts every drop). Two dependences are not covered by the argument. Which
