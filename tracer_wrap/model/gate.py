@@ -70,9 +70,9 @@ assumed beyond the above: the rule ``R`` and the grid were chosen without the ca
 (a random split); a repeated input is one trace, calibrating at its first occurrence only, so
 the draws are of distinct inputs and the claim bounds agreement over distinct inputs, not calls
 (per call it fails when frequent inputs are answered worse: BENCHMARKS.md, "Repeated inputs");
-a call whose routing failed (no vector within
-its wait) draws no slice coin, so the slice is a uniform draw of the *routed* calls, which differs
-from traffic only if missing the wait depends on the input; a lost trace of the slice breaks the
+a call whose routing failed (no vector within its wait) draws no slice coin, so the slice is a
+uniform draw of the *routed* calls, which differs from traffic only if missing the wait depends
+on the input; a lost trace of the slice breaks the
 draw (the buffer counts every drop). Two dependences are not covered by the argument. Which
 versions served, and hence which training traces were observed, was itself shaped by earlier
 calibration traces (their certified thresholds); the argument treats ``R`` as fixed given that
