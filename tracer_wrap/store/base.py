@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -427,13 +427,19 @@ def write_private(path: Path, data: bytes) -> None:
     missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
     for folder in reversed(missing):  # each missing folder owner-only, not only the last
         folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+    _replace_privately(path, [data])
+
+
+def _replace_privately(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to an owner-only temporary file beside ``path``, then rename it over
+    ``path``; the temporary file is removed when anything fails (Ctrl-C included)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "wb") as out:
-            out.write(data)
+            out.writelines(chunks)
         os.replace(tmp, path)
-    except OSError:
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
@@ -486,17 +492,7 @@ def write_private_text(path: str | os.PathLike[str], lines: Iterator[str]) -> No
     """Write ``lines`` as the text file ``path`` atomically (beside it, then a rename), readable
     by its owner only, as everything a store writes: it holds prompts. Raises OSError when the
     disk refuses (the temporary file is removed)."""
-    tmp = Path(f"{path}.tmp-{os.getpid()}")
-    try:
-        tmp.unlink(missing_ok=True)  # a stale one of a dead process of the same pid
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-        with open(fd, "w", encoding="utf-8") as out:
-            for line in lines:
-                out.write(line)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _replace_privately(Path(path), (line.encode("utf-8") for line in lines))
 
 
 def _check_artifact_name(name: object) -> None:
